@@ -1,0 +1,156 @@
+// Package bus holds events in named, bounded queues with per-queue overflow
+// policies and hands them to competing consumers with acknowledgement.
+//
+// This file fixes the package's public contract (types, outcomes, sentinel
+// errors). The queue engine lives in the other files of the package.
+package bus
+
+import (
+	"encoding/json"
+	"errors"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Policy says what a publish does when its queue is full.
+type Policy string
+
+const (
+	// PolicyDrop waits up to the queue's timeout for room, then drops the new
+	// event and counts it (the seed's data queue).
+	PolicyDrop Policy = "drop"
+	// PolicyFail waits up to the queue's timeout for room, then fails the
+	// publish with ErrTimeout; the event is never dropped (the seed's signal queue).
+	PolicyFail Policy = "fail"
+	// PolicyBlock waits without limit for room; the event is never dropped
+	// (the seed's order queue). Only the caller's context ends the wait.
+	PolicyBlock Policy = "block"
+	// PolicyDropOldest evicts the oldest waiting event at once to make room for
+	// the new one, counting the eviction as a drop. It never waits.
+	PolicyDropOldest Policy = "drop_oldest"
+)
+
+// Policies lists every valid policy, in the order error messages name them.
+var Policies = []Policy{PolicyDrop, PolicyFail, PolicyBlock, PolicyDropOldest}
+
+// QueueConfig describes one queue.
+type QueueConfig struct {
+	// Name is how publishers and consumers address the queue.
+	Name string
+	// Capacity bounds the events waiting in the queue (not those in flight
+	// to consumers). Must be > 0.
+	Capacity int
+	// Policy is applied when the queue is full.
+	Policy Policy
+	// Timeout is how long PolicyDrop and PolicyFail wait for room. Must be > 0
+	// for those policies and is ignored by PolicyBlock and PolicyDropOldest.
+	Timeout time.Duration
+}
+
+// Outcome is the result of a publish that reached a queue.
+type Outcome string
+
+const (
+	// Accepted: the event is in the queue.
+	Accepted Outcome = "accepted"
+	// Dropped: the queue stayed full past its timeout and the event was
+	// discarded by design (PolicyDrop). Not an error.
+	Dropped Outcome = "dropped"
+	// TimedOut: the queue stayed full past its timeout; the event was not
+	// enqueued (PolicyFail). Publish returns it together with ErrTimeout.
+	TimedOut Outcome = "timeout"
+	// Cancelled: the caller's context ended while waiting; nothing was enqueued.
+	Cancelled Outcome = "cancelled"
+	// Failed: the publish was refused (unknown queue, bad event, shutting down).
+	Failed Outcome = "error"
+)
+
+// Outcomes lists every outcome, so that metrics can pre-create their series.
+var Outcomes = []Outcome{Accepted, Dropped, TimedOut, Cancelled, Failed}
+
+// DropReason says why an event was dropped.
+type DropReason string
+
+const (
+	// DropTimeout: a PolicyDrop queue stayed full past its timeout.
+	DropTimeout DropReason = "timeout"
+	// DropEvicted: a PolicyDropOldest queue evicted this event for a newer one.
+	DropEvicted DropReason = "evicted"
+)
+
+// DropReasons lists every drop reason, so that metrics can pre-create their series.
+var DropReasons = []DropReason{DropTimeout, DropEvicted}
+
+// Sentinel errors callers branch on with errors.Is.
+var (
+	// ErrUnknownQueue: the named queue does not exist. The wrapping message
+	// names the bad queue and lists the valid ones.
+	ErrUnknownQueue = errors.New("unknown queue")
+	// ErrTimeout: a PolicyFail queue stayed full past its timeout.
+	ErrTimeout = errors.New("timeout waiting for room in queue")
+	// ErrShuttingDown: the bus no longer accepts publishes or subscriptions.
+	ErrShuttingDown = errors.New("shutting down")
+	// ErrInvalidEvent: the event is malformed (for example an empty type).
+	ErrInvalidEvent = errors.New("invalid event")
+	// ErrUnknownSeq: ack or nack named a sequence number this consumer does
+	// not hold in flight.
+	ErrUnknownSeq = errors.New("unknown sequence number")
+	// ErrConsumerClosed: the consumer was closed.
+	ErrConsumerClosed = errors.New("consumer closed")
+)
+
+// Event is what publishers hand to the bus and consumers receive.
+type Event struct {
+	// Type names the event, e.g. "CANDLE_UPDATE". Must not be empty.
+	Type string
+	// Payload is opaque JSON, passed through byte for byte.
+	Payload json.RawMessage
+	// Parent is the publisher's trace context (from a W3C traceparent), or
+	// the zero SpanContext when none was given.
+	Parent trace.SpanContext
+}
+
+// Delivery is an event handed to a consumer. It stays in flight until the
+// consumer acks or nacks its Seq, or the consumer goes away.
+type Delivery struct {
+	// Queue is the queue the event came from.
+	Queue string
+	// Seq identifies the event within its queue; unique per queue for the
+	// life of the bus and kept across redeliveries.
+	Seq uint64
+	// Event is the published event.
+	Event Event
+	// EnqueuedAt is when the event was accepted into the queue.
+	EnqueuedAt time.Time
+	// Redeliveries counts earlier deliveries of this event that were nacked
+	// or abandoned; 0 on first delivery.
+	Redeliveries int
+	// SpanContext is the deliver span's context, for the consumer's own
+	// work to join the trace (carried as the deliver frame's traceparent).
+	SpanContext trace.SpanContext
+}
+
+// QueueStats is one queue's snapshot. Its first three fields are the seed's
+// get_queue_stats() shape; the rest is what an operator needs.
+type QueueStats struct {
+	Size           int     `json:"size"`
+	MaxSize        int     `json:"maxsize"`
+	Drops          uint64  `json:"drops"`
+	Policy         Policy  `json:"policy"`
+	TimeoutSeconds float64 `json:"timeout_seconds"`
+	// Published counts publishes by outcome (keys are Outcome values).
+	Published map[Outcome]uint64 `json:"published"`
+	// DropsByReason splits Drops by reason (keys are DropReason values).
+	DropsByReason map[DropReason]uint64 `json:"drops_by_reason"`
+	Timeouts      uint64                `json:"timeouts"`
+	Delivered     uint64                `json:"delivered"`
+	Redelivered   uint64                `json:"redelivered"`
+	Acked         uint64                `json:"acked"`
+	Waiting       int                   `json:"waiting"`
+	Consumers     int                   `json:"consumers"`
+	InFlight      int                   `json:"in_flight"`
+}
+
+// Stats maps queue name to its snapshot.
+type Stats map[string]QueueStats
