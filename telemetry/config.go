@@ -1,0 +1,379 @@
+package telemetry
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Defaults applied when neither Config nor the OTEL_* environment sets a value.
+const (
+	// DefaultServiceName is the resource's service.name.
+	DefaultServiceName = "eventbus-sidecar"
+	// DefaultMetricInterval is how often metrics are pushed over OTLP. Shorter
+	// than the SDK's 60 s so that a drop alert fires within a scrape or two.
+	DefaultMetricInterval = 10 * time.Second
+	// DefaultExportTimeout bounds one OTLP export call (spans or metrics).
+	DefaultExportTimeout = 10 * time.Second
+	// DefaultSpanQueueSize bounds the spans waiting for export; beyond it
+	// spans are dropped and counted, never waited for.
+	DefaultSpanQueueSize = 2048
+	// DefaultSpanBatchSize is the most spans sent in one export call.
+	DefaultSpanBatchSize = 512
+	// DefaultSpanBatchDelay is the longest a span waits for its batch to fill.
+	DefaultSpanBatchDelay = time.Second
+)
+
+// DefaultSampledQueues are the queues whose accepted publishes are sampled at
+// DataSampleRatio; every other queue's spans are always exported.
+var DefaultSampledQueues = []string{"data"}
+
+// ErrInvalidConfig is wrapped by every configuration error Setup returns.
+var ErrInvalidConfig = errors.New("invalid telemetry configuration")
+
+// Config configures Setup. The zero value is usable: metrics on /metrics,
+// no OTLP export unless OTEL_EXPORTER_OTLP_ENDPOINT is set. Where a field and
+// an OTEL_* variable set the same thing, the field wins when it is set (non-zero,
+// non-nil); the variable applies otherwise.
+type Config struct {
+	// Disabled turns all telemetry off: the providers are no-ops and /metrics
+	// is empty. OTEL_SDK_DISABLED=true does the same.
+	Disabled bool
+	// TracesDisabled keeps metrics but records no spans (the "metrics only"
+	// mode). OTEL_TRACES_SAMPLER=always_off or OTEL_TRACES_EXPORTER=none does the same.
+	TracesDisabled bool
+
+	// ServiceName is service.name; else OTEL_SERVICE_NAME, else service.name
+	// in OTEL_RESOURCE_ATTRIBUTES, else DefaultServiceName.
+	ServiceName string
+	// ServiceVersion is service.version (the build's version).
+	ServiceVersion string
+	// InstanceID is service.instance.id; else the one in
+	// OTEL_RESOURCE_ATTRIBUTES, else a random UUID per process.
+	InstanceID string
+
+	// OTLPEndpoint is the OTLP gRPC endpoint for both signals, as host:port
+	// (TLS unless OTLPInsecure) or a URL (http:// is plaintext). Empty: use
+	// OTEL_EXPORTER_OTLP_{TRACES,METRICS}_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT;
+	// if none is set there is no OTLP export at all.
+	OTLPEndpoint string
+	// OTLPInsecure uses plaintext gRPC for a host:port OTLPEndpoint.
+	OTLPInsecure bool
+	// ExportTimeout bounds one export call; else OTEL_EXPORTER_OTLP_TIMEOUT
+	// (milliseconds), else DefaultExportTimeout.
+	ExportTimeout time.Duration
+
+	// DataSampleRatio is the fraction (0..1) of accepted publishes on
+	// SampledQueues whose traces are exported, chosen by trace ID so that a
+	// trace stays whole. nil: from OTEL_TRACES_SAMPLER(_ARG), else 1.0.
+	// Drops, timeouts, errors and all other queues are always exported.
+	DataSampleRatio *float64
+	// SampledQueues names the queues DataSampleRatio applies to; nil means
+	// DefaultSampledQueues.
+	SampledQueues []string
+
+	// MetricInterval is the OTLP metric push interval; else
+	// OTEL_METRIC_EXPORT_INTERVAL (milliseconds), else DefaultMetricInterval.
+	MetricInterval time.Duration
+	// SpanQueueSize bounds spans awaiting export; else OTEL_BSP_MAX_QUEUE_SIZE,
+	// else DefaultSpanQueueSize.
+	SpanQueueSize int
+	// SpanBatchSize is the most spans per export; else
+	// OTEL_BSP_MAX_EXPORT_BATCH_SIZE, else DefaultSpanBatchSize.
+	SpanBatchSize int
+	// SpanBatchDelay is the longest a span waits for a batch; else
+	// OTEL_BSP_SCHEDULE_DELAY (milliseconds), else DefaultSpanBatchDelay.
+	SpanBatchDelay time.Duration
+	// LossLogInterval is how often lost spans and failed exports are
+	// summarised in one log line; 0 means MetricInterval.
+	LossLogInterval time.Duration
+
+	// LookupEnv reads the environment; nil means os.LookupEnv. Tests inject
+	// their own so that they never depend on the process environment.
+	LookupEnv func(key string) (string, bool)
+}
+
+// resolved is Config after the environment and defaults have been applied.
+type resolved struct {
+	disabled       bool
+	traces         bool
+	serviceName    string
+	serviceVersion string
+	instanceID     string
+	resourceAttrs  map[string]string
+	traceEndpoint  endpoint
+	metricEndpoint endpoint
+	exportTimeout  time.Duration
+	ratio          float64
+	sampledQueues  []string
+	metricInterval time.Duration
+	queueSize      int
+	batchSize      int
+	batchDelay     time.Duration
+	lossInterval   time.Duration
+}
+
+// endpoint is where one signal is exported; the zero value means nowhere.
+type endpoint struct {
+	// url is a full URL (scheme decides TLS); hostPort is a bare address.
+	url      string
+	hostPort string
+	insecure bool
+}
+
+func (e endpoint) set() bool { return e.url != "" || e.hostPort != "" }
+
+// String names the endpoint for log lines.
+func (e endpoint) String() string {
+	if e.url != "" {
+		return e.url
+	}
+	return e.hostPort
+}
+
+// Samplers lists the OTEL_TRACES_SAMPLER values Setup understands.
+var Samplers = []string{
+	"always_on", "always_off", "traceidratio",
+	"parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio",
+}
+
+func (c Config) resolve() (resolved, error) {
+	lookup := c.LookupEnv
+	if lookup == nil {
+		lookup = os.LookupEnv
+	}
+	env := func(k string) string {
+		v, _ := lookup(k)
+		return strings.TrimSpace(v)
+	}
+	var r resolved
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, args...)...))
+	}
+
+	if v := env("OTEL_SDK_DISABLED"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			bad("OTEL_SDK_DISABLED=%q: want true or false", v)
+		}
+		r.disabled = b
+	}
+	r.disabled = r.disabled || c.Disabled
+
+	attrs, err := parseResourceAttributes(env("OTEL_RESOURCE_ATTRIBUTES"))
+	if err != nil {
+		errs = append(errs, err)
+	}
+	r.resourceAttrs = attrs
+	r.serviceName = firstNonEmpty(c.ServiceName, env("OTEL_SERVICE_NAME"), attrs["service.name"], DefaultServiceName)
+	r.serviceVersion = firstNonEmpty(c.ServiceVersion, attrs["service.version"])
+	r.instanceID = firstNonEmpty(c.InstanceID, attrs["service.instance.id"])
+
+	// Traces: sampler from the environment, overridden by explicit fields.
+	r.traces = !c.TracesDisabled
+	r.ratio = 1
+	switch s := strings.ToLower(env("OTEL_TRACES_SAMPLER")); s {
+	case "", "always_on", "parentbased_always_on":
+	case "always_off", "parentbased_always_off":
+		r.traces = false
+	case "traceidratio", "parentbased_traceidratio":
+		if arg := env("OTEL_TRACES_SAMPLER_ARG"); arg != "" {
+			f, err := strconv.ParseFloat(arg, 64)
+			if err != nil || f < 0 || f > 1 {
+				bad("OTEL_TRACES_SAMPLER_ARG=%q: want a ratio from 0 to 1", arg)
+			} else {
+				r.ratio = f
+			}
+		}
+	default:
+		bad("OTEL_TRACES_SAMPLER=%q: want one of %s", s, strings.Join(Samplers, ", "))
+	}
+	if c.DataSampleRatio != nil {
+		f := *c.DataSampleRatio
+		if f < 0 || f > 1 || f != f {
+			bad("data sample ratio %v: want a ratio from 0 to 1", f)
+		}
+		r.ratio = f
+	}
+	r.sampledQueues = c.SampledQueues
+	if r.sampledQueues == nil {
+		r.sampledQueues = DefaultSampledQueues
+	}
+
+	// Endpoints: explicit field, else signal-specific variable, else generic.
+	exporterOn := func(v string) bool {
+		switch e := strings.ToLower(env(v)); e {
+		case "", "otlp":
+			return true
+		case "none":
+			return false
+		default:
+			bad("%s=%q: want otlp or none", v, e)
+			return false
+		}
+	}
+	tracesOTLP := exporterOn("OTEL_TRACES_EXPORTER")
+	metricsOTLP := exporterOn("OTEL_METRICS_EXPORTER")
+	if c.OTLPEndpoint != "" {
+		ep, err := parseEndpoint("OTLP endpoint", c.OTLPEndpoint, c.OTLPInsecure)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		r.traceEndpoint, r.metricEndpoint = ep, ep
+	} else {
+		for _, s := range []struct {
+			dst *endpoint
+			key string
+		}{
+			{&r.traceEndpoint, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"},
+			{&r.metricEndpoint, "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"},
+		} {
+			key := s.key
+			v := env(key)
+			if v == "" {
+				key, v = "OTEL_EXPORTER_OTLP_ENDPOINT", env("OTEL_EXPORTER_OTLP_ENDPOINT")
+			}
+			if v == "" {
+				continue
+			}
+			insecure := c.OTLPInsecure
+			if iv := env("OTEL_EXPORTER_OTLP_INSECURE"); iv != "" {
+				b, err := strconv.ParseBool(iv)
+				if err != nil {
+					bad("OTEL_EXPORTER_OTLP_INSECURE=%q: want true or false", iv)
+				}
+				insecure = insecure || b
+			}
+			ep, err := parseEndpoint(key, v, insecure)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			*s.dst = ep
+		}
+	}
+	if !tracesOTLP {
+		r.traceEndpoint = endpoint{}
+		r.traces = false
+	}
+	if !metricsOTLP {
+		r.metricEndpoint = endpoint{}
+	}
+	if !r.traceEndpoint.set() {
+		// Spans nobody exports are not worth recording.
+		r.traces = false
+	}
+
+	durMillis := func(field time.Duration, key string, def time.Duration) time.Duration {
+		if field < 0 {
+			bad("%s %v: want a positive duration", strings.ToLower(strings.TrimPrefix(key, "OTEL_")), field)
+			return def
+		}
+		if field > 0 {
+			return field
+		}
+		if v := env(key); v != "" {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n <= 0 {
+				bad("%s=%q: want a positive number of milliseconds", key, v)
+				return def
+			}
+			return time.Duration(n) * time.Millisecond
+		}
+		return def
+	}
+	intVal := func(field int, key string, def int) int {
+		if field < 0 {
+			bad("%s %d: want a positive number", strings.ToLower(strings.TrimPrefix(key, "OTEL_")), field)
+			return def
+		}
+		if field > 0 {
+			return field
+		}
+		if v := env(key); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n <= 0 {
+				bad("%s=%q: want a positive integer", key, v)
+				return def
+			}
+			return n
+		}
+		return def
+	}
+	r.exportTimeout = durMillis(c.ExportTimeout, "OTEL_EXPORTER_OTLP_TIMEOUT", DefaultExportTimeout)
+	r.metricInterval = durMillis(c.MetricInterval, "OTEL_METRIC_EXPORT_INTERVAL", DefaultMetricInterval)
+	r.batchDelay = durMillis(c.SpanBatchDelay, "OTEL_BSP_SCHEDULE_DELAY", DefaultSpanBatchDelay)
+	r.queueSize = intVal(c.SpanQueueSize, "OTEL_BSP_MAX_QUEUE_SIZE", DefaultSpanQueueSize)
+	r.batchSize = intVal(c.SpanBatchSize, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", DefaultSpanBatchSize)
+	if r.batchSize > r.queueSize {
+		r.batchSize = r.queueSize
+	}
+	r.lossInterval = c.LossLogInterval
+	if r.lossInterval < 0 {
+		bad("loss log interval %v: want a positive duration", r.lossInterval)
+	}
+	if r.lossInterval <= 0 {
+		r.lossInterval = r.metricInterval
+	}
+	return r, errors.Join(errs...)
+}
+
+// parseEndpoint accepts host:port or an http(s) URL, and says which it got.
+func parseEndpoint(what, v string, insecure bool) (endpoint, error) {
+	if strings.Contains(v, "://") {
+		u, err := url.Parse(v)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return endpoint{}, fmt.Errorf("%w: %s %q: want host:port or an http:// or https:// URL", ErrInvalidConfig, what, v)
+		}
+		if insecure && u.Scheme == "https" {
+			u.Scheme = "http"
+		}
+		return endpoint{url: u.String(), insecure: u.Scheme == "http"}, nil
+	}
+	_, port, ok := strings.Cut(v, ":")
+	if !ok || port == "" || strings.Contains(port, "/") {
+		return endpoint{}, fmt.Errorf("%w: %s %q: want host:port or an http:// or https:// URL", ErrInvalidConfig, what, v)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return endpoint{}, fmt.Errorf("%w: %s %q: port %q is not a number from 0 to 65535", ErrInvalidConfig, what, v, port)
+	}
+	return endpoint{hostPort: v, insecure: insecure}, nil
+}
+
+// parseResourceAttributes parses OTEL_RESOURCE_ATTRIBUTES (key=value pairs,
+// comma separated, values percent-encoded).
+func parseResourceAttributes(v string) (map[string]string, error) {
+	out := map[string]string{}
+	if v == "" {
+		return out, nil
+	}
+	for _, kv := range strings.Split(v, ",") {
+		if strings.TrimSpace(kv) == "" {
+			continue
+		}
+		k, val, ok := strings.Cut(kv, "=")
+		k = strings.TrimSpace(k)
+		if !ok || k == "" {
+			return nil, fmt.Errorf("%w: OTEL_RESOURCE_ATTRIBUTES entry %q: want key=value", ErrInvalidConfig, kv)
+		}
+		dec, err := url.PathUnescape(strings.TrimSpace(val))
+		if err != nil {
+			return nil, fmt.Errorf("%w: OTEL_RESOURCE_ATTRIBUTES entry %q: bad percent-encoding: %v", ErrInvalidConfig, kv, err)
+		}
+		out[k] = dec
+	}
+	return out, nil
+}
+
+func firstNonEmpty(vs ...string) string {
+	for _, v := range vs {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}

@@ -1,0 +1,94 @@
+package telemetry
+
+import (
+	"context"
+	"encoding/binary"
+	"strings"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Span attribute keys the filter reads; the bus sets them (issue 3 section 2).
+const (
+	attrDestination = attribute.Key("messaging.destination.name")
+	attrOutcome     = attribute.Key("eventbus.outcome")
+)
+
+// ratioFilter decides, when a span ends, whether it is exported. Spans are
+// always recorded (the sampler is AlwaysSample) because whether a publish is
+// worth keeping — it was dropped, timed out or failed — is known only at its
+// end. A span is left out only when it is on a sampled queue, is not a drop
+// span, has no error status, its eventbus.outcome (if any) is "accepted",
+// and its trace ID falls outside the ratio. The trace-ID test is the one the
+// SDK's TraceIDRatioBased sampler uses, so every span of one trace gets the
+// same answer and traces stay whole.
+type ratioFilter struct {
+	next   sdktrace.SpanProcessor
+	all    bool // ratio >= 1: nothing is filtered
+	bound  uint64
+	queues map[string]bool
+	loss   *lossCounters
+}
+
+var _ sdktrace.SpanProcessor = (*ratioFilter)(nil)
+
+func newRatioFilter(next sdktrace.SpanProcessor, ratio float64, queues []string, loss *lossCounters) *ratioFilter {
+	f := &ratioFilter{next: next, all: ratio >= 1, queues: map[string]bool{}, loss: loss}
+	if !f.all && ratio > 0 {
+		f.bound = uint64(ratio * (1 << 63))
+	}
+	for _, q := range queues {
+		f.queues[q] = true
+	}
+	return f
+}
+
+// OnStart forwards to the next processor.
+func (f *ratioFilter) OnStart(ctx context.Context, s sdktrace.ReadWriteSpan) { f.next.OnStart(ctx, s) }
+
+// OnEnd forwards s unless the ratio leaves it out.
+func (f *ratioFilter) OnEnd(s sdktrace.ReadOnlySpan) {
+	if f.all || f.keep(s) {
+		f.next.OnEnd(s)
+		return
+	}
+	f.loss.spansSampledOut.Add(1)
+}
+
+func (f *ratioFilter) keep(s sdktrace.ReadOnlySpan) bool {
+	if s.Status().Code == codes.Error {
+		return true
+	}
+	op, queue, _ := strings.Cut(s.Name(), " ")
+	if op == "drop" {
+		return true
+	}
+	for _, kv := range s.Attributes() {
+		switch kv.Key {
+		case attrDestination:
+			queue = kv.Value.AsString()
+		case attrOutcome:
+			if kv.Value.AsString() != "accepted" {
+				return true
+			}
+		}
+	}
+	if !f.queues[queue] {
+		return true
+	}
+	return f.inRatio(s.SpanContext().TraceID())
+}
+
+// inRatio is TraceIDRatioBased's decision for id.
+func (f *ratioFilter) inRatio(id trace.TraceID) bool {
+	return binary.BigEndian.Uint64(id[8:16])>>1 < f.bound
+}
+
+// ForceFlush forwards to the next processor.
+func (f *ratioFilter) ForceFlush(ctx context.Context) error { return f.next.ForceFlush(ctx) }
+
+// Shutdown forwards to the next processor.
+func (f *ratioFilter) Shutdown(ctx context.Context) error { return f.next.Shutdown(ctx) }

@@ -1,0 +1,284 @@
+// Package telemetry builds the OpenTelemetry SDK side of the sidecar: the
+// tracer and meter providers the bus emits into, OTLP gRPC export to a
+// collector, a Prometheus text handler over the same metrics, trace sampling
+// by queue, and accounting for telemetry that could not be delivered.
+//
+// Nothing here touches the OpenTelemetry globals; the caller passes the
+// providers to the components that need them.
+package telemetry
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
+	"go.opentelemetry.io/otel/metric"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
+)
+
+// ScopeName is the instrumentation scope of the telemetry package's own metrics.
+const ScopeName = "github.com/eventbus-sidecar/eventbus-sidecar/telemetry"
+
+// Telemetry owns the SDK providers and exporters. Create it with Setup and
+// end it with Shutdown.
+type Telemetry struct {
+	logger   *slog.Logger
+	cfg      resolved
+	tp       trace.TracerProvider
+	sdkTP    *sdktrace.TracerProvider
+	mp       metric.MeterProvider
+	sdkMP    *sdkmetric.MeterProvider
+	metrics  http.Handler
+	loss     *lossCounters
+	spanProc *batchProcessor
+	metricEx *countingMetricExporter
+	reporter *lossReporter
+
+	shutdownOnce sync.Once
+	shutdownErr  error
+}
+
+// Setup builds the providers from cfg and the OTEL_* environment. It does not
+// contact the collector: export failures later are counted and logged, never
+// fatal. The returned Telemetry must be shut down.
+func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	r, err := cfg.resolve()
+	if err != nil {
+		return nil, err
+	}
+	t := &Telemetry{logger: logger, cfg: r, loss: &lossCounters{}}
+	if r.disabled {
+		t.tp = tracenoop.NewTracerProvider()
+		t.mp = metricnoop.NewMeterProvider()
+		t.metrics = promhttp.HandlerFor(prometheus.NewRegistry(), promhttp.HandlerOpts{})
+		logger.Info("telemetry disabled")
+		return t, nil
+	}
+	if r.instanceID == "" {
+		r.instanceID = newUUID()
+		t.cfg.instanceID = r.instanceID
+	}
+	res, err := buildResource(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+
+	// Metrics: a Prometheus reader with its own registry for /metrics, and a
+	// periodic OTLP reader when an endpoint is configured, on one provider so
+	// both see identical numbers.
+	registry := prometheus.NewRegistry()
+	promReader, err := otelprom.New(otelprom.WithRegisterer(registry))
+	if err != nil {
+		return nil, fmt.Errorf("telemetry: prometheus reader: %w", err)
+	}
+	mpOpts := []sdkmetric.Option{sdkmetric.WithResource(res), sdkmetric.WithReader(promReader)}
+	if r.metricEndpoint.set() {
+		opts := []otlpmetricgrpc.Option{otlpmetricgrpc.WithTimeout(r.exportTimeout)}
+		if r.metricEndpoint.url != "" {
+			opts = append(opts, otlpmetricgrpc.WithEndpointURL(r.metricEndpoint.url))
+		} else {
+			opts = append(opts, otlpmetricgrpc.WithEndpoint(r.metricEndpoint.hostPort))
+		}
+		if r.metricEndpoint.insecure {
+			opts = append(opts, otlpmetricgrpc.WithInsecure())
+		}
+		exp, err := otlpmetricgrpc.New(ctx, opts...)
+		if err != nil {
+			return nil, fmt.Errorf("telemetry: OTLP metric exporter for %s: %w", r.metricEndpoint, err)
+		}
+		t.metricEx = &countingMetricExporter{Exporter: exp, loss: t.loss}
+		mpOpts = append(mpOpts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(t.metricEx,
+			sdkmetric.WithInterval(r.metricInterval), sdkmetric.WithTimeout(r.exportTimeout))))
+	}
+	t.sdkMP = sdkmetric.NewMeterProvider(mpOpts...)
+	t.mp = t.sdkMP
+	t.metrics = promhttp.HandlerFor(registry, promhttp.HandlerOpts{ErrorLog: slogPromLogger{logger}})
+
+	// Traces: every span is recorded; the ratio filter decides at the end of
+	// a span whether it is exported (see sampling.go), and the bounded batch
+	// processor never blocks the caller.
+	if r.traces {
+		opts := []otlptracegrpc.Option{otlptracegrpc.WithTimeout(r.exportTimeout)}
+		if r.traceEndpoint.url != "" {
+			opts = append(opts, otlptracegrpc.WithEndpointURL(r.traceEndpoint.url))
+		} else {
+			opts = append(opts, otlptracegrpc.WithEndpoint(r.traceEndpoint.hostPort))
+		}
+		if r.traceEndpoint.insecure {
+			opts = append(opts, otlptracegrpc.WithInsecure())
+		}
+		exp, err := otlptracegrpc.New(ctx, opts...)
+		if err != nil {
+			return nil, errors.Join(fmt.Errorf("telemetry: OTLP trace exporter for %s: %w", r.traceEndpoint, err), t.sdkMP.Shutdown(ctx))
+		}
+		t.spanProc = newBatchProcessor(exp, batchOptions{
+			queueSize: r.queueSize, batchSize: r.batchSize, delay: r.batchDelay, timeout: r.exportTimeout,
+		}, t.loss)
+		t.sdkTP = sdktrace.NewTracerProvider(
+			sdktrace.WithResource(res),
+			sdktrace.WithSampler(sdktrace.AlwaysSample()),
+			sdktrace.WithSpanProcessor(newRatioFilter(t.spanProc, r.ratio, r.sampledQueues, t.loss)),
+		)
+		t.tp = t.sdkTP
+	} else {
+		t.tp = tracenoop.NewTracerProvider()
+	}
+
+	if err := t.loss.register(t.sdkMP.Meter(ScopeName), t.spanProc); err != nil {
+		return nil, errors.Join(err, t.shutdownProviders(ctx))
+	}
+	t.reporter = startLossReporter(t.loss, r.lossInterval, logger)
+
+	logger.Info("telemetry started",
+		"service_name", r.serviceName, "instance_id", r.instanceID,
+		"traces", r.traces, "trace_endpoint", r.traceEndpoint.String(),
+		"metric_endpoint", r.metricEndpoint.String(), "metric_interval", r.metricInterval,
+		"data_sample_ratio", r.ratio, "sampled_queues", r.sampledQueues)
+	return t, nil
+}
+
+func buildResource(ctx context.Context, r resolved) (*resource.Resource, error) {
+	attrs := make([]attribute.KeyValue, 0, len(r.resourceAttrs)+3)
+	for k, v := range r.resourceAttrs {
+		attrs = append(attrs, attribute.String(k, v))
+	}
+	attrs = append(attrs,
+		semconv.ServiceName(r.serviceName),
+		semconv.ServiceInstanceID(r.instanceID))
+	if r.serviceVersion != "" {
+		attrs = append(attrs, semconv.ServiceVersion(r.serviceVersion))
+	}
+	// Later attributes win, so the resolved service.* override the raw
+	// OTEL_RESOURCE_ATTRIBUTES copies added first.
+	res, err := resource.New(ctx,
+		resource.WithSchemaURL(semconv.SchemaURL),
+		resource.WithTelemetrySDK(),
+		resource.WithAttributes(attrs...))
+	if err != nil {
+		return nil, fmt.Errorf("telemetry: resource: %w", err)
+	}
+	return res, nil
+}
+
+// TracerProvider is what the bus and transport create spans with. It is a
+// no-op when telemetry or tracing is off or no trace endpoint is configured.
+func (t *Telemetry) TracerProvider() trace.TracerProvider { return t.tp }
+
+// MeterProvider is what the bus and transport create instruments with.
+func (t *Telemetry) MeterProvider() metric.MeterProvider { return t.mp }
+
+// MetricsHandler serves the provider's metrics in Prometheus text format
+// (for the admin listener's /metrics). It works with or without a collector.
+func (t *Telemetry) MetricsHandler() http.Handler { return t.metrics }
+
+// LossStats is a snapshot of telemetry that could not be delivered.
+type LossStats struct {
+	// SpansExported counts spans the collector acknowledged.
+	SpansExported uint64 `json:"spans_exported"`
+	// SpansDroppedQueueFull counts spans dropped because the export queue
+	// was full (collector slow or down).
+	SpansDroppedQueueFull uint64 `json:"spans_dropped_queue_full"`
+	// SpansDroppedExportFailed counts spans in batches the collector did not take.
+	SpansDroppedExportFailed uint64 `json:"spans_dropped_export_failed"`
+	// SpansDroppedShutdown counts spans still queued when shutdown's deadline ended.
+	SpansDroppedShutdown uint64 `json:"spans_dropped_shutdown"`
+	// SpansSampledOut counts spans not exported by design (DataSampleRatio).
+	SpansSampledOut uint64 `json:"spans_sampled_out"`
+	// SpanExportsFailed and MetricExportsFailed count failed export calls.
+	SpanExportsFailed   uint64 `json:"span_exports_failed"`
+	MetricExportsFailed uint64 `json:"metric_exports_failed"`
+	// SpanQueueSize and SpanQueueCapacity describe the export queue now.
+	SpanQueueSize     int `json:"span_queue_size"`
+	SpanQueueCapacity int `json:"span_queue_capacity"`
+}
+
+// Stats returns the loss counters, for the admin /stats endpoint.
+func (t *Telemetry) Stats() LossStats {
+	s := t.loss.snapshot()
+	if t.spanProc != nil {
+		s.SpanQueueSize = t.spanProc.len()
+		s.SpanQueueCapacity = t.spanProc.capacity()
+	}
+	return s
+}
+
+// ForceFlush exports every span and metric recorded so far, within ctx.
+func (t *Telemetry) ForceFlush(ctx context.Context) error {
+	var errs []error
+	if t.sdkTP != nil {
+		errs = append(errs, t.sdkTP.ForceFlush(ctx))
+	}
+	if t.sdkMP != nil {
+		errs = append(errs, t.sdkMP.ForceFlush(ctx))
+	}
+	return errors.Join(errs...)
+}
+
+// Shutdown flushes what is pending and stops the exporters, giving up when
+// ctx ends (spans still queued then are counted as lost). Call it after the
+// bus has drained so that the last spans and metrics are included. Safe to
+// call more than once; later calls return the first result.
+func (t *Telemetry) Shutdown(ctx context.Context) error {
+	t.shutdownOnce.Do(func() {
+		if t.reporter != nil {
+			t.reporter.stop()
+		}
+		t.shutdownErr = t.shutdownProviders(ctx)
+		if t.reporter != nil {
+			t.reporter.report() // one last summary of anything lost on the way out
+		}
+	})
+	return t.shutdownErr
+}
+
+func (t *Telemetry) shutdownProviders(ctx context.Context) error {
+	var errs []error
+	if t.metricEx != nil {
+		t.metricEx.final.Store(true)
+	}
+	// Traces first: the span loss counters then reach the final metric export.
+	if t.sdkTP != nil {
+		if err := t.sdkTP.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("telemetry: trace provider shutdown: %w", err))
+		}
+	}
+	if t.sdkMP != nil {
+		if err := t.sdkMP.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("telemetry: meter provider shutdown: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// newUUID returns a random (version 4) UUID for service.instance.id.
+func newUUID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// slogPromLogger routes promhttp's error log to slog.
+type slogPromLogger struct{ l *slog.Logger }
+
+func (s slogPromLogger) Println(v ...any) { s.l.Error("metrics handler", "error", fmt.Sprint(v...)) }
