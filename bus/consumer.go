@@ -1,0 +1,273 @@
+package bus
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Consumer receives events from one queue, competing with the queue's other
+// consumers. Each delivery stays in flight until acked or nacked; at most
+// prefetch deliveries are in flight at once. Its methods are safe for
+// concurrent use.
+type Consumer struct {
+	q        *queue
+	prefetch int
+	notify   chan struct{} // buffered(1): "look again"
+	closedCh chan struct{}
+
+	// Guarded by q.mu.
+	inflight map[uint64]flight
+	closed   bool
+	idle     bool // in q.idle: blocked in Receive with prefetch room
+	waiting  bool // blocked in Receive (idle or at the prefetch limit)
+}
+
+// flight is a delivered, unsettled event.
+type flight struct {
+	e    entry
+	span trace.Span // nil without tracing
+}
+
+// Subscribe attaches a consumer to the named queue with a prefetch limit
+// (>= 1). It fails with ErrUnknownQueue, ErrInvalidConfig for a bad
+// prefetch, or ErrShuttingDown once the bus has finished shutting down.
+// Subscribing while Shutdown drains is allowed, so that consumers can help
+// empty the queues.
+func (b *Bus) Subscribe(queueName string, prefetch int) (*Consumer, error) {
+	q, ok := b.byName[queueName]
+	if !ok {
+		return nil, b.unknownQueue(queueName)
+	}
+	if prefetch < 1 {
+		return nil, fmt.Errorf("%w: prefetch: %d: must be >= 1", ErrInvalidConfig, prefetch)
+	}
+	if b.finished.Load() {
+		return nil, ErrShuttingDown
+	}
+	c := &Consumer{
+		q:        q,
+		prefetch: prefetch,
+		notify:   make(chan struct{}, 1),
+		closedCh: make(chan struct{}),
+		inflight: make(map[uint64]flight, min(prefetch, 1024)),
+	}
+	q.counters.consumers.Add(1)
+	return c, nil
+}
+
+// Queue names the queue the consumer receives from.
+func (c *Consumer) Queue() string { return c.q.name }
+
+func (c *Consumer) wake() {
+	select {
+	case c.notify <- struct{}{}:
+	default:
+	}
+}
+
+// Receive blocks until an event is waiting in the queue and fewer than
+// prefetch deliveries are in flight, then hands the oldest waiting event
+// over. It fails with ErrConsumerClosed after Close, with ErrShuttingDown
+// once the bus has finished shutting down, and with an error wrapping
+// ctx.Err() when ctx ends first.
+func (c *Consumer) Receive(ctx context.Context) (Delivery, error) {
+	q := c.q
+	b := q.bus
+	for {
+		q.mu.Lock()
+		if c.closed {
+			q.mu.Unlock()
+			return Delivery{}, ErrConsumerClosed
+		}
+		if b.finished.Load() {
+			q.leaveIdleLocked(c)
+			q.mu.Unlock()
+			return Delivery{}, ErrShuttingDown
+		}
+		if len(c.inflight) < c.prefetch && q.store.Len() > 0 {
+			q.leaveIdleLocked(c)
+			return c.deliverLocked(ctx)
+		}
+		c.waiting = true
+		if len(c.inflight) < c.prefetch && !c.idle {
+			c.idle = true
+			q.idle = append(q.idle, c)
+		}
+		q.mu.Unlock()
+
+		select {
+		case <-c.notify:
+		case <-c.closedCh:
+		case <-b.done:
+		case <-ctx.Done():
+			q.mu.Lock()
+			c.waiting = false
+			if c.idle {
+				q.leaveIdleLocked(c)
+			} else {
+				// We may have been woken for an event we will not take:
+				// pass the wake-up on to another idle consumer.
+				q.wakeConsumersLocked()
+			}
+			q.mu.Unlock()
+			return Delivery{}, fmt.Errorf("receive from queue %q: %w", q.name, ctx.Err())
+		}
+	}
+}
+
+// leaveIdleLocked takes c off the queue's idle list.
+func (q *queue) leaveIdleLocked(c *Consumer) {
+	c.waiting = false
+	if !c.idle {
+		return
+	}
+	c.idle = false
+	if i := slices.Index(q.idle, c); i >= 0 {
+		q.idle = slices.Delete(q.idle, i, i+1)
+	}
+}
+
+// deliverLocked hands the head event to c. Called with q.mu held; releases it.
+func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
+	q := c.q
+	b := q.bus
+	e := q.store.Pop()
+	q.counters.size.Store(int64(q.store.Len()))
+	now := b.clock.Now()
+	f := flight{e: e}
+	sc := e.pubSC
+	if b.tel.tracing {
+		f.span = b.tel.startDeliver(q, &e, now)
+		sc = f.span.SpanContext()
+	}
+	c.inflight[e.seq] = f
+	q.counters.inFlight.Add(1)
+	q.admitWaitersLocked(now)
+	// Other idle consumers may be owed a wake-up for events still waiting.
+	q.wakeConsumersLocked()
+	q.mu.Unlock()
+
+	q.counters.delivered.Add(1)
+	if e.redeliveries > 0 {
+		q.counters.redelivered.Add(1)
+	}
+	b.tel.queuedDuration.Record(ctx, now.Sub(e.enqueuedAt).Seconds(), q.tel.record...)
+	return Delivery{
+		Queue:        q.name,
+		Seq:          e.seq,
+		Event:        e.ev,
+		EnqueuedAt:   e.enqueuedAt,
+		Redeliveries: e.redeliveries,
+		SpanContext:  sc,
+	}, nil
+}
+
+// settle removes seq from c's in-flight set.
+func (c *Consumer) settle(seq uint64, op string) (flight, error) {
+	q := c.q
+	f, ok := c.inflight[seq]
+	if !ok {
+		return f, fmt.Errorf("%s seq %d on queue %q: %w", op, seq, q.name, ErrUnknownSeq)
+	}
+	delete(c.inflight, seq)
+	q.counters.inFlight.Add(-1)
+	if c.waiting && !c.idle {
+		c.wake() // Receive was blocked at the prefetch limit
+	}
+	return f, nil
+}
+
+// Ack settles a delivery for good. It fails with ErrUnknownSeq when seq is
+// not in flight on this consumer (never delivered, already settled, or
+// returned to the queue by Close).
+func (c *Consumer) Ack(seq uint64) error {
+	q := c.q
+	q.mu.Lock()
+	f, err := c.settle(seq, "ack")
+	q.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	q.counters.acked.Add(1)
+	q.bus.notifyDrain()
+	if f.span != nil {
+		endDeliver(f.span, deliveryResultAck, q.bus.clock.Now())
+	}
+	return nil
+}
+
+// Nack returns a delivery to the head of its queue, before every waiting
+// event with a higher seq, to be redelivered (to any consumer). It fails
+// with ErrUnknownSeq like Ack.
+func (c *Consumer) Nack(seq uint64) error {
+	q := c.q
+	q.mu.Lock()
+	f, err := c.settle(seq, "nack")
+	if err != nil {
+		q.mu.Unlock()
+		return err
+	}
+	f.e.redeliveries++
+	q.store.Requeue(f.e)
+	q.counters.size.Store(int64(q.store.Len()))
+	q.wakeConsumersLocked()
+	q.mu.Unlock()
+	q.bus.notifyDrain()
+	if f.span != nil {
+		endDeliver(f.span, deliveryResultNack, q.bus.clock.Now())
+	}
+	return nil
+}
+
+// Close detaches the consumer. Its unsettled deliveries return to the head
+// of the queue in their original order, to be redelivered to other
+// consumers. A blocked Receive returns ErrConsumerClosed. Close is
+// idempotent.
+func (c *Consumer) Close() {
+	q := c.q
+	q.mu.Lock()
+	if c.closed {
+		q.mu.Unlock()
+		return
+	}
+	c.closed = true
+	q.leaveIdleLocked(c)
+	returned := make([]flight, 0, len(c.inflight))
+	for _, f := range c.inflight {
+		returned = append(returned, f)
+	}
+	slices.SortFunc(returned, func(a, b flight) int {
+		switch {
+		case a.e.seq < b.e.seq:
+			return -1
+		case a.e.seq > b.e.seq:
+			return 1
+		}
+		return 0
+	})
+	for i := range returned {
+		returned[i].e.redeliveries++
+		q.store.Requeue(returned[i].e)
+	}
+	clear(c.inflight)
+	q.counters.inFlight.Add(-int64(len(returned)))
+	q.counters.size.Store(int64(q.store.Len()))
+	q.counters.consumers.Add(-1)
+	q.wakeConsumersLocked()
+	q.mu.Unlock()
+	close(c.closedCh)
+	q.bus.notifyDrain()
+	var now time.Time
+	for i := range returned {
+		if returned[i].span != nil {
+			if now.IsZero() {
+				now = q.bus.clock.Now()
+			}
+			endDeliver(returned[i].span, deliveryResultAbandon, now)
+		}
+	}
+}

@@ -1,0 +1,124 @@
+package bus
+
+import (
+	"log/slog"
+	"time"
+
+	"go.opentelemetry.io/otel/metric"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
+)
+
+// Clock is the bus's source of time. Tests inject a fake one so that queue
+// timeouts can be driven without sleeping.
+type Clock interface {
+	// Now returns the current time; it stamps EnqueuedAt and measures durations.
+	Now() time.Time
+	// NewTimer returns a timer that fires once after d.
+	NewTimer(d time.Duration) Timer
+}
+
+// Timer is the subset of *time.Timer the bus needs.
+type Timer interface {
+	// C delivers the time once the timer fires.
+	C() <-chan time.Time
+	// Stop prevents the timer from firing; it reports whether it was stopped
+	// before firing.
+	Stop() bool
+}
+
+// SystemClock returns the wall clock, the default.
+func SystemClock() Clock { return systemClock{} }
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }
+
+func (systemClock) NewTimer(d time.Duration) Timer { return systemTimer{time.NewTimer(d)} }
+
+type systemTimer struct{ t *time.Timer }
+
+func (t systemTimer) C() <-chan time.Time { return t.t.C }
+func (t systemTimer) Stop() bool          { return t.t.Stop() }
+
+// DefaultDropLogInterval is how often, at most, the bus logs a summary of
+// the drops and timeouts of one queue.
+const DefaultDropLogInterval = 10 * time.Second
+
+// Option configures a Bus. It is sealed: only this package creates options.
+type Option interface {
+	apply(*options)
+}
+
+type optionFunc func(*options)
+
+func (f optionFunc) apply(o *options) { f(o) }
+
+type options struct {
+	clock           Clock
+	logger          *slog.Logger
+	tracerProvider  trace.TracerProvider
+	meterProvider   metric.MeterProvider
+	dropLogInterval time.Duration
+}
+
+func defaultOptions() options {
+	return options{
+		clock:           SystemClock(),
+		logger:          slog.New(slog.DiscardHandler),
+		tracerProvider:  tracenoop.NewTracerProvider(),
+		meterProvider:   metricnoop.NewMeterProvider(),
+		dropLogInterval: DefaultDropLogInterval,
+	}
+}
+
+// WithClock sets the clock (default SystemClock). A nil clock is ignored.
+func WithClock(c Clock) Option {
+	return optionFunc(func(o *options) {
+		if c != nil {
+			o.clock = c
+		}
+	})
+}
+
+// WithLogger sets the logger (default: discard). A nil logger is ignored.
+func WithLogger(l *slog.Logger) Option {
+	return optionFunc(func(o *options) {
+		if l != nil {
+			o.logger = l
+		}
+	})
+}
+
+// WithTracerProvider sets where the bus's spans go (default: noop). A nil
+// provider is ignored.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return optionFunc(func(o *options) {
+		if tp != nil {
+			o.tracerProvider = tp
+		}
+	})
+}
+
+// WithMeterProvider sets where the bus's metrics go (default: noop). A nil
+// provider is ignored.
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return optionFunc(func(o *options) {
+		if mp != nil {
+			o.meterProvider = mp
+		}
+	})
+}
+
+// WithDropLogInterval sets how often, at most, drops and timeouts of a queue
+// are summarised in one log line (default DefaultDropLogInterval). Logging
+// every drop would flood the log exactly when the system is overloaded.
+// Values <= 0 are ignored.
+func WithDropLogInterval(d time.Duration) Option {
+	return optionFunc(func(o *options) {
+		if d > 0 {
+			o.dropLogInterval = d
+		}
+	})
+}

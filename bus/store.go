@@ -1,0 +1,101 @@
+package bus
+
+import (
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+)
+
+// entry is one accepted event with what the bus must remember about it.
+type entry struct {
+	seq          uint64
+	ev           Event
+	enqueuedAt   time.Time
+	redeliveries int
+	// pubSC is the publish span's context: the parent of the event's
+	// deliver and drop spans, even after the publish span has ended.
+	pubSC trace.SpanContext
+}
+
+// store holds the events waiting in one queue, oldest (lowest seq) first.
+// It is the seam for a durable store (a later issue persists order and
+// signal): the bus calls it only under the queue's lock, so an
+// implementation needs no locking of its own.
+type store interface {
+	// Len is the number of waiting events.
+	Len() int
+	// Push appends a newly accepted event; its seq is higher than any other.
+	Push(e entry)
+	// Pop removes and returns the oldest event. Len must be > 0.
+	Pop() entry
+	// Requeue puts back an event that was in flight (nacked or abandoned).
+	// It goes before every waiting event with a higher seq, so returned
+	// events keep their original order at the head of the queue.
+	Requeue(e entry)
+}
+
+// ring is the in-memory store: a growable circular buffer of entries kept
+// by value, so the steady state allocates nothing per event.
+type ring struct {
+	buf  []entry // len(buf) is a power of two
+	head int
+	n    int
+}
+
+// maxInitialRing bounds the up-front allocation for very large capacities;
+// the ring grows on demand beyond it.
+const maxInitialRing = 1024
+
+func newRing(capacity int) *ring {
+	size := 1
+	for size < capacity && size < maxInitialRing {
+		size <<= 1
+	}
+	return &ring{buf: make([]entry, size)}
+}
+
+func (r *ring) Len() int { return r.n }
+
+func (r *ring) mask(i int) int { return i & (len(r.buf) - 1) }
+
+func (r *ring) grow() {
+	nb := make([]entry, len(r.buf)*2)
+	for i := 0; i < r.n; i++ {
+		nb[i] = r.buf[r.mask(r.head+i)]
+	}
+	r.buf, r.head = nb, 0
+}
+
+func (r *ring) Push(e entry) {
+	if r.n == len(r.buf) {
+		r.grow()
+	}
+	r.buf[r.mask(r.head+r.n)] = e
+	r.n++
+}
+
+func (r *ring) Pop() entry {
+	i := r.head
+	e := r.buf[i]
+	r.buf[i] = entry{} // release the payload for the GC
+	r.head = r.mask(r.head + 1)
+	r.n--
+	return e
+}
+
+func (r *ring) Requeue(e entry) {
+	if r.n == len(r.buf) {
+		r.grow()
+	}
+	// k = number of waiting events that must stay ahead of e.
+	k := 0
+	for k < r.n && r.buf[r.mask(r.head+k)].seq < e.seq {
+		k++
+	}
+	r.head = r.mask(r.head - 1 + len(r.buf))
+	for i := 0; i < k; i++ {
+		r.buf[r.mask(r.head+i)] = r.buf[r.mask(r.head+i+1)]
+	}
+	r.buf[r.mask(r.head+k)] = e
+	r.n++
+}

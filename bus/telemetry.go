@@ -1,0 +1,269 @@
+package bus
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
+)
+
+// instrumentationName identifies the bus as the source of its spans and metrics.
+const instrumentationName = "github.com/eventbus-sidecar/eventbus-sidecar/bus"
+
+// Span attribute keys. The messaging.* keys follow the OpenTelemetry
+// messaging semantic conventions; eventbus.* are this project's own.
+const (
+	attrMessagingSystem   = attribute.Key("messaging.system")
+	attrDestinationName   = attribute.Key("messaging.destination.name")
+	attrOperationType     = attribute.Key("messaging.operation.type")
+	attrOperationName     = attribute.Key("messaging.operation.name")
+	attrMessageID         = attribute.Key("messaging.message.id")
+	attrEventType         = attribute.Key("eventbus.event.type")
+	attrOutcome           = attribute.Key("eventbus.outcome")
+	attrQueueDepth        = attribute.Key("eventbus.queue.depth")
+	attrDropReason        = attribute.Key("eventbus.drop.reason")
+	attrTimeInQueue       = attribute.Key("eventbus.time_in_queue_seconds")
+	attrRedeliveryCount   = attribute.Key("eventbus.redelivery.count")
+	attrDeliveryResult    = attribute.Key("eventbus.delivery.result")
+	messagingSystemValue  = "eventbus"
+	metricAttrQueue       = attribute.Key("queue")
+	metricAttrOutcome     = attribute.Key("outcome")
+	metricAttrDropReason  = attribute.Key("reason")
+	deliveryResultAck     = "ack"
+	deliveryResultNack    = "nack"
+	deliveryResultAbandon = "abandoned"
+)
+
+// durationBuckets are histogram boundaries in seconds, from 1 µs to 10 s:
+// the exporters' defaults start at milliseconds, which would put every
+// in-process wait into the first bucket.
+func durationBuckets() []float64 {
+	return []float64{
+		1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4,
+		1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+	}
+}
+
+// queueTelemetry holds what a queue's spans and metrics need, computed once
+// so that the hot path builds no names, options or attribute sets.
+type queueTelemetry struct {
+	publishName, waitName, dropName, deliverName string
+
+	publishStart     []trace.SpanStartOption // with a parent from Event.Parent
+	publishStartRoot []trace.SpanStartOption // no valid parent: a new root
+	deliverStart     []trace.SpanStartOption
+	childStart       []trace.SpanStartOption // wait and drop
+
+	record  []metric.RecordOption
+	observe []metric.ObserveOption
+	// observeOutcome and observeReason are indexed like Outcomes and DropReasons.
+	observeOutcome [numOutcomes][]metric.ObserveOption
+	observeReason  [numDropReasons][]metric.ObserveOption
+}
+
+func newQueueTelemetry(name string) queueTelemetry {
+	dest := attrDestinationName.String(name)
+	system := attrMessagingSystem.String(messagingSystemValue)
+	t := queueTelemetry{
+		publishName: "publish " + name,
+		waitName:    "wait " + name,
+		dropName:    "drop " + name,
+		deliverName: "deliver " + name,
+	}
+	pubAttrs := trace.WithAttributes(system, dest,
+		attrOperationType.String("send"), attrOperationName.String("publish"))
+	t.publishStart = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer), pubAttrs}
+	t.publishStartRoot = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer), pubAttrs, trace.WithNewRoot()}
+	t.deliverStart = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(system, dest, attrOperationType.String("process"), attrOperationName.String("deliver"))}
+	t.childStart = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindInternal),
+		trace.WithAttributes(system, dest)}
+
+	qa := metricAttrQueue.String(name)
+	set := attribute.NewSet(qa)
+	t.record = []metric.RecordOption{metric.WithAttributeSet(set)}
+	t.observe = []metric.ObserveOption{metric.WithAttributeSet(set)}
+	for i, o := range Outcomes {
+		t.observeOutcome[i] = []metric.ObserveOption{metric.WithAttributeSet(attribute.NewSet(qa, metricAttrOutcome.String(string(o))))}
+	}
+	for i, r := range DropReasons {
+		t.observeReason[i] = []metric.ObserveOption{metric.WithAttributeSet(attribute.NewSet(qa, metricAttrDropReason.String(string(r))))}
+	}
+	return t
+}
+
+// telemetry is the bus's tracer and instruments.
+type telemetry struct {
+	tracer trace.Tracer
+	// tracing is false for the noop provider: the hot path then skips span
+	// work entirely and passes the publisher's context through unchanged,
+	// which is what the noop provider would do anyway.
+	tracing bool
+
+	publishDuration metric.Float64Histogram
+	waitDuration    metric.Float64Histogram
+	queuedDuration  metric.Float64Histogram
+	registration    metric.Registration
+}
+
+func newTelemetry(b *Bus, o options) (telemetry, error) {
+	var t telemetry
+	_, isNoop := o.tracerProvider.(tracenoop.TracerProvider)
+	t.tracing = !isNoop
+	t.tracer = o.tracerProvider.Tracer(instrumentationName)
+
+	m := o.meterProvider.Meter(instrumentationName)
+	var err error
+	hist := func(name, desc string) metric.Float64Histogram {
+		if err != nil {
+			return nil
+		}
+		var h metric.Float64Histogram
+		h, err = m.Float64Histogram(name, metric.WithUnit("s"), metric.WithDescription(desc),
+			metric.WithExplicitBucketBoundaries(durationBuckets()...))
+		return h
+	}
+	t.publishDuration = hist("eventbus.publish.duration", "Time a publish took, including any wait for room.")
+	t.waitDuration = hist("eventbus.queue.wait.duration", "Time a publisher was blocked waiting for room in a full queue.")
+	t.queuedDuration = hist("eventbus.event.queued.duration", "Time from enqueue to delivery to a consumer.")
+	if err != nil {
+		return t, fmt.Errorf("bus: creating histograms: %w", err)
+	}
+
+	depth, err1 := m.Int64ObservableGauge("eventbus.queue.depth", metric.WithUnit("{event}"),
+		metric.WithDescription("Events waiting in the queue (not counting those in flight)."))
+	capacity, err2 := m.Int64ObservableGauge("eventbus.queue.capacity", metric.WithUnit("{event}"),
+		metric.WithDescription("Configured capacity of the queue."))
+	waiting, err3 := m.Int64ObservableGauge("eventbus.publishers.waiting", metric.WithUnit("{publisher}"),
+		metric.WithDescription("Publishers blocked waiting for room right now."))
+	consumers, err4 := m.Int64ObservableGauge("eventbus.consumers", metric.WithUnit("{consumer}"),
+		metric.WithDescription("Consumers subscribed to the queue."))
+	published, err5 := m.Int64ObservableCounter("eventbus.events.published", metric.WithUnit("{event}"),
+		metric.WithDescription("Publishes by outcome."))
+	dropped, err6 := m.Int64ObservableCounter("eventbus.events.dropped", metric.WithUnit("{event}"),
+		metric.WithDescription("Events dropped by reason (timeout, evicted)."))
+	delivered, err7 := m.Int64ObservableCounter("eventbus.events.delivered", metric.WithUnit("{event}"),
+		metric.WithDescription("Deliveries to consumers, redeliveries included."))
+	redelivered, err8 := m.Int64ObservableCounter("eventbus.events.redelivered", metric.WithUnit("{event}"),
+		metric.WithDescription("Deliveries of events that had been nacked or abandoned before."))
+	if err := firstErr(err1, err2, err3, err4, err5, err6, err7, err8); err != nil {
+		return t, fmt.Errorf("bus: creating observable instruments: %w", err)
+	}
+	reg, err := m.RegisterCallback(func(_ context.Context, obs metric.Observer) error {
+		for _, q := range b.queues {
+			c, tel := &q.counters, &q.tel
+			obs.ObserveInt64(depth, c.size.Load(), tel.observe...)
+			obs.ObserveInt64(capacity, int64(q.capacity), tel.observe...)
+			obs.ObserveInt64(waiting, c.waiting.Load(), tel.observe...)
+			obs.ObserveInt64(consumers, c.consumers.Load(), tel.observe...)
+			for i := range Outcomes {
+				obs.ObserveInt64(published, int64(c.published[i].Load()), tel.observeOutcome[i]...)
+			}
+			for i := range DropReasons {
+				obs.ObserveInt64(dropped, int64(c.drops[i].Load()), tel.observeReason[i]...)
+			}
+			obs.ObserveInt64(delivered, int64(c.delivered.Load()), tel.observe...)
+			obs.ObserveInt64(redelivered, int64(c.redelivered.Load()), tel.observe...)
+		}
+		return nil
+	}, depth, capacity, waiting, consumers, published, dropped, delivered, redelivered)
+	if err != nil {
+		return t, fmt.Errorf("bus: registering metric callback: %w", err)
+	}
+	t.registration = reg
+	return t, nil
+}
+
+// withTimestamp returns a new slice: the precomputed option slices are
+// shared between goroutines and must never be appended to in place.
+func withTimestamp(opts []trace.SpanStartOption, at time.Time) []trace.SpanStartOption {
+	out := make([]trace.SpanStartOption, len(opts), len(opts)+1)
+	copy(out, opts)
+	return append(out, trace.WithTimestamp(at))
+}
+
+func firstErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startPublish starts a publish span: a child of ev.Parent when valid,
+// otherwise a new root (the caller's ctx may carry an unrelated span).
+func (t *telemetry) startPublish(ctx context.Context, q *queue, ev *Event, start time.Time) (context.Context, trace.Span) {
+	opts := q.tel.publishStartRoot
+	if ev.Parent.IsValid() {
+		ctx = trace.ContextWithRemoteSpanContext(ctx, ev.Parent)
+		opts = q.tel.publishStart
+	}
+	ctx, span := t.tracer.Start(ctx, q.tel.publishName, withTimestamp(opts, start)...)
+	if span.IsRecording() {
+		span.SetAttributes(attrEventType.String(ev.Type))
+	}
+	return ctx, span
+}
+
+// endPublish records the outcome on the publish span and ends it.
+func endPublish(span trace.Span, outcome Outcome, seq uint64, depth int, err error, end time.Time) {
+	if span.IsRecording() {
+		span.SetAttributes(attrOutcome.String(string(outcome)), attrQueueDepth.Int(depth))
+		if outcome == Accepted {
+			span.SetAttributes(attrMessageID.String(strconv.FormatUint(seq, 10)))
+		}
+		if (outcome == TimedOut || outcome == Failed) && err != nil {
+			span.SetStatus(codes.Error, err.Error())
+			span.RecordError(err)
+		}
+	}
+	span.End(trace.WithTimestamp(end))
+}
+
+// dropSpan records a drop as an instant span under the dropped event's
+// publish span. Dropping is designed behaviour, so the status stays Unset.
+func (t *telemetry) dropSpan(q *queue, parent trace.SpanContext, reason DropReason, seq uint64, at time.Time) {
+	ctx := trace.ContextWithSpanContext(context.Background(), parent)
+	_, span := t.tracer.Start(ctx, q.tel.dropName, withTimestamp(q.tel.childStart, at)...)
+	if span.IsRecording() {
+		span.SetAttributes(attrDropReason.String(string(reason)))
+		if seq != 0 {
+			span.SetAttributes(attrMessageID.String(strconv.FormatUint(seq, 10)))
+		}
+	}
+	span.End(trace.WithTimestamp(at))
+}
+
+// startDeliver starts the deliver span at hand-over, under the event's
+// publish span.
+func (t *telemetry) startDeliver(q *queue, e *entry, at time.Time) trace.Span {
+	ctx := trace.ContextWithSpanContext(context.Background(), e.pubSC)
+	_, span := t.tracer.Start(ctx, q.tel.deliverName, withTimestamp(q.tel.deliverStart, at)...)
+	if span.IsRecording() {
+		span.SetAttributes(
+			attrMessageID.String(strconv.FormatUint(e.seq, 10)),
+			attrEventType.String(e.ev.Type),
+			attrTimeInQueue.Float64(at.Sub(e.enqueuedAt).Seconds()),
+			attrRedeliveryCount.Int(e.redeliveries),
+		)
+	}
+	return span
+}
+
+// endDeliver ends a deliver span with how the delivery was settled.
+func endDeliver(span trace.Span, result string, at time.Time) {
+	if span == nil {
+		return
+	}
+	if span.IsRecording() {
+		span.SetAttributes(attrDeliveryResult.String(result))
+	}
+	span.End(trace.WithTimestamp(at))
+}
