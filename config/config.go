@@ -1,0 +1,158 @@
+// Package config holds the sidecar's settings: the defaults (in one place,
+// Default), the YAML file form, the EVENTBUS_* environment variables and the
+// command-line flags, merged with the precedence flags > environment > file >
+// defaults, and validated before anything starts.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+)
+
+// ErrInvalid marks every validation and parse error, so callers can tell a
+// bad configuration (exit with the message) from other failures.
+var ErrInvalid = errors.New("invalid config")
+
+// AdminOff is the admin_addr value (besides "") that disables the admin
+// HTTP listener.
+const AdminOff = "off"
+
+// Log levels and formats accepted by log_level and log_format.
+var (
+	LogLevels  = []string{"debug", "info", "warn", "error"}
+	LogFormats = []string{"text", "json"}
+)
+
+// Config is the sidecar's whole configuration after merging all sources.
+type Config struct {
+	// Socket is the Unix socket path clients connect to.
+	Socket string
+	// SocketMode is the permission of the socket file; 0660 lets a shared
+	// group in without making the socket world-writable.
+	SocketMode os.FileMode
+	// AdminAddr is the admin HTTP listener (/metrics, /healthz, /readyz,
+	// /stats); empty disables it.
+	AdminAddr string
+	// LogLevel is one of LogLevels.
+	LogLevel string
+	// LogFormat is one of LogFormats.
+	LogFormat string
+	// DrainTimeout bounds how long shutdown keeps delivering queued events.
+	DrainTimeout time.Duration
+	// MaxFrameBytes bounds one NDJSON request line; a longer one gets an
+	// error reply and its connection is closed.
+	MaxFrameBytes int
+	// WriteTimeout is how long a client may leave its replies unread (with
+	// its output buffer full) before it is cut off.
+	WriteTimeout time.Duration
+	// MaxOutputBytes bounds the replies and deliveries buffered for one
+	// connection; past it the sidecar stops reading that client's requests.
+	MaxOutputBytes int
+	// Queues are the bus queues in the order stats and metrics list them.
+	Queues []bus.QueueConfig
+	// Routes maps an event type to the queue a publish without "queue" goes to.
+	Routes map[string]string
+	// DefaultQueue receives publishes whose type has no route.
+	DefaultQueue string
+	// Telemetry configures traces and metrics export.
+	Telemetry Telemetry
+}
+
+// Telemetry mirrors telemetry.Config; main maps it across so that this
+// package stays free of the SDK. Zero values mean "not set here": the
+// telemetry package then applies the standard OTEL_* variables, then its own
+// defaults, so the precedence is flags > EVENTBUS_* > file > OTEL_* > defaults.
+type Telemetry struct {
+	// Disabled turns all telemetry off (OTEL_SDK_DISABLED=true does too).
+	Disabled bool
+	// TracesDisabled keeps metrics but records no spans ("metrics only").
+	TracesDisabled bool
+	// OTLPEndpoint is the collector's OTLP gRPC address, host:port or an
+	// http(s):// URL. Empty: OTEL_EXPORTER_OTLP_ENDPOINT, else no OTLP export.
+	OTLPEndpoint string
+	// OTLPInsecure uses plaintext gRPC for a host:port endpoint.
+	OTLPInsecure bool
+	// ServiceName is service.name; empty: OTEL_SERVICE_NAME, else eventbus-sidecar.
+	ServiceName string
+	// DataSampleRatio is the share (0..1) of accepted data-queue publishes
+	// whose traces are exported; signal, order, drops and timeouts are always
+	// exported. nil: OTEL_TRACES_SAMPLER_ARG, else 1.
+	DataSampleRatio *float64
+	// MetricInterval is the OTLP metric push interval; 0:
+	// OTEL_METRIC_EXPORT_INTERVAL, else 10s.
+	MetricInterval time.Duration
+}
+
+// Default returns the built-in configuration: the seed's three queues and
+// route table. It is the one place defaults live.
+func Default() Config {
+	return Config{
+		Socket:         "/tmp/eventbus-sidecar.sock",
+		SocketMode:     0o660,
+		AdminAddr:      "127.0.0.1:9464",
+		LogLevel:       "info",
+		LogFormat:      "text",
+		DrainTimeout:   10 * time.Second,
+		MaxFrameBytes:  1 << 20,
+		WriteTimeout:   10 * time.Second,
+		MaxOutputBytes: 4 << 20,
+		Queues: []bus.QueueConfig{
+			{Name: "data", Capacity: 1000, Policy: bus.PolicyDrop, Timeout: time.Second},
+			{Name: "signal", Capacity: 100, Policy: bus.PolicyFail, Timeout: 5 * time.Second},
+			{Name: "order", Capacity: 50, Policy: bus.PolicyBlock},
+		},
+		Routes: map[string]string{
+			"CANDLE_UPDATE":    "data",
+			"CANDLE_CLOSED":    "data",
+			"SIGNAL_GENERATED": "signal",
+			"ORDER_PLACED":     "order",
+		},
+		DefaultQueue: "data",
+		// Telemetry stays zero: the telemetry package owns its defaults and
+		// the OTEL_* variables must be able to reach them.
+	}
+}
+
+// Clone returns a deep copy, so merging never mutates a shared value.
+func (c Config) Clone() Config {
+	out := c
+	out.Queues = append([]bus.QueueConfig(nil), c.Queues...)
+	if c.Telemetry.DataSampleRatio != nil {
+		r := *c.Telemetry.DataSampleRatio
+		out.Telemetry.DataSampleRatio = &r
+	}
+	out.Routes = make(map[string]string, len(c.Routes))
+	for k, v := range c.Routes {
+		out.Routes[k] = v
+	}
+	return out
+}
+
+// AdminEnabled reports whether the admin HTTP listener should run.
+func (c Config) AdminEnabled() bool { return c.AdminAddr != "" && c.AdminAddr != AdminOff }
+
+// QueueNames lists the configured queue names in order.
+func (c Config) QueueNames() []string {
+	names := make([]string, len(c.Queues))
+	for i, q := range c.Queues {
+		names[i] = q.Name
+	}
+	return names
+}
+
+// Route returns the queue for an event type: its route, else DefaultQueue.
+func (c Config) Route(eventType string) string {
+	if q, ok := c.Routes[eventType]; ok {
+		return q
+	}
+	return c.DefaultQueue
+}
+
+// invalidf builds a parse problem; setFrom turns it into a FieldError.
+func invalidf(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)
+}

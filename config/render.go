@@ -1,0 +1,91 @@
+package config
+
+import (
+	"bytes"
+	"fmt"
+
+	"go.yaml.in/yaml/v3"
+)
+
+type renderConfig struct {
+	Socket         string            `yaml:"socket"`
+	SocketMode     string            `yaml:"socket_mode"`
+	AdminAddr      string            `yaml:"admin_addr"`
+	LogLevel       string            `yaml:"log_level"`
+	LogFormat      string            `yaml:"log_format"`
+	DrainTimeout   string            `yaml:"drain_timeout"`
+	MaxFrameBytes  int               `yaml:"max_frame_bytes"`
+	WriteTimeout   string            `yaml:"write_timeout"`
+	MaxOutputBytes int               `yaml:"max_output_bytes"`
+	Queues         []renderQueue     `yaml:"queues"`
+	Routes         map[string]string `yaml:"routes"`
+	DefaultQueue   string            `yaml:"default_queue"`
+	Telemetry      renderTelemetry   `yaml:"telemetry"`
+}
+
+type renderQueue struct {
+	Name     string `yaml:"name"`
+	Capacity int    `yaml:"capacity"`
+	Policy   string `yaml:"policy"`
+	Timeout  string `yaml:"timeout,omitempty"`
+}
+
+type renderTelemetry struct {
+	Disabled        bool     `yaml:"disabled"`
+	TracesDisabled  bool     `yaml:"traces_disabled"`
+	OTLPEndpoint    string   `yaml:"otlp_endpoint"`
+	OTLPInsecure    bool     `yaml:"otlp_insecure"`
+	ServiceName     string   `yaml:"service_name"`
+	DataSampleRatio *float64 `yaml:"data_sample_ratio"`
+	MetricInterval  string   `yaml:"metric_interval"`
+}
+
+// YAML renders c in the file form Load reads back unchanged, so the output
+// of `eventbus-sidecar config` is a valid starting point for a config file.
+func (c Config) YAML() ([]byte, error) {
+	r := renderConfig{
+		Socket:         c.Socket,
+		SocketMode:     formatMode(c.SocketMode),
+		AdminAddr:      c.AdminAddr,
+		LogLevel:       c.LogLevel,
+		LogFormat:      c.LogFormat,
+		DrainTimeout:   c.DrainTimeout.String(),
+		MaxFrameBytes:  c.MaxFrameBytes,
+		WriteTimeout:   c.WriteTimeout.String(),
+		MaxOutputBytes: c.MaxOutputBytes,
+		Routes:         c.Routes,
+		DefaultQueue:   c.DefaultQueue,
+		Telemetry: renderTelemetry{
+			Disabled:        c.Telemetry.Disabled,
+			TracesDisabled:  c.Telemetry.TracesDisabled,
+			OTLPEndpoint:    c.Telemetry.OTLPEndpoint,
+			OTLPInsecure:    c.Telemetry.OTLPInsecure,
+			ServiceName:     c.Telemetry.ServiceName,
+			DataSampleRatio: c.Telemetry.DataSampleRatio,
+			MetricInterval:  Settings()[len(Settings())-1].Value(c),
+		},
+	}
+	if !c.AdminEnabled() {
+		r.AdminAddr = AdminOff
+	}
+	for _, q := range c.Queues {
+		rq := renderQueue{Name: q.Name, Capacity: q.Capacity, Policy: string(q.Policy)}
+		if usesTimeout(q.Policy) || q.Timeout != 0 {
+			rq.Timeout = q.Timeout.String()
+		}
+		r.Queues = append(r.Queues, rq)
+	}
+	var buf bytes.Buffer
+	buf.WriteString("# eventbus-sidecar configuration. Precedence: flags > EVENTBUS_* environment > this file > defaults.\n")
+	buf.WriteString("# Queues merge by name onto the defaults (data, signal, order); new names add queues.\n")
+	buf.WriteString("# Empty telemetry values fall back to the OTEL_* environment, then the built-in defaults.\n")
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(r); err != nil {
+		return nil, fmt.Errorf("render config: %w", err)
+	}
+	if err := enc.Close(); err != nil {
+		return nil, fmt.Errorf("render config: %w", err)
+	}
+	return buf.Bytes(), nil
+}

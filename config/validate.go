@@ -1,0 +1,172 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+)
+
+// Limits the validator enforces. They keep memory bounded and catch typos
+// (a capacity of 10000000000 is not a plan).
+const (
+	// MaxQueueCapacity bounds one queue's capacity in events.
+	MaxQueueCapacity = 1_000_000
+	// MinFrameBytes is the smallest max_frame_bytes that fits a real publish.
+	MinFrameBytes = 256
+	// MaxFrameBytesLimit is the largest max_frame_bytes accepted (64 MiB).
+	MaxFrameBytesLimit = 64 << 20
+	// maxSocketPath is sun_path's 108 bytes minus the terminating NUL.
+	maxSocketPath = 107
+)
+
+var queueName = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
+
+// Validate checks every field and returns all problems at once, joined;
+// each is a *FieldError wrapping ErrInvalid.
+func (c Config) Validate() error { return validate(c, nil) }
+
+func validate(c Config, origin map[string]string) error {
+	var errs []error
+	bad := func(field, value, problem string) {
+		src := origin[field]
+		if src == "" && origin != nil {
+			src = "default"
+		}
+		errs = append(errs, &FieldError{Field: field, Value: value, Source: src, Problem: problem})
+	}
+
+	if c.Socket == "" {
+		bad("socket", c.Socket, "must be a file path, e.g. /tmp/eventbus-sidecar.sock")
+	} else if len(c.Socket) > maxSocketPath {
+		bad("socket", c.Socket, fmt.Sprintf("is %d bytes; a Unix socket path allows at most %d", len(c.Socket), maxSocketPath))
+	}
+	if c.SocketMode&^0o777 != 0 {
+		bad("socket_mode", formatMode(c.SocketMode), "allowed: permission bits 0000 to 0777")
+	} else if c.SocketMode&0o600 != 0o600 {
+		bad("socket_mode", formatMode(c.SocketMode), "must include owner read and write (0600) or the sidecar's own user cannot connect; e.g. 0660")
+	}
+	if c.AdminEnabled() {
+		if err := checkHostPort(c.AdminAddr); err != nil {
+			bad("admin_addr", c.AdminAddr, err.Error()+`; allowed: HOST:PORT (e.g. 127.0.0.1:9464), or "" or "off" to disable`)
+		}
+	}
+	if !slices.Contains(LogLevels, c.LogLevel) {
+		bad("log_level", c.LogLevel, "allowed values: "+strings.Join(LogLevels, ", "))
+	}
+	if !slices.Contains(LogFormats, c.LogFormat) {
+		bad("log_format", c.LogFormat, "allowed values: "+strings.Join(LogFormats, ", "))
+	}
+	if c.DrainTimeout <= 0 {
+		bad("drain_timeout", c.DrainTimeout.String(), "must be > 0, e.g. 10s")
+	}
+	if c.MaxFrameBytes < MinFrameBytes || c.MaxFrameBytes > MaxFrameBytesLimit {
+		bad("max_frame_bytes", strconv.Itoa(c.MaxFrameBytes), fmt.Sprintf("allowed: %d to %d", MinFrameBytes, MaxFrameBytesLimit))
+	}
+	if c.WriteTimeout <= 0 {
+		bad("write_timeout", c.WriteTimeout.String(), "must be > 0, e.g. 10s")
+	}
+	if c.MaxOutputBytes < c.MaxFrameBytes {
+		bad("max_output_bytes", strconv.Itoa(c.MaxOutputBytes), fmt.Sprintf("must be at least max_frame_bytes (%d) so one full-size delivery fits", c.MaxFrameBytes))
+	}
+
+	names := map[string]bool{}
+	if len(c.Queues) == 0 {
+		bad("queues", "", "at least one queue is needed")
+	}
+	for i, q := range c.Queues {
+		field := queueField(q.Name)
+		switch {
+		case q.Name == "":
+			field = fmt.Sprintf("queues[#%d]", i+1)
+			bad(field+".name", q.Name, "must not be empty")
+		case !queueName.MatchString(q.Name):
+			bad(field+".name", q.Name, "allowed characters: letters, digits, _ . -")
+		case names[q.Name]:
+			bad(field+".name", q.Name, "duplicate queue name")
+		}
+		names[q.Name] = true
+		if q.Capacity < 1 || q.Capacity > MaxQueueCapacity {
+			bad(field+".capacity", strconv.Itoa(q.Capacity), fmt.Sprintf("allowed: 1 to %d events", MaxQueueCapacity))
+		}
+		if !slices.Contains(bus.Policies, q.Policy) {
+			bad(field+".policy", string(q.Policy), "allowed values: "+policyList())
+			continue
+		}
+		switch {
+		case usesTimeout(q.Policy) && q.Timeout <= 0:
+			bad(field+".timeout", q.Timeout.String(), fmt.Sprintf("policy %s needs a timeout > 0 (e.g. 1s); use policy block to wait without limit", q.Policy))
+		case !usesTimeout(q.Policy) && q.Timeout != 0:
+			bad(field+".timeout", q.Timeout.String(), fmt.Sprintf("has no effect with policy %s (only drop and fail wait with a timeout); remove it", q.Policy))
+		}
+	}
+	valid := strings.Join(c.QueueNames(), ", ")
+	types := make([]string, 0, len(c.Routes))
+	for typ := range c.Routes {
+		types = append(types, typ)
+	}
+	slices.Sort(types)
+	for _, typ := range types {
+		q := c.Routes[typ]
+		switch {
+		case typ == "":
+			bad(routeField(typ), q, "an event type must not be empty")
+		case !names[q]:
+			bad(routeField(typ), q, "not a configured queue; allowed: "+valid)
+		}
+	}
+	if !names[c.DefaultQueue] {
+		bad("default_queue", c.DefaultQueue, "not a configured queue; allowed: "+valid)
+	}
+
+	t := c.Telemetry
+	if r := t.DataSampleRatio; r != nil && !(*r >= 0 && *r <= 1) {
+		bad("telemetry.data_sample_ratio", strconv.FormatFloat(*r, 'g', -1, 64), "allowed: 0 to 1 (1 traces every publish), or empty for OTEL_TRACES_SAMPLER_ARG")
+	}
+	if t.MetricInterval != 0 && t.MetricInterval < 100*time.Millisecond {
+		bad("telemetry.metric_interval", t.MetricInterval.String(), "must be at least 100ms (e.g. 10s), or empty for OTEL_METRIC_EXPORT_INTERVAL")
+	}
+	if e := t.OTLPEndpoint; e != "" {
+		if err := checkEndpoint(e); err != nil {
+			bad("telemetry.otlp_endpoint", e, err.Error()+"; allowed: HOST:PORT (e.g. 127.0.0.1:4317), an http:// or https:// URL, or empty for OTEL_EXPORTER_OTLP_ENDPOINT")
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func checkHostPort(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return errors.New("not HOST:PORT")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return errors.New("port must be a number from 0 to 65535")
+	}
+	return nil
+}
+
+func checkEndpoint(e string) error {
+	if strings.Contains(e, "://") {
+		u, err := url.Parse(e)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return errors.New("not an http:// or https:// URL with a host")
+		}
+		return nil
+	}
+	return checkHostPort(e)
+}
+
+func policyList() string {
+	s := make([]string, len(bus.Policies))
+	for i, p := range bus.Policies {
+		s[i] = string(p)
+	}
+	return strings.Join(s, ", ")
+}
