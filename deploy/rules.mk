@@ -1,0 +1,25 @@
+# Alert rules, dashboard and Kubernetes manifests (RULES engineer).
+#   make test-rules  promtool check + unit tests of the alert rules, then the Go
+#                    tests in deploy/prometheus (every alert has firing and
+#                    silent cases and a runbook section; every metric name in
+#                    the rules and the dashboard is exported by a live sidecar)
+#   make test-k8s    strict decoding and cross-reference tests of deploy/kubernetes
+#   make k8s-generate regenerate deploy/kubernetes/prometheusrule.yaml from alerts.yml
+# promtool comes from Debian's prometheus package: deploy/prometheus/install.sh.
+PROMTOOL ?= promtool
+
+.PHONY: test-rules test-k8s k8s-generate
+
+test-rules:
+	@command -v $(PROMTOOL) >/dev/null || { echo "test-rules: $(PROMTOOL) not found; run deploy/prometheus/install.sh" >&2; exit 1; }
+	$(PROMTOOL) check rules deploy/prometheus/alerts.yml
+	cd deploy/prometheus && $(PROMTOOL) test rules alerts_test.yml
+	cd deploy/prometheus && $(GO) test -race -count=1 ./...
+
+test-k8s:
+	cd deploy/kubernetes && $(GO) test -race -count=1 ./...
+
+k8s-generate:
+	cd deploy/kubernetes && EVENTBUS_UPDATE_GENERATED=1 $(GO) test -count=1 -run TestPrometheusRuleMatchesAlerts ./...
+
+TEST_TARGETS += test-rules test-k8s
