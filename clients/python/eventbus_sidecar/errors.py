@@ -1,0 +1,36 @@
+"""Exceptions the client raises beyond the built-in ones.
+
+The seed's behaviour is kept with built-in exceptions where it had them:
+``ValueError`` for an unknown queue, ``asyncio.TimeoutError`` for a publish
+that timed out, ``ConnectionError`` for a lost connection. The classes here
+are for outcomes the in-process bus never had.
+"""
+
+from __future__ import annotations
+
+
+class EventBusError(Exception):
+    """Base class of the errors specific to the sidecar client."""
+
+
+class PublishError(EventBusError):
+    """The sidecar refused a publish for a reason other than a bad queue name.
+
+    ``reason`` is the sidecar's error message, verbatim.
+    """
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ShuttingDownError(EventBusError, ConnectionError):
+    """The sidecar is shutting down and refuses new publishes.
+
+    It is a ``ConnectionError`` because for the caller it means the same
+    thing: this sidecar will not take the event, try again after it is back.
+    """
+
+
+class ProtocolError(EventBusError):
+    """The sidecar sent something this client cannot understand."""

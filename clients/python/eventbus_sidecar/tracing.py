@@ -1,0 +1,52 @@
+"""W3C trace context without a hard dependency on OpenTelemetry.
+
+When the ``opentelemetry-api`` distribution is importable, the span that is
+current when ``publish`` is called is sent as the event's ``traceparent``, so
+the sidecar's spans join the application's trace. When it is not installed
+nothing is sent and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import re
+
+try:  # pragma: no cover - which branch runs depends on the environment
+    from opentelemetry import trace as _otel_trace
+except ImportError:  # opentelemetry-api is optional
+    _otel_trace = None
+
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+def otel_available() -> bool:
+    """Whether opentelemetry-api was importable when this module loaded."""
+    return _otel_trace is not None
+
+
+def current_traceparent() -> str | None:
+    """The traceparent of the current OpenTelemetry span, or None.
+
+    None when opentelemetry-api is not installed or no valid span is current.
+    """
+    if _otel_trace is None:
+        return None
+    ctx = _otel_trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    return format_traceparent(ctx.trace_id, ctx.span_id, int(ctx.trace_flags))
+
+
+def format_traceparent(trace_id: int, span_id: int, flags: int = 1) -> str:
+    """A version-00 W3C traceparent from integer ids."""
+    return f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+
+
+def parse_traceparent(value: str) -> tuple[int, int, int] | None:
+    """(trace_id, span_id, flags) of a version-00 traceparent, None if invalid."""
+    m = _TRACEPARENT.match(value or "")
+    if not m:
+        return None
+    trace_id, span_id = int(m.group(1), 16), int(m.group(2), 16)
+    if trace_id == 0 or span_id == 0:
+        return None
+    return trace_id, span_id, int(m.group(3), 16)
