@@ -10,6 +10,8 @@ Standard library only; OpenTelemetry trace context is sent when
 opentelemetry-api happens to be installed.
 """
 
+import logging
+
 from .client import (
     DEFAULT_QUEUE,
     DEFAULT_ROUTES,
@@ -39,5 +41,8 @@ __all__ = [
     "PublishError",
     "ShuttingDownError",
 ]
+
+# A library leaves logging configuration to the application.
+logging.getLogger("eventbus_sidecar").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"

@@ -48,6 +48,8 @@ to; pass ``queue=`` when the sidecar's route table differs.
 DEFAULT_QUEUE = "data"
 """Where event types without a route go, as in the sidecar's default config."""
 
+_SEED_QUEUES = ("data", "signal", "order")
+
 Handler = Callable[[Event], Awaitable[None] | None]
 
 
@@ -209,8 +211,13 @@ class EventBus:
         stats = _expect_ok(reply, "stats").get("stats")
         if not isinstance(stats, dict):
             raise ProtocolError(f"stats reply without a stats object: {reply!r}")
-        self._queue_info = stats
-        return stats
+        # The seed's queues first, in the seed's order, then the others in the
+        # order the sidecar lists them: the sidecar may list its queues
+        # sorted by name, and error messages should read like the seed's.
+        ordered = [q for q in _SEED_QUEUES if q in stats]
+        ordered += [q for q in stats if q not in _SEED_QUEUES]
+        self._queue_info = {q: stats[q] for q in ordered}
+        return self._queue_info
 
     @property
     def queues(self) -> list[str]:
