@@ -1,22 +1,49 @@
 # eventbus-sidecar. `make run` runs the sidecar with embedded defaults;
-# `make test` runs every test. Fragments under deploy/ and clients/ add their
-# own targets and append to TEST_TARGETS so `make test` runs them too.
+# `make test` runs every test. Fragments under deploy/, clients/*/ and e2e/
+# add their own targets and append to TEST_TARGETS so `make test` runs them
+# too; this file defines only the targets below.
+#
+#   make build   bin/eventbus-sidecar
+#   make run     the sidecar with embedded defaults (socket /tmp/eventbus-sidecar.sock,
+#                admin http://127.0.0.1:9464); Ctrl-C drains and stops it
+#   make test    every test: test-go (go test -race) and each fragment's target
+#   make bench   go benchmarks of bus/ and transport/
+#   make lint    gofmt, go vet, staticcheck
 SHELL := /bin/bash
 GO ?= go
 BIN := bin/eventbus-sidecar
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+STATICCHECK_VERSION := v0.8.2
+STATICCHECK := bin/staticcheck-$(STATICCHECK_VERSION)
+# BENCH_PKGS and BENCHTIME tune `make bench`.
+BENCH_PKGS ?= ./bus ./transport
+BENCHTIME ?= 1s
 TEST_TARGETS := test-go
 
 .PHONY: all build run test test-go bench lint
 all: build
 
 build:
-	$(GO) build -trimpath -o $(BIN) .
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) .
 
 run: build
 	./$(BIN) serve
 
 test-go:
 	$(GO) test -race -count=1 ./...
+
+bench:
+	$(GO) test -run='^$$' -bench=. -benchmem -benchtime=$(BENCHTIME) $(BENCH_PKGS)
+
+$(STATICCHECK):
+	GOBIN=$(CURDIR)/bin $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	mv bin/staticcheck $@
+
+lint: $(STATICCHECK)
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt -l: not formatted:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	./$(STATICCHECK) ./...
 
 include $(sort $(wildcard deploy/*.mk clients/*/*.mk e2e/*.mk))
 

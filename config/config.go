@@ -99,7 +99,7 @@ func Default() Config {
 		DrainTimeout:   10 * time.Second,
 		MaxFrameBytes:  1 << 20,
 		WriteTimeout:   10 * time.Second,
-		MaxOutputBytes: 4 << 20,
+		MaxOutputBytes: 1 << 20,
 		Queues: []bus.QueueConfig{
 			{Name: "data", Capacity: 1000, Policy: bus.PolicyDrop, Timeout: time.Second},
 			{Name: "signal", Capacity: 100, Policy: bus.PolicyFail, Timeout: 5 * time.Second},

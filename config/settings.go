@@ -22,6 +22,8 @@ type Setting struct {
 	Flag string
 	// Usage is the flag's help text.
 	Usage string
+	// Bool marks settings that take true or false, so a flag can stand alone.
+	Bool bool
 	set   func(*Config, string) error
 	get   func(Config) string
 }
@@ -102,12 +104,12 @@ func Settings() []Setting {
 			get: func(c Config) string { return c.DefaultQueue },
 		},
 		{
-			Key: "telemetry.disabled", Flag: "telemetry-disabled", Usage: "turn off traces and metrics (OTEL_SDK_DISABLED=true does too)",
+			Key: "telemetry.disabled", Bool: true, Flag: "telemetry-disabled", Usage: "turn off traces and metrics (OTEL_SDK_DISABLED=true does too)",
 			set: func(c *Config, v string) error { return parseBool(v, &c.Telemetry.Disabled) },
 			get: func(c Config) string { return strconv.FormatBool(c.Telemetry.Disabled) },
 		},
 		{
-			Key: "telemetry.traces_disabled", Flag: "traces-disabled", Usage: "keep metrics but record no spans",
+			Key: "telemetry.traces_disabled", Bool: true, Flag: "traces-disabled", Usage: "keep metrics but record no spans",
 			set: func(c *Config, v string) error { return parseBool(v, &c.Telemetry.TracesDisabled) },
 			get: func(c Config) string { return strconv.FormatBool(c.Telemetry.TracesDisabled) },
 		},
@@ -117,7 +119,7 @@ func Settings() []Setting {
 			get: func(c Config) string { return c.Telemetry.OTLPEndpoint },
 		},
 		{
-			Key: "telemetry.otlp_insecure", Flag: "otlp-insecure", Usage: "plaintext gRPC to a HOST:PORT OTLP endpoint",
+			Key: "telemetry.otlp_insecure", Bool: true, Flag: "otlp-insecure", Usage: "plaintext gRPC to a HOST:PORT OTLP endpoint",
 			set: func(c *Config, v string) error { return parseBool(v, &c.Telemetry.OTLPInsecure) },
 			get: func(c Config) string { return strconv.FormatBool(c.Telemetry.OTLPInsecure) },
 		},
