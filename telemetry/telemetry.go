@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -30,10 +31,16 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // ScopeName is the instrumentation scope of the telemetry package's own metrics.
 const ScopeName = "github.com/eventbus-sidecar/eventbus-sidecar/telemetry"
+
+// MaxReconnectDelay is the longest the exporters wait between attempts to
+// reach a collector that is down, so export resumes soon after it returns.
+const MaxReconnectDelay = 3 * time.Second
 
 // Telemetry owns the SDK providers and exporters. Create it with Setup and
 // end it with Shutdown.
@@ -82,6 +89,13 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 		return nil, err
 	}
 
+	// gRPC's default reconnect backoff grows to two minutes; a collector
+	// that comes back should get data again within seconds.
+	reconnect := grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: MaxReconnectDelay},
+		MinConnectTimeout: r.exportTimeout,
+	})
+
 	// Metrics: a Prometheus reader with its own registry for /metrics, and a
 	// periodic OTLP reader when an endpoint is configured, on one provider so
 	// both see identical numbers.
@@ -92,7 +106,7 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 	}
 	mpOpts := []sdkmetric.Option{sdkmetric.WithResource(res), sdkmetric.WithReader(promReader)}
 	if r.metricEndpoint.set() {
-		opts := []otlpmetricgrpc.Option{otlpmetricgrpc.WithTimeout(r.exportTimeout)}
+		opts := []otlpmetricgrpc.Option{otlpmetricgrpc.WithTimeout(r.exportTimeout), otlpmetricgrpc.WithDialOption(reconnect)}
 		if r.metricEndpoint.url != "" {
 			opts = append(opts, otlpmetricgrpc.WithEndpointURL(r.metricEndpoint.url))
 		} else {
@@ -117,7 +131,7 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 	// a span whether it is exported (see sampling.go), and the bounded batch
 	// processor never blocks the caller.
 	if r.traces {
-		opts := []otlptracegrpc.Option{otlptracegrpc.WithTimeout(r.exportTimeout)}
+		opts := []otlptracegrpc.Option{otlptracegrpc.WithTimeout(r.exportTimeout), otlptracegrpc.WithDialOption(reconnect)}
 		if r.traceEndpoint.url != "" {
 			opts = append(opts, otlptracegrpc.WithEndpointURL(r.traceEndpoint.url))
 		} else {

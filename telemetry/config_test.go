@@ -1,0 +1,188 @@
+package telemetry
+
+import (
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+// envMap returns a LookupEnv that reads only m, so tests never see the
+// process environment.
+func envMap(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) {
+		v, ok := m[k]
+		return v, ok
+	}
+}
+
+func ratio(f float64) *float64 { return &f }
+
+func TestResolve(t *testing.T) {
+	tests := []struct {
+		name  string
+		cfg   Config
+		env   map[string]string
+		check func(t *testing.T, r resolved)
+	}{
+		{
+			name: "zero config without env: metrics only, no export, defaults",
+			check: func(t *testing.T, r resolved) {
+				if r.disabled || r.traces || r.traceEndpoint.set() || r.metricEndpoint.set() {
+					t.Errorf("want enabled, no traces, no endpoints; got %+v", r)
+				}
+				if r.serviceName != DefaultServiceName || r.ratio != 1 || r.metricInterval != DefaultMetricInterval ||
+					r.queueSize != DefaultSpanQueueSize || r.batchSize != DefaultSpanBatchSize ||
+					!reflect.DeepEqual(r.sampledQueues, DefaultSampledQueues) || r.lossInterval != DefaultMetricInterval {
+					t.Errorf("defaults not applied: %+v", r)
+				}
+			},
+		},
+		{
+			name: "env endpoint and standard variables apply",
+			env: map[string]string{
+				"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",
+				"OTEL_SERVICE_NAME":           "from-env",
+				"OTEL_TRACES_SAMPLER":         "parentbased_traceidratio",
+				"OTEL_TRACES_SAMPLER_ARG":     "0.25",
+				"OTEL_METRIC_EXPORT_INTERVAL": "1500",
+				"OTEL_BSP_MAX_QUEUE_SIZE":     "64",
+				"OTEL_RESOURCE_ATTRIBUTES":    "deployment.environment=dev,service.instance.id=i-1,team=a%20b",
+			},
+			check: func(t *testing.T, r resolved) {
+				want := endpoint{url: "http://127.0.0.1:4317", insecure: true}
+				if r.traceEndpoint != want || r.metricEndpoint != want {
+					t.Errorf("endpoints = %+v %+v, want %+v", r.traceEndpoint, r.metricEndpoint, want)
+				}
+				if !r.traces || r.serviceName != "from-env" || r.ratio != 0.25 || r.metricInterval != 1500*time.Millisecond ||
+					r.queueSize != 64 || r.instanceID != "i-1" || r.resourceAttrs["team"] != "a b" {
+					t.Errorf("env not applied: %+v", r)
+				}
+			},
+		},
+		{
+			name: "explicit fields override env",
+			cfg: Config{
+				ServiceName: "explicit", OTLPEndpoint: "127.0.0.1:9999", OTLPInsecure: true,
+				DataSampleRatio: ratio(0), MetricInterval: time.Second, SpanQueueSize: 10, SpanBatchSize: 50,
+			},
+			env: map[string]string{
+				"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",
+				"OTEL_SERVICE_NAME":           "from-env",
+				"OTEL_TRACES_SAMPLER":         "traceidratio",
+				"OTEL_TRACES_SAMPLER_ARG":     "0.5",
+				"OTEL_METRIC_EXPORT_INTERVAL": "1500",
+			},
+			check: func(t *testing.T, r resolved) {
+				want := endpoint{hostPort: "127.0.0.1:9999", insecure: true}
+				if r.traceEndpoint != want || r.metricEndpoint != want {
+					t.Errorf("endpoints = %+v, want %+v", r.traceEndpoint, want)
+				}
+				if r.serviceName != "explicit" || r.ratio != 0 || r.metricInterval != time.Second || r.queueSize != 10 {
+					t.Errorf("explicit fields lost: %+v", r)
+				}
+				if r.batchSize != 10 {
+					t.Errorf("batch size %d larger than queue 10", r.batchSize)
+				}
+			},
+		},
+		{
+			name: "signal-specific endpoints win over the generic one",
+			env: map[string]string{
+				"OTEL_EXPORTER_OTLP_ENDPOINT":        "http://127.0.0.1:4317",
+				"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://traces.example:4317",
+			},
+			check: func(t *testing.T, r resolved) {
+				if r.traceEndpoint.url != "https://traces.example:4317" || r.traceEndpoint.insecure {
+					t.Errorf("trace endpoint = %+v", r.traceEndpoint)
+				}
+				if r.metricEndpoint.url != "http://127.0.0.1:4317" {
+					t.Errorf("metric endpoint = %+v", r.metricEndpoint)
+				}
+			},
+		},
+		{
+			name: "OTEL_SDK_DISABLED disables",
+			env:  map[string]string{"OTEL_SDK_DISABLED": "true"},
+			check: func(t *testing.T, r resolved) {
+				if !r.disabled {
+					t.Error("not disabled")
+				}
+			},
+		},
+		{
+			name: "always_off sampler keeps metrics, drops traces",
+			env:  map[string]string{"OTEL_TRACES_SAMPLER": "always_off", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"},
+			check: func(t *testing.T, r resolved) {
+				if r.traces || !r.metricEndpoint.set() {
+					t.Errorf("want metrics only: %+v", r)
+				}
+			},
+		},
+		{
+			name: "TracesDisabled keeps metric export",
+			cfg:  Config{TracesDisabled: true, OTLPEndpoint: "http://127.0.0.1:4317"},
+			check: func(t *testing.T, r resolved) {
+				if r.traces || !r.metricEndpoint.set() {
+					t.Errorf("want metrics only: %+v", r)
+				}
+			},
+		},
+		{
+			name: "OTEL_TRACES_EXPORTER=none turns span export off",
+			cfg:  Config{OTLPEndpoint: "http://127.0.0.1:4317"},
+			env:  map[string]string{"OTEL_TRACES_EXPORTER": "none"},
+			check: func(t *testing.T, r resolved) {
+				if r.traces || r.traceEndpoint.set() || !r.metricEndpoint.set() {
+					t.Errorf("want metrics only: %+v", r)
+				}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.cfg.LookupEnv = envMap(tt.env)
+			r, err := tt.cfg.resolve()
+			if err != nil {
+				t.Fatalf("resolve: %v", err)
+			}
+			tt.check(t, r)
+		})
+	}
+}
+
+func TestResolveErrors(t *testing.T) {
+	tests := []struct {
+		name    string
+		cfg     Config
+		env     map[string]string
+		mention []string
+	}{
+		{"bad sampler", Config{}, map[string]string{"OTEL_TRACES_SAMPLER": "sometimes"}, []string{"OTEL_TRACES_SAMPLER", "sometimes", "traceidratio"}},
+		{"bad sampler arg", Config{}, map[string]string{"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "2"}, []string{"OTEL_TRACES_SAMPLER_ARG", "0 to 1"}},
+		{"ratio out of range", Config{DataSampleRatio: ratio(-0.1)}, nil, []string{"-0.1", "0 to 1"}},
+		{"bad interval", Config{}, map[string]string{"OTEL_METRIC_EXPORT_INTERVAL": "10s"}, []string{"OTEL_METRIC_EXPORT_INTERVAL", "10s", "milliseconds"}},
+		{"negative interval field", Config{MetricInterval: -time.Second}, nil, []string{"metric_export_interval", "-1s"}},
+		{"bad disabled", Config{}, map[string]string{"OTEL_SDK_DISABLED": "yes please"}, []string{"OTEL_SDK_DISABLED", "yes please"}},
+		{"bad endpoint", Config{OTLPEndpoint: "ftp://x:1"}, nil, []string{"ftp://x:1", "host:port"}},
+		{"endpoint without port", Config{OTLPEndpoint: "localhost"}, nil, []string{"localhost", "host:port"}},
+		{"bad env endpoint", Config{}, map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "127.0.0.1:notaport"}, []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "notaport"}},
+		{"bad resource attrs", Config{}, map[string]string{"OTEL_RESOURCE_ATTRIBUTES": "novalue"}, []string{"OTEL_RESOURCE_ATTRIBUTES", "novalue", "key=value"}},
+		{"bad exporter", Config{}, map[string]string{"OTEL_METRICS_EXPORTER": "zipkin"}, []string{"OTEL_METRICS_EXPORTER", "zipkin", "otlp or none"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.cfg.LookupEnv = envMap(tt.env)
+			_, err := tt.cfg.resolve()
+			if !errors.Is(err, ErrInvalidConfig) {
+				t.Fatalf("err = %v, want ErrInvalidConfig", err)
+			}
+			for _, m := range tt.mention {
+				if !strings.Contains(err.Error(), m) {
+					t.Errorf("error %q does not mention %q", err, m)
+				}
+			}
+		})
+	}
+}
