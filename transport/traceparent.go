@@ -1,0 +1,92 @@
+package transport
+
+import (
+	"encoding/hex"
+	"errors"
+	"fmt"
+
+	"go.opentelemetry.io/otel/trace"
+)
+
+// ParseTraceparent parses a W3C Trace Context traceparent header
+// ("00-<32 hex trace id>-<16 hex span id>-<2 hex flags>") into a remote span
+// context. Future versions (01..fe) are accepted when their first four
+// fields have the version-00 shape, as the specification asks.
+//
+// It is written out instead of going through propagation.TraceContext
+// because that path allocates a carrier and a map per event.
+func ParseTraceparent(s string) (trace.SpanContext, error) {
+	const size = 55
+	if len(s) < size {
+		return trace.SpanContext{}, fmt.Errorf("traceparent %q: want 55 characters (00-<trace id>-<span id>-<flags>), got %d", s, len(s))
+	}
+	if s[2] != '-' || s[35] != '-' || s[52] != '-' {
+		return trace.SpanContext{}, fmt.Errorf("traceparent %q: want 00-<32 hex trace id>-<16 hex span id>-<2 hex flags>", s)
+	}
+	var ver [1]byte
+	if err := decodeLowerHex(ver[:], s[0:2]); err != nil || ver[0] == 0xff {
+		return trace.SpanContext{}, fmt.Errorf("traceparent %q: invalid version %q", s, s[0:2])
+	}
+	if ver[0] == 0 && len(s) != size {
+		return trace.SpanContext{}, fmt.Errorf("traceparent %q: version 00 must be exactly 55 characters, got %d", s, len(s))
+	}
+	if len(s) > size && s[size] != '-' {
+		return trace.SpanContext{}, fmt.Errorf("traceparent %q: unexpected data after the flags", s)
+	}
+	var tid trace.TraceID
+	var sid trace.SpanID
+	var flags [1]byte
+	if err := decodeLowerHex(tid[:], s[3:35]); err != nil || !tid.IsValid() {
+		return trace.SpanContext{}, fmt.Errorf("traceparent %q: trace id must be 32 lowercase hex digits, not all zero", s)
+	}
+	if err := decodeLowerHex(sid[:], s[36:52]); err != nil || !sid.IsValid() {
+		return trace.SpanContext{}, fmt.Errorf("traceparent %q: span id must be 16 lowercase hex digits, not all zero", s)
+	}
+	if err := decodeLowerHex(flags[:], s[53:55]); err != nil {
+		return trace.SpanContext{}, fmt.Errorf("traceparent %q: flags must be 2 lowercase hex digits", s)
+	}
+	return trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID:    tid,
+		SpanID:     sid,
+		TraceFlags: trace.TraceFlags(flags[0]) & trace.FlagsSampled,
+		Remote:     true,
+	}), nil
+}
+
+var errNotLowerHex = errors.New("not lowercase hex")
+
+func decodeLowerHex(dst []byte, s string) error {
+	if len(s) != 2*len(dst) {
+		return errNotLowerHex
+	}
+	for i := range dst {
+		hi, ok1 := lowerHexNibble(s[2*i])
+		lo, ok2 := lowerHexNibble(s[2*i+1])
+		if !ok1 || !ok2 {
+			return errNotLowerHex
+		}
+		dst[i] = hi<<4 | lo
+	}
+	return nil
+}
+
+func lowerHexNibble(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	}
+	return 0, false
+}
+
+// AppendTraceparent appends sc as a version-00 traceparent. sc must be valid.
+func AppendTraceparent(dst []byte, sc trace.SpanContext) []byte {
+	tid, sid := sc.TraceID(), sc.SpanID()
+	dst = append(dst, '0', '0', '-')
+	dst = hex.AppendEncode(dst, tid[:])
+	dst = append(dst, '-')
+	dst = hex.AppendEncode(dst, sid[:])
+	dst = append(dst, '-')
+	return hex.AppendEncode(dst, []byte{byte(sc.TraceFlags())})
+}

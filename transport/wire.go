@@ -1,0 +1,477 @@
+package transport
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Op names a request (client to sidecar) or, for OpDeliver, a delivery
+// (sidecar to client).
+type Op string
+
+// The protocol's operations; docs/protocol.md describes each.
+const (
+	OpPublish     Op = "publish"
+	OpCancel      Op = "cancel"
+	OpSubscribe   Op = "subscribe"
+	OpUnsubscribe Op = "unsubscribe"
+	OpAck         Op = "ack"
+	OpNack        Op = "nack"
+	OpStats       Op = "stats"
+	OpPing        Op = "ping"
+	OpDeliver     Op = "deliver"
+)
+
+// RequestOps lists the operations a client may send, in the order error
+// messages name them.
+var RequestOps = []Op{OpPublish, OpCancel, OpSubscribe, OpUnsubscribe, OpAck, OpNack, OpStats, OpPing}
+
+func opNames() string {
+	names := make([]string, len(RequestOps))
+	for i, op := range RequestOps {
+		names[i] = string(op)
+	}
+	return strings.Join(names, ", ")
+}
+
+// Status is a reply's status. The publish statuses equal bus.Outcome values.
+type Status string
+
+// Reply statuses.
+const (
+	StatusAccepted  Status = "accepted"
+	StatusDropped   Status = "dropped"
+	StatusTimeout   Status = "timeout"
+	StatusCancelled Status = "cancelled"
+	StatusError     Status = "error"
+	StatusOK        Status = "ok"
+)
+
+// Code classifies an error reply so that clients can branch without parsing
+// the human-readable message.
+type Code string
+
+// Error codes carried in the "code" field of error replies.
+const (
+	CodeBadRequest        Code = "bad_request"
+	CodeFrameTooLarge     Code = "frame_too_large"
+	CodeUnknownQueue      Code = "unknown_queue"
+	CodeInvalidEvent      Code = "invalid_event"
+	CodeShuttingDown      Code = "shutting_down"
+	CodeUnknownSeq        Code = "unknown_seq"
+	CodeNotSubscribed     Code = "not_subscribed"
+	CodeAlreadySubscribed Code = "already_subscribed"
+	CodeInternal          Code = "internal"
+)
+
+// MaxPrefetch bounds a subscription's prefetch, which bounds the events in
+// flight to one consumer.
+const MaxPrefetch = 65536
+
+// EnqueuedAtLayout formats a delivery's enqueued_at: RFC 3339 in UTC with
+// exactly nine fractional digits.
+const EnqueuedAtLayout = "2006-01-02T15:04:05.000000000Z07:00"
+
+// Request is one client-to-sidecar frame. Has* fields tell a present field
+// from its zero value.
+type Request struct {
+	Op    Op
+	ID    int64
+	HasID bool
+	// Queue names the target queue (publish, subscribe, unsubscribe, and
+	// optionally ack/nack). Empty and !HasQueue means "not given".
+	Queue    string
+	HasQueue bool
+	Type     string
+	HasType  bool
+	// Payload is the raw JSON value, which aliases the decoded frame's
+	// buffer: copy it before the buffer is reused.
+	Payload     json.RawMessage
+	Traceparent string
+	Ref         int64
+	HasRef      bool
+	Seq         uint64
+	HasSeq      bool
+	Prefetch    int
+	HasPrefetch bool
+}
+
+// RequestError is a request the sidecar refuses before acting on it. When
+// the frame's id could be read, the error reply carries it.
+type RequestError struct {
+	Code Code
+	Msg  string
+}
+
+func (e *RequestError) Error() string { return e.Msg }
+
+func badRequest(format string, args ...any) *RequestError {
+	return &RequestError{Code: CodeBadRequest, Msg: fmt.Sprintf(format, args...)}
+}
+
+// DecodeRequest parses one frame (without its newline). On error the
+// returned Request still carries the id if the frame had a valid one, so
+// that the error reply can name the request. Errors are *RequestError.
+func DecodeRequest(line []byte) (Request, error) {
+	var r Request
+	if !utf8.Valid(line) {
+		return r, badRequest("frame is not valid UTF-8")
+	}
+	it := newFieldIter(line)
+	var opRaw []byte
+	var fieldErr error
+	setErr := func(err error) {
+		if fieldErr == nil {
+			fieldErr = err
+		}
+	}
+	for it.next() {
+		v := it.val
+		null := v[0] == 'n'
+		var err error
+		switch {
+		case it.keyIs("op"):
+			opRaw = nil
+			if !null {
+				opRaw = v
+			}
+		case it.keyIs("id"):
+			r.HasID = false
+			if !null {
+				r.ID, err = parseInt("id", v)
+				r.HasID = err == nil
+			}
+		case it.keyIs("queue"):
+			r.HasQueue = false
+			if !null {
+				r.Queue, err = parseString("queue", v)
+				r.HasQueue = err == nil
+			}
+		case it.keyIs("type"):
+			r.HasType = false
+			if !null {
+				r.Type, err = parseString("type", v)
+				r.HasType = err == nil
+			}
+		case it.keyIs("payload"):
+			r.Payload = v
+		case it.keyIs("traceparent"):
+			r.Traceparent = ""
+			if !null {
+				r.Traceparent, err = parseString("traceparent", v)
+			}
+		case it.keyIs("ref"):
+			r.HasRef = false
+			if !null {
+				r.Ref, err = parseInt("ref", v)
+				r.HasRef = err == nil
+			}
+		case it.keyIs("seq"):
+			r.HasSeq = false
+			if !null {
+				r.Seq, err = parseUint("seq", v)
+				r.HasSeq = err == nil
+			}
+		case it.keyIs("prefetch"):
+			r.HasPrefetch = false
+			if !null {
+				var n int64
+				n, err = parseInt("prefetch", v)
+				if err == nil && (n < 1 || n > MaxPrefetch) {
+					err = fmt.Errorf("field \"prefetch\" must be between 1 and %d, got %d", MaxPrefetch, n)
+				}
+				r.Prefetch, r.HasPrefetch = int(n), err == nil
+			}
+		}
+		if err != nil {
+			setErr(err)
+		}
+	}
+	if it.err != nil {
+		return Request{}, &RequestError{Code: CodeBadRequest, Msg: it.err.Error()}
+	}
+	if opRaw == nil {
+		return r, badRequest("missing field \"op\"; valid ops: %s", opNames())
+	}
+	op, err := parseString("op", opRaw)
+	if err != nil {
+		return r, badRequest("%v; valid ops: %s", err, opNames())
+	}
+	r.Op = Op(op)
+	if fieldErr != nil {
+		return r, badRequest("%s: %v", op, fieldErr)
+	}
+	return r, r.validate()
+}
+
+func (r *Request) validate() error {
+	missing := func(field string) error {
+		return badRequest("%s: missing field %q", r.Op, field)
+	}
+	switch r.Op {
+	case OpPublish:
+		if !r.HasID {
+			return missing("id")
+		}
+		if !r.HasType {
+			return missing("type")
+		}
+		if r.Type == "" {
+			return &RequestError{Code: CodeInvalidEvent, Msg: "publish: field \"type\" must not be empty"}
+		}
+	case OpCancel:
+		if !r.HasID {
+			return missing("id")
+		}
+		if !r.HasRef {
+			return missing("ref")
+		}
+	case OpSubscribe, OpUnsubscribe:
+		if !r.HasID {
+			return missing("id")
+		}
+		if !r.HasQueue {
+			return missing("queue")
+		}
+	case OpAck, OpNack:
+		if !r.HasSeq {
+			return missing("seq")
+		}
+	case OpStats, OpPing:
+		if !r.HasID {
+			return missing("id")
+		}
+	default:
+		return badRequest("unknown op %q; valid ops: %s", string(r.Op), opNames())
+	}
+	return nil
+}
+
+// AppendRequest appends r as one frame, newline included. Only the fields
+// present (Has*, non-empty strings, non-nil payload) are written.
+func AppendRequest(dst []byte, r *Request) []byte {
+	dst = append(dst, `{"op":`...)
+	dst = appendString(dst, string(r.Op))
+	if r.HasID {
+		dst = append(dst, `,"id":`...)
+		dst = strconv.AppendInt(dst, r.ID, 10)
+	}
+	if r.HasQueue {
+		dst = append(dst, `,"queue":`...)
+		dst = appendString(dst, r.Queue)
+	}
+	if r.HasType {
+		dst = append(dst, `,"type":`...)
+		dst = appendString(dst, r.Type)
+	}
+	if r.Payload != nil {
+		dst = append(dst, `,"payload":`...)
+		dst = append(dst, r.Payload...)
+	}
+	if r.Traceparent != "" {
+		dst = append(dst, `,"traceparent":`...)
+		dst = appendString(dst, r.Traceparent)
+	}
+	if r.HasRef {
+		dst = append(dst, `,"ref":`...)
+		dst = strconv.AppendInt(dst, r.Ref, 10)
+	}
+	if r.HasSeq {
+		dst = append(dst, `,"seq":`...)
+		dst = strconv.AppendUint(dst, r.Seq, 10)
+	}
+	if r.HasPrefetch {
+		dst = append(dst, `,"prefetch":`...)
+		dst = strconv.AppendInt(dst, int64(r.Prefetch), 10)
+	}
+	return append(dst, '}', '\n')
+}
+
+// AppendReply appends a reply without error text: {"id":N,"status":S}.
+func AppendReply(dst []byte, id int64, status Status) []byte {
+	dst = append(dst, `{"id":`...)
+	dst = strconv.AppendInt(dst, id, 10)
+	dst = append(dst, `,"status":"`...)
+	dst = append(dst, status...)
+	return append(dst, '"', '}', '\n')
+}
+
+// AppendErrorReply appends an error reply. Without an id (the frame's id
+// could not be read) the "id" field is omitted.
+func AppendErrorReply(dst []byte, id int64, hasID bool, code Code, msg string) []byte {
+	dst = append(dst, '{')
+	if hasID {
+		dst = append(dst, `"id":`...)
+		dst = strconv.AppendInt(dst, id, 10)
+		dst = append(dst, ',')
+	}
+	dst = append(dst, `"status":"error","code":"`...)
+	dst = append(dst, code...)
+	dst = append(dst, `","error":`...)
+	dst = appendString(dst, msg)
+	return append(dst, '}', '\n')
+}
+
+// AppendStatsReply appends {"id":N,"status":"ok","stats":<stats>}; stats is
+// already-encoded JSON.
+func AppendStatsReply(dst []byte, id int64, stats []byte) []byte {
+	dst = append(dst, `{"id":`...)
+	dst = strconv.AppendInt(dst, id, 10)
+	dst = append(dst, `,"status":"ok","stats":`...)
+	dst = append(dst, stats...)
+	return append(dst, '}', '\n')
+}
+
+// Deliver is the content of a deliver frame.
+type Deliver struct {
+	Queue       string
+	Seq         uint64
+	Type        string
+	Payload     json.RawMessage // nil is written as null
+	Traceparent string          // omitted when empty
+	EnqueuedAt  time.Time
+	// Redeliveries counts earlier deliveries; redelivered is Redeliveries > 0.
+	Redeliveries int
+}
+
+// AppendDeliver appends a deliver frame.
+func AppendDeliver(dst []byte, d *Deliver) []byte {
+	return appendDeliver(dst, d, d.Traceparent)
+}
+
+// appendDeliver takes the traceparent separately so that the server can
+// pass bytes it formatted without converting them to a string per event.
+func appendDeliver[T string | []byte](dst []byte, d *Deliver, traceparent T) []byte {
+	dst = append(dst, `{"op":"deliver","queue":`...)
+	dst = appendString(dst, d.Queue)
+	dst = append(dst, `,"seq":`...)
+	dst = strconv.AppendUint(dst, d.Seq, 10)
+	dst = append(dst, `,"type":`...)
+	dst = appendString(dst, d.Type)
+	dst = append(dst, `,"payload":`...)
+	if d.Payload == nil {
+		dst = append(dst, "null"...)
+	} else {
+		dst = append(dst, d.Payload...)
+	}
+	if len(traceparent) > 0 {
+		// A traceparent is hex and dashes: nothing to escape.
+		dst = append(dst, `,"traceparent":"`...)
+		dst = append(dst, traceparent...)
+		dst = append(dst, '"')
+	}
+	dst = append(dst, `,"enqueued_at":"`...)
+	dst = d.EnqueuedAt.UTC().AppendFormat(dst, EnqueuedAtLayout)
+	if d.Redeliveries > 0 {
+		dst = append(dst, `","redelivered":true,"redeliveries":`...)
+		dst = strconv.AppendInt(dst, int64(d.Redeliveries), 10)
+	} else {
+		dst = append(dst, `","redelivered":false,"redeliveries":0`...)
+	}
+	return append(dst, '}', '\n')
+}
+
+// Message is one sidecar-to-client frame: a reply (Op empty) or a delivery
+// (Op == OpDeliver).
+type Message struct {
+	Op Op
+	// Reply fields.
+	ID     int64
+	HasID  bool
+	Status Status
+	Code   Code
+	Error  string
+	// Stats is the raw stats object of a stats reply (aliases the frame).
+	Stats json.RawMessage
+	// Deliver fields; Payload aliases the frame.
+	Deliver Deliver
+}
+
+// ErrMalformedMessage wraps every DecodeMessage error.
+var ErrMalformedMessage = errors.New("malformed message from sidecar")
+
+// DecodeMessage parses one sidecar-to-client frame (without its newline).
+// Unknown fields are ignored, so that the protocol can grow.
+func DecodeMessage(line []byte) (Message, error) {
+	var m Message
+	it := newFieldIter(line)
+	var err error
+	var hasSeq, hasStatus, hasEnq bool
+	for it.next() && err == nil {
+		v := it.val
+		if v[0] == 'n' && !it.keyIs("payload") {
+			continue
+		}
+		switch {
+		case it.keyIs("op"):
+			var s string
+			s, err = parseString("op", v)
+			m.Op = Op(s)
+		case it.keyIs("id"):
+			m.ID, err = parseInt("id", v)
+			m.HasID = true
+		case it.keyIs("status"):
+			var s string
+			s, err = parseString("status", v)
+			m.Status, hasStatus = Status(s), true
+		case it.keyIs("code"):
+			var s string
+			s, err = parseString("code", v)
+			m.Code = Code(s)
+		case it.keyIs("error"):
+			m.Error, err = parseString("error", v)
+		case it.keyIs("stats"):
+			m.Stats = v
+		case it.keyIs("queue"):
+			m.Deliver.Queue, err = parseString("queue", v)
+		case it.keyIs("seq"):
+			m.Deliver.Seq, err = parseUint("seq", v)
+			hasSeq = true
+		case it.keyIs("type"):
+			m.Deliver.Type, err = parseString("type", v)
+		case it.keyIs("payload"):
+			m.Deliver.Payload = v
+		case it.keyIs("traceparent"):
+			m.Deliver.Traceparent, err = parseString("traceparent", v)
+		case it.keyIs("enqueued_at"):
+			var s string
+			if s, err = parseString("enqueued_at", v); err == nil {
+				m.Deliver.EnqueuedAt, err = time.Parse(time.RFC3339Nano, s)
+				hasEnq = true
+			}
+		case it.keyIs("redeliveries"):
+			var n int64
+			n, err = parseInt("redeliveries", v)
+			m.Deliver.Redeliveries = int(n)
+		case it.keyIs("redelivered"):
+			if v[0] != 't' && v[0] != 'f' {
+				err = fmt.Errorf("field \"redelivered\" must be a boolean, got %s", kindName(v[0]))
+			} else if v[0] == 't' && m.Deliver.Redeliveries == 0 {
+				// Older senders may carry only the flag.
+				m.Deliver.Redeliveries = 1
+			}
+		}
+	}
+	if it.err != nil {
+		return m, fmt.Errorf("%w: %v", ErrMalformedMessage, it.err)
+	}
+	if err != nil {
+		return m, fmt.Errorf("%w: %v", ErrMalformedMessage, err)
+	}
+	switch {
+	case m.Op == OpDeliver:
+		if m.Deliver.Queue == "" || !hasSeq || !hasEnq {
+			return m, fmt.Errorf("%w: deliver frame needs queue, seq and enqueued_at", ErrMalformedMessage)
+		}
+	case m.Op != "":
+		return m, fmt.Errorf("%w: unknown op %q", ErrMalformedMessage, string(m.Op))
+	case !hasStatus:
+		return m, fmt.Errorf("%w: reply without status", ErrMalformedMessage)
+	}
+	return m, nil
+}
