@@ -622,8 +622,12 @@ class EventBus:
                         failure = exc
                         self._request_stop()
         except asyncio.CancelledError:
-            # Cancelled from outside: wind the consumers down properly.
+            # Cancelled from outside: a hard stop. Handlers in progress are
+            # cancelled too; closing each consumer's connection returns its
+            # unacked deliveries to the head of their queue.
             self._request_stop()
+            for task in self._consumer_tasks.values():
+                task.cancel()
             if self._consumer_tasks:
                 await asyncio.gather(*self._consumer_tasks.values(), return_exceptions=True)
             raise
@@ -649,11 +653,15 @@ class EventBus:
         for consumer in self._consumers.values():
             consumer.request_stop()
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float | None = None) -> None:
         """Stop :meth:`run`: finish the events being handled, nack the rest.
 
         Returns once every consumer has closed its connection (at once when
-        called from inside a handler, which cannot wait for itself).
+        called from inside a handler, which cannot wait for itself). With a
+        ``timeout``, handlers still running after that many seconds are
+        cancelled; their events are not acked, so the sidecar redelivers
+        them. Use it when a handler may wait on something the stop itself
+        prevents (say, room in a queue that this process consumes).
         """
         if not self._running:
             return
@@ -662,7 +670,17 @@ class EventBus:
         if current in self._consumer_tasks.values():
             return
         assert self._run_done is not None
-        await self._run_done.wait()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._run_done.wait()
+        except TimeoutError:
+            self.logger.warning(
+                "eventbus: handlers still running %ss after stop(); cancelling them, "
+                "their events go back to the sidecar", timeout,
+            )
+            for task in self._consumer_tasks.values():
+                task.cancel()
+            await self._run_done.wait()
 
     async def wait_consuming(self) -> None:
         """Wait until :meth:`run` has subscribed every queue it consumes.

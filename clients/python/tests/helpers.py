@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eventbus_sidecar import EventBus  # noqa: E402
 
+from .sidecar import REPO_ROOT as REPO_ROOT_FOR_EXAMPLES  # noqa: E402,F401
 from .sidecar import SHORT_CONFIG, Sidecar, start_sidecar  # noqa: E402,F401
 
 
