@@ -823,7 +823,7 @@ class _QueueConsumer:
         seqs = [i["seq"] for i in items if isinstance(i, dict)]
         for seq in seqs:
             try:
-                conn.send_oneway({"op": "nack", "seq": seq})
+                conn.send_oneway({"op": "nack", "queue": self.queue, "seq": seq})
             except ConnectionError:
                 return
         if seqs:
@@ -866,7 +866,7 @@ class _QueueConsumer:
                     event.type_name, self.queue, event.seq,
                 )
         try:
-            conn.send_oneway({"op": "ack", "seq": event.seq})
+            conn.send_oneway({"op": "ack", "queue": self.queue, "seq": event.seq})
         except ConnectionError:
             # The sidecar put the event back when the connection went; it
             # will be delivered again (at least once).
