@@ -1,0 +1,97 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestDropsAndStallInPrometheus overfills data and stalls order (nobody
+// consumes), then checks through Prometheus's HTTP API — after the OTLP
+// export, the collector's Prometheus exporter and a scrape — that the drop
+// counter rose and the order queue sits at capacity.
+func TestDropsAndStallInPrometheus(t *testing.T) {
+	sc := startSidecar(t, sidecarOptions{})
+	inst := sc.instance
+
+	// The series exist at 0 before anything happens (issue 3 section 3),
+	// so that increase() sees the first drop.
+	poll(t, 30*time.Second, "zero-valued drop series in Prometheus", func() (bool, string) {
+		s, err := prometheus(fmt.Sprintf(`eventbus_events_dropped_total{instance=%q,queue="data"}`, inst))
+		if err != nil {
+			return false, err.Error()
+		}
+		return len(s) == 2, fmt.Sprintf("%v", s) // reason timeout and evicted
+	})
+
+	// Overfill data: 4 fit, each further one waits 150 ms and is dropped.
+	// Several connections publish in parallel (one connection's publishes
+	// to one queue are sequential).
+	const conns, perConn = 4, 5
+	var wg sync.WaitGroup
+	statuses := make(chan string, conns*perConn)
+	for range conns {
+		c := dial(t, sc)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ids := make([]int64, perConn)
+			for i := range ids {
+				ids[i] = c.publish("data", "CANDLE_UPDATE", "")
+			}
+			for _, id := range ids {
+				statuses <- c.reply(id, 20*time.Second).Status
+			}
+		}()
+	}
+	wg.Wait()
+	close(statuses)
+	dropped := 0
+	for s := range statuses {
+		if s == "dropped" {
+			dropped++
+		}
+	}
+	if dropped != conns*perConn-4 {
+		t.Fatalf("%d of %d data publishes dropped, want %d", dropped, conns*perConn, conns*perConn-4)
+	}
+
+	// Stall order: fill it to capacity with nobody consuming.
+	c := dial(t, sc)
+	for range 4 {
+		if f := c.call(map[string]any{"op": "publish", "queue": "order", "type": "ORDER_PLACED", "payload": 1}); f.Status != "accepted" {
+			t.Fatalf("order publish: %+v", f)
+		}
+	}
+
+	poll(t, 30*time.Second, "the drops in Prometheus", func() (bool, string) {
+		s, err := prometheus(fmt.Sprintf(`sum(eventbus_events_dropped_total{instance=%q,queue="data"})`, inst))
+		if err != nil {
+			return false, err.Error()
+		}
+		return len(s) == 1 && s[0].Value == float64(dropped), fmt.Sprintf("%v", s)
+	})
+	poll(t, 30*time.Second, "order at capacity in Prometheus", func() (bool, string) {
+		s, err := prometheus(fmt.Sprintf(
+			`eventbus_queue_depth{instance=%q,queue="order"} == on(instance,queue) eventbus_queue_capacity{instance=%q,queue="order"}`, inst, inst))
+		if err != nil {
+			return false, err.Error()
+		}
+		return len(s) == 1 && s[0].Value == 4, fmt.Sprintf("%v", s)
+	})
+	// The rate() an alert would use sees the drops too.
+	s, err := prometheus(fmt.Sprintf(`increase(eventbus_events_dropped_total{instance=%q,queue="data",reason="timeout"}[1m])`, inst))
+	if err != nil || len(s) != 1 || s[0].Value <= 0 {
+		t.Errorf("increase() of the drop counter: %v %v, want > 0", s, err)
+	}
+	// And the sidecar's own /metrics agrees without a collector in the way.
+	if v := sc.adminMetric(t, "eventbus_events_dropped_total", `queue="data"`); v != float64(dropped) {
+		t.Errorf("/metrics eventbus_events_dropped_total{queue=data} = %v, want %d", v, dropped)
+	}
+	if v := sc.adminMetric(t, "eventbus_queue_depth", `queue="order"`); v != 4 {
+		t.Errorf("/metrics eventbus_queue_depth{queue=order} = %v, want 4", v)
+	}
+}
