@@ -1,0 +1,611 @@
+package transport
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+)
+
+const (
+	readBufferSize = 64 << 10
+	// maxInternedTypes bounds a connection's cache of event type strings,
+	// which saves an allocation per publish for the usual handful of types.
+	maxInternedTypes = 256
+)
+
+// conn is one client connection. The read loop (serve) owns the
+// subscriptions and runs the cleanup; the write loop owns the socket's
+// write side; lanes and pumps only append to the output buffer.
+type conn struct {
+	s   *Server
+	nc  net.Conn
+	log func(msg string, args ...any)
+
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
+	// Output: producers append frames to obuf; the write loop swaps it out
+	// and writes it in one call, so a busy connection batches many frames
+	// per write and an idle one writes at once.
+	omu        sync.Mutex
+	room       *sync.Cond // signalled when output drains or the conn dies
+	obuf       []byte
+	spare      []byte
+	writing    int
+	oclosed    bool // no more output will be produced
+	dead       bool // output is discarded (write failed or forced close)
+	writerIdle bool
+	roomWait   int
+	wake       chan struct{}
+	writerDone chan struct{}
+
+	killOnce sync.Once
+	reasonMu sync.Mutex
+	reason   CloseReason
+
+	lanesMu sync.Mutex
+	lanes   map[string]*lane
+
+	subs     map[string]*subscription // read loop only
+	producer sync.WaitGroup           // lanes and pumps
+
+	types map[string]string // read loop only
+	big   []byte            // read loop only: accumulates long frames
+}
+
+func newConn(s *Server, nc net.Conn) *conn {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	c := &conn{
+		s:          s,
+		nc:         nc,
+		ctx:        ctx,
+		cancel:     cancel,
+		wake:       make(chan struct{}, 1),
+		writerDone: make(chan struct{}),
+		lanes:      make(map[string]*lane),
+		subs:       make(map[string]*subscription),
+		types:      make(map[string]string),
+		writerIdle: true,
+	}
+	c.room = sync.NewCond(&c.omu)
+	c.log = func(msg string, args ...any) { s.log.Debug(msg, args...) }
+	return c
+}
+
+// serve runs the read loop and, when it ends, closes everything the
+// connection owns in order: publishes are withdrawn, subscriptions closed
+// (their unacked events return to the queues), queued output flushed.
+func (c *conn) serve() {
+	defer func() {
+		reason := c.closeReason()
+		c.s.forget(c, reason)
+	}()
+	go c.writeLoop()
+	c.s.log.Debug("connection opened")
+	reason := c.readLoop()
+	c.setReason(reason)
+	if c.s.shutting.Load() {
+		c.cancel(bus.ErrShuttingDown)
+	} else {
+		c.cancel(errConnClosed)
+	}
+	c.lanesMu.Lock()
+	for _, l := range c.lanes {
+		l.close()
+	}
+	c.lanesMu.Unlock()
+	for q, sub := range c.subs {
+		sub.stop()
+		delete(c.subs, q)
+	}
+	c.producer.Wait()
+	c.omu.Lock()
+	c.oclosed = true
+	c.room.Broadcast()
+	c.omu.Unlock()
+	c.signalWriter()
+	<-c.writerDone
+	c.nc.Close()
+	c.s.log.Debug("connection closed", "reason", c.closeReason())
+}
+
+var errConnClosed = errors.New("connection closed")
+
+func (c *conn) setReason(r CloseReason) {
+	c.reasonMu.Lock()
+	if c.reason == "" {
+		c.reason = r
+	}
+	c.reasonMu.Unlock()
+}
+
+func (c *conn) closeReason() CloseReason {
+	c.reasonMu.Lock()
+	defer c.reasonMu.Unlock()
+	return c.reason
+}
+
+// kill makes the read loop end soon. With force, pending output is
+// discarded and the socket closed at once (a stuck writer is released).
+func (c *conn) kill(reason CloseReason, force bool) {
+	c.setReason(reason)
+	c.killOnce.Do(func() {
+		// An expired read deadline wakes the read loop without closing the
+		// socket, so queued replies can still be flushed.
+		c.nc.SetReadDeadline(time.Unix(1, 0))
+		c.omu.Lock()
+		c.room.Broadcast()
+		c.omu.Unlock()
+	})
+	if force {
+		c.omu.Lock()
+		c.dead = true
+		c.obuf = c.obuf[:0]
+		c.room.Broadcast()
+		c.omu.Unlock()
+		c.nc.Close()
+	}
+}
+
+// readLoop reads and handles frames until the client goes away or the
+// connection is killed, and returns why it stopped.
+func (c *conn) readLoop() CloseReason {
+	br := bufio.NewReaderSize(c.nc, readBufferSize)
+	for {
+		if !c.waitRoom(nil) {
+			return CloseSlowConsumer
+		}
+		line, err := c.readFrame(br)
+		if err != nil {
+			return c.readFailed(err)
+		}
+		if len(line) == 0 {
+			continue
+		}
+		c.handle(line)
+	}
+}
+
+var errFrameTooLarge = errors.New("frame too large")
+
+func (c *conn) readFailed(err error) CloseReason {
+	switch {
+	case errors.Is(err, errFrameTooLarge):
+		msg := fmt.Sprintf("frame exceeds the limit of %d bytes (max frame bytes); closing the connection", c.s.cfg.MaxFrameBytes)
+		c.s.log.Warn("closing connection: frame too large", "limit", c.s.cfg.MaxFrameBytes)
+		c.output(func(b []byte) []byte { return AppendErrorReply(b, 0, false, CodeFrameTooLarge, msg) })
+		return CloseFrameTooLarge
+	case errors.Is(err, io.EOF):
+		return CloseClientGone
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		c.log("client disconnected mid-frame")
+		return CloseClientGone
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// kill() expired the deadline; its reason is already set.
+		return CloseShutdown
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, net.ErrClosed):
+		return CloseClientGone
+	default:
+		c.s.log.Warn("closing connection: read failed", "err", err)
+		return CloseReadError
+	}
+}
+
+// readFrame returns the next line without its newline (and without a
+// trailing CR). The slice is valid until the next call.
+func (c *conn) readFrame(br *bufio.Reader) ([]byte, error) {
+	limit := c.s.cfg.MaxFrameBytes
+	line, err := br.ReadSlice('\n')
+	if err == nil {
+		line = line[:len(line)-1]
+		if n := len(line); n > 0 && line[n-1] == '\r' {
+			line = line[:n-1]
+		}
+		if len(line) > limit {
+			return nil, errFrameTooLarge
+		}
+		return line, nil
+	}
+	if !errors.Is(err, bufio.ErrBufferFull) {
+		if len(line) > 0 && errors.Is(err, io.EOF) {
+			return nil, io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	c.big = append(c.big[:0], line...)
+	for {
+		if len(c.big) > limit+1 {
+			return nil, errFrameTooLarge
+		}
+		line, err = br.ReadSlice('\n')
+		c.big = append(c.big, line...)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			if errors.Is(err, io.EOF) {
+				return nil, io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+	}
+	line = c.big[:len(c.big)-1]
+	if n := len(line); n > 0 && line[n-1] == '\r' {
+		line = line[:n-1]
+	}
+	if len(line) > limit {
+		return nil, errFrameTooLarge
+	}
+	if cap(c.big) > 4*readBufferSize {
+		// Do not keep a megabyte per idle connection after one big frame.
+		defer func() { c.big = nil }()
+		return append([]byte(nil), line...), nil
+	}
+	return line, nil
+}
+
+// handle dispatches one frame. Everything it does is non-blocking except
+// handing a publish to a full lane, which is the documented flow control.
+func (c *conn) handle(line []byte) {
+	req, err := DecodeRequest(line)
+	if err != nil {
+		c.replyErr(req.ID, req.HasID, err)
+		return
+	}
+	switch req.Op {
+	case OpPublish:
+		c.publish(&req)
+	case OpCancel:
+		c.lanesMu.Lock()
+		for _, l := range c.lanes {
+			l.cancelRef(req.Ref)
+		}
+		c.lanesMu.Unlock()
+		c.reply(req.ID, StatusOK)
+	case OpSubscribe:
+		c.subscribe(&req)
+	case OpUnsubscribe:
+		sub, ok := c.subs[req.Queue]
+		if !ok {
+			c.replyErr(req.ID, true, &RequestError{Code: CodeNotSubscribed, Msg: fmt.Sprintf("unsubscribe: this connection is not subscribed to queue %q", req.Queue)})
+			return
+		}
+		sub.stop()
+		delete(c.subs, req.Queue)
+		c.reply(req.ID, StatusOK)
+	case OpAck, OpNack:
+		c.settle(&req)
+	case OpStats:
+		stats, err := json.Marshal(c.s.bus.Stats())
+		if err != nil {
+			c.replyErr(req.ID, true, &RequestError{Code: CodeInternal, Msg: fmt.Sprintf("stats: %v", err)})
+			return
+		}
+		c.output(func(b []byte) []byte { return AppendStatsReply(b, req.ID, stats) })
+	case OpPing:
+		c.reply(req.ID, StatusOK)
+	}
+}
+
+func (c *conn) publish(req *Request) {
+	if c.s.shutting.Load() {
+		c.replyShuttingDown(req.ID)
+		return
+	}
+	queue, err := c.s.route(req)
+	if err != nil {
+		c.replyErr(req.ID, true, err)
+		return
+	}
+	ev := bus.Event{Type: c.intern(req.Type)}
+	if req.Payload != nil {
+		ev.Payload = append(json.RawMessage(nil), req.Payload...)
+	}
+	if req.Traceparent != "" {
+		sc, err := ParseTraceparent(req.Traceparent)
+		if err != nil {
+			c.s.metrics.invalidTraceparent.Add(c.ctx, 1)
+			c.log("ignoring invalid traceparent", "id", req.ID, "err", err)
+		} else {
+			ev.Parent = sc
+		}
+	}
+	c.lane(queue).push(pubReq{id: req.ID, ev: ev})
+}
+
+func (c *conn) intern(t string) string {
+	if s, ok := c.types[t]; ok {
+		return s
+	}
+	if len(c.types) < maxInternedTypes {
+		c.types[t] = t
+	}
+	return t
+}
+
+func (c *conn) lane(queue string) *lane {
+	c.lanesMu.Lock()
+	defer c.lanesMu.Unlock()
+	l, ok := c.lanes[queue]
+	if !ok {
+		l = newLane(c, queue)
+		c.lanes[queue] = l
+		c.producer.Add(1)
+		go l.run()
+	}
+	return l
+}
+
+func (c *conn) subscribe(req *Request) {
+	if _, ok := c.subs[req.Queue]; ok {
+		c.replyErr(req.ID, true, &RequestError{Code: CodeAlreadySubscribed, Msg: fmt.Sprintf("subscribe: this connection is already subscribed to queue %q; raise prefetch instead or use another connection", req.Queue)})
+		return
+	}
+	prefetch := 1
+	if req.HasPrefetch {
+		prefetch = req.Prefetch
+	}
+	cons, err := c.s.bus.Subscribe(req.Queue, prefetch)
+	if err != nil {
+		c.replyErr(req.ID, true, busError("subscribe", err))
+		return
+	}
+	ctx, cancel := context.WithCancel(c.ctx)
+	sub := &subscription{c: c, queue: req.Queue, cons: cons, ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	c.subs[req.Queue] = sub
+	// The reply goes out before the pump starts, so it precedes every
+	// delivery of this subscription on the wire.
+	c.reply(req.ID, StatusOK)
+	c.producer.Add(1)
+	go sub.pump()
+}
+
+func (c *conn) settle(req *Request) {
+	var sub *subscription
+	switch {
+	case req.HasQueue:
+		sub = c.subs[req.Queue]
+		if sub == nil {
+			c.replyErrMaybe(req, &RequestError{Code: CodeNotSubscribed, Msg: fmt.Sprintf("%s %d: this connection is not subscribed to queue %q", req.Op, req.Seq, req.Queue)})
+			return
+		}
+	case len(c.subs) == 1:
+		for _, s := range c.subs {
+			sub = s
+		}
+	case len(c.subs) == 0:
+		c.replyErrMaybe(req, &RequestError{Code: CodeNotSubscribed, Msg: fmt.Sprintf("%s %d: this connection has no subscription", req.Op, req.Seq)})
+		return
+	default:
+		names := make([]string, 0, len(c.subs))
+		for q := range c.subs {
+			names = append(names, q)
+		}
+		sort.Strings(names)
+		c.replyErrMaybe(req, badRequest("%s %d: this connection subscribes to several queues (%s); name one in field \"queue\"", req.Op, req.Seq, strings.Join(names, ", ")))
+		return
+	}
+	var err error
+	if req.Op == OpAck {
+		err = sub.cons.Ack(req.Seq)
+	} else {
+		err = sub.cons.Nack(req.Seq)
+	}
+	if err != nil {
+		c.replyErrMaybe(req, busError(fmt.Sprintf("%s %d on queue %q", req.Op, req.Seq, sub.queue), err))
+		return
+	}
+	if req.HasID {
+		c.reply(req.ID, StatusOK)
+	}
+}
+
+// replyErrMaybe answers a failed ack/nack: with its id when it had one,
+// otherwise with an id-less error so that the mistake is still visible.
+func (c *conn) replyErrMaybe(req *Request, err error) {
+	c.replyErr(req.ID, req.HasID, err)
+}
+
+// busError maps a bus error to a coded reply error.
+func busError(what string, err error) *RequestError {
+	code := CodeInternal
+	switch {
+	case errors.Is(err, bus.ErrUnknownQueue):
+		code = CodeUnknownQueue
+	case errors.Is(err, bus.ErrShuttingDown):
+		return &RequestError{Code: CodeShuttingDown, Msg: "shutting down"}
+	case errors.Is(err, bus.ErrInvalidEvent), errors.Is(err, bus.ErrInvalidConfig):
+		code = CodeInvalidEvent
+		if errors.Is(err, bus.ErrInvalidConfig) {
+			code = CodeBadRequest
+		}
+	case errors.Is(err, bus.ErrUnknownSeq):
+		code = CodeUnknownSeq
+	}
+	return &RequestError{Code: code, Msg: fmt.Sprintf("%s: %v", what, err)}
+}
+
+func (c *conn) reply(id int64, st Status) {
+	c.output(func(b []byte) []byte { return AppendReply(b, id, st) })
+}
+
+func (c *conn) replyShuttingDown(id int64) {
+	c.output(func(b []byte) []byte { return AppendErrorReply(b, id, true, CodeShuttingDown, "shutting down") })
+}
+
+func (c *conn) replyErr(id int64, hasID bool, err error) {
+	var re *RequestError
+	if !errors.As(err, &re) {
+		re = &RequestError{Code: CodeInternal, Msg: err.Error()}
+	}
+	c.output(func(b []byte) []byte { return AppendErrorReply(b, id, hasID, re.Code, re.Msg) })
+}
+
+// output appends one frame to the connection's output and wakes the write
+// loop if it is idle. It never blocks on the client: callers that produce
+// unbounded output wait for room first (waitRoom).
+func (c *conn) output(appendFrame func([]byte) []byte) {
+	c.omu.Lock()
+	if c.dead || c.oclosed {
+		c.omu.Unlock()
+		return
+	}
+	c.obuf = appendFrame(c.obuf)
+	wake := c.writerIdle
+	c.writerIdle = false
+	c.omu.Unlock()
+	if wake {
+		c.signalWriter()
+	}
+}
+
+func (c *conn) signalWriter() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// waitRoom blocks while the connection's queued output is over its bound.
+// It returns false when the connection is going away (or ctx, if given,
+// ends).
+func (c *conn) waitRoom(ctx context.Context) bool {
+	c.omu.Lock()
+	defer c.omu.Unlock()
+	for len(c.obuf)+c.writing >= c.s.cfg.MaxOutputBytes {
+		if c.dead || c.oclosed || c.ctx.Err() != nil || (ctx != nil && ctx.Err() != nil) {
+			return false
+		}
+		c.roomWait++
+		c.room.Wait()
+		c.roomWait--
+	}
+	return !c.dead && c.ctx.Err() == nil && (ctx == nil || ctx.Err() == nil)
+}
+
+// writeLoop writes queued output until the connection is closed and its
+// output flushed, or a write fails or stays stuck past the write timeout.
+func (c *conn) writeLoop() {
+	defer close(c.writerDone)
+	for {
+		c.omu.Lock()
+		if len(c.obuf) == 0 || c.dead {
+			if c.oclosed || c.dead {
+				c.omu.Unlock()
+				return
+			}
+			c.writerIdle = true
+			c.omu.Unlock()
+			<-c.wake
+			continue
+		}
+		buf := c.obuf
+		c.obuf = c.spare[:0]
+		c.writing = len(buf)
+		c.omu.Unlock()
+
+		c.nc.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout))
+		_, err := c.nc.Write(buf)
+
+		c.omu.Lock()
+		c.writing = 0
+		c.spare = buf[:0]
+		if c.roomWait > 0 {
+			c.room.Broadcast()
+		}
+		if err != nil {
+			c.dead = true
+			c.obuf = c.obuf[:0]
+			c.room.Broadcast()
+		}
+		c.omu.Unlock()
+		if err != nil {
+			reason := CloseWriteError
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				reason = CloseSlowConsumer
+				c.s.log.Warn("closing connection: slow consumer did not read its output in time", "write_timeout", c.s.cfg.WriteTimeout, "pending_bytes", len(buf))
+			} else if !errors.Is(err, syscall.EPIPE) && !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, net.ErrClosed) {
+				c.s.log.Warn("closing connection: write failed", "err", err)
+			} else {
+				reason = CloseClientGone
+			}
+			c.kill(reason, false)
+			return
+		}
+	}
+}
+
+// subscription pumps one consumer's deliveries into the connection's
+// output.
+type subscription struct {
+	c      *conn
+	queue  string
+	cons   *bus.Consumer
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (s *subscription) pump() {
+	defer s.c.producer.Done()
+	defer close(s.done)
+	c := s.c
+	var tp []byte
+	for {
+		if !c.waitRoom(s.ctx) {
+			return
+		}
+		d, err := s.cons.Receive(s.ctx)
+		if err != nil {
+			if !errors.Is(err, context.Canceled) && !errors.Is(err, bus.ErrConsumerClosed) && !errors.Is(err, bus.ErrShuttingDown) {
+				c.s.log.Warn("subscription stopped", "queue", s.queue, "err", err)
+			}
+			return
+		}
+		f := Deliver{
+			Queue:        d.Queue,
+			Seq:          d.Seq,
+			Type:         d.Event.Type,
+			Payload:      d.Event.Payload,
+			EnqueuedAt:   d.EnqueuedAt,
+			Redeliveries: d.Redeliveries,
+		}
+		tp = tp[:0]
+		if d.SpanContext.IsValid() {
+			tp = AppendTraceparent(tp, d.SpanContext)
+		}
+		c.output(func(b []byte) []byte { return appendDeliver(b, &f, tp) })
+	}
+}
+
+// stop ends the pump and closes the consumer, which returns its unacked
+// events to the queue head. Read loop only.
+func (s *subscription) stop() {
+	s.cancel()
+	s.c.omu.Lock()
+	s.c.room.Broadcast()
+	s.c.omu.Unlock()
+	<-s.done
+	s.cons.Close()
+}
+
+func isTemporaryAccept(err error) bool {
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,361 @@
+// Package transport serves the bus over a Unix domain socket with the
+// newline-delimited JSON protocol described in docs/protocol.md.
+//
+// A Server owns one read loop, one write loop, one publish lane per
+// (connection, queue) and one delivery pump per subscription; all of them
+// stop when the connection closes, and Shutdown waits for every one.
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+)
+
+// Defaults for Config's zero values.
+const (
+	// DefaultMaxFrameBytes bounds one request frame (without its newline).
+	DefaultMaxFrameBytes = 1 << 20
+	// DefaultMaxOutputBytes bounds the output queued for one connection;
+	// past it the server stops reading that connection's requests and
+	// pauses its deliveries until the client reads.
+	DefaultMaxOutputBytes = 1 << 20
+	// DefaultWriteTimeout is how long one write to a client may stay stuck
+	// before the client is cut off as a slow consumer.
+	DefaultWriteTimeout = 10 * time.Second
+	// DefaultMaxPendingPublishes bounds the publishes one connection may
+	// have queued for one queue behind the one waiting for room. Past it
+	// the server stops reading that connection until one completes.
+	DefaultMaxPendingPublishes = 4096
+	// DefaultQueue receives events whose type has no route.
+	DefaultQueue = "data"
+)
+
+// DefaultRoutes returns the seed's routing of event types to queues
+// (section 6.2); types without a route go to DefaultQueue.
+func DefaultRoutes() map[string]string {
+	return map[string]string{
+		"CANDLE_UPDATE":    "data",
+		"CANDLE_CLOSED":    "data",
+		"SIGNAL_GENERATED": "signal",
+		"ORDER_PLACED":     "order",
+	}
+}
+
+// Config configures a Server. Zero values take the documented defaults.
+type Config struct {
+	// Bus is the engine the server publishes to and consumes from. Required.
+	Bus *bus.Bus
+	// Routes maps an event type to a queue for publishes that name no
+	// queue. nil means DefaultRoutes(); an empty non-nil map routes every
+	// type to DefaultQueue.
+	Routes map[string]string
+	// DefaultQueue receives types without a route ("" means "data").
+	DefaultQueue string
+	// MaxFrameBytes bounds a request frame (0 means DefaultMaxFrameBytes).
+	MaxFrameBytes int
+	// MaxOutputBytes bounds one connection's queued output (0 means
+	// DefaultMaxOutputBytes).
+	MaxOutputBytes int
+	// WriteTimeout cuts off a client whose socket accepts nothing for this
+	// long (0 means DefaultWriteTimeout).
+	WriteTimeout time.Duration
+	// MaxPendingPublishes bounds the publishes queued per connection and
+	// queue (0 means DefaultMaxPendingPublishes).
+	MaxPendingPublishes int
+	// Logger receives connection-level events (nil discards them).
+	Logger *slog.Logger
+	// MeterProvider records eventbus.connections and the transport's
+	// counters (nil means no metrics).
+	MeterProvider metric.MeterProvider
+}
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("transport: server closed")
+
+// ErrInvalidConfig wraps every configuration error from New.
+var ErrInvalidConfig = errors.New("invalid transport configuration")
+
+// Server serves one bus on any number of listeners.
+type Server struct {
+	cfg    Config
+	bus    *bus.Bus
+	queues []string
+	log    *slog.Logger
+
+	shutting atomic.Bool
+	done     chan struct{} // closed by Shutdown
+	mu       sync.Mutex
+	lns      map[net.Listener]struct{}
+	conns    map[*conn]struct{}
+	wg       sync.WaitGroup
+
+	connCount atomic.Int64
+	metrics   serverMetrics
+}
+
+// CloseReason says why the server closed a connection; it labels logs and
+// the eventbus.connections.closed counter.
+type CloseReason string
+
+// Close reasons.
+const (
+	CloseClientGone    CloseReason = "client_closed"
+	CloseFrameTooLarge CloseReason = "frame_too_large"
+	CloseSlowConsumer  CloseReason = "slow_consumer"
+	CloseReadError     CloseReason = "read_error"
+	CloseWriteError    CloseReason = "write_error"
+	CloseShutdown      CloseReason = "shutdown"
+)
+
+var closeReasons = []CloseReason{CloseClientGone, CloseFrameTooLarge, CloseSlowConsumer, CloseReadError, CloseWriteError, CloseShutdown}
+
+type serverMetrics struct {
+	invalidTraceparent metric.Int64Counter
+	closed             metric.Int64Counter
+	reg                metric.Registration
+}
+
+// New validates cfg and returns a server. Routes and the default queue must
+// name queues of cfg.Bus.
+func New(cfg Config) (*Server, error) {
+	if cfg.Bus == nil {
+		return nil, fmt.Errorf("%w: Bus is required", ErrInvalidConfig)
+	}
+	if cfg.Routes == nil {
+		cfg.Routes = DefaultRoutes()
+	}
+	if cfg.DefaultQueue == "" {
+		cfg.DefaultQueue = DefaultQueue
+	}
+	if cfg.MaxFrameBytes <= 0 {
+		cfg.MaxFrameBytes = DefaultMaxFrameBytes
+	}
+	if cfg.MaxOutputBytes <= 0 {
+		cfg.MaxOutputBytes = DefaultMaxOutputBytes
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
+	}
+	if cfg.MaxPendingPublishes <= 0 {
+		cfg.MaxPendingPublishes = DefaultMaxPendingPublishes
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MeterProvider == nil {
+		cfg.MeterProvider = metricnoop.NewMeterProvider()
+	}
+	s := &Server{
+		cfg:    cfg,
+		bus:    cfg.Bus,
+		queues: cfg.Bus.Queues(),
+		log:    cfg.Logger,
+		done:   make(chan struct{}),
+		lns:    make(map[net.Listener]struct{}),
+		conns:  make(map[*conn]struct{}),
+	}
+	var errs []error
+	if !slices.Contains(s.queues, cfg.DefaultQueue) {
+		errs = append(errs, fmt.Errorf("%w: default queue %q is not a queue of the bus; valid queues: %s", ErrInvalidConfig, cfg.DefaultQueue, strings.Join(s.queues, ", ")))
+	}
+	types := make([]string, 0, len(cfg.Routes))
+	for t := range cfg.Routes {
+		types = append(types, t)
+	}
+	slices.Sort(types)
+	for _, t := range types {
+		if q := cfg.Routes[t]; !slices.Contains(s.queues, q) {
+			errs = append(errs, fmt.Errorf("%w: route %s -> %q: unknown queue; valid queues: %s", ErrInvalidConfig, t, q, strings.Join(s.queues, ", ")))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if err := s.initMetrics(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) initMetrics() error {
+	m := s.cfg.MeterProvider.Meter("github.com/eventbus-sidecar/eventbus-sidecar/transport")
+	conns, err1 := m.Int64ObservableGauge("eventbus.connections",
+		metric.WithDescription("Client connections open on the sidecar's socket."),
+		metric.WithUnit("{connection}"))
+	inv, err2 := m.Int64Counter("eventbus.traceparent.invalid",
+		metric.WithDescription("Publishes whose traceparent was invalid and ignored (the event was still accepted)."),
+		metric.WithUnit("{event}"))
+	closed, err3 := m.Int64Counter("eventbus.connections.closed",
+		metric.WithDescription("Client connections closed, by reason."),
+		metric.WithUnit("{connection}"))
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return fmt.Errorf("transport metrics: %w", err)
+	}
+	reg, err := m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		o.ObserveInt64(conns, s.connCount.Load())
+		return nil
+	}, conns)
+	if err != nil {
+		return fmt.Errorf("transport metrics: %w", err)
+	}
+	// Create every series at 0 so that increase() sees the first event.
+	ctx := context.Background()
+	inv.Add(ctx, 0)
+	for _, r := range closeReasons {
+		closed.Add(ctx, 0, metric.WithAttributes(attribute.String("reason", string(r))))
+	}
+	s.metrics = serverMetrics{invalidTraceparent: inv, closed: closed, reg: reg}
+	return nil
+}
+
+// Serve accepts connections on l until Shutdown, then returns
+// ErrServerClosed. l is closed when Serve returns.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.shutting.Load() {
+		s.mu.Unlock()
+		l.Close()
+		return ErrServerClosed
+	}
+	s.lns[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.lns, l)
+		s.mu.Unlock()
+		l.Close()
+	}()
+	var backoff time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if s.shutting.Load() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || isTemporaryAccept(err) {
+				// Out of file descriptors and the like: wait and retry, as
+				// net/http does, rather than spinning or giving up.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; retrying", "err", err, "retry_in", backoff)
+				t := time.NewTimer(backoff)
+				select {
+				case <-t.C:
+				case <-s.done:
+					t.Stop()
+					return ErrServerClosed
+				}
+				continue
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		backoff = 0
+		c := newConn(s, nc)
+		s.mu.Lock()
+		if s.shutting.Load() {
+			s.mu.Unlock()
+			nc.Close()
+			return ErrServerClosed
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		s.connCount.Add(1)
+		go c.serve()
+	}
+}
+
+func (s *Server) forget(c *conn, reason CloseReason) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.connCount.Add(-1)
+	s.metrics.closed.Add(context.Background(), 1, metric.WithAttributes(attribute.String("reason", string(reason))))
+	s.wg.Done()
+}
+
+// Connections reports the number of open client connections.
+func (s *Server) Connections() int { return int(s.connCount.Load()) }
+
+// Shutdown stops accepting, answers further publishes with "shutting
+// down", withdraws waiting publishes (they too are answered "shutting
+// down"), flushes each connection's queued replies and closes it. It
+// returns when every connection goroutine has stopped, or with ctx's error
+// after force-closing what remains once ctx ends.
+//
+// To drain the bus first, call bus.Shutdown before Shutdown: the bus then
+// refuses publishes while the connections stay up for consumers to finish.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.shutting.Swap(true) {
+		close(s.done)
+	}
+	var errs []error
+	for l := range s.lns {
+		if err := l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.kill(CloseShutdown, false)
+	}
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.mu.Lock()
+		for c := range s.conns {
+			c.kill(CloseShutdown, true)
+		}
+		s.mu.Unlock()
+		<-done
+		errs = append(errs, fmt.Errorf("transport shutdown: %w", ctx.Err()))
+	}
+	if s.metrics.reg != nil {
+		errs = append(errs, s.metrics.reg.Unregister())
+	}
+	return errors.Join(errs...)
+}
+
+// route resolves a publish's queue: the named one, or the type's route.
+func (s *Server) route(r *Request) (string, error) {
+	if !r.HasQueue {
+		if q, ok := s.cfg.Routes[r.Type]; ok {
+			return q, nil
+		}
+		return s.cfg.DefaultQueue, nil
+	}
+	for _, q := range s.queues {
+		if q == r.Queue {
+			return q, nil
+		}
+	}
+	return "", s.unknownQueue(r.Queue)
+}
+
+func (s *Server) unknownQueue(name string) error {
+	return &RequestError{Code: CodeUnknownQueue, Msg: fmt.Sprintf("unknown queue %q; valid queues: %s", name, strings.Join(s.queues, ", "))}
+}
