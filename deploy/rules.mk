@@ -1,10 +1,12 @@
 # Alert rules, dashboard and Kubernetes manifests (RULES engineer).
-#   make test-rules  promtool check + unit tests of the alert rules, then the Go
-#                    tests in deploy/prometheus (every alert has firing and
-#                    silent cases and a runbook section; every metric name in
-#                    the rules and the dashboard is exported by a live sidecar)
-#   make test-k8s    strict decoding and cross-reference tests of deploy/kubernetes
-#   make k8s-generate regenerate deploy/kubernetes/prometheusrule.yaml from alerts.yml
+#   make test-rules    promtool check + unit tests of the alert rules, then the
+#                      Go tests in deploy/prometheus (every alert has firing and
+#                      silent cases and a runbook section; every metric name in
+#                      the rules and the dashboard is exported by a live sidecar)
+#   make test-k8s      strict decoding and cross-reference tests of deploy/kubernetes
+#   make k8s-generate  regenerate deploy/kubernetes/prometheusrule.yaml (from
+#                      deploy/prometheus/alerts.yml) and collector-configmap.yaml
+#                      (from otel-collector.yaml); test-k8s fails until you do
 # promtool comes from Debian's prometheus package: deploy/prometheus/install.sh.
 PROMTOOL ?= promtool
 
@@ -20,6 +22,6 @@ test-k8s:
 	cd deploy/kubernetes && $(GO) test -race -count=1 ./...
 
 k8s-generate:
-	cd deploy/kubernetes && EVENTBUS_UPDATE_GENERATED=1 $(GO) test -count=1 -run TestPrometheusRuleMatchesAlerts ./...
+	cd deploy/kubernetes && EVENTBUS_UPDATE_GENERATED=1 $(GO) test -count=1 -run TestGeneratedManifestsAreCurrent ./...
 
 TEST_TARGETS += test-rules test-k8s
