@@ -24,8 +24,8 @@ type Setting struct {
 	Usage string
 	// Bool marks settings that take true or false, so a flag can stand alone.
 	Bool bool
-	set   func(*Config, string) error
-	get   func(Config) string
+	set  func(*Config, string) error
+	get  func(Config) string
 }
 
 // Env is the environment variable for the setting: EVENTBUS_ and the flag

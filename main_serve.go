@@ -1,0 +1,301 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/admin"
+	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/config"
+	"github.com/eventbus-sidecar/eventbus-sidecar/telemetry"
+	"github.com/eventbus-sidecar/eventbus-sidecar/transport"
+)
+
+// closeGrace bounds what follows the drain: closing client connections,
+// the admin listener and the final telemetry flush.
+const closeGrace = 5 * time.Second
+
+// configFlags are serve's and config's flags: --config plus one flag per
+// config.Setting. They carry no EnvVars on purpose: config.Load reads the
+// EVENTBUS_* variables itself so that the file can sit between the two.
+func configFlags() []cli.Flag {
+	def := config.Default()
+	flags := []cli.Flag{
+		&cli.StringFlag{
+			Name:    "config",
+			Usage:   "YAML config `FILE` (eventbus-sidecar config prints every key with its value)",
+			EnvVars: []string{config.EnvPrefix + "CONFIG"},
+		},
+	}
+	for _, s := range config.Settings() {
+		usage := fmt.Sprintf("%s (env %s)", s.Usage, s.Env())
+		if s.Bool {
+			flags = append(flags, &cli.BoolFlag{Name: s.Flag, Usage: usage})
+			continue
+		}
+		flags = append(flags, &cli.StringFlag{Name: s.Flag, Usage: usage, DefaultText: s.Value(def)})
+	}
+	return flags
+}
+
+// loadConfig merges defaults, file, environment and the flags given.
+func (p *program) loadConfig(c *cli.Context) (config.Config, error) {
+	flags := map[string]string{}
+	for _, s := range config.Settings() {
+		if !c.IsSet(s.Flag) {
+			continue
+		}
+		if s.Bool {
+			flags[s.Flag] = strconv.FormatBool(c.Bool(s.Flag))
+		} else {
+			flags[s.Flag] = c.String(s.Flag)
+		}
+	}
+	return config.Load(config.Sources{File: c.String("config"), Env: p.env, Flags: flags})
+}
+
+func (p *program) configCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "config",
+		Usage: "print the effective configuration as YAML (a valid --config file)",
+		Description: "Takes the same flags as serve and prints the configuration serve would run with.\n" +
+			"Precedence: flags > EVENTBUS_* environment > --config file > defaults.",
+		Flags:        configFlags(),
+		OnUsageError: onUsageError,
+		Action: func(c *cli.Context) error {
+			cfg, err := p.loadConfig(c)
+			if err != nil {
+				return err
+			}
+			out, err := cfg.YAML()
+			if err != nil {
+				return err
+			}
+			_, err = p.stdout.Write(out)
+			return err
+		},
+	}
+}
+
+func (p *program) serveCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "serve",
+		Usage: "run the sidecar",
+		Description: "Serves the queues on a Unix socket until SIGTERM or SIGINT, then refuses publishes,\n" +
+			"keeps delivering until the queues are empty or --drain-timeout passes, logs what was\n" +
+			"left undelivered per queue and exits 0. A second signal exits at once.",
+		Flags:        configFlags(),
+		OnUsageError: onUsageError,
+		Action: func(c *cli.Context) error {
+			cfg, err := p.loadConfig(c)
+			if err != nil {
+				return err
+			}
+			return p.serve(c.Context, cfg)
+		},
+	}
+}
+
+func onUsageError(_ *cli.Context, err error, _ bool) error { return usageError{err} }
+
+// newLogger builds the slog logger the config asks for.
+func newLogger(cfg config.Config, w interface{ Write([]byte) (int, error) }) *slog.Logger {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		level = slog.LevelInfo // config validated it already
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// telemetryConfig maps the config file's telemetry section onto the
+// telemetry package; zero values let OTEL_* and its defaults apply.
+func telemetryConfig(t config.Telemetry, lookup env) telemetry.Config {
+	return telemetry.Config{
+		Disabled:        t.Disabled,
+		TracesDisabled:  t.TracesDisabled,
+		ServiceName:     t.ServiceName,
+		ServiceVersion:  version,
+		OTLPEndpoint:    t.OTLPEndpoint,
+		OTLPInsecure:    t.OTLPInsecure,
+		DataSampleRatio: t.DataSampleRatio,
+		MetricInterval:  t.MetricInterval,
+		LookupEnv:       lookup,
+	}
+}
+
+// actor is one long-running part of serve; the first to return stops the rest.
+type actor struct {
+	name string
+	run  func() error
+}
+
+// serve runs the sidecar until ctx ends, a signal arrives or a server fails.
+func (p *program) serve(parent context.Context, cfg config.Config) (err error) {
+	log := newLogger(cfg, p.stderr)
+	ctx, stopSignals := signal.NotifyContext(parent, syscall.SIGTERM, syscall.SIGINT)
+	defer stopSignals()
+
+	tel, err := telemetry.Setup(ctx, telemetryConfig(cfg.Telemetry, p.env), log)
+	if err != nil {
+		return usageError{fmt.Errorf("telemetry: %w", err)}
+	}
+	defer func() {
+		// Flush last, so the shutdown's own spans and final counts are exported.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(parent), closeGrace)
+		defer cancel()
+		if ferr := tel.Shutdown(fctx); ferr != nil {
+			log.Warn("telemetry flush incomplete", "err", ferr)
+		}
+	}()
+
+	b, err := bus.New(cfg.Queues,
+		bus.WithLogger(log),
+		bus.WithTracerProvider(tel.TracerProvider()),
+		bus.WithMeterProvider(tel.MeterProvider()))
+	if err != nil {
+		return usageError{err}
+	}
+	srv, err := transport.New(transport.Config{
+		Bus:            b,
+		Routes:         cfg.Routes,
+		DefaultQueue:   cfg.DefaultQueue,
+		MaxFrameBytes:  cfg.MaxFrameBytes,
+		MaxOutputBytes: cfg.MaxOutputBytes,
+		WriteTimeout:   cfg.WriteTimeout,
+		Logger:         log,
+		MeterProvider:  tel.MeterProvider(),
+	})
+	if err != nil {
+		return usageError{err}
+	}
+	// Listen before anything is announced ready, so that a live socket or a
+	// busy admin port fails the start with a clear message.
+	ln, err := transport.Listen(cfg.Socket, cfg.SocketMode)
+	if err != nil {
+		return fmt.Errorf("cannot serve on %s: %w", cfg.Socket, err)
+	}
+	var ready atomic.Bool
+	actors := []actor{{"socket server", func() error { return srv.Serve(ln) }}}
+	var adm *admin.Server
+	adminAddr := ""
+	if cfg.AdminEnabled() {
+		al, err := net.Listen("tcp", cfg.AdminAddr)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("cannot serve admin on %s: %w", cfg.AdminAddr, err)
+		}
+		adminAddr = al.Addr().String()
+		adm, err = admin.New(admin.Config{
+			Addr:    adminAddr,
+			Metrics: tel.MetricsHandler(),
+			Stats:   func() any { return b.Stats() },
+			Ready:   ready.Load,
+			Logger:  log,
+		})
+		if err != nil {
+			al.Close()
+			ln.Close()
+			return usageError{err}
+		}
+		actors = append(actors, actor{"admin server", func() error { return adm.Serve(al) }})
+	}
+
+	done := make(chan actorResult, len(actors))
+	for _, a := range actors {
+		go func() { done <- actorResult{a.name, a.run()} }()
+	}
+	running := len(actors)
+	ready.Store(true)
+	log.Info("eventbus-sidecar serving",
+		"version", version, "socket", cfg.Socket, "socket_mode", fmt.Sprintf("%04o", uint32(cfg.SocketMode)),
+		"admin_addr", adminAddr, "queues", strings.Join(b.Queues(), ","), "drain_timeout", cfg.DrainTimeout)
+	if p.ready != nil {
+		p.ready(serving{Socket: cfg.Socket, AdminAddr: adminAddr})
+	}
+
+	var failure error
+	select {
+	case <-ctx.Done():
+	case r := <-done:
+		running--
+		failure = fmt.Errorf("%s stopped: %w", r.name, r.err)
+	}
+	// From here a second SIGTERM/SIGINT takes the default action and ends
+	// the process at once.
+	stopSignals()
+	ready.Store(false)
+	if failure != nil {
+		log.Error("a server stopped; shutting down", "err", failure)
+	} else {
+		log.Info("shutdown requested; refusing publishes and draining (a second signal exits at once)", "drain_timeout", cfg.DrainTimeout)
+	}
+
+	drainCtx, cancelDrain := context.WithTimeout(context.WithoutCancel(parent), cfg.DrainTimeout)
+	undelivered, derr := b.Shutdown(drainCtx)
+	cancelDrain()
+	logUndelivered(log, b.Queues(), undelivered, derr)
+
+	closeCtx, cancelClose := context.WithTimeout(context.WithoutCancel(parent), closeGrace)
+	defer cancelClose()
+	var errs []error
+	if err := srv.Shutdown(closeCtx); err != nil {
+		errs = append(errs, fmt.Errorf("socket server shutdown: %w", err))
+	}
+	if adm != nil {
+		if err := adm.Shutdown(closeCtx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for ; running > 0; running-- {
+		r := <-done
+		if r.err != nil && !errors.Is(r.err, transport.ErrServerClosed) && !errors.Is(r.err, http.ErrServerClosed) {
+			errs = append(errs, fmt.Errorf("%s: %w", r.name, r.err))
+		}
+	}
+	if len(errs) > 0 {
+		log.Warn("shutdown incomplete", "err", errors.Join(errs...))
+	}
+	if failure != nil {
+		return failure
+	}
+	log.Info("eventbus-sidecar stopped")
+	return nil
+}
+
+type actorResult struct {
+	name string
+	err  error
+}
+
+// logUndelivered reports what the drain could not hand out before its
+// deadline, per queue in one line (the bus logs each queue's detail too);
+// those events are lost when the process exits.
+func logUndelivered(log *slog.Logger, queues []string, undelivered map[string]int, err error) {
+	total := 0
+	perQueue := make([]any, 0, len(queues))
+	for _, q := range queues {
+		total += undelivered[q]
+		perQueue = append(perQueue, slog.Int(q, undelivered[q]))
+	}
+	if err != nil || total > 0 {
+		log.Warn("drain ended with events undelivered", "undelivered_total", total, slog.Group("undelivered", perQueue...), "err", err)
+		return
+	}
+	log.Info("drain complete: every queue empty", "undelivered_total", 0, slog.Group("undelivered", perQueue...))
+}
