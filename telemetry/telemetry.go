@@ -42,6 +42,10 @@ const ScopeName = "github.com/eventbus-sidecar/eventbus-sidecar/telemetry"
 // reach a collector that is down, so export resumes soon after it returns.
 const MaxReconnectDelay = 3 * time.Second
 
+// MaxRetryTime bounds how long one export is retried after a retryable
+// error before it counts as failed.
+const MaxRetryTime = 2 * time.Second
+
 // Telemetry owns the SDK providers and exporters. Create it with Setup and
 // end it with Shutdown.
 type Telemetry struct {
@@ -96,6 +100,14 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 		MinConnectTimeout: r.exportTimeout,
 	})
 
+	// The exporters' default retries go on for a minute (bounded only by
+	// the export timeout), so one batch would hold the export worker for
+	// the whole timeout when the collector is down. Retrying briefly rides
+	// out a blip; in an outage the loss is counted within seconds.
+	retry := otlptracegrpc.RetryConfig{
+		Enabled: true, InitialInterval: 100 * time.Millisecond, MaxInterval: time.Second, MaxElapsedTime: MaxRetryTime,
+	}
+
 	// Metrics: a Prometheus reader with its own registry for /metrics, and a
 	// periodic OTLP reader when an endpoint is configured, on one provider so
 	// both see identical numbers.
@@ -106,7 +118,8 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 	}
 	mpOpts := []sdkmetric.Option{sdkmetric.WithResource(res), sdkmetric.WithReader(promReader)}
 	if r.metricEndpoint.set() {
-		opts := []otlpmetricgrpc.Option{otlpmetricgrpc.WithTimeout(r.exportTimeout), otlpmetricgrpc.WithDialOption(reconnect)}
+		opts := []otlpmetricgrpc.Option{otlpmetricgrpc.WithTimeout(r.exportTimeout), otlpmetricgrpc.WithDialOption(reconnect),
+			otlpmetricgrpc.WithRetry(otlpmetricgrpc.RetryConfig(retry))}
 		if r.metricEndpoint.url != "" {
 			opts = append(opts, otlpmetricgrpc.WithEndpointURL(r.metricEndpoint.url))
 		} else {
@@ -131,7 +144,8 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 	// a span whether it is exported (see sampling.go), and the bounded batch
 	// processor never blocks the caller.
 	if r.traces {
-		opts := []otlptracegrpc.Option{otlptracegrpc.WithTimeout(r.exportTimeout), otlptracegrpc.WithDialOption(reconnect)}
+		opts := []otlptracegrpc.Option{otlptracegrpc.WithTimeout(r.exportTimeout), otlptracegrpc.WithDialOption(reconnect),
+			otlptracegrpc.WithRetry(retry)}
 		if r.traceEndpoint.url != "" {
 			opts = append(opts, otlptracegrpc.WithEndpointURL(r.traceEndpoint.url))
 		} else {
