@@ -476,6 +476,13 @@ func (b *Bus) Stats() Stats {
 	return st
 }
 
+// Draining reports whether Shutdown has begun: publishes are refused from
+// then on. A readiness probe reports not-ready while this is true.
+func (b *Bus) Draining() bool { return b.closing.Load() }
+
+// Done is closed once Shutdown has finished draining (or given up).
+func (b *Bus) Done() <-chan struct{} { return b.done }
+
 // notifyDrain wakes Shutdown's drain loop if it is running.
 func (b *Bus) notifyDrain() {
 	if b.closing.Load() {
