@@ -292,4 +292,3 @@ func TestStatsFields(t *testing.T) {
 	cancel()
 	await(t, blocked)
 }
-
