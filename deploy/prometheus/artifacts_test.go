@@ -131,38 +131,85 @@ func expandGrafanaVars(expr string) string {
 	})
 }
 
-// metricNames returns the metric names an expression selects. A selector
-// without a fixed name (only a regex on __name__, or none) is an error: its
-// names could not be checked against the sidecar.
-func metricNames(expr string) ([]string, error) {
+// selectorUse is one vector selector of an expression.
+type selectorUse struct {
+	name     string
+	matchers []*labels.Matcher // without the __name__ matcher
+}
+
+// groupingUse is one aggregation's by (...) labels and the metric names
+// selected under it.
+type groupingUse struct {
+	labels []string
+	names  []string
+}
+
+// exprUses holds what an expression needs from the metrics it reads.
+type exprUses struct {
+	selectors []selectorUse
+	groupings []groupingUse
+}
+
+// analyzeExpr parses expr and returns its selectors and by (...) groupings.
+// A selector without a fixed name (only a regex on __name__, or none) is an
+// error: its names could not be checked against the sidecar.
+func analyzeExpr(expr string) (exprUses, error) {
 	node, err := promqlParser.ParseExpr(expr)
 	if err != nil {
-		return nil, fmt.Errorf("parse %q: %w", expr, err)
+		return exprUses{}, fmt.Errorf("parse %q: %w", expr, err)
 	}
-	var names []string
+	var uses exprUses
 	var selErr error
 	parser.Inspect(node, func(n parser.Node, _ []parser.Node) error {
-		vs, ok := n.(*parser.VectorSelector)
-		if !ok {
-			return nil
-		}
-		name := vs.Name
-		if name == "" {
-			for _, m := range vs.LabelMatchers {
-				if m.Name == labels.MetricName && m.Type == labels.MatchEqual {
-					name = m.Value
+		switch n := n.(type) {
+		case *parser.VectorSelector:
+			sel := selectorUse{name: n.Name}
+			for _, m := range n.LabelMatchers {
+				if m.Name == labels.MetricName {
+					if m.Type == labels.MatchEqual {
+						sel.name = m.Value
+					}
+					continue
 				}
+				sel.matchers = append(sel.matchers, m)
 			}
+			if sel.name == "" {
+				selErr = errors.Join(selErr, fmt.Errorf("selector %s in %q has no fixed metric name", n, expr))
+				return nil
+			}
+			uses.selectors = append(uses.selectors, sel)
+		case *parser.AggregateExpr:
+			if n.Without || len(n.Grouping) == 0 {
+				return nil
+			}
+			inner, err := analyzeExpr(n.Expr.String())
+			if err != nil {
+				selErr = errors.Join(selErr, err)
+				return nil
+			}
+			g := groupingUse{labels: n.Grouping}
+			for _, s := range inner.selectors {
+				g.names = append(g.names, s.name)
+			}
+			uses.groupings = append(uses.groupings, g)
 		}
-		if name == "" {
-			selErr = errors.Join(selErr, fmt.Errorf("selector %s in %q has no fixed metric name", vs, expr))
-			return nil
-		}
-		names = append(names, name)
 		return nil
 	})
 	if selErr != nil {
-		return nil, selErr
+		return exprUses{}, selErr
+	}
+	return uses, nil
+}
+
+// metricNames returns the metric names an expression selects.
+func metricNames(expr string) ([]string, error) {
+	uses, err := analyzeExpr(expr)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, len(uses.selectors))
+	for i, s := range uses.selectors {
+		names[i] = s.name
 	}
 	return names, nil
 }
@@ -271,27 +318,33 @@ func dashboardQueries(t *testing.T, d dashboard) []dashboardQuery {
 	return qs
 }
 
+// allQueries returns every PromQL expression of the rules and the
+// dashboard, with where it is.
+func allQueries(t *testing.T) []dashboardQuery {
+	t.Helper()
+	var qs []dashboardQuery
+	for _, r := range loadAlerts(t) {
+		qs = append(qs, dashboardQuery{where: "alert " + r.Alert, expr: r.Expr})
+	}
+	for _, q := range dashboardQueries(t, loadDashboard(t)) {
+		q.where = "dashboard " + q.where
+		qs = append(qs, q)
+	}
+	return qs
+}
+
 // usedMetricNames collects every metric name of the rules and the
 // dashboard, with where each is used.
 func usedMetricNames(t *testing.T) map[string][]string {
 	t.Helper()
 	used := map[string][]string{}
-	for _, r := range loadAlerts(t) {
-		names, err := metricNames(r.Expr)
-		if err != nil {
-			t.Fatalf("alert %s: %v", r.Alert, err)
-		}
-		for _, n := range names {
-			used[n] = append(used[n], "alert "+r.Alert)
-		}
-	}
-	for _, q := range dashboardQueries(t, loadDashboard(t)) {
+	for _, q := range allQueries(t) {
 		names, err := metricNames(q.expr)
 		if err != nil {
-			t.Fatalf("dashboard %s: %v", q.where, err)
+			t.Fatalf("%s: %v", q.where, err)
 		}
 		for _, n := range names {
-			used[n] = append(used[n], "dashboard "+q.where)
+			used[n] = append(used[n], q.where)
 		}
 	}
 	return used
@@ -640,5 +693,32 @@ func TestMetricNamesRejectsUncheckableSelectors(t *testing.T) {
 	}
 	if got := expandGrafanaVars(`rate(x{instance=~"$instance",q=~"${queue:regex}"}[$__rate_interval])`); got != `rate(x{instance=~".*",q=~".*"}[5m])` {
 		t.Errorf("expandGrafanaVars = %s", got)
+	}
+}
+
+func TestAnalyzeExprFindsMatchersAndGroupings(t *testing.T) {
+	uses, err := analyzeExpr(`sum by (queue, reason) (rate(d_total{queue="data", reason=~"t.*"}[5m])) / on (queue) group_left max by (queue) (c)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sels []string
+	for _, s := range uses.selectors {
+		var ms []string
+		for _, m := range s.matchers {
+			ms = append(ms, m.String())
+		}
+		sels = append(sels, s.name+"{"+strings.Join(ms, ",")+"}")
+	}
+	sort.Strings(sels)
+	if want := []string{`c{}`, `d_total{queue="data",reason=~"t.*"}`}; !slices.Equal(sels, want) {
+		t.Errorf("selectors = %v, want %v", sels, want)
+	}
+	var groups []string
+	for _, g := range uses.groupings {
+		groups = append(groups, strings.Join(g.labels, ",")+" over "+strings.Join(g.names, ","))
+	}
+	sort.Strings(groups)
+	if want := []string{"queue over c", "queue,reason over d_total"}; !slices.Equal(groups, want) {
+		t.Errorf("groupings = %v, want %v", groups, want)
 	}
 }
