@@ -259,7 +259,7 @@ func (c *conn) readFrame(br *bufio.Reader) ([]byte, error) {
 // handle dispatches one frame. Everything it does is non-blocking except
 // handing a publish to a full lane, which is the documented flow control.
 func (c *conn) handle(line []byte) {
-	req, err := DecodeRequest(line)
+	req, err := decodeRequest(line, c)
 	if err != nil {
 		c.replyErr(req.ID, req.HasID, err)
 		return
@@ -309,7 +309,7 @@ func (c *conn) publish(req *Request) {
 		c.replyErr(req.ID, true, err)
 		return
 	}
-	ev := bus.Event{Type: c.intern(req.Type)}
+	ev := bus.Event{Type: req.Type}
 	if req.Payload != nil {
 		ev.Payload = append(json.RawMessage(nil), req.Payload...)
 	}
@@ -325,14 +325,22 @@ func (c *conn) publish(req *Request) {
 	c.lane(queue).push(pubReq{id: req.ID, ev: ev})
 }
 
-func (c *conn) intern(t string) string {
-	if s, ok := c.types[t]; ok {
+// intern returns b as a string, reusing the queue names and the
+// connection's recent event types. Read loop only.
+func (c *conn) intern(b []byte) string {
+	for _, q := range c.s.queues {
+		if q == string(b) {
+			return q
+		}
+	}
+	if s, ok := c.types[string(b)]; ok {
 		return s
 	}
+	s := string(b)
 	if len(c.types) < maxInternedTypes {
-		c.types[t] = t
+		c.types[s] = s
 	}
-	return t
+	return s
 }
 
 func (c *conn) lane(queue string) *lane {

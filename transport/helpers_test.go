@@ -42,7 +42,7 @@ func withBusOptions(opts ...bus.Option) serverOpt {
 
 // startServer runs a real bus behind a real server on a socket in a fresh
 // temporary directory, and stops both when the test ends.
-func startServer(t *testing.T, opts ...serverOpt) *testServer {
+func startServer(t testing.TB, opts ...serverOpt) *testServer {
 	t.Helper()
 	queues := bus.DefaultQueues()
 	var cfg Config
@@ -70,7 +70,7 @@ func startServer(t *testing.T, opts ...serverOpt) *testServer {
 	return ts
 }
 
-func (ts *testServer) stop(t *testing.T) {
+func (ts *testServer) stop(t testing.TB) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
@@ -87,7 +87,7 @@ func (ts *testServer) stop(t *testing.T) {
 
 // shortTempDir returns a temporary directory with a short path: socket
 // paths are limited to 108 bytes and t.TempDir() names can be long.
-func shortTempDir(t *testing.T) string {
+func shortTempDir(t testing.TB) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "ebt")
 	if err != nil {

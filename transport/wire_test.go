@@ -221,3 +221,33 @@ func assertMessage(t *testing.T, got, want Message) {
 		t.Errorf("message:\n got  %+v\n want %+v", got, want)
 	}
 }
+
+func TestEnqueuedAtFormatAndParse(t *testing.T) {
+	tests := []time.Time{
+		time.Date(2024, 5, 6, 7, 8, 9, 123456789, time.UTC),
+		time.Date(1999, 12, 31, 23, 59, 59, 0, time.FixedZone("X", -5*3600)),
+		time.Date(2028, 2, 29, 0, 0, 0, 1, time.UTC),
+		time.Unix(0, 0),
+	}
+	for _, at := range tests {
+		got := string(appendEnqueuedAt(nil, at))
+		if want := at.UTC().Format(EnqueuedAtLayout); got != want {
+			t.Errorf("appendEnqueuedAt(%v) = %s, want %s", at, got, want)
+		}
+		back, err := parseEnqueuedAt(got)
+		if err != nil || !back.Equal(at) {
+			t.Errorf("parseEnqueuedAt(%s) = %v, %v; want %v", got, back, err, at)
+		}
+	}
+	for _, s := range []string{"2024-05-06T07:08:09.5+02:00", "2024-05-06T07:08:09Z"} {
+		want, _ := time.Parse(time.RFC3339Nano, s)
+		if got, err := parseEnqueuedAt(s); err != nil || !got.Equal(want) {
+			t.Errorf("parseEnqueuedAt(%s) = %v, %v", s, got, err)
+		}
+	}
+	for _, s := range []string{"2024-02-30T07:08:09.000000000Z", "2024-13-06T07:08:09.000000000Z", "yesterday"} {
+		if _, err := parseEnqueuedAt(s); err == nil {
+			t.Errorf("parseEnqueuedAt(%s) accepted an invalid time", s)
+		}
+	}
+}

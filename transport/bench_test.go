@@ -1,0 +1,169 @@
+package transport
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// BenchmarkSocketPublish measures publish round trips over the socket with
+// one consumer draining and acking: each op is one event published,
+// answered, delivered and acked. The raw clients here speak the protocol
+// directly so that the number is the server's, not a client library's.
+func BenchmarkSocketPublish(b *testing.B) {
+	for _, conns := range []int{1, 8} {
+		b.Run(fmt.Sprintf("conns=%d", conns), func(b *testing.B) {
+			benchSocketPublish(b, conns, benchWindow)
+		})
+	}
+}
+
+func benchSocketPublish(b *testing.B, conns, window int) {
+	ts := startServer(b)
+	payload := []byte(`{"symbol":"BTCUSDT","open":101.5,"close":102.25,"volume":12.5}`)
+
+	var acked atomic.Int64
+	consumerDone := make(chan error, 1)
+	total := int64(b.N)
+	cnc, err := net.Dial("unix", ts.path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cnc.Close()
+	go func() { consumerDone <- drainConsumer(cnc, "data", 1024, total, &acked) }()
+
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, conns)
+	for i := range conns {
+		n := total / int64(conns)
+		if int64(i) < total%int64(conns) {
+			n++
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := pipelinedPublisher(ts.path, "data", payload, n, window); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+	if err := <-consumerDone; err != nil {
+		b.Fatal(err)
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	b.ReportMetric(float64(total)/elapsed.Seconds(), "events/s")
+	if drops := ts.bus.Stats()["data"].Drops; drops > 0 {
+		b.ReportMetric(float64(drops), "drops")
+	}
+}
+
+// pipelinedPublisher keeps up to window publishes in flight on one
+// connection and returns when n have been answered "accepted".
+func pipelinedPublisher(path, queue string, payload []byte, n int64, window int) error {
+	nc, err := net.Dial("unix", path)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	credits := make(chan struct{}, window)
+	for range window {
+		credits <- struct{}{}
+	}
+	readErr := make(chan error, 1)
+	go func() {
+		br := bufio.NewReaderSize(nc, 64<<10)
+		for got := int64(0); got < n; got++ {
+			line, err := br.ReadSlice('\n')
+			if err != nil {
+				readErr <- err
+				return
+			}
+			if !bytes.Contains(line, []byte(`"accepted"`)) {
+				readErr <- fmt.Errorf("publish reply %s", line)
+				return
+			}
+			credits <- struct{}{}
+		}
+		readErr <- nil
+	}()
+	req := Request{Op: OpPublish, HasID: true, Queue: queue, HasQueue: true, Type: "CANDLE_UPDATE", HasType: true, Payload: payload}
+	var buf []byte
+	for sent := int64(0); sent < n; {
+		<-credits
+		buf = buf[:0]
+		for {
+			sent++
+			req.ID = sent
+			buf = AppendRequest(buf, &req)
+			if sent == n || len(buf) > 32<<10 {
+				break
+			}
+			select {
+			case <-credits:
+				continue
+			default:
+			}
+			break
+		}
+		if _, err := nc.Write(buf); err != nil {
+			return err
+		}
+	}
+	return <-readErr
+}
+
+// drainConsumer subscribes and acks deliveries until total are acked,
+// batching its acks into one write per read batch.
+func drainConsumer(nc net.Conn, queue string, prefetch int, total int64, acked *atomic.Int64) error {
+	sub := AppendRequest(nil, &Request{Op: OpSubscribe, ID: 1, HasID: true, Queue: queue, HasQueue: true, Prefetch: prefetch, HasPrefetch: true})
+	if _, err := nc.Write(sub); err != nil {
+		return err
+	}
+	br := bufio.NewReaderSize(nc, 64<<10)
+	bw := bufio.NewWriterSize(nc, 64<<10)
+	ack := Request{Op: OpAck, HasSeq: true, Queue: queue, HasQueue: true}
+	var out []byte
+	for acked.Load() < total {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return err
+		}
+		m, err := DecodeMessage(line[:len(line)-1])
+		if err != nil {
+			return err
+		}
+		if m.Op != OpDeliver {
+			if m.Status != StatusOK {
+				return fmt.Errorf("consumer got %s", line)
+			}
+			continue
+		}
+		ack.Seq = m.Deliver.Seq
+		out = AppendRequest(out[:0], &ack)
+		bw.Write(out)
+		acked.Add(1)
+		if br.Buffered() == 0 {
+			if err := bw.Flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return bw.Flush()
+}
+
+// benchWindow is how many publishes each benchmark connection keeps in flight.
+var benchWindow = 512
