@@ -333,10 +333,14 @@ func (q *queue) removeWaiterLocked(w *waiter) {
 // finishPublish counts the outcome, records the duration and ends the span.
 func (q *queue) finishPublish(ctx context.Context, span trace.Span, start time.Time, outcome Outcome, seq uint64, depth int, err error) (Outcome, error) {
 	q.counters.published[outcomeIndex(outcome)].Add(1)
-	end := q.bus.clock.Now()
-	q.bus.tel.publishDuration.Record(ctx, end.Sub(start).Seconds(), q.tel.record...)
-	if span != nil {
-		endPublish(span, outcome, seq, depth, err, end)
+	if tel := &q.bus.tel; tel.timed {
+		end := q.bus.clock.Now()
+		if tel.metrics {
+			tel.publishDuration.Record(ctx, end.Sub(start).Seconds(), q.tel.record...)
+		}
+		if span != nil {
+			endPublish(span, outcome, seq, depth, err, end)
+		}
 	}
 	return outcome, err
 }

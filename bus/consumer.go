@@ -20,7 +20,10 @@ type Consumer struct {
 	closedCh chan struct{}
 
 	// Guarded by q.mu.
-	inflight map[uint64]flight
+	inflight map[uint64]*flight
+	// free recycles settled flights: map values above 128 bytes would be
+	// stored out of line, costing an allocation per delivery.
+	free []*flight
 	closed   bool
 	idle     bool // in q.idle: blocked in Receive with prefetch room
 	waiting  bool // blocked in Receive (idle or at the prefetch limit)
@@ -53,7 +56,7 @@ func (b *Bus) Subscribe(queueName string, prefetch int) (*Consumer, error) {
 		prefetch: prefetch,
 		notify:   make(chan struct{}, 1),
 		closedCh: make(chan struct{}),
-		inflight: make(map[uint64]flight, min(prefetch, 1024)),
+		inflight: make(map[uint64]*flight, min(prefetch, 1024)),
 	}
 	q.counters.consumers.Add(1)
 	return c, nil
@@ -137,8 +140,17 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 	b := q.bus
 	e := q.store.Pop()
 	q.counters.size.Store(int64(q.store.Len()))
-	now := b.clock.Now()
-	f := flight{e: e}
+	var now time.Time
+	if b.tel.timed {
+		now = b.clock.Now()
+	}
+	var f *flight
+	if n := len(c.free); n > 0 {
+		f, c.free = c.free[n-1], c.free[:n-1]
+	} else {
+		f = new(flight)
+	}
+	f.e = e
 	sc := e.pubSC
 	if b.tel.tracing {
 		f.span = b.tel.startDeliver(q, &e, now)
@@ -155,7 +167,9 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 	if e.redeliveries > 0 {
 		q.counters.redelivered.Add(1)
 	}
-	b.tel.queuedDuration.Record(ctx, now.Sub(e.enqueuedAt).Seconds(), q.tel.record...)
+	if b.tel.metrics {
+		b.tel.queuedDuration.Record(ctx, now.Sub(e.enqueuedAt).Seconds(), q.tel.record...)
+	}
 	return Delivery{
 		Queue:        q.name,
 		Seq:          e.seq,
@@ -166,13 +180,16 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 	}, nil
 }
 
-// settle removes seq from c's in-flight set.
+// settle removes seq from c's in-flight set and recycles its slot.
 func (c *Consumer) settle(seq uint64, op string) (flight, error) {
 	q := c.q
-	f, ok := c.inflight[seq]
+	fp, ok := c.inflight[seq]
 	if !ok {
-		return f, fmt.Errorf("%s seq %d on queue %q: %w", op, seq, q.name, ErrUnknownSeq)
+		return flight{}, fmt.Errorf("%s seq %d on queue %q: %w", op, seq, q.name, ErrUnknownSeq)
 	}
+	f := *fp
+	*fp = flight{}
+	c.free = append(c.free, fp)
 	delete(c.inflight, seq)
 	q.counters.inFlight.Add(-1)
 	if c.waiting && !c.idle {
@@ -238,8 +255,9 @@ func (c *Consumer) Close() {
 	q.leaveIdleLocked(c)
 	returned := make([]flight, 0, len(c.inflight))
 	for _, f := range c.inflight {
-		returned = append(returned, f)
+		returned = append(returned, *f)
 	}
+	c.free = nil
 	slices.SortFunc(returned, func(a, b flight) int {
 		switch {
 		case a.e.seq < b.e.seq:

@@ -9,6 +9,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/trace"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 )
@@ -105,6 +106,12 @@ type telemetry struct {
 	// work entirely and passes the publisher's context through unchanged,
 	// which is what the noop provider would do anyway.
 	tracing bool
+	// metrics is false for the noop meter provider: histograms are then
+	// not recorded. Observable instruments cost nothing on the hot path.
+	metrics bool
+	// timed: durations are needed (tracing or metrics). Without either,
+	// the clock is read once per event, for Delivery.EnqueuedAt.
+	timed bool
 
 	publishDuration metric.Float64Histogram
 	waitDuration    metric.Float64Histogram
@@ -117,6 +124,9 @@ func newTelemetry(b *Bus, o options) (telemetry, error) {
 	_, isNoop := o.tracerProvider.(tracenoop.TracerProvider)
 	t.tracing = !isNoop
 	t.tracer = o.tracerProvider.Tracer(instrumentationName)
+	_, isNoopMeter := o.meterProvider.(metricnoop.MeterProvider)
+	t.metrics = !isNoopMeter
+	t.timed = t.tracing || t.metrics
 
 	m := o.meterProvider.Meter(instrumentationName)
 	var err error

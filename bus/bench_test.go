@@ -1,0 +1,140 @@
+package bus_test
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"go.opentelemetry.io/otel/metric"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// BenchmarkPublishDeliver measures one in-process publish, receive and ack
+// per iteration, per default queue, in one goroutine.
+//
+//	go test -run '^$' -bench 'PublishDeliver' -benchmem ./bus
+func BenchmarkPublishDeliver(b *testing.B) {
+	for _, tel := range benchTelemetry() {
+		for _, qc := range bus.DefaultQueues() {
+			b.Run(tel.name+"/"+qc.Name, func(b *testing.B) {
+				bb, err := bus.New(bus.DefaultQueues(), tel.opts()...)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer func() { _, _ = bb.Shutdown(context.Background()) }()
+				c, err := bb.Subscribe(qc.Name, 1)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer c.Close()
+				ctx := context.Background()
+				ev := bus.Event{Type: "CANDLE_UPDATE", Payload: json.RawMessage(`{"s":"BTCUSDT","c":1}`)}
+				b.ReportAllocs()
+				b.ResetTimer()
+				for range b.N {
+					if out, err := bb.Publish(ctx, ev, qc.Name); out != bus.Accepted {
+						b.Fatal(out, err)
+					}
+					d, err := c.Receive(ctx)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if err := c.Ack(d.Seq); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkPublishDeliverConcurrent runs publishers (b.RunParallel) against
+// one consumer goroutine that receives and acks, per default queue: the
+// shape of the sidecar under load, with the queue filling and waits for room.
+//
+//	go test -run '^$' -bench 'PublishDeliverConcurrent' -benchmem ./bus
+func BenchmarkPublishDeliverConcurrent(b *testing.B) {
+	for _, qc := range bus.DefaultQueues() {
+		b.Run(qc.Name, func(b *testing.B) {
+			queues := bus.DefaultQueues()
+			for i := range queues {
+				// Publishers must never lose events here: wait without limit.
+				queues[i].Policy, queues[i].Timeout = bus.PolicyBlock, 0
+			}
+			bb, err := bus.New(queues)
+			if err != nil {
+				b.Fatal(err)
+			}
+			c, err := bb.Subscribe(qc.Name, 64)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for {
+					d, err := c.Receive(ctx)
+					if err != nil {
+						return
+					}
+					_ = c.Ack(d.Seq)
+				}
+			}()
+			ev := bus.Event{Type: "CANDLE_UPDATE", Payload: json.RawMessage(`{"s":"BTCUSDT","c":1}`)}
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if out, err := bb.Publish(ctx, ev, qc.Name); out != bus.Accepted {
+						b.Error(out, err)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			for bb.Stats()[qc.Name].Acked < uint64(b.N) {
+				// The consumer is still draining the tail; spin on the scheduler.
+				select {
+				case <-done:
+				default:
+				}
+			}
+			cancel()
+			<-done
+			c.Close()
+			_, _ = bb.Shutdown(context.Background())
+		})
+	}
+}
+
+type benchTel struct {
+	name string
+	opts func() []bus.Option
+}
+
+// benchTelemetry compares the noop default with the real SDKs (metrics into
+// a manual reader, spans sampled and dropped without an exporter), so the
+// cost of instrumentation shows as a ratio within one run.
+func benchTelemetry() []benchTel {
+	return []benchTel{
+		{"noop", func() []bus.Option { return nil }},
+		{"metrics", func() []bus.Option {
+			return []bus.Option{bus.WithMeterProvider(sdkMeterProvider())}
+		}},
+		{"metrics+spans", func() []bus.Option {
+			return []bus.Option{bus.WithMeterProvider(sdkMeterProvider()), bus.WithTracerProvider(sdkTracerProvider())}
+		}},
+	}
+}
+
+func sdkMeterProvider() metric.MeterProvider {
+	return sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+}
+
+func sdkTracerProvider() trace.TracerProvider {
+	return sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()))
+}
