@@ -23,10 +23,10 @@ type Consumer struct {
 	inflight map[uint64]*flight
 	// free recycles settled flights: map values above 128 bytes would be
 	// stored out of line, costing an allocation per delivery.
-	free []*flight
-	closed   bool
-	idle     bool // in q.idle: blocked in Receive with prefetch room
-	waiting  bool // blocked in Receive (idle or at the prefetch limit)
+	free    []*flight
+	closed  bool
+	idle    bool // in q.idle: blocked in Receive with prefetch room
+	waiting bool // blocked in Receive (idle or at the prefetch limit)
 }
 
 // flight is a delivered, unsettled event.
