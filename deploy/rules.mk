@@ -9,13 +9,15 @@
 #                      (from otel-collector.yaml); test-k8s fails until you do
 # test-k8s uses -mod=mod: the module imports the root module's config and admin
 # packages, whose new dependencies must not break it before go.sum catches up.
-# promtool comes from Debian's prometheus package: deploy/prometheus/install.sh.
+# promtool comes from Debian's prometheus package: deploy/prometheus/install.sh
+# (idempotent; test-rules runs it, so it only installs where promtool is missing).
+# test-k8s needs kubectl (its built-in kustomize renders kustomization.yaml).
 PROMTOOL ?= promtool
 
 .PHONY: test-rules test-k8s k8s-generate
 
 test-rules:
-	@command -v $(PROMTOOL) >/dev/null || { echo "test-rules: $(PROMTOOL) not found; run deploy/prometheus/install.sh" >&2; exit 1; }
+	bash deploy/prometheus/install.sh
 	$(PROMTOOL) check rules deploy/prometheus/alerts.yml
 	cd deploy/prometheus && $(PROMTOOL) test rules alerts_test.yml
 	cd deploy/prometheus && $(GO) test -race -count=1 ./...

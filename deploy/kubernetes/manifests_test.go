@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"slices"
@@ -17,6 +18,7 @@ import (
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -642,6 +644,87 @@ func TestKustomizationImagesMatchContainers(t *testing.T) {
 		}
 		if img.NewTag != "" && img.NewTag != tag {
 			t.Errorf("kustomization images: %s newTag %s, but the manifest pins %s", img.Name, img.NewTag, tag)
+		}
+	}
+}
+
+// TestKustomizeBuildRenders renders the folder with kubectl's built-in
+// kustomize, as `kubectl apply -k` would, and decodes the result strictly:
+// every resource comes out, with the kustomization's labels and images
+// applied.
+func TestKustomizeBuildRenders(t *testing.T) {
+	kubectl, err := exec.LookPath("kubectl")
+	if err != nil {
+		t.Fatalf("kubectl (with its built-in kustomize) is needed to render kustomization.yaml: %v", err)
+	}
+	cmd := exec.Command(kubectl, "kustomize", ".")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("kubectl kustomize: %v\n%s", err, stderr.String())
+	}
+	m := loadManifests(t)
+	want := map[string]bool{}
+	for name := range m.deployments {
+		want["Deployment/"+name] = true
+	}
+	for name := range m.configMaps {
+		want["ConfigMap/"+name] = true
+	}
+	for name := range m.services {
+		want["Service/"+name] = true
+	}
+	for name := range m.podMonitors {
+		want["PodMonitor/"+name] = true
+	}
+	for name := range m.rules {
+		want["PrometheusRule/"+name] = true
+	}
+	commonLabels := map[string]string{}
+	for _, l := range m.kust.Labels {
+		for k, v := range l.Pairs {
+			commonLabels[k] = v
+		}
+	}
+	dec := newDecoder(t)
+	got := map[string]bool{}
+	for _, doc := range strings.Split(string(out), "\n---\n") {
+		obj, err := decodeManifest(dec, []byte(doc))
+		if err != nil {
+			t.Fatalf("rendered document: %v\n%s", err, doc)
+		}
+		meta, err := apimeta.Accessor(obj)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kind := obj.GetObjectKind().GroupVersionKind().Kind
+		got[kind+"/"+meta.GetName()] = true
+		for k, v := range commonLabels {
+			if meta.GetLabels()[k] != v {
+				t.Errorf("rendered %s/%s lacks the kustomization label %s=%s", kind, meta.GetName(), k, v)
+			}
+		}
+		if d, ok := obj.(*appsv1.Deployment); ok {
+			spec := &d.Spec.Template.Spec
+			for _, c := range append(slices.Clone(spec.InitContainers), spec.Containers...) {
+				name, tag, _ := strings.Cut(c.Image, ":")
+				for _, img := range m.kust.Images {
+					if img.Name == name && img.NewTag != "" && img.NewTag != tag {
+						t.Errorf("rendered %s container %s: image %s, want tag %s", d.Name, c.Name, c.Image, img.NewTag)
+					}
+				}
+			}
+		}
+	}
+	for k := range want {
+		if !got[k] {
+			t.Errorf("kubectl kustomize did not render %s", k)
+		}
+	}
+	for k := range got {
+		if !want[k] {
+			t.Errorf("kubectl kustomize rendered unexpected %s", k)
 		}
 	}
 }
