@@ -273,7 +273,9 @@ func (c *conn) handle(line []byte) {
 			l.cancelRef(req.Ref)
 		}
 		c.lanesMu.Unlock()
-		c.reply(req.ID, StatusOK)
+		if req.HasID {
+			c.reply(req.ID, StatusOK)
+		}
 	case OpSubscribe:
 		c.subscribe(&req)
 	case OpUnsubscribe:

@@ -135,8 +135,16 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Bus == nil {
 		return nil, fmt.Errorf("%w: Bus is required", ErrInvalidConfig)
 	}
+	queues := cfg.Bus.Queues()
 	if cfg.Routes == nil {
+		// The seed's routes apply to the queues that exist: a bus without
+		// "signal" sends SIGNAL_GENERATED to the default queue.
 		cfg.Routes = DefaultRoutes()
+		for t, q := range cfg.Routes {
+			if !slices.Contains(queues, q) {
+				delete(cfg.Routes, t)
+			}
+		}
 	}
 	if cfg.DefaultQueue == "" {
 		cfg.DefaultQueue = DefaultQueue
@@ -162,7 +170,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg:    cfg,
 		bus:    cfg.Bus,
-		queues: cfg.Bus.Queues(),
+		queues: queues,
 		log:    cfg.Logger,
 		done:   make(chan struct{}),
 		lns:    make(map[net.Listener]struct{}),

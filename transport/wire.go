@@ -236,9 +236,6 @@ func (r *Request) validate() error {
 			return &RequestError{Code: CodeInvalidEvent, Msg: "publish: field \"type\" must not be empty"}
 		}
 	case OpCancel:
-		if !r.HasID {
-			return missing("id")
-		}
 		if !r.HasRef {
 			return missing("ref")
 		}
