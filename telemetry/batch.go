@@ -24,10 +24,10 @@ type batchProcessor struct {
 	stopCh  chan struct{}
 	done    chan struct{}
 	stopped atomic.Bool
-
-	// pending is the partial batch the worker held when it stopped; only
-	// Shutdown reads it, after done is closed.
-	pending []sdktrace.ReadOnlySpan
+	// ctx parents every export; Shutdown cancels it when its deadline ends,
+	// so an export in flight is abandoned and the worker finishes at once.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	stopOnce sync.Once
 	stopErr  error
@@ -52,6 +52,7 @@ func newBatchProcessor(exp sdktrace.SpanExporter, opts batchOptions, loss *lossC
 		stopCh:  make(chan struct{}),
 		done:    make(chan struct{}),
 	}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
 	go p.run()
 	return p
 }
@@ -77,7 +78,8 @@ func (p *batchProcessor) len() int      { return len(p.queue) }
 func (p *batchProcessor) capacity() int { return cap(p.queue) }
 
 // run is the export worker: it sends a batch when it is full, when the
-// oldest span has waited opts.delay, or when a flush asks.
+// oldest span has waited opts.delay, or when a flush asks; on stop it
+// drains the queue (see drain).
 func (p *batchProcessor) run() {
 	defer close(p.done)
 	batch := make([]sdktrace.ReadOnlySpan, 0, p.opts.batchSize)
@@ -85,9 +87,7 @@ func (p *batchProcessor) run() {
 	defer timer.Stop()
 	export := func() {
 		if len(batch) > 0 {
-			ctx, cancel := context.WithTimeout(context.Background(), p.opts.timeout)
-			p.export(ctx, batch)
-			cancel()
+			p.export(batch)
 			clear(batch)
 			batch = batch[:0]
 		}
@@ -113,23 +113,47 @@ func (p *batchProcessor) run() {
 			export()
 			close(reply)
 		case <-p.stopCh:
-			// Hand the partial batch back to the queue's owner: Shutdown
-			// drains queue and batch under the caller's deadline.
-			p.pending = batch
+			p.drain(batch)
 			return
 		}
 	}
 }
 
-func (p *batchProcessor) export(ctx context.Context, batch []sdktrace.ReadOnlySpan) {
+// drain exports the partial batch and everything queued until Shutdown's
+// deadline cancels p.ctx; what is left then is counted as lost, so every
+// span that reached the processor is accounted for exactly once (a span
+// ended concurrently with Shutdown can slip past the count).
+func (p *batchProcessor) drain(batch []sdktrace.ReadOnlySpan) {
+	for {
+		for len(batch) < p.opts.batchSize && len(p.queue) > 0 {
+			batch = append(batch, <-p.queue)
+		}
+		if len(batch) == 0 {
+			return
+		}
+		if p.ctx.Err() != nil {
+			p.loss.spansShutdown.Add(uint64(len(batch) + len(p.queue)))
+			for n := len(p.queue); n > 0; n-- {
+				<-p.queue
+			}
+			return
+		}
+		p.export(batch)
+		batch = batch[:0]
+	}
+}
+
+func (p *batchProcessor) export(batch []sdktrace.ReadOnlySpan) {
+	ctx, cancel := context.WithTimeout(p.ctx, p.opts.timeout)
+	defer cancel()
 	if err := p.exp.ExportSpans(ctx, batch); err != nil {
 		p.loss.spanExportsFailed.Add(1)
 		p.loss.spansExportFailed.Add(uint64(len(batch)))
-		p.loss.setLastErr("traces", err)
+		p.loss.setLastErr(SignalTraces, err)
 		return
 	}
 	p.loss.spansExported.Add(uint64(len(batch)))
-	p.loss.clearFailing("traces")
+	p.loss.clearFailing(SignalTraces)
 }
 
 // ForceFlush exports every span queued before the call, within ctx.
@@ -153,8 +177,9 @@ func (p *batchProcessor) ForceFlush(ctx context.Context) error {
 	}
 }
 
-// Shutdown stops accepting spans, exports what is queued while ctx allows
-// (counting the rest as lost), and shuts the exporter down.
+// Shutdown stops accepting spans and exports what is queued until ctx
+// ends; then the export in flight is abandoned and the rest is counted as
+// lost. Finally the exporter is shut down.
 func (p *batchProcessor) Shutdown(ctx context.Context) error {
 	p.stopOnce.Do(func() {
 		p.stopped.Store(true)
@@ -162,39 +187,11 @@ func (p *batchProcessor) Shutdown(ctx context.Context) error {
 		select {
 		case <-p.done:
 		case <-ctx.Done():
-			// The worker is inside an export that ignores ctx; it ends
-			// within opts.timeout. Spans still queued are lost.
 			p.stopErr = ctx.Err()
-			p.loss.spansShutdown.Add(uint64(len(p.queue)))
-			p.stopErr = errors.Join(p.stopErr, p.exp.Shutdown(ctx))
-			return
+			p.cancel()
+			<-p.done // prompt: every export now sees a cancelled context
 		}
-		batch := p.pending
-		p.pending = nil
-		for {
-			drained := false
-			for !drained && len(batch) < p.opts.batchSize {
-				select {
-				case s := <-p.queue:
-					batch = append(batch, s)
-				default:
-					drained = true
-				}
-			}
-			if len(batch) == 0 {
-				break
-			}
-			if ctx.Err() != nil {
-				p.loss.spansShutdown.Add(uint64(len(batch) + len(p.queue)))
-				p.stopErr = ctx.Err()
-				break
-			}
-			p.export(ctx, batch)
-			batch = batch[:0]
-			if drained {
-				break
-			}
-		}
+		p.cancel()
 		p.stopErr = errors.Join(p.stopErr, p.exp.Shutdown(ctx))
 	})
 	return p.stopErr

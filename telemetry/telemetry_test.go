@@ -244,8 +244,12 @@ func TestShutdownHonoursDeadlineWhenBlackholed(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Shutdown = %v, want the deadline's error", err)
 	}
-	if s := tel.Stats(); s.SpansDroppedShutdown == 0 {
+	s := tel.Stats()
+	if s.SpansDroppedShutdown == 0 {
 		t.Errorf("spans still queued at the deadline not counted: %+v", s)
+	}
+	if total := s.SpansExported + s.SpansDroppedQueueFull + s.SpansDroppedExportFailed + s.SpansDroppedShutdown; total != 100 {
+		t.Errorf("%d of 100 spans accounted for: %+v", total, s)
 	}
 	if err2 := tel.Shutdown(context.Background()); !errors.Is(err2, context.DeadlineExceeded) {
 		t.Errorf("second Shutdown = %v, want the first result", err2)
