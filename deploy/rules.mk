@@ -1,8 +1,10 @@
 # Alert rules, dashboard and Kubernetes manifests (RULES engineer).
 #   make test-rules    promtool check + unit tests of the alert rules, then the
 #                      Go tests in deploy/prometheus (every alert has firing and
-#                      silent cases and a runbook section; every metric name in
-#                      the rules and the dashboard is exported by a live sidecar)
+#                      silent cases and a runbook section; every metric name,
+#                      label and matched value in the rules and the dashboard is
+#                      exported by a live sidecar; a real Prometheus scraping it
+#                      evaluates every rule and dashboard query)
 #   make test-k8s      strict decoding and cross-reference tests of deploy/kubernetes
 #   make k8s-generate  regenerate deploy/kubernetes/prometheusrule.yaml (from
 #                      deploy/prometheus/alerts.yml) and collector-configmap.yaml

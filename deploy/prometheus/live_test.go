@@ -25,21 +25,57 @@ import (
 // repoRoot is the root module's directory, from this package's directory.
 const repoRoot = "../.."
 
-// TestMetricNamesExportedByLiveSidecar builds the sidecar, runs it, drives
+// TestAgainstLiveSidecar builds the sidecar, runs it, lets a real
+// Prometheus scrape its admin /metrics with the alert rules loaded, drives
 // enough traffic through its socket that every instrument has recorded
-// something (a full queue, a wait, a drop, deliveries, acks), and checks
-// that every metric name used by the alert rules and the dashboard appears
-// in its admin /metrics scrape. The OpenTelemetry Prometheus exporter names
-// series the same way as the collector's Prometheus exporter, so the names
-// that Prometheus gets through the collector are the same.
-func TestMetricNamesExportedByLiveSidecar(t *testing.T) {
+// something (a full queue, a wait, a drop, a signal timeout, deliveries,
+// acks), then checks the rules and the dashboard against what it exports.
+// The OpenTelemetry Prometheus exporter names series like the collector's
+// Prometheus exporter (both translate with otlptranslator's
+// UnderscoreEscapingWithSuffixes), so the names Prometheus gets through the
+// collector are the same.
+func TestAgainstLiveSidecar(t *testing.T) {
 	used := usedMetricNames(t)
 	if len(used) == 0 {
 		t.Fatal("no metric names found in the rules and the dashboard")
 	}
 	sc := startSidecar(t)
+	prom := startPrometheus(t, sc.admin)
+	// The counters must be scraped at 0 before the first timeout, as in
+	// production, so that increase() sees it.
+	prom.waitForSeries(t, `eventbus_events_published_total{job="eventbus-sidecar",queue="signal",outcome="timeout"} == 0`)
 	driveTraffic(t, sc.socket)
 
+	t.Run("metric names and labels", func(t *testing.T) {
+		checkNames(t, sc, used)
+	})
+	t.Run("prometheus evaluates every rule and query", func(t *testing.T) {
+		prom.checkRulesHealthy(t)
+		prom.checkQueriesReturnData(t)
+		target := map[string]string{"job": "eventbus-sidecar", "instance": sc.admin}
+		with := func(extra ...string) map[string]string {
+			m := map[string]string{}
+			for k, v := range target {
+				m[k] = v
+			}
+			for i := 0; i+1 < len(extra); i += 2 {
+				m[extra[i]] = extra[i+1]
+			}
+			return m
+		}
+		// No for: on this alert, and the traffic timed out one signal.
+		prom.waitForAlert(t, "EventBusSignalTimeouts", "firing", with("queue", "signal", "severity", "critical"))
+		// One of three data publishes dropped (33% > 1%): pending for its 10m.
+		prom.waitForAlert(t, "EventBusDataDropsSustained", "pending", with("queue", "data", "severity", "warning"))
+		// The OTLP endpoint refuses connections: exports fail.
+		prom.waitForAlert(t, "EventBusTelemetryExportFailing", "pending", with("severity", "warning"))
+	})
+}
+
+// checkNames requires every metric name used by the rules and the
+// dashboard in the sidecar's /metrics, then checks their labels.
+func checkNames(t *testing.T, sc *sidecar, used map[string][]string) {
+	t.Helper()
 	var exported series
 	waitFor(t, 30*time.Second, func() error {
 		var err error
@@ -193,8 +229,9 @@ func freeLoopbackAddr(t *testing.T) string {
 	return addr
 }
 
-// startSidecar runs the sidecar with a small data queue (so that a wait and
-// a drop take three publishes and 50 ms) and an OTLP endpoint where nothing
+// startSidecar runs the sidecar with small data and signal queues (so that a
+// wait, a drop and a timeout take a few publishes and 50 ms each) and an
+// OTLP endpoint where nothing
 // listens (so exports fail and the telemetry-loss counters move, and no
 // collector of a running local stack receives test data).
 func startSidecar(t *testing.T) *sidecar {
@@ -214,6 +251,10 @@ queues:
   - name: data
     capacity: 2
     policy: drop
+    timeout: 50ms
+  - name: signal
+    capacity: 1
+    policy: fail
     timeout: 50ms
 telemetry:
   otlp_endpoint: %s
@@ -414,8 +455,9 @@ type frame struct {
 }
 
 // driveTraffic makes every instrument record: publishes to each queue, a
-// third publish to the two-slot data queue that waits and is dropped, then
-// a consumer that receives and acks the queued data events.
+// third publish to the two-slot data queue that waits and is dropped, a
+// second publish to the one-slot signal queue that times out, then a
+// consumer that receives and acks the queued data events.
 func driveTraffic(t *testing.T, socket string) {
 	t.Helper()
 	conn, err := net.Dial("unix", socket)
@@ -453,7 +495,7 @@ func driveTraffic(t *testing.T, socket string) {
 		queue, typ string
 	}{
 		{"data", "CANDLE_UPDATE"}, {"data", "CANDLE_UPDATE"}, {"data", "CANDLE_UPDATE"},
-		{"signal", "SIGNAL_GENERATED"}, {"order", "ORDER_PLACED"},
+		{"signal", "SIGNAL_GENERATED"}, {"signal", "SIGNAL_GENERATED"}, {"order", "ORDER_PLACED"},
 	}
 	statuses := map[int64]string{}
 	for i, p := range publishes {
@@ -467,6 +509,9 @@ func driveTraffic(t *testing.T, socket string) {
 	}
 	if statuses[3] != "dropped" {
 		t.Fatalf("third publish to the two-slot data queue: status %q, want dropped (all: %v)", statuses[3], statuses)
+	}
+	if statuses[5] != "timeout" {
+		t.Fatalf("second publish to the one-slot signal queue: status %q, want timeout (all: %v)", statuses[5], statuses)
 	}
 
 	const subID = 100
