@@ -437,7 +437,13 @@ func (b *Bus) logDrops(q *queue) {
 	if timeouts == 0 && byTimeout == 0 && evicted == 0 {
 		return
 	}
-	b.logger.Warn("queue overflow", "queue", q.name, "policy", string(q.policy),
+	// Timeouts mean a queue that must not lose events is overloaded: the
+	// seed logs them as errors, drops as warnings.
+	level := slog.LevelWarn
+	if timeouts > 0 {
+		level = slog.LevelError
+	}
+	b.logger.Log(context.Background(), level, "queue overflow", "queue", q.name, "policy", string(q.policy),
 		"capacity", q.capacity, "dropped_timeout", byTimeout, "dropped_evicted", evicted,
 		"publish_timeouts", timeouts, "drops_total", c.drops[0].Load()+c.drops[1].Load(),
 		"summary_interval", b.dropLogInterval)

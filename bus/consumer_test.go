@@ -117,6 +117,13 @@ func TestPrefetchLimitsInFlight(t *testing.T) {
 	if st := b.Stats()["q"]; st.InFlight != 2 || st.Size != 3 {
 		t.Fatalf("in flight/size = %d/%d, want 2/3", st.InFlight, st.Size)
 	}
+	// At its limit, Receive must block although events are waiting: with a
+	// cancelled ctx it then fails instead of handing one over.
+	done, stop := context.WithCancel(context.Background())
+	stop()
+	if d, err := c.Receive(done); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Receive at the prefetch limit = %+v, %v; want it to block", d, err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	got := make(chan bus.Delivery, 1)
 	go func() {
