@@ -85,6 +85,9 @@ func (p *program) app() *cli.App {
 	commands := []*cli.Command{
 		p.serveCommand(),
 		p.configCommand(),
+		p.publishCommand(),
+		p.consumeCommand(),
+		p.statsCommand(),
 		p.versionCommand(),
 	}
 	commands = append(commands, p.extraCommands()...)

@@ -23,6 +23,10 @@ import (
 	"github.com/eventbus-sidecar/eventbus-sidecar/transport"
 )
 
+// configEnv names the config file when --config is not given. It is read
+// through program.env like every other setting, so tests control it.
+const configEnv = config.EnvPrefix + "CONFIG"
+
 // closeGrace bounds what follows the drain: closing client connections,
 // the admin listener and the final telemetry flush.
 const closeGrace = 5 * time.Second
@@ -34,9 +38,8 @@ func configFlags() []cli.Flag {
 	def := config.Default()
 	flags := []cli.Flag{
 		&cli.StringFlag{
-			Name:    "config",
-			Usage:   "YAML config `FILE` (eventbus-sidecar config prints every key with its value)",
-			EnvVars: []string{config.EnvPrefix + "CONFIG"},
+			Name:  "config",
+			Usage: "YAML config `FILE` (eventbus-sidecar config prints every key with its value) (env " + configEnv + ")",
 		},
 	}
 	for _, s := range config.Settings() {
@@ -63,7 +66,11 @@ func (p *program) loadConfig(c *cli.Context) (config.Config, error) {
 			flags[s.Flag] = c.String(s.Flag)
 		}
 	}
-	return config.Load(config.Sources{File: c.String("config"), Env: p.env, Flags: flags})
+	file := c.String("config")
+	if v, ok := p.env(configEnv); ok && !c.IsSet("config") {
+		file = v
+	}
+	return config.Load(config.Sources{File: file, Env: p.env, Flags: flags})
 }
 
 func (p *program) configCommand() *cli.Command {

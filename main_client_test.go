@@ -1,0 +1,251 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+)
+
+// TestShellTour is the README's tour, in-process: publish, consume and
+// stats against a real sidecar over its socket.
+func TestShellTour(t *testing.T) {
+	s := startSidecar(t, "--config", writeConfig(t, "queues:\n  - {name: risk, capacity: 2, policy: fail, timeout: 50ms}\nroutes:\n  RISK_LIMIT: risk\n"))
+	sock := []string{"--socket", s.Socket}
+
+	code, out, stderr := cmd(t, "", append([]string{"publish", "--type", "ORDER_PLACED", "--payload", `{"symbol":"AAPL","qty":10}`}, sock...)...)
+	if code != 0 || !strings.Contains(out, `"status":"accepted"`) {
+		t.Fatalf("publish: exit %d, out %q, err %q", code, out, stderr)
+	}
+
+	ndjson := `{"type":"CANDLE_UPDATE","payload":{"close":1.5}}
+{"type":"RISK_LIMIT","payload":1}
+{"type":"RISK_LIMIT","payload":2}
+{"type":"RISK_LIMIT","payload":3}
+{"type":"X","queue":"nope","payload":null}
+`
+	code, out, _ = cmd(t, ndjson, append([]string{"publish"}, sock...)...)
+	if code != exitFailed {
+		t.Errorf("publish with a timeout and an unknown queue: exit %d, want %d", code, exitFailed)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	wantStatus := []string{"accepted", "accepted", "accepted", "timeout", "error"}
+	if len(lines) != len(wantStatus) {
+		t.Fatalf("publish printed %d replies, want %d:\n%s", len(lines), len(wantStatus), out)
+	}
+	for i, l := range lines {
+		var r publishResult
+		if err := json.Unmarshal([]byte(l), &r); err != nil {
+			t.Fatalf("reply %d %q: %v", i, l, err)
+		}
+		if r.Status != wantStatus[i] {
+			t.Errorf("reply %d status %q, want %q (%s)", i, r.Status, wantStatus[i], l)
+		}
+	}
+	if !strings.Contains(lines[4], "nope") || !strings.Contains(lines[4], "data, signal, order, risk") {
+		t.Errorf("unknown queue reply should name the queue and the valid ones: %s", lines[4])
+	}
+
+	code, out, stderr = cmd(t, "", append([]string{"stats", "--json"}, sock...)...)
+	var st bus.Stats
+	if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil {
+		t.Fatalf("stats --json: exit %d, %v, %q %q", code, err, out, stderr)
+	}
+	if st["order"].Size != 1 || st["risk"].Size != 2 || st["risk"].Timeouts != 1 || st["data"].Size != 1 {
+		t.Errorf("stats after publishing: %+v", st)
+	}
+
+	code, out, stderr = cmd(t, "", append([]string{"consume", "--queue", "order", "--count", "1", "--timeout", "20s"}, sock...)...)
+	if code != 0 {
+		t.Fatalf("consume: exit %d, %q", code, stderr)
+	}
+	var d deliveryLine
+	if err := json.Unmarshal([]byte(strings.TrimSpace(out)), &d); err != nil {
+		t.Fatalf("consume printed %q: %v", out, err)
+	}
+	if d.Queue != "order" || d.Type != "ORDER_PLACED" || string(d.Payload) != `{"symbol":"AAPL","qty":10}` || d.Redelivered {
+		t.Errorf("delivery %+v", d)
+	}
+
+	code, out, _ = cmd(t, "", append([]string{"stats"}, sock...)...)
+	if code != 0 {
+		t.Fatalf("stats: exit %d", code)
+	}
+	if !strings.Contains(out, "QUEUE") || !strings.Contains(out, "risk") {
+		t.Errorf("stats table:\n%s", out)
+	}
+	waitFor(t, "the consumed order to be acked", func() bool {
+		_, out, _ := cmd(t, "", append([]string{"stats", "--json"}, sock...)...)
+		var st bus.Stats
+		return json.Unmarshal([]byte(out), &st) == nil && st["order"].Acked == 1 && st["order"].Size == 0
+	})
+}
+
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "eventbus.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestClientCommandsWithoutSidecar(t *testing.T) {
+	sock := socketPath(t)
+	for _, args := range [][]string{
+		{"stats", "--socket", sock},
+		{"publish", "--type", "X", "--socket", sock},
+		{"consume", "--socket", sock},
+	} {
+		code, _, stderr := cmd(t, "", args...)
+		if code != exitFailed || !strings.Contains(stderr, "is `eventbus-sidecar serve` running?") {
+			t.Errorf("%v: exit %d, stderr %q", args, code, stderr)
+		}
+	}
+}
+
+// buildBinary builds the real program once per test that needs it.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "eventbus-sidecar")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// proc is the real binary running serve.
+type proc struct {
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+	done   chan struct{}
+}
+
+func startProc(t *testing.T, bin string, args ...string) *proc {
+	t.Helper()
+	c := exec.Command(bin, append([]string{"serve"}, args...)...)
+	c.Env = []string{"PATH=" + os.Getenv("PATH")}
+	p := &proc{cmd: c, stderr: &syncBuffer{}, done: make(chan struct{})}
+	c.Stderr = p.stderr
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		c.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		c.Process.Kill()
+		<-p.done
+	})
+	return p
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// TestBinary runs the real binary: SIGTERM drains and exits 0 logging what
+// was left, a live socket is never stolen, a second signal forces exit.
+func TestBinary(t *testing.T) {
+	bin := buildBinary(t)
+
+	t.Run("SIGTERM drains, logs undelivered per queue, exits 0", func(t *testing.T) {
+		sock := socketPath(t)
+		p := startProc(t, bin, "--socket", sock, "--admin-addr", "off", "--drain-timeout", "300ms")
+		waitFor(t, "the socket", func() bool { _, err := os.Stat(sock); return err == nil })
+		for range 2 {
+			if code, out, stderr := cmd(t, "", "publish", "--socket", sock, "--type", "SIGNAL_GENERATED"); code != 0 {
+				t.Fatalf("publish: %d %s %s", code, out, stderr)
+			}
+		}
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		waitFor(t, "exit", p.exited)
+		if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+			t.Errorf("exit code %d, want 0; stderr:\n%s", code, p.stderr)
+		}
+		log := p.stderr.String()
+		for _, w := range []string{"shutdown requested", "undelivered.signal=2", "undelivered.data=0", "undelivered.order=0", "eventbus-sidecar stopped"} {
+			if !strings.Contains(log, w) {
+				t.Errorf("log lacks %q:\n%s", w, log)
+			}
+		}
+		if _, err := os.Stat(sock); !os.IsNotExist(err) {
+			t.Errorf("socket file left behind: %v", err)
+		}
+	})
+
+	t.Run("publishes are refused while draining, consumers still receive", func(t *testing.T) {
+		sock := socketPath(t)
+		p := startProc(t, bin, "--socket", sock, "--admin-addr", "off", "--drain-timeout", "1m")
+		waitFor(t, "the socket", func() bool { _, err := os.Stat(sock); return err == nil })
+		if code, _, stderr := cmd(t, "", "publish", "--socket", sock, "--type", "ORDER_PLACED", "--count", "3"); code != 0 {
+			t.Fatalf("publish: %s", stderr)
+		}
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		waitFor(t, "draining", func() bool { return strings.Contains(p.stderr.String(), "shutdown requested") })
+		code, out, _ := cmd(t, "", "publish", "--socket", sock, "--type", "ORDER_PLACED")
+		if code != exitFailed || !strings.Contains(out, "shutting down") {
+			t.Errorf("publish while draining: exit %d, %q; want an error reply saying shutting down", code, out)
+		}
+		code, out, stderr := cmd(t, "", "consume", "--socket", sock, "--queue", "order", "--count", "3", "--timeout", "20s")
+		if code != 0 || strings.Count(out, `"op":"deliver"`) != 3 {
+			t.Errorf("consume while draining: exit %d, %q %q", code, out, stderr)
+		}
+		waitFor(t, "exit after the queues emptied", p.exited)
+		if code := p.cmd.ProcessState.ExitCode(); code != 0 || !strings.Contains(p.stderr.String(), "drain complete") {
+			t.Errorf("exit %d; stderr:\n%s", code, p.stderr)
+		}
+	})
+
+	t.Run("a live socket is not stolen", func(t *testing.T) {
+		sock := socketPath(t)
+		first := startProc(t, bin, "--socket", sock, "--admin-addr", "off")
+		waitFor(t, "the socket", func() bool { _, err := os.Stat(sock); return err == nil })
+		second := exec.Command(bin, "serve", "--socket", sock, "--admin-addr", "off")
+		second.Env = []string{}
+		out, err := second.CombinedOutput()
+		if second.ProcessState == nil || second.ProcessState.ExitCode() != exitFailed {
+			t.Errorf("second serve: %v, want exit 1:\n%s", err, out)
+		}
+		if !strings.Contains(string(out), "in use") || !strings.Contains(string(out), sock) {
+			t.Errorf("second serve should say the socket is in use:\n%s", out)
+		}
+		if first.exited() {
+			t.Fatalf("first sidecar died:\n%s", first.stderr)
+		}
+		if code, _, stderr := cmd(t, "", "stats", "--socket", sock); code != 0 {
+			t.Errorf("first sidecar no longer answers: %s", stderr)
+		}
+		first.cmd.Process.Signal(syscall.SIGTERM)
+		waitFor(t, "exit", first.exited)
+	})
+
+	t.Run("a second signal forces exit", func(t *testing.T) {
+		sock := socketPath(t)
+		p := startProc(t, bin, "--socket", sock, "--admin-addr", "off", "--drain-timeout", "10m")
+		waitFor(t, "the socket", func() bool { _, err := os.Stat(sock); return err == nil })
+		if code, _, stderr := cmd(t, "", "publish", "--socket", sock, "--type", "ORDER_PLACED"); code != 0 {
+			t.Fatalf("publish: %s", stderr)
+		}
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		waitFor(t, "draining", func() bool { return strings.Contains(p.stderr.String(), "shutdown requested") })
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		waitFor(t, "exit after the second signal", p.exited)
+		ws, ok := p.cmd.ProcessState.Sys().(syscall.WaitStatus)
+		if !ok || !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
+			t.Errorf("process state %v, want killed by the second SIGTERM", p.cmd.ProcessState)
+		}
+	})
+}

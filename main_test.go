@@ -1,0 +1,298 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/config"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// syncBuffer is a bytes.Buffer safe for a writer goroutine and a polling test.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// noEnv keeps the machine's EVENTBUS_* and OTEL_* variables out of tests.
+func noEnv(string) (string, bool) { return "", false }
+
+// envMap serves a fixed environment.
+func envMap(kv map[string]string) env {
+	return func(k string) (string, bool) {
+		v, ok := kv[k]
+		return v, ok
+	}
+}
+
+// waitFor polls cond until it holds or the test's patience runs out.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// socketPath returns a short socket path in a fresh temp dir (sun_path is
+// limited to 107 bytes, and t.TempDir names can be long).
+func socketPath(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "ebs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return filepath.Join(dir, "s.sock")
+}
+
+// sidecar is a serve command running in-process.
+type sidecar struct {
+	serving
+	stderr *syncBuffer
+	stop   func() int // cancels serve (as a signal would) and returns its exit code
+}
+
+// startSidecar runs `serve` in-process with args added to a temp socket and
+// an ephemeral admin port, and stops it at the end of the test.
+func startSidecar(t *testing.T, args ...string) *sidecar {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	readyc := make(chan serving, 1)
+	stderr := &syncBuffer{}
+	p := &program{stdin: strings.NewReader(""), stdout: io.Discard, stderr: stderr, env: noEnv,
+		ready: func(s serving) { readyc <- s }}
+	full := append([]string{"eventbus-sidecar", "serve", "--socket", socketPath(t), "--admin-addr", "127.0.0.1:0"}, args...)
+	done := make(chan int, 1)
+	go func() { done <- p.run(ctx, full) }()
+	s := &sidecar{stderr: stderr}
+	var once sync.Once
+	code := -1
+	s.stop = func() int {
+		once.Do(func() {
+			cancel()
+			code = <-done
+		})
+		return code
+	}
+	t.Cleanup(func() {
+		if c := s.stop(); c != 0 {
+			t.Errorf("serve exited %d; stderr:\n%s", c, stderr)
+		}
+	})
+	select {
+	case s.serving = <-readyc:
+	case c := <-done:
+		done <- c
+		t.Fatalf("serve exited %d before it was ready; stderr:\n%s", c, stderr)
+	case <-time.After(20 * time.Second):
+		t.Fatalf("serve not ready; stderr:\n%s", stderr)
+	}
+	return s
+}
+
+// cmd runs one command line in-process and returns exit code, stdout, stderr.
+func cmd(t *testing.T, stdin string, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(context.Background(), append([]string{"eventbus-sidecar"}, args...), strings.NewReader(stdin), &out, &errb, noEnv)
+	return code, out.String(), errb.String()
+}
+
+func TestVersion(t *testing.T) {
+	code, out, _ := cmd(t, "", "version")
+	if code != 0 || out != "eventbus-sidecar "+version+"\n" {
+		t.Errorf("version: code %d, output %q", code, out)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown command", []string{"frobnicate"}, ""},
+		{"unknown flag", []string{"serve", "--no-such-flag"}, "no-such-flag"},
+		{"invalid log level", []string{"serve", "--log-level", "loud"}, `log_level "loud" (flag --log-level): allowed values: debug, info, warn, error`},
+		{"publish argument", []string{"publish", "stray"}, "publish takes no arguments"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, stderr := cmd(t, "", tt.args...)
+			if code == 0 {
+				t.Fatalf("exit 0, want failure; stderr %q", stderr)
+			}
+			if !strings.Contains(stderr, tt.want) {
+				t.Errorf("stderr %q does not contain %q", stderr, tt.want)
+			}
+		})
+	}
+}
+
+func TestInvalidConfigRefusesToStart(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want []string
+	}{
+		{
+			name: "unknown key in file",
+			args: []string{"serve", "--config", write("unknown.yaml", "queues:\n  - name: data\n    max: 3\n")},
+			want: []string{`unknown key "max"`, "line 3", "name, capacity, policy, timeout"},
+		},
+		{
+			name: "bad policy in file",
+			args: []string{"serve", "--config", write("policy.yaml", "queues:\n  - {name: risk, capacity: 5, policy: sometimes}\n")},
+			want: []string{`queues[risk].policy "sometimes"`, "drop, fail, block, drop_oldest"},
+		},
+		{
+			name: "bad env",
+			args: []string{"serve"},
+			env:  map[string]string{"EVENTBUS_DRAIN_TIMEOUT": "ten"},
+			want: []string{`drain_timeout "ten" (env EVENTBUS_DRAIN_TIMEOUT)`, "500ms, 1s"},
+		},
+		{
+			name: "config file from env",
+			args: []string{"serve"},
+			env:  map[string]string{"EVENTBUS_CONFIG": write("fmt.yaml", "log_format: xml\n")},
+			want: []string{`log_format "xml"`, "text, json"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			code := run(context.Background(), append([]string{"eventbus-sidecar"}, tt.args...), strings.NewReader(""), &out, &errb, envMap(tt.env))
+			if code != exitUsage {
+				t.Errorf("exit %d, want %d", code, exitUsage)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(errb.String(), w) {
+					t.Errorf("stderr %q does not contain %q", errb.String(), w)
+				}
+			}
+		})
+	}
+}
+
+func TestConfigCommand(t *testing.T) {
+	t.Run("defaults match the config golden file", func(t *testing.T) {
+		code, out, stderr := cmd(t, "", "config")
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, stderr)
+		}
+		want, err := os.ReadFile(filepath.Join("config", "testdata", "defaults.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out != string(want) {
+			t.Errorf("config output differs from config/testdata/defaults.yaml:\n%s", out)
+		}
+	})
+	t.Run("precedence flags > env > file", func(t *testing.T) {
+		file := filepath.Join(t.TempDir(), "c.yaml")
+		if err := os.WriteFile(file, []byte("socket: /file.sock\nlog_level: warn\ndrain_timeout: 3s\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var out, errb bytes.Buffer
+		code := run(context.Background(),
+			[]string{"eventbus-sidecar", "config", "--config", file, "--socket", "/flag.sock", "--telemetry-disabled"},
+			strings.NewReader(""), &out, &errb,
+			envMap(map[string]string{"EVENTBUS_SOCKET": "/env.sock", "EVENTBUS_LOG_LEVEL": "error"}))
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, errb.String())
+		}
+		cfg, err := config.Parse(out.Bytes(), "config output")
+		if err != nil {
+			t.Fatalf("config output does not parse: %v\n%s", err, out.String())
+		}
+		if cfg.Socket != "/flag.sock" || cfg.LogLevel != "error" || cfg.DrainTimeout != 3*time.Second || !cfg.Telemetry.Disabled {
+			t.Errorf("precedence wrong: socket %q (want flag), log_level %q (want env), drain %v (want file), telemetry disabled %v (want flag)",
+				cfg.Socket, cfg.LogLevel, cfg.DrainTimeout, cfg.Telemetry.Disabled)
+		}
+	})
+}
+
+func TestAdminEndpoints(t *testing.T) {
+	s := startSidecar(t)
+	get := func(path string) (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + s.AdminAddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	if code, _ := get("/healthz"); code != 200 {
+		t.Errorf("/healthz = %d", code)
+	}
+	if code, _ := get("/readyz"); code != 200 {
+		t.Errorf("/readyz = %d", code)
+	}
+	code, body := get("/stats")
+	var st bus.Stats
+	if err := json.Unmarshal([]byte(body), &st); code != 200 || err != nil {
+		t.Fatalf("/stats = %d %v: %s", code, err, body)
+	}
+	if st["order"].MaxSize != 50 || st["signal"].MaxSize != 100 || st["data"].MaxSize != 1000 {
+		t.Errorf("/stats capacities: %+v", st)
+	}
+	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, "eventbus_queue_capacity") {
+		t.Errorf("/metrics = %d, without eventbus_queue_capacity:\n%.2000s", code, body)
+	}
+}
+
+// Example of what the README promises for `make run`: serve with embedded
+// defaults needs no file and no other service.
+func TestServeWithEmbeddedDefaults(t *testing.T) {
+	s := startSidecar(t)
+	if code := s.stop(); code != 0 {
+		t.Fatalf("exit %d:\n%s", code, s.stderr)
+	}
+	log := s.stderr.String()
+	for _, w := range []string{"eventbus-sidecar serving", "queues=data,signal,order", "drain complete"} {
+		if !strings.Contains(log, w) {
+			t.Errorf("log lacks %q:\n%s", w, log)
+		}
+	}
+}
