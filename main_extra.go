@@ -3,7 +3,7 @@ package main
 import "github.com/urfave/cli/v2"
 
 // extraCommands are the commands other parts of the project contribute
-// from their own files (main_load.go, main_demo.go).
+// from their own files: demo (main_demo.go, the simulated trading app).
 func (p *program) extraCommands() []*cli.Command {
-	return nil
+	return []*cli.Command{demoCommand()}
 }
