@@ -134,22 +134,38 @@ type Delivery struct {
 // QueueStats is one queue's snapshot. Its first three fields are the seed's
 // get_queue_stats() shape; the rest is what an operator needs.
 type QueueStats struct {
-	Size           int     `json:"size"`
-	MaxSize        int     `json:"maxsize"`
-	Drops          uint64  `json:"drops"`
-	Policy         Policy  `json:"policy"`
+	// Size counts events waiting in the queue, not those in flight. It may
+	// exceed MaxSize for a moment when deliveries return from nack or from
+	// a closed consumer, because nothing accepted is thrown away.
+	Size int `json:"size"`
+	// MaxSize is the configured capacity.
+	MaxSize int `json:"maxsize"`
+	// Drops counts dropped events for every reason (the seed's drop count).
+	Drops uint64 `json:"drops"`
+	// Policy is the queue's overflow policy.
+	Policy Policy `json:"policy"`
+	// TimeoutSeconds is how long a publish waits for room (0 when the
+	// policy never times out).
 	TimeoutSeconds float64 `json:"timeout_seconds"`
 	// Published counts publishes by outcome (keys are Outcome values).
 	Published map[Outcome]uint64 `json:"published"`
 	// DropsByReason splits Drops by reason (keys are DropReason values).
 	DropsByReason map[DropReason]uint64 `json:"drops_by_reason"`
-	Timeouts      uint64                `json:"timeouts"`
-	Delivered     uint64                `json:"delivered"`
-	Redelivered   uint64                `json:"redelivered"`
-	Acked         uint64                `json:"acked"`
-	Waiting       int                   `json:"waiting"`
-	Consumers     int                   `json:"consumers"`
-	InFlight      int                   `json:"in_flight"`
+	// Timeouts counts publishes that failed with ErrTimeout (PolicyFail);
+	// it equals Published[TimedOut].
+	Timeouts uint64 `json:"timeouts"`
+	// Delivered counts hand-overs to consumers, redeliveries included.
+	Delivered uint64 `json:"delivered"`
+	// Redelivered counts deliveries of events nacked or abandoned before.
+	Redelivered uint64 `json:"redelivered"`
+	// Acked counts deliveries settled for good.
+	Acked uint64 `json:"acked"`
+	// Waiting counts publishers blocked for room right now.
+	Waiting int `json:"waiting"`
+	// Consumers counts subscribed consumers right now.
+	Consumers int `json:"consumers"`
+	// InFlight counts delivered events not yet acked or nacked.
+	InFlight int `json:"in_flight"`
 }
 
 // Stats maps queue name to its snapshot.

@@ -76,7 +76,8 @@ func (c *Consumer) wake() {
 // prefetch deliveries are in flight, then hands the oldest waiting event
 // over. It fails with ErrConsumerClosed after Close, with ErrShuttingDown
 // once the bus has finished shutting down, and with an error wrapping
-// ctx.Err() when ctx ends first.
+// ctx.Err() when ctx ends first. Like Publish, it only consults ctx when it
+// has to wait: an event that is ready is handed over at once.
 func (c *Consumer) Receive(ctx context.Context) (Delivery, error) {
 	q := c.q
 	b := q.bus

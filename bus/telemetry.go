@@ -225,10 +225,14 @@ func (t *telemetry) startPublish(ctx context.Context, q *queue, ev *Event, start
 // endPublish records the outcome on the publish span and ends it.
 func endPublish(span trace.Span, outcome Outcome, seq uint64, depth int, err error, end time.Time) {
 	if span.IsRecording() {
-		span.SetAttributes(attrOutcome.String(string(outcome)), attrQueueDepth.Int(depth))
+		// One SetAttributes call: each call may grow the span's attribute slice.
+		kvs := [3]attribute.KeyValue{attrOutcome.String(string(outcome)), attrQueueDepth.Int(depth)}
+		n := 2
 		if outcome == Accepted {
-			span.SetAttributes(attrMessageID.String(strconv.FormatUint(seq, 10)))
+			kvs[2] = attrMessageID.String(strconv.FormatUint(seq, 10))
+			n = 3
 		}
+		span.SetAttributes(kvs[:n]...)
 		if (outcome == TimedOut || outcome == Failed) && err != nil {
 			span.SetStatus(codes.Error, err.Error())
 			span.RecordError(err)
