@@ -185,7 +185,8 @@ func (b *Bus) unknownQueue(name string) error {
 //
 // A queue with room accepts at once, even if ctx is already done: only a
 // publish that has to wait can be withdrawn. Waiting publishers of one
-// queue get room in arrival order.
+// queue get room in arrival order. The bus keeps ev.Payload by reference:
+// the caller must not modify it afterwards.
 func (b *Bus) Publish(ctx context.Context, ev Event, queueName string) (Outcome, error) {
 	q, ok := b.byName[queueName]
 	if !ok {
