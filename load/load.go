@@ -1,0 +1,361 @@
+// Package load drives a running sidecar through the Go client: publishers
+// on several connections, consumers that ack, and a report of throughput
+// and latency percentiles. It is bounded both in events and in time.
+package load
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/client"
+)
+
+// Limits on Config, so that a typo cannot exhaust the machine.
+const (
+	MaxEvents       = 10_000_000
+	MaxConnections  = 1024
+	MaxConcurrency  = 4096
+	MaxPayloadBytes = 1 << 20
+	// DefaultDuration bounds a run unless Config.Duration says otherwise.
+	DefaultDuration = time.Minute
+	// minPayloadBytes fits the timestamp object the consumers read.
+	minPayloadBytes = 40
+)
+
+// Config describes one load run. Zero values take the defaults in
+// (*Config).withDefaults.
+type Config struct {
+	// Socket is the sidecar's Unix socket. Required.
+	Socket string
+	// Connections is the number of publishing client connections (default 1).
+	Connections int
+	// Concurrency is the number of goroutines publishing on each connection,
+	// i.e. the pipelining depth per connection (default 64).
+	Concurrency int
+	// Events is the total number of events to publish (default 100000).
+	Events int
+	// Queue receives the events (default "data").
+	Queue string
+	// PayloadBytes is the size of each event's JSON payload (default 100,
+	// at least 40).
+	PayloadBytes int
+	// Consumers is the number of consuming connections (default 1; a
+	// negative value means none: publish only).
+	Consumers int
+	// Prefetch is each consumer's prefetch (default 256).
+	Prefetch int
+	// Duration bounds the whole run (default 60s); a run cut short reports
+	// what it measured and says so.
+	Duration time.Duration
+}
+
+func (c Config) withDefaults() (Config, error) {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&c.Connections, 1)
+	def(&c.Concurrency, 64)
+	def(&c.Events, 100_000)
+	def(&c.PayloadBytes, 100)
+	def(&c.Consumers, 1)
+	def(&c.Prefetch, 256)
+	if c.Queue == "" {
+		c.Queue = "data"
+	}
+	if c.Duration == 0 {
+		c.Duration = DefaultDuration
+	}
+	if c.Consumers < 0 {
+		c.Consumers = 0
+	}
+	var errs []error
+	check := func(name string, v, lo, hi int) {
+		if v < lo || v > hi {
+			errs = append(errs, fmt.Errorf("%s %d: must be between %d and %d", name, v, lo, hi))
+		}
+	}
+	if c.Socket == "" {
+		errs = append(errs, errors.New("socket: required"))
+	}
+	check("connections", c.Connections, 1, MaxConnections)
+	check("concurrency", c.Concurrency, 1, MaxConcurrency)
+	check("events", c.Events, 1, MaxEvents)
+	check("payload bytes", c.PayloadBytes, minPayloadBytes, MaxPayloadBytes)
+	check("consumers", c.Consumers, 0, MaxConnections)
+	check("prefetch", c.Prefetch, 1, 65536)
+	if c.Duration < 0 {
+		errs = append(errs, fmt.Errorf("duration %v: must be positive", c.Duration))
+	}
+	return c, errors.Join(errs...)
+}
+
+// Percentiles summarises a latency sample.
+type Percentiles struct {
+	N    int           `json:"n"`
+	P50  time.Duration `json:"p50_ns"`
+	P90  time.Duration `json:"p90_ns"`
+	P99  time.Duration `json:"p99_ns"`
+	P999 time.Duration `json:"p999_ns"`
+	Max  time.Duration `json:"max_ns"`
+}
+
+func percentiles(samples []time.Duration) Percentiles {
+	if len(samples) == 0 {
+		return Percentiles{}
+	}
+	slices.Sort(samples)
+	at := func(q float64) time.Duration {
+		i := int(q * float64(len(samples)-1))
+		return samples[i]
+	}
+	return Percentiles{N: len(samples), P50: at(0.50), P90: at(0.90), P99: at(0.99), P999: at(0.999), Max: samples[len(samples)-1]}
+}
+
+// Result is what a run measured.
+type Result struct {
+	Config Config `json:"config"`
+	// Publish outcomes.
+	Accepted  int64 `json:"accepted"`
+	Dropped   int64 `json:"dropped"`
+	TimedOut  int64 `json:"timed_out"`
+	Failed    int64 `json:"failed"`
+	Cancelled int64 `json:"cancelled"`
+	// Acked counts deliveries the consumers handled and acked.
+	Acked int64 `json:"acked"`
+	// PublishElapsed runs from the first publish to the last reply;
+	// Elapsed to the last ack (or the last reply without consumers).
+	PublishElapsed time.Duration `json:"publish_elapsed_ns"`
+	Elapsed        time.Duration `json:"elapsed_ns"`
+	// PublishRate is accepted events per second of the publish phase;
+	// Rate is events published and acked per second over the whole run.
+	PublishRate float64 `json:"publish_events_per_second"`
+	Rate        float64 `json:"events_per_second"`
+	// PublishLatency is the publish round trip as a caller sees it;
+	// EndToEnd runs from the start of a publish to its consumer's handler.
+	PublishLatency Percentiles `json:"publish_latency"`
+	EndToEnd       Percentiles `json:"end_to_end_latency"`
+	// Incomplete is set when Duration ended the run early.
+	Incomplete bool `json:"incomplete"`
+	// FirstError is the first unexpected publish error, if any.
+	FirstError string `json:"first_error,omitempty"`
+}
+
+// Run executes one load run against the sidecar at cfg.Socket. Events
+// should go to a queue nobody else uses during the run: consumers count
+// every delivery they ack.
+func Run(ctx context.Context, cfg Config) (Result, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return Result{}, fmt.Errorf("load config: %w", err)
+	}
+	res := Result{Config: cfg}
+	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
+	defer cancel()
+
+	pubs := make([]*client.Client, cfg.Connections)
+	cons := make([]*client.Client, cfg.Consumers)
+	defer func() {
+		for _, c := range slices.Concat(pubs, cons) {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	for i := range pubs {
+		if pubs[i], err = client.Dial(ctx, cfg.Socket); err != nil {
+			return res, err
+		}
+	}
+	for i := range cons {
+		if cons[i], err = client.Dial(ctx, cfg.Socket); err != nil {
+			return res, err
+		}
+	}
+
+	var (
+		acked         atomic.Int64
+		accepted      atomic.Int64
+		publishDone   atomic.Bool
+		consumersDone = make(chan struct{})
+		stopOnce      sync.Once
+	)
+	consCtx, stopConsumers := context.WithCancel(ctx)
+	defer stopConsumers()
+	finish := func() {
+		if publishDone.Load() && acked.Load() >= accepted.Load() {
+			stopOnce.Do(stopConsumers)
+		}
+	}
+	e2e := make([][]time.Duration, len(cons))
+	var consWG sync.WaitGroup
+	consErrs := make([]error, len(cons))
+	for i, c := range cons {
+		consWG.Add(1)
+		go func() {
+			defer consWG.Done()
+			consErrs[i] = c.Subscribe(consCtx, cfg.Queue, cfg.Prefetch, func(_ context.Context, d bus.Delivery) error {
+				if sent, ok := sentAt(d.Event.Payload); ok {
+					e2e[i] = append(e2e[i], time.Since(time.Unix(0, sent)))
+				}
+				acked.Add(1)
+				finish()
+				return nil
+			})
+		}()
+	}
+	go func() {
+		consWG.Wait()
+		close(consumersDone)
+	}()
+
+	var next atomic.Int64
+	var firstErr error
+	var errOnce sync.Once
+	workers := cfg.Connections * cfg.Concurrency
+	lat := make([][]time.Duration, workers)
+	counts := make([][5]int64, workers)
+	start := time.Now()
+	var pubWG sync.WaitGroup
+	for w := range workers {
+		c := pubs[w%cfg.Connections]
+		pubWG.Add(1)
+		go func() {
+			defer pubWG.Done()
+			pad := make([]byte, 0, cfg.PayloadBytes)
+			for {
+				if next.Add(1) > int64(cfg.Events) || ctx.Err() != nil {
+					return
+				}
+				t0 := time.Now()
+				payload := makePayload(pad[:0], t0, cfg.PayloadBytes)
+				out, err := c.Publish(ctx, bus.Event{Type: "LOAD_TEST", Payload: payload}, cfg.Queue)
+				lat[w] = append(lat[w], time.Since(t0))
+				switch out {
+				case bus.Accepted:
+					counts[w][0]++
+					accepted.Add(1)
+				case bus.Dropped:
+					counts[w][1]++
+				case bus.TimedOut:
+					counts[w][2]++
+				case bus.Cancelled:
+					counts[w][4]++
+				default:
+					counts[w][3]++
+					errOnce.Do(func() { firstErr = err })
+				}
+			}
+		}()
+	}
+	pubWG.Wait()
+	res.PublishElapsed = time.Since(start)
+	publishDone.Store(true)
+	finish()
+	if len(cons) == 0 {
+		stopConsumers()
+	}
+	<-consumersDone
+	res.Elapsed = time.Since(start)
+	if len(cons) == 0 {
+		res.Elapsed = res.PublishElapsed
+	}
+
+	for _, c := range counts {
+		res.Accepted += c[0]
+		res.Dropped += c[1]
+		res.TimedOut += c[2]
+		res.Failed += c[3]
+		res.Cancelled += c[4]
+	}
+	res.Acked = acked.Load()
+	res.Incomplete = ctx.Err() != nil
+	res.PublishRate = float64(res.Accepted) / res.PublishElapsed.Seconds()
+	done := res.Acked
+	if len(cons) == 0 {
+		done = res.Accepted
+	}
+	res.Rate = float64(done) / res.Elapsed.Seconds()
+	res.PublishLatency = percentiles(slices.Concat(lat...))
+	res.EndToEnd = percentiles(slices.Concat(e2e...))
+	if firstErr != nil {
+		res.FirstError = firstErr.Error()
+	}
+	for _, err := range consErrs {
+		if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+			return res, fmt.Errorf("consumer: %w", err)
+		}
+	}
+	if firstErr != nil && res.Accepted == 0 {
+		return res, fmt.Errorf("every publish failed: %w", firstErr)
+	}
+	return res, nil
+}
+
+// makePayload writes {"t":<unix ns>,"pad":"xxx…"} of exactly size bytes.
+func makePayload(dst []byte, t time.Time, size int) json.RawMessage {
+	dst = append(dst, `{"t":`...)
+	dst = strconv.AppendInt(dst, t.UnixNano(), 10)
+	dst = append(dst, `,"pad":"`...)
+	for len(dst) < size-2 {
+		dst = append(dst, 'x')
+	}
+	return append(dst, '"', '}')
+}
+
+// sentAt reads back the timestamp makePayload wrote.
+func sentAt(p []byte) (int64, bool) {
+	const prefix = `{"t":`
+	if len(p) < len(prefix) || string(p[:len(prefix)]) != prefix {
+		return 0, false
+	}
+	var v int64
+	i := len(prefix)
+	for ; i < len(p) && p[i] >= '0' && p[i] <= '9'; i++ {
+		v = v*10 + int64(p[i]-'0')
+	}
+	return v, i > len(prefix)
+}
+
+// WriteText prints the result for people.
+func (r Result) WriteText(w io.Writer) error {
+	c := r.Config
+	var errs []error
+	p := func(format string, args ...any) {
+		_, err := fmt.Fprintf(w, format, args...)
+		errs = append(errs, err)
+	}
+	p("load: %d events of %d bytes to %q over %d connection(s) x %d in flight, %d consumer(s) with prefetch %d\n",
+		c.Events, c.PayloadBytes, c.Queue, c.Connections, c.Concurrency, c.Consumers, c.Prefetch)
+	p("publish: accepted %d, dropped %d, timeout %d, cancelled %d, failed %d in %v: %.0f events/s\n",
+		r.Accepted, r.Dropped, r.TimedOut, r.Cancelled, r.Failed, r.PublishElapsed.Round(time.Millisecond), r.PublishRate)
+	if c.Consumers > 0 {
+		p("published and acked: %d in %v: %.0f events/s\n", r.Acked, r.Elapsed.Round(time.Millisecond), r.Rate)
+	}
+	pl := func(name string, q Percentiles) {
+		if q.N == 0 {
+			return
+		}
+		p("%-18s p50 %v  p90 %v  p99 %v  p99.9 %v  max %v  (n=%d)\n", name+" latency:",
+			q.P50.Round(time.Microsecond), q.P90.Round(time.Microsecond), q.P99.Round(time.Microsecond), q.P999.Round(time.Microsecond), q.Max.Round(time.Microsecond), q.N)
+	}
+	pl("publish", r.PublishLatency)
+	pl("end-to-end", r.EndToEnd)
+	if r.FirstError != "" {
+		p("first publish error: %s\n", r.FirstError)
+	}
+	if r.Incomplete {
+		p("INCOMPLETE: the run hit its %v limit\n", c.Duration)
+	}
+	return errors.Join(errs...)
+}

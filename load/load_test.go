@@ -1,0 +1,143 @@
+package load
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/transport"
+)
+
+func startSidecar(t *testing.T, queues []bus.QueueConfig) (string, *bus.Bus) {
+	t.Helper()
+	b, err := bus.New(queues)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := transport.New(transport.Config{Bus: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "ebl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "s.sock")
+	l, err := transport.Listen(path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Error(err)
+		}
+		if err := <-served; !errors.Is(err, transport.ErrServerClosed) {
+			t.Error(err)
+		}
+		short, c2 := context.WithTimeout(context.Background(), 10*time.Millisecond)
+		defer c2()
+		b.Shutdown(short) //nolint:errcheck // leftovers expected in the time-bound test
+		os.RemoveAll(dir)
+	})
+	return path, b
+}
+
+func TestRunPublishesAndAcksEverything(t *testing.T) {
+	path, b := startSidecar(t, bus.DefaultQueues())
+	tests := []struct {
+		name string
+		cfg  Config
+	}{
+		{"one connection one consumer", Config{Events: 2000, PayloadBytes: 64}},
+		{"several connections and consumers", Config{Events: 3000, Connections: 3, Concurrency: 8, Consumers: 2, Prefetch: 16, Queue: "signal", PayloadBytes: 512}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.cfg.Socket = path
+			res, err := Run(context.Background(), tt.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := int64(res.Config.Events)
+			if res.Accepted != n || res.Acked != n || res.Incomplete || res.FirstError != "" {
+				t.Fatalf("result %+v, want %d accepted and acked", res, n)
+			}
+			if res.PublishLatency.N != int(n) || res.EndToEnd.N != int(n) || res.PublishLatency.P50 > res.PublishLatency.Max || res.Rate <= 0 {
+				t.Fatalf("latencies %+v / %+v, rate %v", res.PublishLatency, res.EndToEnd, res.Rate)
+			}
+			var out bytes.Buffer
+			if err := res.WriteText(&out); err != nil || !strings.Contains(out.String(), "events/s") {
+				t.Fatalf("report %q, %v", out.String(), err)
+			}
+		})
+	}
+	if st := b.Stats(); st["data"].InFlight != 0 || st["data"].Size != 0 || st["signal"].Size != 0 {
+		t.Fatalf("leftovers after the runs: %+v", st)
+	}
+}
+
+func TestRunPublishOnlyAndTimeBound(t *testing.T) {
+	path, _ := startSidecar(t, []bus.QueueConfig{
+		{Name: "data", Capacity: 10000, Policy: bus.PolicyBlock},
+		{Name: "order", Capacity: 5, Policy: bus.PolicyBlock},
+	})
+	res, err := Run(context.Background(), Config{Socket: path, Events: 500, Consumers: -1})
+	if err != nil || res.Accepted != 500 || res.Acked != 0 || res.EndToEnd.N != 0 {
+		t.Fatalf("publish only: %+v %v", res, err)
+	}
+	// Nobody consumes order: the run must stop at its time limit.
+	res, err = Run(context.Background(), Config{Socket: path, Events: 100, Queue: "order", Consumers: -1, Duration: 200 * time.Millisecond})
+	if err != nil || !res.Incomplete || res.Accepted != 5 || res.Cancelled == 0 || res.Accepted+res.Cancelled >= 100 {
+		t.Fatalf("time-bound run: %+v %v, want incomplete with 5 accepted, the waiting ones cancelled, the rest never sent", res, err)
+	}
+	js, err := json.Marshal(res)
+	if err != nil || !strings.Contains(string(js), `"incomplete":true`) {
+		t.Fatalf("json %s %v", js, err)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	tests := []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{}, "socket: required"},
+		{Config{Socket: "s", Events: MaxEvents + 1}, "events 10000001: must be between 1 and 10000000"},
+		{Config{Socket: "s", PayloadBytes: 8}, "payload bytes 8: must be between 40"},
+		{Config{Socket: "s", Connections: -1}, "connections -1"},
+		{Config{Socket: "s", Duration: -time.Second}, "duration -1s"},
+	}
+	for _, tt := range tests {
+		_, err := Run(context.Background(), tt.cfg)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("Run(%+v) error %v, want %q", tt.cfg, err, tt.want)
+		}
+	}
+	if _, err := Run(context.Background(), Config{Socket: filepath.Join(t.TempDir(), "none.sock")}); err == nil || !strings.Contains(err.Error(), "none.sock") {
+		t.Errorf("Run without a sidecar: %v", err)
+	}
+}
+
+func TestPayloadCarriesTimestamp(t *testing.T) {
+	now := time.Now()
+	for _, size := range []int{minPayloadBytes, 100, 4096} {
+		p := makePayload(nil, now, size)
+		if len(p) != size || !json.Valid(p) {
+			t.Fatalf("payload %q: len %d, want valid JSON of %d bytes", p, len(p), size)
+		}
+		if ts, ok := sentAt(p); !ok || ts != now.UnixNano() {
+			t.Fatalf("sentAt(%s) = %d %v", p, ts, ok)
+		}
+	}
+}
