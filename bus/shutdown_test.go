@@ -110,6 +110,14 @@ func TestShutdownRefusesPublishesAndFailsWaiters(t *testing.T) {
 	if undelivered["order"] != 49 || undelivered["data"] != 0 || undelivered["signal"] != 0 {
 		t.Errorf("undelivered = %v, want order 49", undelivered)
 	}
+	select {
+	case <-b.Done():
+	default:
+		t.Error("Done() not closed after Shutdown returned")
+	}
+	if c.Queue() != "order" {
+		t.Errorf("Queue() = %q", c.Queue())
+	}
 	if _, err := c.Receive(context.Background()); !errors.Is(err, bus.ErrShuttingDown) {
 		t.Errorf("Receive after shutdown = %v, want ErrShuttingDown", err)
 	}
@@ -160,6 +168,11 @@ func TestShutdownWaitsForInFlightAck(t *testing.T) {
 		done <- u
 	}()
 	eventually(t, "draining", b.Draining)
+	select {
+	case <-b.Done():
+		t.Fatal("Done() closed while an event is in flight")
+	default:
+	}
 	if _, err := b.Publish(context.Background(), event("X", 1), "data"); !errors.Is(err, bus.ErrShuttingDown) {
 		t.Fatalf("publish while draining = %v", err)
 	}
