@@ -142,7 +142,7 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 	e := q.store.Pop()
 	q.counters.size.Store(int64(q.store.Len()))
 	var now time.Time
-	if b.tel.timed {
+	if b.tel.tracing {
 		now = b.clock.Now()
 	}
 	var f *flight
@@ -169,7 +169,13 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 		q.counters.redelivered.Add(1)
 	}
 	if b.tel.metrics {
-		b.tel.queuedDuration.Record(ctx, now.Sub(e.enqueuedAt).Seconds(), q.tel.record...)
+		var queued time.Duration
+		if b.tel.tracing {
+			queued = now.Sub(e.enqueuedAt)
+		} else {
+			queued = b.since(e.enqueuedAt)
+		}
+		b.tel.queuedDuration.Record(ctx, queued.Seconds(), q.tel.record...)
 	}
 	return Delivery{
 		Queue:        q.name,

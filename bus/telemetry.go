@@ -109,9 +109,6 @@ type telemetry struct {
 	// metrics is false for the noop meter provider: histograms are then
 	// not recorded. Observable instruments cost nothing on the hot path.
 	metrics bool
-	// timed: durations are needed (tracing or metrics). Without either,
-	// the clock is read once per event, for Delivery.EnqueuedAt.
-	timed bool
 
 	publishDuration metric.Float64Histogram
 	waitDuration    metric.Float64Histogram
@@ -126,7 +123,6 @@ func newTelemetry(b *Bus, o options) (telemetry, error) {
 	t.tracer = o.tracerProvider.Tracer(instrumentationName)
 	_, isNoopMeter := o.meterProvider.(metricnoop.MeterProvider)
 	t.metrics = !isNoopMeter
-	t.timed = t.tracing || t.metrics
 
 	m := o.meterProvider.Meter(instrumentationName)
 	var err error
