@@ -65,12 +65,12 @@ func TestLoadCommand(t *testing.T) {
 				}
 			}
 		}},
-		{"json, publish only", []string{"--events", "300", "--consumers", "0", "--queue", "signal", "--json"}, func(t *testing.T, out string) {
+		{"json, publish only", []string{"--events", "300", "--consumers", "0", "--queue", "data", "--concurrency", "4", "--json"}, func(t *testing.T, out string) {
 			var res load.Result
 			if err := json.Unmarshal([]byte(out), &res); err != nil {
 				t.Fatalf("output is not JSON: %v\n%s", err, out)
 			}
-			if res.Accepted != 300 || res.Acked != 0 || res.Config.Queue != "signal" {
+			if res.Accepted != 300 || res.Acked != 0 || res.Config.Queue != "data" {
 				t.Errorf("result %+v", res)
 			}
 		}},
@@ -86,9 +86,9 @@ func TestLoadCommand(t *testing.T) {
 			tt.check(t, out.String())
 		})
 	}
-	// The signal queue got 300 events nobody consumed; drain them for a
+	// The data queue got 300 events nobody consumed; drain them for a
 	// clean shutdown.
-	cons, err := b.Subscribe("signal", 300)
+	cons, err := b.Subscribe("data", 300)
 	if err != nil {
 		t.Fatal(err)
 	}
