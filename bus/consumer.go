@@ -12,11 +12,15 @@ import (
 // Consumer receives events from one queue, competing with the queue's other
 // consumers. Each delivery stays in flight until acked or nacked; at most
 // prefetch deliveries are in flight at once. Its methods are safe for
-// concurrent use.
+// concurrent use; concurrent Receive calls take turns.
 type Consumer struct {
 	q        *queue
 	prefetch int
 	notify   chan struct{} // buffered(1): "look again"
+	// turn admits one Receive at a time: the idle bookkeeping below is per
+	// consumer, and a second concurrent Receive could otherwise sleep
+	// through the wake-up meant for the first.
+	turn     chan struct{}
 	closedCh chan struct{}
 
 	// Guarded by q.mu.
@@ -55,6 +59,7 @@ func (b *Bus) Subscribe(queueName string, prefetch int) (*Consumer, error) {
 		q:        q,
 		prefetch: prefetch,
 		notify:   make(chan struct{}, 1),
+		turn:     make(chan struct{}, 1),
 		closedCh: make(chan struct{}),
 		inflight: make(map[uint64]*flight, min(prefetch, 1024)),
 	}
@@ -81,6 +86,20 @@ func (c *Consumer) wake() {
 func (c *Consumer) Receive(ctx context.Context) (Delivery, error) {
 	q := c.q
 	b := q.bus
+	select {
+	case c.turn <- struct{}{}:
+	default:
+		select {
+		case c.turn <- struct{}{}:
+		case <-c.closedCh:
+			return Delivery{}, ErrConsumerClosed
+		case <-b.done:
+			return Delivery{}, ErrShuttingDown
+		case <-ctx.Done():
+			return Delivery{}, fmt.Errorf("receive from queue %q: %w", q.name, ctx.Err())
+		}
+	}
+	defer func() { <-c.turn }()
 	for {
 		q.mu.Lock()
 		if c.closed {

@@ -322,3 +322,35 @@ func TestSubscribeValidation(t *testing.T) {
 		t.Errorf("consumers = %d after failed subscribes", st.Consumers)
 	}
 }
+
+func TestConcurrentReceiveOnOneConsumer(t *testing.T) {
+	b, _ := newBus(t, oneQueue("q", 10, bus.PolicyBlock, 0))
+	c := subscribe(t, b, "q", 10)
+	const receivers = 4
+	got := make(chan int, receivers)
+	for i := 0; i < receivers; i++ {
+		go func() {
+			d, err := c.Receive(context.Background())
+			if err != nil {
+				got <- -1
+				return
+			}
+			got <- payloadID(t, d)
+		}()
+	}
+	// Each publish happens after the receivers queued up: every one of them
+	// must be woken in turn, none may sleep through its event.
+	seen := map[int]bool{}
+	for i := 0; i < receivers; i++ {
+		publishN(t, b, "q", "T", i, 1)
+		select {
+		case id := <-got:
+			seen[id] = true
+		case <-time.After(10 * time.Second):
+			t.Fatalf("event %d published but no receiver returned", i)
+		}
+	}
+	if len(seen) != receivers || seen[-1] {
+		t.Errorf("received %v", seen)
+	}
+}
