@@ -3,6 +3,7 @@ package telemetry
 import (
 	"context"
 	"errors"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,6 +39,22 @@ type batchOptions struct {
 	batchSize int
 	delay     time.Duration
 	timeout   time.Duration
+	// cpuShare is the most of one CPU the worker may spend exporting
+	// (0 < cpuShare <= 1; 1: no limit). See pauseAfter.
+	cpuShare float64
+}
+
+// pauseAfter is how long the export worker rests after an export that
+// used cpu, so that it spends at most share of one CPU over time. Without
+// a limit an exporter that cannot keep up (a burst beyond what the
+// collector takes) converts and marshals spans on a whole core, taking it
+// from the bus; resting instead lets the queue fill, and spans beyond the
+// budget are shed cheaply and counted (shedProvider, OnEnd).
+func pauseAfter(cpu time.Duration, share float64) time.Duration {
+	if share >= 1 || share <= 0 || cpu <= 0 {
+		return 0
+	}
+	return time.Duration(float64(cpu) * (1 - share) / share)
 }
 
 var _ sdktrace.SpanProcessor = (*batchProcessor)(nil)
@@ -82,14 +99,29 @@ func (p *batchProcessor) capacity() int { return cap(p.queue) }
 // drains the queue (see drain).
 func (p *batchProcessor) run() {
 	defer close(p.done)
+	limited := p.opts.cpuShare > 0 && p.opts.cpuShare < 1
+	if limited {
+		// The thread's CPU clock then measures this worker alone.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+	}
 	batch := make([]sdktrace.ReadOnlySpan, 0, p.opts.batchSize)
 	timer := time.NewTimer(p.opts.delay)
 	defer timer.Stop()
+	rest := time.NewTimer(time.Hour)
+	rest.Stop()
 	export := func() {
 		if len(batch) > 0 {
-			p.export(batch)
+			used := p.export(batch)
 			clear(batch)
 			batch = batch[:0]
+			if d := pauseAfter(used, p.opts.cpuShare); limited && d > 0 {
+				rest.Reset(d)
+				select {
+				case <-rest.C:
+				case <-p.stopCh: // shutdown drains at once
+				}
+			}
 		}
 		timer.Reset(p.opts.delay)
 	}
@@ -143,17 +175,27 @@ func (p *batchProcessor) drain(batch []sdktrace.ReadOnlySpan) {
 	}
 }
 
-func (p *batchProcessor) export(batch []sdktrace.ReadOnlySpan) {
+// export sends batch and returns the CPU time it took on this thread (the
+// wall time where the thread's CPU clock is unavailable).
+func (p *batchProcessor) export(batch []sdktrace.ReadOnlySpan) time.Duration {
 	ctx, cancel := context.WithTimeout(p.ctx, p.opts.timeout)
 	defer cancel()
-	if err := p.exp.ExportSpans(ctx, batch); err != nil {
+	wallStart := time.Now()
+	cpuStart, haveCPU := threadCPUTime()
+	err := p.exp.ExportSpans(ctx, batch)
+	used := time.Since(wallStart)
+	if cpuEnd, ok := threadCPUTime(); haveCPU && ok {
+		used = cpuEnd - cpuStart
+	}
+	if err != nil {
 		p.loss.spanExportsFailed.Add(1)
 		p.loss.spansExportFailed.Add(uint64(len(batch)))
 		p.loss.setLastErr(SignalTraces, err)
-		return
+		return used
 	}
 	p.loss.spansExported.Add(uint64(len(batch)))
 	p.loss.clearFailing(SignalTraces)
+	return used
 }
 
 // ForceFlush exports every span queued before the call, within ctx.

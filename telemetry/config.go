@@ -26,6 +26,9 @@ const (
 	DefaultSpanBatchSize = 512
 	// DefaultSpanBatchDelay is the longest a span waits for its batch to fill.
 	DefaultSpanBatchDelay = time.Second
+	// DefaultSpanExportCPU is the most of one CPU the span export worker
+	// spends converting and sending spans; see Config.SpanExportCPU.
+	DefaultSpanExportCPU = 0.1
 )
 
 // DefaultSampledQueues are the queues whose accepted publishes are sampled at
@@ -88,6 +91,11 @@ type Config struct {
 	// SpanBatchDelay is the longest a span waits for a batch; else
 	// OTEL_BSP_SCHEDULE_DELAY (milliseconds), else DefaultSpanBatchDelay.
 	SpanBatchDelay time.Duration
+	// SpanExportCPU bounds the share of one CPU (0 < x <= 1) the span
+	// export worker may use; 0 means DefaultSpanExportCPU, 1 no limit. When
+	// spans arrive faster than that budget exports them, the queue fills and
+	// the excess is shed and counted instead of taking CPU from the bus.
+	SpanExportCPU float64
 	// LossLogInterval is how often lost spans and failed exports are
 	// summarised in one log line; 0 means MetricInterval.
 	LossLogInterval time.Duration
@@ -114,6 +122,7 @@ type resolved struct {
 	queueSize      int
 	batchSize      int
 	batchDelay     time.Duration
+	exportCPU      float64
 	lossInterval   time.Duration
 }
 
@@ -311,6 +320,13 @@ func (c Config) resolve() (resolved, error) {
 	r.batchSize = intVal(c.SpanBatchSize, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", DefaultSpanBatchSize)
 	if r.batchSize > r.queueSize {
 		r.batchSize = r.queueSize
+	}
+	r.exportCPU = c.SpanExportCPU
+	if r.exportCPU == 0 {
+		r.exportCPU = DefaultSpanExportCPU
+	}
+	if r.exportCPU < 0 || r.exportCPU > 1 || r.exportCPU != r.exportCPU {
+		bad("span export CPU share %v: want more than 0 and at most 1 (1: no limit)", c.SpanExportCPU)
 	}
 	r.lossInterval = c.LossLogInterval
 	if r.lossInterval < 0 {

@@ -169,6 +169,7 @@ func TestResolveErrors(t *testing.T) {
 		{"endpoint without port", Config{OTLPEndpoint: "localhost"}, nil, []string{"localhost", "host:port"}},
 		{"bad env endpoint", Config{}, map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "127.0.0.1:notaport"}, []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "notaport"}},
 		{"bad resource attrs", Config{}, map[string]string{"OTEL_RESOURCE_ATTRIBUTES": "novalue"}, []string{"OTEL_RESOURCE_ATTRIBUTES", "novalue", "key=value"}},
+		{"export CPU share above 1", Config{SpanExportCPU: 1.5}, nil, []string{"1.5", "at most 1"}},
 		{"bad exporter", Config{}, map[string]string{"OTEL_METRICS_EXPORTER": "zipkin"}, []string{"OTEL_METRICS_EXPORTER", "zipkin", "otlp or none"}},
 	}
 	for _, tt := range tests {

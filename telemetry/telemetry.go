@@ -140,9 +140,10 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 	t.mp = t.sdkMP
 	t.metrics = promhttp.HandlerFor(registry, promhttp.HandlerOpts{ErrorLog: slogPromLogger{logger}})
 
-	// Traces: every span is recorded; the ratio filter decides at the end of
-	// a span whether it is exported (see sampling.go), and the bounded batch
-	// processor never blocks the caller.
+	// Traces: every span is recorded (unless the export queue is full, see
+	// shedProvider); the ratio filter decides at the end of a span whether it
+	// is exported (see sampling.go), and the bounded batch processor never
+	// blocks the caller.
 	if r.traces {
 		opts := []otlptracegrpc.Option{otlptracegrpc.WithTimeout(r.exportTimeout), otlptracegrpc.WithDialOption(reconnect),
 			otlptracegrpc.WithRetry(retry)}
@@ -160,13 +161,14 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 		}
 		t.spanProc = newBatchProcessor(exp, batchOptions{
 			queueSize: r.queueSize, batchSize: r.batchSize, delay: r.batchDelay, timeout: r.exportTimeout,
+			cpuShare: r.exportCPU,
 		}, t.loss)
 		t.sdkTP = sdktrace.NewTracerProvider(
 			sdktrace.WithResource(res),
 			sdktrace.WithSampler(sdktrace.AlwaysSample()),
 			sdktrace.WithSpanProcessor(newRatioFilter(t.spanProc, r.ratio, r.sampledQueues, t.loss)),
 		)
-		t.tp = t.sdkTP
+		t.tp = newShedProvider(t.sdkTP, t.spanProc, r.sampledQueues, t.loss)
 	} else {
 		t.tp = tracenoop.NewTracerProvider()
 	}
@@ -180,7 +182,7 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 		"service_name", r.serviceName, "instance_id", r.instanceID,
 		"traces", r.traces, "trace_endpoint", r.traceEndpoint.String(),
 		"metric_endpoint", r.metricEndpoint.String(), "metric_interval", r.metricInterval,
-		"data_sample_ratio", r.ratio, "sampled_queues", r.sampledQueues)
+		"data_sample_ratio", r.ratio, "sampled_queues", r.sampledQueues, "span_export_cpu", r.exportCPU)
 	return t, nil
 }
 

@@ -219,8 +219,11 @@ func TestSlowCollectorNeverBlocksAndAccountsForEverySpan(t *testing.T) {
 		t.Errorf("exported %d + lost %d = %d, want every one of %d spans accounted for (%+v)",
 			s.SpansExported, lost, s.SpansExported+lost, n, s)
 	}
-	if got := uint64(len(rcv.spanNames())); got != s.SpansExported {
-		t.Errorf("receiver has %d spans, stats say %d exported", got, s.SpansExported)
+	// A batch whose export timed out just as the receiver let it through
+	// reaches the receiver but counts as failed: delivery is at most once
+	// as far as the counters know, never more than claimed.
+	if got := uint64(len(rcv.spanNames())); got < s.SpansExported || got > s.SpansExported+s.SpansDroppedExportFailed {
+		t.Errorf("receiver has %d spans, stats say %d exported and %d failed", got, s.SpansExported, s.SpansDroppedExportFailed)
 	}
 }
 
