@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/trace"
 )
@@ -172,7 +173,22 @@ func (b *Bus) Queues() []string {
 }
 
 func (b *Bus) unknownQueue(name string) error {
-	return fmt.Errorf("%w %q: valid queues are %s", ErrUnknownQueue, name, b.validNames)
+	return fmt.Errorf("%w %q: valid queues are %s", ErrUnknownQueue, clip(name), b.validNames)
+}
+
+// maxNameInError bounds how much of a client-supplied name goes into an
+// error message or span attribute: the name may be a megabyte of garbage.
+const maxNameInError = 64
+
+func clip(s string) string {
+	if len(s) <= maxNameInError {
+		return s
+	}
+	cut := maxNameInError
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
 }
 
 // Publish offers ev to the named queue and returns what happened to it:
@@ -363,7 +379,7 @@ func (b *Bus) publishUnknown(ctx context.Context, ev Event, name string) (Outcom
 		_, span := b.tel.tracer.Start(ctx, "publish", opts...)
 		if span.IsRecording() {
 			span.SetAttributes(attrMessagingSystem.String(messagingSystemValue),
-				attrDestinationName.String(name), attrEventType.String(ev.Type))
+				attrDestinationName.String(clip(name)), attrEventType.String(clip(ev.Type)))
 		}
 		endPublish(span, Failed, 0, 0, err, b.clock.Now())
 	}

@@ -143,3 +143,18 @@ func TestGetQueueStatsReflectsCurrentState(t *testing.T) {
 		}
 	}
 }
+
+func TestUnknownQueueMessageIsBounded(t *testing.T) {
+	b, _ := newBus(t, bus.DefaultQueues())
+	long := strings.Repeat("x", 1<<20)
+	_, err := b.Publish(context.Background(), event("T", 0), long)
+	if !errors.Is(err, bus.ErrUnknownQueue) {
+		t.Fatalf("err = %v", err)
+	}
+	if n := len(err.Error()); n > 200 || !strings.Contains(err.Error(), "xxxx...") || !strings.Contains(err.Error(), "data, signal, order") {
+		t.Errorf("message of %d bytes: %.300s", n, err)
+	}
+	if _, err := b.Subscribe(long, 1); !errors.Is(err, bus.ErrUnknownQueue) || len(err.Error()) > 200 {
+		t.Errorf("Subscribe: %.300v", err)
+	}
+}
