@@ -73,7 +73,7 @@ func removeBuild() {
 
 // checkStack fails fast, with the fix, when the stack is not running.
 func checkStack() error {
-	hc := &http.Client{Timeout: 3 * time.Second}
+	hc := newHTTPClient()
 	for _, u := range []string{jaegerAPI + "/api/services", prometheusAPI + "/-/ready"} {
 		resp, err := hc.Get(u)
 		if err != nil {
@@ -298,9 +298,14 @@ func (s *sidecar) adminMetric(t *testing.T, name string, match ...string) float6
 	return sum
 }
 
+// newHTTPClient does not keep connections alive, so no transport
+// goroutine outlives a request (goleak checks).
+func newHTTPClient() *http.Client {
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+}
+
 func httpGet(u string) (int, string, error) {
-	hc := &http.Client{Timeout: 5 * time.Second}
-	resp, err := hc.Get(u)
+	resp, err := newHTTPClient().Get(u)
 	if err != nil {
 		return 0, "", err
 	}
