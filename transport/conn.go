@@ -96,16 +96,8 @@ func (c *conn) serve() {
 	c.s.log.Debug("connection opened")
 	reason := c.readLoop()
 	c.setReason(reason)
-	if c.s.shutting.Load() {
-		c.cancel(bus.ErrShuttingDown)
-	} else {
-		c.cancel(errConnClosed)
-	}
-	c.lanesMu.Lock()
-	for _, l := range c.lanes {
-		l.close()
-	}
-	c.lanesMu.Unlock()
+	c.cancel(c.closeCause())
+	c.closeLanes()
 	for q, sub := range c.subs {
 		sub.stop()
 		delete(c.subs, q)
@@ -117,11 +109,29 @@ func (c *conn) serve() {
 	c.omu.Unlock()
 	c.signalWriter()
 	<-c.writerDone
-	c.nc.Close()
+	c.lingerClose()
 	c.s.log.Debug("connection closed", "reason", c.closeReason())
 }
 
 var errConnClosed = errors.New("connection closed")
+
+// closeCause is why the connection's context ends: waiting publishes are
+// answered "shutting down" when the server is, "cancelled" otherwise.
+func (c *conn) closeCause() error {
+	if c.s.shutting.Load() {
+		return bus.ErrShuttingDown
+	}
+	return errConnClosed
+}
+
+// closeLanes withdraws every publish the connection still holds.
+func (c *conn) closeLanes() {
+	c.lanesMu.Lock()
+	defer c.lanesMu.Unlock()
+	for _, l := range c.lanes {
+		l.close()
+	}
+}
 
 func (c *conn) setReason(r CloseReason) {
 	c.reasonMu.Lock()
@@ -137,11 +147,39 @@ func (c *conn) closeReason() CloseReason {
 	return c.reason
 }
 
+// lingerTimeout bounds how long a closing connection discards the client's
+// unread requests.
+const lingerTimeout = 250 * time.Millisecond
+
+// lingerClose closes the connection without losing the replies just
+// written: closing a Unix socket with unread input resets the connection,
+// and the client then loses what it had not read yet. So the write side is
+// shut first and the client's leftover requests are read and discarded
+// until it closes too or lingerTimeout passes.
+func (c *conn) lingerClose() {
+	defer c.nc.Close()
+	c.omu.Lock()
+	dead := c.dead
+	c.omu.Unlock()
+	uc, ok := c.nc.(*net.UnixConn)
+	if dead || !ok || c.closeReason() == CloseClientGone {
+		return
+	}
+	if err := uc.CloseWrite(); err != nil {
+		return
+	}
+	uc.SetReadDeadline(time.Now().Add(lingerTimeout))
+	io.Copy(io.Discard, uc) //nolint:errcheck // ends at EOF, error or deadline
+}
+
 // kill makes the read loop end soon. With force, pending output is
 // discarded and the socket closed at once (a stuck writer is released).
 func (c *conn) kill(reason CloseReason, force bool) {
 	c.setReason(reason)
 	c.killOnce.Do(func() {
+		c.cancel(c.closeCause())
+		// The read loop may be blocked handing a publish to a full lane.
+		c.closeLanes()
 		// An expired read deadline wakes the read loop without closing the
 		// socket, so queued replies can still be flushed.
 		c.nc.SetReadDeadline(time.Unix(1, 0))
@@ -351,6 +389,11 @@ func (c *conn) lane(queue string) *lane {
 	l, ok := c.lanes[queue]
 	if !ok {
 		l = newLane(c, queue)
+		if c.ctx.Err() != nil {
+			// The connection is closing: the lane answers what it gets
+			// "cancelled" (or "shutting down") and stops.
+			l.closing = true
+		}
 		c.lanes[queue] = l
 		c.producer.Add(1)
 		go l.run()

@@ -509,3 +509,35 @@ func TestServerShutdownAnswersWaitingPublishes(t *testing.T) {
 		t.Fatalf("order size %d, want 1", st.Size)
 	}
 }
+
+// TestShutdownWithReaderBlockedOnFullLane covers a read loop stuck handing
+// a publish to a lane that holds its maximum: shutdown must still finish
+// and answer every publish it read.
+func TestShutdownWithReaderBlockedOnFullLane(t *testing.T) {
+	ts := startServer(t, withQueues(smallQueues()...), withConfig(func(c *Config) { c.MaxPendingPublishes = 2 }))
+	c := dialRaw(t, ts.path)
+	c.expectReply(c.roundTrip(`{"op":"publish","id":1,"queue":"order","type":"O"}`), 1, StatusAccepted)
+	for i := 2; i <= 6; i++ {
+		c.send(`{"op":"publish","id":%d,"queue":"order","type":"O"}`, i)
+	}
+	eventually(t, "publish 2 waiting", func() bool { return ts.bus.Stats()["order"].Waiting == 1 })
+	// 2 waits in the bus, 3 and 4 fill the lane, the reader holds 5, and 6
+	// is never read: the server must not reset the connection over it
+	// before the client has the replies.
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	if err := ts.srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := map[int64]string{}
+	for range 4 {
+		m := c.recv()
+		got[m.ID] = m.Error
+	}
+	for id := int64(2); id <= 5; id++ {
+		if got[id] != "shutting down" {
+			t.Fatalf("replies %v: publish %d not answered \"shutting down\"", got, id)
+		}
+	}
+	c.expectEOF()
+}
