@@ -22,7 +22,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Generator
 
-from .connection import Connection, encode
+from .connection import Connection
 from .errors import EventBusError, ProtocolError, PublishError, ShuttingDownError
 from .events import Event, EventType, parse_type, type_name
 from .tracing import current_traceparent
@@ -389,13 +389,6 @@ class EventBus:
         tp = traceparent if traceparent is not None else current_traceparent()
         if tp:
             frame["traceparent"] = tp
-        size = len(encode(frame)) + 24  # room for the id
-        if size > self._max_frame_bytes:
-            raise ValueError(
-                f"event {tname} is {size} bytes on the wire, over the sidecar's "
-                f"frame limit of {self._max_frame_bytes} bytes"
-            )
-
         conn = await self._connection()
         where = queue_name if queue_name is not None else f"(routed by type {tname})"
         reply = await self._send_publish(conn, frame, tname, where)
@@ -446,7 +439,9 @@ class EventBus:
     async def _send_publish(
         self, conn: Connection, frame: dict, tname: str, where: str
     ) -> dict:
-        req_id, fut = conn.send(frame, f"publish of {tname} to {where}")
+        req_id, fut = conn.send(
+            frame, f"publish of {tname} to {where}", max_bytes=self._max_frame_bytes
+        )
         try:
             await conn.drain()
             return await asyncio.shield(fut)
@@ -496,7 +491,8 @@ class EventBus:
 
     def _timeout_of(self, queue: str) -> Any:
         info = self._queue_info.get(queue) or {}
-        return info.get("timeout_seconds", "?")
+        t = info.get("timeout_seconds")
+        return float(t) if isinstance(t, (int, float)) else "?"
 
     # ------------------------------------------------------------------ stats
 
@@ -551,7 +547,8 @@ class EventBus:
         """
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
-        if isinstance(target, str) and not isinstance(target, EventType) and target in self._queue_info:
+        known_queues = self._queue_info or dict.fromkeys(_SEED_QUEUES)
+        if isinstance(target, str) and not isinstance(target, EventType) and target in known_queues:
             if queue is not None and queue != target:
                 raise ValueError(f"subscribe({target!r}) names a queue; queue={queue!r} contradicts it")
             self._queue_handlers.setdefault(target, []).append(handler)

@@ -103,18 +103,27 @@ class Connection:
         if self._closing:
             raise ConnectionError(f"connection to eventbus sidecar at {self.path} is closed")
 
-    def send(self, frame: dict, what: str) -> tuple[int, asyncio.Future]:
+    def send(
+        self, frame: dict, what: str, max_bytes: int | None = None
+    ) -> tuple[int, asyncio.Future]:
         """Assign an id to a request, register its reply future and write it.
 
         ``what`` names the request in the error raised if the connection is
         lost before the reply ("publish to 'order'"). The line is buffered at
         once, so requests from concurrent coroutines are never interleaved;
-        call :meth:`drain` to wait for the socket to take it.
+        call :meth:`drain` to wait for the socket to take it. A line longer
+        than ``max_bytes`` (without its newline) raises ValueError and is not
+        sent: the sidecar would answer it by closing the connection.
         """
         self._check_open()
         req_id = self._next_id
-        self._next_id += 1
         line = encode({**frame, "id": req_id})
+        if max_bytes is not None and len(line) - 1 > max_bytes:
+            raise ValueError(
+                f"{what} is {len(line) - 1} bytes on the wire, over the sidecar's "
+                f"frame limit of {max_bytes} bytes"
+            )
+        self._next_id += 1
         fut = asyncio.get_running_loop().create_future()
         fut.add_done_callback(_retrieve)
         self._pending[req_id] = (fut, what)
