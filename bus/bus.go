@@ -276,7 +276,7 @@ func (q *queue) publishWait(ctx context.Context, span trace.Span, ev Event, pubS
 
 	var waitSpan trace.Span
 	if b.tel.tracing {
-		_, waitSpan = b.tel.tracer.Start(ctx, q.tel.waitName, withTimestamp(q.tel.childStart, waitStart)...)
+		_, waitSpan = b.tel.tracer.Start(ctx, q.tel.waitName, b.tel.startOpts(q.tel.childStart, waitStart)...)
 	}
 	var timeout <-chan time.Time
 	if q.policy != PolicyBlock {
@@ -321,7 +321,7 @@ func (q *queue) publishWait(ctx context.Context, span trace.Span, ev Event, pubS
 		if waitSpan.IsRecording() {
 			waitSpan.SetAttributes(attrOutcome.String(string(outcome)))
 		}
-		waitSpan.End(trace.WithTimestamp(end))
+		b.tel.end(waitSpan, end)
 	}
 	switch outcome {
 	case Dropped:
@@ -358,7 +358,7 @@ func (q *queue) finishPublish(ctx context.Context, span trace.Span, start time.T
 		if b.tel.metrics {
 			b.tel.publishDuration.Record(ctx, end.Sub(start).Seconds(), q.tel.record...)
 		}
-		endPublish(span, outcome, seq, depth, err, end)
+		b.tel.endPublish(span, outcome, seq, depth, err, end)
 	} else if b.tel.metrics {
 		b.tel.publishDuration.Record(ctx, b.since(start).Seconds(), q.tel.record...)
 	}
@@ -381,7 +381,7 @@ func (b *Bus) publishUnknown(ctx context.Context, ev Event, name string) (Outcom
 			span.SetAttributes(attrMessagingSystem.String(messagingSystemValue),
 				attrDestinationName.String(clip(name)), attrEventType.String(clip(ev.Type)))
 		}
-		endPublish(span, Failed, 0, 0, err, b.clock.Now())
+		b.tel.endPublish(span, Failed, 0, 0, err, b.spanNow())
 	}
 	return Failed, err
 }
@@ -513,6 +513,15 @@ func (b *Bus) since(t time.Time) time.Duration {
 		return time.Since(t)
 	}
 	return b.clock.Now().Sub(t)
+}
+
+// spanNow is the time to stamp on a span end: the zero time when the SDK
+// reads the (system) clock itself.
+func (b *Bus) spanNow() time.Time {
+	if b.tel.stamp {
+		return b.clock.Now()
+	}
+	return time.Time{}
 }
 
 // Draining reports whether Shutdown has begun: publishes are refused from

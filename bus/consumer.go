@@ -238,7 +238,7 @@ func (c *Consumer) Ack(seq uint64) error {
 	q.counters.acked.Add(1)
 	q.bus.notifyDrain()
 	if f.span != nil {
-		endDeliver(f.span, deliveryResultAck, q.bus.clock.Now())
+		q.bus.tel.endDeliver(f.span, deliveryResultAck, q.bus.spanNow())
 	}
 	return nil
 }
@@ -261,7 +261,7 @@ func (c *Consumer) Nack(seq uint64) error {
 	q.mu.Unlock()
 	q.bus.notifyDrain()
 	if f.span != nil {
-		endDeliver(f.span, deliveryResultNack, q.bus.clock.Now())
+		q.bus.tel.endDeliver(f.span, deliveryResultNack, q.bus.spanNow())
 	}
 	return nil
 }
@@ -305,13 +305,10 @@ func (c *Consumer) Close() {
 	q.mu.Unlock()
 	close(c.closedCh)
 	q.bus.notifyDrain()
-	var now time.Time
-	for i := range returned {
-		if returned[i].span != nil {
-			if now.IsZero() {
-				now = q.bus.clock.Now()
-			}
-			endDeliver(returned[i].span, deliveryResultAbandon, now)
+	if len(returned) > 0 && returned[0].span != nil {
+		now := q.bus.spanNow()
+		for i := range returned {
+			q.bus.tel.endDeliver(returned[i].span, deliveryResultAbandon, now)
 		}
 	}
 }

@@ -109,6 +109,10 @@ type telemetry struct {
 	// metrics is false for the noop meter provider: histograms are then
 	// not recorded. Observable instruments cost nothing on the hot path.
 	metrics bool
+	// stamp passes the bus clock's times to span start and end. With the
+	// system clock the SDK reads the same clock itself, and the options
+	// would only cost allocations.
+	stamp bool
 
 	publishDuration metric.Float64Histogram
 	waitDuration    metric.Float64Histogram
@@ -123,6 +127,7 @@ func newTelemetry(b *Bus, o options) (telemetry, error) {
 	t.tracer = o.tracerProvider.Tracer(instrumentationName)
 	_, isNoopMeter := o.meterProvider.(metricnoop.MeterProvider)
 	t.metrics = !isNoopMeter
+	t.stamp = o.clock != SystemClock()
 
 	m := o.meterProvider.Meter(instrumentationName)
 	var err error
@@ -186,12 +191,25 @@ func newTelemetry(b *Bus, o options) (telemetry, error) {
 	return t, nil
 }
 
-// withTimestamp returns a new slice: the precomputed option slices are
-// shared between goroutines and must never be appended to in place.
-func withTimestamp(opts []trace.SpanStartOption, at time.Time) []trace.SpanStartOption {
+// startOpts adds the start time when the bus clock is not the system's.
+// It returns a new slice: the precomputed option slices are shared between
+// goroutines and must never be appended to in place.
+func (t *telemetry) startOpts(opts []trace.SpanStartOption, at time.Time) []trace.SpanStartOption {
+	if !t.stamp {
+		return opts
+	}
 	out := make([]trace.SpanStartOption, len(opts), len(opts)+1)
 	copy(out, opts)
 	return append(out, trace.WithTimestamp(at))
+}
+
+// end ends span at the bus clock's time when that is not the system's.
+func (t *telemetry) end(span trace.Span, at time.Time) {
+	if t.stamp {
+		span.End(trace.WithTimestamp(at))
+		return
+	}
+	span.End()
 }
 
 func firstErr(errs ...error) error {
@@ -211,7 +229,7 @@ func (t *telemetry) startPublish(ctx context.Context, q *queue, ev *Event, start
 		ctx = trace.ContextWithRemoteSpanContext(ctx, ev.Parent)
 		opts = q.tel.publishStart
 	}
-	ctx, span := t.tracer.Start(ctx, q.tel.publishName, withTimestamp(opts, start)...)
+	ctx, span := t.tracer.Start(ctx, q.tel.publishName, t.startOpts(opts, start)...)
 	if span.IsRecording() {
 		span.SetAttributes(attrEventType.String(ev.Type))
 	}
@@ -219,7 +237,7 @@ func (t *telemetry) startPublish(ctx context.Context, q *queue, ev *Event, start
 }
 
 // endPublish records the outcome on the publish span and ends it.
-func endPublish(span trace.Span, outcome Outcome, seq uint64, depth int, err error, end time.Time) {
+func (t *telemetry) endPublish(span trace.Span, outcome Outcome, seq uint64, depth int, err error, end time.Time) {
 	if span.IsRecording() {
 		// One SetAttributes call: each call may grow the span's attribute slice.
 		kvs := [3]attribute.KeyValue{attrOutcome.String(string(outcome)), attrQueueDepth.Int(depth)}
@@ -234,28 +252,28 @@ func endPublish(span trace.Span, outcome Outcome, seq uint64, depth int, err err
 			span.RecordError(err)
 		}
 	}
-	span.End(trace.WithTimestamp(end))
+	t.end(span, end)
 }
 
 // dropSpan records a drop as an instant span under the dropped event's
 // publish span. Dropping is designed behaviour, so the status stays Unset.
 func (t *telemetry) dropSpan(q *queue, parent trace.SpanContext, reason DropReason, seq uint64, at time.Time) {
 	ctx := trace.ContextWithSpanContext(context.Background(), parent)
-	_, span := t.tracer.Start(ctx, q.tel.dropName, withTimestamp(q.tel.childStart, at)...)
+	_, span := t.tracer.Start(ctx, q.tel.dropName, t.startOpts(q.tel.childStart, at)...)
 	if span.IsRecording() {
 		span.SetAttributes(attrDropReason.String(string(reason)))
 		if seq != 0 {
 			span.SetAttributes(attrMessageID.String(strconv.FormatUint(seq, 10)))
 		}
 	}
-	span.End(trace.WithTimestamp(at))
+	t.end(span, at)
 }
 
 // startDeliver starts the deliver span at hand-over, under the event's
 // publish span.
 func (t *telemetry) startDeliver(q *queue, e *entry, at time.Time) trace.Span {
 	ctx := trace.ContextWithSpanContext(context.Background(), e.pubSC)
-	_, span := t.tracer.Start(ctx, q.tel.deliverName, withTimestamp(q.tel.deliverStart, at)...)
+	_, span := t.tracer.Start(ctx, q.tel.deliverName, t.startOpts(q.tel.deliverStart, at)...)
 	if span.IsRecording() {
 		span.SetAttributes(
 			attrMessageID.String(strconv.FormatUint(e.seq, 10)),
@@ -268,12 +286,12 @@ func (t *telemetry) startDeliver(q *queue, e *entry, at time.Time) trace.Span {
 }
 
 // endDeliver ends a deliver span with how the delivery was settled.
-func endDeliver(span trace.Span, result string, at time.Time) {
+func (t *telemetry) endDeliver(span trace.Span, result string, at time.Time) {
 	if span == nil {
 		return
 	}
 	if span.IsRecording() {
 		span.SetAttributes(attrDeliveryResult.String(result))
 	}
-	span.End(trace.WithTimestamp(at))
+	t.end(span, at)
 }
