@@ -24,6 +24,11 @@ class SidecarTestCase(unittest.IsolatedAsyncioTestCase):
     def setUp(self) -> None:
         self.sidecar: Sidecar = start_sidecar(self, self.CONFIG)
 
+    async def asyncSetUp(self) -> None:
+        # IsolatedAsyncioTestCase runs the loop in debug mode, which logs every
+        # callback over 0.1 s; on a shared 2-core machine that is noise.
+        asyncio.get_running_loop().slow_callback_duration = 2.0
+
     async def connect(self, **options: Any) -> EventBus:
         bus = await EventBus.connect(self.sidecar.socket, **options)
         self.addAsyncCleanup(bus.close)
