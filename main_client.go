@@ -346,7 +346,7 @@ func writeStatsTable(w io.Writer, st bus.Stats) error {
 		}
 		return strings.Compare(a, b)
 	})
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "QUEUE\tPOLICY\tSIZE\tMAXSIZE\tIN_FLIGHT\tCONSUMERS\tWAITING\tACCEPTED\tDROPS\tTIMEOUTS\tDELIVERED\tACKED\tREDELIVERED\t")
 	for _, n := range names {
 		q := st[n]
