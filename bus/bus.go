@@ -298,7 +298,7 @@ func (q *queue) publishWait(ctx context.Context, span trace.Span, ev Event, pubS
 		}
 	case <-ctx.Done():
 		outcome = Cancelled
-		err = fmt.Errorf("publish to queue %q withdrawn while waiting for room: %w", q.name, ctx.Err())
+		err = ctxError(ctx, fmt.Sprintf("publish to queue %q withdrawn while waiting for room", q.name))
 	}
 
 	// Someone else may have resolved the wait between the select and here:
@@ -504,6 +504,17 @@ func (b *Bus) Stats() Stats {
 		}
 	}
 	return st
+}
+
+// ctxError wraps ctx.Err() and, when the context was cancelled with a
+// cause (context.WithCancelCause), the cause too, so that callers can
+// branch on either.
+func ctxError(ctx context.Context, msg string) error {
+	err, cause := ctx.Err(), context.Cause(ctx)
+	if cause != nil && cause != err {
+		return fmt.Errorf("%s: %w: %w", msg, err, cause)
+	}
+	return fmt.Errorf("%s: %w", msg, err)
 }
 
 // since is clock.Now().Sub(t), but reads only the monotonic clock when the

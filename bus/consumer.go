@@ -96,7 +96,7 @@ func (c *Consumer) Receive(ctx context.Context) (Delivery, error) {
 		case <-b.done:
 			return Delivery{}, ErrShuttingDown
 		case <-ctx.Done():
-			return Delivery{}, fmt.Errorf("receive from queue %q: %w", q.name, ctx.Err())
+			return Delivery{}, ctxError(ctx, fmt.Sprintf("receive from queue %q", q.name))
 		}
 	}
 	defer func() { <-c.turn }()
@@ -137,7 +137,7 @@ func (c *Consumer) Receive(ctx context.Context) (Delivery, error) {
 				q.wakeConsumersLocked()
 			}
 			q.mu.Unlock()
-			return Delivery{}, fmt.Errorf("receive from queue %q: %w", q.name, ctx.Err())
+			return Delivery{}, ctxError(ctx, fmt.Sprintf("receive from queue %q", q.name))
 		}
 	}
 }

@@ -292,3 +292,22 @@ func TestStatsFields(t *testing.T) {
 	cancel()
 	await(t, blocked)
 }
+
+func TestCancelCauseIsWrapped(t *testing.T) {
+	cause := errors.New("connection closed")
+	b, _ := newBus(t, oneQueue("q", 1, bus.PolicyBlock, 0))
+	publishN(t, b, "q", "T", 0, 1)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	res := publishAsync(ctx, b, event("T", 1), "q")
+	eventually(t, "waiting", func() bool { return b.Stats()["q"].Waiting == 1 })
+	cancel(cause)
+	r := await(t, res)
+	if r.out != bus.Cancelled || !errors.Is(r.err, context.Canceled) || !errors.Is(r.err, cause) {
+		t.Fatalf("Publish = %v, %v; want cancelled wrapping context.Canceled and the cause", r.out, r.err)
+	}
+	c := subscribe(t, b, "q", 1)
+	_ = mustReceive(t, c)
+	if _, err := c.Receive(ctx); !errors.Is(err, context.Canceled) || !errors.Is(err, cause) {
+		t.Fatalf("Receive = %v; want context.Canceled and the cause", err)
+	}
+}
