@@ -396,10 +396,11 @@ func (q *queue) pushLocked(ev Event, pubSC trace.SpanContext, at time.Time) uint
 
 // admitWaitersLocked moves waiting publishers into the queue, oldest first,
 // while there is room.
-func (q *queue) admitWaitersLocked(now time.Time) {
-	if len(q.waiters) == 0 {
+func (q *queue) admitWaitersLocked() {
+	if len(q.waiters) == 0 || q.store.Len() >= q.capacity {
 		return
 	}
+	now := q.bus.clock.Now() // the waiters' EnqueuedAt
 	for len(q.waiters) > 0 && q.store.Len() < q.capacity {
 		w := q.waiters[0]
 		copy(q.waiters, q.waiters[1:])

@@ -178,7 +178,7 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 	}
 	c.inflight[e.seq] = f
 	q.counters.inFlight.Add(1)
-	q.admitWaitersLocked(now)
+	q.admitWaitersLocked()
 	// Other idle consumers may be owed a wake-up for events still waiting.
 	q.wakeConsumersLocked()
 	q.mu.Unlock()

@@ -67,7 +67,8 @@ func TestWaitingPublishersServedFIFO(t *testing.T) {
 	for _, p := range []bus.Policy{bus.PolicyDrop, bus.PolicyFail, bus.PolicyBlock} {
 		t.Run(string(p), func(t *testing.T) {
 			const waiters = 5
-			b, _ := newBus(t, oneQueue("q", 1, p, time.Hour))
+			b, clk := newBus(t, oneQueue("q", 1, p, time.Hour))
+			start := clk.Now()
 			publishN(t, b, "q", "T", 0, 1)
 			var results []<-chan publishResult
 			for i := 1; i <= waiters; i++ {
@@ -81,6 +82,9 @@ func TestWaitingPublishersServedFIFO(t *testing.T) {
 			for i := 0; i <= waiters; i++ {
 				d := mustReceive(t, c)
 				ids = append(ids, payloadID(t, d))
+				if d.EnqueuedAt.Before(start) {
+					t.Errorf("id %d EnqueuedAt = %v, before the test began", payloadID(t, d), d.EnqueuedAt)
+				}
 				if err := c.Ack(d.Seq); err != nil {
 					t.Fatal(err)
 				}
