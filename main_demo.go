@@ -35,6 +35,7 @@ func demoCommand() *cli.Command {
 			&cli.DurationFlag{Name: "candle-interval", Usage: "pause between two candles of one symbol", Value: 5 * time.Millisecond},
 			&cli.DurationFlag{Name: "order-latency", Usage: "time the slow venue takes per order", Value: 250 * time.Millisecond},
 			&cli.DurationFlag{Name: "connect-timeout", Usage: "how long to wait for the sidecar's socket to accept", Value: 30 * time.Second},
+			&cli.IntFlag{Name: "feed-connections", Usage: "connections the market feed publishes candles over (its concurrency)", Value: defaultFeedConnections},
 			&cli.Uint64Flag{Name: "seed", Usage: "seed of the simulated prices", Value: 1},
 		},
 		Action: runDemo,
@@ -54,7 +55,10 @@ func runDemo(c *cli.Context) error {
 	defer stop()
 	logger := slog.New(slog.NewTextHandler(c.App.ErrWriter, nil))
 
-	b := &socketBroker{path: c.String("socket")}
+	if n := c.Int("feed-connections"); n < 1 || n > 1024 {
+		return fmt.Errorf("--feed-connections %d: must be between 1 and 1024", n)
+	}
+	b := &socketBroker{path: c.String("socket"), dataQueue: "data", dataConns: c.Int("feed-connections")}
 	defer b.close()
 	if err := b.connect(ctx, c.Duration("connect-timeout")); err != nil {
 		return err
@@ -86,23 +90,40 @@ func printReport(c *cli.Context, rep demo.Report) {
 		fmt.Fprintf(w, " handled=%d\n", rep.Consumed[q])
 	}
 	for _, o := range rep.Executed {
-		fmt.Fprintf(w, "demo: executed %s trace_id=%s\n", o.ID, o.TraceID)
+		if o.TraceID.IsValid() {
+			fmt.Fprintf(w, "demo: executed %s trace_id=%s\n", o.ID, o.TraceID)
+		}
 	}
 }
 
-// socketBroker is demo.Broker over the sidecar's socket: one connection
-// per queue for publishing and one per subscription, so that a stage
-// blocked on a full queue (orders behind the slow venue) never holds up
-// another stage's frames on a shared connection.
-type socketBroker struct {
-	path string
+// The sidecar publishes each connection's events to one queue in order,
+// one at a time (the transport's lanes), so a publisher's concurrency is
+// its number of connections. The feed's candles spread over many
+// connections, as many feed handlers would: with a few, each waiting
+// publish gets the next free slot well within the data queue's 1 s and
+// nothing drops; with dozens, waits pass 1 s once the strategy stalls.
+const (
+	defaultFeedConnections = 64
+	otherQueueConnections  = 2
+)
 
-	mu  sync.Mutex
-	pub map[string]*client.Client // by queue
+// socketBroker is demo.Broker over the sidecar's socket: publishing
+// connections per queue and one connection per subscription, so that a
+// stage blocked on a full queue (orders behind the slow venue) never holds
+// up another stage's frames on a shared connection.
+type socketBroker struct {
+	path      string
+	dataQueue string
+	dataConns int // publishing connections for dataQueue
+
+	mu    sync.Mutex
+	first *client.Client              // proven by connect, handed to the first queue
+	pub   map[string][]*client.Client // by queue, up to lanes(queue)
+	next  map[string]int              // round robin over pub[queue]
 }
 
-// connect dials the publishing connection, retrying until the sidecar
-// accepts: in docker-compose the app may start before the socket exists.
+// connect dials the first connection, retrying until the sidecar accepts:
+// in docker-compose the app may start before the socket exists.
 func (b *socketBroker) connect(ctx context.Context, limit time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
@@ -111,9 +132,10 @@ func (b *socketBroker) connect(ctx context.Context, limit time.Duration) error {
 	for {
 		cl, err := client.Dial(ctx, b.path)
 		if err == nil {
-			// Proven reachable; this first connection stays for publishing.
 			b.mu.Lock()
-			b.pub = map[string]*client.Client{"": cl}
+			b.first = cl
+			b.pub = map[string][]*client.Client{}
+			b.next = map[string]int{}
 			b.mu.Unlock()
 			return nil
 		}
@@ -134,25 +156,30 @@ func (b *socketBroker) Publish(ctx context.Context, ev bus.Event, queue string) 
 	return cl.Publish(ctx, ev, queue)
 }
 
-// publisher returns queue's publishing connection, dialing it on first use
-// (the connection connect made serves the first queue).
+// publisher returns the next of queue's publishing connections, dialing
+// them on first use.
 func (b *socketBroker) publisher(ctx context.Context, queue string) (*client.Client, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if cl, ok := b.pub[queue]; ok {
+	lanes := b.pub[queue]
+	want := otherQueueConnections
+	if queue == b.dataQueue {
+		want = b.dataConns
+	}
+	if len(lanes) < want {
+		cl := b.first
+		b.first = nil
+		if cl == nil {
+			var err error
+			if cl, err = client.Dial(ctx, b.path); err != nil {
+				return nil, fmt.Errorf("connect to the sidecar at %s: %w", b.path, err)
+			}
+		}
+		b.pub[queue] = append(lanes, cl)
 		return cl, nil
 	}
-	if cl, ok := b.pub[""]; ok {
-		delete(b.pub, "")
-		b.pub[queue] = cl
-		return cl, nil
-	}
-	cl, err := client.Dial(ctx, b.path)
-	if err != nil {
-		return nil, fmt.Errorf("connect to the sidecar at %s: %w", b.path, err)
-	}
-	b.pub[queue] = cl
-	return cl, nil
+	b.next[queue] = (b.next[queue] + 1) % len(lanes)
+	return lanes[b.next[queue]], nil
 }
 
 // Subscribe implements demo.Broker on a connection of its own.
@@ -168,8 +195,13 @@ func (b *socketBroker) Subscribe(ctx context.Context, queue string, prefetch int
 func (b *socketBroker) close() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for _, cl := range b.pub {
-		cl.Close()
+	if b.first != nil {
+		b.first.Close()
+	}
+	for _, lanes := range b.pub {
+		for _, cl := range lanes {
+			cl.Close()
+		}
 	}
 	b.pub = nil
 }

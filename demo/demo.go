@@ -70,6 +70,12 @@ type Config struct {
 	// Prefetch for the strategy and order manager (default 16); the venue
 	// always takes one order at a time.
 	Prefetch int
+	// FeedPublishers is how many candles of one symbol may be in flight at
+	// once (default 25), as with a feed handler that does not wait for one
+	// publish before the next. With ten symbols that makes 250 concurrent
+	// data publishers: once the stalled strategy drains data slower than 250
+	// per second, their waits pass the data queue's 1 s and candles drop.
+	FeedPublishers int
 	// Seed makes the price walk reproducible (default 1).
 	Seed uint64
 	// Logger receives progress and the executed orders' trace ids
@@ -101,6 +107,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Prefetch <= 0 {
 		c.Prefetch = 16
+	}
+	if c.FeedPublishers <= 0 {
+		c.FeedPublishers = 25
 	}
 	if c.Seed == 0 {
 		c.Seed = 1
@@ -265,9 +274,24 @@ func (a *app) publish(ctx context.Context, queue, typ string, v any, parent trac
 }
 
 // feed publishes one symbol's candles: a random walk, one candle per
-// CandleInterval, until ctx ends. A candle that waits for room delays the
-// next one, as a real feed handler blocked on its output would.
+// CandleInterval, handed to FeedPublishers publishing goroutines, until
+// ctx ends. When all of them wait for room the next candle waits too, as a
+// real feed handler's bounded output would.
 func (a *app) feed(ctx context.Context, symbol string, price float64, seed uint64) {
+	candles := make(chan Candle)
+	var wg sync.WaitGroup
+	for range a.cfg.FeedPublishers {
+		wg.Go(func() {
+			for c := range candles {
+				if _, err := a.publish(ctx, a.cfg.DataQueue, TypeCandle, c, trace.SpanContext{}); err != nil && ctx.Err() == nil {
+					a.cfg.Logger.Debug("demo: candle not accepted", "symbol", symbol, "err", err)
+				}
+			}
+		})
+	}
+	defer wg.Wait()
+	defer close(candles)
+
 	rng := rand.New(rand.NewPCG(seed, seed+1))
 	tick := time.NewTicker(a.cfg.CandleInterval)
 	defer tick.Stop()
@@ -284,8 +308,10 @@ func (a *app) feed(ctx context.Context, symbol string, price float64, seed uint6
 			High: max(open, price) * (1 + rng.Float64()*0.001), Low: min(open, price) * (1 - rng.Float64()*0.001),
 			Volume: 100 + rng.Int64N(10_000), Time: time.Now().UTC(),
 		}
-		if _, err := a.publish(ctx, a.cfg.DataQueue, TypeCandle, c, trace.SpanContext{}); err != nil && ctx.Err() == nil {
-			a.cfg.Logger.Debug("demo: candle not accepted", "symbol", symbol, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case candles <- c:
 		}
 	}
 }
@@ -412,7 +438,11 @@ func (a *app) venue(ctx context.Context, d bus.Delivery) error {
 		a.cnt.executed = append(a.cnt.executed, ExecutedOrder{ID: o.ID, TraceID: tid})
 	}
 	a.cnt.mu.Unlock()
-	a.cfg.Logger.Info("demo: order executed", "order", o.ID, "symbol", o.Symbol, "side", o.Side,
-		"queued_for", time.Since(d.EnqueuedAt).Round(time.Millisecond), "trace_id", tid.String())
+	attrs := []any{"order", o.ID, "symbol", o.Symbol, "side", o.Side, "queued_for", time.Since(d.EnqueuedAt).Round(time.Millisecond)}
+	// Without telemetry in the sidecar there is no trace to point at.
+	if tid.IsValid() {
+		attrs = append(attrs, "trace_id", tid.String())
+	}
+	a.cfg.Logger.Info("demo: order executed", attrs...)
 	return nil
 }
