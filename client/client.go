@@ -171,8 +171,15 @@ func (c *Client) fail(err error) {
 	c.signalWriter()
 }
 
-// send registers a call (unless id < 0) and queues a request frame.
+// send registers cl (when not nil) under a fresh id and queues the request
+// frame for the write loop.
 func (c *Client) send(r *transport.Request, cl *call) error {
+	return c.queue(r, cl, true)
+}
+
+// queue is send with control over waking the write loop: a consumer acking
+// a burst of deliveries queues its acks and wakes the writer with the last.
+func (c *Client) queue(r *transport.Request, cl *call, wakeWriter bool) error {
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
@@ -185,8 +192,10 @@ func (c *Client) send(r *transport.Request, cl *call) error {
 		c.pending[r.ID] = cl
 	}
 	c.wbuf = transport.AppendRequest(c.wbuf, r)
-	wake := c.writerIdle
-	c.writerIdle = false
+	wake := wakeWriter && c.writerIdle
+	if wake {
+		c.writerIdle = false
+	}
 	c.mu.Unlock()
 	if wake {
 		c.signalWriter()
@@ -240,6 +249,7 @@ func (c *Client) writeLoop() {
 func (c *Client) readLoop() {
 	defer close(c.readerDone)
 	br := bufio.NewReaderSize(c.nc, 64<<10)
+	var dec transport.MessageDecoder
 	var long []byte
 	for {
 		line, err := br.ReadSlice('\n')
@@ -258,7 +268,7 @@ func (c *Client) readLoop() {
 			c.fail(fmt.Errorf("%w: %s: %v", ErrConnectionLost, c.path, err))
 			return
 		}
-		m, err := transport.DecodeMessage(line[:len(line)-1])
+		m, err := dec.Decode(line[:len(line)-1])
 		if err != nil {
 			c.fail(fmt.Errorf("%w: %s: %v", ErrConnectionLost, c.path, err))
 			c.nc.Close()

@@ -141,7 +141,10 @@ func (c *Client) Subscribe(ctx context.Context, queue string, prefetch int, hand
 			if herr := handler(hctx, d); herr != nil {
 				op = transport.OpNack
 			}
-			if err := c.send(&transport.Request{Op: op, Seq: d.Seq, HasSeq: true, Queue: queue, HasQueue: true}, nil); err != nil {
+			// Acks of a burst go out in one write: the writer is woken
+			// only when no further delivery is waiting.
+			more := len(s.ch) > 0
+			if err := c.queue(&transport.Request{Op: op, Seq: d.Seq, HasSeq: true, Queue: queue, HasQueue: true}, nil, !more); err != nil {
 				return fmt.Errorf("subscription to %q: %w", queue, err)
 			}
 		case <-s.lostC:

@@ -111,8 +111,16 @@ func FuzzDecodeRequest(f *testing.F) {
 // decodes to the same delivery.
 func FuzzDecodeMessage(f *testing.F) {
 	seedFromGolden(f)
+	var dec MessageDecoder
 	f.Fuzz(func(t *testing.T, line []byte) {
 		m, err := DecodeMessage(line)
+		m2, err2 := dec.Decode(line)
+		if (err == nil) != (err2 == nil) {
+			t.Fatalf("DecodeMessage error %v, MessageDecoder error %v", err, err2)
+		}
+		if err == nil {
+			assertMessage(t, m2, m)
+		}
 		if err != nil {
 			if !errors.Is(err, ErrMalformedMessage) {
 				t.Fatalf("error %v does not wrap ErrMalformedMessage", err)

@@ -32,6 +32,10 @@ func syntaxErr(off int, format string, args ...any) error {
 	return &syntaxError{msg: fmt.Sprintf(format, args...), off: off}
 }
 
+// plainStringByte reports whether c needs no attention inside a string:
+// the common case, checked first to keep the scan loop short.
+func plainStringByte(c byte) bool { return c >= 0x20 && c != '"' && c != '\\' }
+
 func isWS(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
 
 func skipWS(b []byte, i int) int {
@@ -53,6 +57,10 @@ func scanString(b []byte, i int) (int, bool, error) {
 	esc := false
 	for i < len(b) {
 		c := b[i]
+		if plainStringByte(c) {
+			i++
+			continue
+		}
 		switch {
 		case c == '"':
 			return i + 1, esc, nil
@@ -250,6 +258,7 @@ type fieldIter struct {
 	key    []byte // raw key without quotes; may contain escapes
 	keyEsc bool
 	val    []byte // raw value
+	valEsc bool   // val is a string with escapes
 	err    error
 	done   bool
 }
@@ -321,7 +330,17 @@ func (it *fieldIter) next() bool {
 		it.err = syntaxErr(i, "expected ':' after object key")
 		return false
 	}
-	vStart, vEnd, err := scanValue(b, i+1)
+	i = skipWS(b, i+1)
+	var vStart, vEnd int
+	it.valEsc = false
+	if i < len(b) && b[i] == '"' {
+		// Strings are most values; scanning them here keeps the escape
+		// flag, which spares decoding a second pass.
+		vStart = i
+		vEnd, it.valEsc, err = scanString(b, i)
+	} else {
+		vStart, vEnd, err = scanValue(b, i)
+	}
 	if err != nil {
 		it.err = err
 		return false
@@ -466,23 +485,6 @@ func checkIntKind(field string, v []byte) error {
 	return nil
 }
 
-// parseString decodes a raw JSON value that must be a string.
-func parseString(field string, v []byte) (string, error) {
-	if v[0] != '"' {
-		return "", fmt.Errorf("field %q must be a string, got %s", field, kindName(v[0]))
-	}
-	return stringBody(v[1 : len(v)-1]), nil
-}
-
-func stringBody(body []byte) string {
-	for _, c := range body {
-		if c == '\\' {
-			return unescape(body)
-		}
-	}
-	return string(body)
-}
-
 // appendString appends s as a JSON string. Invalid UTF-8 is replaced by
 // U+FFFD so that every frame the sidecar writes is valid UTF-8.
 func appendString(dst []byte, s string) []byte {
@@ -525,4 +527,25 @@ func appendString(dst []byte, s string) []byte {
 	}
 	dst = append(dst, s[start:]...)
 	return append(dst, '"')
+}
+
+// str decodes the current value, which must be a string.
+func (it *fieldIter) str(field string) (string, error) {
+	v := it.val
+	if v[0] != '"' {
+		return "", fmt.Errorf("field %q must be a string, got %s", field, kindName(v[0]))
+	}
+	if it.valEsc {
+		return unescape(v[1 : len(v)-1]), nil
+	}
+	return string(v[1 : len(v)-1]), nil
+}
+
+// strInterned is str through an interner for escape-free strings.
+func (it *fieldIter) strInterned(field string, in interner) (string, error) {
+	v := it.val
+	if in == nil || v[0] != '"' || it.valEsc {
+		return it.str(field)
+	}
+	return in.intern(v[1 : len(v)-1]), nil
 }

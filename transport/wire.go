@@ -134,7 +134,9 @@ func decodeRequest(line []byte, in interner) (Request, error) {
 		return r, badRequest("frame is not valid UTF-8")
 	}
 	it := newFieldIter(line)
-	var opRaw []byte
+	var opSet bool
+	var op string
+	var opErr error
 	var fieldErr error
 	setErr := func(err error) {
 		if fieldErr == nil {
@@ -147,9 +149,9 @@ func decodeRequest(line []byte, in interner) (Request, error) {
 		var err error
 		switch {
 		case it.keyIs("op"):
-			opRaw = nil
+			opSet = !null
 			if !null {
-				opRaw = v
+				op, opErr = it.strInterned("op", in)
 			}
 		case it.keyIs("id"):
 			r.HasID = false
@@ -160,13 +162,13 @@ func decodeRequest(line []byte, in interner) (Request, error) {
 		case it.keyIs("queue"):
 			r.HasQueue = false
 			if !null {
-				r.Queue, err = parseInterned("queue", v, in)
+				r.Queue, err = it.strInterned("queue", in)
 				r.HasQueue = err == nil
 			}
 		case it.keyIs("type"):
 			r.HasType = false
 			if !null {
-				r.Type, err = parseInterned("type", v, in)
+				r.Type, err = it.strInterned("type", in)
 				r.HasType = err == nil
 			}
 		case it.keyIs("payload"):
@@ -174,7 +176,7 @@ func decodeRequest(line []byte, in interner) (Request, error) {
 		case it.keyIs("traceparent"):
 			r.Traceparent = ""
 			if !null {
-				r.Traceparent, err = parseString("traceparent", v)
+				r.Traceparent, err = it.str("traceparent")
 			}
 		case it.keyIs("ref"):
 			r.HasRef = false
@@ -206,12 +208,11 @@ func decodeRequest(line []byte, in interner) (Request, error) {
 	if it.err != nil {
 		return Request{}, &RequestError{Code: CodeBadRequest, Msg: it.err.Error()}
 	}
-	if opRaw == nil {
+	if !opSet {
 		return r, badRequest("missing field \"op\"; valid ops: %s", opNames())
 	}
-	op, err := parseString("op", opRaw)
-	if err != nil {
-		return r, badRequest("%v; valid ops: %s", err, opNames())
+	if opErr != nil {
+		return r, badRequest("%v; valid ops: %s", opErr, opNames())
 	}
 	r.Op = Op(op)
 	if fieldErr != nil {
@@ -406,6 +407,39 @@ var ErrMalformedMessage = errors.New("malformed message from sidecar")
 // DecodeMessage parses one sidecar-to-client frame (without its newline).
 // Unknown fields are ignored, so that the protocol can grow.
 func DecodeMessage(line []byte) (Message, error) {
+	return decodeMessage(line, nil)
+}
+
+// MessageDecoder decodes sidecar-to-client frames like DecodeMessage but
+// reuses the strings it has seen (queue names, event types, statuses),
+// saving allocations per delivery. It is not safe for concurrent use.
+type MessageDecoder struct {
+	strs map[string]string
+}
+
+// maxDecoderStrings bounds a MessageDecoder's cache.
+const maxDecoderStrings = 1024
+
+// Decode parses one frame (without its newline); see DecodeMessage.
+func (d *MessageDecoder) Decode(line []byte) (Message, error) {
+	return decodeMessage(line, d)
+}
+
+func (d *MessageDecoder) intern(b []byte) string {
+	if s, ok := d.strs[string(b)]; ok {
+		return s
+	}
+	s := string(b)
+	if d.strs == nil {
+		d.strs = make(map[string]string)
+	}
+	if len(d.strs) < maxDecoderStrings {
+		d.strs[s] = s
+	}
+	return s
+}
+
+func decodeMessage(line []byte, in interner) (Message, error) {
 	var m Message
 	it := newFieldIter(line)
 	var err error
@@ -418,37 +452,37 @@ func DecodeMessage(line []byte) (Message, error) {
 		switch {
 		case it.keyIs("op"):
 			var s string
-			s, err = parseString("op", v)
+			s, err = it.strInterned("op", in)
 			m.Op = Op(s)
 		case it.keyIs("id"):
 			m.ID, err = parseInt("id", v)
 			m.HasID = true
 		case it.keyIs("status"):
 			var s string
-			s, err = parseString("status", v)
+			s, err = it.strInterned("status", in)
 			m.Status, hasStatus = Status(s), true
 		case it.keyIs("code"):
 			var s string
-			s, err = parseString("code", v)
+			s, err = it.str("code")
 			m.Code = Code(s)
 		case it.keyIs("error"):
-			m.Error, err = parseString("error", v)
+			m.Error, err = it.str("error")
 		case it.keyIs("stats"):
 			m.Stats = v
 		case it.keyIs("queue"):
-			m.Deliver.Queue, err = parseString("queue", v)
+			m.Deliver.Queue, err = it.strInterned("queue", in)
 		case it.keyIs("seq"):
 			m.Deliver.Seq, err = parseUint("seq", v)
 			hasSeq = true
 		case it.keyIs("type"):
-			m.Deliver.Type, err = parseString("type", v)
+			m.Deliver.Type, err = it.strInterned("type", in)
 		case it.keyIs("payload"):
 			m.Deliver.Payload = v
 		case it.keyIs("traceparent"):
-			m.Deliver.Traceparent, err = parseString("traceparent", v)
+			m.Deliver.Traceparent, err = it.str("traceparent")
 		case it.keyIs("enqueued_at"):
 			var s string
-			if s, err = parseString("enqueued_at", v); err == nil {
+			if s, err = it.str("enqueued_at"); err == nil {
 				m.Deliver.EnqueuedAt, err = parseEnqueuedAt(s)
 				hasEnq = true
 			}
@@ -556,17 +590,3 @@ func digits(s string) (int, bool) {
 	return v, true
 }
 
-// parseInterned is parseString through an interner when the string has no
-// escapes.
-func parseInterned(field string, v []byte, in interner) (string, error) {
-	if in == nil || v[0] != '"' {
-		return parseString(field, v)
-	}
-	body := v[1 : len(v)-1]
-	for _, c := range body {
-		if c == '\\' {
-			return parseString(field, v)
-		}
-	}
-	return in.intern(body), nil
-}
