@@ -257,9 +257,7 @@ class EventBus:
             return
         self.logger.warning("eventbus: %s", err)
         if self._backoff is not None and self._reconnecting is None:
-            self._reconnecting = asyncio.get_running_loop().create_task(
-                self._reconnect_loop(self._backoff), name="eventbus-reconnect"
-            )
+            self._start_reconnecting(self._backoff)
 
     async def reconnect(self) -> None:
         """Reconnect now if the connection is gone; no-op while it is alive.
@@ -276,10 +274,18 @@ class EventBus:
             if self._backoff is None:
                 await self._dial_once()
                 return
-            self._reconnecting = asyncio.get_running_loop().create_task(
-                self._reconnect_loop(self._backoff), name="eventbus-reconnect"
-            )
+            self._start_reconnecting(self._backoff)
+        assert self._reconnecting is not None
         await asyncio.shield(self._reconnecting)
+
+    def _start_reconnecting(self, backoff: Backoff) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._reconnect_loop(backoff), name="eventbus-reconnect"
+        )
+        # Giving up is reported to the callers waiting for the connection
+        # (and kept in self._loss); nobody else needs the task's exception.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._reconnecting = task
 
     async def _dial_once(self) -> None:
         conn = await Connection.open(
@@ -301,7 +307,7 @@ class EventBus:
                 try:
                     await self._dial_once()
                     return
-                except (ConnectionError, ProtocolError) as e:
+                except (ConnectionError, EventBusError) as e:
                     last = e
                     self.logger.debug("eventbus: reconnect attempt failed: %s", e)
             self._loss = ConnectionError(
@@ -396,7 +402,7 @@ class EventBus:
         if status == "accepted":
             return Outcome.ACCEPTED
         if status == "dropped":
-            queue = reply.get("queue") or queue_name or "?"
+            queue = reply.get("queue") or queue_name or self._routes.get(tname, DEFAULT_QUEUE)
             n = self._drop_count.get(queue, 0) + 1
             self._drop_count[queue] = n
             self.logger.warning(
@@ -405,7 +411,7 @@ class EventBus:
             )
             return Outcome.DROPPED
         if status == "timeout":
-            queue = reply.get("queue") or queue_name or "?"
+            queue = reply.get("queue") or queue_name or self._routes.get(tname, DEFAULT_QUEUE)
             message = (
                 f"Failed to publish {tname} to {queue} queue "
                 f"(timeout={self._timeout_of(queue)}s). System overload!"

@@ -103,6 +103,19 @@ class TestConnectionLoss(SidecarTestCase):
             self.assertEqual(await pending, Outcome.ACCEPTED)
         self.assertEqual((await bus.get_queue_stats())["signal"]["size"], 1)
 
+    async def test_background_reconnect_gives_up_after_max_attempts(self):
+        bus = await self.connect(reconnect=Backoff(initial=0.01, maximum=0.02, max_attempts=3))
+        await asyncio.to_thread(self.sidecar.kill)
+        await self.eventually(lambda: not bus.connected, "the client notices the loss")
+        with self.assertRaises(ConnectionError) as cm:
+            async with asyncio.timeout(10):
+                await bus.publish(Event(EventType.CANDLE_UPDATE, {}))
+        self.assertIn("gave up reconnecting", str(cm.exception))
+        # Explicit reconnect still works once the sidecar is back.
+        await asyncio.to_thread(self.sidecar.start)
+        await bus.reconnect()
+        self.assertEqual(await bus.publish(Event(EventType.CANDLE_UPDATE, {})), Outcome.ACCEPTED)
+
     async def test_consumer_without_reconnect_ends_run_with_connection_error(self):
         sub = await self.connect()
         sub.subscribe("data", lambda e: None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import unittest
 
-from eventbus_sidecar import Event, EventBus, EventType
+from eventbus_sidecar import Event, EventType
 
 from .helpers import SidecarTestCase
 
