@@ -140,11 +140,11 @@ func FuzzDecodeMessage(f *testing.F) {
 			m.Deliver.Traceparent = ""
 		}
 		again := AppendDeliver(nil, &m.Deliver)
-		m2, err := DecodeMessage(again[:len(again)-1])
+		m3, err := DecodeMessage(again[:len(again)-1])
 		if err != nil {
 			t.Fatalf("re-encoded delivery %q does not decode: %v", again, err)
 		}
-		assertMessage(t, m2, m)
+		assertMessage(t, m3, m)
 	})
 }
 

@@ -589,4 +589,3 @@ func digits(s string) (int, bool) {
 	}
 	return v, true
 }
-
