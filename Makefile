@@ -8,6 +8,8 @@
 #                admin http://127.0.0.1:9464); Ctrl-C drains and stops it
 #   make test    every test: test-go (go test -race) and each fragment's target
 #   make bench   go benchmarks of bus/ and transport/
+#   make load    the load tool against real sidecars: telemetry off vs metrics only,
+#                1 and 8 publishing connections, one acking consumer
 #   make lint    gofmt, go vet, staticcheck
 SHELL := /bin/bash
 GO ?= go
@@ -19,9 +21,12 @@ STATICCHECK := bin/staticcheck-$(STATICCHECK_VERSION)
 # BENCH_PKGS and BENCHTIME tune `make bench`.
 BENCH_PKGS ?= ./bus ./transport
 BENCHTIME ?= 1s
+# LOAD_EVENTS and LOAD_ROUNDS tune `make load`.
+LOAD_EVENTS ?= 200000
+LOAD_ROUNDS ?= 2
 TEST_TARGETS := test-go
 
-.PHONY: all build run test test-go bench lint
+.PHONY: all build run test test-go bench load lint
 all: build
 
 build:
@@ -35,6 +40,24 @@ test-go:
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem -benchtime=$(BENCHTIME) $(BENCH_PKGS)
+
+# Each round starts a fresh sidecar per telemetry mode on its own socket, so
+# the modes alternate within one run and can be compared as ratios.
+load: build
+	@set -euo pipefail; dir=$$(mktemp -d); trap 'rm -rf "$$dir"' EXIT; \
+	for round in $$(seq $(LOAD_ROUNDS)); do \
+	  for mode in off metrics; do \
+	    flags=; [ $$mode = off ] && flags=--telemetry-disabled; \
+	    sock=$$dir/$$mode.sock; \
+	    ./$(BIN) serve --socket $$sock --admin-addr off --log-level warn $$flags & pid=$$!; \
+	    for i in $$(seq 100); do [ -S $$sock ] && break; sleep 0.1; done; \
+	    for conns in 1 8; do \
+	      echo "### round $$round, telemetry $$mode, $$conns publishing connection(s)"; \
+	      ./$(BIN) load --socket $$sock --events $(LOAD_EVENTS) --connections $$conns --concurrency 64 --consumers 1 --queue data; \
+	    done; \
+	    kill -TERM $$pid; wait $$pid; \
+	  done; \
+	done
 
 $(STATICCHECK):
 	GOBIN=$(CURDIR)/bin $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
