@@ -77,6 +77,10 @@ class Sidecar:
 
     def __init__(self, config: str | None = None, *extra_args: str) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="eventbus-py-"))
+        if len(str(self.dir)) > 80:
+            # A Unix socket path must fit in sun_path (108 bytes on Linux).
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = Path(tempfile.mkdtemp(prefix="eventbus-py-", dir="/tmp"))
         self.socket = str(self.dir / "sidecar.sock")
         self.config_path: Path | None = None
         if config is not None:

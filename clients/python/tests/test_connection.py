@@ -16,7 +16,9 @@ FAST = Backoff(initial=0.02, maximum=0.2, multiplier=2.0)
 
 class TestConnect(unittest.IsolatedAsyncioTestCase):
     async def test_missing_socket_is_a_connection_error_naming_the_path(self):
-        path = os.path.join(tempfile.mkdtemp(prefix="eventbus-py-"), "nothing.sock")
+        folder = tempfile.mkdtemp(prefix="eventbus-py-")
+        self.addCleanup(os.rmdir, folder)
+        path = os.path.join(folder, "nothing.sock")
         with self.assertRaises(ConnectionError) as cm:
             await EventBus.connect(path)
         self.assertIn(path, str(cm.exception))

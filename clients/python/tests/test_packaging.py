@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 class TestPackaging(unittest.TestCase):
     def test_pip_installs_offline_with_build_isolation(self):
         target = tempfile.mkdtemp(prefix="eventbus-py-pip-")
+        self.addCleanup(shutil.rmtree, target, True)
         proc = subprocess.run(
             [sys.executable, "-m", "pip", "install", "--no-index", "--no-cache-dir",
              "--target", target, str(PROJECT)],
@@ -42,6 +44,7 @@ class TestPackaging(unittest.TestCase):
         finally:
             sys.path.pop(0)
         out = tempfile.mkdtemp(prefix="eventbus-py-wheel-")
+        self.addCleanup(shutil.rmtree, out, True)
         name = eventbus_build.build_wheel(out)
         with zipfile.ZipFile(os.path.join(out, name)) as zf:
             names = set(zf.namelist())
