@@ -127,19 +127,25 @@ func (c *Consumer) Receive(ctx context.Context) (Delivery, error) {
 		case <-c.closedCh:
 		case <-b.done:
 		case <-ctx.Done():
-			q.mu.Lock()
-			c.waiting = false
-			if c.idle {
-				q.leaveIdleLocked(c)
-			} else {
-				// We may have been woken for an event we will not take:
-				// pass the wake-up on to another idle consumer.
-				q.wakeConsumersLocked()
-			}
-			q.mu.Unlock()
+			c.abandonWait()
 			return Delivery{}, ctxError(ctx, fmt.Sprintf("receive from queue %q", q.name))
 		}
 	}
+}
+
+// abandonWait undoes a Receive's wait when its ctx ends.
+func (c *Consumer) abandonWait() {
+	q := c.q
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	c.waiting = false
+	if c.idle {
+		q.leaveIdleLocked(c)
+		return
+	}
+	// We may have been woken for an event we will not take: pass the
+	// wake-up on to another idle consumer.
+	q.wakeConsumersLocked()
 }
 
 // leaveIdleLocked takes c off the queue's idle list.
