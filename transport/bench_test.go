@@ -3,12 +3,19 @@ package transport
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
 )
 
 // BenchmarkSocketPublish measures publish round trips over the socket with
@@ -23,8 +30,37 @@ func BenchmarkSocketPublish(b *testing.B) {
 	}
 }
 
-func benchSocketPublish(b *testing.B, conns, window int) {
-	ts := startServer(b)
+// BenchmarkSocketTelemetry compares socket throughput with telemetry off,
+// metrics only (SDK meter provider, collected by a reader) and metrics plus
+// every span (SDK tracer provider, always sampling, batching to an exporter
+// that discards). Compare the events/s of the three within one run; the
+// stack tests measure the same with the real collector.
+func BenchmarkSocketTelemetry(b *testing.B) {
+	modes := []struct {
+		name    string
+		metrics bool
+		spans   bool
+	}{{"off", false, false}, {"metrics", true, false}, {"metrics+spans", true, true}}
+	for _, m := range modes {
+		b.Run(m.name, func(b *testing.B) {
+			var opts []serverOpt
+			if m.metrics {
+				mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+				b.Cleanup(func() { mp.Shutdown(context.Background()) })
+				opts = append(opts, withBusOptions(bus.WithMeterProvider(mp)), withConfig(func(c *Config) { c.MeterProvider = mp }))
+			}
+			if m.spans {
+				tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()), sdktrace.WithBatcher(tracetest.NewNoopExporter()))
+				b.Cleanup(func() { tp.Shutdown(context.Background()) })
+				opts = append(opts, withBusOptions(bus.WithTracerProvider(tp)))
+			}
+			benchSocketPublish(b, 1, benchWindow, opts...)
+		})
+	}
+}
+
+func benchSocketPublish(b *testing.B, conns, window int, opts ...serverOpt) {
+	ts := startServer(b, opts...)
 	payload := []byte(`{"symbol":"BTCUSDT","open":101.5,"close":102.25,"volume":12.5}`)
 
 	var acked atomic.Int64
