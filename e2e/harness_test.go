@@ -137,6 +137,7 @@ type sidecar struct {
 	admin    string // http://host:port
 	instance string // service.instance.id, the Prometheus instance label
 	logPath  string
+	started  time.Time
 	exited   chan struct{}
 }
 
@@ -206,6 +207,7 @@ func startSidecar(t *testing.T, o sidecarOptions) *sidecar {
 	if err := s.cmd.Start(); err != nil {
 		t.Fatalf("starting %s: %v", sidecarBin, err)
 	}
+	s.started = time.Now()
 	go func() {
 		_ = s.cmd.Wait()
 		logFile.Close()

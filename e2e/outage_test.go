@@ -140,7 +140,7 @@ func TestCollectorOutage(t *testing.T) {
 		// evicted-drop span, a steady stream of spans to lose.
 		queues: `
   - {name: data, capacity: 100, policy: drop_oldest}
-  - {name: order, capacity: 4, policy: block}
+  - {name: order, capacity: 1000, policy: block}
 `,
 	})
 	t.Cleanup(func() {
@@ -194,29 +194,41 @@ func TestCollectorOutage(t *testing.T) {
 	if err != nil || len(s) != 1 || s[0].Value <= 0 {
 		t.Errorf("spans lost during the outage not in Prometheus: %v %v", s, err)
 	}
-	// Spans flow again: a traced order publish reaches Jaeger.
-	traceID := randomHex(16)
+	// Spans flow again: traced order publishes reach Jaeger. Spans exported
+	// while the trace connection is still reconnecting are lost (and
+	// counted), so keep publishing until one arrives.
 	c := dial(t, sc)
-	if f := c.reply(c.publish("order", "ORDER_PLACED", fmt.Sprintf("00-%s-%s-01", traceID, randomHex(8))), 10*time.Second); f.Status != "accepted" {
-		t.Fatalf("order publish after the restart: %+v", f)
-	}
+	var ids []string
 	poll(t, 60*time.Second, "a new trace in Jaeger after the restart", func() (bool, string) {
-		tr, err := jaeger(traceID)
-		if err != nil {
-			return false, err.Error()
+		id := randomHex(16)
+		if f := c.reply(c.publish("order", "ORDER_PLACED", fmt.Sprintf("00-%s-%s-01", id, randomHex(8))), 10*time.Second); f.Status != "accepted" {
+			t.Fatalf("order publish after the restart: %+v", f)
 		}
-		return len(tr.Spans) > 0, ""
+		ids = append(ids, id)
+		if len(ids) > 10 {
+			ids = ids[1:]
+		}
+		for _, id := range ids {
+			if tr, err := jaeger(id); err == nil && len(tr.Spans) > 0 {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("none of the last %d traced orders in Jaeger", len(ids))
 	})
 	pub.halt()
 
-	// Loss is logged once per interval (1 s here), never per span.
+	// Loss is logged once per interval (1 s here), never per span: at full
+	// speed data spans beyond the export budget are shed all along, so
+	// there may be a line every second of the sidecar's life, but no more.
 	b, err := os.ReadFile(sc.logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Count(string(b), "telemetry lost since last report")
-	if limit := int(outage.Seconds()) + 5; lines == 0 || lines > limit {
-		t.Errorf("%d loss log lines over a %v outage; want between 1 and %d", lines, outage.Round(time.Second), limit)
+	life := time.Since(sc.started)
+	if limit := int(life.Seconds()) + 2; lines == 0 || lines > limit {
+		t.Errorf("%d loss log lines in %v (outage %v); want between 1 and %d",
+			lines, life.Round(time.Second), outage.Round(time.Second), limit)
 	}
 	if !strings.Contains(string(b), "telemetry export recovered") {
 		t.Error("no \"telemetry export recovered\" log line after the collector returned")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,6 +26,11 @@ type batchProcessor struct {
 	stopCh  chan struct{}
 	done    chan struct{}
 	stopped atomic.Bool
+	// bulk names the sampled queues; reserve is the part of the queue that
+	// bulk spans may not take, kept for order, signal and drop spans so
+	// that those are still exported while data spans flood the queue.
+	bulk    map[string]bool
+	reserve int
 	// ctx parents every export; Shutdown cancels it when its deadline ends,
 	// so an export in flight is abandoned and the worker finishes at once.
 	ctx    context.Context
@@ -42,6 +48,9 @@ type batchOptions struct {
 	// cpuShare is the most of one CPU the worker may spend exporting
 	// (0 < cpuShare <= 1; 1: no limit). See pauseAfter.
 	cpuShare float64
+	// bulkQueues are the sampled queues: their publish, wait and deliver
+	// spans are "bulk" and may use only the queue below the reserve.
+	bulkQueues []string
 }
 
 // pauseAfter is how long the export worker rests after an export that
@@ -68,6 +77,11 @@ func newBatchProcessor(exp sdktrace.SpanExporter, opts batchOptions, loss *lossC
 		flushCh: make(chan chan struct{}),
 		stopCh:  make(chan struct{}),
 		done:    make(chan struct{}),
+		bulk:    map[string]bool{},
+		reserve: opts.queueSize / 4,
+	}
+	for _, q := range opts.bulkQueues {
+		p.bulk[q] = true
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	go p.run()
@@ -77,11 +91,16 @@ func newBatchProcessor(exp sdktrace.SpanExporter, opts batchOptions, loss *lossC
 // OnStart does nothing: spans are handled when they end.
 func (p *batchProcessor) OnStart(context.Context, sdktrace.ReadWriteSpan) {}
 
-// OnEnd queues s for export, or counts it as lost when the queue is full.
-// It never blocks: the bus's publish path calls it.
+// OnEnd queues s for export, or counts it as lost when the queue is full
+// (for a bulk span: full up to the reserve). It never blocks: the bus's
+// publish path calls it.
 func (p *batchProcessor) OnEnd(s sdktrace.ReadOnlySpan) {
 	if p.stopped.Load() {
 		p.loss.spansShutdown.Add(1)
+		return
+	}
+	if p.bulkFull() && p.isBulk(s.Name()) {
+		p.loss.spansQueueFull.Add(1)
 		return
 	}
 	select {
@@ -93,6 +112,16 @@ func (p *batchProcessor) OnEnd(s sdktrace.ReadOnlySpan) {
 
 func (p *batchProcessor) len() int      { return len(p.queue) }
 func (p *batchProcessor) capacity() int { return cap(p.queue) }
+
+// bulkFull reports whether bulk spans have used up their part of the queue.
+func (p *batchProcessor) bulkFull() bool { return len(p.queue) >= cap(p.queue)-p.reserve }
+
+// isBulk reports whether a span named "<op> <queue>" is a bulk span: on a
+// sampled queue and not a drop.
+func (p *batchProcessor) isBulk(name string) bool {
+	op, queue, _ := strings.Cut(name, " ")
+	return op != "drop" && p.bulk[queue]
+}
 
 // run is the export worker: it sends a batch when it is full, when the
 // oldest span has waited opts.delay, or when a flush asks; on stop it

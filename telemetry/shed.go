@@ -2,7 +2,6 @@ package telemetry
 
 import (
 	"context"
-	"strings"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
@@ -10,29 +9,25 @@ import (
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 )
 
-// shedProvider wraps the SDK provider so that, while the export queue is
-// full, new publish, wait and deliver spans on sampled queues are not built
-// at all: they would be dropped at the full queue anyway, and creating a
-// span costs the bus far more than not creating it. Under export overload
-// the CPU thus goes back to the bus instead of into spans nobody will see.
-// Drop spans and every span of the other queues (order, signal) are always
-// built. A shed span is counted as lost to a full queue; it behaves like a
-// no-op span that carries its parent's context, so a delivery still links
-// to the publisher's trace.
+// shedProvider wraps the SDK provider so that, while bulk spans (publish,
+// wait and deliver on the sampled queues) have used up their part of the
+// export queue, new bulk spans are not built at all: they would be dropped
+// at the queue anyway, and creating a span costs the bus far more than not
+// creating it. Under export overload the CPU thus goes back to the bus
+// instead of into spans nobody will see. Drop spans and every span of the
+// other queues (order, signal) are always built, and the queue keeps a
+// reserve for them. A shed span is counted as lost to a full queue; it
+// behaves like a no-op span that carries its parent's context, so a delivery
+// still links to the publisher's trace.
 type shedProvider struct {
 	embedded.TracerProvider
-	sdk    *sdktrace.TracerProvider
-	proc   *batchProcessor
-	queues map[string]bool
-	loss   *lossCounters
+	sdk  *sdktrace.TracerProvider
+	proc *batchProcessor
+	loss *lossCounters
 }
 
-func newShedProvider(sdk *sdktrace.TracerProvider, proc *batchProcessor, queues []string, loss *lossCounters) *shedProvider {
-	p := &shedProvider{sdk: sdk, proc: proc, queues: map[string]bool{}, loss: loss}
-	for _, q := range queues {
-		p.queues[q] = true
-	}
-	return p
+func newShedProvider(sdk *sdktrace.TracerProvider, proc *batchProcessor, loss *lossCounters) *shedProvider {
+	return &shedProvider{sdk: sdk, proc: proc, loss: loss}
 }
 
 // Tracer implements trace.TracerProvider.
@@ -48,15 +43,9 @@ type shedTracer struct {
 
 // Start implements trace.Tracer.
 func (t *shedTracer) Start(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
-	if t.p.proc.len() >= t.p.proc.capacity() && t.p.sheddable(name) {
+	if t.p.proc.bulkFull() && t.p.proc.isBulk(name) {
 		t.p.loss.spansQueueFull.Add(1)
 		return tracenoop.Tracer{}.Start(ctx, name)
 	}
 	return t.sdk.Start(ctx, name, opts...)
-}
-
-// sheddable reports whether a span named "<op> <queue>" may be shed.
-func (p *shedProvider) sheddable(name string) bool {
-	op, queue, _ := strings.Cut(name, " ")
-	return op != "drop" && p.queues[queue]
 }

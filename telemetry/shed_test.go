@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -60,10 +61,47 @@ func TestShedWhileExportQueueFull(t *testing.T) {
 	}
 
 	rcv.open()
-	eventually(t, 10*time.Second, "room in the export queue", func() bool { return tel.Stats().SpanQueueSize < 4 })
+	eventually(t, 10*time.Second, "an empty export queue", func() bool { return tel.Stats().SpanQueueSize == 0 })
 	_, s := tr.Start(ctx, "publish data")
 	defer s.End()
 	if !s.IsRecording() {
 		t.Error("publish data still shed after the queue drained")
+	}
+}
+
+// TestReserveKeepsRoomForOrderSpans floods the export queue with data
+// spans while the collector is blocked: they stop at the reserve, and an
+// order publish span still gets in.
+func TestReserveKeepsRoomForOrderSpans(t *testing.T) {
+	rcv := startReceiver(t, "127.0.0.1:0")
+	rcv.block()
+	tel := setup(t, Config{
+		OTLPEndpoint: rcv.addr, OTLPInsecure: true, SpanQueueSize: 8, SpanBatchSize: 1,
+		SpanBatchDelay: time.Millisecond, MetricInterval: time.Hour,
+	}, nil)
+	t.Cleanup(rcv.open) // before Shutdown, which would otherwise wait for the blocked export
+	tr := tel.TracerProvider().Tracer("test")
+	publish := func(queue string) {
+		_, s := tr.Start(context.Background(), "publish "+queue,
+			trace.WithAttributes(attribute.String("messaging.destination.name", queue)))
+		s.SetAttributes(attribute.String("eventbus.outcome", "accepted"))
+		s.End()
+	}
+	// The first span goes to the worker's blocked export.
+	publish("order")
+	eventually(t, 10*time.Second, "the worker to take the first span", func() bool { return tel.Stats().SpanQueueSize == 0 })
+	for range 100 {
+		publish("data")
+	}
+	if got := tel.Stats().SpanQueueSize; got != 6 {
+		t.Fatalf("data spans fill %d of 8 queue slots, want 6 (2 reserved)", got)
+	}
+	publish("order")
+	publish("signal")
+	if got := tel.Stats().SpanQueueSize; got != 8 {
+		t.Errorf("after order and signal spans the queue holds %d, want 8", got)
+	}
+	if got := tel.Stats().SpansDroppedQueueFull; got != 94 {
+		t.Errorf("%d spans lost to the full queue, want 94 data spans", got)
 	}
 }

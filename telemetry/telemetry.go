@@ -161,14 +161,14 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 		}
 		t.spanProc = newBatchProcessor(exp, batchOptions{
 			queueSize: r.queueSize, batchSize: r.batchSize, delay: r.batchDelay, timeout: r.exportTimeout,
-			cpuShare: r.exportCPU,
+			cpuShare: r.exportCPU, bulkQueues: r.sampledQueues,
 		}, t.loss)
 		t.sdkTP = sdktrace.NewTracerProvider(
 			sdktrace.WithResource(res),
 			sdktrace.WithSampler(sdktrace.AlwaysSample()),
 			sdktrace.WithSpanProcessor(newRatioFilter(t.spanProc, r.ratio, r.sampledQueues, t.loss)),
 		)
-		t.tp = newShedProvider(t.sdkTP, t.spanProc, r.sampledQueues, t.loss)
+		t.tp = newShedProvider(t.sdkTP, t.spanProc, t.loss)
 	} else {
 		t.tp = tracenoop.NewTracerProvider()
 	}
