@@ -61,8 +61,11 @@ func dial(c *cli.Context) (context.Context, *client.Client, func(), error) {
 }
 
 // publishLine is one event on publish's standard input: the wire protocol's
-// publish request without op and id.
+// publish request, where op and id may be left out (id is ignored: the
+// client numbers its own requests).
 type publishLine struct {
+	Op          string          `json:"op"`
+	ID          json.RawMessage `json:"id"`
 	Queue       string          `json:"queue"`
 	Type        string          `json:"type"`
 	Payload     json.RawMessage `json:"payload"`
@@ -139,6 +142,9 @@ func (p *program) publish(c *cli.Context) error {
 				dec.DisallowUnknownFields()
 				if err := dec.Decode(&l); err != nil {
 					return l, true, fmt.Errorf("stdin line %d: %w (want {\"type\":...,\"payload\":...,\"queue\":...})", lineNo, err)
+				}
+				if l.Op != "" && l.Op != "publish" {
+					return l, true, fmt.Errorf("stdin line %d: op %q: publish sends only publish requests", lineNo, l.Op)
 				}
 				if c.IsSet("queue") && l.Queue == "" {
 					l.Queue = c.String("queue")

@@ -28,13 +28,16 @@ func TestShellTour(t *testing.T) {
 {"type":"RISK_LIMIT","payload":2}
 {"type":"RISK_LIMIT","payload":3}
 {"type":"X","queue":"nope","payload":null}
+{"op":"publish","id":7,"type":"ORDER_FILLED","queue":"signal","payload":{}}
+not json
+{"op":"stats","id":8}
 `
 	code, out, _ = cmd(t, ndjson, append([]string{"publish"}, sock...)...)
 	if code != exitFailed {
 		t.Errorf("publish with a timeout and an unknown queue: exit %d, want %d", code, exitFailed)
 	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	wantStatus := []string{"accepted", "accepted", "accepted", "timeout", "error"}
+	wantStatus := []string{"accepted", "accepted", "accepted", "timeout", "error", "accepted", "error", "error"}
 	if len(lines) != len(wantStatus) {
 		t.Fatalf("publish printed %d replies, want %d:\n%s", len(lines), len(wantStatus), out)
 	}
@@ -56,7 +59,10 @@ func TestShellTour(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil {
 		t.Fatalf("stats --json: exit %d, %v, %q %q", code, err, out, stderr)
 	}
-	if st["order"].Size != 1 || st["risk"].Size != 2 || st["risk"].Timeouts != 1 || st["data"].Size != 1 {
+	if !strings.Contains(lines[6], "stdin line 7") || !strings.Contains(lines[7], `op \"stats\"`) {
+		t.Errorf("bad stdin lines should be reported with their line number and problem:\n%s\n%s", lines[6], lines[7])
+	}
+	if st["order"].Size != 1 || st["risk"].Size != 2 || st["risk"].Timeouts != 1 || st["data"].Size != 1 || st["signal"].Size != 1 {
 		t.Errorf("stats after publishing: %+v", st)
 	}
 
