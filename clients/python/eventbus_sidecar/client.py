@@ -152,6 +152,7 @@ class EventBus:
         self._queue_info: dict[str, dict[str, Any]] = {}
         self._closed = False
         self._loss: ConnectionError | None = None
+        self._loss_handled: Connection | None = None
         self._reconnecting: asyncio.Task | None = None
         self._drop_count: dict[str, int] = {}
 
@@ -250,8 +251,11 @@ class EventBus:
     # ------------------------------------------------------------- reconnect
 
     def _on_lost(self, conn: Connection, err: ConnectionError) -> None:
-        if conn is not self._conn:
+        # Runs from the lost future's callback, or earlier from _connection()
+        # when a caller notices the loss first; once per connection.
+        if conn is not self._conn or self._loss_handled is conn:
             return
+        self._loss_handled = conn
         self._loss = err
         if self._closed:
             return
@@ -270,6 +274,8 @@ class EventBus:
             raise ConnectionError("this EventBus was closed; create a new one")
         if self.connected:
             return
+        if self._conn is not None:
+            self._on_lost(self._conn, self._conn.lost.result())
         if self._reconnecting is None:
             if self._backoff is None:
                 await self._dial_once()
@@ -331,6 +337,7 @@ class EventBus:
                     f"not connected to eventbus sidecar at {self.socket_path}: "
                     "use `await EventBus.connect(path)` or `async with`"
                 )
+            self._on_lost(conn, conn.lost.result())
             if self._reconnecting is None:
                 raise ConnectionError(
                     f"{self._loss}; call `await bus.reconnect()` or create the bus "
