@@ -436,8 +436,14 @@ func (q *queue) countDrop(r DropReason) {
 // maybeLogDrops writes one summary of a queue's drops and timeouts per
 // interval at most, in the publisher's goroutine (no background worker to
 // own): the first drop after a quiet interval is reported at once, later
-// ones are summed into the next line.
+// ones are summed into the next line. Stats and the metrics callback also
+// call it, so that withheld drops are reported once their interval is over
+// even when no further drop comes.
 func (b *Bus) maybeLogDrops(q *queue) {
+	c := &q.counters
+	if c.unloggedDrops[0].Load() == 0 && c.unloggedDrops[1].Load() == 0 && c.unloggedTimeouts.Load() == 0 {
+		return
+	}
 	now := b.clock.Now().UnixNano()
 	last := q.counters.lastDropLog.Load()
 	if last != 0 && now-last < int64(b.dropLogInterval) {
@@ -475,6 +481,7 @@ func (b *Bus) logDrops(q *queue) {
 func (b *Bus) Stats() Stats {
 	st := make(Stats, len(b.queues))
 	for _, q := range b.queues {
+		b.maybeLogDrops(q)
 		c := &q.counters
 		pub := make(map[Outcome]uint64, numOutcomes)
 		for i, o := range Outcomes {

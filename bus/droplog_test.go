@@ -36,13 +36,24 @@ func TestDropsSummarisedOncePerInterval(t *testing.T) {
 		t.Fatalf("next interval: %q; want a second line summing the 99 withheld drops and this one", got)
 	}
 	publishN(t, b, "candles", "T", 102, 5)
-	_, _ = b.Shutdown(cancelledCtx()) // one event is left: only the log matters here
+	b.Stats() // within the interval: withheld
+	if got = lines(); len(got) != 2 {
+		t.Fatalf("Stats logged inside the interval: %q", got)
+	}
+	clk.Advance(time.Minute)
+	b.Stats() // interval over: the withheld drops are reported without a new drop
 	got = lines()
 	if len(got) != 3 || !strings.Contains(got[2], "dropped_evicted=5 ") {
-		t.Fatalf("Shutdown must flush the withheld drops: %q", got)
+		t.Fatalf("after the interval, Stats must report the withheld drops: %q", got)
 	}
-	if st := b.Stats()["candles"]; st.Drops != 106 {
-		t.Errorf("drops = %d, want 106", st.Drops)
+	publishN(t, b, "candles", "T", 107, 2)
+	_, _ = b.Shutdown(cancelledCtx()) // one event is left: only the log matters here
+	got = lines()
+	if len(got) != 4 || !strings.Contains(got[3], "dropped_evicted=2 ") {
+		t.Fatalf("drops inside the interval are withheld, Shutdown flushes them: %q", got)
+	}
+	if st := b.Stats()["candles"]; st.Drops != 108 {
+		t.Errorf("drops = %d, want 108", st.Drops)
 	}
 }
 
