@@ -3,6 +3,31 @@
 //
 // This file fixes the package's public contract (types, outcomes, sentinel
 // errors). The queue engine lives in the other files of the package.
+//
+// Each queue has one mutex guarding its waiting events (behind a small
+// store interface, the seam for a durable store), its FIFO list of
+// publishers waiting for room, and its consumers' in-flight sets. Capacity
+// bounds waiting events only; events coming back from Nack or Close go to
+// the head in seq order even past capacity, so nothing accepted is lost.
+// Counters are atomics read by Stats and by the observable metrics alike.
+// The bus starts no goroutines.
+//
+// Telemetry (OpenTelemetry API, noop unless providers are given):
+//
+//   - Spans: "publish <queue>" (PRODUCER; child of Event.Parent, else a
+//     new root), "wait <queue>" (the time blocked for room), "drop <queue>"
+//     (child of the dropped or evicted event's publish span; attribute
+//     eventbus.drop.reason), "deliver <queue>" (CONSUMER, hand-over to
+//     ack/nack; attributes eventbus.time_in_queue_seconds,
+//     eventbus.redelivery.count, eventbus.delivery.result). All carry
+//     messaging.system=eventbus and messaging.destination.name from start.
+//   - Metrics (attribute queue on every series): gauges
+//     eventbus.queue.depth, eventbus.queue.capacity,
+//     eventbus.publishers.waiting, eventbus.consumers; counters
+//     eventbus.events.published{outcome}, eventbus.events.dropped{reason},
+//     eventbus.events.delivered, eventbus.events.redelivered; histograms in
+//     seconds eventbus.publish.duration, eventbus.queue.wait.duration,
+//     eventbus.event.queued.duration.
 package bus
 
 import (
