@@ -1,0 +1,17 @@
+# Images and docker-compose (issue 4 sections 3-4), owned by the STACK
+# engineer.
+#   make images        local FROM scratch images of the sidecar, the demo
+#                      app, the collector, Jaeger and Prometheus
+#   make compose-test  docker-compose.yml up with those images, checked,
+#                      torn down (skipped, saying why, without a daemon)
+.PHONY: images compose-test
+
+images:
+	CGO_ENABLED=0 $(MAKE) --no-print-directory build
+	deploy/stack/install.sh
+	deploy/docker/images.sh
+
+compose-test:
+	deploy/docker/compose-test.sh
+
+TEST_TARGETS += compose-test
