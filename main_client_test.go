@@ -255,3 +255,25 @@ func TestBinary(t *testing.T) {
 		}
 	})
 }
+
+// TestTraceparentThroughCLI: publish --traceparent parents the event, and
+// consume prints a traceparent in the same trace.
+func TestTraceparentThroughCLI(t *testing.T) {
+	s := startSidecar(t)
+	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	tp := "00-" + traceID + "-00f067aa0ba902b7-01"
+	if code, out, stderr := cmd(t, "", "publish", "--socket", s.Socket, "--type", "ORDER_PLACED", "--traceparent", tp); code != 0 {
+		t.Fatalf("publish: %d %s %s", code, out, stderr)
+	}
+	code, out, stderr := cmd(t, "", "consume", "--socket", s.Socket, "--queue", "order", "--count", "1", "--timeout", "20s")
+	if code != 0 {
+		t.Fatalf("consume: %d %s", code, stderr)
+	}
+	var d deliveryLine
+	if err := json.Unmarshal([]byte(out), &d); err != nil {
+		t.Fatalf("%q: %v", out, err)
+	}
+	if !strings.HasPrefix(d.Traceparent, "00-"+traceID+"-") {
+		t.Errorf("delivery traceparent %q, want trace %s", d.Traceparent, traceID)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -118,7 +119,7 @@ func (p *program) serveCommand() *cli.Command {
 func onUsageError(_ *cli.Context, err error, _ bool) error { return usageError{err} }
 
 // newLogger builds the slog logger the config asks for.
-func newLogger(cfg config.Config, w interface{ Write([]byte) (int, error) }) *slog.Logger {
+func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
 		level = slog.LevelInfo // config validated it already
