@@ -395,6 +395,7 @@ type Error struct {
 	Message string
 }
 
+// Error returns the sidecar's message, which names the bad value and the valid ones.
 func (e *Error) Error() string { return e.Message }
 
 // Unwrap returns the bus sentinel for the error's code, or nil.

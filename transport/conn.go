@@ -202,7 +202,7 @@ func (c *conn) kill(reason CloseReason, force bool) {
 func (c *conn) readLoop() CloseReason {
 	br := bufio.NewReaderSize(c.nc, readBufferSize)
 	for {
-		if !c.waitRoom(nil) {
+		if !c.waitRoom(c.ctx) {
 			return CloseSlowConsumer
 		}
 		line, err := c.readFrame(br)
@@ -532,20 +532,20 @@ func (c *conn) signalWriter() {
 }
 
 // waitRoom blocks while the connection's queued output is over its bound.
-// It returns false when the connection is going away (or ctx, if given,
-// ends).
+// It returns false when the connection is going away or ctx (the
+// connection's or a subscription's) ends.
 func (c *conn) waitRoom(ctx context.Context) bool {
 	c.omu.Lock()
 	defer c.omu.Unlock()
 	for len(c.obuf)+c.writing >= c.s.cfg.MaxOutputBytes {
-		if c.dead || c.oclosed || c.ctx.Err() != nil || (ctx != nil && ctx.Err() != nil) {
+		if c.dead || c.oclosed || ctx.Err() != nil {
 			return false
 		}
 		c.roomWait++
 		c.room.Wait()
 		c.roomWait--
 	}
-	return !c.dead && c.ctx.Err() == nil && (ctx == nil || ctx.Err() == nil)
+	return !c.dead && ctx.Err() == nil
 }
 
 // writeLoop writes queued output until the connection is closed and its

@@ -108,6 +108,7 @@ type RequestError struct {
 	Msg  string
 }
 
+// Error returns the message sent to the client.
 func (e *RequestError) Error() string { return e.Msg }
 
 func badRequest(format string, args ...any) *RequestError {
