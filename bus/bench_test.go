@@ -91,6 +91,7 @@ func BenchmarkPublishDeliverConcurrent(b *testing.B) {
 			}()
 			ev := bus.Event{Type: "CANDLE_UPDATE", Payload: json.RawMessage(`{"s":"BTCUSDT","c":1}`)}
 			b.ReportAllocs()
+			cpu := startCPUClock(b)
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
@@ -108,6 +109,7 @@ func BenchmarkPublishDeliverConcurrent(b *testing.B) {
 				default:
 				}
 			}
+			cpu.report(b) // publishers and the consumer together
 			cancel()
 			<-done
 			c.Close()
