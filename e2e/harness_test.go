@@ -156,6 +156,7 @@ const smallQueues = `
   - {name: data, capacity: 4, policy: drop, timeout: 150ms}
   - {name: signal, capacity: 4, policy: fail, timeout: 150ms}
   - {name: order, capacity: 4, policy: block}
+  - {name: ticks, capacity: 1, policy: drop_oldest}
 `
 
 // startSidecar runs the sidecar binary with a config exporting to the local

@@ -13,7 +13,8 @@ import (
 // order publish (wait, then deliver), a dropped data publish (wait, drop)
 // and a timed-out signal publish all land in one trace, and checks that
 // Jaeger's HTTP API returns that trace with the spans of issue 3 section 2,
-// parented and attributed as specified.
+// parented and attributed as specified. The order is nacked once, so there
+// are two deliver spans; a drop_oldest queue adds an evicted-drop span.
 func TestTraceInJaeger(t *testing.T) {
 	sc := startSidecar(t, sidecarOptions{})
 	traceID, parentID := randomHex(16), randomHex(8)
@@ -48,19 +49,32 @@ func TestTraceInJaeger(t *testing.T) {
 	if f := cons.call(map[string]any{"op": "subscribe", "queue": "order", "prefetch": 1}); f.Status != "ok" {
 		t.Fatalf("subscribe: %+v", f)
 	}
-	var ours frame
-	for i := 0; i < 5; i++ {
+	// Ack the four fillers; nack our event once, then ack its redelivery.
+	var ours, firstTry frame
+	for ours.Type == "" {
 		d := cons.delivery(10 * time.Second)
-		if d.Type == "ORDER_PLACED" {
+		switch {
+		case d.Type != "ORDER_PLACED":
+			cons.send(map[string]any{"op": "ack", "queue": "order", "seq": d.Seq})
+		case firstTry.Type == "":
+			firstTry = d
+			cons.send(map[string]any{"op": "nack", "queue": "order", "seq": d.Seq})
+		default:
 			ours = d
+			cons.send(map[string]any{"op": "ack", "queue": "order", "seq": d.Seq})
 		}
-		cons.send(map[string]any{"op": "ack", "queue": "order", "seq": d.Seq})
 	}
 	if f := pub.reply(orderID, 10*time.Second); f.Status != "accepted" {
 		t.Fatalf("blocked order publish: %+v, want accepted", f)
 	}
-	if ours.Type == "" {
-		t.Fatal("the traced order event was not among the 5 deliveries")
+
+	// drop_oldest: our tick is evicted by the next one; its drop span
+	// belongs under our (earlier) publish span.
+	if f := pub.reply(pub.publish("ticks", "TICK", tp), 10*time.Second); f.Status != "accepted" {
+		t.Fatalf("tick publish: %+v", f)
+	}
+	if f := filler.call(map[string]any{"op": "publish", "queue": "ticks", "type": "TICK", "payload": 2}); f.Status != "accepted" {
+		t.Fatalf("evicting tick publish: %+v", f)
 	}
 	// The deliver frame's traceparent continues our trace.
 	parts := strings.Split(ours.Traceparent, "-")
@@ -69,7 +83,8 @@ func TestTraceInJaeger(t *testing.T) {
 	}
 	deliverSpanID := parts[2]
 
-	want := []string{"publish order", "wait order", "deliver order", "publish data", "wait data", "drop data", "publish signal", "wait signal"}
+	want := []string{"publish order", "wait order", "deliver order", "publish data", "wait data", "drop data",
+		"publish signal", "wait signal", "publish ticks", "drop ticks"}
 	var tr *jaegerTrace
 	poll(t, 30*time.Second, "the trace in Jaeger", func() (bool, string) {
 		var err error
@@ -89,12 +104,50 @@ func TestTraceInJaeger(t *testing.T) {
 		return true, ""
 	})
 
+	// Two deliveries of our order (nack, then ack): deliver spans by try.
 	byName := map[string]jaegerSpan{}
+	var delivers []jaegerSpan
 	for _, s := range tr.Spans {
+		if s.OperationName == "deliver order" {
+			delivers = append(delivers, s)
+			continue
+		}
 		if _, dup := byName[s.OperationName]; dup {
 			t.Errorf("two %q spans in the trace", s.OperationName)
 		}
 		byName[s.OperationName] = s
+	}
+	poll(t, 30*time.Second, "both deliver spans in Jaeger", func() (bool, string) {
+		if len(delivers) == 2 {
+			return true, ""
+		}
+		tr, err := jaeger(traceID)
+		if err != nil {
+			return false, err.Error()
+		}
+		delivers = delivers[:0]
+		for _, s := range tr.Spans {
+			if s.OperationName == "deliver order" {
+				delivers = append(delivers, s)
+			}
+		}
+		return len(delivers) == 2, fmt.Sprintf("%d deliver spans", len(delivers))
+	})
+	for _, d := range delivers {
+		switch d.tag("eventbus.redelivery.count") {
+		case "0":
+			byName["deliver order"] = d
+			if got := d.tag("eventbus.delivery.result"); got != "nack" {
+				t.Errorf("first deliver span: eventbus.delivery.result = %q, want nack", got)
+			}
+		case "1":
+			byName["redeliver order"] = d
+			if got := d.tag("eventbus.delivery.result"); got != "ack" {
+				t.Errorf("second deliver span: eventbus.delivery.result = %q, want ack", got)
+			}
+		default:
+			t.Errorf("deliver span with eventbus.redelivery.count %q", d.tag("eventbus.redelivery.count"))
+		}
 	}
 	type check struct {
 		span, parent string // parent: span name, or "remote" for the traceparent's span
@@ -123,6 +176,9 @@ func TestTraceInJaeger(t *testing.T) {
 			"otel.status_code": "ERROR", "error": "true",
 		}, nil},
 		{"wait signal", "publish signal", nil, nil},
+		{"redeliver order", "publish order", map[string]string{"span.kind": "consumer", "eventbus.redelivery.count": "1"}, nil},
+		{"publish ticks", "remote", map[string]string{"eventbus.outcome": "accepted", "messaging.destination.name": "ticks"}, nil},
+		{"drop ticks", "publish ticks", map[string]string{"eventbus.drop.reason": "evicted"}, []string{"error", "otel.status_code"}},
 	}
 	for _, c := range checks {
 		s := byName[c.span]
@@ -150,7 +206,10 @@ func TestTraceInJaeger(t *testing.T) {
 	if got := byName["deliver order"].tag("eventbus.time_in_queue_seconds"); got == "" {
 		t.Error("deliver order: no eventbus.time_in_queue_seconds")
 	}
-	if got := byName["deliver order"].SpanID; got != deliverSpanID {
+	if got := byName["redeliver order"].SpanID; got != deliverSpanID {
 		t.Errorf("deliver frame traceparent names span %s, Jaeger's deliver span is %s", deliverSpanID, got)
+	}
+	if firstTry.Traceparent == ours.Traceparent {
+		t.Errorf("both deliveries carry traceparent %s; each delivery has its own deliver span", ours.Traceparent)
 	}
 }
