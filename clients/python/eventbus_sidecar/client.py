@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable, Generator
 from .connection import Connection
 from .errors import EventBusError, ProtocolError, PublishError, ShuttingDownError
 from .events import Event, EventType, parse_type, type_name
-from .tracing import current_traceparent
+from .tracing import current_traceparent, handling
 
 DEFAULT_SOCKET = "/tmp/eventbus-sidecar.sock"
 """The sidecar's default socket path (also its ``serve --socket`` default)."""
@@ -863,18 +863,19 @@ class _QueueConsumer:
                 "eventbus: no handler for %s on %s, acking seq %s",
                 event.type_name, self.queue, event.seq,
             )
-        for handler in handlers:
-            try:
-                result = handler(event)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                # Error isolation: the other handlers still get the event.
-                self._log.exception(
-                    "eventbus: handler %s failed on %s (queue %s, seq %s)",
-                    getattr(handler, "__qualname__", repr(handler)),
-                    event.type_name, self.queue, event.seq,
-                )
+        with handling(event.traceparent):
+            for handler in handlers:
+                try:
+                    result = handler(event)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    # Error isolation: the other handlers still get the event.
+                    self._log.exception(
+                        "eventbus: handler %s failed on %s (queue %s, seq %s)",
+                        getattr(handler, "__qualname__", repr(handler)),
+                        event.type_name, self.queue, event.seq,
+                    )
         try:
             conn.send_oneway({"op": "ack", "queue": self.queue, "seq": event.seq})
         except ConnectionError:

@@ -3,12 +3,20 @@
 When the ``opentelemetry-api`` distribution is importable, the span that is
 current when ``publish`` is called is sent as the event's ``traceparent``, so
 the sidecar's spans join the application's trace. When it is not installed
-nothing is sent and nothing else changes.
+nothing of that kind is sent and nothing else changes.
+
+Either way, while a handler of :meth:`EventBus.run` handles a delivery, the
+delivery's traceparent is the fallback parent: what the handler publishes
+(and the tasks it starts) continues the trace of the event it handles, so a
+candle -> signal -> order chain is one trace in the sidecar's telemetry.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
+from typing import Iterator
 
 try:  # pragma: no cover - which branch runs depends on the environment
     from opentelemetry import trace as _otel_trace
@@ -23,17 +31,33 @@ def otel_available() -> bool:
     return _otel_trace is not None
 
 
-def current_traceparent() -> str | None:
-    """The traceparent of the current OpenTelemetry span, or None.
+_delivery_traceparent: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "eventbus_delivery_traceparent", default=None
+)
 
-    None when opentelemetry-api is not installed or no valid span is current.
+
+def current_traceparent() -> str | None:
+    """The traceparent to send with a publish made now, or None.
+
+    The current OpenTelemetry span's when opentelemetry-api is installed and
+    a valid span is current; else the traceparent of the delivery being
+    handled (see :func:`handling`); else None.
     """
-    if _otel_trace is None:
-        return None
-    ctx = _otel_trace.get_current_span().get_span_context()
-    if not ctx.is_valid:
-        return None
-    return format_traceparent(ctx.trace_id, ctx.span_id, int(ctx.trace_flags))
+    if _otel_trace is not None:
+        ctx = _otel_trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            return format_traceparent(ctx.trace_id, ctx.span_id, int(ctx.trace_flags))
+    return _delivery_traceparent.get()
+
+
+@contextlib.contextmanager
+def handling(traceparent: str | None) -> Iterator[None]:
+    """Make a delivery's traceparent the fallback parent for its handlers."""
+    token = _delivery_traceparent.set(traceparent if parse_traceparent(traceparent or "") else None)
+    try:
+        yield
+    finally:
+        _delivery_traceparent.reset(token)
 
 
 def format_traceparent(trace_id: int, span_id: int, flags: int = 1) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import unittest
 
-from eventbus_sidecar import Event, EventType
+from eventbus_sidecar import Event, EventType, tracing
 
 from .helpers import SidecarTestCase
 
@@ -122,6 +122,33 @@ class TestHandlers(SidecarTestCase):
         async with asyncio.timeout(10):
             await task
         self.assertEqual(got, [0])
+
+    async def test_publishes_from_a_handler_continue_the_delivery_trace(self):
+        pub = await self.connect()
+        sub = await self.connect()
+        orders: list[Event] = []
+
+        async def on_signal(event: Event) -> None:
+            # No traceparent given: the delivery's is the parent.
+            await sub.publish(Event(EventType.ORDER_PLACED, {"from": event.seq}), queue_name="order")
+
+        sub.subscribe(EventType.SIGNAL_GENERATED, on_signal)
+        sub.subscribe(EventType.ORDER_PLACED, orders.append)
+        self.run_bus(sub)
+        await sub.wait_consuming()
+        trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+        await pub.publish(
+            Event(EventType.SIGNAL_GENERATED, {}), queue_name="signal",
+            traceparent=f"00-{trace_id}-00f067aa0ba902b7-01",
+        )
+        await pub.publish(Event(EventType.SIGNAL_GENERATED, {}), queue_name="signal")
+        await self.eventually(lambda: len(orders) == 2, "two orders from two signals")
+        self.assertEqual(orders[0].traceparent.split("-")[1], trace_id)
+        # Outside a handler nothing leaks: the second signal had no trace,
+        # so neither has its order (unless the sidecar traces on its own).
+        if orders[1].traceparent is not None:
+            self.assertNotEqual(orders[1].traceparent.split("-")[1], trace_id)
+        self.assertIsNone(tracing.current_traceparent() if not tracing.otel_available() else None)
 
     async def test_run_requires_a_subscription(self):
         sub = await self.connect()
