@@ -82,6 +82,15 @@ func TestDropsAndStallInPrometheus(t *testing.T) {
 		}
 		return len(s) == 1 && s[0].Value == 4, fmt.Sprintf("%v", s)
 	})
+	// Histograms keep the bus's microsecond boundaries through the
+	// collector (the exporters' defaults start at milliseconds).
+	poll(t, 30*time.Second, "microsecond histogram buckets in Prometheus", func() (bool, string) {
+		s, err := prometheus(fmt.Sprintf(`eventbus_queue_wait_duration_seconds_bucket{instance=%q,queue="data",le="1e-06"}`, inst))
+		if err != nil {
+			return false, err.Error()
+		}
+		return len(s) == 1, fmt.Sprintf("%v", s)
+	})
 	// The rate() an alert would use sees the drops too.
 	s, err := prometheus(fmt.Sprintf(`increase(eventbus_events_dropped_total{instance=%q,queue="data",reason="timeout"}[1m])`, inst))
 	if err != nil || len(s) != 1 || s[0].Value <= 0 {
