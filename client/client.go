@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 
@@ -229,6 +230,9 @@ func (c *Client) writeLoop() {
 			c.writerIdle = true
 			c.mu.Unlock()
 			<-c.wake
+			// Let the goroutines that are about to send run first, so
+			// that one write carries many frames.
+			runtime.Gosched()
 			continue
 		}
 		buf := c.wbuf
