@@ -294,3 +294,41 @@ func TestStatsPingAndClose(t *testing.T) {
 		t.Fatalf("subscribe to unknown queue: %v", err)
 	}
 }
+
+func TestPublishDuringDrainIsShuttingDown(t *testing.T) {
+	sc := startSidecar(t, "", nil)
+	c := dial(t, sc.path)
+	ctx := testCtx(t)
+	if out, err := c.Publish(ctx, bus.Event{Type: "O"}, "order"); out != bus.Accepted {
+		t.Fatal(out, err)
+	}
+	drained := make(chan error, 1)
+	go func() {
+		_, err := sc.bus.Shutdown(ctx)
+		drained <- err
+	}()
+	eventually(t, "bus refusing publishes", func() bool {
+		out, err := c.Publish(ctx, bus.Event{Type: "O"}, "order")
+		if out == bus.Accepted {
+			return false // the drain had not begun yet
+		}
+		if out != bus.Failed || !errors.Is(err, bus.ErrShuttingDown) || err.Error() != "shutting down" {
+			t.Fatalf("publish while draining: %v %v, want Failed wrapping bus.ErrShuttingDown", out, err)
+		}
+		return true
+	})
+	// The consumer still drains the queue.
+	sctx, stop := context.WithCancel(ctx)
+	err := c.Subscribe(sctx, "order", 1, func(context.Context, bus.Delivery) error {
+		if sc.bus.Stats()["order"].Size == 0 {
+			stop()
+		}
+		return nil
+	})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatal(err)
+	}
+	if err := <-drained; err != nil {
+		t.Fatalf("drain: %v", err)
+	}
+}
