@@ -608,38 +608,54 @@ drain:
 		}
 	}
 
-	counts := b.undeliveredNow()
+	left := b.leftNow()
+	counts := make(map[string]int, len(left))
+	for i, q := range b.queues {
+		counts[q.name] = left[i].waiting + left[i].inFlight
+	}
 	b.undelivered, b.shutdownErr = counts, err
 	b.finished.Store(true)
 	close(b.done)
-	for _, q := range b.queues {
+	for i, q := range b.queues {
 		b.logDrops(q)
-		n := counts[q.name]
-		if n == 0 {
+		if counts[q.name] == 0 {
 			b.logger.Info("queue drained", "queue", q.name)
 			continue
 		}
-		b.logger.Warn("queue left undelivered events", "queue", q.name, "undelivered", n,
-			"waiting", q.counters.size.Load(), "in_flight", q.counters.inFlight.Load())
+		b.logger.Warn("queue left undelivered events", "queue", q.name, "undelivered", counts[q.name],
+			"waiting", left[i].waiting, "in_flight", left[i].inFlight)
 	}
 	return cloneCounts(counts), err
+}
+
+// leftover is what one queue still holds.
+type leftover struct{ waiting, inFlight int }
+
+// leftNow snapshots each queue's waiting and in-flight events, in
+// configured order.
+func (b *Bus) leftNow() []leftover {
+	left := make([]leftover, len(b.queues))
+	for i, q := range b.queues {
+		q.mu.Lock()
+		left[i] = leftover{q.store.Len(), int(q.counters.inFlight.Load())}
+		q.mu.Unlock()
+	}
+	return left
 }
 
 // undeliveredNow counts waiting and in-flight events per queue.
 func (b *Bus) undeliveredNow() map[string]int {
 	counts := make(map[string]int, len(b.queues))
-	for _, q := range b.queues {
-		q.mu.Lock()
-		counts[q.name] = q.store.Len() + int(q.counters.inFlight.Load())
-		q.mu.Unlock()
+	for i, l := range b.leftNow() {
+		counts[b.queues[i].name] = l.waiting + l.inFlight
 	}
 	return counts
 }
 
 func (b *Bus) undeliveredTotal() int {
 	n := 0
-	for _, c := range b.undeliveredNow() {
-		n += c
+	for _, l := range b.leftNow() {
+		n += l.waiting + l.inFlight
 	}
 	return n
 }
