@@ -3,6 +3,7 @@ package telemetry
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"strconv"
@@ -350,8 +351,8 @@ func parseEndpoint(what, v string, insecure bool) (endpoint, error) {
 		}
 		return endpoint{url: u.String(), insecure: u.Scheme == "http"}, nil
 	}
-	_, port, ok := strings.Cut(v, ":")
-	if !ok || port == "" || strings.Contains(port, "/") {
+	_, port, err := net.SplitHostPort(v)
+	if err != nil || port == "" {
 		return endpoint{}, fmt.Errorf("%w: %s %q: want host:port or an http:// or https:// URL", ErrInvalidConfig, what, v)
 	}
 	if _, err := strconv.ParseUint(port, 10, 16); err != nil {

@@ -103,6 +103,15 @@ func TestResolve(t *testing.T) {
 			},
 		},
 		{
+			name: "IPv6 host:port",
+			cfg:  Config{OTLPEndpoint: "[::1]:4317", OTLPInsecure: true},
+			check: func(t *testing.T, r resolved) {
+				if r.traceEndpoint != (endpoint{hostPort: "[::1]:4317", insecure: true}) {
+					t.Errorf("endpoint = %+v", r.traceEndpoint)
+				}
+			},
+		},
+		{
 			name: "OTEL_SDK_DISABLED disables",
 			env:  map[string]string{"OTEL_SDK_DISABLED": "true"},
 			check: func(t *testing.T, r resolved) {
