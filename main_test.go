@@ -296,3 +296,39 @@ func TestServeWithEmbeddedDefaults(t *testing.T) {
 		}
 	}
 }
+
+func TestLogFormatAndLevel(t *testing.T) {
+	tests := []struct {
+		name  string
+		args  []string
+		check func(t *testing.T, log string)
+	}{
+		{"json", []string{"--log-format", "json"}, func(t *testing.T, log string) {
+			for _, line := range strings.Split(strings.TrimSpace(log), "\n") {
+				var rec map[string]any
+				if err := json.Unmarshal([]byte(line), &rec); err != nil {
+					t.Errorf("log line is not JSON: %q: %v", line, err)
+				}
+			}
+		}},
+		{"warn hides info", []string{"--log-level", "warn"}, func(t *testing.T, log string) {
+			if strings.Contains(log, "level=INFO") {
+				t.Errorf("info lines at level warn:\n%s", log)
+			}
+		}},
+		{"debug", []string{"--log-level", "debug"}, func(t *testing.T, log string) {
+			if !strings.Contains(log, "level=INFO") {
+				t.Errorf("no info lines at level debug:\n%s", log)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := startSidecar(t, tt.args...)
+			if code := s.stop(); code != 0 {
+				t.Fatalf("exit %d", code)
+			}
+			tt.check(t, s.stderr.String())
+		})
+	}
+}
