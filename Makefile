@@ -26,7 +26,7 @@ LOAD_EVENTS ?= 200000
 LOAD_ROUNDS ?= 2
 TEST_TARGETS := test-go
 
-.PHONY: all build run test test-go bench load lint
+.PHONY: all build run test test-go bench load lint print-test-targets
 all: build
 
 build:
@@ -71,3 +71,7 @@ lint: $(STATICCHECK)
 include $(sort $(wildcard deploy/*.mk clients/*/*.mk e2e/*.mk))
 
 test: $(TEST_TARGETS)
+
+# .ci/run runs the targets of `make test` one by one to report each.
+print-test-targets:
+	@echo $(TEST_TARGETS)
