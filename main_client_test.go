@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -275,5 +276,41 @@ func TestTraceparentThroughCLI(t *testing.T) {
 	}
 	if !strings.HasPrefix(d.Traceparent, "00-"+traceID+"-") {
 		t.Errorf("delivery traceparent %q, want trace %s", d.Traceparent, traceID)
+	}
+}
+
+// TestReadinessWhileDraining: once shutdown starts /readyz answers 503
+// (orchestrators stop routing work here) while /healthz stays 200 and the
+// drain goes on until a consumer empties the queue.
+func TestReadinessWhileDraining(t *testing.T) {
+	s := startSidecar(t, "--drain-timeout", "1m")
+	if code, _, stderr := cmd(t, "", "publish", "--socket", s.Socket, "--type", "ORDER_PLACED"); code != 0 {
+		t.Fatalf("publish: %s", stderr)
+	}
+	status := func(path string) int {
+		resp, err := http.Get("http://" + s.AdminAddr + path)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := status("/readyz"); got != http.StatusOK {
+		t.Fatalf("/readyz before shutdown = %d", got)
+	}
+	exit := make(chan int, 1)
+	go func() { exit <- s.stop() }()
+	waitFor(t, "/readyz to answer 503", func() bool { return status("/readyz") == http.StatusServiceUnavailable })
+	if got := status("/healthz"); got != http.StatusOK {
+		t.Errorf("/healthz while draining = %d, want 200", got)
+	}
+	if code, out, stderr := cmd(t, "", "consume", "--socket", s.Socket, "--queue", "order", "--count", "1", "--timeout", "20s"); code != 0 || !strings.Contains(out, "ORDER_PLACED") {
+		t.Fatalf("consume while draining: %d %q %q", code, out, stderr)
+	}
+	if code := <-exit; code != 0 {
+		t.Errorf("exit %d:\n%s", code, s.stderr)
+	}
+	if !strings.Contains(s.stderr.String(), "drain complete") {
+		t.Errorf("log lacks drain complete:\n%s", s.stderr)
 	}
 }
