@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os/signal"
 	"sort"
@@ -131,6 +132,10 @@ func (b *socketBroker) connect(ctx context.Context, limit time.Duration) error {
 	defer tick.Stop()
 	for {
 		cl, err := client.Dial(ctx, b.path)
+		if errors.Is(err, fs.ErrPermission) {
+			// Waiting will not help: this user is not in the socket's group.
+			return fmt.Errorf("connect to the sidecar at %s: %w (the socket is mode 0660: run the app in the sidecar's group)", b.path, err)
+		}
 		if err == nil {
 			b.mu.Lock()
 			b.first = cl
