@@ -7,6 +7,7 @@
 #     proves honor_labels and the exporter's label mapping).
 #  3. Prometheus loaded the alert rules when deploy/prometheus/alerts.yml
 #     exists.
+#  4. down.sh never signals a process it did not start.
 # Uses a running stack if there is one (and leaves it running), otherwise
 # starts one and stops it at the end.
 set -euo pipefail
@@ -19,6 +20,25 @@ ok() { log "ok: $*"; passed=$((passed + 1)); }
 "${COLLECTOR_BIN}" validate --config "file:${ROOT}/otel-collector.yaml" ||
 	fail "otel-collector.yaml does not validate"
 ok "otel-collector.yaml validates"
+
+# stack-down stops only what stack-up started: a pid file whose process is
+# not running the recorded binary (pid reused, or someone else's process)
+# is dropped without a signal. Checked in a scratch state folder with a
+# process of our own standing in for "someone else's".
+scratch="$(mktemp -d)"
+sleep 300 &
+other=$!
+echo "${other} ${COLLECTOR_BIN}" >"${scratch}/collector.pid"
+STACK_STATE="${scratch}" "${ROOT}/deploy/stack/down.sh" 2>/dev/null
+if ! running "${other}"; then
+	rm -rf "${scratch}"
+	fail "down.sh killed pid ${other}, which was not a process stack-up started"
+fi
+kill "${other}"
+wait "${other}" 2>/dev/null || true
+[[ ! -e "${scratch}/collector.pid" ]] || fail "down.sh left the stale pid file"
+rm -rf "${scratch}"
+ok "down.sh leaves a process it did not start alone and drops the stale pid file"
 
 started=0
 if ! pid_alive collector >/dev/null || ! pid_alive jaeger >/dev/null || ! pid_alive prometheus >/dev/null; then
