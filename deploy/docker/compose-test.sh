@@ -24,9 +24,15 @@ log() { printf 'compose-test: %s\n' "$*" >&2; }
 passed=0
 ok() { log "ok: $*"; passed=$((passed + 1)); }
 
-# COMPOSE_TEST_PREBUILT=1: use the eventbus-local images already built
-# (make images, or deploy/docker/images.sh with SIDECAR_BIN).
+# Image tags are global to the Docker daemon: another checkout running
+# its own tests could retag eventbus-local/*:local under us. This run
+# builds and uses tags of its own (ct-<pid>) and removes them at the end.
+# COMPOSE_TEST_PREBUILT=1 uses the images already built with IMAGE_TAG
+# (default local) instead (make images, or deploy/docker/images.sh).
+own_images=0
 if [[ "${COMPOSE_TEST_PREBUILT:-0}" != 1 ]]; then
+	export IMAGE_TAG="ct-$$"
+	own_images=1
 	"${MAKE:-make}" --no-print-directory images
 fi
 
@@ -53,6 +59,11 @@ teardown() {
 		"${compose[@]}" logs --no-color --tail=40 >&2 || true
 	fi
 	"${compose[@]}" down -v --remove-orphans --timeout 10 >/dev/null 2>&1 || true
+	if ((own_images)); then
+		docker image rm "${EVENTBUS_SIDECAR_IMAGE}" "${EVENTBUS_DEMO_IMAGE}" "${EVENTBUS_COLLECTOR_IMAGE}" \
+			"${EVENTBUS_JAEGER_IMAGE}" "${EVENTBUS_PROMETHEUS_IMAGE}" >/dev/null 2>&1 || true
+		rm -rf "${ROOT}/.state/docker/${TAG}"
+	fi
 	local left
 	left="$(docker ps -aq --filter "label=com.docker.compose.project=${project}")$(docker network ls -q --filter "label=com.docker.compose.project=${project}")$(docker volume ls -q --filter "label=com.docker.compose.project=${project}")"
 	if [[ -n "${left}" ]]; then
@@ -77,6 +88,11 @@ poll() {
 		sleep 1
 	done
 }
+
+# The grafana profile cannot run here (no Grafana image can be pulled or
+# built), but its definition must stay valid.
+"${compose[@]}" --profile grafana config -q || fail "docker-compose.yml with the grafana profile is invalid"
+ok "docker-compose.yml is valid, grafana profile included"
 
 start=${SECONDS}
 "${compose[@]}" up -d --no-build

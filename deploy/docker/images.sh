@@ -11,7 +11,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 TAG="${IMAGE_TAG:-local}"
-CTX="${ROOT}/.state/docker"
+# Build contexts per tag, so two runs with different tags do not mix.
+CTX="${ROOT}/.state/docker/${TAG}"
 # SIDECAR_BIN: the static sidecar binary to package (make build's output).
 SIDECAR_BIN="${SIDECAR_BIN:-bin/eventbus-sidecar}"
 cd "${ROOT}"
