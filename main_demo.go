@@ -45,11 +45,11 @@ func demoCommand() *cli.Command {
 
 func runDemo(c *cli.Context) error {
 	if c.NArg() > 0 {
-		return fmt.Errorf("demo takes no arguments, got %q", c.Args().Slice())
+		return usageError{fmt.Errorf("demo takes no arguments, got %q", c.Args().Slice())}
 	}
 	for _, name := range []string{"duration", "candle-interval", "order-latency", "connect-timeout"} {
 		if c.Duration(name) <= 0 {
-			return fmt.Errorf("--%s %s: must be > 0", name, c.Duration(name))
+			return usageError{fmt.Errorf("--%s %s: must be > 0", name, c.Duration(name))}
 		}
 	}
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
@@ -57,7 +57,7 @@ func runDemo(c *cli.Context) error {
 	logger := slog.New(slog.NewTextHandler(c.App.ErrWriter, nil))
 
 	if n := c.Int("feed-connections"); n < 1 || n > 1024 {
-		return fmt.Errorf("--feed-connections %d: must be between 1 and 1024", n)
+		return usageError{fmt.Errorf("--feed-connections %d: must be between 1 and 1024", n)}
 	}
 	b := &socketBroker{path: c.String("socket"), dataQueue: "data", dataConns: c.Int("feed-connections")}
 	defer b.close()
