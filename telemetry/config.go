@@ -29,7 +29,7 @@ const (
 	DefaultSpanBatchDelay = time.Second
 	// DefaultSpanExportCPU is the most of one CPU the span export worker
 	// spends converting and sending spans; see Config.SpanExportCPU.
-	DefaultSpanExportCPU = 0.1
+	DefaultSpanExportCPU = 0.25
 )
 
 // DefaultSampledQueues are the queues whose accepted publishes are sampled at
@@ -125,6 +125,9 @@ type resolved struct {
 	batchDelay     time.Duration
 	exportCPU      float64
 	lossInterval   time.Duration
+	// exemplars: OTEL_METRICS_EXEMPLAR_FILTER is set, so the SDK applies it;
+	// otherwise exemplars are off.
+	exemplars bool
 }
 
 // endpoint is where one signal is exported; the zero value means nowhere.
@@ -322,6 +325,7 @@ func (c Config) resolve() (resolved, error) {
 	if r.batchSize > r.queueSize {
 		r.batchSize = r.queueSize
 	}
+	_, r.exemplars = lookup("OTEL_METRICS_EXEMPLAR_FILTER")
 	r.exportCPU = c.SpanExportCPU
 	if r.exportCPU == 0 {
 		r.exportCPU = DefaultSpanExportCPU

@@ -26,6 +26,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/exemplar"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
@@ -117,6 +118,12 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 		return nil, fmt.Errorf("telemetry: prometheus reader: %w", err)
 	}
 	mpOpts := []sdkmetric.Option{sdkmetric.WithResource(res), sdkmetric.WithReader(promReader)}
+	if !r.exemplars {
+		// Offering every measurement to an exemplar reservoir costs the
+		// bus's hot path, and neither Prometheus exporter in this pipeline
+		// passes exemplars on. OTEL_METRICS_EXEMPLAR_FILTER turns them on.
+		mpOpts = append(mpOpts, sdkmetric.WithExemplarFilter(exemplar.AlwaysOffFilter))
+	}
 	if r.metricEndpoint.set() {
 		opts := []otlpmetricgrpc.Option{otlpmetricgrpc.WithTimeout(r.exportTimeout), otlpmetricgrpc.WithDialOption(reconnect),
 			otlpmetricgrpc.WithRetry(otlpmetricgrpc.RetryConfig(retry))}
