@@ -205,6 +205,8 @@ func startSidecar(t *testing.T, o sidecarOptions) *sidecar {
 		"OTEL_BSP_SCHEDULE_DELAY=100")
 	s.cmd.Env = append(env, o.env...)
 	s.cmd.Stdout, s.cmd.Stderr = logFile, logFile
+	// A test binary killed by its timeout takes its sidecars with it.
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := s.cmd.Start(); err != nil {
 		t.Fatalf("starting %s: %v", sidecarBin, err)
 	}
