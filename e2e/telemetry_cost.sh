@@ -32,11 +32,15 @@ command -v jq >/dev/null || die "jq is required"
 	die "no collector at ${COLLECTOR}: run make stack-up (or make telemetry-cost)"
 
 WORK="$(mktemp -d /tmp/telcost.XXXXXX)"
-SIDECAR_PID=""
+# run_mode runs in a command substitution (a subshell), so the sidecar's pid
+# goes to a file that this shell's exit trap reads.
+PIDFILE="${WORK}/sidecar.pid"
 cleanup() {
-	if [[ -n "${SIDECAR_PID}" ]] && kill -0 "${SIDECAR_PID}" 2>/dev/null; then
-		kill -TERM "${SIDECAR_PID}" 2>/dev/null || true
-		wait "${SIDECAR_PID}" 2>/dev/null || true
+	local pid
+	pid="$(cat "${PIDFILE}" 2>/dev/null || true)"
+	if [[ -n "${pid}" ]] && kill -0 "${pid}" 2>/dev/null; then
+		kill -TERM "${pid}" 2>/dev/null || true
+		for _ in $(seq 100); do kill -0 "${pid}" 2>/dev/null || break; sleep 0.1; done
 	fi
 	rm -rf "${WORK}"
 }
@@ -60,11 +64,12 @@ run_mode() {
 		OTEL_RESOURCE_ATTRIBUTES="service.instance.id=telemetry-cost-${mode}-${round}" \
 		"${BIN}" serve --socket "${sock}" --admin-addr 127.0.0.1:0 --log-level info $(mode_flags "${mode}") \
 		>"${log}" 2>&1 &
-	SIDECAR_PID=$!
+	local pid=$!
+	echo "${pid}" >"${PIDFILE}"
 	for ((i = 0; i < 100; i++)); do
 		admin="$(grep -so 'admin_addr=[0-9.:]*' "${log}" | head -n1 | cut -d= -f2 || true)"
 		[[ -S "${sock}" && -n "${admin}" ]] && break
-		kill -0 "${SIDECAR_PID}" 2>/dev/null || { cat "${log}" >&2; die "sidecar (${mode}) exited at start-up"; }
+		kill -0 "${pid}" 2>/dev/null || { cat "${log}" >&2; die "sidecar (${mode}) exited at start-up"; }
 		sleep 0.1
 	done
 	[[ -n "${admin}" ]] || { cat "${log}" >&2; die "sidecar (${mode}) not ready after 10s"; }
@@ -81,9 +86,9 @@ run_mode() {
 	exported="$(awk '/^eventbus_telemetry_spans_exported_total/ {s += $NF} END {printf "%d", s}' <<<"${metrics}")"
 	lost="$(awk '/^eventbus_telemetry_spans_dropped_total/ {s += $NF} END {printf "%d", s}' <<<"${metrics}")"
 
-	kill -TERM "${SIDECAR_PID}"
-	wait "${SIDECAR_PID}" || true
-	SIDECAR_PID=""
+	kill -TERM "${pid}"
+	wait "${pid}" || true
+	: >"${PIDFILE}"
 	echo "${mode} ${rate} ${exported} ${lost}"
 }
 
