@@ -10,7 +10,12 @@
 // bounds waiting events only; events coming back from Nack or Close go to
 // the head in seq order even past capacity, so nothing accepted is lost.
 // Counters are atomics read by Stats and by the observable metrics alike.
-// The bus starts no goroutines.
+// The bus starts no goroutines of its own: a publish waiting for room
+// (Publish or PublishAsync, one implementation) is a record in the queue's
+// FIFO, resolved by whoever gets there first under the queue lock (a
+// consumer freeing room, its Clock.AfterFunc timer, its context's
+// AfterFunc, Pending.Cancel or Shutdown); the timer and the context watch
+// are stopped as soon as it is resolved.
 //
 // Telemetry (OpenTelemetry API, noop unless providers are given):
 //

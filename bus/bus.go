@@ -84,7 +84,7 @@ type queue struct {
 	mu      sync.Mutex
 	store   store
 	nextSeq uint64
-	waiters []*waiter   // FIFO: the head gets the next free slot
+	waiters []*Pending  // FIFO: the head gets the next free slot
 	idle    []*Consumer // consumers blocked in Receive with prefetch room
 }
 
@@ -105,17 +105,6 @@ type counters struct {
 	unloggedDrops    [numDropReasons]atomic.Uint64
 	unloggedTimeouts atomic.Uint64
 	lastDropLog      atomic.Int64
-}
-
-// waiter is a publish blocked on a full queue.
-type waiter struct {
-	ev    Event
-	pubSC trace.SpanContext
-	ready chan struct{} // closed once resolved by someone else
-	// Set under the queue lock before ready is closed.
-	resolved bool
-	seq      uint64 // != 0: admitted into the queue
-	err      error  // != nil: failed by Shutdown
 }
 
 // New builds a bus with the given queues (see DefaultQueues). Invalid
@@ -206,9 +195,107 @@ func clip(s string) string {
 // queue get room in arrival order. The bus keeps ev.Payload by reference:
 // the caller must not modify it afterwards.
 func (b *Bus) Publish(ctx context.Context, ev Event, queueName string) (Outcome, error) {
+	p, outcome, err := b.begin(ctx, ev, queueName, nil)
+	if p == nil {
+		return outcome, err
+	}
+	p.release()
+	// The blocked caller watches ctx itself: cheaper than an AfterFunc
+	// registration with ctx for every wait.
+	select {
+	case <-p.ch:
+	case <-ctx.Done():
+		p.q.withdrawCtx(p, ctx)
+		<-p.ch // resolved by this withdraw or by whoever came first
+	}
+	return p.outcome, p.err
+}
+
+// PublishAsync is Publish without blocking, for a caller that must keep
+// several publishes in flight in order (one connection's pipelined frames).
+// The event takes its place at once, in call order: accepted (or evicting,
+// for PolicyDropOldest) when the queue has room, otherwise registered as a
+// waiting publisher at the tail of the queue's FIFO with its timeout counted
+// from now. done is called exactly once with the (Outcome, error) Publish
+// would return: before PublishAsync returns when the outcome is immediate
+// (PublishAsync then returns nil), otherwise later from the goroutine that
+// resolves the wait (a consumer freeing room, a timer, ctx's AfterFunc,
+// Shutdown or Pending.Cancel). The bus holds none of its locks while
+// calling done, but done runs on those goroutines: it must not block, nor
+// take locks its caller may hold around PublishAsync or Cancel.
+//
+// Ending ctx withdraws a waiting publish (done gets Cancelled, nothing is
+// enqueued), as does Cancel on the returned handle; a non-nil handle may
+// already be resolved by the time the caller looks at it.
+func (b *Bus) PublishAsync(ctx context.Context, ev Event, queueName string, done func(Outcome, error)) *Pending {
+	if done == nil {
+		done = func(Outcome, error) {}
+	}
+	p, outcome, err := b.begin(ctx, ev, queueName, done)
+	if p == nil {
+		done(outcome, err)
+		return nil
+	}
+	if p.release() {
+		return nil // resolved while registering: done has run
+	}
+	return p
+}
+
+// Pending is a publish started by PublishAsync that is waiting for room.
+type Pending struct {
+	q     *queue
+	ctx   context.Context
+	ev    Event
+	pubSC trace.SpanContext
+	span  trace.Span // the publish span; nil without tracing
+	start time.Time
+	depth int // the queue depth the publish found
+	// done receives the result of PublishAsync; ch is closed instead for
+	// Publish.
+	done func(Outcome, error)
+	ch   chan struct{}
+
+	// Set while registering, read by finish only.
+	waitStart time.Time
+	waitSpan  trace.Span
+	timer     Timer
+	stopCtx   func() bool
+
+	// refs is 2 at registration: the registering goroutine and the
+	// resolver each drop one, and whoever drops the last one finishes the
+	// publish. So a wait resolved while its telemetry is still being set
+	// up is finished by the registrant, without a lock held across it.
+	refs atomic.Int32
+
+	// Guarded by q.mu until resolved is set; fixed afterwards.
+	resolved   bool
+	resolvedAt time.Time
+	outcome    Outcome
+	seq        uint64 // != 0: admitted into the queue
+	err        error
+	next       *Pending // list of resolved waits to finish after unlocking
+}
+
+// Cancel withdraws the publish if it is still waiting for room: done is
+// then called with (Cancelled, an error wrapping context.Canceled) in this
+// goroutine before Cancel returns true. It returns false, doing nothing,
+// when the publish was already resolved (or p is nil).
+func (p *Pending) Cancel() bool {
+	if p == nil {
+		return false
+	}
+	return p.q.withdraw(p, fmt.Errorf("publish to queue %q withdrawn while waiting for room: %w", p.q.name, context.Canceled))
+}
+
+// begin runs a publish up to the point where it has to wait. It returns
+// the outcome when that is immediate, otherwise the registered wait, which
+// the caller must release once.
+func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(Outcome, error)) (*Pending, Outcome, error) {
 	q, ok := b.byName[queueName]
 	if !ok {
-		return b.publishUnknown(ctx, ev, queueName)
+		outcome, err := b.publishUnknown(ctx, ev, queueName)
+		return nil, outcome, err
 	}
 	start := b.clock.Now()
 	var span trace.Span
@@ -219,26 +306,35 @@ func (b *Bus) Publish(ctx context.Context, ev Event, queueName string) (Outcome,
 	}
 	if ev.Type == "" {
 		err := fmt.Errorf("%w: empty type for queue %q: a non-empty event type is required", ErrInvalidEvent, q.name)
-		return q.finishPublish(ctx, span, start, Failed, 0, int(q.counters.size.Load()), err)
+		outcome, err := q.finishPublish(ctx, span, start, Failed, 0, int(q.counters.size.Load()), err)
+		return nil, outcome, err
 	}
 
 	q.mu.Lock()
 	if b.closing.Load() {
 		depth := q.store.Len()
 		q.mu.Unlock()
-		return q.finishPublish(ctx, span, start, Failed, 0, depth, ErrShuttingDown)
+		outcome, err := q.finishPublish(ctx, span, start, Failed, 0, depth, ErrShuttingDown)
+		return nil, outcome, err
 	}
 	depth := q.store.Len()
 	if depth < q.capacity && len(q.waiters) == 0 {
 		seq := q.pushLocked(ev, pubSC, start)
 		q.wakeConsumersLocked()
 		q.mu.Unlock()
-		return q.finishPublish(ctx, span, start, Accepted, seq, depth, nil)
+		outcome, err := q.finishPublish(ctx, span, start, Accepted, seq, depth, nil)
+		return nil, outcome, err
 	}
 	if q.policy == PolicyDropOldest {
-		return q.publishEvict(ctx, span, ev, pubSC, start, depth)
+		outcome, err := q.publishEvict(ctx, span, ev, pubSC, start, depth)
+		return nil, outcome, err
 	}
-	return q.publishWait(ctx, span, ev, pubSC, start, depth)
+	p := &Pending{q: q, ctx: ctx, ev: ev, pubSC: pubSC, span: span, start: start, depth: depth, done: done}
+	if done == nil {
+		p.ch = make(chan struct{})
+	}
+	q.registerLocked(p)
+	return p, "", nil
 }
 
 // publishEvict makes room by dropping the oldest waiting events. Called
@@ -263,90 +359,177 @@ func (q *queue) publishEvict(ctx context.Context, span trace.Span, ev Event, pub
 	return q.finishPublish(ctx, span, start, Accepted, seq, depth, nil)
 }
 
-// publishWait blocks until the queue has room for ev, the queue's timeout
-// passes, ctx ends or Shutdown fails the wait. Called with q.mu held;
-// releases it.
-func (q *queue) publishWait(ctx context.Context, span trace.Span, ev Event, pubSC trace.SpanContext, start time.Time, depth int) (Outcome, error) {
+// registerLocked puts p at the tail of the queue's waiting publishers and
+// starts its timeout now, so that each wait is timed from its own arrival.
+// Called with q.mu held; releases it. p may be resolved by others as soon
+// as the lock is released; the caller's release finishes it then.
+func (q *queue) registerLocked(p *Pending) {
 	b := q.bus
-	w := &waiter{ev: ev, pubSC: pubSC, ready: make(chan struct{})}
-	q.waiters = append(q.waiters, w)
+	p.refs.Store(2)
+	q.waiters = append(q.waiters, p)
 	q.counters.waiting.Store(int64(len(q.waiters)))
-	waitStart := b.clock.Now()
-	q.mu.Unlock()
-
-	var waitSpan trace.Span
-	if b.tel.tracing {
-		_, waitSpan = b.tel.tracer.Start(ctx, q.tel.waitName, b.tel.startOpts(q.tel.childStart, waitStart)...)
-	}
-	var timeout <-chan time.Time
+	p.waitStart = b.clock.Now()
 	if q.policy != PolicyBlock {
-		t := b.clock.NewTimer(q.timeout)
-		defer t.Stop()
-		timeout = t.C()
-	}
-
-	var outcome Outcome
-	var err error
-	select {
-	case <-w.ready:
-	case <-timeout:
-		if q.policy == PolicyDrop {
-			outcome = Dropped
-		} else {
-			outcome = TimedOut
-			err = fmt.Errorf("queue %q stayed full (capacity %d) for %v: %w", q.name, q.capacity, q.timeout, ErrTimeout)
-		}
-	case <-ctx.Done():
-		outcome = Cancelled
-		err = ctxError(ctx, fmt.Sprintf("publish to queue %q withdrawn while waiting for room", q.name))
-	}
-
-	// Someone else may have resolved the wait between the select and here:
-	// an admission wins over a timeout, because the event is already queued.
-	q.mu.Lock()
-	if w.resolved {
-		outcome, err = Accepted, nil
-		if w.err != nil {
-			outcome, err = Failed, w.err
-		}
-	} else {
-		w.resolved = true
-		q.removeWaiterLocked(w)
+		p.timer = b.clock.AfterFunc(q.timeout, func() { q.expire(p) })
 	}
 	q.mu.Unlock()
 
-	end := b.clock.Now()
-	b.tel.waitDuration.Record(ctx, end.Sub(waitStart).Seconds(), q.tel.record...)
-	if waitSpan != nil {
-		if waitSpan.IsRecording() {
-			waitSpan.SetAttributes(attrOutcome.String(string(outcome)))
+	if b.tel.tracing {
+		_, p.waitSpan = b.tel.tracer.Start(p.ctx, q.tel.waitName, b.tel.startOpts(q.tel.childStart, p.waitStart)...)
+	}
+	// ctx is captured: finish clears p.ctx, and a callback that has
+	// already started cannot be stopped.
+	ctx := p.ctx
+	switch {
+	case ctx.Done() == nil:
+	case ctx.Err() != nil:
+		q.withdrawCtx(p, ctx)
+	case p.done != nil: // Publish watches ctx while it blocks
+		p.stopCtx = context.AfterFunc(ctx, func() { q.withdrawCtx(p, ctx) })
+	}
+}
+
+// withdrawCtx cancels p's wait because ctx ended.
+func (q *queue) withdrawCtx(p *Pending, ctx context.Context) {
+	q.withdraw(p, ctxError(ctx, fmt.Sprintf("publish to queue %q withdrawn while waiting for room", q.name)))
+}
+
+// resolveLocked ends p's wait with outcome unless something else has
+// already; it reports whether it did. The caller takes p off q.waiters.
+func (p *Pending) resolveLocked(outcome Outcome, seq uint64, err error, at time.Time) bool {
+	if p.resolved {
+		return false
+	}
+	p.resolved, p.resolvedAt, p.outcome, p.seq, p.err = true, at, outcome, seq, err
+	return true
+}
+
+// expire is p's timer: the queue stayed full for its timeout.
+func (q *queue) expire(p *Pending) {
+	outcome, err := Dropped, error(nil)
+	if q.policy == PolicyFail {
+		outcome = TimedOut
+		err = fmt.Errorf("queue %q stayed full (capacity %d) for %v: %w", q.name, q.capacity, q.timeout, ErrTimeout)
+	}
+	q.mu.Lock()
+	ok := p.resolveLocked(outcome, 0, err, q.bus.clock.Now())
+	if ok {
+		q.removeWaiterLocked(p)
+	}
+	q.mu.Unlock()
+	if ok {
+		p.release()
+	}
+}
+
+// withdraw cancels p's wait with err (wrapping context.Canceled) and
+// reports whether it did.
+func (q *queue) withdraw(p *Pending, err error) bool {
+	q.mu.Lock()
+	ok := p.resolveLocked(Cancelled, 0, err, q.bus.clock.Now())
+	if ok {
+		q.removeWaiterLocked(p)
+	}
+	q.mu.Unlock()
+	if ok {
+		p.release()
+	}
+	return ok
+}
+
+// release drops one reference to a registered publish and finishes it when
+// that was the last one; it reports whether it did.
+func (p *Pending) release() bool {
+	if p.refs.Add(-1) != 0 {
+		return false
+	}
+	p.finish()
+	return true
+}
+
+// releaseAll releases a list of waits resolved under the queue lock, in
+// list order, after the lock is released.
+func releaseAll(p *Pending) {
+	for p != nil {
+		next := p.next
+		p.next = nil
+		p.release()
+		p = next
+	}
+}
+
+// finish ends a resolved wait: it stops the timer and the ctx watch, does
+// the accounting and telemetry, and hands the result over.
+func (p *Pending) finish() {
+	q := p.q
+	b := q.bus
+	if p.timer != nil {
+		p.timer.Stop()
+	}
+	if p.stopCtx != nil {
+		p.stopCtx()
+	}
+	// The wait ended when it was resolved, not when it is finished here.
+	outcome, err, end := p.outcome, p.err, p.resolvedAt
+	b.tel.waitDuration.Record(p.ctx, end.Sub(p.waitStart).Seconds(), q.tel.record...)
+	if p.waitSpan != nil {
+		if p.waitSpan.IsRecording() {
+			p.waitSpan.SetAttributes(attrOutcome.String(string(outcome)))
 		}
-		b.tel.end(waitSpan, end)
+		b.tel.end(p.waitSpan, end)
 	}
 	switch outcome {
 	case Dropped:
 		q.countDrop(DropTimeout)
 		if b.tel.tracing {
-			b.tel.dropSpan(q, pubSC, DropTimeout, 0, end)
+			b.tel.dropSpan(q, p.pubSC, DropTimeout, 0, end)
 		}
 		b.maybeLogDrops(q)
 	case TimedOut:
 		q.counters.unloggedTimeouts.Add(1)
 		b.maybeLogDrops(q)
 	}
-	return q.finishPublish(ctx, span, start, outcome, w.seq, depth, err)
+	p.outcome, p.err = q.finishPublish(p.ctx, p.span, p.start, outcome, p.seq, p.depth, err)
+	done := p.done
+	// The caller may keep the handle: let go of what it no longer needs.
+	p.ctx, p.ev, p.span, p.waitSpan, p.timer, p.stopCtx, p.done = nil, Event{}, nil, nil, nil, nil, nil
+	if done != nil {
+		done(p.outcome, p.err)
+		return
+	}
+	close(p.ch)
 }
 
-func (q *queue) removeWaiterLocked(w *waiter) {
+func (q *queue) removeWaiterLocked(p *Pending) {
 	for i, x := range q.waiters {
-		if x == w {
-			copy(q.waiters[i:], q.waiters[i+1:])
-			q.waiters[len(q.waiters)-1] = nil
-			q.waiters = q.waiters[:len(q.waiters)-1]
-			break
+		if x != p {
+			continue
 		}
+		if i == 0 {
+			q.popWaiterLocked()
+			return
+		}
+		copy(q.waiters[i:], q.waiters[i+1:])
+		q.waiters[len(q.waiters)-1] = nil
+		q.waiters = q.waiters[:len(q.waiters)-1]
+		break
 	}
 	q.counters.waiting.Store(int64(len(q.waiters)))
+}
+
+// popWaiterLocked removes the head waiter by moving the slice start, so
+// that a long FIFO drained from its head is not shifted on every removal
+// (append compacts it when it next grows).
+func (q *queue) popWaiterLocked() *Pending {
+	p := q.waiters[0]
+	q.waiters[0] = nil
+	if len(q.waiters) == 1 {
+		q.waiters = q.waiters[:0] // keep the array: no allocation for the next wait
+	} else {
+		q.waiters = q.waiters[1:]
+	}
+	q.counters.waiting.Store(int64(len(q.waiters)))
+	return p
 }
 
 // finishPublish counts the outcome, records the duration and ends the span.
@@ -395,23 +578,26 @@ func (q *queue) pushLocked(ev Event, pubSC trace.SpanContext, at time.Time) uint
 }
 
 // admitWaitersLocked moves waiting publishers into the queue, oldest first,
-// while there is room.
-func (q *queue) admitWaitersLocked() {
+// while there is room. It returns them as a list for releaseAll, which the
+// caller runs once it has released q.mu.
+func (q *queue) admitWaitersLocked() *Pending {
 	if len(q.waiters) == 0 || q.store.Len() >= q.capacity {
-		return
+		return nil
 	}
 	now := q.bus.clock.Now() // the waiters' EnqueuedAt
+	var head, tail *Pending
 	for len(q.waiters) > 0 && q.store.Len() < q.capacity {
-		w := q.waiters[0]
-		copy(q.waiters, q.waiters[1:])
-		q.waiters[len(q.waiters)-1] = nil
-		q.waiters = q.waiters[:len(q.waiters)-1]
-		w.seq = q.pushLocked(w.ev, w.pubSC, now)
-		w.resolved = true
-		close(w.ready)
+		p := q.popWaiterLocked()
+		p.resolveLocked(Accepted, q.pushLocked(p.ev, p.pubSC, now), nil, now)
+		if tail == nil {
+			head = p
+		} else {
+			tail.next = p
+		}
+		tail = p
 	}
-	q.counters.waiting.Store(int64(len(q.waiters)))
 	q.wakeConsumersLocked()
+	return head
 }
 
 // wakeConsumersLocked wakes as many idle consumers as there are waiting
@@ -582,15 +768,22 @@ func (b *Bus) Shutdown(ctx context.Context) (map[string]int, error) {
 	b.closing.Store(true)
 	for _, q := range b.queues {
 		q.mu.Lock()
-		for _, w := range q.waiters {
-			w.resolved = true
-			w.err = ErrShuttingDown
-			close(w.ready)
+		now := b.clock.Now()
+		var head, tail *Pending
+		for _, p := range q.waiters {
+			p.resolveLocked(Failed, 0, ErrShuttingDown, now)
+			if tail == nil {
+				head = p
+			} else {
+				tail.next = p
+			}
+			tail = p
 		}
 		clear(q.waiters)
 		q.waiters = q.waiters[:0]
 		q.counters.waiting.Store(0)
 		q.mu.Unlock()
+		releaseAll(head)
 	}
 	b.logger.Info("bus shutting down: publishes refused, draining queues")
 

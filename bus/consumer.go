@@ -184,10 +184,11 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 	}
 	c.inflight[e.seq] = f
 	q.counters.inFlight.Add(1)
-	q.admitWaitersLocked()
+	admitted := q.admitWaitersLocked()
 	// Other idle consumers may be owed a wake-up for events still waiting.
 	q.wakeConsumersLocked()
 	q.mu.Unlock()
+	releaseAll(admitted)
 
 	q.counters.delivered.Add(1)
 	if e.redeliveries > 0 {

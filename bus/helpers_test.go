@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -21,7 +22,7 @@ type fakeClock struct {
 type fakeTimer struct {
 	clock *fakeClock
 	at    time.Time
-	ch    chan time.Time
+	f     func()
 }
 
 func newFakeClock() *fakeClock {
@@ -34,15 +35,13 @@ func (c *fakeClock) Now() time.Time {
 	return c.now
 }
 
-func (c *fakeClock) NewTimer(d time.Duration) bus.Timer {
+func (c *fakeClock) AfterFunc(d time.Duration, f func()) bus.Timer {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	t := &fakeTimer{clock: c, at: c.now.Add(d), ch: make(chan time.Time, 1)}
+	t := &fakeTimer{clock: c, at: c.now.Add(d), f: f}
 	c.timers = append(c.timers, t)
 	return t
 }
-
-func (t *fakeTimer) C() <-chan time.Time { return t.ch }
 
 func (t *fakeTimer) Stop() bool {
 	c := t.clock
@@ -57,20 +56,28 @@ func (t *fakeTimer) Stop() bool {
 	return false
 }
 
-// Advance moves time on and fires every timer that is due.
+// Advance moves time on and runs the function of every timer that is due,
+// earliest first, in the caller's goroutine once the clock is unlocked:
+// when Advance returns, every wait it timed out has been resolved.
 func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.now = c.now.Add(d)
+	var due []*fakeTimer
 	kept := c.timers[:0]
 	for _, t := range c.timers {
 		if !t.at.After(c.now) {
-			t.ch <- c.now
+			due = append(due, t)
 			continue
 		}
 		kept = append(kept, t)
 	}
+	clear(c.timers[len(kept):])
 	c.timers = kept
+	c.mu.Unlock()
+	slices.SortStableFunc(due, func(a, b *fakeTimer) int { return a.at.Compare(b.at) })
+	for _, t := range due {
+		t.f()
+	}
 }
 
 // Timers counts armed timers: a waiting publisher of a drop or fail queue

@@ -15,14 +15,14 @@ import (
 type Clock interface {
 	// Now returns the current time; it stamps EnqueuedAt and measures durations.
 	Now() time.Time
-	// NewTimer returns a timer that fires once after d.
-	NewTimer(d time.Duration) Timer
+	// AfterFunc calls f once d has passed, in its own goroutine, like
+	// time.AfterFunc: a publish waiting for room times out this way
+	// without a goroutine of its own.
+	AfterFunc(d time.Duration, f func()) Timer
 }
 
 // Timer is the subset of *time.Timer the bus needs.
 type Timer interface {
-	// C delivers the time once the timer fires.
-	C() <-chan time.Time
 	// Stop prevents the timer from firing; it reports whether it was stopped
 	// before firing.
 	Stop() bool
@@ -35,12 +35,7 @@ type systemClock struct{}
 
 func (systemClock) Now() time.Time { return time.Now() }
 
-func (systemClock) NewTimer(d time.Duration) Timer { return systemTimer{time.NewTimer(d)} }
-
-type systemTimer struct{ t *time.Timer }
-
-func (t systemTimer) C() <-chan time.Time { return t.t.C }
-func (t systemTimer) Stop() bool          { return t.t.Stop() }
+func (systemClock) AfterFunc(d time.Duration, f func()) Timer { return time.AfterFunc(d, f) }
 
 // DefaultDropLogInterval is how often, at most, the bus logs a summary of
 // the drops and timeouts of one queue.
