@@ -143,6 +143,7 @@ func telemetryConfig(t config.Telemetry, lookup env) telemetry.Config {
 		OTLPInsecure:    t.OTLPInsecure,
 		DataSampleRatio: t.DataSampleRatio,
 		MetricInterval:  t.MetricInterval,
+		SpanExportCPU:   t.SpanExportCPU,
 		LookupEnv:       lookup,
 	}
 }

@@ -85,6 +85,10 @@ type Telemetry struct {
 	// MetricInterval is the OTLP metric push interval; 0:
 	// OTEL_METRIC_EXPORT_INTERVAL, else 10s.
 	MetricInterval time.Duration
+	// SpanExportCPU bounds the share of one CPU (0 < x <= 1) the span
+	// export worker may use, so that tracing sheds spans instead of taking
+	// CPU from the bus; 0: the telemetry package's default (0.25).
+	SpanExportCPU float64
 }
 
 // Default returns the built-in configuration: the seed's three queues and

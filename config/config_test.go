@@ -96,7 +96,7 @@ func TestYAMLRoundTrip(t *testing.T) {
 	custom.Queues[0].Capacity = 5000
 	custom.Routes["RISK_LIMIT"] = "risk"
 	custom.DefaultQueue = "signal"
-	custom.Telemetry = Telemetry{Disabled: true, TracesDisabled: true, OTLPEndpoint: "127.0.0.1:4317", OTLPInsecure: true, ServiceName: "x", DataSampleRatio: &ratio, MetricInterval: 2 * time.Second}
+	custom.Telemetry = Telemetry{Disabled: true, TracesDisabled: true, OTLPEndpoint: "127.0.0.1:4317", OTLPInsecure: true, ServiceName: "x", DataSampleRatio: &ratio, MetricInterval: 2 * time.Second, SpanExportCPU: 1}
 
 	for name, c := range map[string]Config{"defaults": Default(), "custom": custom} {
 		t.Run(name, func(t *testing.T) {
@@ -211,13 +211,13 @@ telemetry:
 		},
 		{
 			name:  "every setting from a flag",
-			flags: map[string]string{"socket": "/s", "socket-mode": "0600", "admin-addr": "127.0.0.1:0", "log-level": "debug", "log-format": "json", "drain-timeout": "1m", "max-frame-bytes": "4096", "write-timeout": "2s", "max-output-bytes": "8192", "default-queue": "order", "telemetry-disabled": "true", "traces-disabled": "true", "otlp-endpoint": "http://127.0.0.1:4317", "otlp-insecure": "true", "service-name": "svc", "data-sample-ratio": "0.5", "metric-interval": "1s"},
+			flags: map[string]string{"socket": "/s", "socket-mode": "0600", "admin-addr": "127.0.0.1:0", "log-level": "debug", "log-format": "json", "drain-timeout": "1m", "max-frame-bytes": "4096", "write-timeout": "2s", "max-output-bytes": "8192", "default-queue": "order", "telemetry-disabled": "true", "traces-disabled": "true", "otlp-endpoint": "http://127.0.0.1:4317", "otlp-insecure": "true", "service-name": "svc", "data-sample-ratio": "0.5", "metric-interval": "1s", "span-export-cpu": "0.5"},
 			check: func(t *testing.T, c Config) {
 				half := 0.5
 				want := Default()
 				want.Socket, want.SocketMode, want.AdminAddr, want.LogLevel, want.LogFormat = "/s", 0o600, "127.0.0.1:0", "debug", "json"
 				want.DrainTimeout, want.MaxFrameBytes, want.WriteTimeout, want.MaxOutputBytes, want.DefaultQueue = time.Minute, 4096, 2*time.Second, 8192, "order"
-				want.Telemetry = Telemetry{Disabled: true, TracesDisabled: true, OTLPEndpoint: "http://127.0.0.1:4317", OTLPInsecure: true, ServiceName: "svc", DataSampleRatio: &half, MetricInterval: time.Second}
+				want.Telemetry = Telemetry{Disabled: true, TracesDisabled: true, OTLPEndpoint: "http://127.0.0.1:4317", OTLPInsecure: true, ServiceName: "svc", DataSampleRatio: &half, MetricInterval: time.Second, SpanExportCPU: 0.5}
 				if !reflect.DeepEqual(c, want) {
 					t.Errorf("got %+v\nwant %+v", c, want)
 				}
@@ -352,6 +352,8 @@ func TestInvalid(t *testing.T) {
 		{name: "sample ratio above 1", flags: map[string]string{"data-sample-ratio": "1.5"}, want: []string{`telemetry.data_sample_ratio "1.5"`, "0 to 1"}},
 		{name: "sample ratio not a number", flags: map[string]string{"data-sample-ratio": "half"}, want: []string{`telemetry.data_sample_ratio "half"`, "not a number"}},
 		{name: "metric interval tiny", yaml: "telemetry:\n  metric_interval: 1ms\n", want: []string{`telemetry.metric_interval "1ms"`, "at least 100ms"}},
+		{name: "span export cpu above 1", flags: map[string]string{"span-export-cpu": "2"}, want: []string{`telemetry.span_export_cpu "2"`, "at most 1"}},
+		{name: "span export cpu negative", yaml: "telemetry:\n  span_export_cpu: -0.5\n", want: []string{`telemetry.span_export_cpu "-0.5"`, "more than 0"}},
 		{name: "otlp endpoint", flags: map[string]string{"otlp-endpoint": "collector"}, want: []string{`telemetry.otlp_endpoint "collector"`, "HOST:PORT", "http://"}},
 		{name: "otlp endpoint bad scheme", flags: map[string]string{"otlp-endpoint": "grpc://x:1"}, want: []string{`telemetry.otlp_endpoint "grpc://x:1"`, "http:// or https://"}},
 		{name: "several problems at once", flags: map[string]string{"log-level": "x", "log-format": "y"}, want: []string{"log_level", "log_format"}},

@@ -150,13 +150,14 @@ type fileTelemetry struct {
 	ServiceName     yaml.Node `yaml:"service_name"`
 	DataSampleRatio yaml.Node `yaml:"data_sample_ratio"`
 	MetricInterval  yaml.Node `yaml:"metric_interval"`
+	SpanExportCPU   yaml.Node `yaml:"span_export_cpu"`
 }
 
 // fileKeys lists the keys each YAML mapping accepts, for unknown-key errors.
 var fileKeys = map[string]string{
 	"fileConfig":    "socket, socket_mode, admin_addr, log_level, log_format, drain_timeout, max_frame_bytes, write_timeout, max_output_bytes, queues, routes, default_queue, telemetry",
 	"fileQueue":     "name, capacity, policy, timeout",
-	"fileTelemetry": "disabled, traces_disabled, otlp_endpoint, otlp_insecure, service_name, data_sample_ratio, metric_interval",
+	"fileTelemetry": "disabled, traces_disabled, otlp_endpoint, otlp_insecure, service_name, data_sample_ratio, metric_interval, span_export_cpu",
 }
 
 func (f *fileConfig) scalars() map[string]*yaml.Node {
@@ -180,6 +181,7 @@ func (f *fileConfig) scalars() map[string]*yaml.Node {
 		m["telemetry.service_name"] = &t.ServiceName
 		m["telemetry.data_sample_ratio"] = &t.DataSampleRatio
 		m["telemetry.metric_interval"] = &t.MetricInterval
+		m["telemetry.span_export_cpu"] = &t.SpanExportCPU
 	}
 	return m
 }

@@ -38,6 +38,17 @@ type renderTelemetry struct {
 	ServiceName     string   `yaml:"service_name"`
 	DataSampleRatio *float64 `yaml:"data_sample_ratio"`
 	MetricInterval  string   `yaml:"metric_interval"`
+	SpanExportCPU   float64  `yaml:"span_export_cpu"`
+}
+
+// settingValue renders one setting's value in c by its key.
+func settingValue(key string, c Config) string {
+	for _, s := range Settings() {
+		if s.Key == key {
+			return s.Value(c)
+		}
+	}
+	return ""
 }
 
 // YAML renders c in the file form Load reads back unchanged, so the output
@@ -62,7 +73,8 @@ func (c Config) YAML() ([]byte, error) {
 			OTLPInsecure:    c.Telemetry.OTLPInsecure,
 			ServiceName:     c.Telemetry.ServiceName,
 			DataSampleRatio: c.Telemetry.DataSampleRatio,
-			MetricInterval:  Settings()[len(Settings())-1].Value(c),
+			MetricInterval:  settingValue("telemetry.metric_interval", c),
+			SpanExportCPU:   c.Telemetry.SpanExportCPU,
 		},
 	}
 	if !c.AdminEnabled() {

@@ -165,6 +165,22 @@ func Settings() []Setting {
 				return c.Telemetry.MetricInterval.String()
 			},
 		},
+		{
+			Key: "telemetry.span_export_cpu", Flag: "span-export-cpu", Usage: "share of one CPU, 0 to 1, the span exporter may use before it sheds spans (empty or 0: 0.25; 1: no limit)",
+			set: func(c *Config, v string) error {
+				if strings.TrimSpace(v) == "" {
+					c.Telemetry.SpanExportCPU = 0
+					return nil
+				}
+				return parseFloat(v, &c.Telemetry.SpanExportCPU)
+			},
+			get: func(c Config) string {
+				if c.Telemetry.SpanExportCPU == 0 {
+					return ""
+				}
+				return strconv.FormatFloat(c.Telemetry.SpanExportCPU, 'g', -1, 64)
+			},
+		},
 	}
 }
 

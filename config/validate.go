@@ -133,6 +133,9 @@ func validate(c Config, origin map[string]string) error {
 	if t.MetricInterval != 0 && t.MetricInterval < 100*time.Millisecond {
 		bad("telemetry.metric_interval", t.MetricInterval.String(), "must be at least 100ms (e.g. 10s), or empty for OTEL_METRIC_EXPORT_INTERVAL")
 	}
+	if c := t.SpanExportCPU; !(c >= 0 && c <= 1) {
+		bad("telemetry.span_export_cpu", strconv.FormatFloat(c, 'g', -1, 64), "allowed: more than 0 and at most 1 (1: no limit), or empty for the default 0.25")
+	}
 	if e := t.OTLPEndpoint; e != "" {
 		if err := checkEndpoint(e); err != nil {
 			bad("telemetry.otlp_endpoint", e, err.Error()+"; allowed: HOST:PORT (e.g. 127.0.0.1:4317), an http:// or https:// URL, or empty for OTEL_EXPORTER_OTLP_ENDPOINT")
