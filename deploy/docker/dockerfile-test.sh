@@ -65,7 +65,10 @@ until docker logs "${cid}" 2>&1 | grep -q 'serving'; do
 done
 ok "serves on /run/eventbus/eventbus.sock as the image's user"
 docker rm -f "${cid}" >/dev/null
-# The toolchain context and images are large (Go + module cache): drop them.
+# The toolchain context and images are large (Go + module cache): drop
+# them, and the build stage the classic builder keeps (labelled in
+# deploy/Dockerfile).
 docker image rm "${image}" "eventbus-local/go-toolchain:${TAG}" >/dev/null
+docker image prune -f --filter label=io.eventbus-sidecar.stage=build >/dev/null
 rm -rf "${CTX}"
 echo "dockerfile-test: ${passed} passed, 0 failed"
