@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -27,7 +28,8 @@ const (
 
 // conn is one client connection. The read loop (serve) owns the
 // subscriptions and runs the cleanup; the write loop owns the socket's
-// write side; lanes and pumps only append to the output buffer.
+// write side; pumps and the bus's resolutions of waiting publishes only
+// append to the output buffer.
 type conn struct {
 	s   *Server
 	nc  net.Conn
@@ -55,11 +57,19 @@ type conn struct {
 	reasonMu sync.Mutex
 	reason   CloseReason
 
-	lanesMu sync.Mutex
-	lanes   map[string]*lane
+	// Publishes waiting for room in the bus, by request id (a client that
+	// reuses an id has several). The read loop adds them, the bus's done
+	// callbacks remove them; see publish.
+	pmu      sync.Mutex
+	pubRoom  *sync.Cond // signalled when a waiting publish resolves
+	waits    map[int64][]waitRef
+	nwaits   int    // publishes in waits, capped by MaxWaitingPublishes
+	pubSeq   uint64 // read loop only: numbers each publish
+	early    uint64 // the publish resolved before the read loop stored it
+	roomWake bool   // the read loop waits on pubRoom
 
 	subs     map[string]*subscription // read loop only
-	producer sync.WaitGroup           // lanes and pumps
+	producer sync.WaitGroup           // pumps
 
 	types map[string]string // read loop only
 	big   []byte            // read loop only: accumulates long frames
@@ -74,12 +84,13 @@ func newConn(s *Server, nc net.Conn) *conn {
 		cancel:     cancel,
 		wake:       make(chan struct{}, 1),
 		writerDone: make(chan struct{}),
-		lanes:      make(map[string]*lane),
+		waits:      make(map[int64][]waitRef),
 		subs:       make(map[string]*subscription),
 		types:      make(map[string]string),
 		writerIdle: true,
 	}
 	c.room = sync.NewCond(&c.omu)
+	c.pubRoom = sync.NewCond(&c.pmu)
 	c.log = func(msg string, args ...any) { s.log.Debug(msg, args...) }
 	return c
 }
@@ -96,13 +107,16 @@ func (c *conn) serve() {
 	c.s.log.Debug("connection opened")
 	reason := c.readLoop()
 	c.setReason(reason)
+	// Ending the context withdraws every waiting publish (the bus answers
+	// each through its done callback); their replies are written before
+	// the output closes.
 	c.cancel(c.closeCause())
-	c.closeLanes()
 	for q, sub := range c.subs {
 		sub.stop()
 		delete(c.subs, q)
 	}
 	c.producer.Wait()
+	c.drainPublishes()
 	c.omu.Lock()
 	c.oclosed = true
 	c.room.Broadcast()
@@ -122,15 +136,6 @@ func (c *conn) closeCause() error {
 		return bus.ErrShuttingDown
 	}
 	return errConnClosed
-}
-
-// closeLanes withdraws every publish the connection still holds.
-func (c *conn) closeLanes() {
-	c.lanesMu.Lock()
-	defer c.lanesMu.Unlock()
-	for _, l := range c.lanes {
-		l.close()
-	}
 }
 
 func (c *conn) setReason(r CloseReason) {
@@ -178,8 +183,10 @@ func (c *conn) kill(reason CloseReason, force bool) {
 	c.setReason(reason)
 	c.killOnce.Do(func() {
 		c.cancel(c.closeCause())
-		// The read loop may be blocked handing a publish to a full lane.
-		c.closeLanes()
+		// The read loop may be held by MaxWaitingPublishes.
+		c.pmu.Lock()
+		c.pubRoom.Broadcast()
+		c.pmu.Unlock()
 		// An expired read deadline wakes the read loop without closing the
 		// socket, so queued replies can still be flushed.
 		c.nc.SetReadDeadline(time.Unix(1, 0))
@@ -204,6 +211,10 @@ func (c *conn) readLoop() CloseReason {
 	for {
 		if !c.waitRoom(c.ctx) {
 			return CloseSlowConsumer
+		}
+		if !c.waitPublishRoom() {
+			// Killed while waiting: kill has set the reason.
+			return CloseShutdown
 		}
 		line, err := c.readFrame(br)
 		if err != nil {
@@ -294,8 +305,8 @@ func (c *conn) readFrame(br *bufio.Reader) ([]byte, error) {
 	return line, nil
 }
 
-// handle dispatches one frame. Everything it does is non-blocking except
-// handing a publish to a full lane, which is the documented flow control.
+// handle dispatches one frame. Nothing it does blocks: a publish that has
+// to wait for room is left with the bus, which answers it later.
 func (c *conn) handle(line []byte) {
 	req, err := decodeRequest(line, c)
 	if err != nil {
@@ -306,11 +317,7 @@ func (c *conn) handle(line []byte) {
 	case OpPublish:
 		c.publish(&req)
 	case OpCancel:
-		c.lanesMu.Lock()
-		for _, l := range c.lanes {
-			l.cancelRef(req.Ref)
-		}
-		c.lanesMu.Unlock()
+		c.cancelPublish(req.Ref)
 		if req.HasID {
 			c.reply(req.ID, StatusOK)
 		}
@@ -362,7 +369,138 @@ func (c *conn) publish(req *Request) {
 			ev.Parent = sc
 		}
 	}
-	c.lane(queue).push(pubReq{id: req.ID, ev: ev})
+	if c.ctx.Err() != nil {
+		// Read just before the connection was told to stop: withdrawn
+		// like the publishes already waiting.
+		c.replyCancelled(req.ID)
+		return
+	}
+	c.pubSeq++
+	n, id := c.pubSeq, req.ID
+	// The event takes its place in the queue now, in the order the frames
+	// were read: accepted, or waiting with its own timeout counted from
+	// now, without holding up this connection's other frames.
+	p := c.s.bus.PublishAsync(c.ctx, ev, queue, func(outcome bus.Outcome, err error) {
+		c.publishDone(n, id, outcome, err)
+	})
+	if p == nil {
+		return // answered already
+	}
+	c.pmu.Lock()
+	if c.early != n {
+		c.waits[id] = append(c.waits[id], waitRef{n: n, p: p})
+		c.nwaits++
+	}
+	c.pmu.Unlock()
+}
+
+// waitRef is a publish waiting for room: n tells apart publishes that
+// share an id.
+type waitRef struct {
+	n uint64
+	p *bus.Pending
+}
+
+// publishDone answers publish n (request id) once the bus has decided it.
+// It may run on the read loop (inside PublishAsync or Cancel) or on a bus
+// goroutine (a consumer's Receive, a timer, the context's AfterFunc), so it
+// only appends the reply and updates the bookkeeping; it never blocks.
+func (c *conn) publishDone(n uint64, id int64, outcome bus.Outcome, err error) {
+	// The reply goes first: once the last wait is gone, serve closes the
+	// output.
+	c.replyOutcome(id, outcome, err)
+	c.pmu.Lock()
+	refs := c.waits[id]
+	i := slices.IndexFunc(refs, func(r waitRef) bool { return r.n == n })
+	if i < 0 {
+		// Answered inside PublishAsync, or before the read loop stored
+		// the handle: it must not store it.
+		c.early = n
+		c.pmu.Unlock()
+		return
+	}
+	if len(refs) == 1 {
+		delete(c.waits, id)
+	} else {
+		c.waits[id] = slices.Delete(refs, i, i+1)
+	}
+	c.nwaits--
+	if c.roomWake {
+		c.pubRoom.Signal()
+	}
+	c.pmu.Unlock()
+}
+
+// cancelPublish withdraws the waiting publishes with id ref; each is
+// answered "cancelled" before this returns. A publish already answered is
+// left alone.
+func (c *conn) cancelPublish(ref int64) {
+	c.pmu.Lock()
+	var one [1]*bus.Pending
+	ps := one[:0]
+	for _, r := range c.waits[ref] {
+		ps = append(ps, r.p)
+	}
+	c.pmu.Unlock()
+	// Not under pmu: Cancel calls publishDone.
+	for _, p := range ps {
+		p.Cancel()
+	}
+}
+
+// waitPublishRoom blocks while MaxWaitingPublishes of the connection's
+// publishes are waiting for room: the flow control that stops reading a
+// connection whose publishes pile up on full queues. It returns false once
+// the connection is killed.
+func (c *conn) waitPublishRoom() bool {
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	for c.nwaits >= c.s.cfg.MaxWaitingPublishes && c.ctx.Err() == nil {
+		c.roomWake = true
+		c.pubRoom.Wait()
+		c.roomWake = false
+	}
+	return c.ctx.Err() == nil
+}
+
+// drainPublishes waits until every waiting publish has been answered;
+// serve calls it after ending the context, which withdraws them.
+func (c *conn) drainPublishes() {
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	for c.nwaits > 0 {
+		c.roomWake = true
+		c.pubRoom.Wait()
+		c.roomWake = false
+	}
+}
+
+func (c *conn) replyOutcome(id int64, outcome bus.Outcome, err error) {
+	switch outcome {
+	case bus.Accepted:
+		c.reply(id, StatusAccepted)
+	case bus.Dropped:
+		c.reply(id, StatusDropped)
+	case bus.TimedOut:
+		c.reply(id, StatusTimeout)
+	case bus.Cancelled:
+		c.replyCancelled(id)
+	default:
+		if err == nil {
+			err = errors.New("publish failed")
+		}
+		c.replyErr(id, true, busError("publish", err))
+	}
+}
+
+// replyCancelled answers a withdrawn publish: "cancelled" when the client
+// asked for it (or went away), "shutting down" when the server did.
+func (c *conn) replyCancelled(id int64) {
+	if errors.Is(context.Cause(c.ctx), bus.ErrShuttingDown) {
+		c.replyShuttingDown(id)
+		return
+	}
+	c.reply(id, StatusCancelled)
 }
 
 // intern returns b as a string, reusing the queue names and the
@@ -381,24 +519,6 @@ func (c *conn) intern(b []byte) string {
 		c.types[s] = s
 	}
 	return s
-}
-
-func (c *conn) lane(queue string) *lane {
-	c.lanesMu.Lock()
-	defer c.lanesMu.Unlock()
-	l, ok := c.lanes[queue]
-	if !ok {
-		l = newLane(c, queue)
-		if c.ctx.Err() != nil {
-			// The connection is closing: the lane answers what it gets
-			// "cancelled" (or "shutting down") and stops.
-			l.closing = true
-		}
-		c.lanes[queue] = l
-		c.producer.Add(1)
-		go l.run()
-	}
-	return l
 }
 
 func (c *conn) subscribe(req *Request) {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -191,4 +192,96 @@ func eventually(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// manualClock is a bus.Clock whose timers fire only when Advance passes
+// them, so queue timeouts are driven by the test instead of by sleeps.
+type manualClock struct {
+	mu     sync.Mutex
+	now    time.Time
+	timers []*manualTimer
+}
+
+type manualTimer struct {
+	clk     *manualClock
+	at      time.Time
+	f       func()
+	stopped bool
+}
+
+func newManualClock() *manualClock {
+	return &manualClock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+}
+
+func (c *manualClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *manualClock) AfterFunc(d time.Duration, f func()) bus.Timer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	tm := &manualTimer{clk: c, at: c.now.Add(d), f: f}
+	c.timers = append(c.timers, tm)
+	return tm
+}
+
+func (tm *manualTimer) Stop() bool {
+	tm.clk.mu.Lock()
+	defer tm.clk.mu.Unlock()
+	was := !tm.stopped
+	tm.stopped = true
+	return was
+}
+
+// Advance moves the clock on by d and runs, in the order they were set, the
+// timers that fall due, each in its own goroutine as time.AfterFunc does.
+func (c *manualClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	var due []*manualTimer
+	kept := c.timers[:0]
+	for _, tm := range c.timers {
+		switch {
+		case tm.stopped:
+		case !tm.at.After(c.now):
+			tm.stopped = true
+			due = append(due, tm)
+		default:
+			kept = append(kept, tm)
+		}
+	}
+	clear(c.timers[len(kept):])
+	c.timers = kept
+	c.mu.Unlock()
+	for _, tm := range due {
+		go tm.f()
+	}
+}
+
+// onlyConn returns the server's single open connection.
+func (ts *testServer) onlyConn(t *testing.T) *conn {
+	t.Helper()
+	var c *conn
+	eventually(t, "one connection", func() bool {
+		ts.srv.mu.Lock()
+		defer ts.srv.mu.Unlock()
+		if len(ts.srv.conns) != 1 {
+			return false
+		}
+		for k := range ts.srv.conns {
+			c = k
+		}
+		return true
+	})
+	return c
+}
+
+// readerHeldByWaitCap reports whether c's read loop is parked because
+// MaxWaitingPublishes of its publishes are waiting.
+func (c *conn) readerHeldByWaitCap() bool {
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	return c.roomWake && c.nwaits >= c.s.cfg.MaxWaitingPublishes
 }

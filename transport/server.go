@@ -1,9 +1,10 @@
 // Package transport serves the bus over a Unix domain socket with the
 // newline-delimited JSON protocol described in docs/protocol.md.
 //
-// A Server owns one read loop, one write loop, one publish lane per
-// (connection, queue) and one delivery pump per subscription; all of them
-// stop when the connection closes, and Shutdown waits for every one.
+// A Server runs one read loop and one write loop per connection and one
+// delivery pump per subscription. Publishes that wait for room are held by
+// the bus (bus.PublishAsync), not by goroutines of the server; all of them
+// are answered when the connection closes, and Shutdown waits for every one.
 package transport
 
 import (
@@ -36,10 +37,10 @@ const (
 	// DefaultWriteTimeout is how long one write to a client may stay stuck
 	// before the client is cut off as a slow consumer.
 	DefaultWriteTimeout = 10 * time.Second
-	// DefaultMaxPendingPublishes bounds the publishes one connection may
-	// have queued for one queue behind the one waiting for room. Past it
-	// the server stops reading that connection until one completes.
-	DefaultMaxPendingPublishes = 4096
+	// DefaultMaxWaitingPublishes bounds the publishes of one connection
+	// that wait for room in full queues at the same time. At the bound the
+	// server stops reading that connection until one of them is answered.
+	DefaultMaxWaitingPublishes = 4096
 	// DefaultQueue receives events whose type has no route.
 	DefaultQueue = "data"
 )
@@ -73,9 +74,12 @@ type Config struct {
 	// WriteTimeout cuts off a client whose socket accepts nothing for this
 	// long (0 means DefaultWriteTimeout).
 	WriteTimeout time.Duration
-	// MaxPendingPublishes bounds the publishes queued per connection and
-	// queue (0 means DefaultMaxPendingPublishes).
-	MaxPendingPublishes int
+	// MaxWaitingPublishes bounds a connection's publishes waiting for room,
+	// across all queues (0 means DefaultMaxWaitingPublishes). It is the one
+	// point where a full queue can hold up a connection's other requests:
+	// at the bound the connection is not read until a wait ends, so keep it
+	// well above what a client pipelines into a full queue.
+	MaxWaitingPublishes int
 	// Logger receives connection-level events (nil discards them).
 	Logger *slog.Logger
 	// MeterProvider records eventbus.connections and the transport's
@@ -158,8 +162,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = DefaultWriteTimeout
 	}
-	if cfg.MaxPendingPublishes <= 0 {
-		cfg.MaxPendingPublishes = DefaultMaxPendingPublishes
+	if cfg.MaxWaitingPublishes <= 0 {
+		cfg.MaxWaitingPublishes = DefaultMaxWaitingPublishes
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
