@@ -60,13 +60,14 @@ type conn struct {
 	// Publishes waiting for room in the bus, by request id (a client that
 	// reuses an id has several). The read loop adds them, the bus's done
 	// callbacks remove them; see publish.
-	pmu      sync.Mutex
-	pubRoom  *sync.Cond // signalled when a waiting publish resolves
-	waits    map[int64][]waitRef
-	nwaits   int    // publishes in waits, capped by MaxWaitingPublishes
-	pubSeq   uint64 // read loop only: numbers each publish
-	early    uint64 // the publish resolved before the read loop stored it
-	roomWake bool   // the read loop waits on pubRoom
+	pmu       sync.Mutex
+	pubRoom   *sync.Cond // signalled when a waiting publish resolves
+	waits     map[int64][]waitRef
+	nwaits    int      // publishes in waits, capped by MaxWaitingPublishes
+	pubSeq    uint64   // read loop only: numbers each publish
+	spareCall *pubCall // read loop only: reusable after an immediate outcome
+	early     uint64   // the publish resolved before the read loop stored it
+	roomWake  bool     // the read loop waits on pubRoom
 
 	subs     map[string]*subscription // read loop only
 	producer sync.WaitGroup           // pumps
@@ -375,23 +376,43 @@ func (c *conn) publish(req *Request) {
 		c.replyCancelled(req.ID)
 		return
 	}
+	call := c.spareCall
+	if call == nil {
+		call = &pubCall{c: c}
+		call.fn = call.done
+	}
 	c.pubSeq++
-	n, id := c.pubSeq, req.ID
+	call.n, call.id = c.pubSeq, req.ID
 	// The event takes its place in the queue now, in the order the frames
 	// were read: accepted, or waiting with its own timeout counted from
 	// now, without holding up this connection's other frames.
-	p := c.s.bus.PublishAsync(c.ctx, ev, queue, func(outcome bus.Outcome, err error) {
-		c.publishDone(n, id, outcome, err)
-	})
+	p := c.s.bus.PublishAsync(c.ctx, ev, queue, call.fn)
 	if p == nil {
-		return // answered already
+		// Answered already: the bus is done with call.
+		c.spareCall = call
+		return
 	}
+	c.spareCall = nil // the bus calls it later
 	c.pmu.Lock()
-	if c.early != n {
-		c.waits[id] = append(c.waits[id], waitRef{n: n, p: p})
+	if c.early != call.n {
+		c.waits[call.id] = append(c.waits[call.id], waitRef{n: call.n, p: p})
 		c.nwaits++
 	}
 	c.pmu.Unlock()
+}
+
+// pubCall is one publish's done callback. The read loop reuses it after an
+// immediate outcome, so that a publish that does not wait allocates no
+// callback.
+type pubCall struct {
+	c  *conn
+	n  uint64
+	id int64
+	fn func(bus.Outcome, error) // call.done, bound once
+}
+
+func (call *pubCall) done(outcome bus.Outcome, err error) {
+	call.c.publishDone(call.n, call.id, outcome, err)
 }
 
 // waitRef is a publish waiting for room: n tells apart publishes that
