@@ -37,6 +37,9 @@ type conn struct {
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
+	// pubCtx is ctx without its cancellation, for bus.PublishAsync (see
+	// cancelAllPublishes).
+	pubCtx context.Context
 
 	// Output: producers append frames to obuf; the write loop swaps it out
 	// and writes it in one call, so a busy connection batches many frames
@@ -83,6 +86,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		nc:         nc,
 		ctx:        ctx,
 		cancel:     cancel,
+		pubCtx:     context.WithoutCancel(ctx),
 		wake:       make(chan struct{}, 1),
 		writerDone: make(chan struct{}),
 		waits:      make(map[int64][]waitRef),
@@ -108,10 +112,11 @@ func (c *conn) serve() {
 	c.s.log.Debug("connection opened")
 	reason := c.readLoop()
 	c.setReason(reason)
-	// Ending the context withdraws every waiting publish (the bus answers
-	// each through its done callback); their replies are written before
-	// the output closes.
+	// Withdraw every waiting publish (the bus answers each through its
+	// done callback, "cancelled" or "shutting down" by the context's
+	// cause); their replies are written before the output closes.
 	c.cancel(c.closeCause())
+	c.cancelAllPublishes()
 	for q, sub := range c.subs {
 		sub.stop()
 		delete(c.subs, q)
@@ -386,7 +391,7 @@ func (c *conn) publish(req *Request) {
 	// The event takes its place in the queue now, in the order the frames
 	// were read: accepted, or waiting with its own timeout counted from
 	// now, without holding up this connection's other frames.
-	p := c.s.bus.PublishAsync(c.ctx, ev, queue, call.fn)
+	p := c.s.bus.PublishAsync(c.pubCtx, ev, queue, call.fn)
 	if p == nil {
 		// Answered already: the bus is done with call.
 		c.spareCall = call
@@ -482,6 +487,26 @@ func (c *conn) waitPublishRoom() bool {
 		c.roomWake = false
 	}
 	return c.ctx.Err() == nil
+}
+
+// cancelAllPublishes withdraws every publish of the connection that waits
+// for room. Publishes are handed to the bus with a context that never ends
+// (pubCtx), which spares the bus a context registration per waiting
+// publish; the connection withdraws them itself when it closes. Read loop
+// only, after reading has stopped.
+func (c *conn) cancelAllPublishes() {
+	c.pmu.Lock()
+	ps := make([]*bus.Pending, 0, c.nwaits)
+	for _, refs := range c.waits {
+		for _, r := range refs {
+			ps = append(ps, r.p)
+		}
+	}
+	c.pmu.Unlock()
+	// Not under pmu: Cancel calls publishDone.
+	for _, p := range ps {
+		p.Cancel()
+	}
 }
 
 // drainPublishes waits until every waiting publish has been answered;
