@@ -13,9 +13,11 @@
 // The bus starts no goroutines of its own: a publish waiting for room
 // (Publish or PublishAsync, one implementation) is a record in the queue's
 // FIFO, resolved by whoever gets there first under the queue lock (a
-// consumer freeing room, its Clock.AfterFunc timer, its context's
-// AfterFunc, Pending.Cancel or Shutdown); the timer and the context watch
-// are stopped as soon as it is resolved.
+// consumer freeing room, the queue's Clock.AfterFunc timer, its context's
+// AfterFunc, Pending.Cancel or Shutdown). A queue has one timer for all its
+// waiters, armed for the earliest deadline (deadlines rise along the FIFO),
+// and stopped when no waiter is left; the context watch, registered only
+// for a context that can end, is stopped as soon as the wait is resolved.
 //
 // Telemetry (OpenTelemetry API, noop unless providers are given):
 //

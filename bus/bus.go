@@ -86,6 +86,16 @@ type queue struct {
 	nextSeq uint64
 	waiters []*Pending  // FIFO: the head gets the next free slot
 	idle    []*Consumer // consumers blocked in Receive with prefetch room
+
+	// timer times the waiters out: one per queue rather than one per
+	// waiter, because every waiter of a queue has the same timeout and
+	// joins at the tail at the current time, so deadlines never decrease
+	// along the FIFO (cancels remove waiters, nothing reorders them). It
+	// is armed while there are waiters, for a deadline no later than the
+	// head's. timerGen tells a callback of a timer that was stopped or
+	// replaced, and may still run, that it is stale.
+	timer    Timer
+	timerGen uint64
 }
 
 // counters are the single source of Stats and of the observable metrics.
@@ -219,14 +229,17 @@ func (b *Bus) Publish(ctx context.Context, ev Event, queueName string) (Outcome,
 // from now. done is called exactly once with the (Outcome, error) Publish
 // would return: before PublishAsync returns when the outcome is immediate
 // (PublishAsync then returns nil), otherwise later from the goroutine that
-// resolves the wait (a consumer freeing room, a timer, ctx's AfterFunc,
+// resolves the wait (a consumer freeing room, the queue's timer, ctx's AfterFunc,
 // Shutdown or Pending.Cancel). The bus holds none of its locks while
 // calling done, but done runs on those goroutines: it must not block, nor
 // take locks its caller may hold around PublishAsync or Cancel.
 //
 // Ending ctx withdraws a waiting publish (done gets Cancelled, nothing is
 // enqueued), as does Cancel on the returned handle; a non-nil handle may
-// already be resolved by the time the caller looks at it.
+// already be resolved by the time the caller looks at it. Watching ctx
+// costs a context.AfterFunc per wait unless ctx can never end (ctx.Done()
+// is nil, as for context.WithoutCancel): a caller that keeps the handles
+// anyway can pass such a ctx and Cancel them itself.
 func (b *Bus) PublishAsync(ctx context.Context, ev Event, queueName string, done func(Outcome, error)) *Pending {
 	if done == nil {
 		done = func(Outcome, error) {}
@@ -259,8 +272,11 @@ type Pending struct {
 	// Set while registering, read by finish only.
 	waitStart time.Time
 	waitSpan  trace.Span
-	timer     Timer
 	stopCtx   func() bool
+
+	// deadline is when the wait times out (not for PolicyBlock); fixed
+	// at registration, under q.mu.
+	deadline time.Time
 
 	// refs is 2 at registration: the registering goroutine and the
 	// resolver each drop one, and whoever drops the last one finishes the
@@ -366,12 +382,18 @@ func (q *queue) publishEvict(ctx context.Context, span trace.Span, ev Event, pub
 func (q *queue) registerLocked(p *Pending) {
 	b := q.bus
 	p.refs.Store(2)
-	q.waiters = append(q.waiters, p)
-	q.counters.waiting.Store(int64(len(q.waiters)))
 	p.waitStart = b.clock.Now()
+	q.waiters = append(q.waiters, p)
 	if q.policy != PolicyBlock {
-		p.timer = b.clock.AfterFunc(q.timeout, func() { q.expire(p) })
+		p.deadline = p.waitStart.Add(q.timeout)
+		if q.timer == nil {
+			// The only waiter: any earlier one has been resolved, which
+			// stopped the timer when the FIFO emptied.
+			q.armLocked(q.timeout)
+		}
 	}
+	// Counted after arming: tests advance a fake clock once they see it.
+	q.counters.waiting.Store(int64(len(q.waiters)))
 	q.mu.Unlock()
 
 	if b.tel.tracing {
@@ -404,22 +426,60 @@ func (p *Pending) resolveLocked(outcome Outcome, seq uint64, err error, at time.
 	return true
 }
 
-// expire is p's timer: the queue stayed full for its timeout.
-func (q *queue) expire(p *Pending) {
+// armLocked starts the queue's timer to fire after d. Called with q.mu
+// held and no timer armed.
+func (q *queue) armLocked(d time.Duration) {
+	q.timerGen++
+	gen := q.timerGen
+	q.timer = q.bus.clock.AfterFunc(d, func() { q.expire(gen) })
+}
+
+// stopTimerLocked stops the queue's timer, if armed, once no waiter needs
+// it. A callback already running finds its generation outdated and does
+// nothing. Called with q.mu held.
+func (q *queue) stopTimerLocked() {
+	if q.timer == nil {
+		return
+	}
+	q.timer.Stop()
+	q.timer = nil
+	q.timerGen++
+}
+
+// expire is the queue's timer (generation gen): every waiter whose
+// deadline has passed stayed full for its timeout. They are at the head of
+// the FIFO, oldest first; the timer is re-armed for the next deadline.
+func (q *queue) expire(gen uint64) {
 	outcome, err := Dropped, error(nil)
 	if q.policy == PolicyFail {
 		outcome = TimedOut
 		err = fmt.Errorf("queue %q stayed full (capacity %d) for %v: %w", q.name, q.capacity, q.timeout, ErrTimeout)
 	}
 	q.mu.Lock()
-	ok := p.resolveLocked(outcome, 0, err, q.bus.clock.Now())
-	if ok {
-		q.removeWaiterLocked(p)
+	if gen != q.timerGen {
+		q.mu.Unlock()
+		return // stopped or replaced after it fired
+	}
+	q.timer = nil
+	now := q.bus.clock.Now()
+	var head, tail *Pending
+	for len(q.waiters) > 0 && !q.waiters[0].deadline.After(now) {
+		p := q.popWaiterLocked()
+		p.resolveLocked(outcome, 0, err, now)
+		if tail == nil {
+			head = p
+		} else {
+			tail.next = p
+		}
+		tail = p
+	}
+	if len(q.waiters) > 0 {
+		// The head that armed the timer was admitted or withdrawn: wait
+		// for the new head's deadline, which is later than now.
+		q.armLocked(q.waiters[0].deadline.Sub(now))
 	}
 	q.mu.Unlock()
-	if ok {
-		p.release()
-	}
+	releaseAll(head)
 }
 
 // withdraw cancels p's wait with err (wrapping context.Canceled) and
@@ -458,14 +518,11 @@ func releaseAll(p *Pending) {
 	}
 }
 
-// finish ends a resolved wait: it stops the timer and the ctx watch, does
-// the accounting and telemetry, and hands the result over.
+// finish ends a resolved wait: it stops the ctx watch, does the accounting
+// and telemetry, and hands the result over.
 func (p *Pending) finish() {
 	q := p.q
 	b := q.bus
-	if p.timer != nil {
-		p.timer.Stop()
-	}
 	if p.stopCtx != nil {
 		p.stopCtx()
 	}
@@ -492,7 +549,7 @@ func (p *Pending) finish() {
 	p.outcome, p.err = q.finishPublish(p.ctx, p.span, p.start, outcome, p.seq, p.depth, err)
 	done := p.done
 	// The caller may keep the handle: let go of what it no longer needs.
-	p.ctx, p.ev, p.span, p.waitSpan, p.timer, p.stopCtx, p.done = nil, Event{}, nil, nil, nil, nil, nil
+	p.ctx, p.ev, p.span, p.waitSpan, p.stopCtx, p.done = nil, Event{}, nil, nil, nil, nil
 	if done != nil {
 		done(p.outcome, p.err)
 		return
@@ -514,7 +571,7 @@ func (q *queue) removeWaiterLocked(p *Pending) {
 		q.waiters = q.waiters[:len(q.waiters)-1]
 		break
 	}
-	q.counters.waiting.Store(int64(len(q.waiters)))
+	q.waitersChangedLocked()
 }
 
 // popWaiterLocked removes the head waiter by moving the slice start, so
@@ -528,8 +585,17 @@ func (q *queue) popWaiterLocked() *Pending {
 	} else {
 		q.waiters = q.waiters[1:]
 	}
-	q.counters.waiting.Store(int64(len(q.waiters)))
+	q.waitersChangedLocked()
 	return p
+}
+
+// waitersChangedLocked publishes the number of waiters after a removal
+// and stops the timer when none is left to time out.
+func (q *queue) waitersChangedLocked() {
+	q.counters.waiting.Store(int64(len(q.waiters)))
+	if len(q.waiters) == 0 {
+		q.stopTimerLocked()
+	}
 }
 
 // finishPublish counts the outcome, records the duration and ends the span.
@@ -781,7 +847,7 @@ func (b *Bus) Shutdown(ctx context.Context) (map[string]int, error) {
 		}
 		clear(q.waiters)
 		q.waiters = q.waiters[:0]
-		q.counters.waiting.Store(0)
+		q.waitersChangedLocked()
 		q.mu.Unlock()
 		releaseAll(head)
 	}

@@ -80,8 +80,9 @@ func (c *fakeClock) Advance(d time.Duration) {
 	}
 }
 
-// Timers counts armed timers: a waiting publisher of a drop or fail queue
-// holds one, so tests know it is waiting before they advance time.
+// Timers counts armed timers: a drop or fail queue with waiting publishers
+// holds one (for all of them), so tests know a publish is waiting before
+// they advance time.
 func (c *fakeClock) Timers() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -16,8 +16,8 @@ type Clock interface {
 	// Now returns the current time; it stamps EnqueuedAt and measures durations.
 	Now() time.Time
 	// AfterFunc calls f once d has passed, in its own goroutine, like
-	// time.AfterFunc: a publish waiting for room times out this way
-	// without a goroutine of its own.
+	// time.AfterFunc: publishes waiting for room time out this way,
+	// one timer per queue, without a goroutine of their own.
 	AfterFunc(d time.Duration, f func()) Timer
 }
 

@@ -135,8 +135,11 @@ func TestPublishAsyncTimeoutsCountFromEachArrival(t *testing.T) {
 				wantPending(t, "queued", p, r)
 				results = append(results, r)
 			}
-			if got := clk.Timers(); got != n {
-				t.Fatalf("%d timers armed, want one per waiting publish (%d)", got, n)
+			if got := b.Stats()["signal"].Waiting; got != n {
+				t.Fatalf("%d publishes waiting, want %d", got, n)
+			}
+			if got := clk.Timers(); got != 1 {
+				t.Fatalf("%d timers armed, want one for the queue's waiters", got)
 			}
 			clk.Advance(timeout - time.Millisecond)
 			for _, r := range results {
@@ -174,6 +177,77 @@ func TestPublishAsyncTimeoutsCountFromEachArrival(t *testing.T) {
 				if !pubs[w.Parent().SpanID()] {
 					t.Errorf("wait span parent %v is not a publish span", w.Parent().SpanID())
 				}
+			}
+		})
+	}
+}
+
+func TestPublishAsyncStaggeredDeadlinesShareOneTimer(t *testing.T) {
+	// Waiters that arrive at different times share the queue's one timer
+	// but each times out exactly its timeout after its own arrival, also
+	// when the waiter the timer was armed for is withdrawn or admitted
+	// first; the timer is stopped once nobody waits.
+	tests := []struct {
+		name   string
+		remove func(t *testing.T, b *bus.Bus, head *bus.Pending)
+	}{
+		{"head withdrawn", func(t *testing.T, _ *bus.Bus, head *bus.Pending) {
+			t.Helper()
+			if !head.Cancel() {
+				t.Fatal("Cancel of the waiting head returned false")
+			}
+		}},
+		{"head admitted", func(t *testing.T, b *bus.Bus, _ *bus.Pending) {
+			t.Helper()
+			c := subscribe(t, b, "signal", 1)
+			d := mustReceive(t, c)
+			if err := c.Ack(d.Seq); err != nil {
+				t.Fatalf("Ack: %v", err)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			const timeout = 5 * time.Second
+			b, clk := newBus(t, oneQueue("signal", 1, bus.PolicyFail, timeout))
+			publishN(t, b, "signal", "T", 0, 1)
+			var ps []*bus.Pending
+			var rs []*asyncResult
+			var arrivals []time.Time
+			for i := range 3 {
+				if i > 0 {
+					clk.Advance(time.Second)
+				}
+				arrivals = append(arrivals, clk.Now())
+				p, r := startAsync(context.Background(), b, clk, event("T", 1+i), "signal")
+				wantPending(t, "queued", p, r)
+				ps, rs = append(ps, p), append(rs, r)
+			}
+			if got := clk.Timers(); got != 1 {
+				t.Fatalf("%d timers armed for 3 waiters, want 1", got)
+			}
+			tt.remove(t, b, ps[0])
+			clk.Advance(arrivals[1].Add(timeout - time.Millisecond).Sub(clk.Now()))
+			for i := 1; i < 3; i++ {
+				wantPending(t, "before its deadline", ps[i], rs[i])
+			}
+			clk.Advance(time.Millisecond)
+			wantDone(t, "second waiter", rs[1], bus.TimedOut)
+			wantPending(t, "third waiter", ps[2], rs[2])
+			clk.Advance(time.Second - time.Millisecond)
+			wantPending(t, "third waiter", ps[2], rs[2])
+			clk.Advance(time.Millisecond)
+			wantDone(t, "third waiter", rs[2], bus.TimedOut)
+			for i := 1; i < 3; i++ {
+				if want := arrivals[i].Add(timeout); !rs[i].at.Equal(want) {
+					t.Errorf("waiter %d resolved at %v, want %v", i, rs[i].at, want)
+				}
+			}
+			if calls, _, _ := rs[0].get(); calls != 1 {
+				t.Errorf("first waiter: done called %d times, want once", calls)
+			}
+			if got := clk.Timers(); got != 0 {
+				t.Errorf("%d timers armed with nobody waiting, want 0", got)
 			}
 		})
 	}

@@ -137,7 +137,7 @@ func TestTimeoutAndAdmissionDoNotLoseOrDuplicate(t *testing.T) {
 	for i := 0; i < waiters; i++ {
 		results = append(results, publishAsync(context.Background(), b, event("T", 100+i), "q"))
 	}
-	eventually(t, "all wait", func() bool { return clk.Timers() == waiters })
+	eventually(t, "all wait", func() bool { return b.Stats()["q"].Waiting == waiters })
 	c := subscribe(t, b, "q", 100)
 	var wg sync.WaitGroup
 	wg.Add(1)
