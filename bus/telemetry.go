@@ -262,10 +262,14 @@ func (t *telemetry) dropSpan(q *queue, parent trace.SpanContext, reason DropReas
 	ctx := trace.ContextWithSpanContext(context.Background(), parent)
 	_, span := t.tracer.Start(ctx, q.tel.dropName, t.startOpts(q.tel.childStart, at)...)
 	if span.IsRecording() {
-		span.SetAttributes(attrDropReason.String(string(reason)))
+		// One SetAttributes call: each call may grow the span's attribute slice.
+		kvs := [2]attribute.KeyValue{attrDropReason.String(string(reason))}
+		n := 1
 		if seq != 0 {
-			span.SetAttributes(attrMessageID.String(strconv.FormatUint(seq, 10)))
+			kvs[1] = attrMessageID.String(strconv.FormatUint(seq, 10))
+			n = 2
 		}
+		span.SetAttributes(kvs[:n]...)
 	}
 	t.end(span, at)
 }
