@@ -542,6 +542,12 @@ func TestCollectorWiring(t *testing.T) {
 	if !ok {
 		t.Fatalf("telemetry.otlp_endpoint %q names no Service in the kustomization", cfg.Telemetry.OTLPEndpoint)
 	}
+	// The example collector's OTLP receiver serves plaintext gRPC; a bare
+	// host:port endpoint means TLS unless otlp_insecure is set, and the
+	// export would fail on every attempt.
+	if !cfg.Telemetry.OTLPInsecure {
+		t.Errorf("telemetry.otlp_endpoint %q is a bare host:port without telemetry.otlp_insecure: the sidecar would dial the plaintext collector with TLS", cfg.Telemetry.OTLPEndpoint)
+	}
 	d := m.deployment(t, collectorName)
 	spec := &d.Spec.Template.Spec
 	c := findContainer(t, spec, collectorName)
