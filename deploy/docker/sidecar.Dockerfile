@@ -1,11 +1,13 @@
 # eventbus-sidecar runtime image from a binary built outside Docker
 # (goreleaser style: COPY only). Same result as deploy/Dockerfile.
 #
-#   CGO_ENABLED=0 make build      # static bin/eventbus-sidecar
-#   docker build -f deploy/docker/sidecar.Dockerfile -t eventbus-sidecar .
+#   make images                   # eventbus-local/sidecar:local, among others
 #
-# `make images` does exactly this (and checks the binary is static). The
-# image has no libc: a binary built with CGO on will not start in it.
+# `make images` builds bin/eventbus-sidecar with CGO_ENABLED=0, checks it is
+# static and builds this file with a context folder holding only that binary
+# and deploy/docker/rootfs (the repository's .dockerignore keeps bin/ out of
+# a build from the repository root, so `docker build .` cannot use this
+# file). The image has no libc: a binary built with CGO on will not start in it.
 FROM scratch
 COPY bin/eventbus-sidecar /usr/local/bin/eventbus-sidecar
 COPY --chown=10001:10000 deploy/docker/rootfs/ /
