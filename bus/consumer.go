@@ -161,13 +161,6 @@ func (q *queue) leaveIdleLocked(c *Consumer) {
 }
 
 // deliverLocked hands the head event to c. Called with q.mu held; releases it.
-//
-// With tracing, the deliver span is started after the lock is released:
-// span work under q.mu serialised every publisher and consumer of the
-// queue behind the SDK. The entry is then only put in flight under a
-// second, short lock hold, so that nothing (Ack, Nack, Close) can settle
-// it before its span exists. The event is counted in flight from the pop
-// on, so Shutdown's drain waits for it.
 func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 	q := c.q
 	b := q.bus
@@ -185,28 +178,17 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 	}
 	f.e = e
 	sc := e.pubSC
-	if !b.tel.tracing {
-		c.inflight[e.seq] = f
+	if b.tel.tracing {
+		f.span = b.tel.startDeliver(q, &e, now)
+		sc = f.span.SpanContext()
 	}
+	c.inflight[e.seq] = f
 	q.counters.inFlight.Add(1)
 	admitted := q.admitWaitersLocked()
 	// Other idle consumers may be owed a wake-up for events still waiting.
 	q.wakeConsumersLocked()
 	q.mu.Unlock()
 	releaseAll(admitted)
-
-	if b.tel.tracing {
-		f.span = b.tel.startDeliver(q, &f.e, now)
-		sc = f.span.SpanContext()
-		q.mu.Lock()
-		if c.closed {
-			// Close ran while the span was started: the event goes back
-			// like the deliveries Close returned itself.
-			return c.abandonLocked(f)
-		}
-		c.inflight[e.seq] = f
-		q.mu.Unlock()
-	}
 
 	q.counters.delivered.Add(1)
 	if e.redeliveries > 0 {
@@ -229,29 +211,6 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 		Redeliveries: e.redeliveries,
 		SpanContext:  sc,
 	}, nil
-}
-
-// abandonLocked returns f, popped for a delivery that c was closed before
-// completing, to the head of the queue, as Close does with the deliveries
-// in flight. Called with q.mu held; releases it.
-func (c *Consumer) abandonLocked(f *flight) (Delivery, error) {
-	q := c.q
-	b := q.bus
-	e, span := f.e, f.span
-	*f = flight{}
-	e.redeliveries++
-	q.store.Requeue(e)
-	q.counters.inFlight.Add(-1)
-	q.counters.size.Store(int64(q.store.Len()))
-	q.wakeConsumersLocked()
-	q.mu.Unlock()
-	q.counters.delivered.Add(1)
-	if e.redeliveries > 1 {
-		q.counters.redelivered.Add(1)
-	}
-	b.notifyDrain()
-	b.tel.endDeliver(span, deliveryResultAbandon, b.spanNow())
-	return Delivery{}, ErrConsumerClosed
 }
 
 // settle removes seq from c's in-flight set and recycles its slot.

@@ -262,14 +262,10 @@ func (t *telemetry) dropSpan(q *queue, parent trace.SpanContext, reason DropReas
 	ctx := trace.ContextWithSpanContext(context.Background(), parent)
 	_, span := t.tracer.Start(ctx, q.tel.dropName, t.startOpts(q.tel.childStart, at)...)
 	if span.IsRecording() {
-		// One SetAttributes call: each call may grow the span's attribute slice.
-		kvs := [2]attribute.KeyValue{attrDropReason.String(string(reason))}
-		n := 1
+		span.SetAttributes(attrDropReason.String(string(reason)))
 		if seq != 0 {
-			kvs[1] = attrMessageID.String(strconv.FormatUint(seq, 10))
-			n = 2
+			span.SetAttributes(attrMessageID.String(strconv.FormatUint(seq, 10)))
 		}
-		span.SetAttributes(kvs[:n]...)
 	}
 	t.end(span, at)
 }
