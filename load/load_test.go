@@ -29,6 +29,7 @@ func startSidecar(t *testing.T, queues []bus.QueueConfig) (string, *bus.Bus) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
 	path := filepath.Join(dir, "s.sock")
 	l, err := transport.Listen(path, 0)
 	if err != nil {
