@@ -15,7 +15,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -270,7 +269,6 @@ telemetry:
 	}
 	t.Cleanup(sc.client.CloseIdleConnections)
 
-	var logs strings.Builder
 	cmd := exec.Command(bin, "serve", "--config", cfg, "--socket", sc.socket, "--admin-addr", sc.admin)
 	var env []string
 	for _, kv := range os.Environ() {
@@ -281,32 +279,10 @@ telemetry:
 		}
 	}
 	cmd.Env = append(env, "OTEL_EXPORTER_OTLP_ENDPOINT=http://"+deadOTLP)
-	cmd.Stdout = &logs
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start sidecar: %v", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(15 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-			t.Errorf("sidecar did not stop within 15s of SIGTERM; logs:\n%s", logs.String())
-		}
-		if t.Failed() {
-			t.Logf("sidecar logs:\n%s", logs.String())
-		}
-	})
+	proc := startProcess(t, "sidecar", cmd)
 	waitFor(t, 30*time.Second, func() error {
-		select {
-		case err := <-exited:
-			exited <- err
-			return fmt.Errorf("sidecar exited early (%v); logs:\n%s", err, logs.String())
-		default:
+		if err := proc.earlyExit(); err != nil {
+			return err
 		}
 		resp, err := sc.client.Get("http://" + sc.admin + "/readyz")
 		if err != nil {

@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -56,39 +55,16 @@ scrape_configs:
 		client: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{}},
 	}
 	t.Cleanup(p.client.CloseIdleConnections)
-	var logs strings.Builder
 	cmd := exec.Command(bin,
 		"--config.file="+cfg,
 		"--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+strings.TrimPrefix(p.base, "http://"),
 		"--log.level=warn",
 	)
-	cmd.Stdout = &logs
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start prometheus: %v", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(15 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-			t.Errorf("prometheus did not stop within 15s of SIGTERM")
-		}
-		if t.Failed() {
-			t.Logf("prometheus logs:\n%s", logs.String())
-		}
-	})
+	proc := startProcess(t, "prometheus", cmd)
 	waitFor(t, 30*time.Second, func() error {
-		select {
-		case err := <-exited:
-			exited <- err
-			return fmt.Errorf("prometheus exited early (%v); logs:\n%s", err, logs.String())
-		default:
+		if err := proc.earlyExit(); err != nil {
+			return err
 		}
 		resp, err := p.client.Get(p.base + "/-/ready")
 		if err != nil {
