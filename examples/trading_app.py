@@ -182,6 +182,24 @@ class Executor:
         )
 
 
+async def settled_stats(bus: EventBus, within: float = 5.0) -> dict[str, dict[str, int]]:
+    """The seed's queue stats once the sidecar has taken back what this
+    process's closed consumer held in flight.
+
+    The consumer's acks, nacks and close travel on its own connection, so a
+    stats request on another connection can overtake them; waiting for
+    in_flight to reach 0 makes every order either filled or back in size.
+    """
+    async with asyncio.timeout(within):
+        while True:
+            full = await bus.stats()
+            if all(q["in_flight"] == 0 for q in full.values()):
+                break
+            await asyncio.sleep(0.01)
+    return {name: {"size": q["size"], "maxsize": q["maxsize"], "drops": q["drops"]}
+            for name, q in full.items()}
+
+
 async def main(args: argparse.Namespace) -> int:
     counters = Counters()
     rng = random.Random(args.seed)
@@ -244,11 +262,11 @@ async def main(args: argparse.Namespace) -> int:
         # and stay in the sidecar for the next run.
         await consumer.stop(timeout=5.0)
         await asyncio.gather(*tasks, return_exceptions=True)
-        try:
-            stats = await publisher.get_queue_stats()
-        except ConnectionError as e:
-            stats = {"error": str(e)}
         await consumer.close()
+        try:
+            stats = await settled_stats(publisher)
+        except (ConnectionError, TimeoutError) as e:
+            stats = {"error": f"final stats: {e!r}"}
         await publisher.close()
 
     summary = {
