@@ -322,7 +322,7 @@ func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(O
 	}
 	if ev.Type == "" {
 		err := fmt.Errorf("%w: empty type for queue %q: a non-empty event type is required", ErrInvalidEvent, q.name)
-		outcome, err := q.finishPublish(ctx, span, start, Failed, 0, int(q.counters.size.Load()), err)
+		outcome, err := q.finishPublish(ctx, span, ev.Type, start, Failed, 0, int(q.counters.size.Load()), err)
 		return nil, outcome, err
 	}
 
@@ -330,7 +330,7 @@ func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(O
 	if b.closing.Load() {
 		depth := q.store.Len()
 		q.mu.Unlock()
-		outcome, err := q.finishPublish(ctx, span, start, Failed, 0, depth, ErrShuttingDown)
+		outcome, err := q.finishPublish(ctx, span, ev.Type, start, Failed, 0, depth, ErrShuttingDown)
 		return nil, outcome, err
 	}
 	depth := q.store.Len()
@@ -338,7 +338,7 @@ func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(O
 		seq := q.pushLocked(ev, pubSC, start)
 		q.wakeConsumersLocked()
 		q.mu.Unlock()
-		outcome, err := q.finishPublish(ctx, span, start, Accepted, seq, depth, nil)
+		outcome, err := q.finishPublish(ctx, span, ev.Type, start, Accepted, seq, depth, nil)
 		return nil, outcome, err
 	}
 	if q.policy == PolicyDropOldest {
@@ -372,7 +372,7 @@ func (q *queue) publishEvict(ctx context.Context, span trace.Span, ev Event, pub
 		}
 	}
 	b.maybeLogDrops(q)
-	return q.finishPublish(ctx, span, start, Accepted, seq, depth, nil)
+	return q.finishPublish(ctx, span, ev.Type, start, Accepted, seq, depth, nil)
 }
 
 // registerLocked puts p at the tail of the queue's waiting publishers and
@@ -546,7 +546,7 @@ func (p *Pending) finish() {
 		q.counters.unloggedTimeouts.Add(1)
 		b.maybeLogDrops(q)
 	}
-	p.outcome, p.err = q.finishPublish(p.ctx, p.span, p.start, outcome, p.seq, p.depth, err)
+	p.outcome, p.err = q.finishPublish(p.ctx, p.span, p.ev.Type, p.start, outcome, p.seq, p.depth, err)
 	done := p.done
 	// The caller may keep the handle: let go of what it no longer needs.
 	p.ctx, p.ev, p.span, p.waitSpan, p.stopCtx, p.done = nil, Event{}, nil, nil, nil, nil
@@ -599,7 +599,7 @@ func (q *queue) waitersChangedLocked() {
 }
 
 // finishPublish counts the outcome, records the duration and ends the span.
-func (q *queue) finishPublish(ctx context.Context, span trace.Span, start time.Time, outcome Outcome, seq uint64, depth int, err error) (Outcome, error) {
+func (q *queue) finishPublish(ctx context.Context, span trace.Span, evType string, start time.Time, outcome Outcome, seq uint64, depth int, err error) (Outcome, error) {
 	q.counters.published[outcomeIndex(outcome)].Add(1)
 	b := q.bus
 	if span != nil {
@@ -607,7 +607,7 @@ func (q *queue) finishPublish(ctx context.Context, span trace.Span, start time.T
 		if b.tel.metrics {
 			b.tel.publishDuration.Record(ctx, end.Sub(start).Seconds(), q.tel.record...)
 		}
-		b.tel.endPublish(span, outcome, seq, depth, err, end)
+		b.tel.endPublish(span, q.tel.publishAttrs[:], evType, outcome, seq, depth, err, end)
 	} else if b.tel.metrics {
 		b.tel.publishDuration.Record(ctx, b.since(start).Seconds(), q.tel.record...)
 	}
@@ -628,9 +628,9 @@ func (b *Bus) publishUnknown(ctx context.Context, ev Event, name string) (Outcom
 		_, span := b.tel.tracer.Start(ctx, "publish", opts...)
 		if span.IsRecording() {
 			span.SetAttributes(attrMessagingSystem.String(messagingSystemValue),
-				attrDestinationName.String(clip(name)), attrEventType.String(clip(ev.Type)))
+				attrDestinationName.String(clip(name)))
 		}
-		b.tel.endPublish(span, Failed, 0, 0, err, b.spanNow())
+		b.tel.endPublish(span, nil, clip(ev.Type), Failed, 0, 0, err, b.spanNow())
 	}
 	return Failed, err
 }

@@ -37,6 +37,9 @@ type Consumer struct {
 type flight struct {
 	e    entry
 	span trace.Span // nil without tracing
+	// deliveredAt is the hand-over time, for the deliver span's time in
+	// queue (set only with tracing).
+	deliveredAt time.Time
 }
 
 // Subscribe attaches a consumer to the named queue with a prefetch limit
@@ -180,6 +183,7 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 	sc := e.pubSC
 	if b.tel.tracing {
 		f.span = b.tel.startDeliver(q, &e, now)
+		f.deliveredAt = now
 		sc = f.span.SpanContext()
 	}
 	c.inflight[e.seq] = f
@@ -245,7 +249,7 @@ func (c *Consumer) Ack(seq uint64) error {
 	q.counters.acked.Add(1)
 	q.bus.notifyDrain()
 	if f.span != nil {
-		q.bus.tel.endDeliver(f.span, deliveryResultAck, q.bus.spanNow())
+		q.bus.tel.endDeliver(q, &f, deliveryResultAck, q.bus.spanNow())
 	}
 	return nil
 }
@@ -261,14 +265,15 @@ func (c *Consumer) Nack(seq uint64) error {
 		q.mu.Unlock()
 		return err
 	}
-	f.e.redeliveries++
-	q.store.Requeue(f.e)
+	e := f.e // f stays as delivered, for the deliver span
+	e.redeliveries++
+	q.store.Requeue(e)
 	q.counters.size.Store(int64(q.store.Len()))
 	q.wakeConsumersLocked()
 	q.mu.Unlock()
 	q.bus.notifyDrain()
 	if f.span != nil {
-		q.bus.tel.endDeliver(f.span, deliveryResultNack, q.bus.spanNow())
+		q.bus.tel.endDeliver(q, &f, deliveryResultNack, q.bus.spanNow())
 	}
 	return nil
 }
@@ -301,8 +306,9 @@ func (c *Consumer) Close() {
 		return 0
 	})
 	for i := range returned {
-		returned[i].e.redeliveries++
-		q.store.Requeue(returned[i].e)
+		e := returned[i].e // returned stays as delivered, for the deliver spans
+		e.redeliveries++
+		q.store.Requeue(e)
 	}
 	clear(c.inflight)
 	q.counters.inFlight.Add(-int64(len(returned)))
@@ -315,7 +321,7 @@ func (c *Consumer) Close() {
 	if len(returned) > 0 && returned[0].span != nil {
 		now := q.bus.spanNow()
 		for i := range returned {
-			q.bus.tel.endDeliver(returned[i].span, deliveryResultAbandon, now)
+			q.bus.tel.endDeliver(q, &returned[i], deliveryResultAbandon, now)
 		}
 	}
 }

@@ -61,6 +61,13 @@ type queueTelemetry struct {
 	deliverStart     []trace.SpanStartOption
 	childStart       []trace.SpanStartOption // wait and drop
 
+	// The attributes every span of a kind carries, set together with the
+	// span's own ones in one SetAttributes call when the span ends: the SDK
+	// copies start-option attributes into a slice of their own and grows the
+	// span's slice on each later call, which costs allocations per span.
+	publishAttrs [4]attribute.KeyValue
+	deliverAttrs [4]attribute.KeyValue
+
 	record  []metric.RecordOption
 	observe []metric.ObserveOption
 	// observeOutcome and observeReason are indexed like Outcomes and DropReasons.
@@ -77,12 +84,11 @@ func newQueueTelemetry(name string) queueTelemetry {
 		dropName:    "drop " + name,
 		deliverName: "deliver " + name,
 	}
-	pubAttrs := trace.WithAttributes(system, dest,
-		attrOperationType.String("send"), attrOperationName.String("publish"))
-	t.publishStart = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer), pubAttrs}
-	t.publishStartRoot = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer), pubAttrs, trace.WithNewRoot()}
-	t.deliverStart = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer),
-		trace.WithAttributes(system, dest, attrOperationType.String("process"), attrOperationName.String("deliver"))}
+	t.publishAttrs = [4]attribute.KeyValue{system, dest, attrOperationType.String("send"), attrOperationName.String("publish")}
+	t.deliverAttrs = [4]attribute.KeyValue{system, dest, attrOperationType.String("process"), attrOperationName.String("deliver")}
+	t.publishStart = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer)}
+	t.publishStartRoot = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer), trace.WithNewRoot()}
+	t.deliverStart = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer)}
 	t.childStart = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindInternal),
 		trace.WithAttributes(system, dest)}
 
@@ -230,22 +236,23 @@ func (t *telemetry) startPublish(ctx context.Context, q *queue, ev *Event, start
 		ctx = trace.ContextWithRemoteSpanContext(ctx, ev.Parent)
 		opts = q.tel.publishStart
 	}
-	ctx, span := t.tracer.Start(ctx, q.tel.publishName, t.startOpts(opts, start)...)
-	if span.IsRecording() {
-		span.SetAttributes(attrEventType.String(ev.Type))
-	}
-	return ctx, span
+	return t.tracer.Start(ctx, q.tel.publishName, t.startOpts(opts, start)...)
 }
 
-// endPublish records the outcome on the publish span and ends it.
-func (t *telemetry) endPublish(span trace.Span, outcome Outcome, seq uint64, depth int, err error, end time.Time) {
+// endPublish sets all of the publish span's attributes and ends it. static
+// are the queue's fixed attributes (publishAttrs; nil when the queue is
+// unknown and the caller has set its own).
+func (t *telemetry) endPublish(span trace.Span, static []attribute.KeyValue, evType string, outcome Outcome, seq uint64, depth int, err error, end time.Time) {
 	if span.IsRecording() {
-		// One SetAttributes call: each call may grow the span's attribute slice.
-		kvs := [3]attribute.KeyValue{attrOutcome.String(string(outcome)), attrQueueDepth.Int(depth)}
-		n := 2
+		var kvs [8]attribute.KeyValue
+		n := copy(kvs[:], static)
+		kvs[n] = attrEventType.String(evType)
+		kvs[n+1] = attrOutcome.String(string(outcome))
+		kvs[n+2] = attrQueueDepth.Int(depth)
+		n += 3
 		if outcome == Accepted {
-			kvs[2] = attrMessageID.String(strconv.FormatUint(seq, 10))
-			n = 3
+			kvs[n] = attrMessageID.String(strconv.FormatUint(seq, 10))
+			n++
 		}
 		span.SetAttributes(kvs[:n]...)
 		if (outcome == TimedOut || outcome == Failed) && err != nil {
@@ -271,28 +278,29 @@ func (t *telemetry) dropSpan(q *queue, parent trace.SpanContext, reason DropReas
 }
 
 // startDeliver starts the deliver span at hand-over, under the event's
-// publish span.
+// publish span. Its attributes are set when it ends (endDeliver).
 func (t *telemetry) startDeliver(q *queue, e *entry, at time.Time) trace.Span {
 	ctx := trace.ContextWithSpanContext(context.Background(), e.pubSC)
 	_, span := t.tracer.Start(ctx, q.tel.deliverName, t.startOpts(q.tel.deliverStart, at)...)
-	if span.IsRecording() {
-		span.SetAttributes(
-			attrMessageID.String(strconv.FormatUint(e.seq, 10)),
-			attrEventType.String(e.ev.Type),
-			attrTimeInQueue.Float64(at.Sub(e.enqueuedAt).Seconds()),
-			attrRedeliveryCount.Int(e.redeliveries),
-		)
-	}
 	return span
 }
 
-// endDeliver ends a deliver span with how the delivery was settled.
-func (t *telemetry) endDeliver(span trace.Span, result string, at time.Time) {
+// endDeliver sets the deliver span's attributes, with how the delivery was
+// settled, and ends it. f is the delivery as it was handed over.
+func (t *telemetry) endDeliver(q *queue, f *flight, result string, at time.Time) {
+	span := f.span
 	if span == nil {
 		return
 	}
 	if span.IsRecording() {
-		span.SetAttributes(attrDeliveryResult.String(result))
+		var kvs [9]attribute.KeyValue
+		n := copy(kvs[:], q.tel.deliverAttrs[:])
+		kvs[n] = attrMessageID.String(strconv.FormatUint(f.e.seq, 10))
+		kvs[n+1] = attrEventType.String(f.e.ev.Type)
+		kvs[n+2] = attrTimeInQueue.Float64(f.deliveredAt.Sub(f.e.enqueuedAt).Seconds())
+		kvs[n+3] = attrRedeliveryCount.Int(f.e.redeliveries)
+		kvs[n+4] = attrDeliveryResult.String(result)
+		span.SetAttributes(kvs[:n+5]...)
 	}
 	t.end(span, at)
 }

@@ -2,7 +2,6 @@ package bus_test
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
@@ -284,46 +283,6 @@ func TestDeliveryCarriesTraceparentWithoutTracing(t *testing.T) {
 	d := mustReceive(t, subscribe(t, b, "order", 1))
 	if !d.SpanContext.Equal(p) || !d.Event.Parent.Equal(p) {
 		t.Errorf("delivery context = %v, want the publisher's %v", d.SpanContext, p)
-	}
-}
-
-// queueSampler records which queue each span start named, as a sampler
-// deciding per queue would see it.
-type queueSampler struct {
-	mu    sync.Mutex
-	seen  map[string]string
-	inner sdktrace.Sampler
-}
-
-func (s *queueSampler) ShouldSample(p sdktrace.SamplingParameters) sdktrace.SamplingResult {
-	s.mu.Lock()
-	for _, kv := range p.Attributes {
-		if kv.Key == "messaging.destination.name" {
-			s.seen[p.Name] = kv.Value.AsString()
-		}
-	}
-	s.mu.Unlock()
-	return s.inner.ShouldSample(p)
-}
-
-func (s *queueSampler) Description() string { return "queueSampler" }
-
-func TestSamplerSeesQueueAtStart(t *testing.T) {
-	smp := &queueSampler{seen: map[string]string{}, inner: sdktrace.AlwaysSample()}
-	b, clk, _ := traced(t, oneQueue("data", 1, bus.PolicyDrop, time.Second), sdktrace.WithSampler(smp))
-	publishN(t, b, "data", "T", 0, 1)
-	res := publishAsync(context.Background(), b, event("T", 1), "data")
-	eventually(t, "waiting", func() bool { return clk.Timers() == 1 })
-	clk.Advance(time.Second)
-	await(t, res)
-	c := subscribe(t, b, "data", 1)
-	_ = c.Ack(mustReceive(t, c).Seq)
-	smp.mu.Lock()
-	defer smp.mu.Unlock()
-	for _, name := range []string{"publish data", "wait data", "drop data", "deliver data"} {
-		if smp.seen[name] != "data" {
-			t.Errorf("sampler saw queue %q for %q, want data", smp.seen[name], name)
-		}
 	}
 }
 
