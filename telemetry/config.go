@@ -1,6 +1,8 @@
 package telemetry
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -116,6 +118,14 @@ type resolved struct {
 	resourceAttrs  map[string]string
 	traceEndpoint  endpoint
 	metricEndpoint endpoint
+	// traceHeaders, traceGzip and traceTLS are what the span exporter
+	// sends besides the spans (OTEL_EXPORTER_OTLP[_TRACES]_HEADERS,
+	// _COMPRESSION, _CERTIFICATE, _CLIENT_CERTIFICATE, _CLIENT_KEY); the
+	// metric exporter reads those variables itself. traceTLS is nil for
+	// the system's roots and no client certificate.
+	traceHeaders   map[string]string
+	traceGzip      bool
+	traceTLS       *tls.Config
 	exportTimeout  time.Duration
 	ratio          float64
 	sampledQueues  []string
@@ -240,25 +250,21 @@ func (c Config) resolve() (resolved, error) {
 		r.traceEndpoint, r.metricEndpoint = ep, ep
 	} else {
 		for _, s := range []struct {
-			dst *endpoint
-			key string
+			dst    *endpoint
+			signal string
 		}{
-			{&r.traceEndpoint, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"},
-			{&r.metricEndpoint, "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"},
+			{&r.traceEndpoint, "TRACES"},
+			{&r.metricEndpoint, "METRICS"},
 		} {
-			key := s.key
-			v := env(key)
-			if v == "" {
-				key, v = "OTEL_EXPORTER_OTLP_ENDPOINT", env("OTEL_EXPORTER_OTLP_ENDPOINT")
-			}
+			key, v := signalEnv(env, s.signal, "ENDPOINT")
 			if v == "" {
 				continue
 			}
 			insecure := c.OTLPInsecure
-			if iv := env("OTEL_EXPORTER_OTLP_INSECURE"); iv != "" {
+			if ik, iv := signalEnv(env, s.signal, "INSECURE"); iv != "" {
 				b, err := strconv.ParseBool(iv)
 				if err != nil {
-					bad("OTEL_EXPORTER_OTLP_INSECURE=%q: want true or false", iv)
+					bad("%s=%q: want true or false", ik, iv)
 				}
 				insecure = insecure || b
 			}
@@ -279,6 +285,11 @@ func (c Config) resolve() (resolved, error) {
 	if !r.traceEndpoint.set() {
 		// Spans nobody exports are not worth recording.
 		r.traces = false
+	}
+	if r.traces {
+		if err := resolveTraceExport(env, &r); err != nil {
+			errs = append(errs, err)
+		}
 	}
 
 	durMillis := func(field time.Duration, key string, def time.Duration) time.Duration {
@@ -343,6 +354,110 @@ func (c Config) resolve() (resolved, error) {
 	return r, errors.Join(errs...)
 }
 
+// signalEnv reads OTEL_EXPORTER_OTLP_<signal>_<name>, else the generic
+// OTEL_EXPORTER_OTLP_<name>, and returns the variable it used.
+func signalEnv(env func(string) string, signal, name string) (key, value string) {
+	key = "OTEL_EXPORTER_OTLP_" + signal + "_" + name
+	if v := env(key); v != "" {
+		return key, v
+	}
+	key = "OTEL_EXPORTER_OTLP_" + name
+	return key, env(key)
+}
+
+// resolveTraceExport reads the span exporter's headers, compression and
+// TLS files into r. The stock exporters read these variables themselves
+// and skip a bad value with a log line; here a bad value stops the start.
+func resolveTraceExport(env func(string) string, r *resolved) error {
+	var errs []error
+	if key, v := signalEnv(env, "TRACES", "HEADERS"); v != "" {
+		h, err := parseHeaders(key, v)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		r.traceHeaders = h
+	}
+	switch key, v := signalEnv(env, "TRACES", "COMPRESSION"); strings.ToLower(v) {
+	case "", "none":
+	case "gzip":
+		r.traceGzip = true
+	default:
+		errs = append(errs, fmt.Errorf("%w: %s=%q: want gzip or none", ErrInvalidConfig, key, v))
+	}
+	if !r.traceEndpoint.insecure {
+		t, err := loadTLS(env)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		r.traceTLS = t
+	}
+	return errors.Join(errs...)
+}
+
+// loadTLS builds the span exporter's TLS settings from the certificate
+// variables; nil when none is set.
+func loadTLS(env func(string) string) (*tls.Config, error) {
+	caKey, caFile := signalEnv(env, "TRACES", "CERTIFICATE")
+	certKey, certFile := signalEnv(env, "TRACES", "CLIENT_CERTIFICATE")
+	keyKey, keyFile := signalEnv(env, "TRACES", "CLIENT_KEY")
+	if caFile == "" && certFile == "" && keyFile == "" {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s=%q: %v", ErrInvalidConfig, caKey, caFile, err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%w: %s=%q: no PEM certificate in the file", ErrInvalidConfig, caKey, caFile)
+		}
+	}
+	switch {
+	case certFile == "" && keyFile == "":
+	case certFile == "" || keyFile == "":
+		return nil, fmt.Errorf("%w: %s=%q and %s=%q: a client certificate needs both files",
+			ErrInvalidConfig, certKey, certFile, keyKey, keyFile)
+	default:
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s=%q and %s=%q: %v", ErrInvalidConfig, certKey, certFile, keyKey, keyFile, err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
+}
+
+// parseHeaders parses an OTEL_EXPORTER_OTLP_*HEADERS value (as
+// parseKeyValueList); keys must be HTTP header names.
+func parseHeaders(key, v string) (map[string]string, error) {
+	h, err := parseKeyValueList(key, v)
+	if err != nil {
+		return nil, err
+	}
+	for k := range h {
+		if !isToken(k) {
+			return nil, fmt.Errorf("%w: %s key %q: not an HTTP header name (letters, digits and !#$%%&'*+-.^_`|~)",
+				ErrInvalidConfig, key, k)
+		}
+	}
+	return h, nil
+}
+
+// isToken reports whether s is an HTTP token (RFC 9110), what a header
+// name may be.
+func isToken(s string) bool {
+	for _, c := range []byte(s) {
+		ok := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+			strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+		if !ok {
+			return false
+		}
+	}
+	return s != ""
+}
+
 // parseEndpoint accepts host:port or an http(s) URL, and says which it got.
 func parseEndpoint(what, v string, insecure bool) (endpoint, error) {
 	if strings.Contains(v, "://") {
@@ -365,9 +480,15 @@ func parseEndpoint(what, v string, insecure bool) (endpoint, error) {
 	return endpoint{hostPort: v, insecure: insecure}, nil
 }
 
-// parseResourceAttributes parses OTEL_RESOURCE_ATTRIBUTES (key=value pairs,
-// comma separated, values percent-encoded).
+// parseResourceAttributes parses OTEL_RESOURCE_ATTRIBUTES.
 func parseResourceAttributes(v string) (map[string]string, error) {
+	return parseKeyValueList("OTEL_RESOURCE_ATTRIBUTES", v)
+}
+
+// parseKeyValueList parses the value of the variable key as the OTel
+// specification writes OTEL_RESOURCE_ATTRIBUTES and the OTLP exporters'
+// headers: key=value pairs, comma separated, values percent-encoded.
+func parseKeyValueList(key, v string) (map[string]string, error) {
 	out := map[string]string{}
 	if v == "" {
 		return out, nil
@@ -379,11 +500,11 @@ func parseResourceAttributes(v string) (map[string]string, error) {
 		k, val, ok := strings.Cut(kv, "=")
 		k = strings.TrimSpace(k)
 		if !ok || k == "" {
-			return nil, fmt.Errorf("%w: OTEL_RESOURCE_ATTRIBUTES entry %q: want key=value", ErrInvalidConfig, kv)
+			return nil, fmt.Errorf("%w: %s entry %q: want key=value", ErrInvalidConfig, key, kv)
 		}
 		dec, err := url.PathUnescape(strings.TrimSpace(val))
 		if err != nil {
-			return nil, fmt.Errorf("%w: OTEL_RESOURCE_ATTRIBUTES entry %q: bad percent-encoding: %v", ErrInvalidConfig, kv, err)
+			return nil, fmt.Errorf("%w: %s entry %q: bad percent-encoding: %v", ErrInvalidConfig, key, kv, err)
 		}
 		out[k] = dec
 	}

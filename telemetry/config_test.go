@@ -103,6 +103,59 @@ func TestResolve(t *testing.T) {
 			},
 		},
 		{
+			name: "span export headers and compression: the traces-specific variable wins",
+			env: map[string]string{
+				"OTEL_EXPORTER_OTLP_ENDPOINT":           "http://127.0.0.1:4317",
+				"OTEL_EXPORTER_OTLP_HEADERS":            "generic=1",
+				"OTEL_EXPORTER_OTLP_TRACES_HEADERS":     "api-key=a%2Cb%3Dc, tenant = blue ,",
+				"OTEL_EXPORTER_OTLP_COMPRESSION":        "none",
+				"OTEL_EXPORTER_OTLP_TRACES_COMPRESSION": "GZIP",
+			},
+			check: func(t *testing.T, r resolved) {
+				if want := map[string]string{"api-key": "a,b=c", "tenant": "blue"}; !reflect.DeepEqual(r.traceHeaders, want) {
+					t.Errorf("headers = %v, want %v", r.traceHeaders, want)
+				}
+				if !r.traceGzip || r.traceTLS != nil {
+					t.Errorf("gzip %v, TLS %v: want gzip and no TLS for a plaintext endpoint", r.traceGzip, r.traceTLS)
+				}
+			},
+		},
+		{
+			name: "generic headers and compression apply when no traces-specific one is set",
+			env: map[string]string{
+				"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4317",
+				"OTEL_EXPORTER_OTLP_HEADERS":         "generic=1",
+				"OTEL_EXPORTER_OTLP_COMPRESSION":     "gzip",
+			},
+			check: func(t *testing.T, r resolved) {
+				if !reflect.DeepEqual(r.traceHeaders, map[string]string{"generic": "1"}) || !r.traceGzip {
+					t.Errorf("headers %v, gzip %v: want the generic ones", r.traceHeaders, r.traceGzip)
+				}
+			},
+		},
+		{
+			name: "no span export: its variables are not read",
+			env:  map[string]string{"OTEL_EXPORTER_OTLP_HEADERS": "not a header", "OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent"},
+			check: func(t *testing.T, r resolved) {
+				if r.traces || r.traceHeaders != nil {
+					t.Errorf("want no traces and no headers: %+v", r)
+				}
+			},
+		},
+		{
+			name: "OTEL_EXPORTER_OTLP_TRACES_INSECURE wins over the generic one for traces only",
+			env: map[string]string{
+				"OTEL_EXPORTER_OTLP_ENDPOINT":        "127.0.0.1:4317",
+				"OTEL_EXPORTER_OTLP_INSECURE":        "false",
+				"OTEL_EXPORTER_OTLP_TRACES_INSECURE": "true",
+			},
+			check: func(t *testing.T, r resolved) {
+				if !r.traceEndpoint.insecure || r.metricEndpoint.insecure {
+					t.Errorf("trace endpoint %+v, metric endpoint %+v: want only traces plaintext", r.traceEndpoint, r.metricEndpoint)
+				}
+			},
+		},
+		{
 			name: "IPv6 host:port",
 			cfg:  Config{OTLPEndpoint: "[::1]:4317", OTLPInsecure: true},
 			check: func(t *testing.T, r resolved) {
@@ -181,6 +234,37 @@ func TestResolveErrors(t *testing.T) {
 		{"export CPU share above 1", Config{SpanExportCPU: 1.5}, nil, []string{"1.5", "at most 1"}},
 		{"bad exporter", Config{}, map[string]string{"OTEL_METRICS_EXPORTER": "zipkin"}, []string{"OTEL_METRICS_EXPORTER", "zipkin", "otlp or none"}},
 	}
+	tlsEndpoint := func(env map[string]string) map[string]string {
+		env["OTEL_EXPORTER_OTLP_ENDPOINT"] = "127.0.0.1:4317"
+		return env
+	}
+	files := writeTLSFiles(t)
+	tests = append(tests, []struct {
+		name    string
+		cfg     Config
+		env     map[string]string
+		mention []string
+	}{
+		{"header without =", Config{}, tlsEndpoint(map[string]string{"OTEL_EXPORTER_OTLP_HEADERS": "a=1,novalue"}),
+			[]string{"OTEL_EXPORTER_OTLP_HEADERS", "novalue", "key=value"}},
+		{"header name not a token", Config{}, tlsEndpoint(map[string]string{"OTEL_EXPORTER_OTLP_TRACES_HEADERS": "bad key=1"}),
+			[]string{"OTEL_EXPORTER_OTLP_TRACES_HEADERS", `"bad key"`, "HTTP header name"}},
+		{"header bad percent-encoding", Config{}, tlsEndpoint(map[string]string{"OTEL_EXPORTER_OTLP_HEADERS": "a=%zz"}),
+			[]string{"OTEL_EXPORTER_OTLP_HEADERS", "a=%zz", "percent-encoding"}},
+		{"unknown compression", Config{}, tlsEndpoint(map[string]string{"OTEL_EXPORTER_OTLP_TRACES_COMPRESSION": "zstd"}),
+			[]string{"OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "zstd", "gzip or none"}},
+		{"missing CA file", Config{}, tlsEndpoint(map[string]string{"OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent/ca.pem"}),
+			[]string{"OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem", "no such file"}},
+		{"CA file without a certificate", Config{}, tlsEndpoint(map[string]string{"OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE": files.clientKey}),
+			[]string{"OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", files.clientKey, "no PEM certificate"}},
+		{"client certificate without key", Config{}, tlsEndpoint(map[string]string{"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": files.clientCert}),
+			[]string{"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_KEY", "needs both"}},
+		{"client key that does not match", Config{}, tlsEndpoint(map[string]string{
+			"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": files.clientCert, "OTEL_EXPORTER_OTLP_CLIENT_KEY": files.serverKey}),
+			[]string{"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_KEY", files.serverKey}},
+		{"bad traces insecure", Config{}, tlsEndpoint(map[string]string{"OTEL_EXPORTER_OTLP_TRACES_INSECURE": "maybe"}),
+			[]string{"OTEL_EXPORTER_OTLP_TRACES_INSECURE", "maybe", "true or false"}},
+	}...)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tt.cfg.LookupEnv = envMap(tt.env)
@@ -194,5 +278,33 @@ func TestResolveErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestResolveTraceTLS(t *testing.T) {
+	files := writeTLSFiles(t)
+	r, err := Config{LookupEnv: envMap(map[string]string{
+		"OTEL_EXPORTER_OTLP_ENDPOINT": "127.0.0.1:4317",
+		// The traces-specific files win: the generic ones are not read.
+		"OTEL_EXPORTER_OTLP_CERTIFICATE":               "/nonexistent/ca.pem",
+		"OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE":        files.serverCert,
+		"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE":        "/nonexistent/client.pem",
+		"OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE": files.clientCert,
+		"OTEL_EXPORTER_OTLP_CLIENT_KEY":                files.clientKey,
+	})}.resolve()
+	if err != nil {
+		t.Fatalf("resolve: %v", err)
+	}
+	if r.traceTLS == nil || r.traceTLS.RootCAs == nil || len(r.traceTLS.Certificates) != 1 {
+		t.Fatalf("TLS config %+v: want the CA and one client certificate", r.traceTLS)
+	}
+
+	// A plaintext endpoint does not read the files at all.
+	r, err = Config{LookupEnv: envMap(map[string]string{
+		"OTEL_EXPORTER_OTLP_ENDPOINT":    "http://127.0.0.1:4317",
+		"OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent/ca.pem",
+	})}.resolve()
+	if err != nil || r.traceTLS != nil {
+		t.Errorf("plaintext endpoint: TLS %+v, err %v; want neither", r.traceTLS, err)
 	}
 }

@@ -21,7 +21,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	"go.opentelemetry.io/otel/metric"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
@@ -104,8 +103,9 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 	// The exporters' default retries go on for a minute (bounded only by
 	// the export timeout), so one batch would hold the export worker for
 	// the whole timeout when the collector is down. Retrying briefly rides
-	// out a blip; in an outage the loss is counted within seconds.
-	retry := otlptracegrpc.RetryConfig{
+	// out a blip; in an outage the loss is counted within seconds. The
+	// span exporter (otlptrace.go) retries with the same numbers.
+	retry := otlpmetricgrpc.RetryConfig{
 		Enabled: true, InitialInterval: 100 * time.Millisecond, MaxInterval: time.Second, MaxElapsedTime: MaxRetryTime,
 	}
 
@@ -126,7 +126,7 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 	}
 	if r.metricEndpoint.set() {
 		opts := []otlpmetricgrpc.Option{otlpmetricgrpc.WithTimeout(r.exportTimeout), otlpmetricgrpc.WithDialOption(reconnect),
-			otlpmetricgrpc.WithRetry(otlpmetricgrpc.RetryConfig(retry))}
+			otlpmetricgrpc.WithRetry(retry)}
 		if r.metricEndpoint.url != "" {
 			opts = append(opts, otlpmetricgrpc.WithEndpointURL(r.metricEndpoint.url))
 		} else {
@@ -152,17 +152,11 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 	// is exported (see sampling.go), and the bounded batch processor never
 	// blocks the caller.
 	if r.traces {
-		opts := []otlptracegrpc.Option{otlptracegrpc.WithTimeout(r.exportTimeout), otlptracegrpc.WithDialOption(reconnect),
-			otlptracegrpc.WithRetry(retry)}
-		if r.traceEndpoint.url != "" {
-			opts = append(opts, otlptracegrpc.WithEndpointURL(r.traceEndpoint.url))
-		} else {
-			opts = append(opts, otlptracegrpc.WithEndpoint(r.traceEndpoint.hostPort))
-		}
-		if r.traceEndpoint.insecure {
-			opts = append(opts, otlptracegrpc.WithInsecure())
-		}
-		exp, err := otlptracegrpc.New(ctx, opts...)
+		exp, err := newSpanExporter(spanExporterConfig{
+			endpoint: r.traceEndpoint, tls: r.traceTLS, headers: r.traceHeaders, gzip: r.traceGzip,
+			timeout: r.exportTimeout, dialOptions: []grpc.DialOption{reconnect},
+			retry: retryConfig{initial: retry.InitialInterval, max: retry.MaxInterval, maxElapsed: retry.MaxElapsedTime},
+		})
 		if err != nil {
 			return nil, errors.Join(fmt.Errorf("telemetry: OTLP trace exporter for %s: %w", r.traceEndpoint, err), t.sdkMP.Shutdown(ctx))
 		}
