@@ -65,7 +65,7 @@ func recordSpans(t testing.TB, res *resource.Resource, limits *sdktrace.SpanLimi
 	rec := tracetest.NewSpanRecorder()
 	opts := []sdktrace.TracerProviderOption{sdktrace.WithSpanProcessor(rec), sdktrace.WithResource(res)}
 	if limits != nil {
-		opts = append(opts, sdktrace.WithSpanLimits(*limits))
+		opts = append(opts, sdktrace.WithRawSpanLimits(*limits))
 	}
 	tp := sdktrace.NewTracerProvider(opts...)
 	build(tp)
