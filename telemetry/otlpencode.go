@@ -79,47 +79,57 @@ const (
 	fieldScopeVersion    protowire.Number = 2
 	fieldScopeAttributes protowire.Number = 3
 
-	fieldSpanTraceID         protowire.Number = 1
-	fieldSpanSpanID          protowire.Number = 2
-	fieldSpanTraceState      protowire.Number = 3
-	fieldSpanParentSpanID    protowire.Number = 4
-	fieldSpanName            protowire.Number = 5
-	fieldSpanKind            protowire.Number = 6
-	fieldSpanStartTime       protowire.Number = 7
-	fieldSpanEndTime         protowire.Number = 8
-	fieldSpanAttributes      protowire.Number = 9
-	fieldSpanDroppedAttrs    protowire.Number = 10
-	fieldSpanEvents          protowire.Number = 11
-	fieldSpanDroppedEvents   protowire.Number = 12
-	fieldSpanLinks           protowire.Number = 13
-	fieldSpanDroppedLinks    protowire.Number = 14
-	fieldSpanStatus          protowire.Number = 15
-	fieldSpanFlags           protowire.Number = 16
-	fieldEventTime           protowire.Number = 1
-	fieldEventName           protowire.Number = 2
-	fieldEventAttributes     protowire.Number = 3
-	fieldEventDroppedAttrs   protowire.Number = 4
-	fieldLinkTraceID         protowire.Number = 1
-	fieldLinkSpanID          protowire.Number = 2
-	fieldLinkTraceState      protowire.Number = 3
-	fieldLinkAttributes      protowire.Number = 4
-	fieldLinkDroppedAttrs    protowire.Number = 5
-	fieldLinkFlags           protowire.Number = 6
-	fieldStatusMessage       protowire.Number = 2
-	fieldStatusCode          protowire.Number = 3
-	fieldKeyValueKey         protowire.Number = 1
-	fieldKeyValueValue       protowire.Number = 2
-	fieldAnyString           protowire.Number = 1
-	fieldAnyBool             protowire.Number = 2
-	fieldAnyInt              protowire.Number = 3
-	fieldAnyDouble           protowire.Number = 4
-	fieldAnyArray            protowire.Number = 5
-	fieldAnyKvlist           protowire.Number = 6
-	fieldAnyBytes            protowire.Number = 7
-	fieldArrayValues         protowire.Number = 1
-	fieldKvlistValues        protowire.Number = 1
-	spanFlagsHasIsRemoteMask uint32           = 0x100 // SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
-	spanFlagsIsRemoteMask    uint32           = 0x200 // SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
+	fieldSpanTraceID       protowire.Number = 1
+	fieldSpanSpanID        protowire.Number = 2
+	fieldSpanTraceState    protowire.Number = 3
+	fieldSpanParentSpanID  protowire.Number = 4
+	fieldSpanName          protowire.Number = 5
+	fieldSpanKind          protowire.Number = 6
+	fieldSpanStartTime     protowire.Number = 7
+	fieldSpanEndTime       protowire.Number = 8
+	fieldSpanAttributes    protowire.Number = 9
+	fieldSpanDroppedAttrs  protowire.Number = 10
+	fieldSpanEvents        protowire.Number = 11
+	fieldSpanDroppedEvents protowire.Number = 12
+	fieldSpanLinks         protowire.Number = 13
+	fieldSpanDroppedLinks  protowire.Number = 14
+	fieldSpanStatus        protowire.Number = 15
+	fieldSpanFlags         protowire.Number = 16 // the only tag here longer than a byte
+
+	fieldEventTime         protowire.Number = 1
+	fieldEventName         protowire.Number = 2
+	fieldEventAttributes   protowire.Number = 3
+	fieldEventDroppedAttrs protowire.Number = 4
+
+	fieldLinkTraceID      protowire.Number = 1
+	fieldLinkSpanID       protowire.Number = 2
+	fieldLinkTraceState   protowire.Number = 3
+	fieldLinkAttributes   protowire.Number = 4
+	fieldLinkDroppedAttrs protowire.Number = 5
+	fieldLinkFlags        protowire.Number = 6
+
+	fieldStatusMessage protowire.Number = 2
+	fieldStatusCode    protowire.Number = 3
+
+	fieldKeyValueKey   protowire.Number = 1
+	fieldKeyValueValue protowire.Number = 2
+
+	fieldAnyString protowire.Number = 1
+	fieldAnyBool   protowire.Number = 2
+	fieldAnyInt    protowire.Number = 3
+	fieldAnyDouble protowire.Number = 4
+	fieldAnyArray  protowire.Number = 5
+	fieldAnyKvlist protowire.Number = 6
+	fieldAnyBytes  protowire.Number = 7
+
+	fieldArrayValues  protowire.Number = 1
+	fieldKvlistValues protowire.Number = 1
+)
+
+// Span.flags and Link.flags bits above the W3C trace flags.
+const (
+	spanFlagsHasIsRemoteMask uint32 = 0x100 // SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
+	spanFlagsIsRemoteMask    uint32 = 0x200 // SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
 )
 
 // OTLP Status.code values; they differ from the SDK's codes.Code numbers.
