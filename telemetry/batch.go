@@ -218,7 +218,15 @@ func (p *batchProcessor) export(batch []sdktrace.ReadOnlySpan) time.Duration {
 	}
 	if err != nil {
 		p.loss.spanExportsFailed.Add(1)
-		p.loss.spansExportFailed.Add(uint64(len(batch)))
+		lost := uint64(len(batch))
+		// A partial success is a delivered batch in which the collector
+		// refused some spans: only those are lost.
+		var partial *partialSuccessError
+		if errors.As(err, &partial) && partial.rejected >= 0 && partial.rejected < int64(len(batch)) {
+			lost = uint64(partial.rejected)
+			p.loss.spansExported.Add(uint64(len(batch)) - lost)
+		}
+		p.loss.spansExportFailed.Add(lost)
 		p.loss.setLastErr(SignalTraces, err)
 		return used
 	}

@@ -381,7 +381,7 @@ func TestSetupSendsUncompressedByDefault(t *testing.T) {
 	}
 }
 
-func TestSetupCountsPartialSuccessAsLoss(t *testing.T) {
+func TestSetupCountsRejectedSpansOfAPartialSuccessAsLoss(t *testing.T) {
 	col := startScriptedCollector(t, []reply{{rejected: 2, message: "2 spans too old"}})
 	tel := setupWithCollector(t, col, nil)
 	emitSpans(tel.TracerProvider(), 5)
@@ -390,8 +390,8 @@ func TestSetupCountsPartialSuccessAsLoss(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, "the rejected export counted", func() bool { return tel.Stats().SpanExportsFailed > 0 })
 	s := tel.Stats()
-	if s.SpansExported != 0 || s.SpansDroppedExportFailed != 5 || s.SpanExportsFailed != 1 {
-		t.Errorf("stats = %+v, want the batch of 5 counted as one failed export", s)
+	if s.SpansExported != 3 || s.SpansDroppedExportFailed != 2 || s.SpanExportsFailed != 1 {
+		t.Errorf("stats = %+v, want 3 of 5 spans exported, the 2 rejected lost, one failed export", s)
 	}
 	if e := tel.loss.failing()[SignalTraces]; !strings.Contains(e, "rejected 2 of 5 spans") || !strings.Contains(e, "too old") {
 		t.Errorf("last trace export error %q, want it to say 2 of 5 were rejected and why", e)
