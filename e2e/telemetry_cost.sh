@@ -11,9 +11,15 @@
 #   make telemetry-cost                 (stack up, this script, stack down)
 #   e2e/telemetry_cost.sh               (with the stack already up)
 #
+# Besides throughput it reports the CPU time per event of the sidecar and,
+# where the local stack's pid files are found, of the collector and Jaeger:
+# on a machine this small they share the cores with the sidecar and the
+# load tool, so their work lowers the spans mode's throughput too.
+#
 # Environment: COST_ROUNDS (5), COST_EVENTS per run (600000),
 # COST_CONNECTIONS (1), COST_CONCURRENCY (64), SIDECAR_BIN (bin/eventbus-sidecar,
-# built by `make build`), COLLECTOR (127.0.0.1:4317).
+# built by `make build`), COLLECTOR (127.0.0.1:4317), COST_SPAN_EXPORT_CPU (1:
+# no budget, every span is exported; a share below 1 lets the sidecar shed).
 # Targets: metrics only >= 90% of off; 100% spans >= 50% of off.
 set -euo pipefail
 
@@ -24,6 +30,9 @@ EVENTS="${COST_EVENTS:-600000}"
 CONNECTIONS="${COST_CONNECTIONS:-1}"
 CONCURRENCY="${COST_CONCURRENCY:-64}"
 COLLECTOR="${COLLECTOR:-127.0.0.1:4317}"
+SPAN_EXPORT_CPU="${COST_SPAN_EXPORT_CPU:-1}"
+STATE="${STACK_STATE:-${ROOT}/.state/stack}"
+TICK="$(getconf CLK_TCK)"
 
 die() { echo "telemetry-cost: $*" >&2; exit 1; }
 [[ -x "${BIN}" ]] || die "no sidecar at ${BIN}: run make build"
@@ -51,7 +60,9 @@ mode_flags() {
 	case "$1" in
 	off) echo "--telemetry-disabled" ;;
 	metrics) echo "--traces-disabled --otlp-endpoint http://${COLLECTOR}" ;;
-	spans) echo "--otlp-endpoint http://${COLLECTOR} --data-sample-ratio 1" ;;
+	# No export CPU budget: the budget sheds spans under overload, and this
+	# mode measures the cost of exporting every one of them.
+	spans) echo "--otlp-endpoint http://${COLLECTOR} --data-sample-ratio 1 --span-export-cpu ${SPAN_EXPORT_CPU}" ;;
 	esac
 }
 
@@ -74,7 +85,11 @@ run_mode() {
 	done
 	[[ -n "${admin}" ]] || { cat "${log}" >&2; die "sidecar (${mode}) not ready after 10s"; }
 
-	local out rate
+	local out rate col_pid jae_pid col0=0 jae0=0 side1 col1=0 jae1=0
+	col_pid="$(stack_pid collector)"
+	jae_pid="$(stack_pid jaeger)"
+	[[ -n "${col_pid}" ]] && col0="$(cpu_ticks "${col_pid}")"
+	[[ -n "${jae_pid}" ]] && jae0="$(cpu_ticks "${jae_pid}")"
 	out="$("${BIN}" load --socket "${sock}" --queue data --events "${EVENTS}" \
 		--connections "${CONNECTIONS}" --concurrency "${CONCURRENCY}" --consumers 1 --json)" ||
 		die "load against the ${mode} sidecar failed: ${out}"
@@ -86,10 +101,35 @@ run_mode() {
 	exported="$(awk '/^eventbus_telemetry_spans_exported_total/ {s += $NF} END {printf "%d", s}' <<<"${metrics}")"
 	lost="$(awk '/^eventbus_telemetry_spans_dropped_total/ {s += $NF} END {printf "%d", s}' <<<"${metrics}")"
 
+	# The sidecar's CPU includes its start-up; read it before the shutdown
+	# flush. The collector and Jaeger get a second to take the last batches.
+	side1="$(cpu_ticks "${pid}")"
 	kill -TERM "${pid}"
 	wait "${pid}" || true
 	: >"${PIDFILE}"
-	echo "${mode} ${rate} ${exported} ${lost}"
+	sleep 1
+	[[ -n "${col_pid}" ]] && col1="$(cpu_ticks "${col_pid}")"
+	[[ -n "${jae_pid}" ]] && jae1="$(cpu_ticks "${jae_pid}")"
+	# CPU per event in microseconds: ticks * 1e6 / TICK / EVENTS.
+	local us="1000000 / ${TICK} / ${EVENTS}"
+	echo "${mode} ${rate} ${exported} ${lost}" \
+		"$(awk "BEGIN {printf \"%.2f %.2f %.2f\", ${side1} * ${us}, (${col1} - ${col0}) * ${us}, (${jae1} - ${jae0}) * ${us}}")"
+}
+
+# cpu_ticks PID: user + system CPU of a process in clock ticks (0 if gone).
+cpu_ticks() {
+	local stat
+	stat="$(cat "/proc/$1/stat" 2>/dev/null)" || { echo 0; return; }
+	# Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
+	awk '{print $12 + $13}' <<<"${stat##*) }"
+}
+
+# stack_pid NAME: the pid the local stack recorded for NAME, if it still runs.
+stack_pid() {
+	local pid bin
+	read -r pid bin <"${STATE}/$1.pid" 2>/dev/null || return 0
+	[[ -n "${pid}" ]] && kill -0 "${pid}" 2>/dev/null && echo "${pid}"
+	return 0
 }
 
 median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : int((a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
@@ -101,7 +141,7 @@ RESULTS="${WORK}/results"
 for ((r = 1; r <= ROUNDS; r++)); do
 	for mode in off metrics spans; do
 		line="$(run_mode "${mode}" "${r}")"
-		echo "round ${r}: ${line}" | awk '{printf "round %s %-8s %9d events/s   spans exported %d, lost %d\n", $2, $3, $4, $5, $6}'
+		echo "round ${r}: ${line}" | awk '{printf "round %s %-8s %9d events/s   spans exported %d, lost %d   CPU µs/event: sidecar %s, collector %s, jaeger %s\n", $2, $3, $4, $5, $6, $7, $8, $9}'
 		echo "${line}" >>"${RESULTS}"
 	done
 done
@@ -124,6 +164,14 @@ printf '%-28s %12d %7s%% %8s\n' "telemetry off" "${off}" 100 ""
 printf '%-28s %12d %7d%% %8s\n' "metrics only" "${met}" $((met * 100 / off)) ">= 90%"
 printf '%-28s %12d %7d%% %8s\n' "metrics + 100% spans" "${spn}" $((spn * 100 / off)) ">= 50%"
 echo "median of the per-round ratios: metrics only ${met_r}% of off, 100% spans ${spn_r}% of off"
+cpu_median() { # MODE FIELD: median CPU µs per event of one process
+	awk -v m="$1" -v f="$2" '$1 == m {print $f}' "${RESULTS}" | sort -n |
+		awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'
+}
+for mode in off metrics spans; do
+	printf 'CPU per event, %-8s (median µs): sidecar %s, collector %s, jaeger %s\n' "${mode}" \
+		"$(cpu_median "${mode}" 5)" "$(cpu_median "${mode}" 6)" "$(cpu_median "${mode}" 7)"
+done
 echo "spans mode: ${exp_sum} spans exported to the collector, ${lost_sum} lost (counted) over ${ROUNDS} runs"
 status=0
 ((met_r >= 90)) || { echo "telemetry-cost: metrics only below 90% of off" >&2; status=1; }
