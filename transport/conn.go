@@ -172,8 +172,18 @@ func (c *conn) lingerClose() {
 	c.omu.Lock()
 	dead := c.dead
 	c.omu.Unlock()
-	uc, ok := c.nc.(*net.UnixConn)
-	if dead || !ok || c.closeReason() == CloseClientGone {
+	if dead || c.closeReason() == CloseClientGone {
+		return
+	}
+	lingerDiscard(c.nc)
+}
+
+// lingerDiscard shuts nc's write side, then reads and discards what the
+// client sends until it closes too or lingerTimeout passes. The caller
+// closes nc afterwards.
+func lingerDiscard(nc net.Conn) {
+	uc, ok := nc.(*net.UnixConn)
+	if !ok {
 		return
 	}
 	if err := uc.CloseWrite(); err != nil {

@@ -41,6 +41,17 @@ const (
 	// that wait for room in full queues at the same time. At the bound the
 	// server stops reading that connection until one of them is answered.
 	DefaultMaxWaitingPublishes = 4096
+	// DefaultMaxConnections bounds the client connections served at once.
+	// A trading app needs a handful (a publisher and a consumer per queue,
+	// or a small pool), so 1024 leaves two orders of magnitude for pools
+	// and CLI calls, yet bounds what a client that reconnects in a loop or
+	// leaks its pool can take: an idle connection costs about 70 KiB (its
+	// 64 KiB read buffer and two goroutines), so 1024 of them about 75 MiB,
+	// and 1024 file descriptors stay well inside the process limit, which
+	// the Go runtime raises to the hard limit at start-up. Each connection
+	// may also buffer up to MaxOutputBytes for a client that does not read;
+	// lower the cap where the memory limit cannot hold that many times.
+	DefaultMaxConnections = 1024
 	// DefaultQueue receives events whose type has no route.
 	DefaultQueue = "data"
 )
@@ -80,11 +91,20 @@ type Config struct {
 	// at the bound the connection is not read until a wait ends, so keep it
 	// well above what a client pipelines into a full queue.
 	MaxWaitingPublishes int
+	// MaxConnections bounds the client connections served at once (0
+	// means DefaultMaxConnections). A connection over it gets one
+	// too_many_connections error frame and is closed unread; it is counted
+	// in eventbus.connections.rejected and logged once per interval. A
+	// closing connection counts until its socket is closed.
+	MaxConnections int
 	// Logger receives connection-level events (nil discards them).
 	Logger *slog.Logger
 	// MeterProvider records eventbus.connections and the transport's
 	// counters (nil means no metrics).
 	MeterProvider metric.MeterProvider
+	// Now tells the time for the interval of the rejection log summary
+	// (nil means time.Now); tests set it to step through intervals.
+	Now func() time.Time
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -109,7 +129,32 @@ type Server struct {
 
 	connCount atomic.Int64
 	metrics   serverMetrics
+
+	// Connections over MaxConnections: rejectSlots bounds the ones being
+	// turned away at once, rejectFrame is the error frame they get.
+	rejectSlots     chan struct{}
+	rejectFrame     []byte
+	rejected        atomic.Int64
+	unloggedRejects atomic.Int64
+	lastRejectLog   atomic.Int64 // Now() in Unix nanoseconds
 }
+
+const (
+	// maxRejecting bounds the rejected connections being turned away at
+	// once, each for up to rejectWriteTimeout+lingerTimeout, so that a
+	// flood of connections cannot pile up file descriptors or goroutines
+	// beyond MaxConnections+maxRejecting. Past it a rejected connection is
+	// closed at once, without its error frame.
+	maxRejecting = 64
+	// rejectWriteTimeout bounds the write of the rejection frame. The frame
+	// is a few hundred bytes into a fresh socket, which the kernel takes at
+	// once; the deadline only guards against the unexpected.
+	rejectWriteTimeout = 100 * time.Millisecond
+	// rejectLogInterval is how often, at most, rejected connections are
+	// summarised in one log line: a client reconnecting in a tight loop
+	// must not flood the log.
+	rejectLogInterval = 10 * time.Second
+)
 
 // CloseReason says why the server closed a connection; it labels logs and
 // the eventbus.connections.closed counter.
@@ -130,6 +175,7 @@ var closeReasons = []CloseReason{CloseClientGone, CloseFrameTooLarge, CloseSlowC
 type serverMetrics struct {
 	invalidTraceparent metric.Int64Counter
 	closed             metric.Int64Counter
+	rejected           metric.Int64Counter
 	reg                metric.Registration
 }
 
@@ -165,6 +211,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxWaitingPublishes <= 0 {
 		cfg.MaxWaitingPublishes = DefaultMaxWaitingPublishes
 	}
+	if cfg.MaxConnections <= 0 {
+		cfg.MaxConnections = DefaultMaxConnections
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -179,6 +231,9 @@ func New(cfg Config) (*Server, error) {
 		done:   make(chan struct{}),
 		lns:    make(map[net.Listener]struct{}),
 		conns:  make(map[*conn]struct{}),
+
+		rejectSlots: make(chan struct{}, maxRejecting),
+		rejectFrame: appendTooManyConnections(nil, cfg.MaxConnections),
 	}
 	var errs []error
 	if !slices.Contains(s.queues, cfg.DefaultQueue) {
@@ -214,11 +269,17 @@ func (s *Server) initMetrics() error {
 	closed, err3 := m.Int64Counter("eventbus.connections.closed",
 		metric.WithDescription("Client connections closed, by reason."),
 		metric.WithUnit("{connection}"))
-	if err := errors.Join(err1, err2, err3); err != nil {
+	rejected, err4 := m.Int64Counter("eventbus.connections.rejected",
+		metric.WithDescription("Client connections turned away because the connection limit (max connections) was reached."),
+		metric.WithUnit("{connection}"))
+	if err := errors.Join(err1, err2, err3, err4); err != nil {
 		return fmt.Errorf("transport metrics: %w", err)
 	}
 	reg, err := m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		o.ObserveInt64(conns, s.connCount.Load())
+		// Reports rejections withheld by the log interval once it is over,
+		// even when no further rejection comes.
+		s.maybeLogRejections()
 		return nil
 	}, conns)
 	if err != nil {
@@ -227,10 +288,11 @@ func (s *Server) initMetrics() error {
 	// Create every series at 0 so that increase() sees the first event.
 	ctx := context.Background()
 	inv.Add(ctx, 0)
+	rejected.Add(ctx, 0)
 	for _, r := range closeReasons {
 		closed.Add(ctx, 0, metric.WithAttributes(attribute.String("reason", string(r))))
 	}
-	s.metrics = serverMetrics{invalidTraceparent: inv, closed: closed, reg: reg}
+	s.metrics = serverMetrics{invalidTraceparent: inv, closed: closed, rejected: rejected, reg: reg}
 	return nil
 }
 
@@ -276,19 +338,109 @@ func (s *Server) Serve(l net.Listener) error {
 			return fmt.Errorf("accept: %w", err)
 		}
 		backoff = 0
-		c := newConn(s, nc)
 		s.mu.Lock()
 		if s.shutting.Load() {
 			s.mu.Unlock()
 			nc.Close()
 			return ErrServerClosed
 		}
+		if len(s.conns) >= s.cfg.MaxConnections {
+			// Under mu, like the registration below, so that several
+			// listeners cannot overshoot the cap together.
+			slot := s.takeRejectSlot()
+			s.mu.Unlock()
+			s.reject(nc, slot)
+			continue
+		}
+		c := newConn(s, nc)
 		s.conns[c] = struct{}{}
 		s.wg.Add(1)
 		s.mu.Unlock()
 		s.connCount.Add(1)
 		go c.serve()
 	}
+}
+
+// takeRejectSlot reserves one of the maxRejecting turn-away goroutines, if
+// one is free, and counts it in wg. Called with mu held and the server not
+// shutting down, so that the Add cannot race with Shutdown's Wait.
+func (s *Server) takeRejectSlot() bool {
+	select {
+	case s.rejectSlots <- struct{}{}:
+		s.wg.Add(1)
+		return true
+	default:
+		return false
+	}
+}
+
+// reject turns away a connection over MaxConnections. The accept loop only
+// counts it, logs (once per interval) and hands it on: the error frame is
+// written by a goroutine of its own, so a rejected client can never stall
+// accepting. Without a slot, in a flood, the connection is closed at once.
+func (s *Server) reject(nc net.Conn, slot bool) {
+	s.rejected.Add(1)
+	s.unloggedRejects.Add(1)
+	s.metrics.rejected.Add(context.Background(), 1)
+	s.maybeLogRejections()
+	if !slot {
+		nc.Close()
+		return
+	}
+	go s.turnAway(nc)
+}
+
+// appendTooManyConnections appends the one frame a connection over the
+// limit gets: an error without id, since it answers no request.
+func appendTooManyConnections(dst []byte, limit int) []byte {
+	return AppendErrorReply(dst, 0, false, CodeTooManyConnections, fmt.Sprintf(
+		"too many connections: the sidecar serves at most %d at once (max connections); "+
+			"this one is closed without reading its requests. Close idle connections or share one, and reconnect with backoff", limit))
+}
+
+// turnAway writes the rejection frame and closes the connection without
+// reading its requests. The linger keeps the close from resetting the
+// socket over requests the client sent before it was accepted, which
+// would make it lose the frame.
+func (s *Server) turnAway(nc net.Conn) {
+	defer s.wg.Done()
+	defer func() { <-s.rejectSlots }()
+	defer nc.Close() // before the slot is released: fds stay bounded
+	nc.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
+	if _, err := nc.Write(s.rejectFrame); err != nil {
+		return
+	}
+	lingerDiscard(nc)
+}
+
+// maybeLogRejections writes one summary of rejected connections per
+// rejectLogInterval at most, like the bus's drop summaries: the first
+// rejection after a quiet interval is logged at once, later ones are
+// summed into the next line.
+func (s *Server) maybeLogRejections() {
+	if s.unloggedRejects.Load() == 0 {
+		return
+	}
+	now := s.cfg.Now().UnixNano()
+	last := s.lastRejectLog.Load()
+	if last != 0 && now-last < int64(rejectLogInterval) {
+		return
+	}
+	if !s.lastRejectLog.CompareAndSwap(last, now) {
+		return
+	}
+	s.logRejections()
+}
+
+// logRejections reports and resets the rejections not logged yet.
+func (s *Server) logRejections() {
+	n := s.unloggedRejects.Swap(0)
+	if n == 0 {
+		return
+	}
+	s.log.Warn("connection limit reached: rejecting new connections", "rejected", n,
+		"rejected_total", s.rejected.Load(), "max_connections", s.cfg.MaxConnections,
+		"open", s.connCount.Load(), "summary_interval", rejectLogInterval)
 }
 
 func (s *Server) forget(c *conn, reason CloseReason) {
@@ -302,6 +454,10 @@ func (s *Server) forget(c *conn, reason CloseReason) {
 
 // Connections reports the number of open client connections.
 func (s *Server) Connections() int { return int(s.connCount.Load()) }
+
+// Rejected reports how many connections were turned away since start
+// because MaxConnections were open.
+func (s *Server) Rejected() int64 { return s.rejected.Load() }
 
 // Shutdown stops accepting, answers further publishes with "shutting
 // down", withdraws waiting publishes (they too are answered "shutting
@@ -346,6 +502,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-done
 		errs = append(errs, fmt.Errorf("transport shutdown: %w", ctx.Err()))
 	}
+	// Rejections withheld by the log interval are reported before exit.
+	s.logRejections()
 	if s.metrics.reg != nil {
 		errs = append(errs, s.metrics.reg.Unregister())
 	}

@@ -66,7 +66,10 @@ const (
 	CodeUnknownSeq        Code = "unknown_seq"
 	CodeNotSubscribed     Code = "not_subscribed"
 	CodeAlreadySubscribed Code = "already_subscribed"
-	CodeInternal          Code = "internal"
+	// CodeTooManyConnections comes in the one frame, without an id, that a
+	// connection over the server's MaxConnections gets before it is closed.
+	CodeTooManyConnections Code = "too_many_connections"
+	CodeInternal           Code = "internal"
 )
 
 // MaxPrefetch bounds a subscription's prefetch, which bounds the events in

@@ -1,0 +1,263 @@
+package transport
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+)
+
+// sendEarly writes a request the way a client does right after connecting,
+// before it knows whether the server accepted it. Errors are ignored: a
+// rejected connection may be closed already.
+func (c *rawClient) sendEarly(line string) {
+	c.nc.SetWriteDeadline(time.Now().Add(testTimeout))
+	c.nc.Write([]byte(line + "\n")) //nolint:errcheck // see above
+}
+
+// expectRejected reads the one frame of a connection over the limit, then
+// its end, and closes the connection as a client does.
+func (c *rawClient) expectRejected(limit int) {
+	c.t.Helper()
+	m := c.recv()
+	if m.Status != StatusError || m.Code != CodeTooManyConnections || m.HasID {
+		c.t.Fatalf("got %+v, want an id-less %s error", m, CodeTooManyConnections)
+	}
+	if want := fmt.Sprintf("at most %d at once", limit); !strings.Contains(m.Error, want) {
+		c.t.Fatalf("error %q does not name the limit (%q)", m.Error, want)
+	}
+	c.expectEOF()
+	c.nc.Close()
+}
+
+func meteredServer(t *testing.T, opts ...serverOpt) (*testServer, *sdkmetric.ManualReader) {
+	t.Helper()
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { mp.Shutdown(context.Background()) })
+	opts = append(opts, withConfig(func(c *Config) { c.MeterProvider = mp }))
+	return startServer(t, opts...), reader
+}
+
+func TestMaxConnections(t *testing.T) {
+	for _, limit := range []int{2, 5} {
+		t.Run(fmt.Sprintf("limit %d", limit), func(t *testing.T) {
+			ts, reader := meteredServer(t, withQueues(smallQueues()...), withConfig(func(c *Config) { c.MaxConnections = limit }))
+			rejected := func() int64 {
+				t.Helper()
+				v, ok := metricValue(t, reader, "eventbus.connections.rejected")
+				if !ok {
+					t.Fatal("no eventbus.connections.rejected series")
+				}
+				return v
+			}
+			if v := rejected(); v != 0 {
+				t.Fatalf("eventbus.connections.rejected = %d at start-up, want a 0 series", v)
+			}
+
+			clients := make([]*rawClient, limit)
+			for i := range clients {
+				clients[i] = dialRaw(t, ts.path)
+				clients[i].expectReply(clients[i].roundTrip(`{"op":"ping","id":1}`), 1, StatusOK)
+			}
+			con, pub := clients[0], clients[limit-1]
+			con.expectReply(con.roundTrip(`{"op":"subscribe","id":2,"queue":"order","prefetch":1}`), 2, StatusOK)
+			// publishAndConsume checks that p can publish and con consume.
+			id := int64(10)
+			publishAndConsume := func(p *rawClient) {
+				t.Helper()
+				id++
+				p.expectReply(p.roundTrip(`{"op":"publish","id":%d,"queue":"order","type":"ORDER_PLACED","payload":%d}`, id, id), id, StatusAccepted)
+				d := con.recv()
+				if d.Op != OpDeliver || string(d.Deliver.Payload) != fmt.Sprint(id) {
+					t.Fatalf("consumer got %+v, want the delivery of event %d", d, id)
+				}
+				con.expectReply(con.roundTrip(`{"op":"ack","id":%d,"seq":%d,"queue":"order"}`, id, d.Deliver.Seq), id, StatusOK)
+			}
+
+			over := dialRaw(t, ts.path)
+			over.sendEarly(`{"op":"publish","id":1,"queue":"order","type":"ORDER_PLACED","payload":"never"}`)
+			over.expectRejected(limit)
+			if v := rejected(); v != 1 || ts.srv.Rejected() != 1 {
+				t.Fatalf("rejected: metric %d, Rejected() %d; want 1", v, ts.srv.Rejected())
+			}
+			if n := ts.srv.Connections(); n != limit {
+				t.Fatalf("%d connections open, want the %d admitted", n, limit)
+			}
+
+			// The admitted clients are unaffected, and the rejected
+			// client's publish was never read.
+			publishAndConsume(pub)
+			for i, c := range clients {
+				c.expectReply(c.roundTrip(`{"op":"ping","id":%d}`, 100+i), int64(100+i), StatusOK)
+			}
+			if st := ts.bus.Stats()["order"]; st.Published[bus.Accepted] != 1 {
+				t.Fatalf("order accepted %d publishes, want only the admitted client's", st.Published[bus.Accepted])
+			}
+
+			// One closes: the next connection is admitted and works.
+			pub.nc.Close()
+			eventually(t, "the closed connection to be forgotten", func() bool { return ts.srv.Connections() == limit-1 })
+			next := dialRaw(t, ts.path)
+			publishAndConsume(next)
+			if n := ts.srv.Connections(); n != limit {
+				t.Fatalf("%d connections open, want %d", n, limit)
+			}
+
+			// Full again: the limit still holds.
+			again := dialRaw(t, ts.path)
+			again.expectRejected(limit)
+			if v := rejected(); v != 2 || ts.srv.Rejected() != 2 {
+				t.Fatalf("rejected: metric %d, Rejected() %d; want 2", v, ts.srv.Rejected())
+			}
+			if v, _ := metricValue(t, reader, "eventbus.connections"); v != int64(limit) {
+				t.Fatalf("eventbus.connections = %d, want %d", v, limit)
+			}
+		})
+	}
+}
+
+func TestMaxConnectionsDefault(t *testing.T) {
+	ts := startServer(t)
+	if got := ts.srv.cfg.MaxConnections; got != DefaultMaxConnections {
+		t.Fatalf("MaxConnections 0 became %d, want DefaultMaxConnections (%d)", got, DefaultMaxConnections)
+	}
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.Write(p)
+}
+
+// lines returns the logged lines that contain substr.
+func (s *syncBuffer) lines(substr string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for _, l := range strings.Split(s.buf.String(), "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func TestRejectionsLoggedOncePerInterval(t *testing.T) {
+	logs := &syncBuffer{}
+	clk := newManualClock()
+	ts, reader := meteredServer(t, withConfig(func(c *Config) {
+		c.MaxConnections = 1
+		c.Logger = slog.New(slog.NewTextHandler(logs, nil))
+		c.Now = clk.Now
+	}))
+	holder := dialRaw(t, ts.path)
+	holder.expectReply(holder.roundTrip(`{"op":"ping","id":1}`), 1, StatusOK)
+	// The accept loop logs before it hands the connection on, so once a
+	// client has its frame, the log line for it is written.
+	reject := func(n int) {
+		t.Helper()
+		for range n {
+			dialRaw(t, ts.path).expectRejected(1)
+		}
+	}
+	lines := func() []string { return logs.lines("connection limit reached") }
+	expect := func(when string, n int, last string) {
+		t.Helper()
+		got := lines()
+		if len(got) != n || !strings.Contains(got[n-1], last) {
+			t.Fatalf("%s: log lines %q; want %d, the last with %q", when, got, n, last)
+		}
+	}
+
+	reject(3)
+	expect("3 rejections in one interval", 1, "rejected=1 rejected_total=1 max_connections=1 open=1")
+	clk.Advance(rejectLogInterval)
+	reject(1)
+	expect("the next interval", 2, "rejected=3 rejected_total=4 ")
+	reject(2)
+	expect("inside the interval", 2, "rejected=3 ")
+	clk.Advance(rejectLogInterval)
+	// A metrics collection after the interval reports the withheld two.
+	metricValue(t, reader, "eventbus.connections.rejected")
+	expect("collected after the interval", 3, "rejected=2 rejected_total=6 ")
+	reject(1)
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	if err := ts.srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expect("shutdown flushes what the interval withheld", 4, "rejected=1 rejected_total=7 ")
+}
+
+// TestRejectionFloodDoesNotStallAccepting floods the socket with clients
+// that neither read nor close, more than can be turned away at once: every
+// one is still accepted, counted and closed, with its error frame or, past
+// maxRejecting at once, without, and the admitted client is served.
+func TestRejectionFloodDoesNotStallAccepting(t *testing.T) {
+	ts := startServer(t, withConfig(func(c *Config) { c.MaxConnections = 1 }))
+	holder := dialRaw(t, ts.path)
+	holder.expectReply(holder.roundTrip(`{"op":"ping","id":1}`), 1, StatusOK)
+
+	const flood = 2*maxRejecting + 10
+	ncs := make([]net.Conn, flood)
+	for i := range ncs {
+		nc, err := net.Dial("unix", ts.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { nc.Close() })
+		ncs[i] = nc
+	}
+	eventually(t, "every flood connection rejected", func() bool { return ts.srv.Rejected() == flood })
+	holder.expectReply(holder.roundTrip(`{"op":"ping","id":2}`), 2, StatusOK)
+
+	framed := 0
+	for i, nc := range ncs {
+		nc.SetReadDeadline(time.Now().Add(testTimeout))
+		br := bufio.NewReader(nc)
+		line, err := br.ReadString('\n')
+		switch {
+		case err == nil:
+			m, derr := DecodeMessage([]byte(strings.TrimSuffix(line, "\n")))
+			if derr != nil || m.Code != CodeTooManyConnections {
+				t.Fatalf("flood connection %d got %q, want the rejection frame", i, line)
+			}
+			framed++
+			if _, err := br.ReadString('\n'); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("flood connection %d: want the end after the frame, got %v", i, err)
+			}
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			t.Fatalf("flood connection %d: neither a frame nor closed after %v", i, testTimeout)
+		case line != "":
+			t.Fatalf("flood connection %d: partial frame %q (%v)", i, line, err)
+		}
+	}
+	// The first maxRejecting find their slots free.
+	if framed < maxRejecting {
+		t.Fatalf("%d of %d flood connections got the frame, want at least %d", framed, flood, maxRejecting)
+	}
+	t.Logf("%d of %d flood connections got the frame, the rest were closed at once", framed, flood)
+
+	holder.nc.Close()
+	eventually(t, "the holder to be forgotten", func() bool { return ts.srv.Connections() == 0 })
+	next := dialRaw(t, ts.path)
+	next.expectReply(next.roundTrip(`{"op":"ping","id":1}`), 1, StatusOK)
+}
