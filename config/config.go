@@ -52,6 +52,11 @@ type Config struct {
 	// MaxOutputBytes bounds the replies and deliveries buffered for one
 	// connection; past it the sidecar stops reading that client's requests.
 	MaxOutputBytes int
+	// MaxConnections bounds the client connections served at once; one
+	// more gets a too_many_connections error and is closed, so a client
+	// that reconnects in a loop or leaks its pool cannot exhaust the
+	// sidecar's file descriptors and memory for the others.
+	MaxConnections int
 	// Queues are the bus queues in the order stats and metrics list them.
 	Queues []bus.QueueConfig
 	// Routes maps an event type to the queue a publish without "queue" goes to.
@@ -104,6 +109,7 @@ func Default() Config {
 		MaxFrameBytes:  1 << 20,
 		WriteTimeout:   10 * time.Second,
 		MaxOutputBytes: 1 << 20,
+		MaxConnections: 1024,
 		Queues: []bus.QueueConfig{
 			{Name: "data", Capacity: 1000, Policy: bus.PolicyDrop, Timeout: time.Second},
 			{Name: "signal", Capacity: 100, Policy: bus.PolicyFail, Timeout: 5 * time.Second},

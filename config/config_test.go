@@ -41,6 +41,7 @@ func TestDefaultIsTheSeedTable(t *testing.T) {
 		{"log_format", c.LogFormat, "text"},
 		{"drain_timeout", c.DrainTimeout, 10 * time.Second},
 		{"max_frame_bytes", c.MaxFrameBytes, 1 << 20},
+		{"max_connections", c.MaxConnections, 1024},
 		{"default_queue", c.DefaultQueue, "data"},
 	}
 	for _, ch := range checks {
@@ -96,6 +97,7 @@ func TestYAMLRoundTrip(t *testing.T) {
 	custom.Queues[0].Capacity = 5000
 	custom.Routes["RISK_LIMIT"] = "risk"
 	custom.DefaultQueue = "signal"
+	custom.MaxConnections = 8
 	custom.Telemetry = Telemetry{Disabled: true, TracesDisabled: true, OTLPEndpoint: "127.0.0.1:4317", OTLPInsecure: true, ServiceName: "x", DataSampleRatio: &ratio, MetricInterval: 2 * time.Second, SpanExportCPU: 1}
 
 	for name, c := range map[string]Config{"defaults": Default(), "custom": custom} {
@@ -201,6 +203,36 @@ telemetry:
 			},
 		},
 		{
+			name: "max_connections from the file",
+			file: "max_connections: 50\n",
+			check: func(t *testing.T, c Config) {
+				if c.MaxConnections != 50 {
+					t.Errorf("max_connections = %d, want the file's 50", c.MaxConnections)
+				}
+			},
+		},
+		{
+			name: "max_connections env over file",
+			file: "max_connections: 50\n",
+			env:  map[string]string{"EVENTBUS_MAX_CONNECTIONS": "60"},
+			check: func(t *testing.T, c Config) {
+				if c.MaxConnections != 60 {
+					t.Errorf("max_connections = %d, want the env's 60", c.MaxConnections)
+				}
+			},
+		},
+		{
+			name:  "max_connections flag over env",
+			file:  "max_connections: 50\n",
+			env:   map[string]string{"EVENTBUS_MAX_CONNECTIONS": "60"},
+			flags: map[string]string{"max-connections": "70"},
+			check: func(t *testing.T, c Config) {
+				if c.MaxConnections != 70 {
+					t.Errorf("max_connections = %d, want the flag's 70", c.MaxConnections)
+				}
+			},
+		},
+		{
 			name: "empty admin addr disables",
 			env:  map[string]string{"EVENTBUS_ADMIN_ADDR": ""},
 			check: func(t *testing.T, c Config) {
@@ -211,12 +243,13 @@ telemetry:
 		},
 		{
 			name:  "every setting from a flag",
-			flags: map[string]string{"socket": "/s", "socket-mode": "0600", "admin-addr": "127.0.0.1:0", "log-level": "debug", "log-format": "json", "drain-timeout": "1m", "max-frame-bytes": "4096", "write-timeout": "2s", "max-output-bytes": "8192", "default-queue": "order", "telemetry-disabled": "true", "traces-disabled": "true", "otlp-endpoint": "http://127.0.0.1:4317", "otlp-insecure": "true", "service-name": "svc", "data-sample-ratio": "0.5", "metric-interval": "1s", "span-export-cpu": "0.5"},
+			flags: map[string]string{"socket": "/s", "socket-mode": "0600", "admin-addr": "127.0.0.1:0", "log-level": "debug", "log-format": "json", "drain-timeout": "1m", "max-frame-bytes": "4096", "write-timeout": "2s", "max-output-bytes": "8192", "max-connections": "16", "default-queue": "order", "telemetry-disabled": "true", "traces-disabled": "true", "otlp-endpoint": "http://127.0.0.1:4317", "otlp-insecure": "true", "service-name": "svc", "data-sample-ratio": "0.5", "metric-interval": "1s", "span-export-cpu": "0.5"},
 			check: func(t *testing.T, c Config) {
 				half := 0.5
 				want := Default()
 				want.Socket, want.SocketMode, want.AdminAddr, want.LogLevel, want.LogFormat = "/s", 0o600, "127.0.0.1:0", "debug", "json"
 				want.DrainTimeout, want.MaxFrameBytes, want.WriteTimeout, want.MaxOutputBytes, want.DefaultQueue = time.Minute, 4096, 2*time.Second, 8192, "order"
+				want.MaxConnections = 16
 				want.Telemetry = Telemetry{Disabled: true, TracesDisabled: true, OTLPEndpoint: "http://127.0.0.1:4317", OTLPInsecure: true, ServiceName: "svc", DataSampleRatio: &half, MetricInterval: time.Second, SpanExportCPU: 0.5}
 				if !reflect.DeepEqual(c, want) {
 					t.Errorf("got %+v\nwant %+v", c, want)
@@ -335,6 +368,10 @@ func TestInvalid(t *testing.T) {
 		{name: "frame bytes too small", flags: map[string]string{"max-frame-bytes": "10"}, want: []string{`max_frame_bytes "10"`, "256 to 67108864"}},
 		{name: "write timeout", yaml: "write_timeout: -1s\n", want: []string{`write_timeout "-1s"`, "must be > 0"}},
 		{name: "output smaller than a frame", flags: map[string]string{"max-output-bytes": "1000"}, want: []string{`max_output_bytes "1000"`, "at least max_frame_bytes (1048576)"}},
+		{name: "max connections zero", flags: map[string]string{"max-connections": "0"}, want: []string{`max_connections "0"`, "flag --max-connections", "allowed: 1 to 65536 connections"}},
+		{name: "max connections negative", env: map[string]string{"EVENTBUS_MAX_CONNECTIONS": "-5"}, want: []string{`max_connections "-5"`, "env EVENTBUS_MAX_CONNECTIONS", "allowed: 1 to 65536"}},
+		{name: "max connections too many", yaml: "max_connections: 100000\n", want: []string{`max_connections "100000"`, "line 1", "allowed: 1 to 65536"}},
+		{name: "max connections not a number", env: map[string]string{"EVENTBUS_MAX_CONNECTIONS": "lots"}, want: []string{`max_connections "lots"`, "env EVENTBUS_MAX_CONNECTIONS", "whole number; allowed: 1 to 65536"}},
 		{name: "queue without name", yaml: "queues:\n  - capacity: 3\n", want: []string{"queues[#1].name", "missing"}},
 		{name: "queue listed twice", yaml: "queues:\n  - {name: data}\n  - {name: data}\n", want: []string{"queues[#2].name", `"data"`, "listed twice"}},
 		{name: "queue name characters", yaml: "queues:\n  - {name: 'a b', capacity: 1, policy: block}\n", want: []string{"queues[a b].name", "letters, digits"}},

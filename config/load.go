@@ -129,6 +129,7 @@ type fileConfig struct {
 	MaxFrameBytes  yaml.Node         `yaml:"max_frame_bytes"`
 	WriteTimeout   yaml.Node         `yaml:"write_timeout"`
 	MaxOutputBytes yaml.Node         `yaml:"max_output_bytes"`
+	MaxConnections yaml.Node         `yaml:"max_connections"`
 	Queues         []fileQueue       `yaml:"queues"`
 	Routes         map[string]string `yaml:"routes"`
 	DefaultQueue   yaml.Node         `yaml:"default_queue"`
@@ -155,7 +156,7 @@ type fileTelemetry struct {
 
 // fileKeys lists the keys each YAML mapping accepts, for unknown-key errors.
 var fileKeys = map[string]string{
-	"fileConfig":    "socket, socket_mode, admin_addr, log_level, log_format, drain_timeout, max_frame_bytes, write_timeout, max_output_bytes, queues, routes, default_queue, telemetry",
+	"fileConfig":    "socket, socket_mode, admin_addr, log_level, log_format, drain_timeout, max_frame_bytes, write_timeout, max_output_bytes, max_connections, queues, routes, default_queue, telemetry",
 	"fileQueue":     "name, capacity, policy, timeout",
 	"fileTelemetry": "disabled, traces_disabled, otlp_endpoint, otlp_insecure, service_name, data_sample_ratio, metric_interval, span_export_cpu",
 }
@@ -171,6 +172,7 @@ func (f *fileConfig) scalars() map[string]*yaml.Node {
 		"max_frame_bytes":  &f.MaxFrameBytes,
 		"write_timeout":    &f.WriteTimeout,
 		"max_output_bytes": &f.MaxOutputBytes,
+		"max_connections":  &f.MaxConnections,
 		"default_queue":    &f.DefaultQueue,
 	}
 	if t := f.Telemetry; t != nil {

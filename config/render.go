@@ -17,6 +17,7 @@ type renderConfig struct {
 	MaxFrameBytes  int               `yaml:"max_frame_bytes"`
 	WriteTimeout   string            `yaml:"write_timeout"`
 	MaxOutputBytes int               `yaml:"max_output_bytes"`
+	MaxConnections int               `yaml:"max_connections"`
 	Queues         []renderQueue     `yaml:"queues"`
 	Routes         map[string]string `yaml:"routes"`
 	DefaultQueue   string            `yaml:"default_queue"`
@@ -64,6 +65,7 @@ func (c Config) YAML() ([]byte, error) {
 		MaxFrameBytes:  c.MaxFrameBytes,
 		WriteTimeout:   c.WriteTimeout.String(),
 		MaxOutputBytes: c.MaxOutputBytes,
+		MaxConnections: c.MaxConnections,
 		Routes:         c.Routes,
 		DefaultQueue:   c.DefaultQueue,
 		Telemetry: renderTelemetry{

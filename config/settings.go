@@ -99,6 +99,16 @@ func Settings() []Setting {
 			get: func(c Config) string { return strconv.Itoa(c.MaxOutputBytes) },
 		},
 		{
+			Key: "max_connections", Flag: "max-connections", Usage: "client connections served at once; one more gets a too_many_connections error and is closed",
+			set: func(c *Config, v string) error {
+				if err := parseInt(v, &c.MaxConnections); err != nil {
+					return invalidf("not a whole number; allowed: 1 to %d connections", MaxConnectionsLimit)
+				}
+				return nil
+			},
+			get: func(c Config) string { return strconv.Itoa(c.MaxConnections) },
+		},
+		{
 			Key: "default_queue", Flag: "default-queue", Usage: "queue for publishes without a queue whose type has no route",
 			set: func(c *Config, v string) error { c.DefaultQueue = v; return nil },
 			get: func(c Config) string { return c.DefaultQueue },

@@ -23,6 +23,10 @@ const (
 	MinFrameBytes = 256
 	// MaxFrameBytesLimit is the largest max_frame_bytes accepted (64 MiB).
 	MaxFrameBytesLimit = 64 << 20
+	// MaxConnectionsLimit is the largest max_connections accepted: every
+	// connection holds a file descriptor and about 70 KiB, so more than
+	// 65536 (over 4 GiB idle) is a typo, not a plan.
+	MaxConnectionsLimit = 1 << 16
 	// maxSocketPath is sun_path's 108 bytes minus the terminating NUL.
 	maxSocketPath = 107
 )
@@ -75,6 +79,9 @@ func validate(c Config, origin map[string]string) error {
 	}
 	if c.MaxOutputBytes < c.MaxFrameBytes {
 		bad("max_output_bytes", strconv.Itoa(c.MaxOutputBytes), fmt.Sprintf("must be at least max_frame_bytes (%d) so one full-size delivery fits", c.MaxFrameBytes))
+	}
+	if c.MaxConnections < 1 || c.MaxConnections > MaxConnectionsLimit {
+		bad("max_connections", strconv.Itoa(c.MaxConnections), fmt.Sprintf("allowed: 1 to %d connections", MaxConnectionsLimit))
 	}
 
 	names := map[string]bool{}
