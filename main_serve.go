@@ -186,6 +186,7 @@ func (p *program) serve(parent context.Context, cfg config.Config) (err error) {
 		DefaultQueue:   cfg.DefaultQueue,
 		MaxFrameBytes:  cfg.MaxFrameBytes,
 		MaxOutputBytes: cfg.MaxOutputBytes,
+		MaxConnections: cfg.MaxConnections,
 		WriteTimeout:   cfg.WriteTimeout,
 		Logger:         log,
 		MeterProvider:  tel.MeterProvider(),
@@ -233,7 +234,8 @@ func (p *program) serve(parent context.Context, cfg config.Config) (err error) {
 	ready.Store(true)
 	log.Info("eventbus-sidecar serving",
 		"version", version, "socket", cfg.Socket, "socket_mode", fmt.Sprintf("%04o", uint32(cfg.SocketMode)),
-		"admin_addr", adminAddr, "queues", strings.Join(b.Queues(), ","), "drain_timeout", cfg.DrainTimeout)
+		"admin_addr", adminAddr, "queues", strings.Join(b.Queues(), ","), "drain_timeout", cfg.DrainTimeout,
+		"max_connections", cfg.MaxConnections)
 	if p.ready != nil {
 		p.ready(serving{Socket: cfg.Socket, AdminAddr: adminAddr})
 	}
