@@ -22,7 +22,13 @@ from .client import (
     Handler,
     Outcome,
 )
-from .errors import EventBusError, ProtocolError, PublishError, ShuttingDownError
+from .errors import (
+    EventBusError,
+    ProtocolError,
+    PublishError,
+    ShuttingDownError,
+    TooManyConnectionsError,
+)
 from .events import Event, EventType
 
 __all__ = [
@@ -40,6 +46,7 @@ __all__ = [
     "ProtocolError",
     "PublishError",
     "ShuttingDownError",
+    "TooManyConnectionsError",
 ]
 
 # A library leaves logging configuration to the application.

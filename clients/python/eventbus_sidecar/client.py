@@ -176,7 +176,9 @@ class EventBus:
         The result can also be used as ``async with EventBus.connect(path) as
         bus:``, which closes the bus on exit. ``options`` are the
         constructor's keyword arguments. Raises ``ConnectionError`` when the
-        socket cannot be reached.
+        socket cannot be reached, and ``TooManyConnectionsError`` (a
+        ``ConnectionError``) when the sidecar already serves as many
+        connections as it may.
         """
         return _Connector(cls(socket_path, **options))
 

@@ -15,11 +15,15 @@ import json
 import logging
 from typing import Any, Callable
 
-from .errors import ProtocolError
+from .errors import ProtocolError, TooManyConnectionsError
 
 # Lines the sidecar sends are at most its frame limit plus delivery metadata;
 # the reader's limit only has to be comfortably larger.
 READ_LIMIT = 16 << 20
+
+# The code of the one frame, without id, that a connection over the
+# sidecar's connection limit gets before the sidecar closes it.
+_TOO_MANY_CONNECTIONS = "too_many_connections"
 
 _DeliverCallback = Callable[[dict], None]
 
@@ -67,6 +71,8 @@ class Connection:
         # connection, so that owners can react to the loss.
         self.lost: asyncio.Future[ConnectionError] = loop.create_future()
         self._closing = False
+        # The sidecar's message when it turned this connection away.
+        self._refusal: str | None = None
         self._read_task = loop.create_task(self._read_loop(), name=f"eventbus-read {path}")
 
     @classmethod
@@ -99,7 +105,8 @@ class Connection:
 
     def _check_open(self) -> None:
         if self.lost.done():
-            raise ConnectionError(str(self.lost.result()))
+            lost = self.lost.result()
+            raise type(lost)(str(lost))
         if self._closing:
             raise ConnectionError(f"connection to eventbus sidecar at {self.path} is closed")
 
@@ -205,6 +212,10 @@ class Connection:
             if not fut.done():
                 fut.set_result(frame)
             return
+        if frame.get("status") == "error" and frame.get("code") == _TOO_MANY_CONNECTIONS:
+            # The end of the connection follows; _fail_all reports it.
+            self._refusal = str(frame.get("error") or "too many connections")
+            return
         if frame.get("status") == "error":
             # Errors about frames without an id (ack, nack) or about a request
             # nobody waits for any more.
@@ -213,16 +224,20 @@ class Connection:
     def _fail_all(self, reason: str) -> None:
         if self.lost.done():
             return
+        error: type[ConnectionError] = ConnectionError
         message = f"connection to eventbus sidecar at {self.path} lost: {reason}"
+        outcome = "got no reply, its outcome is unknown"
+        if self._refusal is not None:
+            # The sidecar closes a refused connection without reading it, so
+            # here the outcome is known.
+            error = TooManyConnectionsError
+            message = f"eventbus sidecar at {self.path} refused the connection: {self._refusal}"
+            outcome = "was not processed"
         pending, self._pending = self._pending, {}
         for req_id, (fut, what) in pending.items():
             if not fut.done():
-                fut.set_exception(
-                    ConnectionError(
-                        f"{message}; {what} (request {req_id}) got no reply, its outcome is unknown"
-                    )
-                )
-        self.lost.set_result(ConnectionError(message))
+                fut.set_exception(error(f"{message}; {what} (request {req_id}) {outcome}"))
+        self.lost.set_result(error(message))
 
     async def close(self) -> None:
         """Close the socket; waiting requests fail with ConnectionError."""

@@ -32,5 +32,15 @@ class ShuttingDownError(EventBusError, ConnectionError):
     """
 
 
+class TooManyConnectionsError(EventBusError, ConnectionError):
+    """The sidecar turned the connection away: it serves as many as it may.
+
+    The sidecar closed the connection without reading anything sent on it,
+    so no request was processed. It is a ``ConnectionError`` because
+    retrying later (with backoff, as ``reconnect=True`` does) is the remedy;
+    if it persists, some client holds too many connections to the sidecar.
+    """
+
+
 class ProtocolError(EventBusError):
     """The sidecar sent something this client cannot understand."""

@@ -7,9 +7,17 @@ import os
 import tempfile
 import unittest
 
-from eventbus_sidecar import Backoff, Event, EventBus, EventType, Outcome, ShuttingDownError
+from eventbus_sidecar import (
+    Backoff,
+    Event,
+    EventBus,
+    EventType,
+    Outcome,
+    ShuttingDownError,
+    TooManyConnectionsError,
+)
 
-from .helpers import SidecarTestCase
+from .helpers import SHORT_CONFIG, SidecarTestCase
 
 FAST = Backoff(initial=0.02, maximum=0.2, multiplier=2.0)
 
@@ -147,3 +155,35 @@ class TestConnectionLoss(SidecarTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestConnectionLimit(SidecarTestCase):
+    CONFIG = SHORT_CONFIG + "max_connections: 1\n"
+
+    async def test_connection_over_the_limit_raises_too_many_connections(self):
+        first = await self.connect()
+        with self.assertRaises(TooManyConnectionsError) as cm:
+            await EventBus.connect(self.sidecar.socket)
+        err = cm.exception
+        self.assertIsInstance(err, ConnectionError)
+        self.assertIn(f"eventbus sidecar at {self.sidecar.socket} refused the connection", str(err))
+        self.assertIn("too many connections", str(err))
+        self.assertIn("at most 1 at once", str(err))
+        self.assertIn("was not processed", str(err))
+        # The admitted client is unaffected.
+        self.assertEqual(await first.publish(Event(EventType.CANDLE_UPDATE, {})), Outcome.ACCEPTED)
+
+        # Once the sidecar has closed the first connection, the next is admitted.
+        await first.close()
+        admitted: list[EventBus] = []
+
+        async def connects() -> bool:
+            try:
+                admitted.append(await EventBus.connect(self.sidecar.socket))
+            except TooManyConnectionsError:
+                return False
+            return True
+
+        await self.eventually(connects, "a connection admitted after the first one closed")
+        self.addAsyncCleanup(admitted[0].close)
+        self.assertEqual(await admitted[0].publish(Event(EventType.CANDLE_UPDATE, {})), Outcome.ACCEPTED)
