@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"go.opentelemetry.io/otel"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/admin"
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
@@ -27,6 +28,11 @@ import (
 // configEnv names the config file when --config is not given. It is read
 // through program.env like every other setting, so tests control it.
 const configEnv = config.EnvPrefix + "CONFIG"
+
+// sdkErrorLogInterval is how often an OpenTelemetry SDK error is logged at
+// Warn; the rest go to Debug (a collector outage makes one per export, and
+// the telemetry loss report already summarizes those).
+const sdkErrorLogInterval = time.Minute
 
 // closeGrace bounds what follows the drain: closing client connections,
 // the admin listener and the final telemetry flush.
@@ -164,6 +170,9 @@ func (p *program) serve(parent context.Context, cfg config.Config) (err error) {
 	if err != nil {
 		return usageError{fmt.Errorf("telemetry: %w", err)}
 	}
+	// The SDK reports its own errors through a process-wide handler that by
+	// default prints unstructured lines to stderr.
+	otel.SetErrorHandler(telemetry.NewErrorHandler(log, sdkErrorLogInterval))
 	defer func() {
 		// Flush last, so the shutdown's own spans and final counts are exported.
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(parent), closeGrace)

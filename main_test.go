@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel"
 	"go.uber.org/goleak"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
@@ -330,5 +332,32 @@ func TestLogFormatAndLevel(t *testing.T) {
 			}
 			tt.check(t, s.stderr.String())
 		})
+	}
+}
+
+// TestSDKErrorsAreStructuredLogLines: serve routes the errors the
+// OpenTelemetry SDK reports through its process-wide handler (by default
+// unstructured lines on stderr) into the sidecar's own log.
+func TestSDKErrorsAreStructuredLogLines(t *testing.T) {
+	s := startSidecar(t, "--log-format", "json")
+	otel.Handle(errors.New("sdk trouble"))
+	if code := s.stop(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	found := false
+	for _, line := range strings.Split(strings.TrimSpace(s.stderr.String()), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Errorf("log line is not JSON: %q: %v", line, err)
+		}
+		if rec["msg"] == "opentelemetry sdk error" {
+			found = true
+			if rec["level"] != "WARN" || rec["err"] != "sdk trouble" {
+				t.Errorf("SDK error record %v, want level WARN with the error", rec)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no SDK error record in the log:\n%s", s.stderr)
 	}
 }
