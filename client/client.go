@@ -2,8 +2,10 @@
 // gives the same outcomes and sentinel errors as the in-process bus, so a
 // program can move from bus.Bus to the sidecar by changing a constructor.
 //
-// A Client is one connection, safe for concurrent use: requests from many
-// goroutines are pipelined on it and replies are matched by id.
+// A Client is one connection at a time, safe for concurrent use: requests
+// from many goroutines are pipelined on it and replies are matched by id.
+// By default a lost connection leaves the client unusable; WithReconnect
+// makes it redial by itself and resume its subscriptions.
 package client
 
 import (
@@ -32,7 +34,11 @@ var (
 	// ErrClosed: Close was called on this client.
 	ErrClosed = errors.New("eventbus client closed")
 	// ErrConnectionLost: the connection to the sidecar broke (the sidecar
-	// stopped or restarted). Dial again to continue.
+	// stopped, restarted or closed it) before the call got its answer, so
+	// the call's outcome is unknown: a publish may or may not have been
+	// enqueued. Without WithReconnect the client stays unusable and later
+	// calls fail with it too (Dial again to continue); with it, later calls
+	// wait for the new connection.
 	ErrConnectionLost = errors.New("connection to the eventbus sidecar lost")
 	// ErrOutcomeUnknown: a publish was cancelled but the sidecar did not
 	// say within the cancel grace period whether the event got in.
@@ -55,10 +61,12 @@ func (f optionFunc) apply(o *options) { f(o) }
 type options struct {
 	logger      *slog.Logger
 	cancelGrace time.Duration
+	backoff     *Backoff // nil: a lost connection is not replaced
 }
 
 // WithLogger sets where the client reports problems that belong to no
-// call, such as a refused ack (default: discarded).
+// call, such as a refused ack, and the connection's state changes under
+// WithReconnect (default: discarded).
 func WithLogger(l *slog.Logger) Option {
 	return optionFunc(func(o *options) {
 		if l != nil {
@@ -77,26 +85,46 @@ func WithCancelGrace(d time.Duration) Option {
 	})
 }
 
-// Client is one connection to the sidecar.
+// Client is a connection to the sidecar; with WithReconnect, the
+// connections one after the other.
 type Client struct {
-	nc   net.Conn
 	path string
 	opts options
 	prop propagation.TraceContext
 
-	mu         sync.Mutex
-	nextID     int64
+	// ctx ends when Close is called; it stops the redialling.
+	ctx    context.Context
+	cancel context.CancelFunc
+	// wg owns every goroutine of the client: each connection's reader and
+	// writer and the reconnect loop. Add only under mu while err is nil, so
+	// that Close's Wait sees them all.
+	wg sync.WaitGroup
+
+	mu        sync.Mutex
+	nextID    int64
+	cn        *conn           // the working connection; nil while there is none
+	err       error           // why the client is unusable for good; nil while it is not
+	lost      error           // while reconnecting: what broke the last connection
+	dialErr   error           // while reconnecting: why the last attempt failed
+	greeting  net.Conn        // while reconnecting: the new connection being checked
+	ready     chan struct{}   // while reconnecting: closed when that ends, by a new connection or Close
+	consumers map[string]bool // queues with a Subscribe running
+	closeOnce sync.Once
+}
+
+// conn is one connection to the sidecar. Its fields are guarded by the
+// client's mu; what was queued on it or awaits an answer from it dies
+// with it, so that an ack is never sent on a connection that did not
+// deliver the event.
+type conn struct {
+	nc         net.Conn
 	pending    map[int64]*call
 	subs       map[string]*subscription
-	err        error // why the connection is unusable; nil while it works
+	err        error // why it broke; nil while it works
 	wbuf       []byte
 	spare      []byte
 	writerIdle bool
-
 	wake       chan struct{}
-	readerDone chan struct{}
-	writerDone chan struct{}
-	closeOnce  sync.Once
 }
 
 type result struct {
@@ -110,149 +138,245 @@ type call struct {
 
 var callPool = sync.Pool{New: func() any { return &call{ch: make(chan result, 1)} }}
 
-// Dial connects to the sidecar's socket.
+// Dial connects to the sidecar's socket. It fails when the sidecar cannot
+// be reached now, even with WithReconnect, which replaces a connection
+// only once there has been one.
 func Dial(ctx context.Context, socketPath string, opts ...Option) (*Client, error) {
 	o := options{logger: slog.New(slog.DiscardHandler), cancelGrace: DefaultCancelGrace}
 	for _, opt := range opts {
 		opt.apply(&o)
+	}
+	if o.backoff != nil {
+		b, err := o.backoff.withDefaults()
+		if err != nil {
+			return nil, fmt.Errorf("dial eventbus sidecar at %s: %w", socketPath, err)
+		}
+		o.backoff = &b
 	}
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "unix", socketPath)
 	if err != nil {
 		return nil, fmt.Errorf("dial eventbus sidecar at %s: %w", socketPath, err)
 	}
-	c := &Client{
+	c := &Client{path: socketPath, opts: o, consumers: make(map[string]bool)}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.install(nc, bufio.NewReaderSize(nc, readBufferSize))
+	return c, nil
+}
+
+// readBufferSize holds many replies, so that one read serves many calls.
+const readBufferSize = 64 << 10
+
+// install makes nc the client's connection and starts its reader (on br,
+// which reads nc) and writer, unless the client was closed meanwhile.
+func (c *Client) install(nc net.Conn, br *bufio.Reader) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		nc.Close()
+		return false
+	}
+	cn := &conn{
 		nc:         nc,
-		path:       socketPath,
-		opts:       o,
 		pending:    make(map[int64]*call),
 		subs:       make(map[string]*subscription),
 		writerIdle: true,
 		wake:       make(chan struct{}, 1),
-		readerDone: make(chan struct{}),
-		writerDone: make(chan struct{}),
 	}
-	go c.readLoop()
-	go c.writeLoop()
-	return c, nil
+	c.cn, c.lost, c.dialErr = cn, nil, nil
+	if c.ready != nil {
+		close(c.ready)
+		c.ready = nil
+	}
+	c.wg.Go(func() { c.readLoop(cn, br) })
+	c.wg.Go(func() { c.writeLoop(cn) })
+	return true
 }
 
-// Close closes the connection. Calls in progress fail with ErrClosed; the
-// sidecar withdraws this connection's waiting publishes and returns its
-// unacked deliveries to their queues.
+// Close closes the connection and stops any reconnecting. Calls in
+// progress, and calls waiting for a new connection, fail with ErrClosed;
+// the sidecar withdraws this connection's waiting publishes and returns
+// its unacked deliveries to their queues. Close returns once every
+// goroutine of the client has stopped.
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
-		c.fail(ErrClosed)
-		c.nc.Close()
-		<-c.readerDone
-		<-c.writerDone
+		c.mu.Lock()
+		if c.err == nil {
+			c.err = ErrClosed
+		}
+		cn, greeting := c.cn, c.greeting
+		if c.ready != nil {
+			close(c.ready)
+			c.ready = nil
+		}
+		c.mu.Unlock()
+		c.cancel()
+		if greeting != nil {
+			greeting.Close()
+		}
+		if cn != nil {
+			c.lose(cn, ErrClosed)
+		}
+		c.wg.Wait()
 	})
 	return nil
 }
 
-// fail marks the client unusable and wakes everything waiting on it.
-func (c *Client) fail(err error) {
+// lose tears cn down after err broke it: the calls waiting for its answers
+// fail with err and its subscriptions end. If cn was the client's
+// connection, the client is then unusable for good or, with WithReconnect
+// and unless it is closing, starts reconnecting. Only the first call for a
+// connection counts.
+func (c *Client) lose(cn *conn, err error) {
 	c.mu.Lock()
-	if c.err != nil {
+	if cn.err != nil {
 		c.mu.Unlock()
 		return
 	}
-	c.err = err
-	pending := c.pending
-	c.pending = make(map[int64]*call)
-	subs := c.subs
-	c.subs = make(map[string]*subscription)
+	cn.err = err
+	pending, subs := cn.pending, cn.subs
+	cn.pending, cn.subs = nil, nil
+	if c.cn == cn {
+		c.cn = nil
+		switch {
+		case c.err != nil: // closing
+		case c.opts.backoff == nil:
+			c.err = err
+		default:
+			c.lost = err
+			c.ready = make(chan struct{})
+			since := time.Now()
+			c.wg.Go(func() { c.reconnect(since, err) })
+		}
+	}
 	c.mu.Unlock()
+	cn.nc.Close()
 	for _, cl := range pending {
 		cl.ch <- result{err: err}
 	}
 	for _, s := range subs {
 		s.lost(err)
 	}
-	c.signalWriter()
+	signalWriter(cn) // it sees cn.err and stops
 }
 
 // send registers cl (when not nil) under a fresh id and queues the request
-// frame for the write loop.
-func (c *Client) send(r *transport.Request, cl *call) error {
-	return c.queue(r, cl, true)
+// frame on the client's connection, waiting for the reconnection under way
+// until ctx ends. With s, it also routes the connection's deliveries of
+// s.queue to s. It returns the connection the request went on.
+func (c *Client) send(ctx context.Context, r *transport.Request, cl *call, s *subscription) (*conn, error) {
+	for {
+		c.mu.Lock()
+		if c.err != nil {
+			err := c.err
+			c.mu.Unlock()
+			return nil, err
+		}
+		if cn := c.cn; cn != nil {
+			wake := c.appendLocked(cn, r, cl, true)
+			if s != nil {
+				cn.subs[s.queue] = s
+			}
+			c.mu.Unlock()
+			if wake {
+				signalWriter(cn)
+			}
+			return cn, nil
+		}
+		ready, lost, dialErr := c.ready, c.lost, c.dialErr
+		c.mu.Unlock()
+		select {
+		case <-ready:
+		case <-ctx.Done():
+			// Not ErrConnectionLost: this request was never sent.
+			why := fmt.Sprintf("lost: %v", lost)
+			if dialErr != nil {
+				why += fmt.Sprintf("; last attempt: %v", dialErr)
+			}
+			return nil, fmt.Errorf("still reconnecting to the eventbus sidecar at %s (%s): %w", c.path, why, ctx.Err())
+		}
+	}
 }
 
-// queue is send with control over waking the write loop: a consumer acking
-// a burst of deliveries queues its acks and wakes the writer with the last.
-func (c *Client) queue(r *transport.Request, cl *call, wakeWriter bool) error {
+// sendOn queues the request on cn only, for requests that mean nothing on
+// another connection (acks, cancels, unsubscribes). A consumer acking a
+// burst of deliveries wakes the writer only with the last.
+func (c *Client) sendOn(cn *conn, r *transport.Request, cl *call, wakeWriter bool) error {
 	c.mu.Lock()
-	if c.err != nil {
-		err := c.err
+	if cn.err != nil {
+		err := cn.err
 		c.mu.Unlock()
 		return err
 	}
-	if cl != nil {
-		c.nextID++
-		r.ID, r.HasID = c.nextID, true
-		c.pending[r.ID] = cl
-	}
-	c.wbuf = transport.AppendRequest(c.wbuf, r)
-	wake := wakeWriter && c.writerIdle
-	if wake {
-		c.writerIdle = false
-	}
+	wake := c.appendLocked(cn, r, cl, wakeWriter)
 	c.mu.Unlock()
 	if wake {
-		c.signalWriter()
+		signalWriter(cn)
 	}
 	return nil
 }
 
-func (c *Client) signalWriter() {
+// appendLocked registers cl and appends r to cn's write buffer, and says
+// whether the caller must wake the writer. c.mu is held.
+func (c *Client) appendLocked(cn *conn, r *transport.Request, cl *call, wakeWriter bool) bool {
+	if cl != nil {
+		c.nextID++
+		r.ID, r.HasID = c.nextID, true
+		cn.pending[r.ID] = cl
+	}
+	cn.wbuf = transport.AppendRequest(cn.wbuf, r)
+	wake := wakeWriter && cn.writerIdle
+	if wake {
+		cn.writerIdle = false
+	}
+	return wake
+}
+
+func signalWriter(cn *conn) {
 	select {
-	case c.wake <- struct{}{}:
+	case cn.wake <- struct{}{}:
 	default:
 	}
 }
 
 // forget drops a call whose answer nobody will wait for.
-func (c *Client) forget(id int64) {
+func (c *Client) forget(cn *conn, id int64) {
 	c.mu.Lock()
-	delete(c.pending, id)
+	delete(cn.pending, id)
 	c.mu.Unlock()
 }
 
-func (c *Client) writeLoop() {
-	defer close(c.writerDone)
+func (c *Client) writeLoop(cn *conn) {
 	for {
 		c.mu.Lock()
-		if c.err != nil {
+		if cn.err != nil {
 			c.mu.Unlock()
 			return
 		}
-		if len(c.wbuf) == 0 {
-			c.writerIdle = true
+		if len(cn.wbuf) == 0 {
+			cn.writerIdle = true
 			c.mu.Unlock()
-			<-c.wake
+			<-cn.wake
 			// Let the goroutines that are about to send run first, so
 			// that one write carries many frames.
 			runtime.Gosched()
 			continue
 		}
-		buf := c.wbuf
-		c.wbuf = c.spare[:0]
+		buf := cn.wbuf
+		cn.wbuf = cn.spare[:0]
 		c.mu.Unlock()
-		_, err := c.nc.Write(buf)
+		_, err := cn.nc.Write(buf)
 		c.mu.Lock()
-		c.spare = buf[:0]
+		cn.spare = buf[:0]
 		c.mu.Unlock()
 		if err != nil {
-			c.fail(fmt.Errorf("%w: write to %s: %v", ErrConnectionLost, c.path, err))
-			c.nc.Close()
+			c.lose(cn, fmt.Errorf("%w: write to %s: %v", ErrConnectionLost, c.path, err))
 			return
 		}
 	}
 }
 
-func (c *Client) readLoop() {
-	defer close(c.readerDone)
-	br := bufio.NewReaderSize(c.nc, 64<<10)
+func (c *Client) readLoop(cn *conn, br *bufio.Reader) {
 	var dec transport.MessageDecoder
 	var long []byte
 	for {
@@ -269,17 +393,16 @@ func (c *Client) readLoop() {
 			if errors.Is(err, io.EOF) {
 				err = errors.New("the sidecar closed the connection")
 			}
-			c.fail(fmt.Errorf("%w: %s: %v", ErrConnectionLost, c.path, err))
+			c.lose(cn, fmt.Errorf("%w: %s: %v", ErrConnectionLost, c.path, err))
 			return
 		}
 		m, err := dec.Decode(line[:len(line)-1])
 		if err != nil {
-			c.fail(fmt.Errorf("%w: %s: %v", ErrConnectionLost, c.path, err))
-			c.nc.Close()
+			c.lose(cn, fmt.Errorf("%w: %s: %v", ErrConnectionLost, c.path, err))
 			return
 		}
 		if m.Op == transport.OpDeliver {
-			c.dispatch(m)
+			c.dispatch(cn, m)
 			continue
 		}
 		if !m.HasID {
@@ -289,8 +412,8 @@ func (c *Client) readLoop() {
 			continue
 		}
 		c.mu.Lock()
-		cl, ok := c.pending[m.ID]
-		delete(c.pending, m.ID)
+		cl, ok := cn.pending[m.ID]
+		delete(cn.pending, m.ID)
 		c.mu.Unlock()
 		if ok {
 			m.Stats = append(json.RawMessage(nil), m.Stats...)
@@ -302,7 +425,8 @@ func (c *Client) readLoop() {
 // roundTrip sends r and waits for its reply or ctx.
 func (c *Client) roundTrip(ctx context.Context, r *transport.Request) (transport.Message, error) {
 	cl := callPool.Get().(*call)
-	if err := c.send(r, cl); err != nil {
+	cn, err := c.send(ctx, r, cl, nil)
+	if err != nil {
 		callPool.Put(cl)
 		return transport.Message{}, err
 	}
@@ -311,7 +435,7 @@ func (c *Client) roundTrip(ctx context.Context, r *transport.Request) (transport
 		callPool.Put(cl)
 		return res.msg, res.err
 	case <-ctx.Done():
-		c.forget(r.ID)
+		c.forget(cn, r.ID)
 		return transport.Message{}, ctx.Err()
 	}
 }
@@ -326,6 +450,12 @@ func (c *Client) roundTrip(ctx context.Context, r *transport.Request) (transport
 // is told to cancel and Publish returns its final answer, which is
 // Cancelled unless the event got in first. The trace context in ctx (or
 // else ev.Parent) is sent as the event's traceparent.
+//
+// If the connection breaks before the answer, Publish returns Failed with
+// an error wrapping ErrConnectionLost (or ErrClosed): the event may or may
+// not be in the queue. Under WithReconnect, a Publish made while the
+// client reconnects waits for the new connection; if ctx ends first it
+// returns Cancelled, and the event was not sent.
 func (c *Client) Publish(ctx context.Context, ev bus.Event, queue string) (bus.Outcome, error) {
 	if err := ctx.Err(); err != nil {
 		return bus.Cancelled, err
@@ -336,8 +466,12 @@ func (c *Client) Publish(ctx context.Context, ev bus.Event, queue string) (bus.O
 	}
 	r.Traceparent = c.traceparent(ctx, ev.Parent)
 	cl := callPool.Get().(*call)
-	if err := c.send(&r, cl); err != nil {
+	cn, err := c.send(ctx, &r, cl, nil)
+	if err != nil {
 		callPool.Put(cl)
+		if cerr := ctx.Err(); cerr != nil && errors.Is(err, cerr) {
+			return bus.Cancelled, fmt.Errorf("publish to %q not sent: %w", queue, err)
+		}
 		return bus.Failed, err
 	}
 	select {
@@ -350,8 +484,8 @@ func (c *Client) Publish(ctx context.Context, ev bus.Event, queue string) (bus.O
 	// cancel's, says whether the event got in.
 	// The cancel's own "ok" is not waited for; its call just absorbs it.
 	absorb := &call{ch: make(chan result, 1)}
-	if err := c.send(&transport.Request{Op: transport.OpCancel, Ref: r.ID, HasRef: true}, absorb); err != nil {
-		res := <-cl.ch // fail() answers every pending call
+	if err := c.sendOn(cn, &transport.Request{Op: transport.OpCancel, Ref: r.ID, HasRef: true}, absorb, true); err != nil {
+		res := <-cl.ch // lose() answers every pending call of cn
 		return publishOutcome(ctx, queue, res)
 	}
 	t := time.NewTimer(c.opts.cancelGrace)
@@ -361,14 +495,14 @@ func (c *Client) Publish(ctx context.Context, ev bus.Event, queue string) (bus.O
 		callPool.Put(cl)
 		return publishOutcome(ctx, queue, res)
 	case <-t.C:
-		c.forget(r.ID)
+		c.forget(cn, r.ID)
 		return bus.Failed, fmt.Errorf("publish to %q: no answer %v after cancelling: %w", queue, c.opts.cancelGrace, errors.Join(ErrOutcomeUnknown, ctx.Err()))
 	}
 }
 
 func publishOutcome(ctx context.Context, queue string, res result) (bus.Outcome, error) {
 	if res.err != nil {
-		return bus.Failed, res.err
+		return bus.Failed, fmt.Errorf("publish to %q: no answer, the event may or may not be in the queue: %w", queue, res.err)
 	}
 	m := res.msg
 	switch m.Status {
