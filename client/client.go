@@ -43,6 +43,10 @@ var (
 	// ErrOutcomeUnknown: a publish was cancelled but the sidecar did not
 	// say within the cancel grace period whether the event got in.
 	ErrOutcomeUnknown = errors.New("publish outcome unknown")
+	// ErrTooManyConnections: the sidecar serves its max_connections
+	// already and turned this connection away unread. Dial fails with it;
+	// with WithReconnect, such an attempt counts as failed and is retried.
+	ErrTooManyConnections = errors.New("eventbus sidecar refused the connection: too many connections")
 )
 
 // DefaultCancelGrace is how long a cancelled Publish waits for the
@@ -138,9 +142,11 @@ type call struct {
 
 var callPool = sync.Pool{New: func() any { return &call{ch: make(chan result, 1)} }}
 
-// Dial connects to the sidecar's socket. It fails when the sidecar cannot
-// be reached now, even with WithReconnect, which replaces a connection
-// only once there has been one.
+// Dial connects to the sidecar's socket and checks with a ping that the
+// sidecar serves the connection. It fails when the sidecar cannot be
+// reached now or refuses the connection (an error wrapping
+// ErrTooManyConnections at its connection limit), even with WithReconnect,
+// which replaces a connection only once there has been one.
 func Dial(ctx context.Context, socketPath string, opts ...Option) (*Client, error) {
 	o := options{logger: slog.New(slog.DiscardHandler), cancelGrace: DefaultCancelGrace}
 	for _, opt := range opts {
@@ -160,7 +166,23 @@ func Dial(ctx context.Context, socketPath string, opts ...Option) (*Client, erro
 	}
 	c := &Client{path: socketPath, opts: o, consumers: make(map[string]bool)}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
-	c.install(nc, bufio.NewReaderSize(nc, readBufferSize))
+	// The ping's read honours ctx: its deadline, and cancellation, which
+	// moves the deadline to now.
+	if dl, ok := ctx.Deadline(); ok {
+		_ = nc.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Now()) })
+	br, err := c.greet(nc)
+	if !stop() || err != nil {
+		c.cancel()
+		nc.Close()
+		if err == nil || ctx.Err() != nil {
+			err = errors.Join(ctx.Err(), err)
+		}
+		return nil, fmt.Errorf("dial eventbus sidecar at %s: %w", socketPath, err)
+	}
+	_ = nc.SetDeadline(time.Time{})
+	c.install(nc, br)
 	return c, nil
 }
 
@@ -547,6 +569,8 @@ func (e *Error) Unwrap() error {
 		return bus.ErrInvalidEvent
 	case transport.CodeUnknownSeq:
 		return bus.ErrUnknownSeq
+	case transport.CodeTooManyConnections:
+		return ErrTooManyConnections
 	}
 	return nil
 }

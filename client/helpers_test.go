@@ -150,12 +150,12 @@ func connected(c *Client) bool {
 // final reply, while the sidecar lives on and takes back what the
 // connection held.
 type relay struct {
-	path   string
-	target string
-	l      net.Listener
-	wg     sync.WaitGroup
+	path string
+	l    net.Listener
+	wg   sync.WaitGroup
 
 	mu     sync.Mutex
+	target string // where new connections go (retarget)
 	conns  map[net.Conn]struct{}
 	closed bool
 }
@@ -189,7 +189,10 @@ func (r *relay) accept() {
 		if err != nil {
 			return
 		}
-		up, err := net.Dial("unix", r.target)
+		r.mu.Lock()
+		target := r.target
+		r.mu.Unlock()
+		up, err := net.Dial("unix", target)
 		if err != nil {
 			down.Close()
 			continue
@@ -211,6 +214,13 @@ func (r *relay) accept() {
 		r.wg.Go(func() { pipe(up, down) })
 		r.wg.Go(func() { pipe(down, up) })
 	}
+}
+
+// retarget sends the connections accepted from now on to another socket.
+func (r *relay) retarget(path string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.target = path
 }
 
 // cut closes every relayed connection, on both sides.

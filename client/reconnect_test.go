@@ -249,11 +249,10 @@ func TestUnackedDeliveryIsRedeliveredAfterDrop(t *testing.T) {
 	}
 }
 
-// TestRefusedConnectionIsAFailedAttempt: a sidecar at its connection limit
-// accepts a connection, refuses it with one error frame and closes it. The
-// client must count that as a failed attempt and back off, not log a
-// reconnection and a loss each time and redial at once.
-func TestRefusedConnectionIsAFailedAttempt(t *testing.T) {
+// TestDialRefusedAtTheConnectionLimit: a sidecar at its connection limit
+// accepts a connection, refuses it with one error frame and closes it;
+// Dial reports that instead of handing out a dead client.
+func TestDialRefusedAtTheConnectionLimit(t *testing.T) {
 	sc := startSidecarConfig(t, "", transport.Config{MaxConnections: 1}, nil)
 	ctx := testCtx(t)
 	var d net.Dialer
@@ -263,21 +262,61 @@ func TestRefusedConnectionIsAFailedAttempt(t *testing.T) {
 	}
 	defer holder.Close()
 	eventually(t, "the only slot taken", func() bool { return sc.srv.Connections() == 1 })
+	for _, opts := range [][]Option{nil, {WithReconnect(fast())}} {
+		c, err := Dial(ctx, sc.path, opts...)
+		if !errors.Is(err, ErrTooManyConnections) {
+			if c != nil {
+				c.Close()
+			}
+			t.Fatalf("Dial at the limit (%d options) = %v, want ErrTooManyConnections", len(opts), err)
+		}
+	}
+	holder.Close()
+	eventually(t, "the slot free", func() bool { return sc.srv.Connections() == 0 })
+	c := dialWith(t, sc.path)
+	if err := c.Ping(ctx); err != nil {
+		t.Fatalf("ping once the slot is free: %v", err)
+	}
+}
+
+// TestRefusedConnectionIsAFailedAttempt: when the client reconnects to a
+// sidecar at its connection limit, which refuses each connection with one
+// error frame and closes it, the client must count that as a failed
+// attempt and back off, not log a reconnection and a loss each time and
+// redial at once.
+func TestRefusedConnectionIsAFailedAttempt(t *testing.T) {
+	first := startSidecar(t, "", nil)
+	full := startSidecarConfig(t, "", transport.Config{MaxConnections: 1}, nil)
+	ctx := testCtx(t)
+	var d net.Dialer
+	holder, err := d.DialContext(ctx, "unix", full.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	eventually(t, "the only slot taken", func() bool { return full.srv.Connections() == 1 })
+
+	r := startRelay(t, first.path)
 	logs := &logRecorder{}
-	c := dialWith(t, sc.path, WithReconnect(fast()), WithLogger(slog.New(logs)))
+	c := dialWith(t, r.path, WithReconnect(fast()), WithLogger(slog.New(logs)))
+	r.retarget(full.path)
+	r.cut()
 	var refused *Error
 	eventually(t, "reconnection attempts refused", func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		return errors.As(c.dialErr, &refused)
 	})
-	if refused.Code != transport.CodeTooManyConnections {
+	if refused.Code != transport.CodeTooManyConnections || !errors.Is(refused, ErrTooManyConnections) {
 		t.Fatalf("attempt failed with %v (code %s), want %s", refused, refused.Code, transport.CodeTooManyConnections)
 	}
 	waiting := publishAsync(ctx, c, bus.Event{Type: "T"}, "data")
 	holder.Close()
 	if r := <-waiting; r.out != bus.Accepted {
 		t.Fatalf("publish once the slot is free: %v %v", r.out, r.err)
+	}
+	if n := full.bus.Stats()["data"].Published[bus.Accepted]; n != 1 {
+		t.Fatalf("the full sidecar has %d publishes, want the one made after the reconnection", n)
 	}
 	eventually(t, "the reconnection logged", func() bool { return len(logs.records(msgReconnected)) > 0 })
 	if n := len(logs.records(msgLost)); n != 1 {
