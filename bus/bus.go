@@ -257,13 +257,14 @@ func (b *Bus) PublishAsync(ctx context.Context, ev Event, queueName string, done
 
 // Pending is a publish started by PublishAsync that is waiting for room.
 type Pending struct {
-	q     *queue
-	ctx   context.Context
-	ev    Event
-	pubSC trace.SpanContext
-	span  trace.Span // the publish span; nil without tracing
-	start time.Time
-	depth int // the queue depth the publish found
+	q      *queue
+	ctx    context.Context
+	ev     Event
+	pubSC  trace.SpanContext
+	traced bool       // the publish span is recorded (see entry.traced)
+	span   trace.Span // the publish span; nil without tracing
+	start  time.Time
+	depth  int // the queue depth the publish found
 	// done receives the result of PublishAsync; ch is closed instead for
 	// Publish.
 	done func(Outcome, error)
@@ -316,9 +317,11 @@ func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(O
 	start := b.clock.Now()
 	var span trace.Span
 	pubSC := ev.Parent // without tracing, deliveries carry the publisher's context on
+	traced := false
 	if b.tel.tracing {
 		ctx, span = b.tel.startPublish(ctx, q, &ev, start)
 		pubSC = span.SpanContext()
+		traced = span.IsRecording()
 	}
 	if ev.Type == "" {
 		err := fmt.Errorf("%w: empty type for queue %q: a non-empty event type is required", ErrInvalidEvent, q.name)
@@ -335,17 +338,17 @@ func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(O
 	}
 	depth := q.store.Len()
 	if depth < q.capacity && len(q.waiters) == 0 {
-		seq := q.pushLocked(ev, pubSC, start)
+		seq := q.pushLocked(ev, pubSC, traced, start)
 		q.wakeConsumersLocked()
 		q.mu.Unlock()
 		outcome, err := q.finishPublish(ctx, span, ev.Type, start, Accepted, seq, depth, nil)
 		return nil, outcome, err
 	}
 	if q.policy == PolicyDropOldest {
-		outcome, err := q.publishEvict(ctx, span, ev, pubSC, start, depth)
+		outcome, err := q.publishEvict(ctx, span, ev, pubSC, traced, start, depth)
 		return nil, outcome, err
 	}
-	p := &Pending{q: q, ctx: ctx, ev: ev, pubSC: pubSC, span: span, start: start, depth: depth, done: done}
+	p := &Pending{q: q, ctx: ctx, ev: ev, pubSC: pubSC, traced: traced, span: span, start: start, depth: depth, done: done}
 	if done == nil {
 		p.ch = make(chan struct{})
 	}
@@ -355,13 +358,13 @@ func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(O
 
 // publishEvict makes room by dropping the oldest waiting events. Called
 // with q.mu held; releases it.
-func (q *queue) publishEvict(ctx context.Context, span trace.Span, ev Event, pubSC trace.SpanContext, start time.Time, depth int) (Outcome, error) {
+func (q *queue) publishEvict(ctx context.Context, span trace.Span, ev Event, pubSC trace.SpanContext, traced bool, start time.Time, depth int) (Outcome, error) {
 	var one [1]entry
 	evicted := one[:0]
 	for q.store.Len() >= q.capacity {
 		evicted = append(evicted, q.store.Pop())
 	}
-	seq := q.pushLocked(ev, pubSC, start)
+	seq := q.pushLocked(ev, pubSC, traced, start)
 	q.wakeConsumersLocked()
 	q.mu.Unlock()
 	b := q.bus
@@ -396,7 +399,7 @@ func (q *queue) registerLocked(p *Pending) {
 	q.counters.waiting.Store(int64(len(q.waiters)))
 	q.mu.Unlock()
 
-	if b.tel.tracing {
+	if p.traced {
 		_, p.waitSpan = b.tel.tracer.Start(p.ctx, q.tel.waitName, b.tel.startOpts(q.tel.childStart, p.waitStart)...)
 	}
 	// ctx is captured: finish clears p.ctx, and a callback that has
@@ -636,9 +639,9 @@ func (b *Bus) publishUnknown(ctx context.Context, ev Event, name string) (Outcom
 }
 
 // pushLocked appends an accepted event with the next seq.
-func (q *queue) pushLocked(ev Event, pubSC trace.SpanContext, at time.Time) uint64 {
+func (q *queue) pushLocked(ev Event, pubSC trace.SpanContext, traced bool, at time.Time) uint64 {
 	q.nextSeq++
-	q.store.Push(entry{seq: q.nextSeq, ev: ev, enqueuedAt: at, pubSC: pubSC})
+	q.store.Push(entry{seq: q.nextSeq, ev: ev, enqueuedAt: at, pubSC: pubSC, traced: traced})
 	q.counters.size.Store(int64(q.store.Len()))
 	return q.nextSeq
 }
@@ -654,7 +657,7 @@ func (q *queue) admitWaitersLocked() *Pending {
 	var head, tail *Pending
 	for len(q.waiters) > 0 && q.store.Len() < q.capacity {
 		p := q.popWaiterLocked()
-		p.resolveLocked(Accepted, q.pushLocked(p.ev, p.pubSC, now), nil, now)
+		p.resolveLocked(Accepted, q.pushLocked(p.ev, p.pubSC, p.traced, now), nil, now)
 		if tail == nil {
 			head = p
 		} else {

@@ -171,7 +171,7 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 	q.counters.size.Store(int64(q.store.Len()))
 	var now time.Time
 	if b.tel.tracing {
-		now = b.clock.Now()
+		now = b.clock.Now() // for the queued-duration metric too
 	}
 	var f *flight
 	if n := len(c.free); n > 0 {
@@ -181,7 +181,7 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 	}
 	f.e = e
 	sc := e.pubSC
-	if b.tel.tracing {
+	if e.traced {
 		f.span = b.tel.startDeliver(q, &e, now)
 		f.deliveredAt = now
 		sc = f.span.SpanContext()

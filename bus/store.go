@@ -15,6 +15,11 @@ type entry struct {
 	// pubSC is the publish span's context: the parent of the event's
 	// deliver and drop spans, even after the publish span has ended.
 	pubSC trace.SpanContext
+	// traced says the publish span was recorded. An event whose publish
+	// span was not (shed under export overload, or not sampled) gets no
+	// deliver span either: it would hang under the publisher's own parent
+	// with no publish span between them, a trace that misleads.
+	traced bool
 }
 
 // store holds the events waiting in one queue, oldest (lowest seq) first.

@@ -13,6 +13,8 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/embedded"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 )
 
 // traced builds a bus on a fake clock that records every span.
@@ -283,6 +285,76 @@ func TestDeliveryCarriesTraceparentWithoutTracing(t *testing.T) {
 	d := mustReceive(t, subscribe(t, b, "order", 1))
 	if !d.SpanContext.Equal(p) || !d.Event.Parent.Equal(p) {
 		t.Errorf("delivery context = %v, want the publisher's %v", d.SpanContext, p)
+	}
+}
+
+// shedPublishSpans hands out a no-op span for the data queue's publish
+// spans, as the telemetry package's provider does while its export queue
+// is full: the span carries the parent's context and records nothing.
+type shedPublishSpans struct {
+	embedded.TracerProvider
+	sdk *sdktrace.TracerProvider
+}
+
+func (p shedPublishSpans) Tracer(name string, opts ...trace.TracerOption) trace.Tracer {
+	return shedPublishTracer{sdk: p.sdk.Tracer(name, opts...)}
+}
+
+type shedPublishTracer struct {
+	embedded.Tracer
+	sdk trace.Tracer
+}
+
+func (t shedPublishTracer) Start(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
+	if name == "publish data" {
+		return tracenoop.Tracer{}.Start(ctx, name)
+	}
+	return t.sdk.Start(ctx, name, opts...)
+}
+
+// TestUntracedPublishGetsNoWaitOrDeliverSpan: an event whose publish span
+// was not recorded gets no wait or deliver span, which would otherwise
+// hang straight under the publisher's own span as if there had been no
+// publish; its delivery carries the publisher's context on. Its drop is
+// still traced: every drop is.
+func TestUntracedPublishGetsNoWaitOrDeliverSpan(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	b, clk := newBus(t, oneQueue("data", 1, bus.PolicyDrop, time.Second), bus.WithTracerProvider(shedPublishSpans{sdk: tp}))
+	p := parentSC(t)
+	ev := func(n int) bus.Event { e := event("T", n); e.Parent = p; return e }
+	if _, err := b.Publish(context.Background(), ev(1), "data"); err != nil {
+		t.Fatal(err)
+	}
+	// The queue is full: one publish waits for room and is admitted, the
+	// next one waits and is dropped.
+	admitted := publishAsync(context.Background(), b, ev(2), "data")
+	eventually(t, "waiting", func() bool { return clk.Timers() == 1 })
+	c := subscribe(t, b, "data", 1)
+	d := mustReceive(t, c)
+	if !d.SpanContext.Equal(p) {
+		t.Errorf("delivery context = %v, want the publisher's %v", d.SpanContext, p)
+	}
+	if err := c.Ack(d.Seq); err != nil {
+		t.Fatal(err)
+	}
+	if r := await(t, admitted); r.out != bus.Accepted {
+		t.Fatalf("second publish: %v %v", r.out, r.err)
+	}
+	dropped := publishAsync(context.Background(), b, ev(3), "data")
+	eventually(t, "waiting", func() bool { return clk.Timers() == 1 })
+	clk.Advance(time.Second)
+	if r := await(t, dropped); r.out != bus.Dropped {
+		t.Fatalf("third publish: %v %v", r.out, r.err)
+	}
+	for _, name := range []string{"publish data", "wait data", "deliver data"} {
+		if n := len(ended(rec, name)); n != 0 {
+			t.Errorf("%d %q spans, want none", n, name)
+		}
+	}
+	if drop := onlySpan(t, rec, "drop data"); drop.Parent().SpanID() != p.SpanID() {
+		t.Errorf("drop span parent %v, want the publisher's span %v", drop.Parent().SpanID(), p.SpanID())
 	}
 }
 
