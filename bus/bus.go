@@ -465,16 +465,11 @@ func (q *queue) expire(gen uint64) {
 	}
 	q.timer = nil
 	now := q.bus.clock.Now()
-	var head, tail *Pending
+	var resolved pendingList
 	for len(q.waiters) > 0 && !q.waiters[0].deadline.After(now) {
 		p := q.popWaiterLocked()
 		p.resolveLocked(outcome, 0, err, now)
-		if tail == nil {
-			head = p
-		} else {
-			tail.next = p
-		}
-		tail = p
+		resolved.push(p)
 	}
 	if len(q.waiters) > 0 {
 		// The head that armed the timer was admitted or withdrawn: wait
@@ -482,7 +477,7 @@ func (q *queue) expire(gen uint64) {
 		q.armLocked(q.waiters[0].deadline.Sub(now))
 	}
 	q.mu.Unlock()
-	releaseAll(head)
+	resolved.release()
 }
 
 // withdraw cancels p's wait with err (wrapping context.Canceled) and
@@ -510,10 +505,22 @@ func (p *Pending) release() bool {
 	return true
 }
 
-// releaseAll releases a list of waits resolved under the queue lock, in
-// list order, after the lock is released.
-func releaseAll(p *Pending) {
-	for p != nil {
+// pendingList links waits resolved under the queue lock, in order, to be
+// released once the lock is released.
+type pendingList struct{ head, tail *Pending }
+
+func (l *pendingList) push(p *Pending) {
+	if l.tail == nil {
+		l.head = p
+	} else {
+		l.tail.next = p
+	}
+	l.tail = p
+}
+
+// release releases the waits in list order. Call it without q.mu.
+func (l pendingList) release() {
+	for p := l.head; p != nil; {
 		next := p.next
 		p.next = nil
 		p.release()
@@ -647,26 +654,21 @@ func (q *queue) pushLocked(ev Event, pubSC trace.SpanContext, traced bool, at ti
 }
 
 // admitWaitersLocked moves waiting publishers into the queue, oldest first,
-// while there is room. It returns them as a list for releaseAll, which the
-// caller runs once it has released q.mu.
-func (q *queue) admitWaitersLocked() *Pending {
+// while there is room. It returns them as a list, which the caller
+// releases once it has released q.mu.
+func (q *queue) admitWaitersLocked() pendingList {
+	var admitted pendingList
 	if len(q.waiters) == 0 || q.store.Len() >= q.capacity {
-		return nil
+		return admitted
 	}
 	now := q.bus.clock.Now() // the waiters' EnqueuedAt
-	var head, tail *Pending
 	for len(q.waiters) > 0 && q.store.Len() < q.capacity {
 		p := q.popWaiterLocked()
 		p.resolveLocked(Accepted, q.pushLocked(p.ev, p.pubSC, p.traced, now), nil, now)
-		if tail == nil {
-			head = p
-		} else {
-			tail.next = p
-		}
-		tail = p
+		admitted.push(p)
 	}
 	q.wakeConsumersLocked()
-	return head
+	return admitted
 }
 
 // wakeConsumersLocked wakes as many idle consumers as there are waiting
@@ -838,21 +840,16 @@ func (b *Bus) Shutdown(ctx context.Context) (map[string]int, error) {
 	for _, q := range b.queues {
 		q.mu.Lock()
 		now := b.clock.Now()
-		var head, tail *Pending
+		var failed pendingList
 		for _, p := range q.waiters {
 			p.resolveLocked(Failed, 0, ErrShuttingDown, now)
-			if tail == nil {
-				head = p
-			} else {
-				tail.next = p
-			}
-			tail = p
+			failed.push(p)
 		}
 		clear(q.waiters)
 		q.waiters = q.waiters[:0]
 		q.waitersChangedLocked()
 		q.mu.Unlock()
-		releaseAll(head)
+		failed.release()
 	}
 	b.logger.Info("bus shutting down: publishes refused, draining queues")
 

@@ -192,7 +192,7 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 	// Other idle consumers may be owed a wake-up for events still waiting.
 	q.wakeConsumersLocked()
 	q.mu.Unlock()
-	releaseAll(admitted)
+	admitted.release()
 
 	q.counters.delivered.Add(1)
 	if e.redeliveries > 0 {
