@@ -194,6 +194,10 @@ class EventBus:
         """Connect (once) and learn the sidecar's queues."""
         if self._closed:
             raise ConnectionError("this EventBus was closed; create a new one")
+        await self._dial()
+
+    async def _dial(self) -> None:
+        """Open a connection, learn the queues on it and make it current."""
         conn = await Connection.open(
             self.socket_path, timeout=self._connect_timeout, logger=self.logger
         )
@@ -296,15 +300,7 @@ class EventBus:
         self._reconnecting = task
 
     async def _dial_once(self) -> None:
-        conn = await Connection.open(
-            self.socket_path, timeout=self._connect_timeout, logger=self.logger
-        )
-        try:
-            await self._load_queues(conn)
-        except BaseException:
-            await conn.close()
-            raise
-        self._install(conn)
+        await self._dial()
         self.logger.info("eventbus: reconnected to %s", self.socket_path)
 
     async def _reconnect_loop(self, backoff: Backoff) -> None:
