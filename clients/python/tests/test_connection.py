@@ -153,15 +153,28 @@ class TestConnectionLoss(SidecarTestCase):
         await self.eventually(lambda: got == [1, 2], "order published after the restart handled")
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class TestConnectionLimit(SidecarTestCase):
     CONFIG = SHORT_CONFIG + "max_connections: 1\n"
 
+    async def admitted_connection(self, what: str) -> EventBus:
+        """Connect once the sidecar has a free slot: a connection that just
+        closed (such as the start-up probe's) holds its slot until the
+        sidecar has seen it close."""
+        admitted: list[EventBus] = []
+
+        async def connects() -> bool:
+            try:
+                admitted.append(await EventBus.connect(self.sidecar.socket))
+            except TooManyConnectionsError:
+                return False
+            return True
+
+        await self.eventually(connects, what)
+        self.addAsyncCleanup(admitted[0].close)
+        return admitted[0]
+
     async def test_connection_over_the_limit_raises_too_many_connections(self):
-        first = await self.connect()
+        first = await self.admitted_connection("the first connection admitted")
         with self.assertRaises(TooManyConnectionsError) as cm:
             await EventBus.connect(self.sidecar.socket)
         err = cm.exception
@@ -175,15 +188,9 @@ class TestConnectionLimit(SidecarTestCase):
 
         # Once the sidecar has closed the first connection, the next is admitted.
         await first.close()
-        admitted: list[EventBus] = []
+        second = await self.admitted_connection("a connection admitted after the first one closed")
+        self.assertEqual(await second.publish(Event(EventType.CANDLE_UPDATE, {})), Outcome.ACCEPTED)
 
-        async def connects() -> bool:
-            try:
-                admitted.append(await EventBus.connect(self.sidecar.socket))
-            except TooManyConnectionsError:
-                return False
-            return True
 
-        await self.eventually(connects, "a connection admitted after the first one closed")
-        self.addAsyncCleanup(admitted[0].close)
-        self.assertEqual(await admitted[0].publish(Event(EventType.CANDLE_UPDATE, {})), Outcome.ACCEPTED)
+if __name__ == "__main__":
+    unittest.main()
