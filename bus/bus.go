@@ -541,7 +541,7 @@ func (p *Pending) finish() {
 	b.tel.waitDuration.Record(p.ctx, end.Sub(p.waitStart).Seconds(), q.tel.record...)
 	if p.waitSpan != nil {
 		if p.waitSpan.IsRecording() {
-			p.waitSpan.SetAttributes(attrOutcome.String(string(outcome)))
+			p.waitSpan.SetAttributes(AttrOutcome.String(string(outcome)))
 		}
 		b.tel.end(p.waitSpan, end)
 	}
@@ -635,10 +635,10 @@ func (b *Bus) publishUnknown(ctx context.Context, ev Event, name string) (Outcom
 			ctx = trace.ContextWithRemoteSpanContext(ctx, ev.Parent)
 			opts = opts[:1]
 		}
-		_, span := b.tel.tracer.Start(ctx, "publish", opts...)
+		_, span := b.tel.tracer.Start(ctx, string(SpanPublish), opts...)
 		if span.IsRecording() {
-			span.SetAttributes(attrMessagingSystem.String(messagingSystemValue),
-				attrDestinationName.String(clip(name)))
+			span.SetAttributes(AttrMessagingSystem.String(MessagingSystem),
+				AttrDestinationName.String(clip(name)))
 		}
 		b.tel.endPublish(span, nil, clip(ev.Type), Failed, 0, 0, err, b.spanNow())
 	}

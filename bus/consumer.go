@@ -249,7 +249,7 @@ func (c *Consumer) Ack(seq uint64) error {
 	q.counters.acked.Add(1)
 	q.bus.notifyDrain()
 	if f.span != nil {
-		q.bus.tel.endDeliver(q, &f, deliveryResultAck, q.bus.spanNow())
+		q.bus.tel.endDeliver(q, &f, DeliveryAck, q.bus.spanNow())
 	}
 	return nil
 }
@@ -273,7 +273,7 @@ func (c *Consumer) Nack(seq uint64) error {
 	q.mu.Unlock()
 	q.bus.notifyDrain()
 	if f.span != nil {
-		q.bus.tel.endDeliver(q, &f, deliveryResultNack, q.bus.spanNow())
+		q.bus.tel.endDeliver(q, &f, DeliveryNack, q.bus.spanNow())
 	}
 	return nil
 }
@@ -321,7 +321,7 @@ func (c *Consumer) Close() {
 	if len(returned) > 0 && returned[0].span != nil {
 		now := q.bus.spanNow()
 		for i := range returned {
-			q.bus.tel.endDeliver(q, &returned[i], deliveryResultAbandon, now)
+			q.bus.tel.endDeliver(q, &returned[i], DeliveryAbandoned, now)
 		}
 	}
 }

@@ -17,28 +17,11 @@ import (
 // instrumentationName identifies the bus as the source of its spans and metrics.
 const instrumentationName = "github.com/eventbus-sidecar/eventbus-sidecar/bus"
 
-// Span attribute keys. The messaging.* keys follow the OpenTelemetry
-// messaging semantic conventions; eventbus.* are this project's own.
+// Metric attribute keys: short, since every series carries them.
 const (
-	attrMessagingSystem   = attribute.Key("messaging.system")
-	attrDestinationName   = attribute.Key("messaging.destination.name")
-	attrOperationType     = attribute.Key("messaging.operation.type")
-	attrOperationName     = attribute.Key("messaging.operation.name")
-	attrMessageID         = attribute.Key("messaging.message.id")
-	attrEventType         = attribute.Key("eventbus.event.type")
-	attrOutcome           = attribute.Key("eventbus.outcome")
-	attrQueueDepth        = attribute.Key("eventbus.queue.depth")
-	attrDropReason        = attribute.Key("eventbus.drop.reason")
-	attrTimeInQueue       = attribute.Key("eventbus.time_in_queue_seconds")
-	attrRedeliveryCount   = attribute.Key("eventbus.redelivery.count")
-	attrDeliveryResult    = attribute.Key("eventbus.delivery.result")
-	messagingSystemValue  = "eventbus"
-	metricAttrQueue       = attribute.Key("queue")
-	metricAttrOutcome     = attribute.Key("outcome")
-	metricAttrDropReason  = attribute.Key("reason")
-	deliveryResultAck     = "ack"
-	deliveryResultNack    = "nack"
-	deliveryResultAbandon = "abandoned"
+	metricAttrQueue      = attribute.Key("queue")
+	metricAttrOutcome    = attribute.Key("outcome")
+	metricAttrDropReason = attribute.Key("reason")
 )
 
 // durationBuckets are histogram boundaries in seconds, from 1 µs to 10 s:
@@ -76,16 +59,16 @@ type queueTelemetry struct {
 }
 
 func newQueueTelemetry(name string) queueTelemetry {
-	dest := attrDestinationName.String(name)
-	system := attrMessagingSystem.String(messagingSystemValue)
+	dest := AttrDestinationName.String(name)
+	system := AttrMessagingSystem.String(MessagingSystem)
 	t := queueTelemetry{
-		publishName: "publish " + name,
-		waitName:    "wait " + name,
-		dropName:    "drop " + name,
-		deliverName: "deliver " + name,
+		publishName: SpanName(SpanPublish, name),
+		waitName:    SpanName(SpanWait, name),
+		dropName:    SpanName(SpanDrop, name),
+		deliverName: SpanName(SpanDeliver, name),
 	}
-	t.publishAttrs = [4]attribute.KeyValue{system, dest, attrOperationType.String("send"), attrOperationName.String("publish")}
-	t.deliverAttrs = [4]attribute.KeyValue{system, dest, attrOperationType.String("process"), attrOperationName.String("deliver")}
+	t.publishAttrs = [4]attribute.KeyValue{system, dest, AttrOperationType.String("send"), AttrOperationName.String(string(SpanPublish))}
+	t.deliverAttrs = [4]attribute.KeyValue{system, dest, AttrOperationType.String("process"), AttrOperationName.String(string(SpanDeliver))}
 	t.publishStart = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer)}
 	t.publishStartRoot = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer), trace.WithNewRoot()}
 	t.deliverStart = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer)}
@@ -246,12 +229,12 @@ func (t *telemetry) endPublish(span trace.Span, static []attribute.KeyValue, evT
 	if span.IsRecording() {
 		var kvs [8]attribute.KeyValue
 		n := copy(kvs[:], static)
-		kvs[n] = attrEventType.String(evType)
-		kvs[n+1] = attrOutcome.String(string(outcome))
-		kvs[n+2] = attrQueueDepth.Int(depth)
+		kvs[n] = AttrEventType.String(evType)
+		kvs[n+1] = AttrOutcome.String(string(outcome))
+		kvs[n+2] = AttrQueueDepth.Int(depth)
 		n += 3
 		if outcome == Accepted {
-			kvs[n] = attrMessageID.String(strconv.FormatUint(seq, 10))
+			kvs[n] = AttrMessageID.String(strconv.FormatUint(seq, 10))
 			n++
 		}
 		span.SetAttributes(kvs[:n]...)
@@ -269,9 +252,9 @@ func (t *telemetry) dropSpan(q *queue, parent trace.SpanContext, reason DropReas
 	ctx := trace.ContextWithSpanContext(context.Background(), parent)
 	_, span := t.tracer.Start(ctx, q.tel.dropName, t.startOpts(q.tel.childStart, at)...)
 	if span.IsRecording() {
-		span.SetAttributes(attrDropReason.String(string(reason)))
+		span.SetAttributes(AttrDropReason.String(string(reason)))
 		if seq != 0 {
-			span.SetAttributes(attrMessageID.String(strconv.FormatUint(seq, 10)))
+			span.SetAttributes(AttrMessageID.String(strconv.FormatUint(seq, 10)))
 		}
 	}
 	t.end(span, at)
@@ -295,11 +278,11 @@ func (t *telemetry) endDeliver(q *queue, f *flight, result string, at time.Time)
 	if span.IsRecording() {
 		var kvs [9]attribute.KeyValue
 		n := copy(kvs[:], q.tel.deliverAttrs[:])
-		kvs[n] = attrMessageID.String(strconv.FormatUint(f.e.seq, 10))
-		kvs[n+1] = attrEventType.String(f.e.ev.Type)
-		kvs[n+2] = attrTimeInQueue.Float64(f.deliveredAt.Sub(f.e.enqueuedAt).Seconds())
-		kvs[n+3] = attrRedeliveryCount.Int(f.e.redeliveries)
-		kvs[n+4] = attrDeliveryResult.String(result)
+		kvs[n] = AttrMessageID.String(strconv.FormatUint(f.e.seq, 10))
+		kvs[n+1] = AttrEventType.String(f.e.ev.Type)
+		kvs[n+2] = AttrTimeInQueue.Float64(f.deliveredAt.Sub(f.e.enqueuedAt).Seconds())
+		kvs[n+3] = AttrRedeliveryCount.Int(f.e.redeliveries)
+		kvs[n+4] = AttrDeliveryResult.String(result)
 		span.SetAttributes(kvs[:n+5]...)
 	}
 	t.end(span, at)

@@ -4,12 +4,13 @@ import (
 	"context"
 	"errors"
 	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
 )
 
 // batchProcessor is a bounded, never-blocking batch span processor. It does
@@ -116,11 +117,11 @@ func (p *batchProcessor) capacity() int { return cap(p.queue) }
 // bulkFull reports whether bulk spans have used up their part of the queue.
 func (p *batchProcessor) bulkFull() bool { return len(p.queue) >= cap(p.queue)-p.reserve }
 
-// isBulk reports whether a span named "<op> <queue>" is a bulk span: on a
+// isBulk reports whether the bus span named name is a bulk span: on a
 // sampled queue and not a drop.
 func (p *batchProcessor) isBulk(name string) bool {
-	op, queue, _ := strings.Cut(name, " ")
-	return op != "drop" && p.bulk[queue]
+	op, queue := bus.ParseSpanName(name)
+	return op != bus.SpanDrop && p.bulk[queue]
 }
 
 // run is the export worker: it sends a batch when it is full, when the

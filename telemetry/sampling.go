@@ -3,18 +3,12 @@ package telemetry
 import (
 	"context"
 	"encoding/binary"
-	"strings"
 
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
-)
 
-// Span attribute keys the filter reads; the bus sets them (issue 3 section 2).
-const (
-	attrDestination = attribute.Key("messaging.destination.name")
-	attrOutcome     = attribute.Key("eventbus.outcome")
+	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
 )
 
 // ratioFilter decides, when a span ends, whether it is exported. Spans are
@@ -62,16 +56,16 @@ func (f *ratioFilter) keep(s sdktrace.ReadOnlySpan) bool {
 	if s.Status().Code == codes.Error {
 		return true
 	}
-	op, queue, _ := strings.Cut(s.Name(), " ")
-	if op == "drop" {
+	op, queue := bus.ParseSpanName(s.Name())
+	if op == bus.SpanDrop {
 		return true
 	}
 	for _, kv := range s.Attributes() {
 		switch kv.Key {
-		case attrDestination:
+		case bus.AttrDestinationName:
 			queue = kv.Value.AsString()
-		case attrOutcome:
-			if kv.Value.AsString() != "accepted" {
+		case bus.AttrOutcome:
+			if kv.Value.AsString() != string(bus.Accepted) {
 				return true
 			}
 		}
