@@ -146,7 +146,7 @@ func New(queues []QueueConfig, opts ...Option) (*Bus, error) {
 			tel:      newQueueTelemetry(qc.Name),
 			store:    newRing(qc.Capacity),
 		}
-		if qc.Policy == PolicyDrop || qc.Policy == PolicyFail {
+		if qc.Policy.UsesTimeout() {
 			q.timeout = qc.Timeout
 		}
 		b.queues = append(b.queues, q)

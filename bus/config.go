@@ -33,12 +33,40 @@ func (p Policy) Valid() bool {
 	return false
 }
 
-func policyNames() string {
-	names := make([]string, len(Policies))
-	for i, p := range Policies {
-		names[i] = string(p)
+// UsesTimeout reports whether a queue with policy p waits for room only up
+// to its timeout (PolicyDrop, PolicyFail); the other policies ignore it.
+func (p Policy) UsesTimeout() bool { return p == PolicyDrop || p == PolicyFail }
+
+// CheckPolicy returns nil for a valid policy, else an error listing the
+// valid ones. Like CheckQueueName it leaves naming the field to the caller.
+func CheckPolicy(p Policy) error {
+	if p.Valid() {
+		return nil
 	}
-	return strings.Join(names, ", ")
+	names := make([]string, len(Policies))
+	for i, v := range Policies {
+		names[i] = string(v)
+	}
+	return errors.New("allowed values: " + strings.Join(names, ", "))
+}
+
+// CheckQueueName returns nil if name can name a queue: letters, digits and
+// _ . - only. A name is then one word in span names ("publish data", see
+// ParseSpanName), metric labels and log lines, and needs no quoting in the
+// socket protocol or a YAML file. The error says only what is wrong, so
+// that callers can name the field, the value and its source their own way.
+func CheckQueueName(name string) error {
+	if name == "" {
+		return errors.New("must not be empty")
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		ok := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '.' || c == '-'
+		if !ok {
+			return errors.New("allowed characters: letters, digits, _ . -")
+		}
+	}
+	return nil
 }
 
 // Validate checks a queue list the way New does, so that a config loader can
@@ -52,33 +80,24 @@ func Validate(queues []QueueConfig) error {
 	seen := make(map[string]int, len(queues))
 	for i, q := range queues {
 		field := func(name string) string { return fmt.Sprintf("queues[%d].%s", i, name) }
-		switch {
-		case q.Name == "":
-			errs = append(errs, fmt.Errorf("%w: %s: empty: a non-empty name without spaces is required", ErrInvalidConfig, field("name")))
-		case strings.ContainsFunc(q.Name, func(r rune) bool { return r <= ' ' || r == 0x7f }):
-			errs = append(errs, fmt.Errorf("%w: %s: %q contains spaces or control characters: a non-empty name without spaces is required", ErrInvalidConfig, field("name"), q.Name))
-		default:
-			if j, dup := seen[q.Name]; dup {
-				errs = append(errs, fmt.Errorf("%w: %s: %q duplicates queues[%d].name: names must be unique", ErrInvalidConfig, field("name"), q.Name, j))
-			} else {
-				seen[q.Name] = i
-			}
+		if err := CheckQueueName(q.Name); err != nil {
+			errs = append(errs, fmt.Errorf("%w: %s %q: %v", ErrInvalidConfig, field("name"), q.Name, err))
+		} else if j, dup := seen[q.Name]; dup {
+			errs = append(errs, fmt.Errorf("%w: %s: %q duplicates queues[%d].name: names must be unique", ErrInvalidConfig, field("name"), q.Name, j))
+		} else {
+			seen[q.Name] = i
 		}
 		if q.Capacity <= 0 {
 			errs = append(errs, fmt.Errorf("%w: %s (queue %q): %d: must be > 0", ErrInvalidConfig, field("capacity"), q.Name, q.Capacity))
 		}
-		if !q.Policy.Valid() {
-			errs = append(errs, fmt.Errorf("%w: %s (queue %q): %q: allowed values are %s", ErrInvalidConfig, field("policy"), q.Name, string(q.Policy), policyNames()))
+		if err := CheckPolicy(q.Policy); err != nil {
+			errs = append(errs, fmt.Errorf("%w: %s (queue %q): %q: %v", ErrInvalidConfig, field("policy"), q.Name, string(q.Policy), err))
 		}
-		switch q.Policy {
-		case PolicyDrop, PolicyFail:
-			if q.Timeout <= 0 {
-				errs = append(errs, fmt.Errorf("%w: %s (queue %q): %v: must be > 0 for policy %s", ErrInvalidConfig, field("timeout"), q.Name, q.Timeout, q.Policy))
-			}
-		case PolicyBlock, PolicyDropOldest:
-			if q.Timeout < 0 {
-				errs = append(errs, fmt.Errorf("%w: %s (queue %q): %v: must be >= 0 (it is ignored by policy %s)", ErrInvalidConfig, field("timeout"), q.Name, q.Timeout, q.Policy))
-			}
+		switch {
+		case q.Policy.UsesTimeout() && q.Timeout <= 0:
+			errs = append(errs, fmt.Errorf("%w: %s (queue %q): %v: must be > 0 for policy %s", ErrInvalidConfig, field("timeout"), q.Name, q.Timeout, q.Policy))
+		case q.Policy.Valid() && q.Timeout < 0:
+			errs = append(errs, fmt.Errorf("%w: %s (queue %q): %v: must be >= 0 (it is ignored by policy %s)", ErrInvalidConfig, field("timeout"), q.Name, q.Timeout, q.Policy))
 		}
 	}
 	return errors.Join(errs...)

@@ -89,3 +89,29 @@ func TestDefaultQueuesMatchSeedTable(t *testing.T) {
 		t.Error("DefaultQueues shares its slice between calls")
 	}
 }
+
+func TestQueueRules(t *testing.T) {
+	names := map[string]bool{
+		"data": true, "risk.v2": true, "A_b-9": true,
+		"": false, "my queue": false, "tab\tname": false, "a/b": false, "données": false, "q\n": false,
+	}
+	for name, ok := range names {
+		if err := bus.CheckQueueName(name); (err == nil) != ok {
+			t.Errorf("CheckQueueName(%q) = %v, want ok=%v", name, err, ok)
+		}
+	}
+	for _, p := range bus.Policies {
+		if err := bus.CheckPolicy(p); err != nil {
+			t.Errorf("CheckPolicy(%q) = %v", p, err)
+		}
+	}
+	err := bus.CheckPolicy("never")
+	if err == nil || !strings.Contains(err.Error(), "drop, fail, block, drop_oldest") {
+		t.Errorf("CheckPolicy(never) = %v; want the list of policies", err)
+	}
+	for p, want := range map[bus.Policy]bool{bus.PolicyDrop: true, bus.PolicyFail: true, bus.PolicyBlock: false, bus.PolicyDropOldest: false} {
+		if got := p.UsesTimeout(); got != want {
+			t.Errorf("%s.UsesTimeout() = %v, want %v", p, got, want)
+		}
+	}
+}
