@@ -154,14 +154,6 @@ func (c Config) QueueNames() []string {
 	return names
 }
 
-// Route returns the queue for an event type: its route, else DefaultQueue.
-func (c Config) Route(eventType string) string {
-	if q, ok := c.Routes[eventType]; ok {
-		return q
-	}
-	return c.DefaultQueue
-}
-
 // invalidf builds a parse problem; setFrom turns it into a FieldError.
 func invalidf(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)

@@ -54,19 +54,6 @@ func TestDefaultIsTheSeedTable(t *testing.T) {
 	}
 }
 
-func TestRoute(t *testing.T) {
-	c := Default()
-	tests := map[string]string{
-		"CANDLE_UPDATE": "data", "CANDLE_CLOSED": "data", "SIGNAL_GENERATED": "signal",
-		"ORDER_PLACED": "order", "ORDER_FILLED": "data", "": "data",
-	}
-	for typ, want := range tests {
-		if got := c.Route(typ); got != want {
-			t.Errorf("Route(%q) = %q, want %q", typ, got, want)
-		}
-	}
-}
-
 func TestDefaultsGolden(t *testing.T) {
 	got, err := Default().YAML()
 	if err != nil {
@@ -330,10 +317,12 @@ func TestFileRoutes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for typ, want := range map[string]string{"RISK_ALERT": "risk", "CANDLE_UPDATE": "signal", "ORDER_PLACED": "order", "UNKNOWN": "order"} {
-		if got := c.Route(typ); got != want {
-			t.Errorf("Route(%q) = %q, want %q", typ, got, want)
-		}
+	want := map[string]string{"RISK_ALERT": "risk", "CANDLE_UPDATE": "signal", "CANDLE_CLOSED": "data", "SIGNAL_GENERATED": "signal", "ORDER_PLACED": "order"}
+	if !reflect.DeepEqual(c.Routes, want) {
+		t.Errorf("routes = %v, want the file's merged onto the defaults: %v", c.Routes, want)
+	}
+	if c.DefaultQueue != "order" {
+		t.Errorf("default_queue = %q, want the file's order", c.DefaultQueue)
 	}
 }
 
@@ -392,6 +381,7 @@ func TestInvalid(t *testing.T) {
 		{name: "span export cpu above 1", flags: map[string]string{"span-export-cpu": "2"}, want: []string{`telemetry.span_export_cpu "2"`, "at most 1"}},
 		{name: "span export cpu negative", yaml: "telemetry:\n  span_export_cpu: -0.5\n", want: []string{`telemetry.span_export_cpu "-0.5"`, "more than 0"}},
 		{name: "otlp endpoint", flags: map[string]string{"otlp-endpoint": "collector"}, want: []string{`telemetry.otlp_endpoint "collector"`, "HOST:PORT", "http://"}},
+		{name: "otlp endpoint port with a sign", flags: map[string]string{"otlp-endpoint": "127.0.0.1:+5"}, want: []string{`telemetry.otlp_endpoint "127.0.0.1:+5"`, "0 to 65535"}},
 		{name: "otlp endpoint bad scheme", flags: map[string]string{"otlp-endpoint": "grpc://x:1"}, want: []string{`telemetry.otlp_endpoint "grpc://x:1"`, "http:// or https://"}},
 		{name: "several problems at once", flags: map[string]string{"log-level": "x", "log-format": "y"}, want: []string{"log_level", "log_format"}},
 	}
@@ -415,6 +405,21 @@ func TestInvalid(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestQueueRulesAreTheBus: a queue the config accepts is one bus.New
+// accepts, and the other way round, because both ask bus for the rule.
+func TestQueueRulesAreTheBus(t *testing.T) {
+	for _, name := range []string{"risk", "risk.v2", "a_b-c", "a b", "a/b", "données", "x\ty"} {
+		q := bus.QueueConfig{Name: name, Capacity: 5, Policy: bus.PolicyBlock}
+		c := Default()
+		c.Queues = append(c.Queues, q)
+		cfgErr := c.Validate()
+		_, busErr := bus.New([]bus.QueueConfig{q})
+		if (cfgErr == nil) != (busErr == nil) {
+			t.Errorf("queue name %q: config says %v, bus says %v", name, cfgErr, busErr)
+		}
 	}
 }
 

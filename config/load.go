@@ -310,7 +310,7 @@ func mergeQueues(cfg *Config, queues []fileQueue, source string, origin map[stri
 			}
 			q.Policy = bus.Policy(v)
 			origin[key+".policy"] = fmt.Sprintf("%s line %d", source, n.Line)
-			if fq.Timeout.Kind == 0 && !usesTimeout(q.Policy) {
+			if fq.Timeout.Kind == 0 && !q.Policy.UsesTimeout() {
 				q.Timeout = 0 // the old policy's timeout would not apply any more
 			}
 		}
@@ -334,5 +334,3 @@ func routeField(typ string) string { return "routes[" + typ + "]" }
 // queueField names a queue's settings by the queue's name, which reads
 // better in errors than a position in the merged list.
 func queueField(name string) string { return "queues[" + name + "]" }
-
-func usesTimeout(p bus.Policy) bool { return p == bus.PolicyDrop || p == bus.PolicyFail }

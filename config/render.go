@@ -84,7 +84,7 @@ func (c Config) YAML() ([]byte, error) {
 	}
 	for _, q := range c.Queues {
 		rq := renderQueue{Name: q.Name, Capacity: q.Capacity, Policy: string(q.Policy)}
-		if usesTimeout(q.Policy) || q.Timeout != 0 {
+		if q.Policy.UsesTimeout() || q.Timeout != 0 {
 			rq.Timeout = q.Timeout.String()
 		}
 		r.Queues = append(r.Queues, rq)

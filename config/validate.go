@@ -4,14 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/telemetry"
 )
 
 // Limits the validator enforces. They keep memory bounded and catch typos
@@ -30,8 +29,6 @@ const (
 	// maxSocketPath is sun_path's 108 bytes minus the terminating NUL.
 	maxSocketPath = 107
 )
-
-var queueName = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
 
 // Validate checks every field and returns all problems at once, joined;
 // each is a *FieldError wrapping ErrInvalid.
@@ -90,27 +87,26 @@ func validate(c Config, origin map[string]string) error {
 	}
 	for i, q := range c.Queues {
 		field := queueField(q.Name)
-		switch {
-		case q.Name == "":
+		if q.Name == "" {
 			field = fmt.Sprintf("queues[#%d]", i+1)
-			bad(field+".name", q.Name, "must not be empty")
-		case !queueName.MatchString(q.Name):
-			bad(field+".name", q.Name, "allowed characters: letters, digits, _ . -")
-		case names[q.Name]:
+		}
+		if err := bus.CheckQueueName(q.Name); err != nil {
+			bad(field+".name", q.Name, err.Error())
+		} else if names[q.Name] {
 			bad(field+".name", q.Name, "duplicate queue name")
 		}
 		names[q.Name] = true
 		if q.Capacity < 1 || q.Capacity > MaxQueueCapacity {
 			bad(field+".capacity", strconv.Itoa(q.Capacity), fmt.Sprintf("allowed: 1 to %d events", MaxQueueCapacity))
 		}
-		if !slices.Contains(bus.Policies, q.Policy) {
-			bad(field+".policy", string(q.Policy), "allowed values: "+policyList())
+		if err := bus.CheckPolicy(q.Policy); err != nil {
+			bad(field+".policy", string(q.Policy), err.Error())
 			continue
 		}
 		switch {
-		case usesTimeout(q.Policy) && q.Timeout <= 0:
+		case q.Policy.UsesTimeout() && q.Timeout <= 0:
 			bad(field+".timeout", q.Timeout.String(), fmt.Sprintf("policy %s needs a timeout > 0 (e.g. 1s); use policy block to wait without limit", q.Policy))
-		case !usesTimeout(q.Policy) && q.Timeout != 0:
+		case !q.Policy.UsesTimeout() && q.Timeout != 0:
 			bad(field+".timeout", q.Timeout.String(), fmt.Sprintf("has no effect with policy %s (only drop and fail wait with a timeout); remove it", q.Policy))
 		}
 	}
@@ -144,7 +140,7 @@ func validate(c Config, origin map[string]string) error {
 		bad("telemetry.span_export_cpu", strconv.FormatFloat(c, 'g', -1, 64), "allowed: more than 0 and at most 1 (1: no limit), or empty for the default 0.25")
 	}
 	if e := t.OTLPEndpoint; e != "" {
-		if err := checkEndpoint(e); err != nil {
+		if err := telemetry.CheckEndpoint(e); err != nil {
 			bad("telemetry.otlp_endpoint", e, err.Error()+"; allowed: HOST:PORT (e.g. 127.0.0.1:4317), an http:// or https:// URL, or empty for OTEL_EXPORTER_OTLP_ENDPOINT")
 		}
 	}
@@ -160,23 +156,4 @@ func checkHostPort(addr string) error {
 		return errors.New("port must be a number from 0 to 65535")
 	}
 	return nil
-}
-
-func checkEndpoint(e string) error {
-	if strings.Contains(e, "://") {
-		u, err := url.Parse(e)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return errors.New("not an http:// or https:// URL with a host")
-		}
-		return nil
-	}
-	return checkHostPort(e)
-}
-
-func policyList() string {
-	s := make([]string, len(bus.Policies))
-	for i, p := range bus.Policies {
-		s[i] = string(p)
-	}
-	return strings.Join(s, ", ")
 }

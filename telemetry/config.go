@@ -458,12 +458,31 @@ func isToken(s string) bool {
 	return s != ""
 }
 
-// parseEndpoint accepts host:port or an http(s) URL, and says which it got.
+// CheckEndpoint reports whether v is an OTLP endpoint Setup accepts:
+// HOST:PORT with a port from 0 to 65535, or an http:// or https:// URL with
+// a host. The error says only what is wrong, so that a caller (the config
+// loader) can name the field, the value and where it came from its own way.
+func CheckEndpoint(v string) error {
+	_, err := splitEndpoint(v, false)
+	return err
+}
+
+// parseEndpoint is splitEndpoint with an error that names the setting
+// (what) and the value.
 func parseEndpoint(what, v string, insecure bool) (endpoint, error) {
+	ep, err := splitEndpoint(v, insecure)
+	if err != nil {
+		return endpoint{}, fmt.Errorf("%w: %s %q: %v; want host:port or an http:// or https:// URL", ErrInvalidConfig, what, v, err)
+	}
+	return ep, nil
+}
+
+// splitEndpoint accepts host:port or an http(s) URL, and says which it got.
+func splitEndpoint(v string, insecure bool) (endpoint, error) {
 	if strings.Contains(v, "://") {
 		u, err := url.Parse(v)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return endpoint{}, fmt.Errorf("%w: %s %q: want host:port or an http:// or https:// URL", ErrInvalidConfig, what, v)
+			return endpoint{}, errors.New("not an http:// or https:// URL with a host")
 		}
 		if insecure && u.Scheme == "https" {
 			u.Scheme = "http"
@@ -472,10 +491,10 @@ func parseEndpoint(what, v string, insecure bool) (endpoint, error) {
 	}
 	_, port, err := net.SplitHostPort(v)
 	if err != nil || port == "" {
-		return endpoint{}, fmt.Errorf("%w: %s %q: want host:port or an http:// or https:// URL", ErrInvalidConfig, what, v)
+		return endpoint{}, errors.New("not HOST:PORT")
 	}
 	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-		return endpoint{}, fmt.Errorf("%w: %s %q: port %q is not a number from 0 to 65535", ErrInvalidConfig, what, v, port)
+		return endpoint{}, errors.New("port must be a number from 0 to 65535")
 	}
 	return endpoint{hostPort: v, insecure: insecure}, nil
 }

@@ -31,13 +31,17 @@ func FuzzParseResourceAttributes(f *testing.F) {
 }
 
 // FuzzParseEndpoint: an accepted endpoint is a parseable http(s) URL or a
-// host:port with a numeric port.
+// host:port with a numeric port, and CheckEndpoint (the config loader's
+// check) accepts exactly what Setup accepts.
 func FuzzParseEndpoint(f *testing.F) {
 	for _, s := range []string{"127.0.0.1:4317", "http://127.0.0.1:4317", "https://c:4317/x", "localhost", "ftp://x:1", ":4317", "[::1]:4317"} {
 		f.Add(s, false)
 	}
 	f.Fuzz(func(t *testing.T, v string, insecure bool) {
 		ep, err := parseEndpoint("endpoint", v, insecure)
+		if (CheckEndpoint(v) == nil) != (err == nil) {
+			t.Fatalf("%q: CheckEndpoint and parseEndpoint disagree (%v)", v, err)
+		}
 		if err != nil {
 			if !errors.Is(err, ErrInvalidConfig) {
 				t.Fatalf("error %v does not wrap ErrInvalidConfig", err)
