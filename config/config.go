@@ -10,7 +10,9 @@ import (
 	"os"
 	"time"
 
+	"github.com/eventbus-sidecar/eventbus-sidecar/admin"
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/transport"
 )
 
 // ErrInvalid marks every validation and parse error, so callers can tell a
@@ -67,8 +69,8 @@ type Config struct {
 	Telemetry Telemetry
 }
 
-// Telemetry mirrors telemetry.Config; main maps it across so that this
-// package stays free of the SDK. Zero values mean "not set here": the
+// Telemetry holds the telemetry.Config fields the sidecar's settings
+// reach; main maps it across. Zero values mean "not set here": the
 // telemetry package then applies the standard OTEL_* variables, then its own
 // defaults, so the precedence is flags > EVENTBUS_* > file > OTEL_* > defaults.
 type Telemetry struct {
@@ -81,49 +83,45 @@ type Telemetry struct {
 	OTLPEndpoint string
 	// OTLPInsecure uses plaintext gRPC for a host:port endpoint.
 	OTLPInsecure bool
-	// ServiceName is service.name; empty: OTEL_SERVICE_NAME, else eventbus-sidecar.
+	// ServiceName is service.name; empty: OTEL_SERVICE_NAME, else
+	// telemetry.DefaultServiceName.
 	ServiceName string
 	// DataSampleRatio is the share (0..1) of accepted data-queue publishes
 	// whose traces are exported; signal, order, drops and timeouts are always
 	// exported. nil: OTEL_TRACES_SAMPLER_ARG, else 1.
 	DataSampleRatio *float64
 	// MetricInterval is the OTLP metric push interval; 0:
-	// OTEL_METRIC_EXPORT_INTERVAL, else 10s.
+	// OTEL_METRIC_EXPORT_INTERVAL, else telemetry.DefaultMetricInterval.
 	MetricInterval time.Duration
 	// SpanExportCPU bounds the share of one CPU (0 < x <= 1) the span
 	// export worker may use, so that tracing sheds spans instead of taking
-	// CPU from the bus; 0: the telemetry package's default (0.25).
+	// CPU from the bus; 0: telemetry.DefaultSpanExportCPU.
 	SpanExportCPU float64
 }
 
-// Default returns the built-in configuration: the seed's three queues and
-// route table. It is the one place defaults live.
+// Default returns the built-in configuration. Each setting's default is
+// defined by the package that implements it (bus's queues, transport's
+// routes and limits, admin's address) and only composed here, so that the
+// sidecar and a program that uses those packages directly agree; the
+// settings that only the sidecar process has (socket path, logging, drain)
+// are defined here.
 func Default() Config {
 	return Config{
 		Socket:         "/tmp/eventbus-sidecar.sock",
-		SocketMode:     0o660,
-		AdminAddr:      "127.0.0.1:9464",
+		SocketMode:     transport.DefaultSocketMode,
+		AdminAddr:      admin.DefaultAddr,
 		LogLevel:       "info",
 		LogFormat:      "text",
 		DrainTimeout:   10 * time.Second,
-		MaxFrameBytes:  1 << 20,
-		WriteTimeout:   10 * time.Second,
-		MaxOutputBytes: 1 << 20,
-		MaxConnections: 1024,
-		Queues: []bus.QueueConfig{
-			{Name: "data", Capacity: 1000, Policy: bus.PolicyDrop, Timeout: time.Second},
-			{Name: "signal", Capacity: 100, Policy: bus.PolicyFail, Timeout: 5 * time.Second},
-			{Name: "order", Capacity: 50, Policy: bus.PolicyBlock},
-		},
-		Routes: map[string]string{
-			"CANDLE_UPDATE":    "data",
-			"CANDLE_CLOSED":    "data",
-			"SIGNAL_GENERATED": "signal",
-			"ORDER_PLACED":     "order",
-		},
-		DefaultQueue: "data",
-		// Telemetry stays zero: the telemetry package owns its defaults and
-		// the OTEL_* variables must be able to reach them.
+		MaxFrameBytes:  transport.DefaultMaxFrameBytes,
+		WriteTimeout:   transport.DefaultWriteTimeout,
+		MaxOutputBytes: transport.DefaultMaxOutputBytes,
+		MaxConnections: transport.DefaultMaxConnections,
+		Queues:         bus.DefaultQueues(),
+		Routes:         transport.DefaultRoutes(),
+		DefaultQueue:   transport.DefaultQueue,
+		// Telemetry stays zero: the telemetry package applies its defaults
+		// after the OTEL_* variables, which must be able to override them.
 	}
 }
 

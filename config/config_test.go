@@ -74,6 +74,39 @@ func TestDefaultsGolden(t *testing.T) {
 	}
 }
 
+// TestREADMEDefaults keeps the defaults the README quotes equal to what
+// `eventbus-sidecar config` prints (the YAML of Default()); -update
+// rewrites the README's copy.
+func TestREADMEDefaults(t *testing.T) {
+	const begin, end = "<!-- defaults: begin (the output of eventbus-sidecar config) -->\n```yaml\n", "```\n<!-- defaults: end -->"
+	path := filepath.Join("..", "README.md")
+	readme, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, rest, ok := strings.Cut(string(readme), begin)
+	if !ok {
+		t.Fatalf("%s has no %q: the defaults section lost its marker", path, begin)
+	}
+	quoted, after, ok := strings.Cut(rest, end)
+	if !ok {
+		t.Fatalf("%s: no %q after the defaults block", path, end)
+	}
+	got, err := Default().YAML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *update {
+		if err := os.WriteFile(path, []byte(before+begin+string(got)+end+after), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		quoted = string(got)
+	}
+	if quoted != string(got) {
+		t.Errorf("the defaults in %s differ from Default() (go test ./config -update rewrites them):\n--- README\n%s\n--- Default()\n%s", path, quoted, got)
+	}
+}
+
 func TestYAMLRoundTrip(t *testing.T) {
 	ratio := 0.25
 	custom := Default()

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/telemetry"
 )
 
 // EnvPrefix starts every environment variable the sidecar reads.
@@ -134,7 +136,7 @@ func Settings() []Setting {
 			get: func(c Config) string { return strconv.FormatBool(c.Telemetry.OTLPInsecure) },
 		},
 		{
-			Key: "telemetry.service_name", Flag: "service-name", Usage: "service.name resource attribute (empty: OTEL_SERVICE_NAME, else eventbus-sidecar)",
+			Key: "telemetry.service_name", Flag: "service-name", Usage: "service.name resource attribute (empty: OTEL_SERVICE_NAME, else " + telemetry.DefaultServiceName + ")",
 			set: func(c *Config, v string) error { c.Telemetry.ServiceName = v; return nil },
 			get: func(c Config) string { return c.Telemetry.ServiceName },
 		},
@@ -160,7 +162,7 @@ func Settings() []Setting {
 			},
 		},
 		{
-			Key: "telemetry.metric_interval", Flag: "metric-interval", Usage: "OTLP metric push interval (empty: OTEL_METRIC_EXPORT_INTERVAL, else 10s)",
+			Key: "telemetry.metric_interval", Flag: "metric-interval", Usage: "OTLP metric push interval (empty: OTEL_METRIC_EXPORT_INTERVAL, else " + telemetry.DefaultMetricInterval.String() + ")",
 			set: func(c *Config, v string) error {
 				if strings.TrimSpace(v) == "" {
 					c.Telemetry.MetricInterval = 0
@@ -176,7 +178,7 @@ func Settings() []Setting {
 			},
 		},
 		{
-			Key: "telemetry.span_export_cpu", Flag: "span-export-cpu", Usage: "share of one CPU, 0 to 1, the span exporter may use before it sheds spans (empty or 0: 0.25; 1: no limit)",
+			Key: "telemetry.span_export_cpu", Flag: "span-export-cpu", Usage: "share of one CPU, 0 to 1, the span exporter may use before it sheds spans (empty or 0: " + strconv.FormatFloat(telemetry.DefaultSpanExportCPU, 'g', -1, 64) + "; 1: no limit)",
 			set: func(c *Config, v string) error {
 				if strings.TrimSpace(v) == "" {
 					c.Telemetry.SpanExportCPU = 0

@@ -137,7 +137,7 @@ func validate(c Config, origin map[string]string) error {
 		bad("telemetry.metric_interval", t.MetricInterval.String(), "must be at least 100ms (e.g. 10s), or empty for OTEL_METRIC_EXPORT_INTERVAL")
 	}
 	if c := t.SpanExportCPU; !(c >= 0 && c <= 1) {
-		bad("telemetry.span_export_cpu", strconv.FormatFloat(c, 'g', -1, 64), "allowed: more than 0 and at most 1 (1: no limit), or empty for the default 0.25")
+		bad("telemetry.span_export_cpu", strconv.FormatFloat(c, 'g', -1, 64), "allowed: more than 0 and at most 1 (1: no limit), or empty for the default "+strconv.FormatFloat(telemetry.DefaultSpanExportCPU, 'g', -1, 64))
 	}
 	if e := t.OTLPEndpoint; e != "" {
 		if err := telemetry.CheckEndpoint(e); err != nil {
