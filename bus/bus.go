@@ -52,8 +52,7 @@ type Bus struct {
 	names      []string
 	validNames string // for error messages
 
-	dropLogInterval time.Duration
-	systemClock     bool // clock is SystemClock: durations via time.Since
+	systemClock bool // clock is SystemClock: durations via time.Since
 
 	// closing refuses new publishes; it is read under each queue's lock so
 	// that no publish can slip in after Shutdown has looked at a queue.
@@ -111,10 +110,11 @@ type counters struct {
 	inFlight    atomic.Int64
 
 	// Drops and timeouts not yet reported in a log summary, and when the
-	// last summary was written (UnixNano).
+	// window they were counted in began (UnixNano on the bus clock): the
+	// last summary, or New.
 	unloggedDrops    [numDropReasons]atomic.Uint64
 	unloggedTimeouts atomic.Uint64
-	lastDropLog      atomic.Int64
+	summarySince     atomic.Int64
 }
 
 // New builds a bus with the given queues (see DefaultQueues). Invalid
@@ -129,14 +129,14 @@ func New(queues []QueueConfig, opts ...Option) (*Bus, error) {
 		opt.apply(&o)
 	}
 	b := &Bus{
-		clock:           o.clock,
-		logger:          o.logger,
-		byName:          make(map[string]*queue, len(queues)),
-		dropLogInterval: o.dropLogInterval,
-		systemClock:     o.clock == SystemClock(),
-		done:            make(chan struct{}),
-		drainCh:         make(chan struct{}, 1),
+		clock:       o.clock,
+		logger:      o.logger,
+		byName:      make(map[string]*queue, len(queues)),
+		systemClock: o.clock == SystemClock(),
+		done:        make(chan struct{}),
+		drainCh:     make(chan struct{}, 1),
 	}
+	started := o.clock.Now().UnixNano()
 	for _, qc := range queues {
 		q := &queue{
 			bus:      b,
@@ -149,6 +149,7 @@ func New(queues []QueueConfig, opts ...Option) (*Bus, error) {
 		if qc.Policy.UsesTimeout() {
 			q.timeout = qc.Timeout
 		}
+		q.counters.summarySince.Store(started)
 		b.queues = append(b.queues, q)
 		b.byName[q.name] = q
 		b.names = append(b.names, q.name)
@@ -374,7 +375,6 @@ func (q *queue) publishEvict(ctx context.Context, span trace.Span, ev Event, pub
 			b.tel.dropSpan(q, evicted[i].pubSC, DropEvicted, evicted[i].seq, start)
 		}
 	}
-	b.maybeLogDrops(q)
 	return q.finishPublish(ctx, span, ev.Type, start, Accepted, seq, depth, nil)
 }
 
@@ -551,10 +551,8 @@ func (p *Pending) finish() {
 		if b.tel.tracing {
 			b.tel.dropSpan(q, p.pubSC, DropTimeout, 0, end)
 		}
-		b.maybeLogDrops(q)
 	case TimedOut:
 		q.counters.unloggedTimeouts.Add(1)
-		b.maybeLogDrops(q)
 	}
 	p.outcome, p.err = q.finishPublish(p.ctx, p.span, p.ev.Type, p.start, outcome, p.seq, p.depth, err)
 	done := p.done
@@ -690,26 +688,18 @@ func (q *queue) countDrop(r DropReason) {
 	q.counters.unloggedDrops[i].Add(1)
 }
 
-// maybeLogDrops writes one summary of a queue's drops and timeouts per
-// interval at most, in the publisher's goroutine (no background worker to
-// own): the first drop after a quiet interval is reported at once, later
-// ones are summed into the next line. Stats and the metrics callback also
-// call it, so that withheld drops are reported once their interval is over
-// even when no further drop comes.
-func (b *Bus) maybeLogDrops(q *queue) {
-	c := &q.counters
-	if c.unloggedDrops[0].Load() == 0 && c.unloggedDrops[1].Load() == 0 && c.unloggedTimeouts.Load() == 0 {
-		return
+// LogDrops writes, for each queue that dropped events or timed out
+// publishes since its last summary, one log line with those counts, and
+// nothing for a queue without any. The bus never logs a drop as it happens:
+// an overloaded queue drops thousands of events a second, and a line each
+// (or a line whenever something reads Stats or scrapes metrics) would flood
+// the log exactly when it is needed. The bus's owner calls LogDrops on a
+// ticker (DefaultDropLogInterval) so that summaries come at a steady pace;
+// Shutdown writes the last ones. Safe to call concurrently with everything.
+func (b *Bus) LogDrops() {
+	for _, q := range b.queues {
+		b.logDrops(q)
 	}
-	now := b.clock.Now().UnixNano()
-	last := q.counters.lastDropLog.Load()
-	if last != 0 && now-last < int64(b.dropLogInterval) {
-		return
-	}
-	if !q.counters.lastDropLog.CompareAndSwap(last, now) {
-		return
-	}
-	b.logDrops(q)
 }
 
 // logDrops reports and resets the unlogged drops and timeouts of q.
@@ -721,8 +711,11 @@ func (b *Bus) logDrops(q *queue) {
 	if timeouts == 0 && byTimeout == 0 && evicted == 0 {
 		return
 	}
-	// Timeouts mean a queue that must not lose events is overloaded: the
-	// seed logs them as errors, drops as warnings.
+	now := b.clock.Now()
+	since := time.Duration(now.UnixNano() - c.summarySince.Swap(now.UnixNano()))
+	// A timeout is a failed publish on a queue whose events must not be
+	// lost, which the publisher has to handle: an error. A drop is the
+	// queue's policy doing what it was configured to do: a warning.
 	level := slog.LevelWarn
 	if timeouts > 0 {
 		level = slog.LevelError
@@ -730,7 +723,7 @@ func (b *Bus) logDrops(q *queue) {
 	b.logger.Log(context.Background(), level, "queue overflow", "queue", q.name, "policy", string(q.policy),
 		"capacity", q.capacity, "dropped_timeout", byTimeout, "dropped_evicted", evicted,
 		"publish_timeouts", timeouts, "drops_total", c.drops[0].Load()+c.drops[1].Load(),
-		"summary_interval", b.dropLogInterval)
+		"since", since)
 }
 
 // Stats returns a snapshot of every queue. Counters are read without
@@ -738,7 +731,6 @@ func (b *Bus) logDrops(q *queue) {
 func (b *Bus) Stats() Stats {
 	st := make(Stats, len(b.queues))
 	for _, q := range b.queues {
-		b.maybeLogDrops(q)
 		c := &q.counters
 		pub := make(map[Outcome]uint64, numOutcomes)
 		for i, o := range Outcomes {

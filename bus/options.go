@@ -37,8 +37,10 @@ func (systemClock) Now() time.Time { return time.Now() }
 
 func (systemClock) AfterFunc(d time.Duration, f func()) Timer { return time.AfterFunc(d, f) }
 
-// DefaultDropLogInterval is how often, at most, the bus logs a summary of
-// the drops and timeouts of one queue.
+// DefaultDropLogInterval is how often the bus's owner should call
+// Bus.LogDrops: soon enough that an overload shows in the log within
+// seconds, seldom enough that a lasting one costs one line per queue per
+// interval.
 const DefaultDropLogInterval = 10 * time.Second
 
 // Option configures a Bus. It is sealed: only this package creates options.
@@ -51,20 +53,18 @@ type optionFunc func(*options)
 func (f optionFunc) apply(o *options) { f(o) }
 
 type options struct {
-	clock           Clock
-	logger          *slog.Logger
-	tracerProvider  trace.TracerProvider
-	meterProvider   metric.MeterProvider
-	dropLogInterval time.Duration
+	clock          Clock
+	logger         *slog.Logger
+	tracerProvider trace.TracerProvider
+	meterProvider  metric.MeterProvider
 }
 
 func defaultOptions() options {
 	return options{
-		clock:           SystemClock(),
-		logger:          slog.New(slog.DiscardHandler),
-		tracerProvider:  tracenoop.NewTracerProvider(),
-		meterProvider:   metricnoop.NewMeterProvider(),
-		dropLogInterval: DefaultDropLogInterval,
+		clock:          SystemClock(),
+		logger:         slog.New(slog.DiscardHandler),
+		tracerProvider: tracenoop.NewTracerProvider(),
+		meterProvider:  metricnoop.NewMeterProvider(),
 	}
 }
 
@@ -102,18 +102,6 @@ func WithMeterProvider(mp metric.MeterProvider) Option {
 	return optionFunc(func(o *options) {
 		if mp != nil {
 			o.meterProvider = mp
-		}
-	})
-}
-
-// WithDropLogInterval sets how often, at most, drops and timeouts of a queue
-// are summarised in one log line (default DefaultDropLogInterval). Logging
-// every drop would flood the log exactly when the system is overloaded.
-// Values <= 0 are ignored.
-func WithDropLogInterval(d time.Duration) Option {
-	return optionFunc(func(o *options) {
-		if d > 0 {
-			o.dropLogInterval = d
 		}
 	})
 }

@@ -157,7 +157,6 @@ func newTelemetry(b *Bus, o options) (telemetry, error) {
 	}
 	reg, err := m.RegisterCallback(func(_ context.Context, obs metric.Observer) error {
 		for _, q := range b.queues {
-			b.maybeLogDrops(q)
 			c, tel := &q.counters, &q.tel
 			obs.ObserveInt64(depth, c.size.Load(), tel.observe...)
 			obs.ObserveInt64(capacity, int64(q.capacity), tel.observe...)
