@@ -28,6 +28,8 @@
 //     ack/nack; attributes eventbus.time_in_queue_seconds,
 //     eventbus.redelivery.count, eventbus.delivery.result). All carry
 //     messaging.system=eventbus and messaging.destination.name from start.
+//     Span processors read names and attributes through SpanName,
+//     ParseSpanName and the Attr* keys, never by restating them.
 //   - Metrics (attribute queue on every series): gauges
 //     eventbus.queue.depth, eventbus.queue.capacity,
 //     eventbus.publishers.waiting, eventbus.consumers; counters
@@ -50,13 +52,13 @@ type Policy string
 
 const (
 	// PolicyDrop waits up to the queue's timeout for room, then drops the new
-	// event and counts it (the seed's data queue).
+	// event and counts it (the default data queue).
 	PolicyDrop Policy = "drop"
 	// PolicyFail waits up to the queue's timeout for room, then fails the
-	// publish with ErrTimeout; the event is never dropped (the seed's signal queue).
+	// publish with ErrTimeout; the event is never dropped (the default signal queue).
 	PolicyFail Policy = "fail"
 	// PolicyBlock waits without limit for room; the event is never dropped
-	// (the seed's order queue). Only the caller's context ends the wait.
+	// (the default order queue). Only the caller's context ends the wait.
 	PolicyBlock Policy = "block"
 	// PolicyDropOldest evicts the oldest waiting event at once to make room for
 	// the new one, counting the eviction as a drop. It never waits.
@@ -163,8 +165,9 @@ type Delivery struct {
 	SpanContext trace.SpanContext
 }
 
-// QueueStats is one queue's snapshot. Its first three fields are the seed's
-// get_queue_stats() shape; the rest is what an operator needs.
+// QueueStats is one queue's snapshot. Its first three fields are what the
+// Python client's get_queue_stats() returns per queue; the rest is what an
+// operator needs.
 type QueueStats struct {
 	// Size counts events waiting in the queue, not those in flight. It may
 	// exceed MaxSize for a moment when deliveries return from nack or from
@@ -172,7 +175,7 @@ type QueueStats struct {
 	Size int `json:"size"`
 	// MaxSize is the configured capacity.
 	MaxSize int `json:"maxsize"`
-	// Drops counts dropped events for every reason (the seed's drop count).
+	// Drops counts dropped events for every reason.
 	Drops uint64 `json:"drops"`
 	// Policy is the queue's overflow policy.
 	Policy Policy `json:"policy"`

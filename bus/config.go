@@ -12,9 +12,9 @@ import (
 // allowed values.
 var ErrInvalidConfig = errors.New("invalid bus configuration")
 
-// DefaultQueues returns the seed's three queues: data (1000, waits 1.0 s
-// then drops), signal (100, waits 5.0 s then fails with a timeout) and
-// order (50, waits without limit). Each call returns a fresh slice.
+// DefaultQueues returns the sidecar's default queues: data (1000, waits
+// 1.0 s then drops), signal (100, waits 5.0 s then fails with a timeout)
+// and order (50, waits without limit). Each call returns a fresh slice.
 func DefaultQueues() []QueueConfig {
 	return []QueueConfig{
 		{Name: "data", Capacity: 1000, Policy: PolicyDrop, Timeout: time.Second},

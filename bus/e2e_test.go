@@ -10,7 +10,7 @@ import (
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
 )
 
-// TestEndToEndRealDefaultTimeouts runs the seed's table with the real clock
+// TestEndToEndRealDefaultTimeouts runs the default queues with the real clock
 // and the default timeouts: data drops after 1.0 s, signal fails after
 // 5.0 s, order is still waiting after both and is accepted once a consumer
 // makes room. It takes about 5 s; every other test drives a fake clock.

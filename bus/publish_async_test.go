@@ -111,7 +111,7 @@ func TestPublishAsyncKeepsCallOrder(t *testing.T) {
 }
 
 func TestPublishAsyncTimeoutsCountFromEachArrival(t *testing.T) {
-	// The seed's signal queue: every publish waiting on a full queue gets
+	// The default signal queue: every publish waiting on a full queue gets
 	// its own 5 s from its arrival, so ten of them all fail at the same
 	// instant, not one after the other.
 	tests := []struct {

@@ -1,6 +1,6 @@
 package bus_test
 
-// The seed design's six tests (section 5), carried over to Go. Timeouts are
+// The six behaviours the default queues were specified by. Timeouts are
 // driven by the fake clock; e2e_test.go runs the real default timeouts.
 
 import (
@@ -92,8 +92,8 @@ func TestOrderQueueBlocksIndefinitelyWhenFull(t *testing.T) {
 	if got := b.Stats()["order"].Size; got != 50 {
 		t.Fatalf("size = %d, want 50", got)
 	}
-	// The caller's own deadline is the only thing that ends the wait (the
-	// seed's asyncio.wait_for); the queue itself never times out.
+	// The caller's own deadline (asyncio.wait_for in the Python client) is
+	// the only thing that ends the wait; the queue itself never times out.
 	ctx, cancel := context.WithCancel(context.Background())
 	res := publishAsync(ctx, b, event("ORDER_PLACED", 50), "order")
 	eventually(t, "publisher waits", func() bool { return b.Stats()["order"].Waiting == 1 })

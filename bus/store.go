@@ -23,8 +23,8 @@ type entry struct {
 }
 
 // store holds the events waiting in one queue, oldest (lowest seq) first.
-// It is the seam for a durable store (a later issue persists order and
-// signal): the bus calls it only under the queue's lock, so an
+// It is the seam for a durable store (one that keeps order and signal
+// events across a restart): the bus calls it only under the queue's lock, so an
 // implementation needs no locking of its own.
 type store interface {
 	// Len is the number of waiting events.

@@ -264,7 +264,7 @@ func kindName(k yaml.Kind) string {
 
 // mergeQueues overlays the file's queues on the defaults by name: a listed
 // default queue changes only the fields given, a new name adds a queue at
-// the end. The seed's queues cannot be removed, since clients rely on them.
+// the end. The default queues cannot be removed, since clients rely on them.
 func mergeQueues(cfg *Config, queues []fileQueue, source string, origin map[string]string) error {
 	seen := map[string]bool{}
 	for i, fq := range queues {
