@@ -1,5 +1,5 @@
-// Package config holds the sidecar's settings: the defaults (in one place,
-// Default), the YAML file form, the EVENTBUS_* environment variables and the
+// Package config holds the sidecar's settings: the defaults (Default, which
+// takes each from the package that owns it), the YAML file form, the EVENTBUS_* environment variables and the
 // command-line flags, merged with the precedence flags > environment > file >
 // defaults, and validated before anything starts.
 package config
