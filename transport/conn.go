@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
 const (
@@ -75,8 +76,9 @@ type conn struct {
 	subs     map[string]*subscription // read loop only
 	producer sync.WaitGroup           // pumps
 
-	types map[string]string // read loop only
-	big   []byte            // read loop only: accumulates long frames
+	types    map[string]string     // read loop only
+	internFn func(b []byte) string // c.intern, bound once
+	big      []byte                // read loop only: accumulates long frames
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -96,6 +98,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	}
 	c.room = sync.NewCond(&c.omu)
 	c.pubRoom = sync.NewCond(&c.pmu)
+	c.internFn = c.intern
 	c.log = func(msg string, args ...any) { s.log.Debug(msg, args...) }
 	return c
 }
@@ -250,7 +253,7 @@ func (c *conn) readFailed(err error) CloseReason {
 	case errors.Is(err, errFrameTooLarge):
 		msg := fmt.Sprintf("frame exceeds the limit of %d bytes (max frame bytes); closing the connection", c.s.cfg.MaxFrameBytes)
 		c.s.log.Warn("closing connection: frame too large", "limit", c.s.cfg.MaxFrameBytes)
-		c.output(func(b []byte) []byte { return AppendErrorReply(b, 0, false, CodeFrameTooLarge, msg) })
+		c.output(func(b []byte) []byte { return protocol.AppendErrorReply(b, 0, false, protocol.CodeFrameTooLarge, msg) })
 		return CloseFrameTooLarge
 	case errors.Is(err, io.EOF):
 		return CloseClientGone
@@ -324,45 +327,45 @@ func (c *conn) readFrame(br *bufio.Reader) ([]byte, error) {
 // handle dispatches one frame. Nothing it does blocks: a publish that has
 // to wait for room is left with the bus, which answers it later.
 func (c *conn) handle(line []byte) {
-	req, err := decodeRequest(line, c)
+	req, err := protocol.DecodeRequestInterned(line, c.internFn)
 	if err != nil {
 		c.replyErr(req.ID, req.HasID, err)
 		return
 	}
 	switch req.Op {
-	case OpPublish:
+	case protocol.OpPublish:
 		c.publish(&req)
-	case OpCancel:
+	case protocol.OpCancel:
 		c.cancelPublish(req.Ref)
 		if req.HasID {
-			c.reply(req.ID, StatusOK)
+			c.reply(req.ID, protocol.StatusOK)
 		}
-	case OpSubscribe:
+	case protocol.OpSubscribe:
 		c.subscribe(&req)
-	case OpUnsubscribe:
+	case protocol.OpUnsubscribe:
 		sub, ok := c.subs[req.Queue]
 		if !ok {
-			c.replyErr(req.ID, true, &RequestError{Code: CodeNotSubscribed, Msg: fmt.Sprintf("unsubscribe: this connection is not subscribed to queue %q", req.Queue)})
+			c.replyErr(req.ID, true, &protocol.RequestError{Code: protocol.CodeNotSubscribed, Msg: fmt.Sprintf("unsubscribe: this connection is not subscribed to queue %q", req.Queue)})
 			return
 		}
 		sub.stop()
 		delete(c.subs, req.Queue)
-		c.reply(req.ID, StatusOK)
-	case OpAck, OpNack:
+		c.reply(req.ID, protocol.StatusOK)
+	case protocol.OpAck, protocol.OpNack:
 		c.settle(&req)
-	case OpStats:
+	case protocol.OpStats:
 		stats, err := json.Marshal(c.s.bus.Stats())
 		if err != nil {
-			c.replyErr(req.ID, true, &RequestError{Code: CodeInternal, Msg: fmt.Sprintf("stats: %v", err)})
+			c.replyErr(req.ID, true, &protocol.RequestError{Code: protocol.CodeInternal, Msg: fmt.Sprintf("stats: %v", err)})
 			return
 		}
-		c.output(func(b []byte) []byte { return AppendStatsReply(b, req.ID, stats) })
-	case OpPing:
-		c.reply(req.ID, StatusOK)
+		c.output(func(b []byte) []byte { return protocol.AppendStatsReply(b, req.ID, stats) })
+	case protocol.OpPing:
+		c.reply(req.ID, protocol.StatusOK)
 	}
 }
 
-func (c *conn) publish(req *Request) {
+func (c *conn) publish(req *protocol.Request) {
 	if c.s.shutting.Load() {
 		c.replyShuttingDown(req.ID)
 		return
@@ -377,7 +380,7 @@ func (c *conn) publish(req *Request) {
 		ev.Payload = append(json.RawMessage(nil), req.Payload...)
 	}
 	if req.Traceparent != "" {
-		sc, err := ParseTraceparent(req.Traceparent)
+		sc, err := protocol.ParseTraceparent(req.Traceparent)
 		if err != nil {
 			c.s.metrics.invalidTraceparent.Add(c.ctx, 1)
 			c.log("ignoring invalid traceparent", "id", req.ID, "err", err)
@@ -534,11 +537,11 @@ func (c *conn) drainPublishes() {
 func (c *conn) replyOutcome(id int64, outcome bus.Outcome, err error) {
 	switch outcome {
 	case bus.Accepted:
-		c.reply(id, StatusAccepted)
+		c.reply(id, protocol.StatusAccepted)
 	case bus.Dropped:
-		c.reply(id, StatusDropped)
+		c.reply(id, protocol.StatusDropped)
 	case bus.TimedOut:
-		c.reply(id, StatusTimeout)
+		c.reply(id, protocol.StatusTimeout)
 	case bus.Cancelled:
 		c.replyCancelled(id)
 	default:
@@ -556,7 +559,7 @@ func (c *conn) replyCancelled(id int64) {
 		c.replyShuttingDown(id)
 		return
 	}
-	c.reply(id, StatusCancelled)
+	c.reply(id, protocol.StatusCancelled)
 }
 
 // intern returns b as a string, reusing the queue names and the
@@ -577,9 +580,9 @@ func (c *conn) intern(b []byte) string {
 	return s
 }
 
-func (c *conn) subscribe(req *Request) {
+func (c *conn) subscribe(req *protocol.Request) {
 	if _, ok := c.subs[req.Queue]; ok {
-		c.replyErr(req.ID, true, &RequestError{Code: CodeAlreadySubscribed, Msg: fmt.Sprintf("subscribe: this connection is already subscribed to queue %q; raise prefetch instead or use another connection", req.Queue)})
+		c.replyErr(req.ID, true, &protocol.RequestError{Code: protocol.CodeAlreadySubscribed, Msg: fmt.Sprintf("subscribe: this connection is already subscribed to queue %q; raise prefetch instead or use another connection", req.Queue)})
 		return
 	}
 	prefetch := 1
@@ -596,18 +599,18 @@ func (c *conn) subscribe(req *Request) {
 	c.subs[req.Queue] = sub
 	// The reply goes out before the pump starts, so it precedes every
 	// delivery of this subscription on the wire.
-	c.reply(req.ID, StatusOK)
+	c.reply(req.ID, protocol.StatusOK)
 	c.producer.Add(1)
 	go sub.pump()
 }
 
-func (c *conn) settle(req *Request) {
+func (c *conn) settle(req *protocol.Request) {
 	var sub *subscription
 	switch {
 	case req.HasQueue:
 		sub = c.subs[req.Queue]
 		if sub == nil {
-			c.replyErrMaybe(req, &RequestError{Code: CodeNotSubscribed, Msg: fmt.Sprintf("%s %d: this connection is not subscribed to queue %q", req.Op, req.Seq, req.Queue)})
+			c.replyErrMaybe(req, &protocol.RequestError{Code: protocol.CodeNotSubscribed, Msg: fmt.Sprintf("%s %d: this connection is not subscribed to queue %q", req.Op, req.Seq, req.Queue)})
 			return
 		}
 	case len(c.subs) == 1:
@@ -615,7 +618,7 @@ func (c *conn) settle(req *Request) {
 			sub = s
 		}
 	case len(c.subs) == 0:
-		c.replyErrMaybe(req, &RequestError{Code: CodeNotSubscribed, Msg: fmt.Sprintf("%s %d: this connection has no subscription", req.Op, req.Seq)})
+		c.replyErrMaybe(req, &protocol.RequestError{Code: protocol.CodeNotSubscribed, Msg: fmt.Sprintf("%s %d: this connection has no subscription", req.Op, req.Seq)})
 		return
 	default:
 		names := make([]string, 0, len(c.subs))
@@ -623,11 +626,11 @@ func (c *conn) settle(req *Request) {
 			names = append(names, q)
 		}
 		sort.Strings(names)
-		c.replyErrMaybe(req, badRequest("%s %d: this connection subscribes to several queues (%s); name one in field \"queue\"", req.Op, req.Seq, strings.Join(names, ", ")))
+		c.replyErrMaybe(req, &protocol.RequestError{Code: protocol.CodeBadRequest, Msg: fmt.Sprintf("%s %d: this connection subscribes to several queues (%s); name one in field \"queue\"", req.Op, req.Seq, strings.Join(names, ", "))})
 		return
 	}
 	var err error
-	if req.Op == OpAck {
+	if req.Op == protocol.OpAck {
 		err = sub.cons.Ack(req.Seq)
 	} else {
 		err = sub.cons.Nack(req.Seq)
@@ -637,49 +640,51 @@ func (c *conn) settle(req *Request) {
 		return
 	}
 	if req.HasID {
-		c.reply(req.ID, StatusOK)
+		c.reply(req.ID, protocol.StatusOK)
 	}
 }
 
 // replyErrMaybe answers a failed ack/nack: with its id when it had one,
 // otherwise with an id-less error so that the mistake is still visible.
-func (c *conn) replyErrMaybe(req *Request, err error) {
+func (c *conn) replyErrMaybe(req *protocol.Request, err error) {
 	c.replyErr(req.ID, req.HasID, err)
 }
 
 // busError maps a bus error to a coded reply error.
-func busError(what string, err error) *RequestError {
-	code := CodeInternal
+func busError(what string, err error) *protocol.RequestError {
+	code := protocol.CodeInternal
 	switch {
 	case errors.Is(err, bus.ErrUnknownQueue):
-		code = CodeUnknownQueue
+		code = protocol.CodeUnknownQueue
 	case errors.Is(err, bus.ErrShuttingDown):
-		return &RequestError{Code: CodeShuttingDown, Msg: "shutting down"}
+		return &protocol.RequestError{Code: protocol.CodeShuttingDown, Msg: "shutting down"}
 	case errors.Is(err, bus.ErrInvalidEvent), errors.Is(err, bus.ErrInvalidConfig):
-		code = CodeInvalidEvent
+		code = protocol.CodeInvalidEvent
 		if errors.Is(err, bus.ErrInvalidConfig) {
-			code = CodeBadRequest
+			code = protocol.CodeBadRequest
 		}
 	case errors.Is(err, bus.ErrUnknownSeq):
-		code = CodeUnknownSeq
+		code = protocol.CodeUnknownSeq
 	}
-	return &RequestError{Code: code, Msg: fmt.Sprintf("%s: %v", what, err)}
+	return &protocol.RequestError{Code: code, Msg: fmt.Sprintf("%s: %v", what, err)}
 }
 
-func (c *conn) reply(id int64, st Status) {
-	c.output(func(b []byte) []byte { return AppendReply(b, id, st) })
+func (c *conn) reply(id int64, st protocol.Status) {
+	c.output(func(b []byte) []byte { return protocol.AppendReply(b, id, st) })
 }
 
 func (c *conn) replyShuttingDown(id int64) {
-	c.output(func(b []byte) []byte { return AppendErrorReply(b, id, true, CodeShuttingDown, "shutting down") })
+	c.output(func(b []byte) []byte {
+		return protocol.AppendErrorReply(b, id, true, protocol.CodeShuttingDown, "shutting down")
+	})
 }
 
 func (c *conn) replyErr(id int64, hasID bool, err error) {
-	var re *RequestError
+	var re *protocol.RequestError
 	if !errors.As(err, &re) {
-		re = &RequestError{Code: CodeInternal, Msg: err.Error()}
+		re = &protocol.RequestError{Code: protocol.CodeInternal, Msg: err.Error()}
 	}
-	c.output(func(b []byte) []byte { return AppendErrorReply(b, id, hasID, re.Code, re.Msg) })
+	c.output(func(b []byte) []byte { return protocol.AppendErrorReply(b, id, hasID, re.Code, re.Msg) })
 }
 
 // output appends one frame to the connection's output and wakes the write
@@ -803,7 +808,7 @@ func (s *subscription) pump() {
 			}
 			return
 		}
-		f := Deliver{
+		f := protocol.Deliver{
 			Queue:        d.Queue,
 			Seq:          d.Seq,
 			Type:         d.Event.Type,
@@ -813,9 +818,9 @@ func (s *subscription) pump() {
 		}
 		tp = tp[:0]
 		if d.SpanContext.IsValid() {
-			tp = AppendTraceparent(tp, d.SpanContext)
+			tp = protocol.AppendTraceparent(tp, d.SpanContext)
 		}
-		c.output(func(b []byte) []byte { return appendDeliver(b, &f, tp) })
+		c.output(func(b []byte) []byte { return protocol.AppendDeliverTraceparent(b, &f, tp) })
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
 // sendEarly writes a request the way a client does right after connecting,
@@ -32,8 +33,8 @@ func (c *rawClient) sendEarly(line string) {
 func (c *rawClient) expectRejected(limit int) {
 	c.t.Helper()
 	m := c.recv()
-	if m.Status != StatusError || m.Code != CodeTooManyConnections || m.HasID {
-		c.t.Fatalf("got %+v, want an id-less %s error", m, CodeTooManyConnections)
+	if m.Status != protocol.StatusError || m.Code != protocol.CodeTooManyConnections || m.HasID {
+		c.t.Fatalf("got %+v, want an id-less %s error", m, protocol.CodeTooManyConnections)
 	}
 	if want := fmt.Sprintf("at most %d at once", limit); !strings.Contains(m.Error, want) {
 		c.t.Fatalf("error %q does not name the limit (%q)", m.Error, want)
@@ -70,21 +71,21 @@ func TestMaxConnections(t *testing.T) {
 			clients := make([]*rawClient, limit)
 			for i := range clients {
 				clients[i] = dialRaw(t, ts.path)
-				clients[i].expectReply(clients[i].roundTrip(`{"op":"ping","id":1}`), 1, StatusOK)
+				clients[i].expectReply(clients[i].roundTrip(`{"op":"ping","id":1}`), 1, protocol.StatusOK)
 			}
 			con, pub := clients[0], clients[limit-1]
-			con.expectReply(con.roundTrip(`{"op":"subscribe","id":2,"queue":"order","prefetch":1}`), 2, StatusOK)
+			con.expectReply(con.roundTrip(`{"op":"subscribe","id":2,"queue":"order","prefetch":1}`), 2, protocol.StatusOK)
 			// publishAndConsume checks that p can publish and con consume.
 			id := int64(10)
 			publishAndConsume := func(p *rawClient) {
 				t.Helper()
 				id++
-				p.expectReply(p.roundTrip(`{"op":"publish","id":%d,"queue":"order","type":"ORDER_PLACED","payload":%d}`, id, id), id, StatusAccepted)
+				p.expectReply(p.roundTrip(`{"op":"publish","id":%d,"queue":"order","type":"ORDER_PLACED","payload":%d}`, id, id), id, protocol.StatusAccepted)
 				d := con.recv()
-				if d.Op != OpDeliver || string(d.Deliver.Payload) != fmt.Sprint(id) {
+				if d.Op != protocol.OpDeliver || string(d.Deliver.Payload) != fmt.Sprint(id) {
 					t.Fatalf("consumer got %+v, want the delivery of event %d", d, id)
 				}
-				con.expectReply(con.roundTrip(`{"op":"ack","id":%d,"seq":%d,"queue":"order"}`, id, d.Deliver.Seq), id, StatusOK)
+				con.expectReply(con.roundTrip(`{"op":"ack","id":%d,"seq":%d,"queue":"order"}`, id, d.Deliver.Seq), id, protocol.StatusOK)
 			}
 
 			over := dialRaw(t, ts.path)
@@ -101,7 +102,7 @@ func TestMaxConnections(t *testing.T) {
 			// client's publish was never read.
 			publishAndConsume(pub)
 			for i, c := range clients {
-				c.expectReply(c.roundTrip(`{"op":"ping","id":%d}`, 100+i), int64(100+i), StatusOK)
+				c.expectReply(c.roundTrip(`{"op":"ping","id":%d}`, 100+i), int64(100+i), protocol.StatusOK)
 			}
 			if st := ts.bus.Stats()["order"]; st.Published[bus.Accepted] != 1 {
 				t.Fatalf("order accepted %d publishes, want only the admitted client's", st.Published[bus.Accepted])
@@ -169,7 +170,7 @@ func TestRejectionsLoggedOncePerInterval(t *testing.T) {
 		c.Now = clk.Now
 	}))
 	holder := dialRaw(t, ts.path)
-	holder.expectReply(holder.roundTrip(`{"op":"ping","id":1}`), 1, StatusOK)
+	holder.expectReply(holder.roundTrip(`{"op":"ping","id":1}`), 1, protocol.StatusOK)
 	// The accept loop logs before it hands the connection on, so once a
 	// client has its frame, the log line for it is written.
 	reject := func(n int) {
@@ -214,7 +215,7 @@ func TestRejectionsLoggedOncePerInterval(t *testing.T) {
 func TestRejectionFloodDoesNotStallAccepting(t *testing.T) {
 	ts := startServer(t, withConfig(func(c *Config) { c.MaxConnections = 1 }))
 	holder := dialRaw(t, ts.path)
-	holder.expectReply(holder.roundTrip(`{"op":"ping","id":1}`), 1, StatusOK)
+	holder.expectReply(holder.roundTrip(`{"op":"ping","id":1}`), 1, protocol.StatusOK)
 
 	const flood = 2*maxRejecting + 10
 	ncs := make([]net.Conn, flood)
@@ -227,7 +228,7 @@ func TestRejectionFloodDoesNotStallAccepting(t *testing.T) {
 		ncs[i] = nc
 	}
 	eventually(t, "every flood connection rejected", func() bool { return ts.srv.Rejected() == flood })
-	holder.expectReply(holder.roundTrip(`{"op":"ping","id":2}`), 2, StatusOK)
+	holder.expectReply(holder.roundTrip(`{"op":"ping","id":2}`), 2, protocol.StatusOK)
 
 	framed := 0
 	for i, nc := range ncs {
@@ -236,8 +237,8 @@ func TestRejectionFloodDoesNotStallAccepting(t *testing.T) {
 		line, err := br.ReadString('\n')
 		switch {
 		case err == nil:
-			m, derr := DecodeMessage([]byte(strings.TrimSuffix(line, "\n")))
-			if derr != nil || m.Code != CodeTooManyConnections {
+			m, derr := protocol.DecodeMessage([]byte(strings.TrimSuffix(line, "\n")))
+			if derr != nil || m.Code != protocol.CodeTooManyConnections {
 				t.Fatalf("flood connection %d got %q, want the rejection frame", i, line)
 			}
 			framed++
@@ -259,5 +260,5 @@ func TestRejectionFloodDoesNotStallAccepting(t *testing.T) {
 	holder.nc.Close()
 	eventually(t, "the holder to be forgotten", func() bool { return ts.srv.Connections() == 0 })
 	next := dialRaw(t, ts.path)
-	next.expectReply(next.roundTrip(`{"op":"ping","id":1}`), 1, StatusOK)
+	next.expectReply(next.roundTrip(`{"op":"ping","id":1}`), 1, protocol.StatusOK)
 }

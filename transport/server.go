@@ -24,6 +24,7 @@ import (
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
 // Defaults for Config's zero values.
@@ -233,7 +234,7 @@ func New(cfg Config) (*Server, error) {
 		conns:  make(map[*conn]struct{}),
 
 		rejectSlots: make(chan struct{}, maxRejecting),
-		rejectFrame: appendTooManyConnections(nil, cfg.MaxConnections),
+		rejectFrame: protocol.AppendTooManyConnections(nil, cfg.MaxConnections),
 	}
 	var errs []error
 	if !slices.Contains(s.queues, cfg.DefaultQueue) {
@@ -390,14 +391,6 @@ func (s *Server) reject(nc net.Conn, slot bool) {
 	go s.turnAway(nc)
 }
 
-// appendTooManyConnections appends the one frame a connection over the
-// limit gets: an error without id, since it answers no request.
-func appendTooManyConnections(dst []byte, limit int) []byte {
-	return AppendErrorReply(dst, 0, false, CodeTooManyConnections, fmt.Sprintf(
-		"too many connections: the sidecar serves at most %d at once (max connections); "+
-			"this one is closed without reading its requests. Close idle connections or share one, and reconnect with backoff", limit))
-}
-
 // turnAway writes the rejection frame and closes the connection without
 // reading its requests. The linger keeps the close from resetting the
 // socket over requests the client sent before it was accepted, which
@@ -511,7 +504,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 // route resolves a publish's queue: the named one, or the type's route.
-func (s *Server) route(r *Request) (string, error) {
+func (s *Server) route(r *protocol.Request) (string, error) {
 	if !r.HasQueue {
 		if q, ok := s.cfg.Routes[r.Type]; ok {
 			return q, nil
@@ -527,5 +520,5 @@ func (s *Server) route(r *Request) (string, error) {
 }
 
 func (s *Server) unknownQueue(name string) error {
-	return &RequestError{Code: CodeUnknownQueue, Msg: fmt.Sprintf("unknown queue %q; valid queues: %s", name, strings.Join(s.queues, ", "))}
+	return &protocol.RequestError{Code: protocol.CodeUnknownQueue, Msg: fmt.Sprintf("unknown queue %q; valid queues: %s", name, strings.Join(s.queues, ", "))}
 }
