@@ -18,32 +18,32 @@ import (
 func ParseTraceparent(s string) (trace.SpanContext, error) {
 	const size = 55
 	if len(s) < size {
-		return trace.SpanContext{}, fmt.Errorf("traceparent %q: want 55 characters (00-<trace id>-<span id>-<flags>), got %d", s, len(s))
+		return trace.SpanContext{}, fmt.Errorf("traceparent %s: want 55 characters (00-<trace id>-<span id>-<flags>), got %d", Quote(s), len(s))
 	}
 	if s[2] != '-' || s[35] != '-' || s[52] != '-' {
-		return trace.SpanContext{}, fmt.Errorf("traceparent %q: want 00-<32 hex trace id>-<16 hex span id>-<2 hex flags>", s)
+		return trace.SpanContext{}, fmt.Errorf("traceparent %s: want 00-<32 hex trace id>-<16 hex span id>-<2 hex flags>", Quote(s))
 	}
 	var ver [1]byte
 	if err := decodeLowerHex(ver[:], s[0:2]); err != nil || ver[0] == 0xff {
-		return trace.SpanContext{}, fmt.Errorf("traceparent %q: invalid version %q", s, s[0:2])
+		return trace.SpanContext{}, fmt.Errorf("traceparent %s: invalid version %q", Quote(s), s[0:2])
 	}
 	if ver[0] == 0 && len(s) != size {
-		return trace.SpanContext{}, fmt.Errorf("traceparent %q: version 00 must be exactly 55 characters, got %d", s, len(s))
+		return trace.SpanContext{}, fmt.Errorf("traceparent %s: version 00 must be exactly 55 characters, got %d", Quote(s), len(s))
 	}
 	if len(s) > size && s[size] != '-' {
-		return trace.SpanContext{}, fmt.Errorf("traceparent %q: unexpected data after the flags", s)
+		return trace.SpanContext{}, fmt.Errorf("traceparent %s: unexpected data after the flags", Quote(s))
 	}
 	var tid trace.TraceID
 	var sid trace.SpanID
 	var flags [1]byte
 	if err := decodeLowerHex(tid[:], s[3:35]); err != nil || !tid.IsValid() {
-		return trace.SpanContext{}, fmt.Errorf("traceparent %q: trace id must be 32 lowercase hex digits, not all zero", s)
+		return trace.SpanContext{}, fmt.Errorf("traceparent %s: trace id must be 32 lowercase hex digits, not all zero", Quote(s))
 	}
 	if err := decodeLowerHex(sid[:], s[36:52]); err != nil || !sid.IsValid() {
-		return trace.SpanContext{}, fmt.Errorf("traceparent %q: span id must be 16 lowercase hex digits, not all zero", s)
+		return trace.SpanContext{}, fmt.Errorf("traceparent %s: span id must be 16 lowercase hex digits, not all zero", Quote(s))
 	}
 	if err := decodeLowerHex(flags[:], s[53:55]); err != nil {
-		return trace.SpanContext{}, fmt.Errorf("traceparent %q: flags must be 2 lowercase hex digits", s)
+		return trace.SpanContext{}, fmt.Errorf("traceparent %s: flags must be 2 lowercase hex digits", Quote(s))
 	}
 	return trace.NewSpanContext(trace.SpanContextConfig{
 		TraceID:    tid,

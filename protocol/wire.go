@@ -5,6 +5,7 @@
 package protocol
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -152,6 +153,9 @@ func (f internFunc) intern(b []byte) string { return f(b) }
 
 func decodeRequest(line []byte, in interner) (Request, error) {
 	var r Request
+	if bytes.HasPrefix(line, utf8BOM) {
+		return r, badRequest("frame starts with a UTF-8 byte-order mark (bytes EF BB BF); send the JSON object without it")
+	}
 	if !utf8.Valid(line) {
 		return r, badRequest("frame is not valid UTF-8")
 	}
@@ -278,7 +282,7 @@ func (r *Request) validate() error {
 			return missing("id")
 		}
 	default:
-		return badRequest("unknown op %q; valid ops: %s", string(r.Op), opNames())
+		return badRequest("unknown op %s; valid ops: %s", Quote(string(r.Op)), opNames())
 	}
 	return nil
 }
@@ -547,7 +551,7 @@ func decodeMessage(line []byte, in interner) (Message, error) {
 			return m, fmt.Errorf("%w: deliver frame needs queue, seq and enqueued_at", ErrMalformedMessage)
 		}
 	case m.Op != "":
-		return m, fmt.Errorf("%w: unknown op %q", ErrMalformedMessage, string(m.Op))
+		return m, fmt.Errorf("%w: unknown op %s", ErrMalformedMessage, Quote(string(m.Op)))
 	case !hasStatus:
 		return m, fmt.Errorf("%w: reply without status", ErrMalformedMessage)
 	}

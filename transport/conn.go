@@ -239,7 +239,7 @@ func (c *conn) readLoop() CloseReason {
 		if err != nil {
 			return c.readFailed(err)
 		}
-		if len(line) == 0 {
+		if protocol.IsBlank(line) {
 			continue
 		}
 		c.handle(line)
@@ -345,7 +345,7 @@ func (c *conn) handle(line []byte) {
 	case protocol.OpUnsubscribe:
 		sub, ok := c.subs[req.Queue]
 		if !ok {
-			c.replyErr(req.ID, true, &protocol.RequestError{Code: protocol.CodeNotSubscribed, Msg: fmt.Sprintf("unsubscribe: this connection is not subscribed to queue %q", req.Queue)})
+			c.replyErr(req.ID, true, &protocol.RequestError{Code: protocol.CodeNotSubscribed, Msg: fmt.Sprintf("unsubscribe: this connection is not subscribed to queue %s", protocol.Quote(req.Queue))})
 			return
 		}
 		sub.stop()
@@ -582,7 +582,13 @@ func (c *conn) intern(b []byte) string {
 
 func (c *conn) subscribe(req *protocol.Request) {
 	if _, ok := c.subs[req.Queue]; ok {
-		c.replyErr(req.ID, true, &protocol.RequestError{Code: protocol.CodeAlreadySubscribed, Msg: fmt.Sprintf("subscribe: this connection is already subscribed to queue %q; raise prefetch instead or use another connection", req.Queue)})
+		c.replyErr(req.ID, true, &protocol.RequestError{Code: protocol.CodeAlreadySubscribed, Msg: fmt.Sprintf("subscribe: this connection is already subscribed to queue %s; raise prefetch instead or use another connection", protocol.Quote(req.Queue))})
+		return
+	}
+	if !slices.Contains(c.s.queues, req.Queue) {
+		// Checked here rather than left to the bus so that the message is
+		// worded as for a publish.
+		c.replyErr(req.ID, true, c.s.unknownQueue(req.Queue))
 		return
 	}
 	prefetch := 1
@@ -610,7 +616,7 @@ func (c *conn) settle(req *protocol.Request) {
 	case req.HasQueue:
 		sub = c.subs[req.Queue]
 		if sub == nil {
-			c.replyErrMaybe(req, &protocol.RequestError{Code: protocol.CodeNotSubscribed, Msg: fmt.Sprintf("%s %d: this connection is not subscribed to queue %q", req.Op, req.Seq, req.Queue)})
+			c.replyErrMaybe(req, &protocol.RequestError{Code: protocol.CodeNotSubscribed, Msg: fmt.Sprintf("%s %d: this connection is not subscribed to queue %s", req.Op, req.Seq, protocol.Quote(req.Queue))})
 			return
 		}
 	case len(c.subs) == 1:

@@ -520,5 +520,5 @@ func (s *Server) route(r *protocol.Request) (string, error) {
 }
 
 func (s *Server) unknownQueue(name string) error {
-	return &protocol.RequestError{Code: protocol.CodeUnknownQueue, Msg: fmt.Sprintf("unknown queue %q; valid queues: %s", name, strings.Join(s.queues, ", "))}
+	return &protocol.RequestError{Code: protocol.CodeUnknownQueue, Msg: fmt.Sprintf("unknown queue %s; valid queues: %s", protocol.Quote(name), strings.Join(s.queues, ", "))}
 }

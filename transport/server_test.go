@@ -87,6 +87,7 @@ func TestNewRejectsBadRoutes(t *testing.T) {
 func TestBadInputGetsErrorAndConnectionSurvives(t *testing.T) {
 	ts := startServer(t)
 	c := dialRaw(t, ts.path)
+	long := strings.Repeat("q", 1000)
 	tests := []struct {
 		name   string
 		frame  string
@@ -108,6 +109,11 @@ func TestBadInputGetsErrorAndConnectionSurvives(t *testing.T) {
 		{"unsubscribe without subscription", `{"op":"unsubscribe","id":10,"queue":"data"}`, 10, true, protocol.CodeNotSubscribed, `not subscribed to queue "data"`},
 		{"top-level array", `[1]`, 0, false, protocol.CodeBadRequest, "must be a JSON object"},
 		{"invalid UTF-8", "{\"op\":\"ping\",\"id\":1,\"x\":\"\xc3\x28\"}", 0, false, protocol.CodeBadRequest, "UTF-8"},
+		{"subscribe unknown queue worded as publish", `{"op":"subscribe","id":11,"queue":"risk"}`, 11, true, protocol.CodeUnknownQueue, `unknown queue "risk"; valid queues: data, signal, order`},
+		{"long queue name is cut", `{"op":"publish","id":12,"type":"T","queue":"` + long + `"}`, 12, true, protocol.CodeUnknownQueue, `unknown queue "` + long[:128] + `"... (cut to 128 of 1000 bytes); valid queues: data, signal, order`},
+		{"long queue name is cut in subscribe", `{"op":"subscribe","id":13,"queue":"` + long + `"}`, 13, true, protocol.CodeUnknownQueue, `unknown queue "` + long[:128] + `"... (cut to 128 of 1000 bytes); valid queues: data, signal, order`},
+		{"long queue name is cut in unsubscribe", `{"op":"unsubscribe","id":14,"queue":"` + long + `"}`, 14, true, protocol.CodeNotSubscribed, `not subscribed to queue "` + long[:128] + `"... (cut to 128 of 1000 bytes)`},
+		{"byte-order mark", "\xef\xbb\xbf{\"op\":\"ping\",\"id\":15}", 0, false, protocol.CodeBadRequest, "frame starts with a UTF-8 byte-order mark"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -128,6 +134,10 @@ func TestBlankLinesAndCRLFAreTolerated(t *testing.T) {
 	c := dialRaw(t, ts.path)
 	c.send("\n\r\n{\"op\":\"ping\",\"id\":1}\r\n")
 	c.expectReply(c.recv(), 1, protocol.StatusOK)
+	// Whitespace-only lines get no reply either: the next frame is the
+	// reply to the ping after them.
+	c.send("  \n\t\r\n \t \n{\"op\":\"ping\",\"id\":2}")
+	c.expectReply(c.recv(), 2, protocol.StatusOK)
 }
 
 func TestSubscribeDeliverAckNack(t *testing.T) {
