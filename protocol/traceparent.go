@@ -11,7 +11,8 @@ import (
 // ParseTraceparent parses a W3C Trace Context traceparent header
 // ("00-<32 hex trace id>-<16 hex span id>-<2 hex flags>") into a remote span
 // context. Future versions (01..fe) are accepted when their first four
-// fields have the version-00 shape, as the specification asks.
+// fields have the version-00 shape, as the specification asks. Only the
+// sampled flag is kept.
 //
 // It is written out instead of going through propagation.TraceContext
 // because that path allocates a carrier and a map per event.
@@ -44,6 +45,12 @@ func ParseTraceparent(s string) (trace.SpanContext, error) {
 	}
 	if err := decodeLowerHex(flags[:], s[53:55]); err != nil {
 		return trace.SpanContext{}, fmt.Errorf("traceparent %s: flags must be 2 lowercase hex digits", Quote(s))
+	}
+	if ver[0] == 0 && flags[0] > 3 {
+		// Version 00 defines the sampled (01) and random (02) bits only; a
+		// reserved bit means the sender does not speak version 00, and the
+		// OpenTelemetry propagator refuses the header too.
+		return trace.SpanContext{}, fmt.Errorf("traceparent %s: version 00 allows flags 00 to 03, got %s", Quote(s), s[53:55])
 	}
 	return trace.NewSpanContext(trace.SpanContextConfig{
 		TraceID:    tid,
