@@ -95,17 +95,14 @@ type Config struct {
 	// MaxConnections bounds the client connections served at once (0
 	// means DefaultMaxConnections). A connection over it gets one
 	// too_many_connections error frame and is closed unread; it is counted
-	// in eventbus.connections.rejected and logged once per interval. A
-	// closing connection counts until its socket is closed.
+	// in eventbus.connections.rejected and summed into the next
+	// LogRejections. A closing connection counts until its socket is closed.
 	MaxConnections int
 	// Logger receives connection-level events (nil discards them).
 	Logger *slog.Logger
 	// MeterProvider records eventbus.connections and the transport's
 	// counters (nil means no metrics).
 	MeterProvider metric.MeterProvider
-	// Now tells the time for the interval of the rejection log summary
-	// (nil means time.Now); tests set it to step through intervals.
-	Now func() time.Time
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -136,8 +133,7 @@ type Server struct {
 	rejectSlots     chan struct{}
 	rejectFrame     []byte
 	rejected        atomic.Int64
-	unloggedRejects atomic.Int64
-	lastRejectLog   atomic.Int64 // Now() in Unix nanoseconds
+	unloggedRejects atomic.Int64 // since the last LogRejections
 }
 
 const (
@@ -151,10 +147,6 @@ const (
 	// is a few hundred bytes into a fresh socket, which the kernel takes at
 	// once; the deadline only guards against the unexpected.
 	rejectWriteTimeout = 100 * time.Millisecond
-	// rejectLogInterval is how often, at most, rejected connections are
-	// summarised in one log line: a client reconnecting in a tight loop
-	// must not flood the log.
-	rejectLogInterval = 10 * time.Second
 )
 
 // CloseReason says why the server closed a connection; it labels logs and
@@ -214,9 +206,6 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxConnections <= 0 {
 		cfg.MaxConnections = DefaultMaxConnections
-	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -278,9 +267,6 @@ func (s *Server) initMetrics() error {
 	}
 	reg, err := m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		o.ObserveInt64(conns, s.connCount.Load())
-		// Reports rejections withheld by the log interval once it is over,
-		// even when no further rejection comes.
-		s.maybeLogRejections()
 		return nil
 	}, conns)
 	if err != nil {
@@ -376,14 +362,13 @@ func (s *Server) takeRejectSlot() bool {
 }
 
 // reject turns away a connection over MaxConnections. The accept loop only
-// counts it, logs (once per interval) and hands it on: the error frame is
-// written by a goroutine of its own, so a rejected client can never stall
-// accepting. Without a slot, in a flood, the connection is closed at once.
+// counts it and hands it on: the error frame is written by a goroutine of
+// its own, so a rejected client can never stall accepting. Without a slot,
+// in a flood, the connection is closed at once.
 func (s *Server) reject(nc net.Conn, slot bool) {
 	s.rejected.Add(1)
 	s.unloggedRejects.Add(1)
 	s.metrics.rejected.Add(context.Background(), 1)
-	s.maybeLogRejections()
 	if !slot {
 		nc.Close()
 		return
@@ -406,34 +391,19 @@ func (s *Server) turnAway(nc net.Conn) {
 	lingerDiscard(nc)
 }
 
-// maybeLogRejections writes one summary of rejected connections per
-// rejectLogInterval at most, like the bus's drop summaries: the first
-// rejection after a quiet interval is logged at once, later ones are
-// summed into the next line.
-func (s *Server) maybeLogRejections() {
-	if s.unloggedRejects.Load() == 0 {
-		return
-	}
-	now := s.cfg.Now().UnixNano()
-	last := s.lastRejectLog.Load()
-	if last != 0 && now-last < int64(rejectLogInterval) {
-		return
-	}
-	if !s.lastRejectLog.CompareAndSwap(last, now) {
-		return
-	}
-	s.logRejections()
-}
-
-// logRejections reports and resets the rejections not logged yet.
-func (s *Server) logRejections() {
+// LogRejections writes one summary of the connections turned away since
+// the last call, and nothing when there were none. Rejections are not
+// logged one by one, since a client reconnecting in a tight loop would
+// flood the log; the owner of the server calls this on a ticker, and
+// Shutdown once more for the rest.
+func (s *Server) LogRejections() {
 	n := s.unloggedRejects.Swap(0)
 	if n == 0 {
 		return
 	}
 	s.log.Warn("connection limit reached: rejecting new connections", "rejected", n,
 		"rejected_total", s.rejected.Load(), "max_connections", s.cfg.MaxConnections,
-		"open", s.connCount.Load(), "summary_interval", rejectLogInterval)
+		"open", s.connCount.Load())
 }
 
 func (s *Server) forget(c *conn, reason CloseReason) {
@@ -495,8 +465,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-done
 		errs = append(errs, fmt.Errorf("transport shutdown: %w", ctx.Err()))
 	}
-	// Rejections withheld by the log interval are reported before exit.
-	s.logRejections()
+	// Rejections since the owner's last LogRejections are reported before
+	// exit.
+	s.LogRejections()
 	if s.metrics.reg != nil {
 		errs = append(errs, s.metrics.reg.Unregister())
 	}
