@@ -61,17 +61,9 @@ type conn struct {
 	reasonMu sync.Mutex
 	reason   CloseReason
 
-	// Publishes waiting for room in the bus, by request id (a client that
-	// reuses an id has several). The read loop adds them, the bus's done
-	// callbacks remove them; see publish.
-	pmu       sync.Mutex
-	pubRoom   *sync.Cond // signalled when a waiting publish resolves
-	waits     map[int64][]waitRef
-	nwaits    int      // publishes in waits, capped by MaxWaitingPublishes
+	waits     *publishWaits
 	pubSeq    uint64   // read loop only: numbers each publish
 	spareCall *pubCall // read loop only: reusable after an immediate outcome
-	early     uint64   // the publish resolved before the read loop stored it
-	roomWake  bool     // the read loop waits on pubRoom
 
 	subs     map[string]*subscription // read loop only
 	producer sync.WaitGroup           // pumps
@@ -91,13 +83,12 @@ func newConn(s *Server, nc net.Conn) *conn {
 		pubCtx:     context.WithoutCancel(ctx),
 		wake:       make(chan struct{}, 1),
 		writerDone: make(chan struct{}),
-		waits:      make(map[int64][]waitRef),
+		waits:      newPublishWaits(),
 		subs:       make(map[string]*subscription),
 		types:      make(map[string]string),
 		writerIdle: true,
 	}
 	c.room = sync.NewCond(&c.omu)
-	c.pubRoom = sync.NewCond(&c.pmu)
 	c.internFn = c.intern
 	c.log = func(msg string, args ...any) { s.log.Debug(msg, args...) }
 	return c
@@ -125,7 +116,7 @@ func (c *conn) serve() {
 		delete(c.subs, q)
 	}
 	c.producer.Wait()
-	c.drainPublishes()
+	c.waits.waitEmpty()
 	c.omu.Lock()
 	c.oclosed = true
 	c.room.Broadcast()
@@ -203,9 +194,7 @@ func (c *conn) kill(reason CloseReason, force bool) {
 	c.killOnce.Do(func() {
 		c.cancel(c.closeCause())
 		// The read loop may be held by MaxWaitingPublishes.
-		c.pmu.Lock()
-		c.pubRoom.Broadcast()
-		c.pmu.Unlock()
+		c.waits.stop()
 		// An expired read deadline wakes the read loop without closing the
 		// socket, so queued replies can still be flushed.
 		c.nc.SetReadDeadline(time.Unix(1, 0))
@@ -231,7 +220,7 @@ func (c *conn) readLoop() CloseReason {
 		if !c.waitRoom(c.ctx) {
 			return CloseSlowConsumer
 		}
-		if !c.waitPublishRoom() {
+		if !c.waits.waitBelow(c.s.cfg.MaxWaitingPublishes) {
 			// Killed while waiting: kill has set the reason.
 			return CloseShutdown
 		}
@@ -411,12 +400,7 @@ func (c *conn) publish(req *protocol.Request) {
 		return
 	}
 	c.spareCall = nil // the bus calls it later
-	c.pmu.Lock()
-	if c.early != call.n {
-		c.waits[call.id] = append(c.waits[call.id], waitRef{n: call.n, p: p})
-		c.nwaits++
-	}
-	c.pmu.Unlock()
+	c.waits.add(call.n, call.id, p)
 }
 
 // pubCall is one publish's done callback. The read loop reuses it after an
@@ -433,73 +417,24 @@ func (call *pubCall) done(outcome bus.Outcome, err error) {
 	call.c.publishDone(call.n, call.id, outcome, err)
 }
 
-// waitRef is a publish waiting for room: n tells apart publishes that
-// share an id.
-type waitRef struct {
-	n uint64
-	p *bus.Pending
-}
-
 // publishDone answers publish n (request id) once the bus has decided it.
 // It may run on the read loop (inside PublishAsync or Cancel) or on a bus
-// goroutine (a consumer's Receive, a timer, the context's AfterFunc), so it
-// only appends the reply and updates the bookkeeping; it never blocks.
+// goroutine (a consumer's Receive, a timer), so it only appends the reply
+// and updates the bookkeeping; it never blocks.
 func (c *conn) publishDone(n uint64, id int64, outcome bus.Outcome, err error) {
 	// The reply goes first: once the last wait is gone, serve closes the
 	// output.
 	c.replyOutcome(id, outcome, err)
-	c.pmu.Lock()
-	refs := c.waits[id]
-	i := slices.IndexFunc(refs, func(r waitRef) bool { return r.n == n })
-	if i < 0 {
-		// Answered inside PublishAsync, or before the read loop stored
-		// the handle: it must not store it.
-		c.early = n
-		c.pmu.Unlock()
-		return
-	}
-	if len(refs) == 1 {
-		delete(c.waits, id)
-	} else {
-		c.waits[id] = slices.Delete(refs, i, i+1)
-	}
-	c.nwaits--
-	if c.roomWake {
-		c.pubRoom.Signal()
-	}
-	c.pmu.Unlock()
+	c.waits.resolve(n, id)
 }
 
 // cancelPublish withdraws the waiting publishes with id ref; each is
 // answered "cancelled" before this returns. A publish already answered is
 // left alone.
 func (c *conn) cancelPublish(ref int64) {
-	c.pmu.Lock()
-	var one [1]*bus.Pending
-	ps := one[:0]
-	for _, r := range c.waits[ref] {
-		ps = append(ps, r.p)
-	}
-	c.pmu.Unlock()
-	// Not under pmu: Cancel calls publishDone.
-	for _, p := range ps {
+	for _, p := range c.waits.withID(ref) {
 		p.Cancel()
 	}
-}
-
-// waitPublishRoom blocks while MaxWaitingPublishes of the connection's
-// publishes are waiting for room: the flow control that stops reading a
-// connection whose publishes pile up on full queues. It returns false once
-// the connection is killed.
-func (c *conn) waitPublishRoom() bool {
-	c.pmu.Lock()
-	defer c.pmu.Unlock()
-	for c.nwaits >= c.s.cfg.MaxWaitingPublishes && c.ctx.Err() == nil {
-		c.roomWake = true
-		c.pubRoom.Wait()
-		c.roomWake = false
-	}
-	return c.ctx.Err() == nil
 }
 
 // cancelAllPublishes withdraws every publish of the connection that waits
@@ -508,29 +443,8 @@ func (c *conn) waitPublishRoom() bool {
 // publish; the connection withdraws them itself when it closes. Read loop
 // only, after reading has stopped.
 func (c *conn) cancelAllPublishes() {
-	c.pmu.Lock()
-	ps := make([]*bus.Pending, 0, c.nwaits)
-	for _, refs := range c.waits {
-		for _, r := range refs {
-			ps = append(ps, r.p)
-		}
-	}
-	c.pmu.Unlock()
-	// Not under pmu: Cancel calls publishDone.
-	for _, p := range ps {
+	for _, p := range c.waits.all() {
 		p.Cancel()
-	}
-}
-
-// drainPublishes waits until every waiting publish has been answered;
-// serve calls it after ending the context, which withdraws them.
-func (c *conn) drainPublishes() {
-	c.pmu.Lock()
-	defer c.pmu.Unlock()
-	for c.nwaits > 0 {
-		c.roomWake = true
-		c.pubRoom.Wait()
-		c.roomWake = false
 	}
 }
 

@@ -282,7 +282,5 @@ func (ts *testServer) onlyConn(t *testing.T) *conn {
 // readerHeldByWaitCap reports whether c's read loop is parked because
 // MaxWaitingPublishes of its publishes are waiting.
 func (c *conn) readerHeldByWaitCap() bool {
-	c.pmu.Lock()
-	defer c.pmu.Unlock()
-	return c.roomWake && c.nwaits >= c.s.cfg.MaxWaitingPublishes
+	return c.waits.heldAt(c.s.cfg.MaxWaitingPublishes)
 }
