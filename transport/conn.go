@@ -27,10 +27,11 @@ const (
 	maxInternedTypes = 256
 )
 
-// conn is one client connection. The read loop (serve) owns the
-// subscriptions and runs the cleanup; the write loop owns the socket's
-// write side; pumps and the bus's resolutions of waiting publishes only
-// append to the output buffer.
+// conn is one client connection, served by one read loop and one write
+// loop. The read loop (serve) owns the subscriptions and runs the cleanup;
+// the write loop owns the socket's write side; pumps and the bus's answers
+// to waiting publishes only append to the output buffer. Whichever loop
+// detects the end of the connection records why, once (closeWith).
 type conn struct {
 	s   *Server
 	nc  net.Conn
@@ -56,10 +57,14 @@ type conn struct {
 	roomWait   int
 	wake       chan struct{}
 	writerDone chan struct{}
+	// reason and closeErr say why the connection ends; the first recorded
+	// wins. Under omu, so that a failed write records its reason in the
+	// same step that marks the output dead: the read loop, woken by that,
+	// must not see a dead connection without its reason.
+	reason   CloseReason
+	closeErr error
 
 	killOnce sync.Once
-	reasonMu sync.Mutex
-	reason   CloseReason
 
 	waits     *publishWaits
 	pubSeq    uint64   // read loop only: numbers each publish
@@ -98,14 +103,9 @@ func newConn(s *Server, nc net.Conn) *conn {
 // connection owns in order: publishes are withdrawn, subscriptions closed
 // (their unacked events return to the queues), queued output flushed.
 func (c *conn) serve() {
-	defer func() {
-		reason := c.closeReason()
-		c.s.forget(c, reason)
-	}()
 	go c.writeLoop()
 	c.s.log.Debug("connection opened")
-	reason := c.readLoop()
-	c.setReason(reason)
+	c.readLoop()
 	// Withdraw every waiting publish (the bus answers each through its
 	// done callback, "cancelled" or "shutting down" by the context's
 	// cause); their replies are written before the output closes.
@@ -124,7 +124,28 @@ func (c *conn) serve() {
 	c.signalWriter()
 	<-c.writerDone
 	c.lingerClose()
-	c.s.log.Debug("connection closed", "reason", c.closeReason())
+	reason, err := c.closeState()
+	c.logClose(reason, err)
+	c.s.forget(c, reason)
+}
+
+// logClose writes the one log line of a connection's end: a warning when
+// the server cut the client off or the socket failed, debug otherwise.
+func (c *conn) logClose(reason CloseReason, err error) {
+	switch reason {
+	case CloseSlowConsumer:
+		c.s.log.Warn("connection closed: slow consumer did not read its output in time", "reason", reason, "write_timeout", c.s.cfg.WriteTimeout)
+	case CloseFrameTooLarge:
+		c.s.log.Warn("connection closed: frame too large", "reason", reason, "limit", c.s.cfg.MaxFrameBytes)
+	case CloseReadError, CloseWriteError:
+		c.s.log.Warn("connection closed: socket failed", "reason", reason, "err", err)
+	default:
+		if err != nil {
+			c.s.log.Debug("connection closed", "reason", reason, "err", err)
+		} else {
+			c.s.log.Debug("connection closed", "reason", reason)
+		}
+	}
 }
 
 var errConnClosed = errors.New("connection closed")
@@ -138,18 +159,29 @@ func (c *conn) closeCause() error {
 	return errConnClosed
 }
 
-func (c *conn) setReason(r CloseReason) {
-	c.reasonMu.Lock()
-	if c.reason == "" {
-		c.reason = r
-	}
-	c.reasonMu.Unlock()
+// closeWith records why the connection ends, unless a reason is recorded
+// already; err is the failure behind it, if any.
+func (c *conn) closeWith(r CloseReason, err error) {
+	c.omu.Lock()
+	c.closeWithLocked(r, err)
+	c.omu.Unlock()
 }
 
-func (c *conn) closeReason() CloseReason {
-	c.reasonMu.Lock()
-	defer c.reasonMu.Unlock()
-	return c.reason
+func (c *conn) closeWithLocked(r CloseReason, err error) {
+	if c.reason == "" {
+		c.reason, c.closeErr = r, err
+	}
+}
+
+func (c *conn) closeState() (CloseReason, error) {
+	c.omu.Lock()
+	defer c.omu.Unlock()
+	if c.reason == "" {
+		// Every path that ends the read loop records a reason first; this
+		// only keeps a metric label from being empty should one not.
+		return CloseReadError, errors.New("connection ended without a recorded reason")
+	}
+	return c.reason, c.closeErr
 }
 
 // lingerTimeout bounds how long a closing connection discards the client's
@@ -164,9 +196,9 @@ const lingerTimeout = 250 * time.Millisecond
 func (c *conn) lingerClose() {
 	defer c.nc.Close()
 	c.omu.Lock()
-	dead := c.dead
+	skip := c.dead || c.reason == CloseClientGone
 	c.omu.Unlock()
-	if dead || c.closeReason() == CloseClientGone {
+	if skip {
 		return
 	}
 	lingerDiscard(c.nc)
@@ -190,7 +222,7 @@ func lingerDiscard(nc net.Conn) {
 // kill makes the read loop end soon. With force, pending output is
 // discarded and the socket closed at once (a stuck writer is released).
 func (c *conn) kill(reason CloseReason, force bool) {
-	c.setReason(reason)
+	c.closeWith(reason, nil)
 	c.killOnce.Do(func() {
 		c.cancel(c.closeCause())
 		// The read loop may be held by MaxWaitingPublishes.
@@ -213,20 +245,24 @@ func (c *conn) kill(reason CloseReason, force bool) {
 }
 
 // readLoop reads and handles frames until the client goes away or the
-// connection is killed, and returns why it stopped.
-func (c *conn) readLoop() CloseReason {
+// connection is killed. The reason is recorded where the end is detected:
+// here for a failed read, by the write loop or kill otherwise.
+func (c *conn) readLoop() {
 	br := bufio.NewReaderSize(c.nc, readBufferSize)
 	for {
+		// Stop reading while the client does not read its replies, or
+		// while too many of its publishes wait for room: both bound what
+		// one client can make the server hold.
 		if !c.waitRoom(c.ctx) {
-			return CloseSlowConsumer
+			return
 		}
 		if !c.waits.waitBelow(c.s.cfg.MaxWaitingPublishes) {
-			// Killed while waiting: kill has set the reason.
-			return CloseShutdown
+			return
 		}
 		line, err := c.readFrame(br)
 		if err != nil {
-			return c.readFailed(err)
+			c.readFailed(err)
+			return
 		}
 		if protocol.IsBlank(line) {
 			continue
@@ -237,27 +273,31 @@ func (c *conn) readLoop() CloseReason {
 
 var errFrameTooLarge = errors.New("frame too large")
 
-func (c *conn) readFailed(err error) CloseReason {
+// readFailed records why reading stopped.
+func (c *conn) readFailed(err error) {
 	switch {
 	case errors.Is(err, errFrameTooLarge):
 		msg := fmt.Sprintf("frame exceeds the limit of %d bytes (max frame bytes); closing the connection", c.s.cfg.MaxFrameBytes)
-		c.s.log.Warn("closing connection: frame too large", "limit", c.s.cfg.MaxFrameBytes)
 		c.output(func(b []byte) []byte { return protocol.AppendErrorReply(b, 0, false, protocol.CodeFrameTooLarge, msg) })
-		return CloseFrameTooLarge
+		c.closeWith(CloseFrameTooLarge, nil)
 	case errors.Is(err, io.EOF):
-		return CloseClientGone
+		c.closeWith(CloseClientGone, nil)
 	case errors.Is(err, io.ErrUnexpectedEOF):
-		c.log("client disconnected mid-frame")
-		return CloseClientGone
+		c.closeWith(CloseClientGone, errors.New("client disconnected mid-frame"))
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		// kill() expired the deadline; its reason is already set.
-		return CloseShutdown
-	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, net.ErrClosed):
-		return CloseClientGone
+		// Only kill expires the read deadline, after recording its reason.
+		c.closeWith(CloseShutdown, nil)
+	case clientGone(err):
+		c.closeWith(CloseClientGone, err)
 	default:
-		c.s.log.Warn("closing connection: read failed", "err", err)
-		return CloseReadError
+		c.closeWith(CloseReadError, err)
 	}
+}
+
+// clientGone reports whether a socket error means the client closed its
+// end (or the connection was closed under us), as opposed to a fault.
+func clientGone(err error) bool {
+	return errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed)
 }
 
 // readFrame returns the next line without its newline (and without a
@@ -673,6 +713,10 @@ func (c *conn) writeLoop() {
 		c.nc.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout))
 		_, err := c.nc.Write(buf)
 
+		var reason CloseReason
+		if err != nil {
+			reason = writeFailure(err)
+		}
 		c.omu.Lock()
 		c.writing = 0
 		c.spare = buf[:0]
@@ -680,24 +724,30 @@ func (c *conn) writeLoop() {
 			c.room.Broadcast()
 		}
 		if err != nil {
+			// Dead and why, in one step: see conn.reason.
+			c.closeWithLocked(reason, err)
 			c.dead = true
 			c.obuf = c.obuf[:0]
 			c.room.Broadcast()
 		}
 		c.omu.Unlock()
 		if err != nil {
-			reason := CloseWriteError
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				reason = CloseSlowConsumer
-				c.s.log.Warn("closing connection: slow consumer did not read its output in time", "write_timeout", c.s.cfg.WriteTimeout, "pending_bytes", len(buf))
-			} else if !errors.Is(err, syscall.EPIPE) && !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, net.ErrClosed) {
-				c.s.log.Warn("closing connection: write failed", "err", err)
-			} else {
-				reason = CloseClientGone
-			}
 			c.kill(reason, false)
 			return
 		}
+	}
+}
+
+// writeFailure classifies a failed write: a write stuck past the write
+// timeout is a slow consumer, a closed peer is the client going away.
+func writeFailure(err error) CloseReason {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return CloseSlowConsumer
+	case clientGone(err):
+		return CloseClientGone
+	default:
+		return CloseWriteError
 	}
 }
 
