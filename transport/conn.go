@@ -804,12 +804,3 @@ func (s *subscription) stop() {
 	<-s.done
 	s.cons.Close()
 }
-
-func isTemporaryAccept(err error) bool {
-	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED} {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
-}

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -57,8 +58,8 @@ const (
 	DefaultQueue = "data"
 )
 
-// DefaultRoutes returns the seed's routing of event types to queues
-// (section 6.2); types without a route go to DefaultQueue.
+// DefaultRoutes returns the routing of the trading app's event types to
+// queues; types without a route go to DefaultQueue.
 func DefaultRoutes() map[string]string {
 	return map[string]string{
 		"CANDLE_UPDATE":    "data",
@@ -180,7 +181,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	queues := cfg.Bus.Queues()
 	if cfg.Routes == nil {
-		// The seed's routes apply to the queues that exist: a bus without
+		// The default routes apply to the queues that exist: a bus without
 		// "signal" sends SIGNAL_GENERATED to the default queue.
 		cfg.Routes = DefaultRoutes()
 		for t, q := range cfg.Routes {
@@ -346,6 +347,18 @@ func (s *Server) Serve(l net.Listener) error {
 		s.connCount.Add(1)
 		go c.serve()
 	}
+}
+
+// isTemporaryAccept reports whether an accept failed for want of a
+// resource that a closing connection may free, so that trying again later
+// can succeed.
+func isTemporaryAccept(err error) bool {
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // takeRejectSlot reserves one of the maxRejecting turn-away goroutines, if
