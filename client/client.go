@@ -25,7 +25,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
-	"github.com/eventbus-sidecar/eventbus-sidecar/transport"
+	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
 // Sentinel errors of the connection itself; the outcomes of publishes use
@@ -132,7 +132,7 @@ type conn struct {
 }
 
 type result struct {
-	msg transport.Message
+	msg protocol.Message
 	err error
 }
 
@@ -286,7 +286,7 @@ func (c *Client) lose(cn *conn, err error) {
 // frame on the client's connection, waiting for the reconnection under way
 // until ctx ends. With s, it also routes the connection's deliveries of
 // s.queue to s. It returns the connection the request went on.
-func (c *Client) send(ctx context.Context, r *transport.Request, cl *call, s *subscription) (*conn, error) {
+func (c *Client) send(ctx context.Context, r *protocol.Request, cl *call, s *subscription) (*conn, error) {
 	for {
 		c.mu.Lock()
 		if c.err != nil {
@@ -323,7 +323,7 @@ func (c *Client) send(ctx context.Context, r *transport.Request, cl *call, s *su
 // sendOn queues the request on cn only, for requests that mean nothing on
 // another connection (acks, cancels, unsubscribes). A consumer acking a
 // burst of deliveries wakes the writer only with the last.
-func (c *Client) sendOn(cn *conn, r *transport.Request, cl *call, wakeWriter bool) error {
+func (c *Client) sendOn(cn *conn, r *protocol.Request, cl *call, wakeWriter bool) error {
 	c.mu.Lock()
 	if cn.err != nil {
 		err := cn.err
@@ -340,13 +340,13 @@ func (c *Client) sendOn(cn *conn, r *transport.Request, cl *call, wakeWriter boo
 
 // appendLocked registers cl and appends r to cn's write buffer, and says
 // whether the caller must wake the writer. c.mu is held.
-func (c *Client) appendLocked(cn *conn, r *transport.Request, cl *call, wakeWriter bool) bool {
+func (c *Client) appendLocked(cn *conn, r *protocol.Request, cl *call, wakeWriter bool) bool {
 	if cl != nil {
 		c.nextID++
 		r.ID, r.HasID = c.nextID, true
 		cn.pending[r.ID] = cl
 	}
-	cn.wbuf = transport.AppendRequest(cn.wbuf, r)
+	cn.wbuf = protocol.AppendRequest(cn.wbuf, r)
 	wake := wakeWriter && cn.writerIdle
 	if wake {
 		cn.writerIdle = false
@@ -399,7 +399,7 @@ func (c *Client) writeLoop(cn *conn) {
 }
 
 func (c *Client) readLoop(cn *conn, br *bufio.Reader) {
-	var dec transport.MessageDecoder
+	var dec protocol.MessageDecoder
 	var long []byte
 	for {
 		line, err := br.ReadSlice('\n')
@@ -423,7 +423,7 @@ func (c *Client) readLoop(cn *conn, br *bufio.Reader) {
 			c.lose(cn, fmt.Errorf("%w: %s: %v", ErrConnectionLost, c.path, err))
 			return
 		}
-		if m.Op == transport.OpDeliver {
+		if m.Op == protocol.OpDeliver {
 			c.dispatch(cn, m)
 			continue
 		}
@@ -445,12 +445,12 @@ func (c *Client) readLoop(cn *conn, br *bufio.Reader) {
 }
 
 // roundTrip sends r and waits for its reply or ctx.
-func (c *Client) roundTrip(ctx context.Context, r *transport.Request) (transport.Message, error) {
+func (c *Client) roundTrip(ctx context.Context, r *protocol.Request) (protocol.Message, error) {
 	cl := callPool.Get().(*call)
 	cn, err := c.send(ctx, r, cl, nil)
 	if err != nil {
 		callPool.Put(cl)
-		return transport.Message{}, err
+		return protocol.Message{}, err
 	}
 	select {
 	case res := <-cl.ch:
@@ -458,7 +458,7 @@ func (c *Client) roundTrip(ctx context.Context, r *transport.Request) (transport
 		return res.msg, res.err
 	case <-ctx.Done():
 		c.forget(cn, r.ID)
-		return transport.Message{}, ctx.Err()
+		return protocol.Message{}, ctx.Err()
 	}
 }
 
@@ -482,7 +482,7 @@ func (c *Client) Publish(ctx context.Context, ev bus.Event, queue string) (bus.O
 	if err := ctx.Err(); err != nil {
 		return bus.Cancelled, err
 	}
-	r := transport.Request{Op: transport.OpPublish, Type: ev.Type, HasType: true, Payload: ev.Payload}
+	r := protocol.Request{Op: protocol.OpPublish, Type: ev.Type, HasType: true, Payload: ev.Payload}
 	if queue != "" {
 		r.Queue, r.HasQueue = queue, true
 	}
@@ -506,7 +506,7 @@ func (c *Client) Publish(ctx context.Context, ev bus.Event, queue string) (bus.O
 	// cancel's, says whether the event got in.
 	// The cancel's own "ok" is not waited for; its call just absorbs it.
 	absorb := &call{ch: make(chan result, 1)}
-	if err := c.sendOn(cn, &transport.Request{Op: transport.OpCancel, Ref: r.ID, HasRef: true}, absorb, true); err != nil {
+	if err := c.sendOn(cn, &protocol.Request{Op: protocol.OpCancel, Ref: r.ID, HasRef: true}, absorb, true); err != nil {
 		res := <-cl.ch // lose() answers every pending call of cn
 		return publishOutcome(ctx, queue, res)
 	}
@@ -528,19 +528,19 @@ func publishOutcome(ctx context.Context, queue string, res result) (bus.Outcome,
 	}
 	m := res.msg
 	switch m.Status {
-	case transport.StatusAccepted:
+	case protocol.StatusAccepted:
 		return bus.Accepted, nil
-	case transport.StatusDropped:
+	case protocol.StatusDropped:
 		return bus.Dropped, nil
-	case transport.StatusTimeout:
+	case protocol.StatusTimeout:
 		return bus.TimedOut, fmt.Errorf("publish to %q: %w", queue, bus.ErrTimeout)
-	case transport.StatusCancelled:
+	case protocol.StatusCancelled:
 		err := ctx.Err()
 		if err == nil {
 			err = context.Canceled
 		}
 		return bus.Cancelled, fmt.Errorf("publish to %q withdrawn: %w", queue, err)
-	case transport.StatusError:
+	case protocol.StatusError:
 		return bus.Failed, replyError(m)
 	default:
 		return bus.Failed, fmt.Errorf("%w: unexpected publish status %q", ErrConnectionLost, m.Status)
@@ -551,7 +551,7 @@ func publishOutcome(ctx context.Context, queue string, res result) (bus.Outcome,
 // matching its code, so errors.Is(err, bus.ErrUnknownQueue) and the like
 // work as with the in-process bus.
 type Error struct {
-	Code    transport.Code
+	Code    protocol.Code
 	Message string
 }
 
@@ -561,22 +561,22 @@ func (e *Error) Error() string { return e.Message }
 // Unwrap returns the bus sentinel for the error's code, or nil.
 func (e *Error) Unwrap() error {
 	switch e.Code {
-	case transport.CodeUnknownQueue:
+	case protocol.CodeUnknownQueue:
 		return bus.ErrUnknownQueue
-	case transport.CodeShuttingDown:
+	case protocol.CodeShuttingDown:
 		return bus.ErrShuttingDown
-	case transport.CodeInvalidEvent:
+	case protocol.CodeInvalidEvent:
 		return bus.ErrInvalidEvent
-	case transport.CodeUnknownSeq:
+	case protocol.CodeUnknownSeq:
 		return bus.ErrUnknownSeq
-	case transport.CodeTooManyConnections:
+	case protocol.CodeTooManyConnections:
 		return ErrTooManyConnections
 	}
 	return nil
 }
 
-func replyError(m transport.Message) error {
-	if m.Status != transport.StatusError {
+func replyError(m protocol.Message) error {
+	if m.Status != protocol.StatusError {
 		return nil
 	}
 	return &Error{Code: m.Code, Message: m.Error}
@@ -591,7 +591,7 @@ func (c *Client) traceparent(ctx context.Context, parent trace.SpanContext) stri
 		return carrier.traceparent
 	}
 	if parent.IsValid() {
-		return string(transport.AppendTraceparent(nil, parent))
+		return string(protocol.AppendTraceparent(nil, parent))
 	}
 	return ""
 }
@@ -616,7 +616,7 @@ func (t *tpCarrier) Keys() []string { return []string{"traceparent"} }
 
 // Stats returns the sidecar's per-queue statistics.
 func (c *Client) Stats(ctx context.Context) (bus.Stats, error) {
-	m, err := c.roundTrip(ctx, &transport.Request{Op: transport.OpStats})
+	m, err := c.roundTrip(ctx, &protocol.Request{Op: protocol.OpStats})
 	if err != nil {
 		return nil, err
 	}
@@ -632,7 +632,7 @@ func (c *Client) Stats(ctx context.Context) (bus.Stats, error) {
 
 // Ping checks that the sidecar answers.
 func (c *Client) Ping(ctx context.Context) error {
-	m, err := c.roundTrip(ctx, &transport.Request{Op: transport.OpPing})
+	m, err := c.roundTrip(ctx, &protocol.Request{Op: protocol.OpPing})
 	if err != nil {
 		return err
 	}

@@ -9,7 +9,7 @@ import (
 	"net"
 	"time"
 
-	"github.com/eventbus-sidecar/eventbus-sidecar/transport"
+	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
 // The Backoff defaults, the same as the Python client's.
@@ -161,14 +161,14 @@ func (c *Client) greet(nc net.Conn) (*bufio.Reader, error) {
 	}
 	c.greeting = nc
 	c.nextID++
-	ping := transport.Request{Op: transport.OpPing, ID: c.nextID, HasID: true}
+	ping := protocol.Request{Op: protocol.OpPing, ID: c.nextID, HasID: true}
 	c.mu.Unlock()
 	defer func() {
 		c.mu.Lock()
 		c.greeting = nil
 		c.mu.Unlock()
 	}()
-	if _, err := nc.Write(transport.AppendRequest(nil, &ping)); err != nil {
+	if _, err := nc.Write(protocol.AppendRequest(nil, &ping)); err != nil {
 		return nil, fmt.Errorf("ping %s: %w", c.path, err)
 	}
 	br := bufio.NewReaderSize(nc, readBufferSize)
@@ -179,12 +179,12 @@ func (c *Client) greet(nc net.Conn) (*bufio.Reader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ping %s: %w", c.path, err)
 	}
-	var dec transport.MessageDecoder
+	var dec protocol.MessageDecoder
 	m, err := dec.Decode(line[:len(line)-1])
 	switch {
 	case err != nil:
 		return nil, fmt.Errorf("ping %s: %w", c.path, err)
-	case m.Status == transport.StatusError:
+	case m.Status == protocol.StatusError:
 		return nil, replyError(m)
 	case !m.HasID || m.ID != ping.ID:
 		return nil, fmt.Errorf("ping %s: unexpected first frame %q", c.path, line)

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 	"github.com/eventbus-sidecar/eventbus-sidecar/transport"
 )
 
@@ -307,8 +308,8 @@ func TestRefusedConnectionIsAFailedAttempt(t *testing.T) {
 		defer c.mu.Unlock()
 		return errors.As(c.dialErr, &refused)
 	})
-	if refused.Code != transport.CodeTooManyConnections || !errors.Is(refused, ErrTooManyConnections) {
-		t.Fatalf("attempt failed with %v (code %s), want %s", refused, refused.Code, transport.CodeTooManyConnections)
+	if refused.Code != protocol.CodeTooManyConnections || !errors.Is(refused, ErrTooManyConnections) {
+		t.Fatalf("attempt failed with %v (code %s), want %s", refused, refused.Code, protocol.CodeTooManyConnections)
 	}
 	waiting := publishAsync(ctx, c, bus.Event{Type: "T"}, "data")
 	holder.Close()

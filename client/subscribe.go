@@ -11,7 +11,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
-	"github.com/eventbus-sidecar/eventbus-sidecar/transport"
+	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
 // Handler processes one delivery. Returning nil acks it; returning an error
@@ -54,7 +54,7 @@ func (s *subscription) lostErr() error {
 // dispatch hands a delivery to its subscription. The sidecar never has
 // more than prefetch deliveries of a subscription unacked and the channel
 // holds prefetch, so this does not wait on a working handler.
-func (c *Client) dispatch(cn *conn, m transport.Message) {
+func (c *Client) dispatch(cn *conn, m protocol.Message) {
 	c.mu.Lock()
 	s := cn.subs[m.Deliver.Queue]
 	c.mu.Unlock()
@@ -74,7 +74,7 @@ func (c *Client) dispatch(cn *conn, m transport.Message) {
 		},
 	}
 	if m.Deliver.Traceparent != "" {
-		if sc, err := transport.ParseTraceparent(m.Deliver.Traceparent); err == nil {
+		if sc, err := protocol.ParseTraceparent(m.Deliver.Traceparent); err == nil {
 			d.SpanContext = sc
 		}
 	}
@@ -104,8 +104,8 @@ func (c *Client) dispatch(cn *conn, m transport.Message) {
 //
 // One client holds at most one subscription per queue.
 func (c *Client) Subscribe(ctx context.Context, queue string, prefetch int, handler Handler) error {
-	if prefetch < 1 || prefetch > transport.MaxPrefetch {
-		return fmt.Errorf("subscribe to %q: prefetch %d: must be between 1 and %d", queue, prefetch, transport.MaxPrefetch)
+	if prefetch < 1 || prefetch > protocol.MaxPrefetch {
+		return fmt.Errorf("subscribe to %q: prefetch %d: must be between 1 and %d", queue, prefetch, protocol.MaxPrefetch)
 	}
 	c.mu.Lock()
 	if c.err != nil {
@@ -140,7 +140,7 @@ func (c *Client) consume(ctx context.Context, queue string, prefetch int, handle
 	s := &subscription{queue: queue, ch: make(chan bus.Delivery, prefetch), done: make(chan struct{}), lostC: make(chan struct{}), cancel: cancel}
 	defer close(s.done)
 
-	r := transport.Request{Op: transport.OpSubscribe, Queue: queue, HasQueue: true, Prefetch: prefetch, HasPrefetch: true}
+	r := protocol.Request{Op: protocol.OpSubscribe, Queue: queue, HasQueue: true, Prefetch: prefetch, HasPrefetch: true}
 	cl := callPool.Get().(*call)
 	cn, err := c.send(ctx, &r, cl, s)
 	if err != nil {
@@ -154,7 +154,7 @@ func (c *Client) consume(ctx context.Context, queue string, prefetch int, handle
 		}
 		c.mu.Unlock()
 	}()
-	var m transport.Message
+	var m protocol.Message
 	select {
 	case res := <-cl.ch:
 		callPool.Put(cl)
@@ -188,16 +188,16 @@ func (c *Client) consume(ctx context.Context, queue string, prefetch int, handle
 			if d.SpanContext.IsValid() {
 				hctx = trace.ContextWithRemoteSpanContext(sctx, d.SpanContext)
 			}
-			op := transport.OpAck
+			op := protocol.OpAck
 			if herr := handler(hctx, d); herr != nil {
-				op = transport.OpNack
+				op = protocol.OpNack
 			}
 			// Acks of a burst go out in one write: the writer is woken
 			// only when no further delivery is waiting. An ack goes on the
 			// connection that delivered the event or nowhere: another
 			// connection may by now hold the redelivery of the same seq.
 			more := len(s.ch) > 0
-			if err := c.sendOn(cn, &transport.Request{Op: op, Seq: d.Seq, HasSeq: true, Queue: queue, HasQueue: true}, nil, !more); err != nil {
+			if err := c.sendOn(cn, &protocol.Request{Op: op, Seq: d.Seq, HasSeq: true, Queue: queue, HasQueue: true}, nil, !more); err != nil {
 				return fmt.Errorf("subscription to %q: %w", queue, err)
 			}
 		case <-s.lostC:
@@ -214,7 +214,7 @@ func (c *Client) consume(ctx context.Context, queue string, prefetch int, handle
 // has no subscription left to end.
 func (c *Client) unsubscribe(cn *conn, queue string) {
 	cl := &call{ch: make(chan result, 1)}
-	r := transport.Request{Op: transport.OpUnsubscribe, Queue: queue, HasQueue: true}
+	r := protocol.Request{Op: protocol.OpUnsubscribe, Queue: queue, HasQueue: true}
 	if err := c.sendOn(cn, &r, cl, true); err != nil {
 		return
 	}
@@ -232,7 +232,7 @@ func (c *Client) unsubscribe(cn *conn, queue string) {
 		err = fmt.Errorf("no answer within %v", c.opts.cancelGrace)
 	}
 	var re *Error
-	if err != nil && !errors.Is(err, ErrClosed) && !errors.Is(err, ErrConnectionLost) && !(errors.As(err, &re) && re.Code == transport.CodeNotSubscribed) {
+	if err != nil && !errors.Is(err, ErrClosed) && !errors.Is(err, ErrConnectionLost) && !(errors.As(err, &re) && re.Code == protocol.CodeNotSubscribed) {
 		c.opts.logger.Warn("unsubscribe failed", "queue", queue, "err", err, "grace", c.opts.cancelGrace.String())
 	}
 }

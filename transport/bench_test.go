@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
 // BenchmarkSocketPublish measures publish round trips over the socket with
@@ -136,7 +137,7 @@ func pipelinedPublisher(path, queue string, payload []byte, n int64, window int)
 		}
 		readErr <- nil
 	}()
-	req := Request{Op: OpPublish, HasID: true, Queue: queue, HasQueue: true, Type: "CANDLE_UPDATE", HasType: true, Payload: payload}
+	req := protocol.Request{Op: protocol.OpPublish, HasID: true, Queue: queue, HasQueue: true, Type: "CANDLE_UPDATE", HasType: true, Payload: payload}
 	var buf []byte
 	for sent := int64(0); sent < n; {
 		<-credits
@@ -144,7 +145,7 @@ func pipelinedPublisher(path, queue string, payload []byte, n int64, window int)
 		for {
 			sent++
 			req.ID = sent
-			buf = AppendRequest(buf, &req)
+			buf = protocol.AppendRequest(buf, &req)
 			if sent == n || len(buf) > 32<<10 {
 				break
 			}
@@ -165,31 +166,31 @@ func pipelinedPublisher(path, queue string, payload []byte, n int64, window int)
 // drainConsumer subscribes and acks deliveries until total are acked,
 // batching its acks into one write per read batch.
 func drainConsumer(nc net.Conn, queue string, prefetch int, total int64, acked *atomic.Int64) error {
-	sub := AppendRequest(nil, &Request{Op: OpSubscribe, ID: 1, HasID: true, Queue: queue, HasQueue: true, Prefetch: prefetch, HasPrefetch: true})
+	sub := protocol.AppendRequest(nil, &protocol.Request{Op: protocol.OpSubscribe, ID: 1, HasID: true, Queue: queue, HasQueue: true, Prefetch: prefetch, HasPrefetch: true})
 	if _, err := nc.Write(sub); err != nil {
 		return err
 	}
 	br := bufio.NewReaderSize(nc, 64<<10)
 	bw := bufio.NewWriterSize(nc, 64<<10)
-	ack := Request{Op: OpAck, HasSeq: true, Queue: queue, HasQueue: true}
+	ack := protocol.Request{Op: protocol.OpAck, HasSeq: true, Queue: queue, HasQueue: true}
 	var out []byte
 	for acked.Load() < total {
 		line, err := br.ReadSlice('\n')
 		if err != nil {
 			return err
 		}
-		m, err := DecodeMessage(line[:len(line)-1])
+		m, err := protocol.DecodeMessage(line[:len(line)-1])
 		if err != nil {
 			return err
 		}
-		if m.Op != OpDeliver {
-			if m.Status != StatusOK {
+		if m.Op != protocol.OpDeliver {
+			if m.Status != protocol.StatusOK {
 				return fmt.Errorf("consumer got %s", line)
 			}
 			continue
 		}
 		ack.Seq = m.Deliver.Seq
-		out = AppendRequest(out[:0], &ack)
+		out = protocol.AppendRequest(out[:0], &ack)
 		bw.Write(out)
 		acked.Add(1)
 		if br.Buffered() == 0 {

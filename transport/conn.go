@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
 const (
@@ -26,10 +27,11 @@ const (
 	maxInternedTypes = 256
 )
 
-// conn is one client connection. The read loop (serve) owns the
-// subscriptions and runs the cleanup; the write loop owns the socket's
-// write side; pumps and the bus's resolutions of waiting publishes only
-// append to the output buffer.
+// conn is one client connection, served by one read loop and one write
+// loop. The read loop (serve) owns the subscriptions and runs the cleanup;
+// the write loop owns the socket's write side; pumps and the bus's answers
+// to waiting publishes only append to the output buffer. Whichever loop
+// detects the end of the connection records why, once (closeWith).
 type conn struct {
 	s   *Server
 	nc  net.Conn
@@ -55,28 +57,25 @@ type conn struct {
 	roomWait   int
 	wake       chan struct{}
 	writerDone chan struct{}
+	// reason and closeErr say why the connection ends; the first recorded
+	// wins. Under omu, so that a failed write records its reason in the
+	// same step that marks the output dead: the read loop, woken by that,
+	// must not see a dead connection without its reason.
+	reason   CloseReason
+	closeErr error
 
 	killOnce sync.Once
-	reasonMu sync.Mutex
-	reason   CloseReason
 
-	// Publishes waiting for room in the bus, by request id (a client that
-	// reuses an id has several). The read loop adds them, the bus's done
-	// callbacks remove them; see publish.
-	pmu       sync.Mutex
-	pubRoom   *sync.Cond // signalled when a waiting publish resolves
-	waits     map[int64][]waitRef
-	nwaits    int      // publishes in waits, capped by MaxWaitingPublishes
+	waits     *publishWaits
 	pubSeq    uint64   // read loop only: numbers each publish
 	spareCall *pubCall // read loop only: reusable after an immediate outcome
-	early     uint64   // the publish resolved before the read loop stored it
-	roomWake  bool     // the read loop waits on pubRoom
 
 	subs     map[string]*subscription // read loop only
 	producer sync.WaitGroup           // pumps
 
-	types map[string]string // read loop only
-	big   []byte            // read loop only: accumulates long frames
+	types    map[string]string     // read loop only
+	internFn func(b []byte) string // c.intern, bound once
+	big      []byte                // read loop only: accumulates long frames
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -89,13 +88,13 @@ func newConn(s *Server, nc net.Conn) *conn {
 		pubCtx:     context.WithoutCancel(ctx),
 		wake:       make(chan struct{}, 1),
 		writerDone: make(chan struct{}),
-		waits:      make(map[int64][]waitRef),
+		waits:      newPublishWaits(),
 		subs:       make(map[string]*subscription),
 		types:      make(map[string]string),
 		writerIdle: true,
 	}
 	c.room = sync.NewCond(&c.omu)
-	c.pubRoom = sync.NewCond(&c.pmu)
+	c.internFn = c.intern
 	c.log = func(msg string, args ...any) { s.log.Debug(msg, args...) }
 	return c
 }
@@ -104,14 +103,9 @@ func newConn(s *Server, nc net.Conn) *conn {
 // connection owns in order: publishes are withdrawn, subscriptions closed
 // (their unacked events return to the queues), queued output flushed.
 func (c *conn) serve() {
-	defer func() {
-		reason := c.closeReason()
-		c.s.forget(c, reason)
-	}()
 	go c.writeLoop()
 	c.s.log.Debug("connection opened")
-	reason := c.readLoop()
-	c.setReason(reason)
+	c.readLoop()
 	// Withdraw every waiting publish (the bus answers each through its
 	// done callback, "cancelled" or "shutting down" by the context's
 	// cause); their replies are written before the output closes.
@@ -122,7 +116,7 @@ func (c *conn) serve() {
 		delete(c.subs, q)
 	}
 	c.producer.Wait()
-	c.drainPublishes()
+	c.waits.waitEmpty()
 	c.omu.Lock()
 	c.oclosed = true
 	c.room.Broadcast()
@@ -130,7 +124,28 @@ func (c *conn) serve() {
 	c.signalWriter()
 	<-c.writerDone
 	c.lingerClose()
-	c.s.log.Debug("connection closed", "reason", c.closeReason())
+	reason, err := c.closeState()
+	c.logClose(reason, err)
+	c.s.forget(c, reason)
+}
+
+// logClose writes the one log line of a connection's end: a warning when
+// the server cut the client off or the socket failed, debug otherwise.
+func (c *conn) logClose(reason CloseReason, err error) {
+	switch reason {
+	case CloseSlowConsumer:
+		c.s.log.Warn("connection closed: slow consumer did not read its output in time", "reason", reason, "write_timeout", c.s.cfg.WriteTimeout)
+	case CloseFrameTooLarge:
+		c.s.log.Warn("connection closed: frame too large", "reason", reason, "limit", c.s.cfg.MaxFrameBytes)
+	case CloseReadError, CloseWriteError:
+		c.s.log.Warn("connection closed: socket failed", "reason", reason, "err", err)
+	default:
+		if err != nil {
+			c.s.log.Debug("connection closed", "reason", reason, "err", err)
+		} else {
+			c.s.log.Debug("connection closed", "reason", reason)
+		}
+	}
 }
 
 var errConnClosed = errors.New("connection closed")
@@ -144,18 +159,29 @@ func (c *conn) closeCause() error {
 	return errConnClosed
 }
 
-func (c *conn) setReason(r CloseReason) {
-	c.reasonMu.Lock()
-	if c.reason == "" {
-		c.reason = r
-	}
-	c.reasonMu.Unlock()
+// closeWith records why the connection ends, unless a reason is recorded
+// already; err is the failure behind it, if any.
+func (c *conn) closeWith(r CloseReason, err error) {
+	c.omu.Lock()
+	c.closeWithLocked(r, err)
+	c.omu.Unlock()
 }
 
-func (c *conn) closeReason() CloseReason {
-	c.reasonMu.Lock()
-	defer c.reasonMu.Unlock()
-	return c.reason
+func (c *conn) closeWithLocked(r CloseReason, err error) {
+	if c.reason == "" {
+		c.reason, c.closeErr = r, err
+	}
+}
+
+func (c *conn) closeState() (CloseReason, error) {
+	c.omu.Lock()
+	defer c.omu.Unlock()
+	if c.reason == "" {
+		// Every path that ends the read loop records a reason first; this
+		// only keeps a metric label from being empty should one not.
+		return CloseReadError, errors.New("connection ended without a recorded reason")
+	}
+	return c.reason, c.closeErr
 }
 
 // lingerTimeout bounds how long a closing connection discards the client's
@@ -170,9 +196,9 @@ const lingerTimeout = 250 * time.Millisecond
 func (c *conn) lingerClose() {
 	defer c.nc.Close()
 	c.omu.Lock()
-	dead := c.dead
+	skip := c.dead || c.reason == CloseClientGone
 	c.omu.Unlock()
-	if dead || c.closeReason() == CloseClientGone {
+	if skip {
 		return
 	}
 	lingerDiscard(c.nc)
@@ -196,13 +222,11 @@ func lingerDiscard(nc net.Conn) {
 // kill makes the read loop end soon. With force, pending output is
 // discarded and the socket closed at once (a stuck writer is released).
 func (c *conn) kill(reason CloseReason, force bool) {
-	c.setReason(reason)
+	c.closeWith(reason, nil)
 	c.killOnce.Do(func() {
 		c.cancel(c.closeCause())
 		// The read loop may be held by MaxWaitingPublishes.
-		c.pmu.Lock()
-		c.pubRoom.Broadcast()
-		c.pmu.Unlock()
+		c.waits.stop()
 		// An expired read deadline wakes the read loop without closing the
 		// socket, so queued replies can still be flushed.
 		c.nc.SetReadDeadline(time.Unix(1, 0))
@@ -221,22 +245,26 @@ func (c *conn) kill(reason CloseReason, force bool) {
 }
 
 // readLoop reads and handles frames until the client goes away or the
-// connection is killed, and returns why it stopped.
-func (c *conn) readLoop() CloseReason {
+// connection is killed. The reason is recorded where the end is detected:
+// here for a failed read, by the write loop or kill otherwise.
+func (c *conn) readLoop() {
 	br := bufio.NewReaderSize(c.nc, readBufferSize)
 	for {
+		// Stop reading while the client does not read its replies, or
+		// while too many of its publishes wait for room: both bound what
+		// one client can make the server hold.
 		if !c.waitRoom(c.ctx) {
-			return CloseSlowConsumer
+			return
 		}
-		if !c.waitPublishRoom() {
-			// Killed while waiting: kill has set the reason.
-			return CloseShutdown
+		if !c.waits.waitBelow(c.s.cfg.MaxWaitingPublishes) {
+			return
 		}
 		line, err := c.readFrame(br)
 		if err != nil {
-			return c.readFailed(err)
+			c.readFailed(err)
+			return
 		}
-		if len(line) == 0 {
+		if protocol.IsBlank(line) {
 			continue
 		}
 		c.handle(line)
@@ -245,27 +273,31 @@ func (c *conn) readLoop() CloseReason {
 
 var errFrameTooLarge = errors.New("frame too large")
 
-func (c *conn) readFailed(err error) CloseReason {
+// readFailed records why reading stopped.
+func (c *conn) readFailed(err error) {
 	switch {
 	case errors.Is(err, errFrameTooLarge):
 		msg := fmt.Sprintf("frame exceeds the limit of %d bytes (max frame bytes); closing the connection", c.s.cfg.MaxFrameBytes)
-		c.s.log.Warn("closing connection: frame too large", "limit", c.s.cfg.MaxFrameBytes)
-		c.output(func(b []byte) []byte { return AppendErrorReply(b, 0, false, CodeFrameTooLarge, msg) })
-		return CloseFrameTooLarge
+		c.output(func(b []byte) []byte { return protocol.AppendErrorReply(b, 0, false, protocol.CodeFrameTooLarge, msg) })
+		c.closeWith(CloseFrameTooLarge, nil)
 	case errors.Is(err, io.EOF):
-		return CloseClientGone
+		c.closeWith(CloseClientGone, nil)
 	case errors.Is(err, io.ErrUnexpectedEOF):
-		c.log("client disconnected mid-frame")
-		return CloseClientGone
+		c.closeWith(CloseClientGone, errors.New("client disconnected mid-frame"))
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		// kill() expired the deadline; its reason is already set.
-		return CloseShutdown
-	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, net.ErrClosed):
-		return CloseClientGone
+		// Only kill expires the read deadline, after recording its reason.
+		c.closeWith(CloseShutdown, nil)
+	case clientGone(err):
+		c.closeWith(CloseClientGone, err)
 	default:
-		c.s.log.Warn("closing connection: read failed", "err", err)
-		return CloseReadError
+		c.closeWith(CloseReadError, err)
 	}
+}
+
+// clientGone reports whether a socket error means the client closed its
+// end (or the connection was closed under us), as opposed to a fault.
+func clientGone(err error) bool {
+	return errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed)
 }
 
 // readFrame returns the next line without its newline (and without a
@@ -324,45 +356,45 @@ func (c *conn) readFrame(br *bufio.Reader) ([]byte, error) {
 // handle dispatches one frame. Nothing it does blocks: a publish that has
 // to wait for room is left with the bus, which answers it later.
 func (c *conn) handle(line []byte) {
-	req, err := decodeRequest(line, c)
+	req, err := protocol.DecodeRequestInterned(line, c.internFn)
 	if err != nil {
 		c.replyErr(req.ID, req.HasID, err)
 		return
 	}
 	switch req.Op {
-	case OpPublish:
+	case protocol.OpPublish:
 		c.publish(&req)
-	case OpCancel:
+	case protocol.OpCancel:
 		c.cancelPublish(req.Ref)
 		if req.HasID {
-			c.reply(req.ID, StatusOK)
+			c.reply(req.ID, protocol.StatusOK)
 		}
-	case OpSubscribe:
+	case protocol.OpSubscribe:
 		c.subscribe(&req)
-	case OpUnsubscribe:
+	case protocol.OpUnsubscribe:
 		sub, ok := c.subs[req.Queue]
 		if !ok {
-			c.replyErr(req.ID, true, &RequestError{Code: CodeNotSubscribed, Msg: fmt.Sprintf("unsubscribe: this connection is not subscribed to queue %q", req.Queue)})
+			c.replyErr(req.ID, true, &protocol.RequestError{Code: protocol.CodeNotSubscribed, Msg: fmt.Sprintf("unsubscribe: this connection is not subscribed to queue %s", protocol.Quote(req.Queue))})
 			return
 		}
 		sub.stop()
 		delete(c.subs, req.Queue)
-		c.reply(req.ID, StatusOK)
-	case OpAck, OpNack:
+		c.reply(req.ID, protocol.StatusOK)
+	case protocol.OpAck, protocol.OpNack:
 		c.settle(&req)
-	case OpStats:
+	case protocol.OpStats:
 		stats, err := json.Marshal(c.s.bus.Stats())
 		if err != nil {
-			c.replyErr(req.ID, true, &RequestError{Code: CodeInternal, Msg: fmt.Sprintf("stats: %v", err)})
+			c.replyErr(req.ID, true, &protocol.RequestError{Code: protocol.CodeInternal, Msg: fmt.Sprintf("stats: %v", err)})
 			return
 		}
-		c.output(func(b []byte) []byte { return AppendStatsReply(b, req.ID, stats) })
-	case OpPing:
-		c.reply(req.ID, StatusOK)
+		c.output(func(b []byte) []byte { return protocol.AppendStatsReply(b, req.ID, stats) })
+	case protocol.OpPing:
+		c.reply(req.ID, protocol.StatusOK)
 	}
 }
 
-func (c *conn) publish(req *Request) {
+func (c *conn) publish(req *protocol.Request) {
 	if c.s.shutting.Load() {
 		c.replyShuttingDown(req.ID)
 		return
@@ -377,7 +409,7 @@ func (c *conn) publish(req *Request) {
 		ev.Payload = append(json.RawMessage(nil), req.Payload...)
 	}
 	if req.Traceparent != "" {
-		sc, err := ParseTraceparent(req.Traceparent)
+		sc, err := protocol.ParseTraceparent(req.Traceparent)
 		if err != nil {
 			c.s.metrics.invalidTraceparent.Add(c.ctx, 1)
 			c.log("ignoring invalid traceparent", "id", req.ID, "err", err)
@@ -408,12 +440,7 @@ func (c *conn) publish(req *Request) {
 		return
 	}
 	c.spareCall = nil // the bus calls it later
-	c.pmu.Lock()
-	if c.early != call.n {
-		c.waits[call.id] = append(c.waits[call.id], waitRef{n: call.n, p: p})
-		c.nwaits++
-	}
-	c.pmu.Unlock()
+	c.waits.add(call.n, call.id, p)
 }
 
 // pubCall is one publish's done callback. The read loop reuses it after an
@@ -430,73 +457,24 @@ func (call *pubCall) done(outcome bus.Outcome, err error) {
 	call.c.publishDone(call.n, call.id, outcome, err)
 }
 
-// waitRef is a publish waiting for room: n tells apart publishes that
-// share an id.
-type waitRef struct {
-	n uint64
-	p *bus.Pending
-}
-
 // publishDone answers publish n (request id) once the bus has decided it.
 // It may run on the read loop (inside PublishAsync or Cancel) or on a bus
-// goroutine (a consumer's Receive, a timer, the context's AfterFunc), so it
-// only appends the reply and updates the bookkeeping; it never blocks.
+// goroutine (a consumer's Receive, a timer), so it only appends the reply
+// and updates the bookkeeping; it never blocks.
 func (c *conn) publishDone(n uint64, id int64, outcome bus.Outcome, err error) {
 	// The reply goes first: once the last wait is gone, serve closes the
 	// output.
 	c.replyOutcome(id, outcome, err)
-	c.pmu.Lock()
-	refs := c.waits[id]
-	i := slices.IndexFunc(refs, func(r waitRef) bool { return r.n == n })
-	if i < 0 {
-		// Answered inside PublishAsync, or before the read loop stored
-		// the handle: it must not store it.
-		c.early = n
-		c.pmu.Unlock()
-		return
-	}
-	if len(refs) == 1 {
-		delete(c.waits, id)
-	} else {
-		c.waits[id] = slices.Delete(refs, i, i+1)
-	}
-	c.nwaits--
-	if c.roomWake {
-		c.pubRoom.Signal()
-	}
-	c.pmu.Unlock()
+	c.waits.resolve(n, id)
 }
 
 // cancelPublish withdraws the waiting publishes with id ref; each is
 // answered "cancelled" before this returns. A publish already answered is
 // left alone.
 func (c *conn) cancelPublish(ref int64) {
-	c.pmu.Lock()
-	var one [1]*bus.Pending
-	ps := one[:0]
-	for _, r := range c.waits[ref] {
-		ps = append(ps, r.p)
-	}
-	c.pmu.Unlock()
-	// Not under pmu: Cancel calls publishDone.
-	for _, p := range ps {
+	for _, p := range c.waits.withID(ref) {
 		p.Cancel()
 	}
-}
-
-// waitPublishRoom blocks while MaxWaitingPublishes of the connection's
-// publishes are waiting for room: the flow control that stops reading a
-// connection whose publishes pile up on full queues. It returns false once
-// the connection is killed.
-func (c *conn) waitPublishRoom() bool {
-	c.pmu.Lock()
-	defer c.pmu.Unlock()
-	for c.nwaits >= c.s.cfg.MaxWaitingPublishes && c.ctx.Err() == nil {
-		c.roomWake = true
-		c.pubRoom.Wait()
-		c.roomWake = false
-	}
-	return c.ctx.Err() == nil
 }
 
 // cancelAllPublishes withdraws every publish of the connection that waits
@@ -505,40 +483,19 @@ func (c *conn) waitPublishRoom() bool {
 // publish; the connection withdraws them itself when it closes. Read loop
 // only, after reading has stopped.
 func (c *conn) cancelAllPublishes() {
-	c.pmu.Lock()
-	ps := make([]*bus.Pending, 0, c.nwaits)
-	for _, refs := range c.waits {
-		for _, r := range refs {
-			ps = append(ps, r.p)
-		}
-	}
-	c.pmu.Unlock()
-	// Not under pmu: Cancel calls publishDone.
-	for _, p := range ps {
+	for _, p := range c.waits.all() {
 		p.Cancel()
-	}
-}
-
-// drainPublishes waits until every waiting publish has been answered;
-// serve calls it after ending the context, which withdraws them.
-func (c *conn) drainPublishes() {
-	c.pmu.Lock()
-	defer c.pmu.Unlock()
-	for c.nwaits > 0 {
-		c.roomWake = true
-		c.pubRoom.Wait()
-		c.roomWake = false
 	}
 }
 
 func (c *conn) replyOutcome(id int64, outcome bus.Outcome, err error) {
 	switch outcome {
 	case bus.Accepted:
-		c.reply(id, StatusAccepted)
+		c.reply(id, protocol.StatusAccepted)
 	case bus.Dropped:
-		c.reply(id, StatusDropped)
+		c.reply(id, protocol.StatusDropped)
 	case bus.TimedOut:
-		c.reply(id, StatusTimeout)
+		c.reply(id, protocol.StatusTimeout)
 	case bus.Cancelled:
 		c.replyCancelled(id)
 	default:
@@ -556,7 +513,7 @@ func (c *conn) replyCancelled(id int64) {
 		c.replyShuttingDown(id)
 		return
 	}
-	c.reply(id, StatusCancelled)
+	c.reply(id, protocol.StatusCancelled)
 }
 
 // intern returns b as a string, reusing the queue names and the
@@ -577,9 +534,15 @@ func (c *conn) intern(b []byte) string {
 	return s
 }
 
-func (c *conn) subscribe(req *Request) {
+func (c *conn) subscribe(req *protocol.Request) {
 	if _, ok := c.subs[req.Queue]; ok {
-		c.replyErr(req.ID, true, &RequestError{Code: CodeAlreadySubscribed, Msg: fmt.Sprintf("subscribe: this connection is already subscribed to queue %q; raise prefetch instead or use another connection", req.Queue)})
+		c.replyErr(req.ID, true, &protocol.RequestError{Code: protocol.CodeAlreadySubscribed, Msg: fmt.Sprintf("subscribe: this connection is already subscribed to queue %s; raise prefetch instead or use another connection", protocol.Quote(req.Queue))})
+		return
+	}
+	if !slices.Contains(c.s.queues, req.Queue) {
+		// Checked here rather than left to the bus so that the message is
+		// worded as for a publish.
+		c.replyErr(req.ID, true, c.s.unknownQueue(req.Queue))
 		return
 	}
 	prefetch := 1
@@ -596,18 +559,18 @@ func (c *conn) subscribe(req *Request) {
 	c.subs[req.Queue] = sub
 	// The reply goes out before the pump starts, so it precedes every
 	// delivery of this subscription on the wire.
-	c.reply(req.ID, StatusOK)
+	c.reply(req.ID, protocol.StatusOK)
 	c.producer.Add(1)
 	go sub.pump()
 }
 
-func (c *conn) settle(req *Request) {
+func (c *conn) settle(req *protocol.Request) {
 	var sub *subscription
 	switch {
 	case req.HasQueue:
 		sub = c.subs[req.Queue]
 		if sub == nil {
-			c.replyErrMaybe(req, &RequestError{Code: CodeNotSubscribed, Msg: fmt.Sprintf("%s %d: this connection is not subscribed to queue %q", req.Op, req.Seq, req.Queue)})
+			c.replyErrMaybe(req, &protocol.RequestError{Code: protocol.CodeNotSubscribed, Msg: fmt.Sprintf("%s %d: this connection is not subscribed to queue %s", req.Op, req.Seq, protocol.Quote(req.Queue))})
 			return
 		}
 	case len(c.subs) == 1:
@@ -615,7 +578,7 @@ func (c *conn) settle(req *Request) {
 			sub = s
 		}
 	case len(c.subs) == 0:
-		c.replyErrMaybe(req, &RequestError{Code: CodeNotSubscribed, Msg: fmt.Sprintf("%s %d: this connection has no subscription", req.Op, req.Seq)})
+		c.replyErrMaybe(req, &protocol.RequestError{Code: protocol.CodeNotSubscribed, Msg: fmt.Sprintf("%s %d: this connection has no subscription", req.Op, req.Seq)})
 		return
 	default:
 		names := make([]string, 0, len(c.subs))
@@ -623,11 +586,11 @@ func (c *conn) settle(req *Request) {
 			names = append(names, q)
 		}
 		sort.Strings(names)
-		c.replyErrMaybe(req, badRequest("%s %d: this connection subscribes to several queues (%s); name one in field \"queue\"", req.Op, req.Seq, strings.Join(names, ", ")))
+		c.replyErrMaybe(req, &protocol.RequestError{Code: protocol.CodeBadRequest, Msg: fmt.Sprintf("%s %d: this connection subscribes to several queues (%s); name one in field \"queue\"", req.Op, req.Seq, strings.Join(names, ", "))})
 		return
 	}
 	var err error
-	if req.Op == OpAck {
+	if req.Op == protocol.OpAck {
 		err = sub.cons.Ack(req.Seq)
 	} else {
 		err = sub.cons.Nack(req.Seq)
@@ -637,49 +600,51 @@ func (c *conn) settle(req *Request) {
 		return
 	}
 	if req.HasID {
-		c.reply(req.ID, StatusOK)
+		c.reply(req.ID, protocol.StatusOK)
 	}
 }
 
 // replyErrMaybe answers a failed ack/nack: with its id when it had one,
 // otherwise with an id-less error so that the mistake is still visible.
-func (c *conn) replyErrMaybe(req *Request, err error) {
+func (c *conn) replyErrMaybe(req *protocol.Request, err error) {
 	c.replyErr(req.ID, req.HasID, err)
 }
 
 // busError maps a bus error to a coded reply error.
-func busError(what string, err error) *RequestError {
-	code := CodeInternal
+func busError(what string, err error) *protocol.RequestError {
+	code := protocol.CodeInternal
 	switch {
 	case errors.Is(err, bus.ErrUnknownQueue):
-		code = CodeUnknownQueue
+		code = protocol.CodeUnknownQueue
 	case errors.Is(err, bus.ErrShuttingDown):
-		return &RequestError{Code: CodeShuttingDown, Msg: "shutting down"}
+		return &protocol.RequestError{Code: protocol.CodeShuttingDown, Msg: "shutting down"}
 	case errors.Is(err, bus.ErrInvalidEvent), errors.Is(err, bus.ErrInvalidConfig):
-		code = CodeInvalidEvent
+		code = protocol.CodeInvalidEvent
 		if errors.Is(err, bus.ErrInvalidConfig) {
-			code = CodeBadRequest
+			code = protocol.CodeBadRequest
 		}
 	case errors.Is(err, bus.ErrUnknownSeq):
-		code = CodeUnknownSeq
+		code = protocol.CodeUnknownSeq
 	}
-	return &RequestError{Code: code, Msg: fmt.Sprintf("%s: %v", what, err)}
+	return &protocol.RequestError{Code: code, Msg: fmt.Sprintf("%s: %v", what, err)}
 }
 
-func (c *conn) reply(id int64, st Status) {
-	c.output(func(b []byte) []byte { return AppendReply(b, id, st) })
+func (c *conn) reply(id int64, st protocol.Status) {
+	c.output(func(b []byte) []byte { return protocol.AppendReply(b, id, st) })
 }
 
 func (c *conn) replyShuttingDown(id int64) {
-	c.output(func(b []byte) []byte { return AppendErrorReply(b, id, true, CodeShuttingDown, "shutting down") })
+	c.output(func(b []byte) []byte {
+		return protocol.AppendErrorReply(b, id, true, protocol.CodeShuttingDown, "shutting down")
+	})
 }
 
 func (c *conn) replyErr(id int64, hasID bool, err error) {
-	var re *RequestError
+	var re *protocol.RequestError
 	if !errors.As(err, &re) {
-		re = &RequestError{Code: CodeInternal, Msg: err.Error()}
+		re = &protocol.RequestError{Code: protocol.CodeInternal, Msg: err.Error()}
 	}
-	c.output(func(b []byte) []byte { return AppendErrorReply(b, id, hasID, re.Code, re.Msg) })
+	c.output(func(b []byte) []byte { return protocol.AppendErrorReply(b, id, hasID, re.Code, re.Msg) })
 }
 
 // output appends one frame to the connection's output and wakes the write
@@ -748,6 +713,10 @@ func (c *conn) writeLoop() {
 		c.nc.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout))
 		_, err := c.nc.Write(buf)
 
+		var reason CloseReason
+		if err != nil {
+			reason = writeFailure(err)
+		}
 		c.omu.Lock()
 		c.writing = 0
 		c.spare = buf[:0]
@@ -755,24 +724,30 @@ func (c *conn) writeLoop() {
 			c.room.Broadcast()
 		}
 		if err != nil {
+			// Dead and why, in one step: see conn.reason.
+			c.closeWithLocked(reason, err)
 			c.dead = true
 			c.obuf = c.obuf[:0]
 			c.room.Broadcast()
 		}
 		c.omu.Unlock()
 		if err != nil {
-			reason := CloseWriteError
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				reason = CloseSlowConsumer
-				c.s.log.Warn("closing connection: slow consumer did not read its output in time", "write_timeout", c.s.cfg.WriteTimeout, "pending_bytes", len(buf))
-			} else if !errors.Is(err, syscall.EPIPE) && !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, net.ErrClosed) {
-				c.s.log.Warn("closing connection: write failed", "err", err)
-			} else {
-				reason = CloseClientGone
-			}
 			c.kill(reason, false)
 			return
 		}
+	}
+}
+
+// writeFailure classifies a failed write: a write stuck past the write
+// timeout is a slow consumer, a closed peer is the client going away.
+func writeFailure(err error) CloseReason {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return CloseSlowConsumer
+	case clientGone(err):
+		return CloseClientGone
+	default:
+		return CloseWriteError
 	}
 }
 
@@ -803,7 +778,7 @@ func (s *subscription) pump() {
 			}
 			return
 		}
-		f := Deliver{
+		f := protocol.Deliver{
 			Queue:        d.Queue,
 			Seq:          d.Seq,
 			Type:         d.Event.Type,
@@ -813,9 +788,9 @@ func (s *subscription) pump() {
 		}
 		tp = tp[:0]
 		if d.SpanContext.IsValid() {
-			tp = AppendTraceparent(tp, d.SpanContext)
+			tp = protocol.AppendTraceparent(tp, d.SpanContext)
 		}
-		c.output(func(b []byte) []byte { return appendDeliver(b, &f, tp) })
+		c.output(func(b []byte) []byte { return protocol.AppendDeliverTraceparent(b, &f, tp) })
 	}
 }
 
@@ -828,13 +803,4 @@ func (s *subscription) stop() {
 	s.c.omu.Unlock()
 	<-s.done
 	s.cons.Close()
-}
-
-func isTemporaryAccept(err error) bool {
-	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED} {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
 }

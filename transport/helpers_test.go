@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
 // testTimeout bounds every wait in these tests; it is a safety net, not a
@@ -139,10 +140,10 @@ func (c *rawClient) recvLine() string {
 	return strings.TrimSuffix(line, "\n")
 }
 
-func (c *rawClient) recv() Message {
+func (c *rawClient) recv() protocol.Message {
 	c.t.Helper()
 	line := c.recvLine()
-	m, err := DecodeMessage([]byte(line))
+	m, err := protocol.DecodeMessage([]byte(line))
 	if err != nil {
 		c.t.Fatalf("decode %q: %v", line, err)
 	}
@@ -154,13 +155,13 @@ func (c *rawClient) recv() Message {
 
 // roundTrip sends a request and returns the reply with its id, failing on
 // any other frame in between.
-func (c *rawClient) roundTrip(format string, args ...any) Message {
+func (c *rawClient) roundTrip(format string, args ...any) protocol.Message {
 	c.t.Helper()
 	c.send(format, args...)
 	return c.recv()
 }
 
-func (c *rawClient) expectReply(m Message, id int64, st Status) {
+func (c *rawClient) expectReply(m protocol.Message, id int64, st protocol.Status) {
 	c.t.Helper()
 	if !m.HasID || m.ID != id || m.Status != st {
 		c.t.Fatalf("got %+v, want reply id %d status %s", m, id, st)
@@ -281,7 +282,5 @@ func (ts *testServer) onlyConn(t *testing.T) *conn {
 // readerHeldByWaitCap reports whether c's read loop is parked because
 // MaxWaitingPublishes of its publishes are waiting.
 func (c *conn) readerHeldByWaitCap() bool {
-	c.pmu.Lock()
-	defer c.pmu.Unlock()
-	return c.roomWake && c.nwaits >= c.s.cfg.MaxWaitingPublishes
+	return c.waits.heldAt(c.s.cfg.MaxWaitingPublishes)
 }

@@ -17,6 +17,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
 // sendEarly writes a request the way a client does right after connecting,
@@ -32,8 +33,8 @@ func (c *rawClient) sendEarly(line string) {
 func (c *rawClient) expectRejected(limit int) {
 	c.t.Helper()
 	m := c.recv()
-	if m.Status != StatusError || m.Code != CodeTooManyConnections || m.HasID {
-		c.t.Fatalf("got %+v, want an id-less %s error", m, CodeTooManyConnections)
+	if m.Status != protocol.StatusError || m.Code != protocol.CodeTooManyConnections || m.HasID {
+		c.t.Fatalf("got %+v, want an id-less %s error", m, protocol.CodeTooManyConnections)
 	}
 	if want := fmt.Sprintf("at most %d at once", limit); !strings.Contains(m.Error, want) {
 		c.t.Fatalf("error %q does not name the limit (%q)", m.Error, want)
@@ -70,21 +71,21 @@ func TestMaxConnections(t *testing.T) {
 			clients := make([]*rawClient, limit)
 			for i := range clients {
 				clients[i] = dialRaw(t, ts.path)
-				clients[i].expectReply(clients[i].roundTrip(`{"op":"ping","id":1}`), 1, StatusOK)
+				clients[i].expectReply(clients[i].roundTrip(`{"op":"ping","id":1}`), 1, protocol.StatusOK)
 			}
 			con, pub := clients[0], clients[limit-1]
-			con.expectReply(con.roundTrip(`{"op":"subscribe","id":2,"queue":"order","prefetch":1}`), 2, StatusOK)
+			con.expectReply(con.roundTrip(`{"op":"subscribe","id":2,"queue":"order","prefetch":1}`), 2, protocol.StatusOK)
 			// publishAndConsume checks that p can publish and con consume.
 			id := int64(10)
 			publishAndConsume := func(p *rawClient) {
 				t.Helper()
 				id++
-				p.expectReply(p.roundTrip(`{"op":"publish","id":%d,"queue":"order","type":"ORDER_PLACED","payload":%d}`, id, id), id, StatusAccepted)
+				p.expectReply(p.roundTrip(`{"op":"publish","id":%d,"queue":"order","type":"ORDER_PLACED","payload":%d}`, id, id), id, protocol.StatusAccepted)
 				d := con.recv()
-				if d.Op != OpDeliver || string(d.Deliver.Payload) != fmt.Sprint(id) {
+				if d.Op != protocol.OpDeliver || string(d.Deliver.Payload) != fmt.Sprint(id) {
 					t.Fatalf("consumer got %+v, want the delivery of event %d", d, id)
 				}
-				con.expectReply(con.roundTrip(`{"op":"ack","id":%d,"seq":%d,"queue":"order"}`, id, d.Deliver.Seq), id, StatusOK)
+				con.expectReply(con.roundTrip(`{"op":"ack","id":%d,"seq":%d,"queue":"order"}`, id, d.Deliver.Seq), id, protocol.StatusOK)
 			}
 
 			over := dialRaw(t, ts.path)
@@ -101,7 +102,7 @@ func TestMaxConnections(t *testing.T) {
 			// client's publish was never read.
 			publishAndConsume(pub)
 			for i, c := range clients {
-				c.expectReply(c.roundTrip(`{"op":"ping","id":%d}`, 100+i), int64(100+i), StatusOK)
+				c.expectReply(c.roundTrip(`{"op":"ping","id":%d}`, 100+i), int64(100+i), protocol.StatusOK)
 			}
 			if st := ts.bus.Stats()["order"]; st.Published[bus.Accepted] != 1 {
 				t.Fatalf("order accepted %d publishes, want only the admitted client's", st.Published[bus.Accepted])
@@ -160,18 +161,16 @@ func (s *syncBuffer) lines(substr string) []string {
 	return out
 }
 
-func TestRejectionsLoggedOncePerInterval(t *testing.T) {
+func TestLogRejections(t *testing.T) {
 	logs := &syncBuffer{}
-	clk := newManualClock()
 	ts, reader := meteredServer(t, withConfig(func(c *Config) {
 		c.MaxConnections = 1
 		c.Logger = slog.New(slog.NewTextHandler(logs, nil))
-		c.Now = clk.Now
 	}))
 	holder := dialRaw(t, ts.path)
-	holder.expectReply(holder.roundTrip(`{"op":"ping","id":1}`), 1, StatusOK)
-	// The accept loop logs before it hands the connection on, so once a
-	// client has its frame, the log line for it is written.
+	holder.expectReply(holder.roundTrip(`{"op":"ping","id":1}`), 1, protocol.StatusOK)
+	// The accept loop counts a rejection before it hands the connection
+	// on, so once a client has its frame, it is counted.
 	reject := func(n int) {
 		t.Helper()
 		for range n {
@@ -182,29 +181,33 @@ func TestRejectionsLoggedOncePerInterval(t *testing.T) {
 	expect := func(when string, n int, last string) {
 		t.Helper()
 		got := lines()
-		if len(got) != n || !strings.Contains(got[n-1], last) {
+		if len(got) != n || (n > 0 && !strings.Contains(got[n-1], last)) {
 			t.Fatalf("%s: log lines %q; want %d, the last with %q", when, got, n, last)
 		}
 	}
 
+	ts.srv.LogRejections()
+	expect("no rejections yet", 0, "")
 	reject(3)
-	expect("3 rejections in one interval", 1, "rejected=1 rejected_total=1 max_connections=1 open=1")
-	clk.Advance(rejectLogInterval)
-	reject(1)
-	expect("the next interval", 2, "rejected=3 rejected_total=4 ")
-	reject(2)
-	expect("inside the interval", 2, "rejected=3 ")
-	clk.Advance(rejectLogInterval)
-	// A metrics collection after the interval reports the withheld two.
+	// Reads of the server's state must not log.
 	metricValue(t, reader, "eventbus.connections.rejected")
-	expect("collected after the interval", 3, "rejected=2 rejected_total=6 ")
+	ts.srv.Rejected()
+	ts.srv.Connections()
+	expect("rejections are only counted", 0, "")
+	ts.srv.LogRejections()
+	expect("the first summary", 1, "rejected=3 rejected_total=3 max_connections=1 open=1")
+	ts.srv.LogRejections()
+	expect("nothing since the last summary", 1, "")
 	reject(1)
+	ts.srv.LogRejections()
+	expect("the next summary", 2, "rejected=1 rejected_total=4 ")
+	reject(2)
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
 	if err := ts.srv.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	expect("shutdown flushes what the interval withheld", 4, "rejected=1 rejected_total=7 ")
+	expect("shutdown reports the rest", 3, "rejected=2 rejected_total=6 ")
 }
 
 // TestRejectionFloodDoesNotStallAccepting floods the socket with clients
@@ -214,7 +217,7 @@ func TestRejectionsLoggedOncePerInterval(t *testing.T) {
 func TestRejectionFloodDoesNotStallAccepting(t *testing.T) {
 	ts := startServer(t, withConfig(func(c *Config) { c.MaxConnections = 1 }))
 	holder := dialRaw(t, ts.path)
-	holder.expectReply(holder.roundTrip(`{"op":"ping","id":1}`), 1, StatusOK)
+	holder.expectReply(holder.roundTrip(`{"op":"ping","id":1}`), 1, protocol.StatusOK)
 
 	const flood = 2*maxRejecting + 10
 	ncs := make([]net.Conn, flood)
@@ -227,7 +230,7 @@ func TestRejectionFloodDoesNotStallAccepting(t *testing.T) {
 		ncs[i] = nc
 	}
 	eventually(t, "every flood connection rejected", func() bool { return ts.srv.Rejected() == flood })
-	holder.expectReply(holder.roundTrip(`{"op":"ping","id":2}`), 2, StatusOK)
+	holder.expectReply(holder.roundTrip(`{"op":"ping","id":2}`), 2, protocol.StatusOK)
 
 	framed := 0
 	for i, nc := range ncs {
@@ -236,8 +239,8 @@ func TestRejectionFloodDoesNotStallAccepting(t *testing.T) {
 		line, err := br.ReadString('\n')
 		switch {
 		case err == nil:
-			m, derr := DecodeMessage([]byte(strings.TrimSuffix(line, "\n")))
-			if derr != nil || m.Code != CodeTooManyConnections {
+			m, derr := protocol.DecodeMessage([]byte(strings.TrimSuffix(line, "\n")))
+			if derr != nil || m.Code != protocol.CodeTooManyConnections {
 				t.Fatalf("flood connection %d got %q, want the rejection frame", i, line)
 			}
 			framed++
@@ -259,5 +262,5 @@ func TestRejectionFloodDoesNotStallAccepting(t *testing.T) {
 	holder.nc.Close()
 	eventually(t, "the holder to be forgotten", func() bool { return ts.srv.Connections() == 0 })
 	next := dialRaw(t, ts.path)
-	next.expectReply(next.roundTrip(`{"op":"ping","id":1}`), 1, StatusOK)
+	next.expectReply(next.roundTrip(`{"op":"ping","id":1}`), 1, protocol.StatusOK)
 }

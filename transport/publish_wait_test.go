@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
 // manualQueues are queues of capacity 1 whose timeouts only pass when the
@@ -38,17 +39,17 @@ func TestPipelinedWaitsTimeOutTogether(t *testing.T) {
 	tests := []struct {
 		queue   string
 		timeout time.Duration // as in manualQueues
-		want    Status
+		want    protocol.Status
 	}{
-		{"signal", 5 * time.Second, StatusTimeout},
-		{"data", time.Second, StatusDropped},
+		{"signal", 5 * time.Second, protocol.StatusTimeout},
+		{"data", time.Second, protocol.StatusDropped},
 	}
 	for _, tt := range tests {
 		t.Run(tt.queue, func(t *testing.T) {
 			clk := newManualClock()
 			ts := startServer(t, withQueues(manualQueues()...), withBusOptions(bus.WithClock(clk)))
 			c := dialRaw(t, ts.path)
-			c.expectReply(c.roundTrip(`{"op":"publish","id":1,"queue":%q,"type":"T"}`, tt.queue), 1, StatusAccepted)
+			c.expectReply(c.roundTrip(`{"op":"publish","id":1,"queue":%q,"type":"T"}`, tt.queue), 1, protocol.StatusAccepted)
 			const n = 10
 			c.pipeline(tt.queue, 2, n+1)
 			eventually(t, "all publishes waiting at once", func() bool { return ts.bus.Stats()[tt.queue].Waiting == n })
@@ -86,15 +87,15 @@ func TestFullDataQueueDoesNotDelayOrder(t *testing.T) {
 	c.send(`{"op":"ping","id":%d}`, candles+2)
 	// Candle 1 fills the queue; every other one waits for its timeout,
 	// which the test never lets pass.
-	c.expectReply(c.recv(), 1, StatusAccepted)
-	c.expectReply(c.recv(), candles+1, StatusAccepted)
-	c.expectReply(c.recv(), candles+2, StatusOK)
+	c.expectReply(c.recv(), 1, protocol.StatusAccepted)
+	c.expectReply(c.recv(), candles+1, protocol.StatusAccepted)
+	c.expectReply(c.recv(), candles+2, protocol.StatusOK)
 	if st := ts.bus.Stats()["data"]; st.Waiting != candles-1 {
 		t.Fatalf("data waiting=%d, want %d: the candles were not still waiting", st.Waiting, candles-1)
 	}
 	clk.Advance(time.Second)
 	for range candles - 1 {
-		if m := c.recv(); m.Status != StatusDropped {
+		if m := c.recv(); m.Status != protocol.StatusDropped {
 			t.Fatalf("got %+v, want a candle dropped", m)
 		}
 	}
@@ -109,7 +110,7 @@ func TestWaitingPublishesKeepOrder(t *testing.T) {
 	pub.pipeline("order", 1, n)
 	eventually(t, "publishes waiting", func() bool { return ts.bus.Stats()["order"].Waiting == n-1 })
 	con := dialRaw(t, ts.path)
-	con.expectReply(con.roundTrip(`{"op":"subscribe","id":1,"queue":"order","prefetch":1}`), 1, StatusOK)
+	con.expectReply(con.roundTrip(`{"op":"subscribe","id":1,"queue":"order","prefetch":1}`), 1, protocol.StatusOK)
 	for i := 1; i <= n; i++ {
 		d := con.recv()
 		if string(d.Deliver.Payload) != fmt.Sprint(i) {
@@ -118,7 +119,7 @@ func TestWaitingPublishesKeepOrder(t *testing.T) {
 		con.send(`{"op":"ack","seq":%d}`, d.Deliver.Seq)
 	}
 	for i := 1; i <= n; i++ {
-		if m := pub.recv(); m.ID != int64(i) || m.Status != StatusAccepted {
+		if m := pub.recv(); m.ID != int64(i) || m.Status != protocol.StatusAccepted {
 			t.Fatalf("reply %d: %+v, want id %d accepted", i, m, i)
 		}
 	}
@@ -154,7 +155,7 @@ func TestWaitingCapStopsReading(t *testing.T) {
 	c.pipeline("order", 1, 4)
 	c.send(`{"op":"publish","id":5,"queue":"signal","type":"S"}`)
 	c.send(`{"op":"ping","id":6}`)
-	c.expectReply(c.recv(), 1, StatusAccepted)
+	c.expectReply(c.recv(), 1, protocol.StatusAccepted)
 	sc := ts.onlyConn(t)
 	eventually(t, "reader held at the cap", sc.readerHeldByWaitCap)
 	if st := ts.bus.Stats(); st["order"].Waiting != 3 || st["signal"].Size != 0 {
@@ -163,9 +164,9 @@ func TestWaitingCapStopsReading(t *testing.T) {
 	// Free one slot by taking event 1 out (unacked, so that exactly one
 	// wait ends): publish 2 gets in, which lets the reader go on.
 	con := dialRaw(t, ts.path)
-	con.expectReply(con.roundTrip(`{"op":"subscribe","id":1,"queue":"order","prefetch":1}`), 1, StatusOK)
+	con.expectReply(con.roundTrip(`{"op":"subscribe","id":1,"queue":"order","prefetch":1}`), 1, protocol.StatusOK)
 	con.recv()
-	c.expectReply(c.recv(), 2, StatusAccepted)
-	c.expectReply(c.recv(), 5, StatusAccepted)
-	c.expectReply(c.recv(), 6, StatusOK)
+	c.expectReply(c.recv(), 2, protocol.StatusAccepted)
+	c.expectReply(c.recv(), 5, protocol.StatusAccepted)
+	c.expectReply(c.recv(), 6, protocol.StatusOK)
 }

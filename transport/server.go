@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -24,6 +25,7 @@ import (
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
 // Defaults for Config's zero values.
@@ -56,8 +58,8 @@ const (
 	DefaultQueue = "data"
 )
 
-// DefaultRoutes returns the seed's routing of event types to queues
-// (section 6.2); types without a route go to DefaultQueue.
+// DefaultRoutes returns the routing of the trading app's event types to
+// queues; types without a route go to DefaultQueue.
 func DefaultRoutes() map[string]string {
 	return map[string]string{
 		"CANDLE_UPDATE":    "data",
@@ -94,17 +96,14 @@ type Config struct {
 	// MaxConnections bounds the client connections served at once (0
 	// means DefaultMaxConnections). A connection over it gets one
 	// too_many_connections error frame and is closed unread; it is counted
-	// in eventbus.connections.rejected and logged once per interval. A
-	// closing connection counts until its socket is closed.
+	// in eventbus.connections.rejected and summed into the next
+	// LogRejections. A closing connection counts until its socket is closed.
 	MaxConnections int
 	// Logger receives connection-level events (nil discards them).
 	Logger *slog.Logger
 	// MeterProvider records eventbus.connections and the transport's
 	// counters (nil means no metrics).
 	MeterProvider metric.MeterProvider
-	// Now tells the time for the interval of the rejection log summary
-	// (nil means time.Now); tests set it to step through intervals.
-	Now func() time.Time
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -135,8 +134,7 @@ type Server struct {
 	rejectSlots     chan struct{}
 	rejectFrame     []byte
 	rejected        atomic.Int64
-	unloggedRejects atomic.Int64
-	lastRejectLog   atomic.Int64 // Now() in Unix nanoseconds
+	unloggedRejects atomic.Int64 // since the last LogRejections
 }
 
 const (
@@ -150,10 +148,6 @@ const (
 	// is a few hundred bytes into a fresh socket, which the kernel takes at
 	// once; the deadline only guards against the unexpected.
 	rejectWriteTimeout = 100 * time.Millisecond
-	// rejectLogInterval is how often, at most, rejected connections are
-	// summarised in one log line: a client reconnecting in a tight loop
-	// must not flood the log.
-	rejectLogInterval = 10 * time.Second
 )
 
 // CloseReason says why the server closed a connection; it labels logs and
@@ -187,7 +181,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	queues := cfg.Bus.Queues()
 	if cfg.Routes == nil {
-		// The seed's routes apply to the queues that exist: a bus without
+		// The default routes apply to the queues that exist: a bus without
 		// "signal" sends SIGNAL_GENERATED to the default queue.
 		cfg.Routes = DefaultRoutes()
 		for t, q := range cfg.Routes {
@@ -214,9 +208,6 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxConnections <= 0 {
 		cfg.MaxConnections = DefaultMaxConnections
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -233,7 +224,7 @@ func New(cfg Config) (*Server, error) {
 		conns:  make(map[*conn]struct{}),
 
 		rejectSlots: make(chan struct{}, maxRejecting),
-		rejectFrame: appendTooManyConnections(nil, cfg.MaxConnections),
+		rejectFrame: protocol.AppendTooManyConnections(nil, cfg.MaxConnections),
 	}
 	var errs []error
 	if !slices.Contains(s.queues, cfg.DefaultQueue) {
@@ -277,9 +268,6 @@ func (s *Server) initMetrics() error {
 	}
 	reg, err := m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		o.ObserveInt64(conns, s.connCount.Load())
-		// Reports rejections withheld by the log interval once it is over,
-		// even when no further rejection comes.
-		s.maybeLogRejections()
 		return nil
 	}, conns)
 	if err != nil {
@@ -361,6 +349,18 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 }
 
+// isTemporaryAccept reports whether an accept failed for want of a
+// resource that a closing connection may free, so that trying again later
+// can succeed.
+func isTemporaryAccept(err error) bool {
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
 // takeRejectSlot reserves one of the maxRejecting turn-away goroutines, if
 // one is free, and counts it in wg. Called with mu held and the server not
 // shutting down, so that the Add cannot race with Shutdown's Wait.
@@ -375,27 +375,18 @@ func (s *Server) takeRejectSlot() bool {
 }
 
 // reject turns away a connection over MaxConnections. The accept loop only
-// counts it, logs (once per interval) and hands it on: the error frame is
-// written by a goroutine of its own, so a rejected client can never stall
-// accepting. Without a slot, in a flood, the connection is closed at once.
+// counts it and hands it on: the error frame is written by a goroutine of
+// its own, so a rejected client can never stall accepting. Without a slot,
+// in a flood, the connection is closed at once.
 func (s *Server) reject(nc net.Conn, slot bool) {
 	s.rejected.Add(1)
 	s.unloggedRejects.Add(1)
 	s.metrics.rejected.Add(context.Background(), 1)
-	s.maybeLogRejections()
 	if !slot {
 		nc.Close()
 		return
 	}
 	go s.turnAway(nc)
-}
-
-// appendTooManyConnections appends the one frame a connection over the
-// limit gets: an error without id, since it answers no request.
-func appendTooManyConnections(dst []byte, limit int) []byte {
-	return AppendErrorReply(dst, 0, false, CodeTooManyConnections, fmt.Sprintf(
-		"too many connections: the sidecar serves at most %d at once (max connections); "+
-			"this one is closed without reading its requests. Close idle connections or share one, and reconnect with backoff", limit))
 }
 
 // turnAway writes the rejection frame and closes the connection without
@@ -413,34 +404,19 @@ func (s *Server) turnAway(nc net.Conn) {
 	lingerDiscard(nc)
 }
 
-// maybeLogRejections writes one summary of rejected connections per
-// rejectLogInterval at most, like the bus's drop summaries: the first
-// rejection after a quiet interval is logged at once, later ones are
-// summed into the next line.
-func (s *Server) maybeLogRejections() {
-	if s.unloggedRejects.Load() == 0 {
-		return
-	}
-	now := s.cfg.Now().UnixNano()
-	last := s.lastRejectLog.Load()
-	if last != 0 && now-last < int64(rejectLogInterval) {
-		return
-	}
-	if !s.lastRejectLog.CompareAndSwap(last, now) {
-		return
-	}
-	s.logRejections()
-}
-
-// logRejections reports and resets the rejections not logged yet.
-func (s *Server) logRejections() {
+// LogRejections writes one summary of the connections turned away since
+// the last call, and nothing when there were none. Rejections are not
+// logged one by one, since a client reconnecting in a tight loop would
+// flood the log; the owner of the server calls this on a ticker, and
+// Shutdown once more for the rest.
+func (s *Server) LogRejections() {
 	n := s.unloggedRejects.Swap(0)
 	if n == 0 {
 		return
 	}
 	s.log.Warn("connection limit reached: rejecting new connections", "rejected", n,
 		"rejected_total", s.rejected.Load(), "max_connections", s.cfg.MaxConnections,
-		"open", s.connCount.Load(), "summary_interval", rejectLogInterval)
+		"open", s.connCount.Load())
 }
 
 func (s *Server) forget(c *conn, reason CloseReason) {
@@ -502,8 +478,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-done
 		errs = append(errs, fmt.Errorf("transport shutdown: %w", ctx.Err()))
 	}
-	// Rejections withheld by the log interval are reported before exit.
-	s.logRejections()
+	// Rejections since the owner's last LogRejections are reported before
+	// exit.
+	s.LogRejections()
 	if s.metrics.reg != nil {
 		errs = append(errs, s.metrics.reg.Unregister())
 	}
@@ -511,7 +488,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 // route resolves a publish's queue: the named one, or the type's route.
-func (s *Server) route(r *Request) (string, error) {
+func (s *Server) route(r *protocol.Request) (string, error) {
 	if !r.HasQueue {
 		if q, ok := s.cfg.Routes[r.Type]; ok {
 			return q, nil
@@ -527,5 +504,5 @@ func (s *Server) route(r *Request) (string, error) {
 }
 
 func (s *Server) unknownQueue(name string) error {
-	return &RequestError{Code: CodeUnknownQueue, Msg: fmt.Sprintf("unknown queue %q; valid queues: %s", name, strings.Join(s.queues, ", "))}
+	return &protocol.RequestError{Code: protocol.CodeUnknownQueue, Msg: fmt.Sprintf("unknown queue %s; valid queues: %s", protocol.Quote(name), strings.Join(s.queues, ", "))}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
 func smallQueues() []bus.QueueConfig {
@@ -36,7 +37,7 @@ func TestPublishRoutesAndOutcomes(t *testing.T) {
 	}
 	want := map[string]int{}
 	for i, tt := range tests {
-		c.expectReply(c.roundTrip("%s", tt.frame), int64(i+1), StatusAccepted)
+		c.expectReply(c.roundTrip("%s", tt.frame), int64(i+1), protocol.StatusAccepted)
 		want[tt.queue]++
 	}
 	st := ts.bus.Stats()
@@ -51,8 +52,8 @@ func TestCustomRoutes(t *testing.T) {
 	ts := startServer(t, withQueues(append(bus.DefaultQueues(), bus.QueueConfig{Name: "risk", Capacity: 5, Policy: bus.PolicyBlock})...),
 		withConfig(func(c *Config) { c.Routes = map[string]string{"RISK_LIMIT": "risk"}; c.DefaultQueue = "signal" }))
 	c := dialRaw(t, ts.path)
-	c.expectReply(c.roundTrip(`{"op":"publish","id":1,"type":"RISK_LIMIT"}`), 1, StatusAccepted)
-	c.expectReply(c.roundTrip(`{"op":"publish","id":2,"type":"CANDLE_UPDATE"}`), 2, StatusAccepted)
+	c.expectReply(c.roundTrip(`{"op":"publish","id":1,"type":"RISK_LIMIT"}`), 1, protocol.StatusAccepted)
+	c.expectReply(c.roundTrip(`{"op":"publish","id":2,"type":"CANDLE_UPDATE"}`), 2, protocol.StatusAccepted)
 	st := ts.bus.Stats()
 	if st["risk"].Size != 1 || st["signal"].Size != 1 || st["data"].Size != 0 {
 		t.Fatalf("sizes risk=%d signal=%d data=%d, want 1 1 0", st["risk"].Size, st["signal"].Size, st["data"].Size)
@@ -86,35 +87,41 @@ func TestNewRejectsBadRoutes(t *testing.T) {
 func TestBadInputGetsErrorAndConnectionSurvives(t *testing.T) {
 	ts := startServer(t)
 	c := dialRaw(t, ts.path)
+	long := strings.Repeat("q", 1000)
 	tests := []struct {
 		name   string
 		frame  string
 		id     int64
 		hasID  bool
-		code   Code
+		code   protocol.Code
 		substr string
 	}{
-		{"malformed JSON", `{"op":"publish","id":1,`, 0, false, CodeBadRequest, "malformed JSON"},
-		{"unknown op", `{"op":"teleport","id":2}`, 2, true, CodeBadRequest, `unknown op "teleport"; valid ops: publish, cancel, subscribe, unsubscribe, ack, nack, stats, ping`},
-		{"missing type", `{"op":"publish","id":3,"payload":{}}`, 3, true, CodeBadRequest, `missing field "type"`},
-		{"wrong-typed id", `{"op":"ping","id":"four"}`, 0, false, CodeBadRequest, `field "id" must be an integer, got string`},
-		{"wrong-typed queue", `{"op":"publish","id":5,"type":"T","queue":5}`, 5, true, CodeBadRequest, `field "queue" must be a string, got number`},
-		{"empty type", `{"op":"publish","id":6,"type":""}`, 6, true, CodeInvalidEvent, `"type" must not be empty`},
-		{"unknown queue", `{"op":"publish","id":7,"type":"T","queue":"risk"}`, 7, true, CodeUnknownQueue, `unknown queue "risk"; valid queues: data, signal, order`},
-		{"subscribe unknown queue", `{"op":"subscribe","id":8,"queue":"risk"}`, 8, true, CodeUnknownQueue, `"risk"`},
-		{"ack without subscription", `{"op":"ack","id":9,"seq":1}`, 9, true, CodeNotSubscribed, "no subscription"},
-		{"ack without id", `{"op":"ack","seq":1}`, 0, false, CodeNotSubscribed, "no subscription"},
-		{"unsubscribe without subscription", `{"op":"unsubscribe","id":10,"queue":"data"}`, 10, true, CodeNotSubscribed, `not subscribed to queue "data"`},
-		{"top-level array", `[1]`, 0, false, CodeBadRequest, "must be a JSON object"},
-		{"invalid UTF-8", "{\"op\":\"ping\",\"id\":1,\"x\":\"\xc3\x28\"}", 0, false, CodeBadRequest, "UTF-8"},
+		{"malformed JSON", `{"op":"publish","id":1,`, 0, false, protocol.CodeBadRequest, "malformed JSON"},
+		{"unknown op", `{"op":"teleport","id":2}`, 2, true, protocol.CodeBadRequest, `unknown op "teleport"; valid ops: publish, cancel, subscribe, unsubscribe, ack, nack, stats, ping`},
+		{"missing type", `{"op":"publish","id":3,"payload":{}}`, 3, true, protocol.CodeBadRequest, `missing field "type"`},
+		{"wrong-typed id", `{"op":"ping","id":"four"}`, 0, false, protocol.CodeBadRequest, `field "id" must be an integer, got string`},
+		{"wrong-typed queue", `{"op":"publish","id":5,"type":"T","queue":5}`, 5, true, protocol.CodeBadRequest, `field "queue" must be a string, got number`},
+		{"empty type", `{"op":"publish","id":6,"type":""}`, 6, true, protocol.CodeInvalidEvent, `"type" must not be empty`},
+		{"unknown queue", `{"op":"publish","id":7,"type":"T","queue":"risk"}`, 7, true, protocol.CodeUnknownQueue, `unknown queue "risk"; valid queues: data, signal, order`},
+		{"subscribe unknown queue", `{"op":"subscribe","id":8,"queue":"risk"}`, 8, true, protocol.CodeUnknownQueue, `"risk"`},
+		{"ack without subscription", `{"op":"ack","id":9,"seq":1}`, 9, true, protocol.CodeNotSubscribed, "no subscription"},
+		{"ack without id", `{"op":"ack","seq":1}`, 0, false, protocol.CodeNotSubscribed, "no subscription"},
+		{"unsubscribe without subscription", `{"op":"unsubscribe","id":10,"queue":"data"}`, 10, true, protocol.CodeNotSubscribed, `not subscribed to queue "data"`},
+		{"top-level array", `[1]`, 0, false, protocol.CodeBadRequest, "must be a JSON object"},
+		{"invalid UTF-8", "{\"op\":\"ping\",\"id\":1,\"x\":\"\xc3\x28\"}", 0, false, protocol.CodeBadRequest, "UTF-8"},
+		{"subscribe unknown queue worded as publish", `{"op":"subscribe","id":11,"queue":"risk"}`, 11, true, protocol.CodeUnknownQueue, `unknown queue "risk"; valid queues: data, signal, order`},
+		{"long queue name is cut", `{"op":"publish","id":12,"type":"T","queue":"` + long + `"}`, 12, true, protocol.CodeUnknownQueue, `unknown queue "` + long[:128] + `"... (cut to 128 of 1000 bytes); valid queues: data, signal, order`},
+		{"long queue name is cut in subscribe", `{"op":"subscribe","id":13,"queue":"` + long + `"}`, 13, true, protocol.CodeUnknownQueue, `unknown queue "` + long[:128] + `"... (cut to 128 of 1000 bytes); valid queues: data, signal, order`},
+		{"long queue name is cut in unsubscribe", `{"op":"unsubscribe","id":14,"queue":"` + long + `"}`, 14, true, protocol.CodeNotSubscribed, `not subscribed to queue "` + long[:128] + `"... (cut to 128 of 1000 bytes)`},
+		{"byte-order mark", "\xef\xbb\xbf{\"op\":\"ping\",\"id\":15}", 0, false, protocol.CodeBadRequest, "frame starts with a UTF-8 byte-order mark"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			m := c.roundTrip("%s", tt.frame)
-			if m.Status != StatusError || m.Code != tt.code || m.HasID != tt.hasID || m.ID != tt.id || !strings.Contains(m.Error, tt.substr) {
+			if m.Status != protocol.StatusError || m.Code != tt.code || m.HasID != tt.hasID || m.ID != tt.id || !strings.Contains(m.Error, tt.substr) {
 				t.Fatalf("reply %+v, want error code %s id (%d,%v) containing %q", m, tt.code, tt.id, tt.hasID, tt.substr)
 			}
-			c.expectReply(c.roundTrip(`{"op":"ping","id":99}`), 99, StatusOK)
+			c.expectReply(c.roundTrip(`{"op":"ping","id":99}`), 99, protocol.StatusOK)
 		})
 	}
 	if n := ts.bus.Stats()["data"].Size; n != 0 {
@@ -126,7 +133,11 @@ func TestBlankLinesAndCRLFAreTolerated(t *testing.T) {
 	ts := startServer(t)
 	c := dialRaw(t, ts.path)
 	c.send("\n\r\n{\"op\":\"ping\",\"id\":1}\r\n")
-	c.expectReply(c.recv(), 1, StatusOK)
+	c.expectReply(c.recv(), 1, protocol.StatusOK)
+	// Whitespace-only lines get no reply either: the next frame is the
+	// reply to the ping after them.
+	c.send("  \n\t\r\n \t \n{\"op\":\"ping\",\"id\":2}")
+	c.expectReply(c.recv(), 2, protocol.StatusOK)
 }
 
 func TestSubscribeDeliverAckNack(t *testing.T) {
@@ -134,12 +145,12 @@ func TestSubscribeDeliverAckNack(t *testing.T) {
 	pub := dialRaw(t, ts.path)
 	payload := `{ "price" : 101.25, "tags":["a","\u00e9"], "nested":{"x":null} }`
 	before := time.Now()
-	pub.expectReply(pub.roundTrip(`{"op":"publish","id":1,"queue":"order","type":"ORDER_PLACED","payload":%s}`, payload), 1, StatusAccepted)
+	pub.expectReply(pub.roundTrip(`{"op":"publish","id":1,"queue":"order","type":"ORDER_PLACED","payload":%s}`, payload), 1, protocol.StatusAccepted)
 
 	con := dialRaw(t, ts.path)
-	con.expectReply(con.roundTrip(`{"op":"subscribe","id":1,"queue":"order","prefetch":4}`), 1, StatusOK)
+	con.expectReply(con.roundTrip(`{"op":"subscribe","id":1,"queue":"order","prefetch":4}`), 1, protocol.StatusOK)
 	d := con.recv()
-	if d.Op != OpDeliver || d.Deliver.Queue != "order" || d.Deliver.Type != "ORDER_PLACED" || d.Deliver.Redeliveries != 0 {
+	if d.Op != protocol.OpDeliver || d.Deliver.Queue != "order" || d.Deliver.Type != "ORDER_PLACED" || d.Deliver.Redeliveries != 0 {
 		t.Fatalf("first delivery %+v", d)
 	}
 	if string(d.Deliver.Payload) != payload {
@@ -155,12 +166,12 @@ func TestSubscribeDeliverAckNack(t *testing.T) {
 
 	con.send(`{"op":"nack","seq":%d}`, d.Deliver.Seq)
 	again := con.recv()
-	if again.Op != OpDeliver || again.Deliver.Seq != d.Deliver.Seq || again.Deliver.Redeliveries != 1 {
+	if again.Op != protocol.OpDeliver || again.Deliver.Seq != d.Deliver.Seq || again.Deliver.Redeliveries != 1 {
 		t.Fatalf("after nack got %+v, want redelivery of seq %d", again, d.Deliver.Seq)
 	}
-	con.expectReply(con.roundTrip(`{"op":"ack","id":2,"seq":%d,"queue":"order"}`, d.Deliver.Seq), 2, StatusOK)
+	con.expectReply(con.roundTrip(`{"op":"ack","id":2,"seq":%d,"queue":"order"}`, d.Deliver.Seq), 2, protocol.StatusOK)
 	m := con.roundTrip(`{"op":"ack","id":3,"seq":%d}`, d.Deliver.Seq)
-	if m.Status != StatusError || m.Code != CodeUnknownSeq || !strings.Contains(m.Error, fmt.Sprint(d.Deliver.Seq)) {
+	if m.Status != protocol.StatusError || m.Code != protocol.CodeUnknownSeq || !strings.Contains(m.Error, fmt.Sprint(d.Deliver.Seq)) {
 		t.Fatalf("second ack: %+v, want unknown_seq naming the seq", m)
 	}
 	eventually(t, "acked count", func() bool { return ts.bus.Stats()["order"].Acked == 1 })
@@ -172,17 +183,17 @@ func TestSubscribeDeliverAckNack(t *testing.T) {
 func TestSubscriptionRules(t *testing.T) {
 	ts := startServer(t)
 	c := dialRaw(t, ts.path)
-	c.expectReply(c.roundTrip(`{"op":"subscribe","id":1,"queue":"order"}`), 1, StatusOK)
+	c.expectReply(c.roundTrip(`{"op":"subscribe","id":1,"queue":"order"}`), 1, protocol.StatusOK)
 	m := c.roundTrip(`{"op":"subscribe","id":2,"queue":"order","prefetch":3}`)
-	if m.Code != CodeAlreadySubscribed {
+	if m.Code != protocol.CodeAlreadySubscribed {
 		t.Fatalf("second subscribe: %+v", m)
 	}
-	c.expectReply(c.roundTrip(`{"op":"subscribe","id":3,"queue":"signal"}`), 3, StatusOK)
+	c.expectReply(c.roundTrip(`{"op":"subscribe","id":3,"queue":"signal"}`), 3, protocol.StatusOK)
 	m = c.roundTrip(`{"op":"ack","id":4,"seq":1}`)
-	if m.Code != CodeBadRequest || !strings.Contains(m.Error, "order, signal") {
+	if m.Code != protocol.CodeBadRequest || !strings.Contains(m.Error, "order, signal") {
 		t.Fatalf("ambiguous ack: %+v", m)
 	}
-	c.expectReply(c.roundTrip(`{"op":"unsubscribe","id":5,"queue":"order"}`), 5, StatusOK)
+	c.expectReply(c.roundTrip(`{"op":"unsubscribe","id":5,"queue":"order"}`), 5, protocol.StatusOK)
 	eventually(t, "one consumer left", func() bool {
 		st := ts.bus.Stats()
 		return st["order"].Consumers == 0 && st["signal"].Consumers == 1
@@ -199,12 +210,12 @@ func TestPublishesToOneQueueKeepOrder(t *testing.T) {
 	}
 	pub.send("%s", b.String())
 	for i := 0; i < n; i++ {
-		if m := pub.recv(); m.Status != StatusAccepted {
+		if m := pub.recv(); m.Status != protocol.StatusAccepted {
 			t.Fatalf("reply %+v", m)
 		}
 	}
 	con := dialRaw(t, ts.path)
-	con.expectReply(con.roundTrip(`{"op":"subscribe","id":1,"queue":"data","prefetch":64}`), 1, StatusOK)
+	con.expectReply(con.roundTrip(`{"op":"subscribe","id":1,"queue":"data","prefetch":64}`), 1, protocol.StatusOK)
 	for i := 1; i <= n; i++ {
 		d := con.recv()
 		if string(d.Deliver.Payload) != fmt.Sprint(i) {
@@ -217,74 +228,74 @@ func TestPublishesToOneQueueKeepOrder(t *testing.T) {
 func TestBlockedQueueDoesNotHoldUpOtherQueues(t *testing.T) {
 	ts := startServer(t, withQueues(smallQueues()...))
 	c := dialRaw(t, ts.path)
-	c.expectReply(c.roundTrip(`{"op":"publish","id":1,"queue":"order","type":"O"}`), 1, StatusAccepted)
+	c.expectReply(c.roundTrip(`{"op":"publish","id":1,"queue":"order","type":"O"}`), 1, protocol.StatusAccepted)
 	// Order is full now: publish 2 waits without limit.
 	c.send(`{"op":"publish","id":2,"queue":"order","type":"O"}`)
 	eventually(t, "publish 2 waiting", func() bool { return ts.bus.Stats()["order"].Waiting == 1 })
 	for i := 3; i <= 6; i++ {
-		c.expectReply(c.roundTrip(`{"op":"publish","id":%d,"queue":"data","type":"CANDLE_UPDATE"}`, i), int64(i), StatusAccepted)
+		c.expectReply(c.roundTrip(`{"op":"publish","id":%d,"queue":"data","type":"CANDLE_UPDATE"}`, i), int64(i), protocol.StatusAccepted)
 	}
-	c.expectReply(c.roundTrip(`{"op":"ping","id":7}`), 7, StatusOK)
+	c.expectReply(c.roundTrip(`{"op":"ping","id":7}`), 7, protocol.StatusOK)
 	// Free the order queue: publish 2 completes.
 	con := dialRaw(t, ts.path)
-	con.expectReply(con.roundTrip(`{"op":"subscribe","id":1,"queue":"order"}`), 1, StatusOK)
+	con.expectReply(con.roundTrip(`{"op":"subscribe","id":1,"queue":"order"}`), 1, protocol.StatusOK)
 	d := con.recv()
 	con.send(`{"op":"ack","seq":%d}`, d.Deliver.Seq)
-	c.expectReply(c.recv(), 2, StatusAccepted)
+	c.expectReply(c.recv(), 2, protocol.StatusAccepted)
 }
 
 func TestQueuePolicyOutcomes(t *testing.T) {
 	ts := startServer(t, withQueues(smallQueues()...))
 	c := dialRaw(t, ts.path)
 	for i := 1; i <= 4; i++ {
-		c.expectReply(c.roundTrip(`{"op":"publish","id":%d,"queue":"data","type":"T"}`, i), int64(i), StatusAccepted)
+		c.expectReply(c.roundTrip(`{"op":"publish","id":%d,"queue":"data","type":"T"}`, i), int64(i), protocol.StatusAccepted)
 	}
-	c.expectReply(c.roundTrip(`{"op":"publish","id":5,"queue":"data","type":"T"}`), 5, StatusDropped)
+	c.expectReply(c.roundTrip(`{"op":"publish","id":5,"queue":"data","type":"T"}`), 5, protocol.StatusDropped)
 	for i := 6; i <= 7; i++ {
-		c.expectReply(c.roundTrip(`{"op":"publish","id":%d,"queue":"signal","type":"T"}`, i), int64(i), StatusAccepted)
+		c.expectReply(c.roundTrip(`{"op":"publish","id":%d,"queue":"signal","type":"T"}`, i), int64(i), protocol.StatusAccepted)
 	}
-	c.expectReply(c.roundTrip(`{"op":"publish","id":8,"queue":"signal","type":"T"}`), 8, StatusTimeout)
+	c.expectReply(c.roundTrip(`{"op":"publish","id":8,"queue":"signal","type":"T"}`), 8, protocol.StatusTimeout)
 }
 
 func TestCancelWithdrawsWaitingPublish(t *testing.T) {
 	ts := startServer(t, withQueues(smallQueues()...))
 	c := dialRaw(t, ts.path)
-	c.expectReply(c.roundTrip(`{"op":"publish","id":1,"queue":"order","type":"O","payload":1}`), 1, StatusAccepted)
+	c.expectReply(c.roundTrip(`{"op":"publish","id":1,"queue":"order","type":"O","payload":1}`), 1, protocol.StatusAccepted)
 	c.send(`{"op":"publish","id":2,"queue":"order","type":"O","payload":2}`)
 	c.send(`{"op":"publish","id":3,"queue":"order","type":"O","payload":3}`)
 	c.send(`{"op":"publish","id":4,"queue":"order","type":"O","payload":4}`)
 	eventually(t, "publishes 2-4 waiting", func() bool { return ts.bus.Stats()["order"].Waiting == 3 })
 	// Withdraw the middle one only: its reply comes before the cancel's.
-	c.expectReply(c.roundTrip(`{"op":"cancel","id":5,"ref":3}`), 3, StatusCancelled)
-	c.expectReply(c.recv(), 5, StatusOK)
+	c.expectReply(c.roundTrip(`{"op":"cancel","id":5,"ref":3}`), 3, protocol.StatusCancelled)
+	c.expectReply(c.recv(), 5, protocol.StatusOK)
 	if st := ts.bus.Stats()["order"]; st.Size != 1 || st.Waiting != 2 {
 		t.Fatalf("order size=%d waiting=%d, want 1 and 2", st.Size, st.Waiting)
 	}
 	// A cancel of an answered or unknown publish is a no-op.
-	c.expectReply(c.roundTrip(`{"op":"cancel","id":6,"ref":1}`), 6, StatusOK)
-	c.expectReply(c.roundTrip(`{"op":"cancel","id":7,"ref":99}`), 7, StatusOK)
+	c.expectReply(c.roundTrip(`{"op":"cancel","id":6,"ref":1}`), 6, protocol.StatusOK)
+	c.expectReply(c.roundTrip(`{"op":"cancel","id":7,"ref":99}`), 7, protocol.StatusOK)
 	con := dialRaw(t, ts.path)
-	con.expectReply(con.roundTrip(`{"op":"subscribe","id":1,"queue":"order","prefetch":8}`), 1, StatusOK)
+	con.expectReply(con.roundTrip(`{"op":"subscribe","id":1,"queue":"order","prefetch":8}`), 1, protocol.StatusOK)
 	for _, want := range []string{"1", "2", "4"} {
 		if d := con.recv(); string(d.Deliver.Payload) != want {
 			t.Fatalf("delivered payload %s, want %s: the cancel withdrew the wrong publish", d.Deliver.Payload, want)
 		}
 	}
-	c.expectReply(c.recv(), 2, StatusAccepted)
-	c.expectReply(c.recv(), 4, StatusAccepted)
+	c.expectReply(c.recv(), 2, protocol.StatusAccepted)
+	c.expectReply(c.recv(), 4, protocol.StatusAccepted)
 }
 
 func TestClosedConnectionWithdrawsWaitingPublishes(t *testing.T) {
 	ts := startServer(t, withQueues(smallQueues()...))
 	c := dialRaw(t, ts.path)
-	c.expectReply(c.roundTrip(`{"op":"publish","id":1,"queue":"order","type":"O","payload":1}`), 1, StatusAccepted)
+	c.expectReply(c.roundTrip(`{"op":"publish","id":1,"queue":"order","type":"O","payload":1}`), 1, protocol.StatusAccepted)
 	c.send(`{"op":"publish","id":2,"queue":"order","type":"O","payload":2}`)
 	eventually(t, "publish 2 waiting", func() bool { return ts.bus.Stats()["order"].Waiting == 1 })
 	c.nc.Close()
 	eventually(t, "waiting publish withdrawn", func() bool { return ts.bus.Stats()["order"].Waiting == 0 })
 	eventually(t, "connection gone", func() bool { return ts.srv.Connections() == 0 })
 	con := dialRaw(t, ts.path)
-	con.expectReply(con.roundTrip(`{"op":"subscribe","id":1,"queue":"order","prefetch":8}`), 1, StatusOK)
+	con.expectReply(con.roundTrip(`{"op":"subscribe","id":1,"queue":"order","prefetch":8}`), 1, protocol.StatusOK)
 	if d := con.recv(); string(d.Deliver.Payload) != "1" {
 		t.Fatalf("delivered %s, want 1", d.Deliver.Payload)
 	}
@@ -297,16 +308,16 @@ func TestConsumerGoneEventsRedelivered(t *testing.T) {
 	ts := startServer(t)
 	pub := dialRaw(t, ts.path)
 	for i := 1; i <= 3; i++ {
-		pub.expectReply(pub.roundTrip(`{"op":"publish","id":%d,"queue":"signal","type":"S","payload":%d}`, i, i), int64(i), StatusAccepted)
+		pub.expectReply(pub.roundTrip(`{"op":"publish","id":%d,"queue":"signal","type":"S","payload":%d}`, i, i), int64(i), protocol.StatusAccepted)
 	}
 	first := dialRaw(t, ts.path)
-	first.expectReply(first.roundTrip(`{"op":"subscribe","id":1,"queue":"signal","prefetch":3}`), 1, StatusOK)
+	first.expectReply(first.roundTrip(`{"op":"subscribe","id":1,"queue":"signal","prefetch":3}`), 1, protocol.StatusOK)
 	for range 3 {
 		first.recv()
 	}
 	first.nc.Close() // dies without acking
 	second := dialRaw(t, ts.path)
-	second.expectReply(second.roundTrip(`{"op":"subscribe","id":1,"queue":"signal","prefetch":3}`), 1, StatusOK)
+	second.expectReply(second.roundTrip(`{"op":"subscribe","id":1,"queue":"signal","prefetch":3}`), 1, protocol.StatusOK)
 	for i := 1; i <= 3; i++ {
 		d := second.recv()
 		if string(d.Deliver.Payload) != fmt.Sprint(i) || d.Deliver.Redeliveries != 1 {
@@ -318,15 +329,15 @@ func TestConsumerGoneEventsRedelivered(t *testing.T) {
 func TestStatsAndPing(t *testing.T) {
 	ts := startServer(t)
 	c := dialRaw(t, ts.path)
-	c.expectReply(c.roundTrip(`{"op":"ping","id":11}`), 11, StatusOK)
-	c.expectReply(c.roundTrip(`{"op":"publish","id":1,"queue":"data","type":"T"}`), 1, StatusAccepted)
-	c.expectReply(c.roundTrip(`{"op":"publish","id":2,"queue":"data","type":"T"}`), 2, StatusAccepted)
+	c.expectReply(c.roundTrip(`{"op":"ping","id":11}`), 11, protocol.StatusOK)
+	c.expectReply(c.roundTrip(`{"op":"publish","id":1,"queue":"data","type":"T"}`), 1, protocol.StatusAccepted)
+	c.expectReply(c.roundTrip(`{"op":"publish","id":2,"queue":"data","type":"T"}`), 2, protocol.StatusAccepted)
 	con := dialRaw(t, ts.path)
-	con.expectReply(con.roundTrip(`{"op":"subscribe","id":1,"queue":"data","prefetch":1}`), 1, StatusOK)
+	con.expectReply(con.roundTrip(`{"op":"subscribe","id":1,"queue":"data","prefetch":1}`), 1, protocol.StatusOK)
 	con.recv()
 	eventually(t, "one in flight", func() bool { return ts.bus.Stats()["data"].InFlight == 1 })
 	m := c.roundTrip(`{"op":"stats","id":10}`)
-	c.expectReply(m, 10, StatusOK)
+	c.expectReply(m, 10, protocol.StatusOK)
 	var st bus.Stats
 	if err := json.Unmarshal(m.Stats, &st); err != nil {
 		t.Fatalf("stats %s: %v", m.Stats, err)
@@ -351,21 +362,21 @@ func TestOversizeFrameClosesOnlyThatConnection(t *testing.T) {
 			c := dialRaw(t, ts.path)
 			go c.nc.Write([]byte(tt.frame + "\n")) //nolint:errcheck // the server may close before reading it all
 			m := c.recv()
-			if m.Status != StatusError || m.Code != CodeFrameTooLarge || !strings.Contains(m.Error, "256 bytes") {
+			if m.Status != protocol.StatusError || m.Code != protocol.CodeFrameTooLarge || !strings.Contains(m.Error, "256 bytes") {
 				t.Fatalf("reply %+v, want frame_too_large naming the limit", m)
 			}
 			c.expectEOF()
-			other.expectReply(other.roundTrip(`{"op":"ping","id":1}`), 1, StatusOK)
+			other.expectReply(other.roundTrip(`{"op":"ping","id":1}`), 1, protocol.StatusOK)
 		})
 	}
 	c := dialRaw(t, ts.path)
-	c.expectReply(c.roundTrip(`{"op":"publish","id":1,"type":"T","payload":"%s"}`, strings.Repeat("z", 200)), 1, StatusAccepted)
+	c.expectReply(c.roundTrip(`{"op":"publish","id":1,"type":"T","payload":"%s"}`, strings.Repeat("z", 200)), 1, protocol.StatusAccepted)
 }
 
 func TestClientDisconnectMidFrame(t *testing.T) {
 	ts := startServer(t)
 	c := dialRaw(t, ts.path)
-	c.expectReply(c.roundTrip(`{"op":"ping","id":1}`), 1, StatusOK)
+	c.expectReply(c.roundTrip(`{"op":"ping","id":1}`), 1, protocol.StatusOK)
 	c.nc.Write([]byte(`{"op":"publish","id":2,"type":"T","payl`)) //nolint:errcheck
 	c.nc.Close()
 	eventually(t, "connection dropped", func() bool { return ts.srv.Connections() == 0 })
@@ -373,7 +384,7 @@ func TestClientDisconnectMidFrame(t *testing.T) {
 		t.Fatalf("a half frame was published (data size %d)", n)
 	}
 	d := dialRaw(t, ts.path)
-	d.expectReply(d.roundTrip(`{"op":"ping","id":3}`), 3, StatusOK)
+	d.expectReply(d.roundTrip(`{"op":"ping","id":3}`), 3, protocol.StatusOK)
 }
 
 // TestSlowReaderIsPausedThenServed checks flow control: a client that
@@ -387,7 +398,7 @@ func TestSlowReaderIsPausedThenServed(t *testing.T) {
 	go func() {
 		var b []byte
 		for i := 1; i <= n; i++ {
-			b = AppendRequest(b, &Request{Op: OpPing, ID: int64(i), HasID: true})
+			b = protocol.AppendRequest(b, &protocol.Request{Op: protocol.OpPing, ID: int64(i), HasID: true})
 		}
 		_, err := c.nc.Write(b)
 		errc <- err
@@ -395,9 +406,9 @@ func TestSlowReaderIsPausedThenServed(t *testing.T) {
 	// Nobody reads yet: the server must stop reading this client, and
 	// others are still served.
 	other := dialRaw(t, ts.path)
-	other.expectReply(other.roundTrip(`{"op":"ping","id":1}`), 1, StatusOK)
+	other.expectReply(other.roundTrip(`{"op":"ping","id":1}`), 1, protocol.StatusOK)
 	for i := 1; i <= n; i++ {
-		c.expectReply(c.recv(), int64(i), StatusOK)
+		c.expectReply(c.recv(), int64(i), protocol.StatusOK)
 	}
 	if err := <-errc; err != nil {
 		t.Fatal(err)
@@ -413,7 +424,7 @@ func TestStuckReaderIsCutOff(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		line := AppendRequest(nil, &Request{Op: OpPing, ID: 1, HasID: true})
+		line := protocol.AppendRequest(nil, &protocol.Request{Op: protocol.OpPing, ID: 1, HasID: true})
 		for {
 			c.nc.SetWriteDeadline(time.Now().Add(testTimeout))
 			if _, err := c.nc.Write(line); err != nil {
@@ -422,24 +433,24 @@ func TestStuckReaderIsCutOff(t *testing.T) {
 		}
 	}()
 	other := dialRaw(t, ts.path)
-	other.expectReply(other.roundTrip(`{"op":"ping","id":1}`), 1, StatusOK)
+	other.expectReply(other.roundTrip(`{"op":"ping","id":1}`), 1, protocol.StatusOK)
 	select {
 	case <-done:
 	case <-time.After(testTimeout):
 		t.Fatal("a client that never reads was not cut off")
 	}
 	eventually(t, "stuck connection closed", func() bool { return ts.srv.Connections() == 1 })
-	other.expectReply(other.roundTrip(`{"op":"ping","id":2}`), 2, StatusOK)
+	other.expectReply(other.roundTrip(`{"op":"ping","id":2}`), 2, protocol.StatusOK)
 }
 
 func TestShutdownDrainsConsumersAndRefusesPublishes(t *testing.T) {
 	ts := startServer(t, withQueues(smallQueues()...))
 	pub := dialRaw(t, ts.path)
 	con := dialRaw(t, ts.path)
-	pub.expectReply(pub.roundTrip(`{"op":"publish","id":1,"queue":"order","type":"O","payload":1}`), 1, StatusAccepted)
-	con.expectReply(con.roundTrip(`{"op":"subscribe","id":1,"queue":"order","prefetch":1}`), 1, StatusOK)
+	pub.expectReply(pub.roundTrip(`{"op":"publish","id":1,"queue":"order","type":"O","payload":1}`), 1, protocol.StatusAccepted)
+	con.expectReply(con.roundTrip(`{"op":"subscribe","id":1,"queue":"order","prefetch":1}`), 1, protocol.StatusOK)
 	d := con.recv() // in flight: the queue has room again
-	pub.expectReply(pub.roundTrip(`{"op":"publish","id":2,"queue":"order","type":"O","payload":2}`), 2, StatusAccepted)
+	pub.expectReply(pub.roundTrip(`{"op":"publish","id":2,"queue":"order","type":"O","payload":2}`), 2, protocol.StatusAccepted)
 	pub.send(`{"op":"publish","id":3,"queue":"order","type":"O","payload":3}`)
 	eventually(t, "publish 3 waiting", func() bool { return ts.bus.Stats()["order"].Waiting == 1 })
 
@@ -452,11 +463,11 @@ func TestShutdownDrainsConsumersAndRefusesPublishes(t *testing.T) {
 		drained <- err
 	}()
 	m := pub.recv()
-	if m.ID != 3 || m.Status != StatusError || m.Error != "shutting down" || m.Code != CodeShuttingDown {
+	if m.ID != 3 || m.Status != protocol.StatusError || m.Error != "shutting down" || m.Code != protocol.CodeShuttingDown {
 		t.Fatalf("waiting publish got %+v, want error \"shutting down\"", m)
 	}
 	m = pub.roundTrip(`{"op":"publish","id":4,"queue":"data","type":"T"}`)
-	if m.ID != 4 || m.Status != StatusError || m.Error != "shutting down" {
+	if m.ID != 4 || m.Status != protocol.StatusError || m.Error != "shutting down" {
 		t.Fatalf("new publish got %+v, want error \"shutting down\"", m)
 	}
 	// The consumer keeps receiving during the drain.
@@ -484,7 +495,7 @@ func TestShutdownDrainsConsumersAndRefusesPublishes(t *testing.T) {
 func TestServerShutdownAnswersWaitingPublishes(t *testing.T) {
 	ts := startServer(t, withQueues(smallQueues()...))
 	c := dialRaw(t, ts.path)
-	c.expectReply(c.roundTrip(`{"op":"publish","id":1,"queue":"order","type":"O"}`), 1, StatusAccepted)
+	c.expectReply(c.roundTrip(`{"op":"publish","id":1,"queue":"order","type":"O"}`), 1, protocol.StatusAccepted)
 	c.send(`{"op":"publish","id":2,"queue":"order","type":"O"}`)
 	eventually(t, "publish 2 waiting", func() bool { return ts.bus.Stats()["order"].Waiting == 1 })
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
@@ -508,7 +519,7 @@ func TestServerShutdownAnswersWaitingPublishes(t *testing.T) {
 func TestShutdownWithReaderHeldByWaitCap(t *testing.T) {
 	ts := startServer(t, withQueues(smallQueues()...), withConfig(func(c *Config) { c.MaxWaitingPublishes = 2 }))
 	c := dialRaw(t, ts.path)
-	c.expectReply(c.roundTrip(`{"op":"publish","id":1,"queue":"order","type":"O"}`), 1, StatusAccepted)
+	c.expectReply(c.roundTrip(`{"op":"publish","id":1,"queue":"order","type":"O"}`), 1, protocol.StatusAccepted)
 	for i := 2; i <= 6; i++ {
 		c.send(`{"op":"publish","id":%d,"queue":"order","type":"O"}`, i)
 	}
@@ -529,7 +540,7 @@ func TestShutdownWithReaderHeldByWaitCap(t *testing.T) {
 		if err != nil {
 			break
 		}
-		m, err := DecodeMessage([]byte(strings.TrimSuffix(line, "\n")))
+		m, err := protocol.DecodeMessage([]byte(strings.TrimSuffix(line, "\n")))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -10,6 +10,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
 // metricValue returns the sum or gauge value of the named int64 metric.
@@ -54,14 +55,14 @@ func TestConnectionsGaugeAndInvalidTraceparentCounter(t *testing.T) {
 	}
 	a := dialRaw(t, ts.path)
 	b := dialRaw(t, ts.path)
-	a.expectReply(a.roundTrip(`{"op":"ping","id":1}`), 1, StatusOK)
-	b.expectReply(b.roundTrip(`{"op":"ping","id":1}`), 1, StatusOK)
+	a.expectReply(a.roundTrip(`{"op":"ping","id":1}`), 1, protocol.StatusOK)
+	b.expectReply(b.roundTrip(`{"op":"ping","id":1}`), 1, protocol.StatusOK)
 	if v, _ := metricValue(t, reader, "eventbus.connections"); v != 2 {
 		t.Fatalf("eventbus.connections = %d, want 2", v)
 	}
 	tests := []string{"garbage", "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01", "00-00000000000000000000000000000000-b7ad6b7169203331-01"}
 	for i, tp := range tests {
-		a.expectReply(a.roundTrip(`{"op":"publish","id":%d,"type":"T","traceparent":%q}`, i+2, tp), int64(i+2), StatusAccepted)
+		a.expectReply(a.roundTrip(`{"op":"publish","id":%d,"type":"T","traceparent":%q}`, i+2, tp), int64(i+2), protocol.StatusAccepted)
 	}
 	if v, _ := metricValue(t, reader, "eventbus.traceparent.invalid"); v != int64(len(tests)) {
 		t.Fatalf("eventbus.traceparent.invalid = %d, want %d", v, len(tests))
@@ -85,10 +86,10 @@ func TestDeliverCarriesDeliverSpanTraceparent(t *testing.T) {
 	ts := startServer(t, withBusOptions(bus.WithTracerProvider(tp)))
 	const parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 	c := dialRaw(t, ts.path)
-	c.expectReply(c.roundTrip(`{"op":"publish","id":1,"queue":"order","type":"ORDER_PLACED","traceparent":%q}`, parent), 1, StatusAccepted)
-	c.expectReply(c.roundTrip(`{"op":"subscribe","id":2,"queue":"order"}`), 2, StatusOK)
+	c.expectReply(c.roundTrip(`{"op":"publish","id":1,"queue":"order","type":"ORDER_PLACED","traceparent":%q}`, parent), 1, protocol.StatusAccepted)
+	c.expectReply(c.roundTrip(`{"op":"subscribe","id":2,"queue":"order"}`), 2, protocol.StatusOK)
 	d := c.recv()
-	sc, err := ParseTraceparent(d.Deliver.Traceparent)
+	sc, err := protocol.ParseTraceparent(d.Deliver.Traceparent)
 	if err != nil {
 		t.Fatalf("deliver traceparent %q: %v", d.Deliver.Traceparent, err)
 	}

@@ -1,4 +1,4 @@
-package transport
+package protocol
 
 import (
 	"encoding/json"
@@ -43,7 +43,7 @@ func goldenFrames() map[string][]byte {
 		"reply_error":                AppendErrorReply(nil, 7, true, CodeUnknownQueue, `unknown queue "risk"; valid queues: data, signal, order`),
 		"reply_error_no_id":          AppendErrorReply(nil, 0, false, CodeBadRequest, "malformed JSON at byte 24: unexpected end of JSON"),
 		"reply_shutting_down":        AppendErrorReply(nil, 7, true, CodeShuttingDown, "shutting down"),
-		"reply_too_many_connections": appendTooManyConnections(nil, DefaultMaxConnections),
+		"reply_too_many_connections": AppendTooManyConnections(nil, 1024), // the server's default limit,
 		"reply_stats": AppendStatsReply(nil, 13, []byte(`{"data":{"size":0,"maxsize":1000,"drops":0,"policy":"drop","timeout_seconds":1,`+
 			`"published":{"accepted":0,"cancelled":0,"dropped":0,"error":0,"timeout":0},"drops_by_reason":{"evicted":0,"timeout":0},`+
 			`"timeouts":0,"delivered":0,"redelivered":0,"acked":0,"waiting":0,"consumers":0,"in_flight":0}}`)),
@@ -66,7 +66,7 @@ func TestGoldenFrames(t *testing.T) {
 			}
 			want, err := os.ReadFile(path)
 			if err != nil {
-				t.Fatalf("%v (run go test ./transport -run TestGoldenFrames -update to create it)", err)
+				t.Fatalf("%v (run go test ./protocol -run TestGoldenFrames -update to create it)", err)
 			}
 			if string(got) != string(want) {
 				t.Errorf("frame changed:\n got  %s want %s", got, want)

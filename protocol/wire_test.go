@@ -1,4 +1,4 @@
-package transport
+package protocol
 
 import (
 	"encoding/json"
@@ -107,6 +107,11 @@ func TestDecodeRequestErrors(t *testing.T) {
 		{"stats missing id", `{"op":"stats"}`, CodeBadRequest, false, 0, `stats: missing field "id"`},
 		{"empty object", `{}`, CodeBadRequest, false, 0, `missing field "op"`},
 		{"blank", `   `, CodeBadRequest, false, 0, "empty frame"},
+		{"byte-order mark", "\xef\xbb\xbf{\"op\":\"ping\",\"id\":1}", CodeBadRequest, false, 0, "frame starts with a UTF-8 byte-order mark"},
+		{"long unknown op is cut", `{"op":"` + strings.Repeat("x", 300) + `","id":4}`, CodeBadRequest, true, 4,
+			`unknown op "` + strings.Repeat("x", MaxEchoBytes) + `"... (cut to 128 of 300 bytes); valid ops:`},
+		{"long number is cut", `{"op":"ping","id":` + strings.Repeat("1", 200) + `.5}`, CodeBadRequest, false, 0,
+			`must be an integer, got ` + strings.Repeat("1", MaxEchoBytes) + `... (cut to 128 of 202 bytes)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

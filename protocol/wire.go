@@ -1,6 +1,11 @@
-package transport
+// Package protocol is the sidecar's wire format: the newline-delimited JSON
+// frames of docs/protocol.md, their encoders and decoders, and the W3C
+// traceparent they carry. The server (transport) and the Go client (client)
+// both use it, so the client does not depend on the server.
+package protocol
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -125,15 +130,32 @@ func DecodeRequest(line []byte) (Request, error) {
 	return decodeRequest(line, nil)
 }
 
+// DecodeRequestInterned is DecodeRequest with the request's strings (op,
+// queue, type) made by intern, which may return a string it made before:
+// the server uses it to skip an allocation per publish for the queue name
+// and the event type. intern is called only with bytes of the frame and
+// must not keep them.
+func DecodeRequestInterned(line []byte, intern func(b []byte) string) (Request, error) {
+	return decodeRequest(line, internFunc(intern))
+}
+
 // interner turns a decoded string's bytes into a string, reusing one it
-// has seen before; the server uses it to skip an allocation per publish
-// for the queue name and the event type.
+// has seen before.
 type interner interface {
 	intern(b []byte) string
 }
 
+// internFunc adapts a function to interner; a func is pointer-shaped, so the
+// conversion to the interface does not allocate.
+type internFunc func(b []byte) string
+
+func (f internFunc) intern(b []byte) string { return f(b) }
+
 func decodeRequest(line []byte, in interner) (Request, error) {
 	var r Request
+	if bytes.HasPrefix(line, utf8BOM) {
+		return r, badRequest("frame starts with a UTF-8 byte-order mark (bytes EF BB BF); send the JSON object without it")
+	}
 	if !utf8.Valid(line) {
 		return r, badRequest("frame is not valid UTF-8")
 	}
@@ -260,7 +282,7 @@ func (r *Request) validate() error {
 			return missing("id")
 		}
 	default:
-		return badRequest("unknown op %q; valid ops: %s", string(r.Op), opNames())
+		return badRequest("unknown op %s; valid ops: %s", Quote(string(r.Op)), opNames())
 	}
 	return nil
 }
@@ -330,6 +352,15 @@ func AppendErrorReply(dst []byte, id int64, hasID bool, code Code, msg string) [
 	return append(dst, '}', '\n')
 }
 
+// AppendTooManyConnections appends the one frame a connection over the
+// server's connection limit gets: an error without id, since it answers no
+// request.
+func AppendTooManyConnections(dst []byte, limit int) []byte {
+	return AppendErrorReply(dst, 0, false, CodeTooManyConnections, fmt.Sprintf(
+		"too many connections: the sidecar serves at most %d at once (max connections); "+
+			"this one is closed without reading its requests. Close idle connections or share one, and reconnect with backoff", limit))
+}
+
 // AppendStatsReply appends {"id":N,"status":"ok","stats":<stats>}; stats is
 // already-encoded JSON.
 func AppendStatsReply(dst []byte, id int64, stats []byte) []byte {
@@ -357,8 +388,13 @@ func AppendDeliver(dst []byte, d *Deliver) []byte {
 	return appendDeliver(dst, d, d.Traceparent)
 }
 
-// appendDeliver takes the traceparent separately so that the server can
-// pass bytes it formatted without converting them to a string per event.
+// AppendDeliverTraceparent is AppendDeliver with the traceparent given as
+// bytes (d.Traceparent is ignored; empty omits it), so that the server can
+// pass a traceparent it formatted without making a string per event.
+func AppendDeliverTraceparent(dst []byte, d *Deliver, traceparent []byte) []byte {
+	return appendDeliver(dst, d, traceparent)
+}
+
 func appendDeliver[T string | []byte](dst []byte, d *Deliver, traceparent T) []byte {
 	dst = append(dst, `{"op":"deliver","queue":`...)
 	dst = appendString(dst, d.Queue)
@@ -515,7 +551,7 @@ func decodeMessage(line []byte, in interner) (Message, error) {
 			return m, fmt.Errorf("%w: deliver frame needs queue, seq and enqueued_at", ErrMalformedMessage)
 		}
 	case m.Op != "":
-		return m, fmt.Errorf("%w: unknown op %q", ErrMalformedMessage, string(m.Op))
+		return m, fmt.Errorf("%w: unknown op %s", ErrMalformedMessage, Quote(string(m.Op)))
 	case !hasStatus:
 		return m, fmt.Errorf("%w: reply without status", ErrMalformedMessage)
 	}

@@ -1,4 +1,4 @@
-package transport
+package protocol
 
 import (
 	"errors"
@@ -452,7 +452,7 @@ func parseInt(field string, v []byte) (int64, error) {
 	}
 	n, err := strconv.ParseInt(string(v), 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("field %q: %s is out of range for a 64-bit signed integer", field, v)
+		return 0, fmt.Errorf("field %q: %s is out of range for a 64-bit signed integer", field, clip(v))
 	}
 	return n, nil
 }
@@ -464,11 +464,11 @@ func parseUint(field string, v []byte) (uint64, error) {
 		return 0, err
 	}
 	if v[0] == '-' {
-		return 0, fmt.Errorf("field %q must be a non-negative integer, got %s", field, v)
+		return 0, fmt.Errorf("field %q must be a non-negative integer, got %s", field, clip(v))
 	}
 	n, err := strconv.ParseUint(string(v), 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("field %q: %s is out of range for a 64-bit unsigned integer", field, v)
+		return 0, fmt.Errorf("field %q: %s is out of range for a 64-bit unsigned integer", field, clip(v))
 	}
 	return n, nil
 }
@@ -479,7 +479,7 @@ func checkIntKind(field string, v []byte) error {
 	}
 	for _, c := range v {
 		if c == '.' || c == 'e' || c == 'E' {
-			return fmt.Errorf("field %q must be an integer, got %s", field, v)
+			return fmt.Errorf("field %q must be an integer, got %s", field, clip(v))
 		}
 	}
 	return nil

@@ -1,4 +1,4 @@
-package transport
+package protocol
 
 import (
 	"encoding/json"
@@ -38,6 +38,22 @@ func BenchmarkCodec(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			if _, err := DecodeRequest(line); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("decode-publish/handwritten-interned", func(b *testing.B) {
+		// As the server decodes: queue and type come from its interner.
+		strs := map[string]string{"publish": "publish", "data": "data", "CANDLE_UPDATE": "CANDLE_UPDATE"}
+		intern := func(v []byte) string {
+			if s, ok := strs[string(v)]; ok {
+				return s
+			}
+			return string(v)
+		}
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := DecodeRequestInterned(line, intern); err != nil {
 				b.Fatal(err)
 			}
 		}

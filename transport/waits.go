@@ -1,0 +1,136 @@
+package transport
+
+import (
+	"slices"
+	"sync"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+)
+
+// publishWaits is a connection's bookkeeping of the publishes that wait for
+// room in the bus. The read loop adds each publish the bus left waiting;
+// the bus's done callbacks, on whatever goroutine decides the publish,
+// remove it. The read loop also parks here while too many are waiting,
+// which is the connection's flow control for publishes into full queues.
+type publishWaits struct {
+	mu      sync.Mutex
+	changed *sync.Cond // signalled when a wait ends or stop is called
+	// byID holds the waiting publishes by request id: a client that reuses
+	// an id has several, told apart by their publish number.
+	byID map[int64][]waitRef
+	n    int // publishes in byID
+	// early is the number of a publish answered before add could store
+	// it. Only the publish the read loop is handing to the bus can be in
+	// that window, so one number is enough.
+	early    uint64
+	sleeping bool // a waitBelow or waitEmpty is parked on changed
+	stopped  bool
+}
+
+// waitRef is a publish waiting for room: n tells apart publishes that
+// share an id.
+type waitRef struct {
+	n uint64
+	p *bus.Pending
+}
+
+func newPublishWaits() *publishWaits {
+	w := &publishWaits{byID: make(map[int64][]waitRef)}
+	w.changed = sync.NewCond(&w.mu)
+	return w
+}
+
+// add records publish n (request id) as waiting, unless resolve has
+// already answered it.
+func (w *publishWaits) add(n uint64, id int64, p *bus.Pending) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.early == n {
+		return
+	}
+	w.byID[id] = append(w.byID[id], waitRef{n: n, p: p})
+	w.n++
+}
+
+// resolve removes publish n (request id) once the bus has answered it. A
+// publish not recorded yet is remembered so that its add is skipped. It
+// never blocks on anything but the lock, since the bus calls it from its
+// own critical paths.
+func (w *publishWaits) resolve(n uint64, id int64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	refs := w.byID[id]
+	i := slices.IndexFunc(refs, func(r waitRef) bool { return r.n == n })
+	if i < 0 {
+		w.early = n
+		return
+	}
+	if len(refs) == 1 {
+		delete(w.byID, id)
+	} else {
+		w.byID[id] = slices.Delete(refs, i, i+1)
+	}
+	w.n--
+	if w.sleeping {
+		w.changed.Broadcast()
+	}
+}
+
+// withID returns the waiting publishes with request id. The caller cancels
+// them without the lock held, since Cancel calls resolve.
+func (w *publishWaits) withID(id int64) []*bus.Pending {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	ps := make([]*bus.Pending, 0, len(w.byID[id]))
+	for _, r := range w.byID[id] {
+		ps = append(ps, r.p)
+	}
+	return ps
+}
+
+// all returns every waiting publish; see withID.
+func (w *publishWaits) all() []*bus.Pending {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	ps := make([]*bus.Pending, 0, w.n)
+	for _, refs := range w.byID {
+		for _, r := range refs {
+			ps = append(ps, r.p)
+		}
+	}
+	return ps
+}
+
+// waitBelow blocks while limit or more publishes are waiting. It returns
+// false, at once or when woken, after stop.
+func (w *publishWaits) waitBelow(limit int) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for w.n >= limit && !w.stopped {
+		w.sleeping = true
+		w.changed.Wait()
+		w.sleeping = false
+	}
+	return !w.stopped
+}
+
+// waitEmpty blocks until no publish is waiting. Unlike waitBelow it does
+// not end at stop: the connection waits for every answer before it closes
+// its output.
+func (w *publishWaits) waitEmpty() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for w.n > 0 {
+		w.sleeping = true
+		w.changed.Wait()
+		w.sleeping = false
+	}
+}
+
+// stop releases waitBelow for good: the connection is going away.
+func (w *publishWaits) stop() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.stopped = true
+	w.changed.Broadcast()
+}
