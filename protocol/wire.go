@@ -74,7 +74,15 @@ const (
 	// CodeTooManyConnections comes in the one frame, without an id, that a
 	// connection over the server's MaxConnections gets before it is closed.
 	CodeTooManyConnections Code = "too_many_connections"
-	CodeInternal           Code = "internal"
+	// CodePermissionDenied comes in the one frame, without an id, that a
+	// connection from a process whose uid and gid the server does not
+	// allow gets before it is closed.
+	CodePermissionDenied Code = "permission_denied"
+	// CodeFrameTimeout comes in the one frame, without an id, that a
+	// connection gets when a frame was not completed within the server's
+	// frame timeout; the connection is then closed.
+	CodeFrameTimeout Code = "frame_timeout"
+	CodeInternal     Code = "internal"
 )
 
 // MaxPrefetch bounds a subscription's prefetch, which bounds the events in

@@ -71,3 +71,27 @@ func TestClientGoneWhileNotReadingIsClientClosed(t *testing.T) {
 		t.Fatalf("connections closed by reason %v, want %d %s and no others", got, rounds, CloseClientGone)
 	}
 }
+
+// rejectedByReason returns eventbus.connections.rejected by its reason
+// label.
+func rejectedByReason(t *testing.T, r *sdkmetric.ManualReader) map[RejectReason]int64 {
+	t.Helper()
+	var rm metricdata.ResourceMetrics
+	if err := r.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	out := map[RejectReason]int64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			sum, ok := m.Data.(metricdata.Sum[int64])
+			if m.Name != "eventbus.connections.rejected" || !ok {
+				continue
+			}
+			for _, p := range sum.DataPoints {
+				v, _ := p.Attributes.Value("reason")
+				out[RejectReason(v.AsString())] += p.Value
+			}
+		}
+	}
+	return out
+}

@@ -1,12 +1,12 @@
 package transport
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"slices"
@@ -16,12 +16,13 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
 	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
 const (
-	readBufferSize = 64 << 10
 	// maxInternedTypes bounds a connection's cache of event type strings,
 	// which saves an allocation per publish for the usual handful of types.
 	maxInternedTypes = 256
@@ -33,9 +34,15 @@ const (
 // to waiting publishes only append to the output buffer. Whichever loop
 // detects the end of the connection records why, once (closeWith).
 type conn struct {
-	s   *Server
-	nc  net.Conn
-	log func(msg string, args ...any)
+	s      *Server
+	nc     net.Conn
+	logger *slog.Logger // the server's, with the peer's uid and pid
+	log    func(msg string, args ...any)
+
+	// held is what the budget accounts to this connection: its read
+	// buffer, its output, its waiting publishes. Under the budget's lock.
+	held int64
+	fr   frameReader // read loop only
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -75,10 +82,9 @@ type conn struct {
 
 	types    map[string]string     // read loop only
 	internFn func(b []byte) string // c.intern, bound once
-	big      []byte                // read loop only: accumulates long frames
 }
 
-func newConn(s *Server, nc net.Conn) *conn {
+func newConn(s *Server, nc net.Conn, peer peerCred) *conn {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	c := &conn{
 		s:          s,
@@ -95,7 +101,12 @@ func newConn(s *Server, nc net.Conn) *conn {
 	}
 	c.room = sync.NewCond(&c.omu)
 	c.internFn = c.intern
-	c.log = func(msg string, args ...any) { s.log.Debug(msg, args...) }
+	c.fr.c = c
+	c.logger = s.log
+	if peer.known {
+		c.logger = s.log.With("peer_uid", peer.uid, "peer_pid", peer.pid)
+	}
+	c.log = func(msg string, args ...any) { c.logger.Debug(msg, args...) }
 	return c
 }
 
@@ -104,8 +115,9 @@ func newConn(s *Server, nc net.Conn) *conn {
 // (their unacked events return to the queues), queued output flushed.
 func (c *conn) serve() {
 	go c.writeLoop()
-	c.s.log.Debug("connection opened")
+	c.log("connection opened")
 	c.readLoop()
+	c.fr.release()
 	// Withdraw every waiting publish (the bus answers each through its
 	// done callback, "cancelled" or "shutting down" by the context's
 	// cause); their replies are written before the output closes.
@@ -134,16 +146,21 @@ func (c *conn) serve() {
 func (c *conn) logClose(reason CloseReason, err error) {
 	switch reason {
 	case CloseSlowConsumer:
-		c.s.log.Warn("connection closed: slow consumer did not read its output in time", "reason", reason, "write_timeout", c.s.cfg.WriteTimeout)
+		c.logger.Warn("connection closed: slow consumer did not read its output in time", "reason", reason, "write_timeout", c.s.cfg.WriteTimeout)
 	case CloseFrameTooLarge:
-		c.s.log.Warn("connection closed: frame too large", "reason", reason, "limit", c.s.cfg.MaxFrameBytes)
+		c.logger.Warn("connection closed: frame too large", "reason", reason, "limit", c.s.cfg.MaxFrameBytes)
+	case CloseFrameTimeout:
+		c.logger.Warn("connection closed: frame not completed in time", "reason", reason, "frame_timeout", c.s.cfg.FrameTimeout)
+	case CloseOverBudget:
+		c.logger.Warn("connection closed: held more than its share of the buffered-bytes budget for too long", "reason", reason,
+			"budget_timeout", c.s.cfg.BudgetTimeout, "max_buffered_bytes", c.s.cfg.MaxBufferedBytes)
 	case CloseReadError, CloseWriteError:
-		c.s.log.Warn("connection closed: socket failed", "reason", reason, "err", err)
+		c.logger.Warn("connection closed: socket failed", "reason", reason, "err", err)
 	default:
 		if err != nil {
-			c.s.log.Debug("connection closed", "reason", reason, "err", err)
+			c.logger.Debug("connection closed", "reason", reason, "err", err)
 		} else {
-			c.s.log.Debug("connection closed", "reason", reason)
+			c.logger.Debug("connection closed", "reason", reason)
 		}
 	}
 }
@@ -237,9 +254,11 @@ func (c *conn) kill(reason CloseReason, force bool) {
 	if force {
 		c.omu.Lock()
 		c.dead = true
+		dropped := len(c.obuf)
 		c.obuf = c.obuf[:0]
 		c.room.Broadcast()
 		c.omu.Unlock()
+		c.s.budget.charge(c, -int64(dropped), 0)
 		c.nc.Close()
 	}
 }
@@ -248,18 +267,24 @@ func (c *conn) kill(reason CloseReason, force bool) {
 // connection is killed. The reason is recorded where the end is detected:
 // here for a failed read, by the write loop or kill otherwise.
 func (c *conn) readLoop() {
-	br := bufio.NewReaderSize(c.nc, readBufferSize)
 	for {
-		// Stop reading while the client does not read its replies, or
-		// while too many of its publishes wait for room: both bound what
-		// one client can make the server hold.
+		// Stop reading while the client does not read its replies, while
+		// too many of its publishes (by count or bytes) wait for room, or
+		// while the server's budget has no room for a reply: each bounds
+		// what one client can make the server hold.
 		if !c.waitRoom(c.ctx) {
 			return
 		}
-		if !c.waits.waitBelow(c.s.cfg.MaxWaitingPublishes) {
+		if !c.waits.waitBelow(c.s.cfg.MaxWaitingPublishes, c.s.waitShare, c.peerGone) {
+			c.closeWith(CloseClientGone, errPeerGone)
 			return
 		}
-		line, err := c.readFrame(br)
+		if err := c.s.budget.reserve(c.ctx, c, replyAllowance, 0, c.s.cfg.BudgetTimeout, c.budgetWait); err != nil {
+			c.readFailed(err)
+			return
+		}
+		c.s.budget.charge(c, -replyAllowance, 0)
+		line, err := c.fr.next()
 		if err != nil {
 			c.readFailed(err)
 			return
@@ -271,7 +296,39 @@ func (c *conn) readLoop() {
 	}
 }
 
-var errFrameTooLarge = errors.New("frame too large")
+// budgetWait runs while the read loop waits for room in the budget; false
+// means the client is gone.
+func (c *conn) budgetWait() bool {
+	c.s.reconcileQueued()
+	return !c.peerGone()
+}
+
+// recheckParked is how often a parked read loop checks whether its client
+// has gone.
+const recheckParked = 100 * time.Millisecond
+
+// peerGone reports whether the client has shut down its end, without
+// reading: the read loop is parked and the client's unread requests may
+// be in the way of the end-of-file.
+func (c *conn) peerGone() bool {
+	sc, ok := c.nc.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	gone := false
+	if err := raw.Control(func(fd uintptr) {
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+		n, err := unix.Poll(pfd, 0)
+		gone = err == nil && n > 0 && pfd[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR) != 0
+	}); err != nil {
+		return true
+	}
+	return gone
+}
 
 // readFailed records why reading stopped.
 func (c *conn) readFailed(err error) {
@@ -280,6 +337,18 @@ func (c *conn) readFailed(err error) {
 		msg := fmt.Sprintf("frame exceeds the limit of %d bytes (max frame bytes); closing the connection", c.s.cfg.MaxFrameBytes)
 		c.output(func(b []byte) []byte { return protocol.AppendErrorReply(b, 0, false, protocol.CodeFrameTooLarge, msg) })
 		c.closeWith(CloseFrameTooLarge, nil)
+	case errors.Is(err, errFrameTimeout):
+		msg := fmt.Sprintf("frame not completed within %s of its first byte (frame timeout); closing the connection", c.s.cfg.FrameTimeout)
+		c.output(func(b []byte) []byte { return protocol.AppendErrorReply(b, 0, false, protocol.CodeFrameTimeout, msg) })
+		c.closeWith(CloseFrameTimeout, nil)
+	case errors.Is(err, errOverBudget):
+		c.closeWith(CloseOverBudget, nil)
+	case errors.Is(err, errPeerGone):
+		c.closeWith(CloseClientGone, err)
+	case errors.Is(err, context.Canceled):
+		// Only kill cancels the connection's context, after recording
+		// its reason.
+		c.closeWith(CloseShutdown, nil)
 	case errors.Is(err, io.EOF):
 		c.closeWith(CloseClientGone, nil)
 	case errors.Is(err, io.ErrUnexpectedEOF):
@@ -300,61 +369,9 @@ func clientGone(err error) bool {
 	return errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed)
 }
 
-// readFrame returns the next line without its newline (and without a
-// trailing CR). The slice is valid until the next call.
-func (c *conn) readFrame(br *bufio.Reader) ([]byte, error) {
-	limit := c.s.cfg.MaxFrameBytes
-	line, err := br.ReadSlice('\n')
-	if err == nil {
-		line = line[:len(line)-1]
-		if n := len(line); n > 0 && line[n-1] == '\r' {
-			line = line[:n-1]
-		}
-		if len(line) > limit {
-			return nil, errFrameTooLarge
-		}
-		return line, nil
-	}
-	if !errors.Is(err, bufio.ErrBufferFull) {
-		if len(line) > 0 && errors.Is(err, io.EOF) {
-			return nil, io.ErrUnexpectedEOF
-		}
-		return nil, err
-	}
-	c.big = append(c.big[:0], line...)
-	for {
-		if len(c.big) > limit+1 {
-			return nil, errFrameTooLarge
-		}
-		line, err = br.ReadSlice('\n')
-		c.big = append(c.big, line...)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, bufio.ErrBufferFull) {
-			if errors.Is(err, io.EOF) {
-				return nil, io.ErrUnexpectedEOF
-			}
-			return nil, err
-		}
-	}
-	line = c.big[:len(c.big)-1]
-	if n := len(line); n > 0 && line[n-1] == '\r' {
-		line = line[:n-1]
-	}
-	if len(line) > limit {
-		return nil, errFrameTooLarge
-	}
-	if cap(c.big) > 4*readBufferSize {
-		// Do not keep a megabyte per idle connection after one big frame.
-		defer func() { c.big = nil }()
-		return append([]byte(nil), line...), nil
-	}
-	return line, nil
-}
-
-// handle dispatches one frame. Nothing it does blocks: a publish that has
-// to wait for room is left with the bus, which answers it later.
+// handle dispatches one frame. Nothing it does waits for the bus: a
+// publish that has to wait for room is left with the bus, which answers it
+// later. A publish may wait for room in the server's budget.
 func (c *conn) handle(line []byte) {
 	req, err := protocol.DecodeRequestInterned(line, c.internFn)
 	if err != nil {
@@ -404,6 +421,17 @@ func (c *conn) publish(req *protocol.Request) {
 		c.replyErr(req.ID, true, err)
 		return
 	}
+	// The event's bytes and its reply are reserved before the event is
+	// taken: held for the client while it waits, then for the queue until
+	// it is acked.
+	cost := eventCost(len(req.Payload), req.Type)
+	if err := c.s.budget.reserve(c.ctx, c, cost+replyAllowance, cost, 0, c.budgetWait); err != nil {
+		if errors.Is(err, errPeerGone) {
+			c.kill(CloseClientGone, false)
+		}
+		c.replyCancelled(req.ID)
+		return
+	}
 	ev := bus.Event{Type: req.Type}
 	if req.Payload != nil {
 		ev.Payload = append(json.RawMessage(nil), req.Payload...)
@@ -420,6 +448,7 @@ func (c *conn) publish(req *protocol.Request) {
 	if c.ctx.Err() != nil {
 		// Read just before the connection was told to stop: withdrawn
 		// like the publishes already waiting.
+		c.s.budget.charge(c, -(cost + replyAllowance), -cost)
 		c.replyCancelled(req.ID)
 		return
 	}
@@ -429,7 +458,7 @@ func (c *conn) publish(req *protocol.Request) {
 		call.fn = call.done
 	}
 	c.pubSeq++
-	call.n, call.id = c.pubSeq, req.ID
+	call.n, call.id, call.queue, call.cost = c.pubSeq, req.ID, queue, cost
 	// The event takes its place in the queue now, in the order the frames
 	// were read: accepted, or waiting with its own timeout counted from
 	// now, without holding up this connection's other frames.
@@ -440,31 +469,39 @@ func (c *conn) publish(req *protocol.Request) {
 		return
 	}
 	c.spareCall = nil // the bus calls it later
-	c.waits.add(call.n, call.id, p)
+	c.waits.add(call.n, call.id, cost, p)
 }
 
 // pubCall is one publish's done callback. The read loop reuses it after an
 // immediate outcome, so that a publish that does not wait allocates no
 // callback.
 type pubCall struct {
-	c  *conn
-	n  uint64
-	id int64
-	fn func(bus.Outcome, error) // call.done, bound once
+	c     *conn
+	n     uint64
+	id    int64
+	queue string
+	cost  int64                    // reserved in the budget for the event
+	fn    func(bus.Outcome, error) // call.done, bound once
 }
 
 func (call *pubCall) done(outcome bus.Outcome, err error) {
-	call.c.publishDone(call.n, call.id, outcome, err)
+	call.c.publishDone(call.n, call.id, call.queue, call.cost, outcome, err)
 }
 
 // publishDone answers publish n (request id) once the bus has decided it.
 // It may run on the read loop (inside PublishAsync or Cancel) or on a bus
 // goroutine (a consumer's Receive, a timer), so it only appends the reply
 // and updates the bookkeeping; it never blocks.
-func (c *conn) publishDone(n uint64, id int64, outcome bus.Outcome, err error) {
-	// The reply goes first: once the last wait is gone, serve closes the
-	// output.
-	c.replyOutcome(id, outcome, err)
+func (c *conn) publishDone(n uint64, id int64, queue string, cost int64, outcome bus.Outcome, err error) {
+	// The event's bytes go to the queue or are released before the reply
+	// frees the wait: once the last wait is gone, serve closes the output
+	// and checks that the connection holds nothing.
+	if outcome == bus.Accepted {
+		c.s.budget.accepted(c, queue, cost)
+	} else {
+		c.s.budget.charge(c, -cost, -cost)
+	}
+	c.replyOutcome(id, outcome, err, replyAllowance)
 	c.waits.resolve(n, id)
 }
 
@@ -488,17 +525,21 @@ func (c *conn) cancelAllPublishes() {
 	}
 }
 
-func (c *conn) replyOutcome(id int64, outcome bus.Outcome, err error) {
+// replyOutcome answers a publish with credit bytes already reserved for
+// the reply.
+func (c *conn) replyOutcome(id int64, outcome bus.Outcome, err error, credit int64) {
 	switch outcome {
 	case bus.Accepted:
-		c.reply(id, protocol.StatusAccepted)
+		c.outputPaid(credit, func(b []byte) []byte { return protocol.AppendReply(b, id, protocol.StatusAccepted) })
 	case bus.Dropped:
-		c.reply(id, protocol.StatusDropped)
+		c.outputPaid(credit, func(b []byte) []byte { return protocol.AppendReply(b, id, protocol.StatusDropped) })
 	case bus.TimedOut:
-		c.reply(id, protocol.StatusTimeout)
+		c.outputPaid(credit, func(b []byte) []byte { return protocol.AppendReply(b, id, protocol.StatusTimeout) })
 	case bus.Cancelled:
+		c.s.budget.charge(c, -credit, 0)
 		c.replyCancelled(id)
 	default:
+		c.s.budget.charge(c, -credit, 0)
 		if err == nil {
 			err = errors.New("publish failed")
 		}
@@ -555,7 +596,7 @@ func (c *conn) subscribe(req *protocol.Request) {
 		return
 	}
 	ctx, cancel := context.WithCancel(c.ctx)
-	sub := &subscription{c: c, queue: req.Queue, cons: cons, ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	sub := &subscription{c: c, queue: req.Queue, cons: cons, ctx: ctx, cancel: cancel, done: make(chan struct{}), costs: make(map[uint64]int64)}
 	c.subs[req.Queue] = sub
 	// The reply goes out before the pump starts, so it precedes every
 	// delivery of this subscription on the wire.
@@ -599,6 +640,7 @@ func (c *conn) settle(req *protocol.Request) {
 		c.replyErrMaybe(req, busError(fmt.Sprintf("%s %d on queue %q", req.Op, req.Seq, sub.queue), err))
 		return
 	}
+	sub.settled(req.Seq, req.Op == protocol.OpAck)
 	if req.HasID {
 		c.reply(req.ID, protocol.StatusOK)
 	}
@@ -649,17 +691,26 @@ func (c *conn) replyErr(id int64, hasID bool, err error) {
 
 // output appends one frame to the connection's output and wakes the write
 // loop if it is idle. It never blocks on the client: callers that produce
-// unbounded output wait for room first (waitRoom).
-func (c *conn) output(appendFrame func([]byte) []byte) {
+// unbounded output wait for room first (waitRoom). The frame's bytes are
+// charged to the budget until they are written.
+func (c *conn) output(appendFrame func([]byte) []byte) { c.outputPaid(0, appendFrame) }
+
+// outputPaid is output for a frame whose bytes, up to credit, were
+// reserved in the budget already: the difference is charged or released.
+func (c *conn) outputPaid(credit int64, appendFrame func([]byte) []byte) {
 	c.omu.Lock()
 	if c.dead || c.oclosed {
 		c.omu.Unlock()
+		c.s.budget.charge(c, -credit, 0)
 		return
 	}
+	n := len(c.obuf)
 	c.obuf = appendFrame(c.obuf)
+	added := int64(len(c.obuf) - n)
 	wake := c.writerIdle
 	c.writerIdle = false
 	c.omu.Unlock()
+	c.s.budget.charge(c, added-credit, 0)
 	if wake {
 		c.signalWriter()
 	}
@@ -688,6 +739,10 @@ func (c *conn) waitRoom(ctx context.Context) bool {
 	}
 	return !c.dead && ctx.Err() == nil
 }
+
+// shrinkOutputBuffer: an output buffer grown past this is dropped once
+// written rather than kept for reuse.
+const shrinkOutputBuffer = 64 << 10
 
 // writeLoop writes queued output until the connection is closed and its
 // output flushed, or a write fails or stays stuck past the write timeout.
@@ -720,17 +775,25 @@ func (c *conn) writeLoop() {
 		c.omu.Lock()
 		c.writing = 0
 		c.spare = buf[:0]
+		if cap(buf) > shrinkOutputBuffer {
+			// Not kept for reuse: after a burst the connection would hold
+			// it for good.
+			c.spare = nil
+		}
 		if c.roomWait > 0 {
 			c.room.Broadcast()
 		}
+		released := len(buf)
 		if err != nil {
 			// Dead and why, in one step: see conn.reason.
 			c.closeWithLocked(reason, err)
 			c.dead = true
+			released += len(c.obuf)
 			c.obuf = c.obuf[:0]
 			c.room.Broadcast()
 		}
 		c.omu.Unlock()
+		c.s.budget.charge(c, -int64(released), 0)
 		if err != nil {
 			c.kill(reason, false)
 			return
@@ -760,6 +823,23 @@ type subscription struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan struct{}
+
+	// costs holds each unacked delivery's budget cost by seq, so that its
+	// ack releases the bytes its publish reserved.
+	mu    sync.Mutex
+	costs map[uint64]int64
+}
+
+// settled forgets delivery seq; with ack its bytes leave the budget (a
+// nacked event is back in its queue and stays counted).
+func (s *subscription) settled(seq uint64, ack bool) {
+	s.mu.Lock()
+	cost, ok := s.costs[seq]
+	delete(s.costs, seq)
+	s.mu.Unlock()
+	if ok && ack {
+		s.c.s.budget.acked(s.queue, cost)
+	}
 }
 
 func (s *subscription) pump() {
@@ -774,8 +854,18 @@ func (s *subscription) pump() {
 		d, err := s.cons.Receive(s.ctx)
 		if err != nil {
 			if !errors.Is(err, context.Canceled) && !errors.Is(err, bus.ErrConsumerClosed) && !errors.Is(err, bus.ErrShuttingDown) {
-				c.s.log.Warn("subscription stopped", "queue", s.queue, "err", err)
+				c.logger.Warn("subscription stopped", "queue", s.queue, "err", err)
 			}
+			return
+		}
+		s.mu.Lock()
+		s.costs[d.Seq] = eventCost(len(d.Event.Payload), d.Event.Type)
+		s.mu.Unlock()
+		// The frame's bytes are reserved before it is written, so that
+		// deliveries too stay inside the budget; the event stays in flight
+		// meanwhile.
+		credit := int64(len(d.Event.Payload)+len(d.Event.Type)+len(d.Queue)) + deliverOverhead
+		if err := c.s.budget.reserve(s.ctx, c, credit, 0, 0, nil); err != nil {
 			return
 		}
 		f := protocol.Deliver{
@@ -790,9 +880,13 @@ func (s *subscription) pump() {
 		if d.SpanContext.IsValid() {
 			tp = protocol.AppendTraceparent(tp, d.SpanContext)
 		}
-		c.output(func(b []byte) []byte { return protocol.AppendDeliverTraceparent(b, &f, tp) })
+		c.outputPaid(credit, func(b []byte) []byte { return protocol.AppendDeliverTraceparent(b, &f, tp) })
 	}
 }
+
+// deliverOverhead bounds a deliver frame's bytes besides its payload, type
+// and queue: field names, seq, traceparent, enqueued_at, redeliveries.
+const deliverOverhead = 256
 
 // stop ends the pump and closes the consumer, which returns its unacked
 // events to the queue head. Read loop only.

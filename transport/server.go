@@ -54,6 +54,18 @@ const (
 	// may also buffer up to MaxOutputBytes for a client that does not read;
 	// lower the cap where the memory limit cannot hold that many times.
 	DefaultMaxConnections = 1024
+	// DefaultMaxBufferedBytes is the budget for the bytes held on behalf
+	// of clients (see Config.MaxBufferedBytes): half of the 256 MiB memory
+	// limit of the Kubernetes example, leaving the rest for the runtime,
+	// goroutine stacks and the garbage collector's headroom.
+	DefaultMaxBufferedBytes = 128 << 20
+	// DefaultFrameTimeout bounds the time from a frame's first byte to its
+	// newline.
+	DefaultFrameTimeout = 10 * time.Second
+	// DefaultBudgetTimeout is how long a connection that holds more than
+	// its share may wait for room in an exhausted budget before it is cut
+	// off.
+	DefaultBudgetTimeout = 10 * time.Second
 	// DefaultQueue receives events whose type has no route.
 	DefaultQueue = "data"
 )
@@ -99,12 +111,44 @@ type Config struct {
 	// in eventbus.connections.rejected and summed into the next
 	// LogRejections. A closing connection counts until its socket is closed.
 	MaxConnections int
+	// MaxBufferedBytes is the budget for every byte the server holds on
+	// behalf of clients: read buffers (unfinished frames), output buffers,
+	// the payloads of publishes waiting for room and of accepted events
+	// until they are acked (0 means DefaultMaxBufferedBytes). Publish
+	// payloads may take half of it, the waiting publishes of one
+	// connection a sixteenth. Past it the server stops reading from the
+	// connections that need more (the last eighth is kept for those that
+	// hold no more than an idle connection), and cuts off
+	// (CloseOverBudget) one that holds more than its fair share (the
+	// budget divided among the open connections) while it waits past
+	// BudgetTimeout.
+	// It must be at least 8 × MaxFrameBytes.
+	MaxBufferedBytes int64
+	// BudgetTimeout: see MaxBufferedBytes (0 means DefaultBudgetTimeout).
+	BudgetTimeout time.Duration
+	// FrameTimeout bounds the time from a frame's first byte to its
+	// newline (0 means DefaultFrameTimeout); a connection idle between
+	// frames has no deadline. Past it the client gets one frame_timeout
+	// error frame and is closed (CloseFrameTimeout).
+	FrameTimeout time.Duration
+	// AllowedUIDs and AllowedGIDs, when either is non-empty, admit only
+	// the peers whose user id is in AllowedUIDs or whose group id is in
+	// AllowedGIDs (read with SO_PEERCRED); any other gets one
+	// permission_denied error frame and is closed. Both empty admit every
+	// process the socket file's mode lets connect.
+	AllowedUIDs []uint32
+	AllowedGIDs []uint32
 	// Logger receives connection-level events (nil discards them).
 	Logger *slog.Logger
 	// MeterProvider records eventbus.connections and the transport's
 	// counters (nil means no metrics).
 	MeterProvider metric.MeterProvider
 }
+
+// MinBufferedBytes is the smallest MaxBufferedBytes that serves frames of
+// maxFrameBytes: the longest frame must fit the share of a connection
+// that holds a lot, with its payload copy and a delivery of it.
+func MinBufferedBytes(maxFrameBytes int) int64 { return 8 * int64(maxFrameBytes) }
 
 // ErrServerClosed is returned by Serve after Shutdown.
 var ErrServerClosed = errors.New("transport: server closed")
@@ -135,6 +179,14 @@ type Server struct {
 	rejectFrame     []byte
 	rejected        atomic.Int64
 	unloggedRejects atomic.Int64 // since the last LogRejections
+	denied          atomic.Int64 // refused by peer credentials
+	unloggedDenied  atomic.Int64
+
+	budget    *budget
+	waitShare int64 // waiting-publish bytes one connection may hold
+	// lastReconcile is when the queued bytes were last checked against
+	// the bus (unix nanoseconds).
+	lastReconcile atomic.Int64
 }
 
 const (
@@ -162,9 +214,27 @@ const (
 	CloseReadError     CloseReason = "read_error"
 	CloseWriteError    CloseReason = "write_error"
 	CloseShutdown      CloseReason = "shutdown"
+	// CloseFrameTimeout: a frame was not completed within FrameTimeout.
+	CloseFrameTimeout CloseReason = "frame_timeout"
+	// CloseOverBudget: the connection held more than its share of
+	// MaxBufferedBytes while the budget stayed exhausted past
+	// BudgetTimeout.
+	CloseOverBudget CloseReason = "over_budget"
 )
 
-var closeReasons = []CloseReason{CloseClientGone, CloseFrameTooLarge, CloseSlowConsumer, CloseReadError, CloseWriteError, CloseShutdown}
+var closeReasons = []CloseReason{CloseClientGone, CloseFrameTooLarge, CloseSlowConsumer, CloseReadError, CloseWriteError, CloseShutdown, CloseFrameTimeout, CloseOverBudget}
+
+// RejectReason says why a connection was turned away before it was
+// served; it labels eventbus.connections.rejected.
+type RejectReason string
+
+// Reject reasons.
+const (
+	RejectTooManyConnections RejectReason = "too_many_connections"
+	RejectPermissionDenied   RejectReason = "permission_denied"
+)
+
+var rejectReasons = []RejectReason{RejectTooManyConnections, RejectPermissionDenied}
 
 type serverMetrics struct {
 	invalidTraceparent metric.Int64Counter
@@ -208,6 +278,15 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxConnections <= 0 {
 		cfg.MaxConnections = DefaultMaxConnections
 	}
+	if cfg.MaxBufferedBytes <= 0 {
+		cfg.MaxBufferedBytes = DefaultMaxBufferedBytes
+	}
+	if cfg.BudgetTimeout <= 0 {
+		cfg.BudgetTimeout = DefaultBudgetTimeout
+	}
+	if cfg.FrameTimeout <= 0 {
+		cfg.FrameTimeout = DefaultFrameTimeout
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -225,8 +304,14 @@ func New(cfg Config) (*Server, error) {
 
 		rejectSlots: make(chan struct{}, maxRejecting),
 		rejectFrame: protocol.AppendTooManyConnections(nil, cfg.MaxConnections),
+
+		waitShare: max(cfg.MaxBufferedBytes/connWaitDiv, 2*int64(cfg.MaxFrameBytes)),
 	}
+	s.budget = newBudget(cfg.MaxBufferedBytes, queues, &s.connCount)
 	var errs []error
+	if minBudget := MinBufferedBytes(cfg.MaxFrameBytes); cfg.MaxBufferedBytes < minBudget {
+		errs = append(errs, fmt.Errorf("%w: max buffered bytes %d is less than 8 × max frame bytes (%d); allowed: at least %d", ErrInvalidConfig, cfg.MaxBufferedBytes, cfg.MaxFrameBytes, minBudget))
+	}
 	if !slices.Contains(s.queues, cfg.DefaultQueue) {
 		errs = append(errs, fmt.Errorf("%w: default queue %q is not a queue of the bus; valid queues: %s", ErrInvalidConfig, cfg.DefaultQueue, strings.Join(s.queues, ", ")))
 	}
@@ -261,22 +346,33 @@ func (s *Server) initMetrics() error {
 		metric.WithDescription("Client connections closed, by reason."),
 		metric.WithUnit("{connection}"))
 	rejected, err4 := m.Int64Counter("eventbus.connections.rejected",
-		metric.WithDescription("Client connections turned away because the connection limit (max connections) was reached."),
+		metric.WithDescription("Client connections turned away before they were served, by reason: the connection limit (max connections) was reached, or the peer's uid and gid are not allowed."),
 		metric.WithUnit("{connection}"))
-	if err := errors.Join(err1, err2, err3, err4); err != nil {
+	buffered, err5 := m.Int64ObservableGauge("eventbus.buffered",
+		metric.WithDescription("Bytes the sidecar holds on behalf of clients: read and output buffers, waiting publishes, accepted events not yet acked."),
+		metric.WithUnit("By"))
+	budgetGauge, err6 := m.Int64ObservableGauge("eventbus.buffered.budget",
+		metric.WithDescription("The budget for eventbus.buffered (max buffered bytes)."),
+		metric.WithUnit("By"))
+	if err := errors.Join(err1, err2, err3, err4, err5, err6); err != nil {
 		return fmt.Errorf("transport metrics: %w", err)
 	}
 	reg, err := m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		o.ObserveInt64(conns, s.connCount.Load())
+		s.reconcileQueued()
+		o.ObserveInt64(buffered, s.budget.Held())
+		o.ObserveInt64(budgetGauge, s.cfg.MaxBufferedBytes)
 		return nil
-	}, conns)
+	}, conns, buffered, budgetGauge)
 	if err != nil {
 		return fmt.Errorf("transport metrics: %w", err)
 	}
 	// Create every series at 0 so that increase() sees the first event.
 	ctx := context.Background()
 	inv.Add(ctx, 0)
-	rejected.Add(ctx, 0)
+	for _, r := range rejectReasons {
+		rejected.Add(ctx, 0, metric.WithAttributes(attribute.String("reason", string(r))))
+	}
 	for _, r := range closeReasons {
 		closed.Add(ctx, 0, metric.WithAttributes(attribute.String("reason", string(r))))
 	}
@@ -326,11 +422,18 @@ func (s *Server) Serve(l net.Listener) error {
 			return fmt.Errorf("accept: %w", err)
 		}
 		backoff = 0
+		peer, perr := readPeerCred(nc)
 		s.mu.Lock()
 		if s.shutting.Load() {
 			s.mu.Unlock()
 			nc.Close()
 			return ErrServerClosed
+		}
+		if !s.admits(peer) {
+			slot := s.takeRejectSlot()
+			s.mu.Unlock()
+			s.deny(nc, slot, peer, perr)
+			continue
 		}
 		if len(s.conns) >= s.cfg.MaxConnections {
 			// Under mu, like the registration below, so that several
@@ -340,7 +443,7 @@ func (s *Server) Serve(l net.Listener) error {
 			s.reject(nc, slot)
 			continue
 		}
-		c := newConn(s, nc)
+		c := newConn(s, nc, peer)
 		s.conns[c] = struct{}{}
 		s.wg.Add(1)
 		s.mu.Unlock()
@@ -381,24 +484,37 @@ func (s *Server) takeRejectSlot() bool {
 func (s *Server) reject(nc net.Conn, slot bool) {
 	s.rejected.Add(1)
 	s.unloggedRejects.Add(1)
-	s.metrics.rejected.Add(context.Background(), 1)
+	s.metrics.rejected.Add(context.Background(), 1, metric.WithAttributes(attribute.String("reason", string(RejectTooManyConnections))))
 	if !slot {
 		nc.Close()
 		return
 	}
-	go s.turnAway(nc)
+	go s.turnAway(nc, s.rejectFrame)
+}
+
+// deny turns away a peer whose credentials are not allowed, the same way.
+func (s *Server) deny(nc net.Conn, slot bool, peer peerCred, err error) {
+	s.denied.Add(1)
+	s.unloggedDenied.Add(1)
+	s.metrics.rejected.Add(context.Background(), 1, metric.WithAttributes(attribute.String("reason", string(RejectPermissionDenied))))
+	s.log.Debug("connection refused: peer not allowed", peerAttrs(peer, err)...)
+	if !slot {
+		nc.Close()
+		return
+	}
+	go s.turnAway(nc, s.deniedFrame(peer, err))
 }
 
 // turnAway writes the rejection frame and closes the connection without
 // reading its requests. The linger keeps the close from resetting the
 // socket over requests the client sent before it was accepted, which
 // would make it lose the frame.
-func (s *Server) turnAway(nc net.Conn) {
+func (s *Server) turnAway(nc net.Conn, frame []byte) {
 	defer s.wg.Done()
 	defer func() { <-s.rejectSlots }()
 	defer nc.Close() // before the slot is released: fds stay bounded
 	nc.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
-	if _, err := nc.Write(s.rejectFrame); err != nil {
+	if _, err := nc.Write(frame); err != nil {
 		return
 	}
 	lingerDiscard(nc)
@@ -410,6 +526,10 @@ func (s *Server) turnAway(nc net.Conn) {
 // flood the log; the owner of the server calls this on a ticker, and
 // Shutdown once more for the rest.
 func (s *Server) LogRejections() {
+	if n := s.unloggedDenied.Swap(0); n > 0 {
+		s.log.Warn("refused connections from processes whose uid and gid are not allowed", "refused", n,
+			"refused_total", s.denied.Load(), "allowed_uids", s.cfg.AllowedUIDs, "allowed_gids", s.cfg.AllowedGIDs)
+	}
 	n := s.unloggedRejects.Swap(0)
 	if n == 0 {
 		return
@@ -427,6 +547,32 @@ func (s *Server) forget(c *conn, reason CloseReason) {
 	s.metrics.closed.Add(context.Background(), 1, metric.WithAttributes(attribute.String("reason", string(reason))))
 	s.wg.Done()
 }
+
+// Buffered reports the bytes the server holds on behalf of clients now,
+// as counted against MaxBufferedBytes.
+func (s *Server) Buffered() int64 { return s.budget.Held() }
+
+// Denied reports how many connections were refused since start because
+// their peer's uid and gid are not allowed.
+func (s *Server) Denied() int64 { return s.denied.Load() }
+
+// reconcileQueued corrects the bytes counted for accepted events against
+// what the bus still holds, at most every reconcileEvery: the bus's stats
+// are a snapshot of every queue.
+func (s *Server) reconcileQueued() {
+	now := time.Now().UnixNano()
+	last := s.lastReconcile.Load()
+	if now-last < int64(reconcileEvery) || !s.lastReconcile.CompareAndSwap(last, now) {
+		return
+	}
+	held := make(map[string]int64, len(s.queues))
+	for name, q := range s.bus.Stats() {
+		held[name] = int64(q.Size + q.InFlight)
+	}
+	s.budget.reconcile(held)
+}
+
+const reconcileEvery = 100 * time.Millisecond
 
 // Connections reports the number of open client connections.
 func (s *Server) Connections() int { return int(s.connCount.Load()) }

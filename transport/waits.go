@@ -3,6 +3,7 @@ package transport
 import (
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
 )
@@ -17,8 +18,9 @@ type publishWaits struct {
 	changed *sync.Cond // signalled when a wait ends or stop is called
 	// byID holds the waiting publishes by request id: a client that reuses
 	// an id has several, told apart by their publish number.
-	byID map[int64][]waitRef
-	n    int // publishes in byID
+	byID  map[int64][]waitRef
+	n     int   // publishes in byID
+	bytes int64 // their budget costs
 	// early is the number of a publish answered before add could store
 	// it. Only the publish the read loop is handing to the bus can be in
 	// that window, so one number is enough.
@@ -30,8 +32,9 @@ type publishWaits struct {
 // waitRef is a publish waiting for room: n tells apart publishes that
 // share an id.
 type waitRef struct {
-	n uint64
-	p *bus.Pending
+	n    uint64
+	cost int64
+	p    *bus.Pending
 }
 
 func newPublishWaits() *publishWaits {
@@ -40,16 +43,17 @@ func newPublishWaits() *publishWaits {
 	return w
 }
 
-// add records publish n (request id) as waiting, unless resolve has
-// already answered it.
-func (w *publishWaits) add(n uint64, id int64, p *bus.Pending) {
+// add records publish n (request id), whose event costs cost bytes, as
+// waiting, unless resolve has already answered it.
+func (w *publishWaits) add(n uint64, id int64, cost int64, p *bus.Pending) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.early == n {
 		return
 	}
-	w.byID[id] = append(w.byID[id], waitRef{n: n, p: p})
+	w.byID[id] = append(w.byID[id], waitRef{n: n, cost: cost, p: p})
 	w.n++
+	w.bytes += cost
 }
 
 // resolve removes publish n (request id) once the bus has answered it. A
@@ -65,6 +69,7 @@ func (w *publishWaits) resolve(n uint64, id int64) {
 		w.early = n
 		return
 	}
+	w.bytes -= refs[i].cost
 	if len(refs) == 1 {
 		delete(w.byID, id)
 	} else {
@@ -101,15 +106,32 @@ func (w *publishWaits) all() []*bus.Pending {
 	return ps
 }
 
-// waitBelow blocks while limit or more publishes are waiting. It returns
-// false, at once or when woken, after stop.
-func (w *publishWaits) waitBelow(limit int) bool {
+// waitBelow blocks while limit or more publishes are waiting, or while
+// their events cost maxBytes or more (0: no byte limit). It returns false,
+// at once or when woken, after stop, or when gone (if not nil), asked
+// every recheckParked while parked, reports the client gone: a parked
+// reader would not see it otherwise.
+func (w *publishWaits) waitBelow(limit int, maxBytes int64, gone func() bool) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for w.n >= limit && !w.stopped {
+	for (w.n >= limit || maxBytes > 0 && w.bytes >= maxBytes) && !w.stopped {
+		var t *time.Timer
+		if gone != nil {
+			t = time.AfterFunc(recheckParked, func() {
+				w.mu.Lock()
+				w.changed.Broadcast()
+				w.mu.Unlock()
+			})
+		}
 		w.sleeping = true
 		w.changed.Wait()
 		w.sleeping = false
+		if t != nil {
+			t.Stop()
+			if gone() {
+				return false
+			}
+		}
 	}
 	return !w.stopped
 }

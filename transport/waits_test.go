@@ -56,7 +56,7 @@ func TestPublishWaitsBookkeeping(t *testing.T) {
 			for _, op := range tt.ops {
 				if op.add {
 					handles[op.n] = &bus.Pending{}
-					w.add(op.n, op.id, handles[op.n])
+					w.add(op.n, op.id, 0, handles[op.n])
 				} else {
 					w.resolve(op.n, op.id)
 				}
@@ -107,12 +107,12 @@ func TestPublishWaitsWaitBelowReturnsAtOnce(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			w := newPublishWaits()
 			for i := range tt.waiting {
-				w.add(uint64(i+1), int64(i), &bus.Pending{})
+				w.add(uint64(i+1), int64(i), 0, &bus.Pending{})
 			}
 			if tt.stopped {
 				w.stop()
 			}
-			if got := w.waitBelow(tt.limit); got != tt.want {
+			if got := w.waitBelow(tt.limit, 0, nil); got != tt.want {
 				t.Errorf("waitBelow(%d) with %d waiting = %v, want %v", tt.limit, tt.waiting, got, tt.want)
 			}
 		})
@@ -123,10 +123,10 @@ func TestPublishWaitsWaitBelowBlocksUntilResolveOrStop(t *testing.T) {
 	for _, end := range []string{"resolve", "stop"} {
 		t.Run(end, func(t *testing.T) {
 			w := newPublishWaits()
-			w.add(1, 1, &bus.Pending{})
-			w.add(2, 2, &bus.Pending{})
+			w.add(1, 1, 0, &bus.Pending{})
+			w.add(2, 2, 0, &bus.Pending{})
 			got := make(chan bool, 1)
-			go func() { got <- w.waitBelow(2) }()
+			go func() { got <- w.waitBelow(2, 0, nil) }()
 			eventually(t, "waitBelow parked", func() bool { return w.heldAt(2) })
 			select {
 			case v := <-got:
@@ -149,7 +149,7 @@ func TestPublishWaitsWaitBelowBlocksUntilResolveOrStop(t *testing.T) {
 
 func TestPublishWaitsWaitEmptyOutlastsStop(t *testing.T) {
 	w := newPublishWaits()
-	w.add(1, 1, &bus.Pending{})
+	w.add(1, 1, 0, &bus.Pending{})
 	w.stop()
 	done := make(chan struct{})
 	go func() {
