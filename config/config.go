@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/admin"
@@ -59,6 +60,18 @@ type Config struct {
 	// that reconnects in a loop or leaks its pool cannot exhaust the
 	// sidecar's file descriptors and memory for the others.
 	MaxConnections int
+	// MaxBufferedBytes is the budget for the bytes held on behalf of
+	// clients: read and output buffers, waiting publishes and accepted
+	// events until acked (see transport.Config.MaxBufferedBytes).
+	MaxBufferedBytes int64
+	// FrameTimeout bounds the time from a frame's first byte to its
+	// newline; a connection idle between frames has no deadline.
+	FrameTimeout time.Duration
+	// AllowedUIDs and AllowedGIDs admit only processes with one of these
+	// user ids or group ids (SO_PEERCRED); both empty admit every process
+	// the socket file's mode lets connect.
+	AllowedUIDs []uint32
+	AllowedGIDs []uint32
 	// Queues are the bus queues in the order stats and metrics list them.
 	Queues []bus.QueueConfig
 	// Routes maps an event type to the queue a publish without "queue" goes to.
@@ -117,9 +130,12 @@ func Default() Config {
 		WriteTimeout:   transport.DefaultWriteTimeout,
 		MaxOutputBytes: transport.DefaultMaxOutputBytes,
 		MaxConnections: transport.DefaultMaxConnections,
-		Queues:         bus.DefaultQueues(),
-		Routes:         transport.DefaultRoutes(),
-		DefaultQueue:   transport.DefaultQueue,
+
+		MaxBufferedBytes: transport.DefaultMaxBufferedBytes,
+		FrameTimeout:     transport.DefaultFrameTimeout,
+		Queues:           bus.DefaultQueues(),
+		Routes:           transport.DefaultRoutes(),
+		DefaultQueue:     transport.DefaultQueue,
 		// Telemetry stays zero: the telemetry package applies its defaults
 		// after the OTEL_* variables, which must be able to override them.
 	}
@@ -129,6 +145,8 @@ func Default() Config {
 func (c Config) Clone() Config {
 	out := c
 	out.Queues = append([]bus.QueueConfig(nil), c.Queues...)
+	out.AllowedUIDs = slices.Clone(c.AllowedUIDs)
+	out.AllowedGIDs = slices.Clone(c.AllowedGIDs)
 	if c.Telemetry.DataSampleRatio != nil {
 		r := *c.Telemetry.DataSampleRatio
 		out.Telemetry.DataSampleRatio = &r

@@ -130,6 +130,10 @@ type fileConfig struct {
 	WriteTimeout   yaml.Node         `yaml:"write_timeout"`
 	MaxOutputBytes yaml.Node         `yaml:"max_output_bytes"`
 	MaxConnections yaml.Node         `yaml:"max_connections"`
+	MaxBuffered    yaml.Node         `yaml:"max_buffered_bytes"`
+	FrameTimeout   yaml.Node         `yaml:"frame_timeout"`
+	AllowedUIDs    yaml.Node         `yaml:"allowed_uids"`
+	AllowedGIDs    yaml.Node         `yaml:"allowed_gids"`
 	Queues         []fileQueue       `yaml:"queues"`
 	Routes         map[string]string `yaml:"routes"`
 	DefaultQueue   yaml.Node         `yaml:"default_queue"`
@@ -156,24 +160,28 @@ type fileTelemetry struct {
 
 // fileKeys lists the keys each YAML mapping accepts, for unknown-key errors.
 var fileKeys = map[string]string{
-	"fileConfig":    "socket, socket_mode, admin_addr, log_level, log_format, drain_timeout, max_frame_bytes, write_timeout, max_output_bytes, max_connections, queues, routes, default_queue, telemetry",
+	"fileConfig":    "socket, socket_mode, admin_addr, log_level, log_format, drain_timeout, max_frame_bytes, write_timeout, max_output_bytes, max_connections, max_buffered_bytes, frame_timeout, allowed_uids, allowed_gids, queues, routes, default_queue, telemetry",
 	"fileQueue":     "name, capacity, policy, timeout",
 	"fileTelemetry": "disabled, traces_disabled, otlp_endpoint, otlp_insecure, service_name, data_sample_ratio, metric_interval, span_export_cpu",
 }
 
 func (f *fileConfig) scalars() map[string]*yaml.Node {
 	m := map[string]*yaml.Node{
-		"socket":           &f.Socket,
-		"socket_mode":      &f.SocketMode,
-		"admin_addr":       &f.AdminAddr,
-		"log_level":        &f.LogLevel,
-		"log_format":       &f.LogFormat,
-		"drain_timeout":    &f.DrainTimeout,
-		"max_frame_bytes":  &f.MaxFrameBytes,
-		"write_timeout":    &f.WriteTimeout,
-		"max_output_bytes": &f.MaxOutputBytes,
-		"max_connections":  &f.MaxConnections,
-		"default_queue":    &f.DefaultQueue,
+		"socket":             &f.Socket,
+		"socket_mode":        &f.SocketMode,
+		"admin_addr":         &f.AdminAddr,
+		"log_level":          &f.LogLevel,
+		"log_format":         &f.LogFormat,
+		"drain_timeout":      &f.DrainTimeout,
+		"max_frame_bytes":    &f.MaxFrameBytes,
+		"write_timeout":      &f.WriteTimeout,
+		"max_output_bytes":   &f.MaxOutputBytes,
+		"max_connections":    &f.MaxConnections,
+		"max_buffered_bytes": &f.MaxBuffered,
+		"frame_timeout":      &f.FrameTimeout,
+		"allowed_uids":       &f.AllowedUIDs,
+		"allowed_gids":       &f.AllowedGIDs,
+		"default_queue":      &f.DefaultQueue,
 	}
 	if t := f.Telemetry; t != nil {
 		m["telemetry.disabled"] = &t.Disabled
@@ -222,7 +230,13 @@ func applyFile(cfg *Config, data []byte, source string, origin map[string]string
 		if n == nil || n.Kind == 0 {
 			continue
 		}
-		v, err := scalar(n, s.Key, source)
+		var v string
+		var err error
+		if s.List && n.Kind == yaml.SequenceNode {
+			v, err = list(n, s.Key, source)
+		} else {
+			v, err = scalar(n, s.Key, source)
+		}
 		if err != nil {
 			return err
 		}
@@ -249,6 +263,20 @@ func scalar(n *yaml.Node, key, source string) (string, error) {
 		return "", nil
 	}
 	return n.Value, nil
+}
+
+// list returns a YAML list of scalars as the comma-separated text the
+// list settings parse.
+func list(n *yaml.Node, key, source string) (string, error) {
+	items := make([]string, len(n.Content))
+	for i, item := range n.Content {
+		v, err := scalar(item, key, source)
+		if err != nil {
+			return "", err
+		}
+		items[i] = v
+	}
+	return strings.Join(items, ","), nil
 }
 
 func kindName(k yaml.Kind) string {

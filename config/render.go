@@ -18,6 +18,10 @@ type renderConfig struct {
 	WriteTimeout   string            `yaml:"write_timeout"`
 	MaxOutputBytes int               `yaml:"max_output_bytes"`
 	MaxConnections int               `yaml:"max_connections"`
+	MaxBuffered    int64             `yaml:"max_buffered_bytes"`
+	FrameTimeout   string            `yaml:"frame_timeout"`
+	AllowedUIDs    []uint32          `yaml:"allowed_uids"`
+	AllowedGIDs    []uint32          `yaml:"allowed_gids"`
 	Queues         []renderQueue     `yaml:"queues"`
 	Routes         map[string]string `yaml:"routes"`
 	DefaultQueue   string            `yaml:"default_queue"`
@@ -66,6 +70,10 @@ func (c Config) YAML() ([]byte, error) {
 		WriteTimeout:   c.WriteTimeout.String(),
 		MaxOutputBytes: c.MaxOutputBytes,
 		MaxConnections: c.MaxConnections,
+		MaxBuffered:    c.MaxBufferedBytes,
+		FrameTimeout:   c.FrameTimeout.String(),
+		AllowedUIDs:    orEmpty(c.AllowedUIDs),
+		AllowedGIDs:    orEmpty(c.AllowedGIDs),
 		Routes:         c.Routes,
 		DefaultQueue:   c.DefaultQueue,
 		Telemetry: renderTelemetry{
@@ -102,4 +110,13 @@ func (c Config) YAML() ([]byte, error) {
 		return nil, fmt.Errorf("render config: %w", err)
 	}
 	return buf.Bytes(), nil
+}
+
+// orEmpty renders a nil list as [] rather than null, so the file shows
+// the key's form.
+func orEmpty(ids []uint32) []uint32 {
+	if ids == nil {
+		return []uint32{}
+	}
+	return ids
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -26,6 +27,9 @@ type Setting struct {
 	Usage string
 	// Bool marks settings that take true or false, so a flag can stand alone.
 	Bool bool
+	// List marks settings that take a comma-separated list; in YAML they
+	// may also be a list.
+	List bool
 	set  func(*Config, string) error
 	get  func(Config) string
 }
@@ -109,6 +113,33 @@ func Settings() []Setting {
 				return nil
 			},
 			get: func(c Config) string { return strconv.Itoa(c.MaxConnections) },
+		},
+		{
+			Key: "max_buffered_bytes", Flag: "max-buffered-bytes", Usage: "budget in bytes for what the sidecar holds for clients (buffers, waiting publishes, unacked events); past it clients are slowed, then the heaviest cut off",
+			set: func(c *Config, v string) error {
+				n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				if err != nil {
+					return invalidf("not a whole number of bytes (e.g. 134217728 for 128 MiB)")
+				}
+				c.MaxBufferedBytes = n
+				return nil
+			},
+			get: func(c Config) string { return strconv.FormatInt(c.MaxBufferedBytes, 10) },
+		},
+		{
+			Key: "frame_timeout", Flag: "frame-timeout", Usage: "how long a request line may take from its first byte to its newline; past it the client gets frame_timeout and is closed",
+			set: func(c *Config, v string) error { return parseDuration(v, &c.FrameTimeout) },
+			get: func(c Config) string { return c.FrameTimeout.String() },
+		},
+		{
+			Key: "allowed_uids", Flag: "allowed-uids", List: true, Usage: "comma-separated user ids that may connect (with allowed-gids: either matches; both empty: whoever the socket mode admits)",
+			set: func(c *Config, v string) error { return parseIDs(v, &c.AllowedUIDs, "user") },
+			get: func(c Config) string { return formatIDs(c.AllowedUIDs) },
+		},
+		{
+			Key: "allowed_gids", Flag: "allowed-gids", List: true, Usage: "comma-separated group ids that may connect (with allowed-uids: either matches)",
+			set: func(c *Config, v string) error { return parseIDs(v, &c.AllowedGIDs, "group") },
+			get: func(c Config) string { return formatIDs(c.AllowedGIDs) },
 		},
 		{
 			Key: "default_queue", Flag: "default-queue", Usage: "queue for publishes without a queue whose type has no route",
@@ -230,6 +261,35 @@ func parseBool(v string, dst *bool) error {
 	}
 	*dst = b
 	return nil
+}
+
+// parseIDs reads a comma-separated list of user or group ids; an empty
+// value is an empty list.
+func parseIDs(v string, dst *[]uint32, kind string) error {
+	var ids []uint32
+	for _, f := range strings.Split(v, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		n, err := strconv.ParseUint(f, 10, 32)
+		if err != nil || n == math.MaxUint32 {
+			return invalidf("%q is not a %s id; allowed: numbers 0 to %d, comma-separated (e.g. 1000,1001)", f, kind, uint32(math.MaxUint32-1))
+		}
+		if !slices.Contains(ids, uint32(n)) {
+			ids = append(ids, uint32(n))
+		}
+	}
+	*dst = ids
+	return nil
+}
+
+func formatIDs(ids []uint32) string {
+	parts := make([]string, len(ids))
+	for i, id := range ids {
+		parts[i] = strconv.FormatUint(uint64(id), 10)
+	}
+	return strings.Join(parts, ",")
 }
 
 // parseMode reads octal permission bits such as 0660 or 660.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
 	"github.com/eventbus-sidecar/eventbus-sidecar/telemetry"
+	"github.com/eventbus-sidecar/eventbus-sidecar/transport"
 )
 
 // Limits the validator enforces. They keep memory bounded and catch typos
@@ -26,6 +27,9 @@ const (
 	// connection holds a file descriptor and about 70 KiB, so more than
 	// 65536 (over 4 GiB idle) is a typo, not a plan.
 	MaxConnectionsLimit = 1 << 16
+	// MaxBufferedBytesLimit is the largest max_buffered_bytes accepted
+	// (64 GiB): more is a typo, not a plan.
+	MaxBufferedBytesLimit = 64 << 30
 	// maxSocketPath is sun_path's 108 bytes minus the terminating NUL.
 	maxSocketPath = 107
 )
@@ -79,6 +83,12 @@ func validate(c Config, origin map[string]string) error {
 	}
 	if c.MaxConnections < 1 || c.MaxConnections > MaxConnectionsLimit {
 		bad("max_connections", strconv.Itoa(c.MaxConnections), fmt.Sprintf("allowed: 1 to %d connections", MaxConnectionsLimit))
+	}
+	if lo := transport.MinBufferedBytes(c.MaxFrameBytes); c.MaxBufferedBytes < lo || c.MaxBufferedBytes > MaxBufferedBytesLimit {
+		bad("max_buffered_bytes", strconv.FormatInt(c.MaxBufferedBytes, 10), fmt.Sprintf("allowed: %d (8 × max_frame_bytes) to %d", lo, int64(MaxBufferedBytesLimit)))
+	}
+	if c.FrameTimeout <= 0 {
+		bad("frame_timeout", c.FrameTimeout.String(), "must be > 0, e.g. 10s")
 	}
 
 	names := map[string]bool{}
