@@ -378,3 +378,41 @@ func TestBudgetQueuedBytesReconcile(t *testing.T) {
 		t.Fatalf("after the last ack: held %d pub %d, want 0", got, b.pub)
 	}
 }
+
+// outputCaps returns the capacities of c's output buffers.
+func (c *conn) outputCaps() (int, int) {
+	c.omu.Lock()
+	defer c.omu.Unlock()
+	return cap(c.obuf), cap(c.spare)
+}
+
+// TestOutputBuffersShrinkAfterBurst: the output buffers grown while a
+// consumer did not read are dropped once its output has been idle.
+func TestOutputBuffersShrinkAfterBurst(t *testing.T) {
+	ts := startServer(t)
+	c := dialRaw(t, ts.path)
+	big := strings.Repeat("p", 100<<10)
+	for i := int64(1); i <= 8; i++ {
+		c.expectReply(c.roundTrip(`{"op":"publish","id":%d,"queue":"data","type":"X","payload":"%s"}`, i, big), i, protocol.StatusAccepted)
+	}
+	sc := ts.onlyConn(t)
+	// Deliveries pile up while the client does not read them.
+	c.send(`{"op":"subscribe","id":100,"queue":"data","prefetch":8}`)
+	eventually(t, "the output buffer grown", func() bool {
+		o, s := sc.outputCaps()
+		return o > shrinkOutputBuffer || s > shrinkOutputBuffer
+	})
+	c.expectReply(c.recv(), 100, protocol.StatusOK)
+	for range 8 {
+		m := c.recv()
+		c.send(`{"op":"ack","id":1,"queue":"data","seq":%d}`, m.Deliver.Seq)
+	}
+	for range 8 {
+		c.expectReply(c.recv(), 1, protocol.StatusOK)
+	}
+	eventually(t, "the output buffers dropped", func() bool {
+		o, s := sc.outputCaps()
+		return o <= shrinkOutputBuffer && s <= shrinkOutputBuffer
+	})
+	eventually(t, "only the read buffer held", func() bool { return ts.srv.budget.connHeld(sc) == minReadBuffer })
+}

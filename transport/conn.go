@@ -740,9 +740,36 @@ func (c *conn) waitRoom(ctx context.Context) bool {
 	return !c.dead && ctx.Err() == nil
 }
 
-// shrinkOutputBuffer: an output buffer grown past this is dropped once
-// written rather than kept for reuse.
+// shrinkOutputBuffer: an output buffer grown past this is dropped rather
+// than kept for reuse once the burst it was grown for is over.
 const shrinkOutputBuffer = 64 << 10
+
+// shrinkIdleAfter is how long the output stays idle before buffers grown
+// for a burst are dropped: a busy connection goes idle between writes
+// all the time and would otherwise grow them again and again.
+const shrinkIdleAfter = time.Second
+
+// shrinkWhenIdle waits for output, and drops the large buffers if none
+// comes within shrinkIdleAfter. Write loop only.
+func (c *conn) shrinkWhenIdle() {
+	t := time.NewTimer(shrinkIdleAfter)
+	select {
+	case <-c.wake:
+		t.Stop()
+		return
+	case <-t.C:
+	}
+	c.omu.Lock()
+	if len(c.obuf) == 0 {
+		if cap(c.obuf) > shrinkOutputBuffer {
+			c.obuf = nil
+		}
+		if cap(c.spare) > shrinkOutputBuffer {
+			c.spare = nil
+		}
+	}
+	c.omu.Unlock()
+}
 
 // writeLoop writes queued output until the connection is closed and its
 // output flushed, or a write fails or stays stuck past the write timeout.
@@ -756,7 +783,12 @@ func (c *conn) writeLoop() {
 				return
 			}
 			c.writerIdle = true
+			large := cap(c.obuf) > shrinkOutputBuffer || cap(c.spare) > shrinkOutputBuffer
 			c.omu.Unlock()
+			if large {
+				c.shrinkWhenIdle()
+				continue
+			}
 			<-c.wake
 			continue
 		}
@@ -775,11 +807,6 @@ func (c *conn) writeLoop() {
 		c.omu.Lock()
 		c.writing = 0
 		c.spare = buf[:0]
-		if cap(buf) > shrinkOutputBuffer {
-			// Not kept for reuse: after a burst the connection would hold
-			// it for good.
-			c.spare = nil
-		}
 		if c.roomWait > 0 {
 			c.room.Broadcast()
 		}
