@@ -276,6 +276,8 @@ func (c *conn) readLoop() {
 			return
 		}
 		if !c.waits.waitBelow(c.s.cfg.MaxWaitingPublishes, c.s.waitShare, c.peerGone) {
+			// The client went away, or kill stopped the waits after
+			// recording its own reason, which then stands.
 			c.closeWith(CloseClientGone, errPeerGone)
 			return
 		}

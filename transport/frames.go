@@ -50,9 +50,7 @@ func (fr *frameReader) release() {
 func (fr *frameReader) next() ([]byte, error) {
 	c := fr.c
 	limit := c.s.cfg.MaxFrameBytes
-	if err := fr.shrink(); err != nil {
-		return nil, err
-	}
+	fr.shrink()
 	scanned := 0
 	for {
 		if i := bytes.IndexByte(fr.buf[fr.r+scanned:fr.w], '\n'); i >= 0 {
@@ -130,16 +128,15 @@ func (fr *frameReader) makeRoom(limit int) error {
 
 // shrink gives back a buffer grown for a long frame once what is left in
 // it fits the small one.
-func (fr *frameReader) shrink() error {
+func (fr *frameReader) shrink() {
 	if len(fr.buf) <= shrinkReadBuffer || fr.w-fr.r > minReadBuffer {
-		return nil
+		return
 	}
 	nb := make([]byte, minReadBuffer)
 	fr.w = copy(nb, fr.buf[fr.r:fr.w])
 	fr.r = 0
 	fr.c.s.budget.charge(fr.c, -int64(len(fr.buf)-minReadBuffer), 0)
 	fr.buf = nb
-	return nil
 }
 
 // setDeadline applies the frame timeout while a frame is unfinished and
