@@ -3,11 +3,13 @@ package demo
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
 )
@@ -171,5 +173,34 @@ func TestCrossover(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestReportWriteText(t *testing.T) {
+	tid, _ := trace.TraceIDFromHex("4bf92f3577b34da6a3ce929d0e0e4736")
+	rep := Report{
+		Published: map[string]map[bus.Outcome]uint64{
+			"order": {bus.Accepted: 2},
+			"data":  {bus.Accepted: 5, bus.Dropped: 1},
+		},
+		Consumed: map[string]uint64{"data": 4, "order": 1},
+		Executed: []ExecutedOrder{{ID: "ord-000001", TraceID: tid}, {ID: "ord-000002"}},
+	}
+	var out strings.Builder
+	if err := rep.WriteText(&out); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 4 {
+		t.Fatalf("report has %d lines, want a header, two queues and one traced order:\n%s", len(lines), out.String())
+	}
+	if !strings.HasPrefix(lines[1], "  data ") || !strings.Contains(lines[1], "accepted=5") || !strings.Contains(lines[1], "dropped=1") || !strings.HasSuffix(lines[1], "handled=4") {
+		t.Errorf("data line %q", lines[1])
+	}
+	if !strings.HasPrefix(lines[2], "  order ") {
+		t.Errorf("queues not sorted: second line %q", lines[2])
+	}
+	if lines[3] != "demo: executed ord-000001 trace_id=4bf92f3577b34da6a3ce929d0e0e4736" {
+		t.Errorf("trace line %q", lines[3])
 	}
 }
