@@ -43,15 +43,6 @@ type program struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	env            env
-	// ready is told the serve command's addresses once it listens; tests
-	// use it instead of polling for the socket file. nil in production.
-	ready func(serving)
-}
-
-// serving describes a running sidecar.
-type serving struct {
-	Socket    string
-	AdminAddr string // empty when the admin listener is off
 }
 
 // usageError marks errors that deserve exit code 2.
