@@ -27,7 +27,8 @@ import (
 	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
-// The local stack's endpoints (TEAM.md, deploy/stack).
+// The local stack's endpoints (deploy/stack/README.md): fixed loopback
+// ports, which is why these tests run only under `make test-e2e`.
 const (
 	collectorOTLP = "127.0.0.1:4317"
 	jaegerAPI     = "http://127.0.0.1:16686"

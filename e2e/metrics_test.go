@@ -19,8 +19,8 @@ func TestDropsAndStallInPrometheus(t *testing.T) {
 	sc := startSidecar(t, sidecarOptions{})
 	inst := sc.instance
 
-	// The series exist at 0 before anything happens (issue 3 section 3),
-	// so that increase() sees the first drop.
+	// The series exist at 0 before anything happens, so that increase()
+	// sees the first drop.
 	testkit.Eventually(t, "zero-valued drop series in Prometheus", func() error {
 		s, err := prometheus(fmt.Sprintf(`eventbus_events_dropped_total{instance=%q,queue="data"}`, inst))
 		if err != nil {

@@ -14,8 +14,8 @@ import (
 // TestTraceInJaeger publishes with a known traceparent so that a blocked
 // order publish (wait, then deliver), a dropped data publish (wait, drop)
 // and a timed-out signal publish all land in one trace, and checks that
-// Jaeger's HTTP API returns that trace with the spans of issue 3 section 2,
-// parented and attributed as specified. The order is nacked once, so there
+// Jaeger's HTTP API returns that trace with the spans docs/telemetry.md
+// lists, parented and attributed as it says. The order is nacked once, so there
 // are two deliver spans; a drop_oldest queue adds an evicted-drop span.
 func TestTraceInJaeger(t *testing.T) {
 	sc := startSidecar(t, sidecarOptions{})
