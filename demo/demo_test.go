@@ -3,6 +3,7 @@ package demo
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -202,5 +203,17 @@ func TestReportWriteText(t *testing.T) {
 	}
 	if lines[3] != "demo: executed ord-000001 trace_id=4bf92f3577b34da6a3ce929d0e0e4736" {
 		t.Errorf("trace line %q", lines[3])
+	}
+}
+
+// TestDialSocketGivesUp: without a sidecar, DialSocket retries until its
+// limit and then names the socket, the limit and the likely fix.
+func TestDialSocketGivesUp(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "none.sock")
+	_, err := DialSocket(t.Context(), path, 50*time.Millisecond, 0)
+	for _, want := range []string{path, "within 50ms", "is `eventbus-sidecar serve` running?"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("DialSocket without a sidecar = %v, want an error naming %q", err, want)
+		}
 	}
 }
