@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -83,7 +84,16 @@ func smallQueues() []bus.QueueConfig {
 // TestRunBacksUpAndTracesOrders checks the point of the demo: the slow venue
 // makes order publishers wait and the data queue drop, and every executed
 // order's trace starts at the candle that caused it.
+//
+// It runs in a synctest bubble: the bus's timeouts, the feed's ticker and
+// the venue's latency then run on the bubble's clock, which moves only
+// when every goroutine waits, so whether the queues back up depends on the
+// demo's logic and not on how busy the machine is.
 func TestRunBacksUpAndTracesOrders(t *testing.T) {
+	synctest.Test(t, testRunBacksUpAndTracesOrders)
+}
+
+func testRunBacksUpAndTracesOrders(t *testing.T) {
 	b, rec := newBus(t, smallQueues())
 	rep, err := Run(t.Context(), busBroker{b}, Config{
 		Duration:       2 * time.Second,
