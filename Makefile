@@ -6,7 +6,8 @@
 #   make build   bin/eventbus-sidecar
 #   make run     the sidecar with embedded defaults (socket /tmp/eventbus-sidecar.sock,
 #                admin http://127.0.0.1:9464); Ctrl-C drains and stops it
-#   make test    every test: test-go (go test -race) and each fragment's target
+#   make test    every test: test-go (go test -race), fuzz and each fragment's target
+#   make fuzz    every fuzz target of the module for FUZZTIME each (default 10s)
 #   make bench   go benchmarks of bus/ and transport/
 #   make load    the load tool against real sidecars: telemetry off vs metrics only,
 #                1 and 8 publishing connections, one acking consumer
@@ -24,9 +25,11 @@ BENCHTIME ?= 1s
 # LOAD_EVENTS and LOAD_ROUNDS tune `make load`.
 LOAD_EVENTS ?= 200000
 LOAD_ROUNDS ?= 2
-TEST_TARGETS := test-go
+# FUZZTIME tunes `make fuzz`: how long each fuzz target runs.
+FUZZTIME ?= 10s
+TEST_TARGETS := test-go fuzz
 
-.PHONY: all build run test test-go bench load lint print-test-targets
+.PHONY: all build run test test-go fuzz bench load lint print-test-targets
 all: build
 
 build:
@@ -37,6 +40,23 @@ run: build
 
 test-go:
 	$(GO) test -race -count=1 ./...
+
+# The targets are listed by `go test -list`, not named here, so a fuzz
+# target added to any package (or moved to another) runs without a change to
+# this file. go test -fuzz takes one target at a time. Each starts from its
+# seed corpus and the inputs saved under its package's testdata/fuzz; a
+# failing input is saved there and fails the run, and once committed it is
+# a regression test that test-go runs every time.
+fuzz:
+	@set -euo pipefail; \
+	targets=$$($(GO) test -list '^Fuzz' ./... | awk '/^Fuzz/ { names = names " " $$1; next } /^ok / { if (names != "") print $$2 names; names = "" }'); \
+	if [ -z "$$targets" ]; then echo "fuzz: go test -list found no fuzz targets"; exit 1; fi; \
+	while read -r pkg names; do \
+	  for name in $$names; do \
+	    echo "### $$pkg $$name for $(FUZZTIME)"; \
+	    $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) "$$pkg"; \
+	  done; \
+	done <<< "$$targets"
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem -benchtime=$(BENCHTIME) $(BENCH_PKGS)

@@ -34,8 +34,8 @@ const configEnv = config.EnvPrefix + "CONFIG"
 // the telemetry loss report already summarizes those).
 const sdkErrorLogInterval = time.Minute
 
-// closeGrace bounds what follows the drain: closing client connections,
-// the admin listener and the final telemetry flush.
+// closeGrace bounds each step that follows the drain: closing client
+// connections, closing the admin listener, the final telemetry flush.
 const closeGrace = 5 * time.Second
 
 // configFlags are serve's and config's flags: --config plus one flag per
@@ -154,15 +154,13 @@ func telemetryConfig(t config.Telemetry, lookup env) telemetry.Config {
 	}
 }
 
-// actor is one long-running part of serve; the first to return stops the rest.
-type actor struct {
-	name string
-	run  func() error
-}
-
-// serve runs the sidecar until ctx ends, a signal arrives or a server fails.
-func (p *program) serve(parent context.Context, cfg config.Config) (err error) {
+// serve runs the sidecar until parent ends, a signal arrives or a server
+// fails. Each long-running part is an actor of a run group, its stop next
+// to its start; the first to return stops them all.
+func (p *program) serve(parent context.Context, cfg config.Config) error {
 	log := newLogger(cfg, p.stderr)
+	// Signals are caught from the start, so that a SIGTERM during set-up
+	// cancels it (telemetry.Setup takes ctx) and then shuts down at once.
 	ctx, stopSignals := signal.NotifyContext(parent, syscall.SIGTERM, syscall.SIGINT)
 	defer stopSignals()
 
@@ -173,8 +171,11 @@ func (p *program) serve(parent context.Context, cfg config.Config) (err error) {
 	// The SDK reports its own errors through a process-wide handler that by
 	// default prints unstructured lines to stderr.
 	otel.SetErrorHandler(telemetry.NewErrorHandler(log, sdkErrorLogInterval))
+	// Telemetry has no loop of its own to run (the SDK's exporters run
+	// inside it) but must be flushed on every way out, set-up failures
+	// included, and last, so that the shutdown's own spans and final counts
+	// are exported: its stop is a defer rather than a run-group actor.
 	defer func() {
-		// Flush last, so the shutdown's own spans and final counts are exported.
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(parent), closeGrace)
 		defer cancel()
 		if ferr := tel.Shutdown(fctx); ferr != nil {
@@ -210,12 +211,11 @@ func (p *program) serve(parent context.Context, cfg config.Config) (err error) {
 		return fmt.Errorf("cannot serve on %s: %w", cfg.Socket, err)
 	}
 	var ready atomic.Bool
-	actors := []actor{{"socket server", func() error { return srv.Serve(ln) }}}
 	var adm *admin.Server
+	var al net.Listener
 	adminAddr := ""
 	if cfg.AdminEnabled() {
-		al, err := net.Listen("tcp", cfg.AdminAddr)
-		if err != nil {
+		if al, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
 			ln.Close()
 			return fmt.Errorf("cannot serve admin on %s: %w", cfg.AdminAddr, err)
 		}
@@ -232,63 +232,65 @@ func (p *program) serve(parent context.Context, cfg config.Config) (err error) {
 			ln.Close()
 			return usageError{err}
 		}
-		actors = append(actors, actor{"admin server", func() error { return adm.Serve(al) }})
 	}
 
-	done := make(chan actorResult, len(actors))
-	for _, a := range actors {
-		go func() { done <- actorResult{a.name, a.run()} }()
+	// What the interrupts could not close cleanly; they run one after the
+	// other in run's goroutine.
+	var stopErrs []error
+	var g runGroup
+	g.add("signal handler",
+		func() error {
+			<-ctx.Done()
+			return nil
+		},
+		func(cause error) {
+			// From here a second SIGTERM/SIGINT takes the default action
+			// and ends the process at once.
+			stopSignals()
+			ready.Store(false)
+			if cause != nil {
+				log.Error("a server stopped; shutting down", "err", cause)
+			} else {
+				log.Info("shutdown requested; refusing publishes and draining (a second signal exits at once)", "drain_timeout", cfg.DrainTimeout)
+			}
+		})
+	g.add("socket server",
+		func() error { return ignore(srv.Serve(ln), transport.ErrServerClosed) },
+		func(error) {
+			// Consumers keep receiving over their connections while the bus
+			// drains; only then are the connections closed.
+			drainCtx, cancelDrain := context.WithTimeout(context.WithoutCancel(parent), cfg.DrainTimeout)
+			undelivered, derr := b.Shutdown(drainCtx)
+			cancelDrain()
+			logUndelivered(log, b.Queues(), undelivered, derr)
+			closeCtx, cancelClose := context.WithTimeout(context.WithoutCancel(parent), closeGrace)
+			defer cancelClose()
+			if err := srv.Shutdown(closeCtx); err != nil {
+				stopErrs = append(stopErrs, fmt.Errorf("socket server shutdown: %w", err))
+			}
+		})
+	if adm != nil {
+		g.add("admin server",
+			func() error { return ignore(adm.Serve(al), http.ErrServerClosed) },
+			func(error) {
+				closeCtx, cancelClose := context.WithTimeout(context.WithoutCancel(parent), closeGrace)
+				defer cancelClose()
+				if err := adm.Shutdown(closeCtx); err != nil {
+					stopErrs = append(stopErrs, err)
+				}
+			})
 	}
-	running := len(actors)
+
+	// The listeners are bound, so connections made from here on wait in
+	// their backlogs until the actors start serving them.
 	ready.Store(true)
 	log.Info("eventbus-sidecar serving",
 		"version", version, "socket", cfg.Socket, "socket_mode", fmt.Sprintf("%04o", uint32(cfg.SocketMode)),
 		"admin_addr", adminAddr, "queues", strings.Join(b.Queues(), ","), "drain_timeout", cfg.DrainTimeout,
 		"max_connections", cfg.MaxConnections)
-	if p.ready != nil {
-		p.ready(serving{Socket: cfg.Socket, AdminAddr: adminAddr})
-	}
 
-	var failure error
-	select {
-	case <-ctx.Done():
-	case r := <-done:
-		running--
-		failure = fmt.Errorf("%s stopped: %w", r.name, r.err)
-	}
-	// From here a second SIGTERM/SIGINT takes the default action and ends
-	// the process at once.
-	stopSignals()
-	ready.Store(false)
-	if failure != nil {
-		log.Error("a server stopped; shutting down", "err", failure)
-	} else {
-		log.Info("shutdown requested; refusing publishes and draining (a second signal exits at once)", "drain_timeout", cfg.DrainTimeout)
-	}
-
-	drainCtx, cancelDrain := context.WithTimeout(context.WithoutCancel(parent), cfg.DrainTimeout)
-	undelivered, derr := b.Shutdown(drainCtx)
-	cancelDrain()
-	logUndelivered(log, b.Queues(), undelivered, derr)
-
-	closeCtx, cancelClose := context.WithTimeout(context.WithoutCancel(parent), closeGrace)
-	defer cancelClose()
-	var errs []error
-	if err := srv.Shutdown(closeCtx); err != nil {
-		errs = append(errs, fmt.Errorf("socket server shutdown: %w", err))
-	}
-	if adm != nil {
-		if err := adm.Shutdown(closeCtx); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	for ; running > 0; running-- {
-		r := <-done
-		if r.err != nil && !errors.Is(r.err, transport.ErrServerClosed) && !errors.Is(r.err, http.ErrServerClosed) {
-			errs = append(errs, fmt.Errorf("%s: %w", r.name, r.err))
-		}
-	}
-	if len(errs) > 0 {
+	failure, rest := g.run()
+	if errs := append(stopErrs, rest...); len(errs) > 0 {
 		log.Warn("shutdown incomplete", "err", errors.Join(errs...))
 	}
 	if failure != nil {
@@ -298,9 +300,65 @@ func (p *program) serve(parent context.Context, cfg config.Config) (err error) {
 	return nil
 }
 
-type actorResult struct {
-	name string
-	err  error
+// ignore returns nil for the error a server returns once it has been shut
+// down on purpose, and err otherwise.
+func ignore(err, closed error) error {
+	if errors.Is(err, closed) {
+		return nil
+	}
+	return err
+}
+
+// runGroup runs actors, each a function that blocks until its part of the
+// sidecar stops (execute) and the function that stops it (interrupt). When
+// the first execute returns, every interrupt is called in the order the
+// actors were added, and run waits for the remaining executes. This is
+// oklog/run's shape; run also returns the other actors' errors, which
+// serve logs as an incomplete shutdown.
+type runGroup struct {
+	actors []actor
+}
+
+type actor struct {
+	name      string
+	execute   func() error
+	interrupt func(cause error)
+}
+
+// add registers an actor; interrupt gets the error run returns (nil when
+// the first actor returned nil, as the signal handler does).
+func (g *runGroup) add(name string, execute func() error, interrupt func(cause error)) {
+	g.actors = append(g.actors, actor{name, execute, interrupt})
+}
+
+// run executes every actor until one returns and returns that one's error
+// as "<name> stopped: <err>" (nil if it returned nil), with the errors the
+// others returned once interrupted.
+func (g *runGroup) run() (first error, rest []error) {
+	if len(g.actors) == 0 {
+		return nil, nil
+	}
+	type result struct {
+		name string
+		err  error
+	}
+	done := make(chan result, len(g.actors))
+	for _, a := range g.actors {
+		go func() { done <- result{a.name, a.execute()} }()
+	}
+	r := <-done
+	if r.err != nil {
+		first = fmt.Errorf("%s stopped: %w", r.name, r.err)
+	}
+	for _, a := range g.actors {
+		a.interrupt(first)
+	}
+	for range len(g.actors) - 1 {
+		if r := <-done; r.err != nil {
+			rest = append(rest, fmt.Errorf("%s: %w", r.name, r.err))
+		}
+	}
+	return first, rest
 }
 
 // logUndelivered reports what the drain could not hand out before its
