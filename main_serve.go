@@ -269,6 +269,24 @@ func (p *program) serve(parent context.Context, cfg config.Config) error {
 				stopErrs = append(stopErrs, fmt.Errorf("socket server shutdown: %w", err))
 			}
 		})
+	// Drop, timeout and rejection summaries are written on a clock of their
+	// own, so that log volume does not follow scrape or publish rates.
+	stopSummaries := make(chan struct{})
+	g.add("log summaries",
+		func() error {
+			t := time.NewTicker(bus.DefaultDropLogInterval)
+			defer t.Stop()
+			for {
+				select {
+				case <-t.C:
+					b.LogDrops()
+					srv.LogRejections()
+				case <-stopSummaries:
+					return nil
+				}
+			}
+		},
+		func(error) { close(stopSummaries) })
 	if adm != nil {
 		g.add("admin server",
 			func() error { return ignore(adm.Serve(al), http.ErrServerClosed) },
