@@ -35,6 +35,12 @@ func NewClock() *Clock {
 	return &Clock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
 }
 
+// NewClockAt returns a Clock with no timers at start, for code that
+// compares the clock with real deadlines (a context's, say).
+func NewClockAt(start time.Time) *Clock {
+	return &Clock{now: start}
+}
+
 // Now returns the clock's current time.
 func (c *Clock) Now() time.Time {
 	c.mu.Lock()
