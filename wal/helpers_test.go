@@ -104,6 +104,11 @@ type faultFS struct {
 	// gate, when set, makes Sync wait until it is closed.
 	gate  chan struct{}
 	syncs int
+	// truncErr fails every Truncate while set.
+	truncErr error
+	// noSync skips the real fdatasync, for tests of logic that do not
+	// crash the machine and would otherwise wait on the disk.
+	noSync bool
 }
 
 func newFaultFS() *faultFS { return &faultFS{budget: -1} }
@@ -155,15 +160,25 @@ func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
+func (f *faultFile) Truncate(size int64) error {
+	f.fs.mu.Lock()
+	err := f.fs.truncErr
+	f.fs.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return f.File.Truncate(size)
+}
+
 func (f *faultFile) Sync() error {
 	f.fs.mu.Lock()
-	gate, serr := f.fs.gate, f.fs.syncErr
+	gate, serr, noSync := f.fs.gate, f.fs.syncErr, f.fs.noSync
 	f.fs.syncs++
 	f.fs.mu.Unlock()
 	if gate != nil {
 		<-gate
 	}
-	if serr != nil {
+	if serr != nil || noSync {
 		return serr
 	}
 	return f.File.Sync()

@@ -647,9 +647,12 @@ func (l *Log) intervalSync() {
 	l.seg.synced = l.seg.off
 }
 
-// rotate starts a new segment holding the dedupe window and copies of the
-// live events, then deletes the old one. It holds l.mu throughout, so
-// appends wait for one segment write and sync.
+// rotate starts a new segment holding the dedupe window and copies of
+// every live event, then deletes the old one. The copies carry the
+// delivery state in memory, which already counts the records still in the
+// append buffer, so the buffer is absorbed: its appenders are answered by
+// the new segment's sync. It holds l.mu throughout, so appends wait for
+// one segment write and sync.
 func (l *Log) rotate() error {
 	if l.seg.off > l.seg.synced || l.dirtySync {
 		// The old segment must end cleanly: if a crash leaves both files,
@@ -657,7 +660,7 @@ func (l *Log) rotate() error {
 		if err := l.seg.f.Sync(); err != nil {
 			return fmt.Errorf("sync %s: %w: %w", l.seg.name, ErrStorage, err)
 		}
-		l.seg.synced, l.dirtySync = l.seg.off, false
+		l.seg.synced, l.dirtySync, l.unsynced = l.seg.off, false, 0
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -671,12 +674,14 @@ func (l *Log) rotate() error {
 	old := l.seg
 	copies := make([]eventBody, 0, len(l.live))
 	for seq, r := range l.live {
-		if r.seg != old.id {
-			continue // still in the append buffer
-		}
-		raw := make([]byte, r.size)
-		if _, err := old.f.ReadAt(raw, r.off); err != nil {
-			return fmt.Errorf("read seq %d from %s at offset %d: %w: %w", seq, old.name, r.off, ErrStorage, err)
+		var raw []byte
+		if r.seg == inPending {
+			raw = l.pend[r.off : r.off+int64(r.size)]
+		} else {
+			raw = make([]byte, r.size)
+			if _, err := old.f.ReadAt(raw, r.off); err != nil {
+				return fmt.Errorf("read seq %d from %s at offset %d: %w: %w", seq, old.name, r.off, ErrStorage, err)
+			}
 		}
 		typ, body, _, err := DecodeRecord(raw, l.opts.MaxRecord)
 		if err == nil && typ != recEvent {
@@ -693,10 +698,23 @@ func (l *Log) rotate() error {
 		copies = append(copies, ev)
 	}
 	slices.SortFunc(copies, func(a, b eventBody) int { return cmp.Compare(a.seq, b.seq) })
-	l.seg.f = nil // startSegment must not close it before the copies are synced
+	// startSegment reuses l.spare, which is free here: the syncer is
+	// between writes and the append buffer is l.pend.
+	l.seg.f = nil // kept open until the copies are synced
+	start := time.Now()
 	if err := l.startSegment(old.id+1, copies); err != nil {
 		l.seg = old
 		return err
+	}
+	syncDur := time.Since(start)
+	b, count := l.batch, l.pendCount
+	l.pend, l.batch, l.pendEvents, l.pendCount = l.pend[:0], nil, l.pendEvents[:0], 0
+	if l.opts.OnSync != nil {
+		l.opts.OnSync(SyncInfo{Duration: syncDur, Records: count + len(copies), Bytes: int(l.seg.off)})
+	}
+	if b != nil {
+		b.sync, b.records = syncDur, count
+		close(b.done)
 	}
 	old.f.Close()
 	return l.removeSegmentsBelow([]uint64{old.id}, old.id+1)
