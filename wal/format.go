@@ -185,6 +185,9 @@ func parseEvent(body []byte) (eventBody, error) {
 		deliveries: binary.LittleEndian.Uint32(body[16:]),
 		inFlight:   body[20]&flagInFlight != 0,
 	}
+	if body[20]&^flagInFlight != 0 {
+		return eventBody{}, fmt.Errorf("%w: event flags %#x (valid: %#x)", errBody, body[20], flagInFlight)
+	}
 	idLen := int(binary.LittleEndian.Uint16(body[21:]))
 	rest := body[eventFixedSize:]
 	if idLen > maxMsgIDLen || idLen > len(rest) {
