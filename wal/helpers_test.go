@@ -133,6 +133,16 @@ func (f *faultFS) OpenFile(name string, flag int, perm os.FileMode) (File, error
 	return &faultFile{File: file, fs: f}, nil
 }
 
+func (f *faultFS) SyncDir(dir string) error {
+	f.mu.Lock()
+	noSync := f.noSync
+	f.mu.Unlock()
+	if noSync {
+		return nil
+	}
+	return f.OSFS.SyncDir(dir)
+}
+
 type faultFile struct {
 	File
 	fs *faultFS

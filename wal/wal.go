@@ -6,10 +6,12 @@
 // A Log writes to one segment file at a time. Appenders encode their record
 // into a shared buffer and wait; one syncer goroutine writes the buffer and
 // calls fdatasync once for everything in it (group commit), then wakes
-// them all. When the segment passes Options.SegmentSize the syncer starts
-// a new one with the msg ids of the dedupe window and a copy of every
-// unacked event, and deletes the old: disk use stays near the live events
-// plus one segment, however long an old event stays unacked.
+// them all. When the segment holds Options.SegmentSize bytes of dead
+// records (acked events, settled deliveries) the syncer starts a new one
+// with the msg ids of the dedupe window and a copy of every unacked event,
+// and deletes the old: disk use stays under the live events plus one
+// segment, however long an old event stays unacked, and copying costs at
+// most the live bytes per SegmentSize of dead ones.
 package wal
 
 import (
@@ -65,7 +67,8 @@ type Options struct {
 	Fsync FsyncMode
 	// FsyncInterval is the sync period for FsyncInterval (default 100 ms).
 	FsyncInterval time.Duration
-	// SegmentSize is the size past which the log starts a new segment
+	// SegmentSize is how many bytes of dead records (acked events,
+	// settled deliveries) a segment holds before the log starts a new one
 	// (default 8 MiB). It must exceed MaxRecord.
 	SegmentSize int64
 	// MaxRecord bounds one record (event data, msg id and 30 bytes of
@@ -225,6 +228,7 @@ type Log struct {
 	closed     bool
 	nextSeq    uint64
 	live       map[uint64]liveRec
+	liveBytes  int64   // encoded size of the live events
 	ids        []MsgID // accept order
 	pend       []byte
 	pendEvents []uint64
@@ -356,8 +360,11 @@ func (l *Log) startSegment(id uint64, copies []eventBody) error {
 	if err := l.opts.FS.SyncDir(l.dir); err != nil {
 		return fail("sync directory of", err)
 	}
+	l.liveBytes = 0
 	for i, ev := range copies {
-		l.live[ev.seq] = liveRec{seg: id, off: offs[i], size: int32(offs[i+1] - offs[i]), deliveries: ev.deliveries, inFlight: ev.inFlight}
+		size := offs[i+1] - offs[i]
+		l.live[ev.seq] = liveRec{seg: id, off: offs[i], size: int32(size), deliveries: ev.deliveries, inFlight: ev.inFlight}
+		l.liveBytes += size
 	}
 	if l.seg.f != nil {
 		l.seg.f.Close()
@@ -422,6 +429,7 @@ func (l *Log) Append(ctx context.Context, data []byte, msgID string, at time.Tim
 	off := int64(len(l.pend))
 	l.pend = appendEvent(l.pend, eventBody{seq: seq, at: at.UnixNano(), msgID: msgID, data: data})
 	l.live[seq] = liveRec{seg: inPending, off: off, size: int32(int64(len(l.pend)) - off)}
+	l.liveBytes += int64(len(l.pend)) - off
 	l.pendEvents = append(l.pendEvents, seq)
 	l.pendCount++
 	if msgID != "" {
@@ -477,6 +485,7 @@ func (l *Log) settle(typ byte, seq uint64) error {
 		l.live[seq] = r
 	case recAck:
 		delete(l.live, seq)
+		l.liveBytes -= int64(r.size)
 	}
 	l.pend = appendSeqRecord(l.pend, typ, seq)
 	l.pendCount++
@@ -582,7 +591,10 @@ func (l *Log) flush() {
 		b.err, b.sync, b.records = err, syncDur, count
 		close(b.done)
 	}
-	if err == nil && l.seg.off >= l.opts.SegmentSize {
+	l.mu.Lock()
+	dead := l.seg.off - l.liveBytes
+	l.mu.Unlock()
+	if err == nil && dead >= l.opts.SegmentSize {
 		if rerr := l.rotate(); rerr != nil {
 			l.opts.Logger.Error("wal: rotate", "file", l.seg.name, "err", rerr)
 		}
@@ -623,7 +635,10 @@ func (l *Log) forget(evs []uint64) {
 	defer l.mu.Unlock()
 	failed := make(map[uint64]bool, len(evs))
 	for _, s := range evs {
-		delete(l.live, s)
+		if r, ok := l.live[s]; ok {
+			delete(l.live, s)
+			l.liveBytes -= int64(r.size)
+		}
 		failed[s] = true
 	}
 	l.ids = slices.DeleteFunc(l.ids, func(id MsgID) bool { return failed[id.Seq] })

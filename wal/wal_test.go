@@ -139,7 +139,8 @@ func TestDiskBoundedWithOldUnackedEvent(t *testing.T) {
 		}
 		maxBytes = max(maxBytes, dirBytes(t, dir))
 	}
-	// One segment plus the record that crossed its size plus the stuck event.
+	// One segment of dead records plus the batch that crossed it plus the
+	// stuck event.
 	if limit := opts.SegmentSize + 2*int64(opts.MaxRecord); maxBytes > limit {
 		t.Fatalf("segments reached %d bytes, want at most %d", maxBytes, limit)
 	}
@@ -417,12 +418,12 @@ func TestAppendHonoursContextButKeepsRecord(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	var a Appended
+	before := fsys.syncCount()
 	go func() {
 		var err error
 		a, err = l.Append(ctx, []byte("x"), "", fixedNow)
 		done <- err
 	}()
-	before := fsys.syncCount()
 	waitFor(t, "the sync to start", func() bool { return fsys.syncCount() > before })
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) || a.Seq == 0 {
