@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -137,4 +139,55 @@ func seqs(rs []Record) []uint64 {
 		out[i] = r.Seq
 	}
 	return out
+}
+
+func TestRotationFailureKeepsTheLogUsable(t *testing.T) {
+	fsys := newFaultFS()
+	var logs logBuffer
+	opts := testOpts()
+	opts.FS = fsys
+	opts.SegmentSize = 4096
+	opts.MaxRecord = 1024
+	opts.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	dir := t.TempDir()
+	l, _ := openT(t, dir, opts)
+	ackSize := int64(len(appendSeqRecord(nil, recAck, 1)))
+	data := strings.Repeat("r", 200)
+	recSize := int64(eventRecordSize("", []byte(data)))
+	// Bring the segment to where acking one more event crosses SegmentSize
+	// of dead bytes (the header counts as dead). Each Append returns after
+	// the write of everything before it, the previous ack included.
+	dead := int64(headerSize)
+	var last uint64
+	for {
+		last = appendT(t, l, data)
+		if dead+recSize+ackSize >= opts.SegmentSize {
+			break
+		}
+		mustOK(t, 0, "ack", l.Ack(last))
+		dead += recSize + ackSize
+	}
+	segBefore := segFiles(t, dir)
+	// Room for the ack record, none for the new segment.
+	fsys.set(func(f *faultFS) { f.budget = ackSize })
+	mustOK(t, 0, "ack", l.Ack(last))
+	waitFor(t, "the failed rotation to be logged", func() bool { return strings.Contains(logs.String(), "cannot start a new segment") })
+	if got := segFiles(t, dir); fmt.Sprint(got) != fmt.Sprint(segBefore) {
+		t.Fatalf("segments %v after a failed rotation, want %v", got, segBefore)
+	}
+	fsys.set(func(f *faultFS) { f.budget = -1 })
+	kept := appendT(t, l, "after the disk recovered")
+	waitFor(t, "the rotation to succeed", func() bool { return strings.Contains(logs.String(), "new segment started again") })
+	if got := segFiles(t, dir); len(got) != 1 || got[0] == segBefore[0] {
+		t.Fatalf("segments %v, want one new segment in place of %v", got, segBefore)
+	}
+	if n := strings.Count(logs.String(), "cannot start a new segment"); n != 1 {
+		t.Fatalf("rotation failure logged %d times, want once:\n%s", n, logs.String())
+	}
+	closeT(t, l)
+	l, rec := openT(t, dir, testOpts())
+	defer closeT(t, l)
+	if got := fmt.Sprint(seqs(rec.Records)); got != fmt.Sprint([]uint64{kept}) {
+		t.Fatalf("recovered %s, want [%d]", got, kept)
+	}
 }

@@ -246,6 +246,8 @@ type Log struct {
 	unsynced  int   // records written since the last sync
 	truncTo   int64 // >= 0: a failed write left bytes past this offset
 	dirtySync bool  // interval mode: written bytes not yet synced
+	// rotateFailing says the last rotation failed (logged once).
+	rotateFailing bool
 }
 
 func segName(dir string, id uint64) string {
@@ -279,6 +281,9 @@ func Open(ctx context.Context, dir string, opts Options) (*Log, *Recovered, erro
 	}
 	rec, err := l.recover(ctx)
 	if err != nil {
+		if l.seg.f != nil {
+			l.seg.f.Close()
+		}
 		lock.Close()
 		return nil, nil, err
 	}
@@ -595,8 +600,15 @@ func (l *Log) flush() {
 	dead := l.seg.off - l.liveBytes
 	l.mu.Unlock()
 	if err == nil && dead >= l.opts.SegmentSize {
-		if rerr := l.rotate(); rerr != nil {
-			l.opts.Logger.Error("wal: rotate", "file", l.seg.name, "err", rerr)
+		// Logged when rotation starts and stops failing, not at every
+		// flush: a full disk would otherwise log at the append rate.
+		switch rerr := l.rotate(); {
+		case rerr != nil && !l.rotateFailing:
+			l.rotateFailing = true
+			l.opts.Logger.Error("wal: cannot start a new segment; appends continue in the current one", "file", l.seg.name, "err", rerr)
+		case rerr == nil && l.rotateFailing:
+			l.rotateFailing = false
+			l.opts.Logger.Info("wal: new segment started again", "file", l.seg.name)
 		}
 	}
 }
