@@ -744,5 +744,11 @@ func (l *Log) rotate() error {
 		close(b.done)
 	}
 	old.f.Close()
-	return l.removeSegmentsBelow([]uint64{old.id}, old.id+1)
+	// Every older segment, not only the last one: a removal that failed
+	// at an earlier rotation is retried here.
+	ids, err := listSegments(l.opts.FS, l.dir)
+	if err != nil {
+		return err
+	}
+	return l.removeSegmentsBelow(ids, l.seg.id)
 }

@@ -182,6 +182,10 @@ func TestTornTailIsCut(t *testing.T) {
 			if err := os.WriteFile(name, torn, 0o600); err != nil {
 				t.Fatal(err)
 			}
+			rep, err := Check(context.Background(), dir, Options{})
+			if err != nil || rep.Damaged() || rep.Segments[0].TornBytes == 0 || !strings.Contains(rep.String(), "torn tail") {
+				t.Fatalf("Check of a torn tail: %v\n%s\nwant the torn tail reported, not as damage", err, rep)
+			}
 			var logs logBuffer
 			opts := testOpts()
 			opts.Logger = slog.New(slog.NewTextHandler(&logs, nil))
