@@ -35,8 +35,10 @@ func TestStorageFaults(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fsys := newFaultFS()
+			var logs logBuffer
 			opts := testOpts()
 			opts.FS = fsys
+			opts.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 			dir := t.TempDir()
 			l, _ := openT(t, dir, opts)
 			good1 := appendT(t, l, "before")
@@ -54,6 +56,9 @@ func TestStorageFaults(t *testing.T) {
 			fsys.set(tc.clear)
 
 			good2 := appendT(t, l, "after")
+			if out := logs.String(); strings.Count(out, "storage failing") != 1 || strings.Count(out, "storage recovered") != 1 {
+				t.Fatalf("want the failure and the recovery logged once each, got:\n%s", out)
+			}
 			if good2 != good1+2 {
 				t.Fatalf("seq after the failure %d, want %d (the failed seq is not reused)", good2, good1+2)
 			}

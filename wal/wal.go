@@ -246,8 +246,10 @@ type Log struct {
 	unsynced  int   // records written since the last sync
 	truncTo   int64 // >= 0: a failed write left bytes past this offset
 	dirtySync bool  // interval mode: written bytes not yet synced
-	// rotateFailing says the last rotation failed (logged once).
-	rotateFailing bool
+	// rotateFailing and storageFailing say the last rotation, or the last
+	// write or sync, failed (logged once per change).
+	rotateFailing  bool
+	storageFailing bool
 }
 
 func segName(dir string, id uint64) string {
@@ -587,9 +589,18 @@ func (l *Log) flush() {
 	} else if err == nil {
 		l.dirtySync = true
 	}
-	if err != nil {
-		l.opts.Logger.Error("wal: storage error", "file", l.seg.name, "err", err)
+	switch {
+	case err != nil:
+		// A failing disk fails every flush: log the change of state,
+		// not each failure (every caller gets its error anyway).
+		if !l.storageFailing {
+			l.storageFailing = true
+			l.opts.Logger.Error("wal: storage failing; appends are refused until a write and sync succeed", "file", l.seg.name, "err", err)
+		}
 		l.forget(evs)
+	case l.storageFailing && b != nil:
+		l.storageFailing = false
+		l.opts.Logger.Info("wal: storage recovered", "file", l.seg.name)
 	}
 	l.spare, l.spareEvs = buf[:0], evs[:0]
 	if b != nil {
