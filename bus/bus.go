@@ -14,7 +14,7 @@ import (
 )
 
 const (
-	numOutcomes    = 5 // len(Outcomes)
+	numOutcomes    = 6 // len(Outcomes)
 	numDropReasons = 2 // len(DropReasons)
 )
 
@@ -28,6 +28,8 @@ func outcomeIndex(o Outcome) int {
 		return 2
 	case Cancelled:
 		return 3
+	case Duplicate:
+		return 5
 	default:
 		return 4
 	}

@@ -424,7 +424,7 @@ func TestMetricsExistFromStartUp(t *testing.T) {
 		values []string
 		want   map[string]int64 // non-zero expectations
 	}{
-		{"eventbus.events.published", "outcome", []string{"accepted", "dropped", "timeout", "cancelled", "error"}, nil},
+		{"eventbus.events.published", "outcome", []string{"accepted", "dropped", "timeout", "cancelled", "error", "duplicate"}, nil},
 		{"eventbus.events.dropped", "reason", []string{"timeout", "evicted"}, nil},
 		{"eventbus.events.delivered", "", nil, nil},
 		{"eventbus.events.redelivered", "", nil, nil},
