@@ -181,6 +181,10 @@ var (
 	// full, I/O error); the event was not accepted. The bus recovers when
 	// the disk does.
 	ErrStorage = errors.New("storage failure")
+	// ErrRestartRequired: Reconfigure was asked for a change a running bus
+	// cannot make (adding or removing a queue). The wrapping message names
+	// the queue.
+	ErrRestartRequired = errors.New("change needs a restart")
 )
 
 // Event is what publishers hand to the bus and consumers receive.

@@ -76,17 +76,25 @@ type Bus struct {
 type queue struct {
 	bus      *Bus
 	name     string
-	capacity int
-	policy   Policy
-	timeout  time.Duration
 	tel      queueTelemetry
 	counters counters
 
-	mu      sync.Mutex
-	store   store
-	nextSeq uint64
-	waiters []*Pending  // FIFO: the head gets the next free slot
-	idle    []*Consumer // consumers blocked in Receive with prefetch room
+	// settings is what Stats, the metric callback and the drop summaries
+	// report: a copy of the fields below, swapped whole by Reconfigure, so
+	// that those readers never take the lock.
+	settings atomic.Pointer[QueueConfig]
+
+	mu sync.Mutex
+	// capacity, policy and timeout (0 unless the policy uses one) change
+	// under mu only (Reconfigure), so that every publish sees one
+	// consistent set.
+	capacity int
+	policy   Policy
+	timeout  time.Duration
+	store    store
+	nextSeq  uint64
+	waiters  []*Pending  // FIFO: the head gets the next free slot
+	idle     []*Consumer // consumers blocked in Receive with prefetch room
 
 	// timer times the waiters out: one per queue rather than one per
 	// waiter, because every waiter of a queue has the same timeout and
@@ -141,16 +149,12 @@ func New(queues []QueueConfig, opts ...Option) (*Bus, error) {
 	started := o.clock.Now().UnixNano()
 	for _, qc := range queues {
 		q := &queue{
-			bus:      b,
-			name:     qc.Name,
-			capacity: qc.Capacity,
-			policy:   qc.Policy,
-			tel:      newQueueTelemetry(qc.Name),
-			store:    newRing(qc.Capacity),
+			bus:   b,
+			name:  qc.Name,
+			tel:   newQueueTelemetry(qc.Name),
+			store: newRing(qc.Capacity),
 		}
-		if qc.Policy.UsesTimeout() {
-			q.timeout = qc.Timeout
-		}
+		q.setLocked(qc)
 		q.counters.summarySince.Store(started)
 		b.queues = append(b.queues, q)
 		b.byName[q.name] = q
@@ -278,8 +282,8 @@ type Pending struct {
 	waitSpan  trace.Span
 	stopCtx   func() bool
 
-	// deadline is when the wait times out (not for PolicyBlock); fixed
-	// at registration, under q.mu.
+	// deadline is when the wait times out; zero while the queue's policy
+	// has no timeout. Set at registration and by Reconfigure, under q.mu.
 	deadline time.Time
 
 	// refs is 2 at registration: the registering goroutine and the
@@ -359,22 +363,25 @@ func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(O
 	return p, "", nil
 }
 
-// publishEvict makes room by dropping the oldest waiting events. Called
-// with q.mu held; releases it.
+// publishEvict makes room by dropping the oldest waiting event. Called
+// with q.mu held; releases it. One arrival evicts one event at most, even
+// when the queue holds more than its capacity (events returned by Nack or
+// Close, or a capacity lowered by Reconfigure): the depth then stays where
+// it is and falls as consumers drain it, instead of one publish throwing
+// away everything above the capacity at once.
 func (q *queue) publishEvict(ctx context.Context, span trace.Span, ev Event, pubSC trace.SpanContext, traced bool, start time.Time, depth int) (Outcome, error) {
-	var one [1]entry
-	evicted := one[:0]
-	for q.store.Len() >= q.capacity {
-		evicted = append(evicted, q.store.Pop())
+	var evicted entry
+	full := q.store.Len() >= q.capacity
+	if full {
+		evicted = q.store.Pop()
 	}
 	seq := q.pushLocked(ev, pubSC, traced, start)
 	q.wakeConsumersLocked()
 	q.mu.Unlock()
-	b := q.bus
-	for i := range evicted {
+	if full {
 		q.countDrop(DropEvicted)
-		if b.tel.tracing {
-			b.tel.dropSpan(q, evicted[i].pubSC, DropEvicted, evicted[i].seq, start)
+		if b := q.bus; b.tel.tracing {
+			b.tel.dropSpan(q, evicted.pubSC, DropEvicted, evicted.seq, start)
 		}
 	}
 	return q.finishPublish(ctx, span, ev.Type, start, Accepted, seq, depth, nil)
@@ -389,7 +396,7 @@ func (q *queue) registerLocked(p *Pending) {
 	p.refs.Store(2)
 	p.waitStart = b.clock.Now()
 	q.waiters = append(q.waiters, p)
-	if q.policy != PolicyBlock {
+	if q.policy.UsesTimeout() {
 		p.deadline = p.waitStart.Add(q.timeout)
 		if q.timer == nil {
 			// The only waiter: any earlier one has been resolved, which
@@ -455,17 +462,19 @@ func (q *queue) stopTimerLocked() {
 // deadline has passed stayed full for its timeout. They are at the head of
 // the FIFO, oldest first; the timer is re-armed for the next deadline.
 func (q *queue) expire(gen uint64) {
-	outcome, err := Dropped, error(nil)
-	if q.policy == PolicyFail {
-		outcome = TimedOut
-		err = fmt.Errorf("queue %q stayed full (capacity %d) for %v: %w", q.name, q.capacity, q.timeout, ErrTimeout)
-	}
 	q.mu.Lock()
 	if gen != q.timerGen {
 		q.mu.Unlock()
 		return // stopped or replaced after it fired
 	}
 	q.timer = nil
+	// The policy is read under the lock: Reconfigure may have changed it
+	// since the timer was armed, and the waiters time out by the current one.
+	outcome, err := Dropped, error(nil)
+	if q.policy == PolicyFail {
+		outcome = TimedOut
+		err = fmt.Errorf("queue %q stayed full (capacity %d) for %v: %w", q.name, q.capacity, q.timeout, ErrTimeout)
+	}
 	now := q.bus.clock.Now()
 	var resolved pendingList
 	for len(q.waiters) > 0 && !q.waiters[0].deadline.After(now) {
@@ -722,8 +731,9 @@ func (b *Bus) logDrops(q *queue) {
 	if timeouts > 0 {
 		level = slog.LevelError
 	}
-	b.logger.Log(context.Background(), level, "queue overflow", "queue", q.name, "policy", string(q.policy),
-		"capacity", q.capacity, "dropped_timeout", byTimeout, "dropped_evicted", evicted,
+	set := q.settings.Load()
+	b.logger.Log(context.Background(), level, "queue overflow", "queue", q.name, "policy", string(set.Policy),
+		"capacity", set.Capacity, "dropped_timeout", byTimeout, "dropped_evicted", evicted,
 		"publish_timeouts", timeouts, "drops_total", c.drops[0].Load()+c.drops[1].Load(),
 		"since", since)
 }
@@ -745,12 +755,13 @@ func (b *Bus) Stats() Stats {
 			drops[r] = n
 			total += n
 		}
+		set := q.settings.Load()
 		st[q.name] = QueueStats{
 			Size:           int(c.size.Load()),
-			MaxSize:        q.capacity,
+			MaxSize:        set.Capacity,
 			Drops:          total,
-			Policy:         q.policy,
-			TimeoutSeconds: q.timeout.Seconds(),
+			Policy:         set.Policy,
+			TimeoutSeconds: set.Timeout.Seconds(),
 			Published:      pub,
 			DropsByReason:  drops,
 			Timeouts:       pub[TimedOut],

@@ -159,7 +159,7 @@ func newTelemetry(b *Bus, o options) (telemetry, error) {
 		for _, q := range b.queues {
 			c, tel := &q.counters, &q.tel
 			obs.ObserveInt64(depth, c.size.Load(), tel.observe...)
-			obs.ObserveInt64(capacity, int64(q.capacity), tel.observe...)
+			obs.ObserveInt64(capacity, int64(q.settings.Load().Capacity), tel.observe...)
 			obs.ObserveInt64(waiting, c.waiting.Load(), tel.observe...)
 			obs.ObserveInt64(consumers, c.consumers.Load(), tel.observe...)
 			for i := range Outcomes {
