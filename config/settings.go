@@ -26,6 +26,12 @@ type Setting struct {
 	Usage string
 	// Bool marks settings that take true or false, so a flag can stand alone.
 	Bool bool
+	// Live marks settings a running sidecar applies when it reloads its
+	// configuration; the others take effect at the next start, and
+	// PlanReload reports a change to them as needing a restart. A new
+	// setting is restart-only unless it says otherwise, so that nothing is
+	// claimed to be live before the code that applies it exists.
+	Live bool
 	set  func(*Config, string) error
 	get  func(Config) string
 }
@@ -71,7 +77,7 @@ func Settings() []Setting {
 			},
 		},
 		{
-			Key: "log_level", Flag: "log-level", Usage: "log level: " + strings.Join(LogLevels, ", "),
+			Key: "log_level", Live: true, Flag: "log-level", Usage: "log level: " + strings.Join(LogLevels, ", "),
 			set: func(c *Config, v string) error { c.LogLevel = v; return nil },
 			get: func(c Config) string { return c.LogLevel },
 		},
@@ -111,7 +117,7 @@ func Settings() []Setting {
 			get: func(c Config) string { return strconv.Itoa(c.MaxConnections) },
 		},
 		{
-			Key: "default_queue", Flag: "default-queue", Usage: "queue for publishes without a queue whose type has no route",
+			Key: "default_queue", Live: true, Flag: "default-queue", Usage: "queue for publishes without a queue whose type has no route",
 			set: func(c *Config, v string) error { c.DefaultQueue = v; return nil },
 			get: func(c Config) string { return c.DefaultQueue },
 		},
@@ -141,7 +147,7 @@ func Settings() []Setting {
 			get: func(c Config) string { return c.Telemetry.ServiceName },
 		},
 		{
-			Key: "telemetry.data_sample_ratio", Flag: "data-sample-ratio", Usage: "share 0..1 of data-queue publishes traced; signal, order, drops, timeouts always are (empty: OTEL_TRACES_SAMPLER_ARG, else 1)",
+			Key: "telemetry.data_sample_ratio", Live: true, Flag: "data-sample-ratio", Usage: "share 0..1 of data-queue publishes traced; signal, order, drops, timeouts always are (empty: OTEL_TRACES_SAMPLER_ARG, else 1)",
 			set: func(c *Config, v string) error {
 				if strings.TrimSpace(v) == "" {
 					c.Telemetry.DataSampleRatio = nil
