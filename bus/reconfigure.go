@@ -103,7 +103,13 @@ func (q *queue) reconfigure(qc QueueConfig) {
 		"old_capacity", old.Capacity, "old_policy", string(old.Policy), "old_timeout", old.Timeout,
 		"depth", depth, "waiting", waiting)
 	if depth > cur.Capacity {
-		b.logger.Warn("queue holds more events than its new capacity: it accepts nothing new until consumers drain it below",
+		// Said once, here: the publishes that wait or evict meanwhile are
+		// counted and summarised like any others.
+		effect := "new publishes wait for room"
+		if cur.Policy == PolicyDropOldest {
+			effect = "each new publish evicts the oldest event"
+		}
+		b.logger.Warn("queue holds more events than its new capacity: "+effect+" until consumers drain it below",
 			"queue", q.name, "depth", depth, "capacity", cur.Capacity, "policy", string(cur.Policy))
 	}
 }

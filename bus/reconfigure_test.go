@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -447,5 +448,35 @@ func TestReconfigureConcurrentWithPublishes(t *testing.T) {
 	}
 	if st := b.Stats()["q"]; st.Size != 0 || st.Waiting != 0 || st.InFlight != 0 {
 		t.Errorf("size/waiting/in flight = %d/%d/%d, want 0/0/0", st.Size, st.Waiting, st.InFlight)
+	}
+}
+
+func TestReconfigureLogsWhatChanged(t *testing.T) {
+	logs := &syncBuffer{}
+	b, _ := newBus(t, bus.DefaultQueues(), bus.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
+	publishN(t, b, "signal", "T", 0, 5)
+	queues := bus.DefaultQueues()
+	queues[1].Capacity = 2
+	reconfigure(t, b, queues)
+	reconfigure(t, b, queues) // nothing changes: nothing logged
+
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		if !strings.Contains(l, "level=DEBUG") {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) != 2 {
+		t.Fatalf("logged %d lines, want 2 (signal reconfigured, signal over capacity):\n%s", len(lines), strings.Join(lines, "\n"))
+	}
+	for _, want := range []string{"queue reconfigured", "queue=signal", "capacity=2 ", "old_capacity=100 ", "depth=5 "} {
+		if !strings.Contains(lines[0], want) {
+			t.Errorf("%q lacks %s", lines[0], want)
+		}
+	}
+	for _, want := range []string{"level=WARN", "new publishes wait for room", "depth=5 ", "capacity=2 "} {
+		if !strings.Contains(lines[1], want) {
+			t.Errorf("%q lacks %s", lines[1], want)
+		}
 	}
 }
