@@ -10,6 +10,8 @@
 // bounds waiting events only; events coming back from Nack or Close go to
 // the head in seq order even past capacity, so nothing accepted is lost.
 // Counters are atomics read by Stats and by the observable metrics alike.
+// Reconfigure changes a running queue's capacity, policy and timeout under
+// the same lock, keeping every event it holds.
 // The bus starts no goroutines of its own: a publish waiting for room
 // (Publish or PublishAsync, one implementation) is a record in the queue's
 // FIFO, resolved by whoever gets there first under the queue lock (a

@@ -1,7 +1,9 @@
 // Package config holds the sidecar's settings: the defaults (Default, which
 // takes each from the package that owns it), the YAML file form, the EVENTBUS_* environment variables and the
 // command-line flags, merged with the precedence flags > environment > file >
-// defaults, and validated before anything starts.
+// defaults, and validated before anything starts. On a reload, PlanReload
+// tells the settings a running sidecar applies from those that wait for a
+// restart.
 package config
 
 import (
