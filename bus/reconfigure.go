@@ -11,7 +11,8 @@ import (
 // validates like New and changes nothing when anything is wrong: an error
 // wrapping ErrInvalidConfig for a bad setting, ErrRestartRequired naming
 // each queue that would be added or removed (the queues a bus has are fixed
-// for its life: publishers, routes and metrics refer to them by name), or
+// for its life: publishers, routes and metrics refer to them by name) and
+// each change to a queue's durability, dedupe or dead-letter settings, or
 // ErrShuttingDown once Shutdown has begun.
 //
 // Each queue changes under its lock, so a publish sees either the old
@@ -49,15 +50,25 @@ func (b *Bus) Reconfigure(queues []QueueConfig) error {
 	return nil
 }
 
-// sameQueues refuses a queue list that adds or removes queues.
+// sameQueues refuses a queue list that adds or removes queues or changes
+// what a queue keeps until a restart.
 func (b *Bus) sameQueues(queues []QueueConfig) error {
 	var errs []error
 	given := make(map[string]bool, len(queues))
 	for _, qc := range queues {
 		given[qc.Name] = true
-		if _, ok := b.byName[qc.Name]; !ok {
+		q, ok := b.byName[qc.Name]
+		if !ok {
 			errs = append(errs, fmt.Errorf("%w: queue %q is not running (running queues: %s): adding a queue needs a restart",
 				ErrRestartRequired, qc.Name, b.validNames))
+			continue
+		}
+		cur := q.settings.Load()
+		for _, f := range restartOnlyFields() {
+			if from, to := f.get(*cur), f.get(qc); from != to {
+				errs = append(errs, fmt.Errorf("%w: queue %q: %s %q -> %q: only capacity, policy and timeout change on a running queue",
+					ErrRestartRequired, qc.Name, f.name, fmt.Sprint(from), fmt.Sprint(to)))
+			}
 		}
 	}
 	for _, name := range b.names {
@@ -67,6 +78,26 @@ func (b *Bus) sameQueues(queues []QueueConfig) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// restartOnlyFields are the QueueConfig fields a queue keeps for the life
+// of the bus: where its events are stored and what becomes of them across
+// a crash are fixed when the bus opens the queue's log.
+func restartOnlyFields() []struct {
+	name string
+	get  func(QueueConfig) any
+} {
+	return []struct {
+		name string
+		get  func(QueueConfig) any
+	}{
+		{"durable", func(q QueueConfig) any { return q.Durable }},
+		{"fsync", func(q QueueConfig) any { return q.Fsync }},
+		{"fsync_interval", func(q QueueConfig) any { return q.FsyncInterval }},
+		{"dedupe_window", func(q QueueConfig) any { return q.DedupeWindow }},
+		{"max_deliveries", func(q QueueConfig) any { return q.MaxDeliveries }},
+		{"dead_letter", func(q QueueConfig) any { return q.DeadLetter }},
+	}
 }
 
 // setLocked installs qc as the queue's settings. Called with q.mu held, or

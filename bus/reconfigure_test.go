@@ -283,6 +283,12 @@ func TestReconfigureRefusesAndChangesNothing(t *testing.T) {
 			bus.ErrRestartRequired, []string{`"order"`, "removing a queue needs a restart"}},
 		{"renamed queue", with(func(qs []bus.QueueConfig) []bus.QueueConfig { qs[2].Name = "orders"; return qs }),
 			bus.ErrRestartRequired, []string{`"orders"`, `"order"`}},
+		{"durability changed", with(func(qs []bus.QueueConfig) []bus.QueueConfig { qs[2].Durable = true; return qs }),
+			bus.ErrRestartRequired, []string{`"order"`, `durable "false" -> "true"`, "only capacity, policy and timeout"}},
+		{"dead letter changed", with(func(qs []bus.QueueConfig) []bus.QueueConfig {
+			qs[1].MaxDeliveries, qs[1].DeadLetter = 3, "order"
+			return qs
+		}), bus.ErrRestartRequired, []string{`"signal"`, `max_deliveries "0" -> "3"`, `dead_letter "" -> "order"`}},
 		{"bad capacity", with(func(qs []bus.QueueConfig) []bus.QueueConfig { qs[1].Capacity = 0; return qs }),
 			bus.ErrInvalidConfig, []string{"queues[1].capacity", "must be > 0"}},
 		{"bad policy", with(func(qs []bus.QueueConfig) []bus.QueueConfig { qs[2].Policy = "wait"; return qs }),
