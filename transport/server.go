@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
 	"strings"
@@ -118,6 +119,9 @@ type Server struct {
 	bus    *bus.Bus
 	queues []string
 	log    *slog.Logger
+	// routing is read by every connection's read loop and replaced by
+	// SetRoutes on a reload.
+	routing atomic.Pointer[routing]
 
 	shutting atomic.Bool
 	done     chan struct{} // closed by Shutdown
@@ -226,21 +230,7 @@ func New(cfg Config) (*Server, error) {
 		rejectSlots: make(chan struct{}, maxRejecting),
 		rejectFrame: protocol.AppendTooManyConnections(nil, cfg.MaxConnections),
 	}
-	var errs []error
-	if !slices.Contains(s.queues, cfg.DefaultQueue) {
-		errs = append(errs, fmt.Errorf("%w: default queue %q is not a queue of the bus; valid queues: %s", ErrInvalidConfig, cfg.DefaultQueue, strings.Join(s.queues, ", ")))
-	}
-	types := make([]string, 0, len(cfg.Routes))
-	for t := range cfg.Routes {
-		types = append(types, t)
-	}
-	slices.Sort(types)
-	for _, t := range types {
-		if q := cfg.Routes[t]; !slices.Contains(s.queues, q) {
-			errs = append(errs, fmt.Errorf("%w: route %s -> %q: unknown queue; valid queues: %s", ErrInvalidConfig, t, q, strings.Join(s.queues, ", ")))
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
+	if err := s.SetRoutes(cfg.Routes, cfg.DefaultQueue); err != nil {
 		return nil, err
 	}
 	if err := s.initMetrics(); err != nil {
@@ -487,13 +477,46 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// routing is the routes and default queue in force; SetRoutes swaps the
+// whole value so that a publish never sees half of a reload.
+type routing struct {
+	routes       map[string]string
+	defaultQueue string
+}
+
+// SetRoutes replaces the routing of publishes that name no queue, for
+// publishes read from now on. Every route and the default queue must name
+// a queue of the bus; otherwise nothing changes.
+func (s *Server) SetRoutes(routes map[string]string, defaultQueue string) error {
+	var errs []error
+	if !slices.Contains(s.queues, defaultQueue) {
+		errs = append(errs, fmt.Errorf("%w: default queue %q is not a queue of the bus; valid queues: %s", ErrInvalidConfig, defaultQueue, strings.Join(s.queues, ", ")))
+	}
+	types := make([]string, 0, len(routes))
+	for t := range routes {
+		types = append(types, t)
+	}
+	slices.Sort(types)
+	for _, t := range types {
+		if q := routes[t]; !slices.Contains(s.queues, q) {
+			errs = append(errs, fmt.Errorf("%w: route %s -> %q: unknown queue; valid queues: %s", ErrInvalidConfig, t, q, strings.Join(s.queues, ", ")))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	s.routing.Store(&routing{routes: maps.Clone(routes), defaultQueue: defaultQueue})
+	return nil
+}
+
 // route resolves a publish's queue: the named one, or the type's route.
 func (s *Server) route(r *protocol.Request) (string, error) {
 	if !r.HasQueue {
-		if q, ok := s.cfg.Routes[r.Type]; ok {
+		rt := s.routing.Load()
+		if q, ok := rt.routes[r.Type]; ok {
 			return q, nil
 		}
-		return s.cfg.DefaultQueue, nil
+		return rt.defaultQueue, nil
 	}
 	for _, q := range s.queues {
 		if q == r.Queue {
