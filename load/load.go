@@ -100,28 +100,6 @@ func (c Config) withDefaults() (Config, error) {
 	return c, errors.Join(errs...)
 }
 
-// Percentiles summarises a latency sample.
-type Percentiles struct {
-	N    int           `json:"n"`
-	P50  time.Duration `json:"p50_ns"`
-	P90  time.Duration `json:"p90_ns"`
-	P99  time.Duration `json:"p99_ns"`
-	P999 time.Duration `json:"p999_ns"`
-	Max  time.Duration `json:"max_ns"`
-}
-
-func percentiles(samples []time.Duration) Percentiles {
-	if len(samples) == 0 {
-		return Percentiles{}
-	}
-	slices.Sort(samples)
-	at := func(q float64) time.Duration {
-		i := int(q * float64(len(samples)-1))
-		return samples[i]
-	}
-	return Percentiles{N: len(samples), P50: at(0.50), P90: at(0.90), P99: at(0.99), P999: at(0.999), Max: samples[len(samples)-1]}
-}
-
 // Result is what a run measured.
 type Result struct {
 	Config Config `json:"config"`
@@ -197,7 +175,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 			stopOnce.Do(stopConsumers)
 		}
 	}
-	e2e := make([][]time.Duration, len(cons))
+	pubLat, e2eLat := newLatencies(), newLatencies()
 	var consWG sync.WaitGroup
 	consErrs := make([]error, len(cons))
 	for i, c := range cons {
@@ -206,7 +184,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 			defer consWG.Done()
 			consErrs[i] = c.Subscribe(consCtx, cfg.Queue, cfg.Prefetch, func(_ context.Context, d bus.Delivery) error {
 				if sent, ok := sentAt(d.Event.Payload); ok {
-					e2e[i] = append(e2e[i], time.Since(time.Unix(0, sent)))
+					e2eLat.record(i, time.Since(time.Unix(0, sent)))
 				}
 				acked.Add(1)
 				finish()
@@ -223,7 +201,6 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	var firstErr error
 	var errOnce sync.Once
 	workers := cfg.Connections * cfg.Concurrency
-	lat := make([][]time.Duration, workers)
 	counts := make([][5]int64, workers)
 	start := time.Now()
 	var pubWG sync.WaitGroup
@@ -240,7 +217,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 				t0 := time.Now()
 				payload := makePayload(pad[:0], t0, cfg.PayloadBytes)
 				out, err := c.Publish(ctx, bus.Event{Type: "LOAD_TEST", Payload: payload}, cfg.Queue)
-				lat[w] = append(lat[w], time.Since(t0))
+				pubLat.record(w, time.Since(t0))
 				switch out {
 				case bus.Accepted:
 					counts[w][0]++
@@ -286,8 +263,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		done = res.Accepted
 	}
 	res.Rate = float64(done) / res.Elapsed.Seconds()
-	res.PublishLatency = percentiles(slices.Concat(lat...))
-	res.EndToEnd = percentiles(slices.Concat(e2e...))
+	res.PublishLatency = pubLat.percentiles()
+	res.EndToEnd = e2eLat.percentiles()
 	if firstErr != nil {
 		res.FirstError = firstErr.Error()
 	}
