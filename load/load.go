@@ -1,6 +1,8 @@
 // Package load drives a running sidecar through the Go client: publishers
-// on several connections, consumers that ack, and a report of throughput
-// and latency percentiles. It is bounded both in events and in time.
+// on several connections, closed loop (as fast as replies come) or open
+// loop (at a fixed rate, latency measured from each event's intended send
+// time), consumers that ack, and a report of throughput and HDR-histogram
+// latency percentiles. It is bounded both in events and in time.
 package load
 
 import (
@@ -25,6 +27,7 @@ const (
 	MaxConnections  = 1024
 	MaxConcurrency  = 4096
 	MaxPayloadBytes = 1 << 20
+	MaxRate         = 10_000_000
 	// DefaultDuration bounds a run unless Config.Duration says otherwise.
 	DefaultDuration = time.Minute
 	// minPayloadBytes fits the timestamp object the consumers read.
@@ -56,6 +59,12 @@ type Config struct {
 	// Duration bounds the whole run (default 60s); a run cut short reports
 	// what it measured and says so.
 	Duration time.Duration
+	// Rate, when positive, makes the run open loop: event i is due at
+	// start + i/Rate seconds and its latencies are measured from then,
+	// whether or not a publisher was free to send it on time. Zero is
+	// closed loop: each publisher sends its next event when the last one
+	// is answered (at most Connections x Concurrency in flight).
+	Rate float64
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -97,21 +106,31 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Duration < 0 {
 		errs = append(errs, fmt.Errorf("duration %v: must be positive", c.Duration))
 	}
+	if !(c.Rate >= 0 && c.Rate <= MaxRate) {
+		errs = append(errs, fmt.Errorf("rate %v: must be between 0 (closed loop) and %d events/s", c.Rate, MaxRate))
+	}
 	return c, errors.Join(errs...)
 }
 
 // Result is what a run measured.
 type Result struct {
 	Config Config `json:"config"`
+	// Sent counts publishes started; each ends in one of the outcomes below.
+	Sent int64 `json:"sent"`
 	// Publish outcomes.
 	Accepted  int64 `json:"accepted"`
 	Dropped   int64 `json:"dropped"`
 	TimedOut  int64 `json:"timed_out"`
 	Failed    int64 `json:"failed"`
 	Cancelled int64 `json:"cancelled"`
+	// Unsent counts, in an open-loop run, the events that were due before
+	// the run ended but never sent because every publisher was still
+	// waiting for an earlier reply: a sign that the target could not keep
+	// up with the rate.
+	Unsent int64 `json:"unsent"`
 	// Acked counts deliveries the consumers handled and acked.
 	Acked int64 `json:"acked"`
-	// PublishElapsed runs from the first publish to the last reply;
+	// PublishElapsed runs from the start of the run to the last reply;
 	// Elapsed to the last ack (or the last reply without consumers).
 	PublishElapsed time.Duration `json:"publish_elapsed_ns"`
 	Elapsed        time.Duration `json:"elapsed_ns"`
@@ -119,10 +138,15 @@ type Result struct {
 	// Rate is events published and acked per second over the whole run.
 	PublishRate float64 `json:"publish_events_per_second"`
 	Rate        float64 `json:"events_per_second"`
-	// PublishLatency is the publish round trip as a caller sees it;
-	// EndToEnd runs from the start of a publish to its consumer's handler.
+	// PublishLatency runs from an event's send time to its publish reply;
+	// EndToEnd from its send time to its receipt by a consumer. The send
+	// time is the intended one in an open-loop run (Config.Rate > 0), so
+	// time an event spent waiting for a free publisher counts.
 	PublishLatency Percentiles `json:"publish_latency"`
 	EndToEnd       Percentiles `json:"end_to_end_latency"`
+	// SendLag, in an open-loop run, is how late each event was sent after
+	// its intended time: the load tool's own falling behind.
+	SendLag *Percentiles `json:"send_lag,omitempty"`
 	// Incomplete is set when Duration ended the run early.
 	Incomplete bool `json:"incomplete"`
 	// FirstError is the first unexpected publish error, if any.
@@ -137,6 +161,10 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("load config: %w", err)
 	}
+	return run(ctx, cfg, realClock{})
+}
+
+func run(ctx context.Context, cfg Config, clock Clock) (Result, error) {
 	res := Result{Config: cfg}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
@@ -150,6 +178,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 			}
 		}
 	}()
+	var err error
 	for i := range pubs {
 		if pubs[i], err = client.Dial(ctx, cfg.Socket); err != nil {
 			return res, err
@@ -162,12 +191,17 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 
 	var (
-		acked         atomic.Int64
-		accepted      atomic.Int64
-		publishDone   atomic.Bool
-		consumersDone = make(chan struct{})
-		stopOnce      sync.Once
+		sent, acked, accepted atomic.Int64
+		publishDone           atomic.Bool
+		consumersDone         = make(chan struct{})
+		consumerEnded         = make(chan struct{}, len(cons))
+		stopOnce              sync.Once
+		pubLat, e2eLat        = newLatencies(), newLatencies()
+		lag                   *latencies
 	)
+	if cfg.Rate > 0 {
+		lag = newLatencies()
+	}
 	consCtx, stopConsumers := context.WithCancel(ctx)
 	defer stopConsumers()
 	finish := func() {
@@ -175,16 +209,16 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 			stopOnce.Do(stopConsumers)
 		}
 	}
-	pubLat, e2eLat := newLatencies(), newLatencies()
 	var consWG sync.WaitGroup
 	consErrs := make([]error, len(cons))
 	for i, c := range cons {
 		consWG.Add(1)
 		go func() {
 			defer consWG.Done()
+			defer func() { consumerEnded <- struct{}{} }()
 			consErrs[i] = c.Subscribe(consCtx, cfg.Queue, cfg.Prefetch, func(_ context.Context, d bus.Delivery) error {
-				if sent, ok := sentAt(d.Event.Payload); ok {
-					e2eLat.record(i, time.Since(time.Unix(0, sent)))
+				if at, ok := sentAt(d.Event.Payload); ok {
+					e2eLat.record(i, clock.Now().Sub(time.Unix(0, at)))
 				}
 				acked.Add(1)
 				finish()
@@ -196,13 +230,28 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		consWG.Wait()
 		close(consumersDone)
 	}()
+	consumerErr := func() error {
+		for _, err := range consErrs {
+			if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+				return fmt.Errorf("consumer: %w", err)
+			}
+		}
+		return nil
+	}
+	// Publishing starts once every consumer is subscribed, so that no
+	// event waits for a consumer that is still on its way.
+	if err := waitSubscribed(ctx, pubs[0], cfg, consumerEnded); err != nil {
+		stopConsumers()
+		<-consumersDone
+		return res, errors.Join(consumerErr(), err)
+	}
 
-	var next atomic.Int64
 	var firstErr error
 	var errOnce sync.Once
 	workers := cfg.Connections * cfg.Concurrency
 	counts := make([][5]int64, workers)
-	start := time.Now()
+	start := clock.Now()
+	pace := newPacer(clock, start, cfg.Rate, cfg.Events)
 	var pubWG sync.WaitGroup
 	for w := range workers {
 		c := pubs[w%cfg.Connections]
@@ -211,13 +260,17 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 			defer pubWG.Done()
 			pad := make([]byte, 0, cfg.PayloadBytes)
 			for {
-				if next.Add(1) > int64(cfg.Events) || ctx.Err() != nil {
+				_, at, ok := pace.take(ctx)
+				if !ok {
 					return
 				}
-				t0 := time.Now()
-				payload := makePayload(pad[:0], t0, cfg.PayloadBytes)
+				sent.Add(1)
+				if lag != nil {
+					lag.record(w, clock.Now().Sub(at))
+				}
+				payload := makePayload(pad[:0], at, cfg.PayloadBytes)
 				out, err := c.Publish(ctx, bus.Event{Type: "LOAD_TEST", Payload: payload}, cfg.Queue)
-				pubLat.record(w, time.Since(t0))
+				pubLat.record(w, clock.Now().Sub(at))
 				switch out {
 				case bus.Accepted:
 					counts[w][0]++
@@ -236,14 +289,15 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		}()
 	}
 	pubWG.Wait()
-	res.PublishElapsed = time.Since(start)
+	pubEnd := clock.Now()
+	res.PublishElapsed = pubEnd.Sub(start)
 	publishDone.Store(true)
 	finish()
 	if len(cons) == 0 {
 		stopConsumers()
 	}
 	<-consumersDone
-	res.Elapsed = time.Since(start)
+	res.Elapsed = clock.Now().Sub(start)
 	if len(cons) == 0 {
 		res.Elapsed = res.PublishElapsed
 	}
@@ -255,6 +309,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		res.Failed += c[3]
 		res.Cancelled += c[4]
 	}
+	res.Sent = sent.Load()
+	res.Unsent = max(pace.dueBy(pubEnd)-res.Sent, 0)
 	res.Acked = acked.Load()
 	res.Incomplete = ctx.Err() != nil
 	res.PublishRate = float64(res.Accepted) / res.PublishElapsed.Seconds()
@@ -265,18 +321,50 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	res.Rate = float64(done) / res.Elapsed.Seconds()
 	res.PublishLatency = pubLat.percentiles()
 	res.EndToEnd = e2eLat.percentiles()
+	if lag != nil {
+		p := lag.percentiles()
+		res.SendLag = &p
+	}
 	if firstErr != nil {
 		res.FirstError = firstErr.Error()
 	}
-	for _, err := range consErrs {
-		if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
-			return res, fmt.Errorf("consumer: %w", err)
-		}
+	if err := consumerErr(); err != nil {
+		return res, err
 	}
 	if firstErr != nil && res.Accepted == 0 {
 		return res, fmt.Errorf("every publish failed: %w", firstErr)
 	}
 	return res, nil
+}
+
+// subscribePoll is how often the start of a run asks whether the
+// consumers are subscribed yet; it takes a few milliseconds at most.
+const subscribePoll = 2 * time.Millisecond
+
+// waitSubscribed waits until the sidecar counts cfg.Consumers consumers on
+// cfg.Queue, or a consumer gave up (its error says why), or ctx ends.
+func waitSubscribed(ctx context.Context, c *client.Client, cfg Config, consumerEnded <-chan struct{}) error {
+	if cfg.Consumers == 0 {
+		return nil
+	}
+	t := time.NewTicker(subscribePoll)
+	defer t.Stop()
+	for {
+		st, err := c.Stats(ctx)
+		if err != nil {
+			return fmt.Errorf("waiting for the consumers to subscribe: %w", err)
+		}
+		if st[cfg.Queue].Consumers >= cfg.Consumers {
+			return nil
+		}
+		select {
+		case <-t.C:
+		case <-consumerEnded:
+			return errors.New("a consumer ended before the run started")
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the consumers to subscribe: %w", ctx.Err())
+		}
+	}
 }
 
 // makePayload writes {"t":<unix ns>,"pad":"xxx…"} of exactly size bytes.
@@ -312,10 +400,17 @@ func (r Result) WriteText(w io.Writer) error {
 		_, err := fmt.Fprintf(w, format, args...)
 		errs = append(errs, err)
 	}
-	p("load: %d events of %d bytes to %q over %d connection(s) x %d in flight, %d consumer(s) with prefetch %d\n",
-		c.Events, c.PayloadBytes, c.Queue, c.Connections, c.Concurrency, c.Consumers, c.Prefetch)
-	p("publish: accepted %d, dropped %d, timeout %d, cancelled %d, failed %d in %v: %.0f events/s\n",
-		r.Accepted, r.Dropped, r.TimedOut, r.Cancelled, r.Failed, r.PublishElapsed.Round(time.Millisecond), r.PublishRate)
+	mode := "closed loop, latency from each actual send"
+	if c.Rate > 0 {
+		mode = fmt.Sprintf("open loop at %.0f events/s, latency from each intended send time", c.Rate)
+	}
+	p("load: %d events of %d bytes to %q over %d connection(s) x %d in flight, %d consumer(s) with prefetch %d; %s\n",
+		c.Events, c.PayloadBytes, c.Queue, c.Connections, c.Concurrency, c.Consumers, c.Prefetch, mode)
+	p("publish: sent %d: accepted %d, dropped %d, timeout %d, cancelled %d, failed %d in %v: %.0f events/s\n",
+		r.Sent, r.Accepted, r.Dropped, r.TimedOut, r.Cancelled, r.Failed, r.PublishElapsed.Round(time.Millisecond), r.PublishRate)
+	if r.Unsent > 0 {
+		p("BEHIND: %d events were due before the end but never sent: every publisher was waiting for a reply\n", r.Unsent)
+	}
 	if c.Consumers > 0 {
 		p("published and acked: %d in %v: %.0f events/s\n", r.Acked, r.Elapsed.Round(time.Millisecond), r.Rate)
 	}
@@ -323,11 +418,14 @@ func (r Result) WriteText(w io.Writer) error {
 		if q.N == 0 {
 			return
 		}
-		p("%-18s p50 %v  p90 %v  p99 %v  p99.9 %v  max %v  (n=%d)\n", name+" latency:",
+		p("%-20s p50 %v  p90 %v  p99 %v  p99.9 %v  max %v  (n=%d)\n", name+":",
 			q.P50.Round(time.Microsecond), q.P90.Round(time.Microsecond), q.P99.Round(time.Microsecond), q.P999.Round(time.Microsecond), q.Max.Round(time.Microsecond), q.N)
 	}
-	pl("publish", r.PublishLatency)
-	pl("end-to-end", r.EndToEnd)
+	pl("publish latency", r.PublishLatency)
+	pl("end-to-end latency", r.EndToEnd)
+	if r.SendLag != nil {
+		pl("send lag", *r.SendLag)
+	}
 	if r.FirstError != "" {
 		p("first publish error: %s\n", r.FirstError)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -118,6 +119,8 @@ func TestConfigValidation(t *testing.T) {
 		{Config{Socket: "s", PayloadBytes: 8}, "payload bytes 8: must be between 40"},
 		{Config{Socket: "s", Connections: -1}, "connections -1"},
 		{Config{Socket: "s", Duration: -time.Second}, "duration -1s"},
+		{Config{Socket: "s", Rate: MaxRate + 1}, "rate 1.0000001e+07: must be between 0 (closed loop) and 10000000 events/s"},
+		{Config{Socket: "s", Rate: math.NaN()}, "rate NaN"},
 	}
 	for _, tt := range tests {
 		_, err := Run(context.Background(), tt.cfg)
@@ -139,6 +142,35 @@ func TestPayloadCarriesTimestamp(t *testing.T) {
 		}
 		if ts, ok := sentAt(p); !ok || ts != now.UnixNano() {
 			t.Fatalf("sentAt(%s) = %d %v", p, ts, ok)
+		}
+	}
+}
+
+func TestRunOpenLoop(t *testing.T) {
+	path, _ := startSidecar(t, bus.DefaultQueues())
+	cfg := Config{Socket: path, Events: 2000, Rate: 20000, Concurrency: 16}
+	res, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Sent != 2000 || res.Accepted != 2000 || res.Acked != 2000 || res.Unsent != 0 || res.Incomplete {
+		t.Fatalf("result %+v, want 2000 sent, accepted and acked", res)
+	}
+	if res.SendLag == nil || res.SendLag.N != 2000 || res.PublishLatency.N != 2000 || res.EndToEnd.N != 2000 {
+		t.Fatalf("latencies %+v / %+v / send lag %+v", res.PublishLatency, res.EndToEnd, res.SendLag)
+	}
+	// The last event is due 1999/20000 s after the start: the schedule,
+	// not the sidecar's speed, sets the pace.
+	if due := 99950 * time.Microsecond; res.PublishElapsed < due {
+		t.Fatalf("published in %v, before the last event was due (%v)", res.PublishElapsed, due)
+	}
+	var out bytes.Buffer
+	if err := res.WriteText(&out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"open loop at 20000 events/s", "sent 2000: accepted 2000", "send lag:", "end-to-end latency:"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, out.String())
 		}
 	}
 }
