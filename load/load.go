@@ -65,6 +65,12 @@ type Config struct {
 	// closed loop: each publisher sends its next event when the last one
 	// is answered (at most Connections x Concurrency in flight).
 	Rate float64
+	// Label names the run in its status line and report.
+	Label string
+	// Progress, when set, receives a live status line every
+	// ProgressInterval, rewritten in place with a carriage return, and
+	// cleared at the end. Meant for a terminal.
+	Progress io.Writer `json:"-"`
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -252,6 +258,7 @@ func run(ctx context.Context, cfg Config, clock Clock) (Result, error) {
 	counts := make([][5]int64, workers)
 	start := clock.Now()
 	pace := newPacer(clock, start, cfg.Rate, cfg.Events)
+	stopProgress := startProgress(cfg, clock, start, counters{sent: &sent, accepted: &accepted, acked: &acked, pub: pubLat, e2e: e2eLat})
 	var pubWG sync.WaitGroup
 	for w := range workers {
 		c := pubs[w%cfg.Connections]
@@ -301,6 +308,7 @@ func run(ctx context.Context, cfg Config, clock Clock) (Result, error) {
 	if len(cons) == 0 {
 		res.Elapsed = res.PublishElapsed
 	}
+	stopProgress()
 
 	for _, c := range counts {
 		res.Accepted += c[0]
@@ -399,6 +407,9 @@ func (r Result) WriteText(w io.Writer) error {
 	p := func(format string, args ...any) {
 		_, err := fmt.Fprintf(w, format, args...)
 		errs = append(errs, err)
+	}
+	if c.Label != "" {
+		p("%s:\n", c.Label)
 	}
 	mode := "closed loop, latency from each actual send"
 	if c.Rate > 0 {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -146,9 +147,28 @@ func TestPayloadCarriesTimestamp(t *testing.T) {
 	}
 }
 
+// syncBuffer is a bytes.Buffer safe for a writer goroutine.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
 func TestRunOpenLoop(t *testing.T) {
 	path, _ := startSidecar(t, bus.DefaultQueues())
-	cfg := Config{Socket: path, Events: 2000, Rate: 20000, Concurrency: 16}
+	var progress syncBuffer
+	cfg := Config{Socket: path, Events: 2000, Rate: 20000, Concurrency: 16, Label: "sidecar", Progress: &progress}
 	res, err := Run(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -168,9 +188,20 @@ func TestRunOpenLoop(t *testing.T) {
 	if err := res.WriteText(&out); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"open loop at 20000 events/s", "sent 2000: accepted 2000", "send lag:", "end-to-end latency:"} {
+	for _, want := range []string{"sidecar:\n", "open loop at 20000 events/s", "sent 2000: accepted 2000", "send lag:", "end-to-end latency:"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, out.String())
+		}
+	}
+	// However many status lines the run wrote, each rewrote the line in
+	// place and the last thing written cleared it.
+	p := progress.String()
+	if !strings.HasSuffix(p, clearLine) {
+		t.Fatalf("progress output %q does not end by clearing the line", p)
+	}
+	for _, l := range strings.Split(strings.TrimSuffix(p, clearLine), clearLine)[1:] {
+		if !strings.HasPrefix(l, "sidecar ") || strings.Contains(l, "\n") {
+			t.Errorf("status line %q", l)
 		}
 	}
 }
