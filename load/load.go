@@ -2,7 +2,9 @@
 // on several connections, closed loop (as fast as replies come) or open
 // loop (at a fixed rate, latency measured from each event's intended send
 // time), consumers that ack, and a report of throughput and HDR-histogram
-// latency percentiles. It is bounded both in events and in time.
+// latency percentiles. It is bounded both in events and in time. Compare
+// runs the same load against a framing-only server first, the ceiling of
+// any broker on this socket, and reports the sidecar as ratios of it.
 package load
 
 import (

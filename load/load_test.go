@@ -205,3 +205,55 @@ func TestRunOpenLoop(t *testing.T) {
 		}
 	}
 }
+
+func TestCompareWithTheCeiling(t *testing.T) {
+	path, _ := startSidecar(t, bus.DefaultQueues())
+	rep, err := Compare(context.Background(), Config{Socket: path, Events: 2000, Connections: 2, Concurrency: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []*Result{&rep.Result, rep.Ceiling} {
+		if r == nil || r.Accepted != 2000 || r.Acked != 2000 || r.EndToEnd.N != 2000 || r.Incomplete {
+			t.Fatalf("result %+v", r)
+		}
+	}
+	if rep.Config.Label != "sidecar" || rep.Config.Socket != path || rep.Ceiling.Config.Label != "ceiling" || rep.Ceiling.Config.Socket == path {
+		t.Fatalf("configs %+v / %+v", rep.Config, rep.Ceiling.Config)
+	}
+	v := rep.VsCeiling
+	if v == nil || v.Rate != rep.Rate/rep.Ceiling.Rate || v.PublishLatency.P99 != float64(rep.PublishLatency.P99)/float64(rep.Ceiling.PublishLatency.P99) || v.EndToEnd.P50 <= 0 {
+		t.Fatalf("ratios %+v", v)
+	}
+	if _, err := os.Stat(rep.Ceiling.Config.Socket); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the ceiling's socket is left behind: %v", err)
+	}
+
+	js, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var flat Result
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(js, &flat); err != nil || flat.Accepted != 2000 {
+		t.Fatalf("the report's JSON is not the sidecar's result at the top: %v %s", err, js)
+	}
+	if err := json.Unmarshal(js, &fields); err != nil || fields["ceiling"] == nil || fields["vs_ceiling"] == nil {
+		t.Fatalf("json %s: %v", js, err)
+	}
+	var out bytes.Buffer
+	if err := rep.WriteText(&out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"sidecar:\n", "ceiling:\n", "sidecar / ceiling:", "end-to-end latency: p50"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, out.String())
+		}
+	}
+
+	if _, err := Compare(context.Background(), Config{Socket: filepath.Join(t.TempDir(), "none.sock"), Events: 100}); err == nil || !strings.Contains(err.Error(), "none.sock") {
+		t.Errorf("Compare without a sidecar: %v", err)
+	}
+	if _, err := Compare(context.Background(), Config{Socket: path, Rate: -1}); err == nil || !strings.Contains(err.Error(), "rate -1: must be between 0") {
+		t.Errorf("Compare with a negative rate: %v", err)
+	}
+}
