@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"io"
+	"os"
 	"strings"
 	"testing"
 
@@ -31,6 +33,22 @@ func TestLoadCommand(t *testing.T) {
 				}
 			}
 		}},
+		{"open loop against the ceiling, text", []string{"--events", "600", "--rate", "20000", "--concurrency", "8", "--queue", "signal", "--ceiling"}, func(t *testing.T, out string) {
+			for _, want := range []string{"sidecar:\n", "ceiling:\n", "open loop at 20000 events/s", "sent 600: accepted 600", "published and acked: 600", "send lag:", "sidecar / ceiling:", "  throughput:", "  end-to-end latency: p50"} {
+				if !strings.Contains(out, want) {
+					t.Errorf("output lacks %q:\n%s", want, out)
+				}
+			}
+		}},
+		{"closed loop against the ceiling, json", []string{"--events", "500", "--queue", "signal", "--ceiling", "--json"}, func(t *testing.T, out string) {
+			var rep load.Report
+			if err := json.Unmarshal([]byte(out), &rep); err != nil {
+				t.Fatalf("output is not JSON: %v\n%s", err, out)
+			}
+			if rep.Accepted != 500 || rep.Acked != 500 || rep.Ceiling == nil || rep.Ceiling.Acked != 500 || rep.VsCeiling == nil || rep.VsCeiling.Rate <= 0 || rep.SendLag != nil {
+				t.Errorf("report %s", out)
+			}
+		}},
 		{"json, publish only", []string{"--events", "300", "--consumers", "0", "--queue", "data", "--concurrency", "4", "--json"}, func(t *testing.T, out string) {
 			var res load.Result
 			if err := json.Unmarshal([]byte(out), &res); err != nil {
@@ -43,13 +61,36 @@ func TestLoadCommand(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var out bytes.Buffer
-			app := &cli.App{Name: "eventbus-sidecar", Writer: &out, Commands: []*cli.Command{loadCommand()}}
+			var out, errOut bytes.Buffer
+			app := &cli.App{Name: "eventbus-sidecar", Writer: &out, ErrWriter: &errOut, Commands: []*cli.Command{loadCommand()}}
 			args := append([]string{"eventbus-sidecar", "load", "--socket", sock}, tt.args...)
 			if err := app.Run(args); err != nil {
 				t.Fatal(err)
 			}
 			tt.check(t, out.String())
+			// Not a terminal: no status line.
+			if errOut.Len() != 0 {
+				t.Errorf("stderr %q", errOut.String())
+			}
 		})
+	}
+}
+
+func TestIsTerminal(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	for name, out := range map[string]io.Writer{"a file": f, "a pipe": w, "a buffer": &bytes.Buffer{}} {
+		if isTerminal(out) {
+			t.Errorf("%s taken for a terminal", name)
+		}
 	}
 }
