@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
 	"syscall"
 
@@ -14,8 +15,27 @@ import (
 )
 
 // loadCommand drives a running sidecar with publishers and acking
-// consumers and prints throughput and latency percentiles.
+// consumers and prints throughput and latency percentiles. For --ceiling
+// it runs the ceiling server as a child process of this binary.
 func loadCommand() *cli.Command {
+	return loadCommandWith(load.CeilingProcess(ceilingChild))
+}
+
+// ceilingChild is this binary serving the framing ceiling at socket
+// (load --ceiling-server), its errors on the load tool's stderr.
+func ceilingChild(socket string) *exec.Cmd {
+	exe, err := os.Executable()
+	if err != nil {
+		exe = os.Args[0]
+	}
+	cmd := exec.Command(exe, "load", "--ceiling-server", "--socket", socket)
+	cmd.Stderr = os.Stderr
+	return cmd
+}
+
+// loadCommandWith is loadCommand with the ceiling server started by
+// startCeiling (in this process when nil).
+func loadCommandWith(startCeiling load.CeilingStarter) *cli.Command {
 	return &cli.Command{
 		Name:  "load",
 		Usage: "publish and consume events against a running sidecar and report events/s and latency",
@@ -29,12 +49,12 @@ func loadCommand() *cli.Command {
 			"(--concurrency then bounds the publishes in flight; events that were due but could not be sent\n" +
 			"are reported as BEHIND).\n" +
 			"\n" +
-			"--ceiling first runs the same load against a framing-only server in this process on a temporary\n" +
-			"socket (it answers each publish and forwards it to a consumer, nothing more: the least any broker\n" +
-			"on this socket could cost), then against the sidecar, and prints the sidecar's figures as ratios\n" +
-			"of the ceiling's. The run is bounded by --events and by --duration (each run of --ceiling by\n" +
-			"--duration). A live status line goes to stderr when it is a terminal, unless --json. Use a queue\n" +
-			"nobody else uses during the run.",
+			"--ceiling first runs the same load against a framing-only server of this binary, run as a child\n" +
+			"process on a temporary socket (it answers each publish and forwards it to a consumer, nothing\n" +
+			"more: the least any broker on this socket could cost), then against the sidecar, and prints the\n" +
+			"sidecar's figures as ratios of the ceiling's. The run is bounded by --events and by --duration\n" +
+			"(each run of --ceiling by --duration). A live status line goes to stderr when it is a terminal,\n" +
+			"unless --json. Use a queue nobody else uses during the run.",
 		Flags: []cli.Flag{
 			socketFlag(),
 			&cli.IntFlag{Name: "connections", Value: 1, Usage: "publishing connections"},
@@ -48,10 +68,14 @@ func loadCommand() *cli.Command {
 			&cli.DurationFlag{Name: "duration", Value: load.DefaultDuration, Usage: "upper bound on each run"},
 			&cli.BoolFlag{Name: "ceiling", Usage: "also measure the socket framing ceiling and print the sidecar's figures as ratios of it"},
 			&cli.BoolFlag{Name: "json", Usage: "print the result as one JSON object"},
+			&cli.BoolFlag{Name: "ceiling-server", Hidden: true, Usage: "serve the framing ceiling at --socket until SIGTERM (the child process of --ceiling)"},
 		},
 		Action: func(c *cli.Context) error {
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
+			if c.Bool("ceiling-server") {
+				return load.ServeCeiling(ctx, c.String("socket"))
+			}
 			consumers := c.Int("consumers")
 			if consumers == 0 {
 				consumers = -1 // the package's "none"
@@ -74,7 +98,7 @@ func loadCommand() *cli.Command {
 			var rep load.Report
 			var err error
 			if c.Bool("ceiling") {
-				rep, err = load.Compare(ctx, cfg)
+				rep, err = load.Compare(ctx, cfg, startCeiling)
 			} else {
 				rep.Result, err = load.Run(ctx, cfg)
 			}

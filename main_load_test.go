@@ -2,9 +2,12 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -62,7 +65,9 @@ func TestLoadCommand(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var out, errOut bytes.Buffer
-			app := &cli.App{Name: "eventbus-sidecar", Writer: &out, ErrWriter: &errOut, Commands: []*cli.Command{loadCommand()}}
+			// The test binary cannot be the ceiling's child process: the
+			// ceiling runs in process here.
+			app := &cli.App{Name: "eventbus-sidecar", Writer: &out, ErrWriter: &errOut, Commands: []*cli.Command{loadCommandWith(nil)}}
 			args := append([]string{"eventbus-sidecar", "load", "--socket", sock}, tt.args...)
 			if err := app.Run(args); err != nil {
 				t.Fatal(err)
@@ -73,6 +78,38 @@ func TestLoadCommand(t *testing.T) {
 				t.Errorf("stderr %q", errOut.String())
 			}
 		})
+	}
+}
+
+// TestLoadCeilingServer runs the ceiling server the way --ceiling runs
+// its child process, and a load against it.
+func TestLoadCeilingServer(t *testing.T) {
+	sock := socketPath(t)
+	if args := ceilingChild(sock).Args; !slices.Equal(args[1:], []string{"load", "--ceiling-server", "--socket", sock}) {
+		t.Fatalf("child process arguments %q", args)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	served := make(chan error, 1)
+	go func() {
+		app := &cli.App{Name: "eventbus-sidecar", Writer: io.Discard, Commands: []*cli.Command{loadCommand()}}
+		served <- app.RunContext(ctx, []string{"eventbus-sidecar", "load", "--ceiling-server", "--socket", sock})
+	}()
+	waitFor(t, "the ceiling server", func() bool {
+		nc, err := net.Dial("unix", sock)
+		if err == nil {
+			nc.Close()
+		}
+		return err == nil
+	})
+	// Not a second cli.App: two at once race on the cli package's help flag.
+	res, err := load.Run(context.Background(), load.Config{Socket: sock, Events: 500})
+	if err != nil || res.Acked != 500 {
+		t.Fatalf("load against the ceiling server: %v %+v", err, res)
+	}
+	cancel()
+	if err := <-served; err != nil {
+		t.Fatalf("ceiling server: %v", err)
 	}
 }
 

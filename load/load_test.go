@@ -7,6 +7,7 @@ import (
 	"errors"
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -208,7 +209,7 @@ func TestRunOpenLoop(t *testing.T) {
 
 func TestCompareWithTheCeiling(t *testing.T) {
 	path, _ := startSidecar(t, bus.DefaultQueues())
-	rep, err := Compare(context.Background(), Config{Socket: path, Events: 2000, Connections: 2, Concurrency: 8})
+	rep, err := Compare(context.Background(), Config{Socket: path, Events: 2000, Connections: 2, Concurrency: 8}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,10 +251,33 @@ func TestCompareWithTheCeiling(t *testing.T) {
 		}
 	}
 
-	if _, err := Compare(context.Background(), Config{Socket: filepath.Join(t.TempDir(), "none.sock"), Events: 100}); err == nil || !strings.Contains(err.Error(), "none.sock") {
+	if _, err := Compare(context.Background(), Config{Socket: filepath.Join(t.TempDir(), "none.sock"), Events: 100}, nil); err == nil || !strings.Contains(err.Error(), "none.sock") {
 		t.Errorf("Compare without a sidecar: %v", err)
 	}
-	if _, err := Compare(context.Background(), Config{Socket: path, Rate: -1}); err == nil || !strings.Contains(err.Error(), "rate -1: must be between 0") {
+	if _, err := Compare(context.Background(), Config{Socket: path, Rate: -1}, nil); err == nil || !strings.Contains(err.Error(), "rate -1: must be between 0") {
 		t.Errorf("Compare with a negative rate: %v", err)
+	}
+}
+
+func TestCompareWithACeilingProcess(t *testing.T) {
+	path, _ := startSidecar(t, bus.DefaultQueues())
+	child := func(socket string) *exec.Cmd {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), ceilingChildEnv+"="+socket)
+		cmd.Stderr = os.Stderr
+		return cmd
+	}
+	rep, err := Compare(context.Background(), Config{Socket: path, Events: 1000, Rate: 20000}, CeilingProcess(child))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := rep.Ceiling; c.Acked != 1000 || c.SendLag == nil || rep.Acked != 1000 || rep.VsCeiling == nil {
+		t.Fatalf("report %+v, ceiling %+v", rep, c)
+	}
+
+	// A child that never serves.
+	exits := func(string) *exec.Cmd { return exec.Command(os.Args[0], "-test.run=^$") }
+	if _, err := Compare(context.Background(), Config{Socket: path, Events: 10}, CeilingProcess(exits)); err == nil || !strings.Contains(err.Error(), "exited before serving") {
+		t.Fatalf("Compare with a child that exits: %v", err)
 	}
 }
