@@ -136,8 +136,13 @@ type Result struct {
 	// waiting for an earlier reply: a sign that the target could not keep
 	// up with the rate.
 	Unsent int64 `json:"unsent"`
-	// Acked counts deliveries the consumers handled and acked.
+	// Acked counts deliveries of this run's events the consumers handled
+	// and acked.
 	Acked int64 `json:"acked"`
+	// Foreign counts deliveries of events that were not this run's: left
+	// in the queue by an earlier run cut short, or published by someone
+	// else. They are acked and left out of every other figure.
+	Foreign int64 `json:"foreign"`
 	// PublishElapsed runs from the start of the run to the last reply;
 	// Elapsed to the last ack (or the last reply without consumers).
 	PublishElapsed time.Duration `json:"publish_elapsed_ns"`
@@ -174,6 +179,9 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 
 func run(ctx context.Context, cfg Config, clock Clock) (Result, error) {
 	res := Result{Config: cfg}
+	// This run's events carry send times from now on; a delivery with an
+	// earlier one, or none, is another run's.
+	since := clock.Now().UnixNano()
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
 
@@ -200,6 +208,7 @@ func run(ctx context.Context, cfg Config, clock Clock) (Result, error) {
 
 	var (
 		sent, acked, accepted atomic.Int64
+		foreign               atomic.Int64
 		publishDone           atomic.Bool
 		consumersDone         = make(chan struct{})
 		consumerEnded         = make(chan struct{}, len(cons))
@@ -225,9 +234,12 @@ func run(ctx context.Context, cfg Config, clock Clock) (Result, error) {
 			defer consWG.Done()
 			defer func() { consumerEnded <- struct{}{} }()
 			consErrs[i] = c.Subscribe(consCtx, cfg.Queue, cfg.Prefetch, func(_ context.Context, d bus.Delivery) error {
-				if at, ok := sentAt(d.Event.Payload); ok {
-					e2eLat.record(i, clock.Now().Sub(time.Unix(0, at)))
+				at, ok := sentAt(d.Event.Payload)
+				if !ok || at < since {
+					foreign.Add(1)
+					return nil
 				}
+				e2eLat.record(i, clock.Now().Sub(time.Unix(0, at)))
 				acked.Add(1)
 				finish()
 				return nil
@@ -322,6 +334,7 @@ func run(ctx context.Context, cfg Config, clock Clock) (Result, error) {
 	res.Sent = sent.Load()
 	res.Unsent = max(pace.dueBy(pubEnd)-res.Sent, 0)
 	res.Acked = acked.Load()
+	res.Foreign = foreign.Load()
 	res.Incomplete = ctx.Err() != nil
 	res.PublishRate = float64(res.Accepted) / res.PublishElapsed.Seconds()
 	done := res.Acked
@@ -426,6 +439,9 @@ func (r Result) WriteText(w io.Writer) error {
 	}
 	if c.Consumers > 0 {
 		p("published and acked: %d in %v: %.0f events/s\n", r.Acked, r.Elapsed.Round(time.Millisecond), r.Rate)
+	}
+	if r.Foreign > 0 {
+		p("foreign: %d deliveries were not this run's events (left by an earlier run or published by someone else): acked, not counted\n", r.Foreign)
 	}
 	pl := func(name string, q Percentiles) {
 		if q.N == 0 {

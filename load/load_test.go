@@ -100,6 +100,15 @@ func TestRunPublishOnlyAndTimeBound(t *testing.T) {
 	if err != nil || res.Accepted != 500 || res.Acked != 0 || res.EndToEnd.N != 0 {
 		t.Fatalf("publish only: %+v %v", res, err)
 	}
+	// The next run on data gets those 500 first: not its own events.
+	res, err = Run(context.Background(), Config{Socket: path, Events: 100})
+	if err != nil || res.Accepted != 100 || res.Acked != 100 || res.Foreign != 500 || res.EndToEnd.N != 100 {
+		t.Fatalf("a run after the publish-only one: %+v %v, want 100 acked and 500 foreign", res, err)
+	}
+	var out bytes.Buffer
+	if err := res.WriteText(&out); err != nil || !strings.Contains(out.String(), "foreign: 500 deliveries") {
+		t.Fatalf("report %q, %v", out.String(), err)
+	}
 	// Nobody consumes order: the run must stop at its time limit.
 	res, err = Run(context.Background(), Config{Socket: path, Events: 100, Queue: "order", Consumers: -1, Duration: 200 * time.Millisecond})
 	if err != nil || !res.Incomplete || res.Accepted != 5 || res.Cancelled == 0 || res.Accepted+res.Cancelled >= 100 {
