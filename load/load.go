@@ -332,7 +332,12 @@ func run(ctx context.Context, cfg Config, clock Clock) (Result, error) {
 		res.Cancelled += c[4]
 	}
 	res.Sent = sent.Load()
-	res.Unsent = max(pace.dueBy(pubEnd)-res.Sent, 0)
+	// A run cut short by Duration owed nothing due after its deadline.
+	end := pubEnd
+	if dl, ok := ctx.Deadline(); ok && dl.Before(end) {
+		end = dl
+	}
+	res.Unsent = pace.behind(res.Sent, end)
 	res.Acked = acked.Load()
 	res.Foreign = foreign.Load()
 	res.Incomplete = ctx.Err() != nil

@@ -14,7 +14,12 @@ type Clock interface {
 	Sleep(ctx context.Context, d time.Duration) error
 }
 
-// realClock is the machine's clock.
+// realClock is the machine's clock. Its Sleep is a Go timer, which in a
+// process with nothing else to do fires up to a millisecond late (the
+// runtime waits for timers in whole milliseconds); an open-loop run counts
+// that as latency and reports it as send lag. A nanosleep system call
+// would be precise, but it holds the goroutine's P: with two Ps, replies
+// waited for milliseconds behind two sleepers.
 type realClock struct{}
 
 func (realClock) Now() time.Time { return time.Now() }
@@ -44,6 +49,9 @@ type pacer struct {
 	rate   float64 // events per second; 0: closed loop
 	events int64
 	next   atomic.Int64
+	// stopped is when a take first found its context ended (Unix ns), 0
+	// before: the run's events due after it were never meant to be sent.
+	stopped atomic.Int64
 }
 
 func newPacer(clock Clock, start time.Time, rate float64, events int) *pacer {
@@ -60,6 +68,7 @@ func (p *pacer) due(i int64) time.Time {
 // every event has been taken or ctx has ended.
 func (p *pacer) take(ctx context.Context) (i int64, at time.Time, ok bool) {
 	if ctx.Err() != nil {
+		p.stop()
 		return 0, time.Time{}, false
 	}
 	i = p.next.Add(1) - 1
@@ -73,10 +82,25 @@ func (p *pacer) take(ctx context.Context) (i int64, at time.Time, ok bool) {
 	at = p.due(i)
 	if wait := at.Sub(now); wait > 0 {
 		if p.clock.Sleep(ctx, wait) != nil {
+			p.stop()
 			return 0, time.Time{}, false
 		}
 	}
 	return i, at, true
+}
+
+func (p *pacer) stop() {
+	p.stopped.CompareAndSwap(0, p.clock.Now().UnixNano())
+}
+
+// behind counts, in an open-loop run that ended at end and sent sent
+// events, the events due before the end (or before the run was stopped,
+// if earlier) that were never sent.
+func (p *pacer) behind(sent int64, end time.Time) int64 {
+	if s := p.stopped.Load(); s != 0 && s < end.UnixNano() {
+		end = time.Unix(0, s)
+	}
+	return max(p.dueBy(end)-sent, 0)
 }
 
 // dueBy counts the events of an open-loop run due at or before t: the

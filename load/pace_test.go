@@ -116,14 +116,21 @@ func TestPacerChargesAStallToEveryEventDueDuringIt(t *testing.T) {
 
 func TestPacerStopsWithItsContext(t *testing.T) {
 	clk := newFakeClock()
-	p := newPacer(clk, clk.Now(), 10, 100)
+	p := newPacer(clk, clk.Now(), 1000, 100)
 	ctx, cancel := context.WithCancel(context.Background())
 	if _, _, ok := p.take(ctx); !ok {
 		t.Fatal("first event refused")
 	}
+	// Stopped 10 ms in, with only event 0 sent: events 1 to 10 were due
+	// by then and never sent; those due after the stop do not count.
+	clk.advance(10 * time.Millisecond)
 	cancel()
 	if i, _, ok := p.take(ctx); ok {
 		t.Fatalf("event %d handed out after the context ended", i)
+	}
+	clk.advance(time.Second)
+	if got := p.behind(1, clk.Now()); got != 10 {
+		t.Fatalf("behind = %d, want the 10 events due by the stop", got)
 	}
 }
 
