@@ -179,9 +179,15 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 
 func run(ctx context.Context, cfg Config, clock Clock) (Result, error) {
 	res := Result{Config: cfg}
-	// This run's events carry send times from now on; a delivery with an
+	// An event carries its send time as Unix nanoseconds, but counted on
+	// the monotonic clock from base: the wall clock can be stepped or
+	// slewed while the run goes on (a virtual machine's was, by 13 s and
+	// by 5 ms a second), which would add to or take from every latency.
+	// This run's events carry times from base on; a delivery with an
 	// earlier one, or none, is another run's.
-	since := clock.Now().UnixNano()
+	base := clock.Now()
+	unixNano := func(t time.Time) int64 { return base.UnixNano() + int64(t.Sub(base)) }
+	since := base.UnixNano()
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
 
@@ -239,7 +245,7 @@ func run(ctx context.Context, cfg Config, clock Clock) (Result, error) {
 					foreign.Add(1)
 					return nil
 				}
-				e2eLat.record(i, clock.Now().Sub(time.Unix(0, at)))
+				e2eLat.record(i, time.Duration(unixNano(clock.Now())-at))
 				acked.Add(1)
 				finish()
 				return nil
@@ -289,7 +295,7 @@ func run(ctx context.Context, cfg Config, clock Clock) (Result, error) {
 				if lag != nil {
 					lag.record(w, clock.Now().Sub(at))
 				}
-				payload := makePayload(pad[:0], at, cfg.PayloadBytes)
+				payload := makePayload(pad[:0], unixNano(at), cfg.PayloadBytes)
 				out, err := c.Publish(ctx, bus.Event{Type: "LOAD_TEST", Payload: payload}, cfg.Queue)
 				pubLat.record(w, clock.Now().Sub(at))
 				switch out {
@@ -396,9 +402,9 @@ func waitSubscribed(ctx context.Context, c *client.Client, cfg Config, consumerE
 }
 
 // makePayload writes {"t":<unix ns>,"pad":"xxx…"} of exactly size bytes.
-func makePayload(dst []byte, t time.Time, size int) json.RawMessage {
+func makePayload(dst []byte, unixNano int64, size int) json.RawMessage {
 	dst = append(dst, `{"t":`...)
-	dst = strconv.AppendInt(dst, t.UnixNano(), 10)
+	dst = strconv.AppendInt(dst, unixNano, 10)
 	dst = append(dst, `,"pad":"`...)
 	for len(dst) < size-2 {
 		dst = append(dst, 'x')

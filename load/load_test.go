@@ -147,7 +147,7 @@ func TestConfigValidation(t *testing.T) {
 func TestPayloadCarriesTimestamp(t *testing.T) {
 	now := time.Now()
 	for _, size := range []int{minPayloadBytes, 100, 4096} {
-		p := makePayload(nil, now, size)
+		p := makePayload(nil, now.UnixNano(), size)
 		if len(p) != size || !json.Valid(p) {
 			t.Fatalf("payload %q: len %d, want valid JSON of %d bytes", p, len(p), size)
 		}
