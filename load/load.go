@@ -446,7 +446,7 @@ func (r Result) WriteText(w io.Writer) error {
 	p("publish: sent %d: accepted %d, dropped %d, timeout %d, cancelled %d, failed %d in %v: %.0f events/s\n",
 		r.Sent, r.Accepted, r.Dropped, r.TimedOut, r.Cancelled, r.Failed, r.PublishElapsed.Round(time.Millisecond), r.PublishRate)
 	if r.Unsent > 0 {
-		p("BEHIND: %d events were due before the end but never sent: every publisher was waiting for a reply\n", r.Unsent)
+		p("BEHIND: %d events were due before the end but never sent: no publisher was free to send them in time\n", r.Unsent)
 	}
 	if c.Consumers > 0 {
 		p("published and acked: %d in %v: %.0f events/s\n", r.Acked, r.Elapsed.Round(time.Millisecond), r.Rate)
