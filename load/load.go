@@ -132,9 +132,9 @@ type Result struct {
 	Failed    int64 `json:"failed"`
 	Cancelled int64 `json:"cancelled"`
 	// Unsent counts, in an open-loop run, the events that were due before
-	// the run ended but never sent because every publisher was still
-	// waiting for an earlier reply: a sign that the target could not keep
-	// up with the rate.
+	// the run ended but never sent because no publisher was free to send
+	// them in time: a sign that the target (or the load tool itself) could
+	// not keep up with the rate.
 	Unsent int64 `json:"unsent"`
 	// Acked counts deliveries of this run's events the consumers handled
 	// and acked.
