@@ -91,6 +91,7 @@ const ceilingStartTimeout = 10 * time.Second
 func CeilingProcess(cmd func(socket string) *exec.Cmd) CeilingStarter {
 	return func(ctx context.Context, socket string) (func() error, error) {
 		c := cmd(socket)
+		dieWithParent(c)
 		if err := c.Start(); err != nil {
 			return nil, fmt.Errorf("start the ceiling server: %w", err)
 		}
