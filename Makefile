@@ -22,9 +22,13 @@ STATICCHECK := bin/staticcheck-$(STATICCHECK_VERSION)
 # BENCH_PKGS and BENCHTIME tune `make bench`.
 BENCH_PKGS ?= ./bus ./transport
 BENCHTIME ?= 1s
-# LOAD_EVENTS and LOAD_ROUNDS tune `make load`.
+# LOAD_EVENTS, LOAD_ROUNDS, LOAD_RATE (events/s of the open-loop run, which
+# lasts LOAD_OPEN_SECONDS) and LOAD_DURATION (bound on each run) tune `make load`.
 LOAD_EVENTS ?= 200000
 LOAD_ROUNDS ?= 2
+LOAD_RATE ?= 10000
+LOAD_OPEN_SECONDS ?= 5
+LOAD_DURATION ?= 60s
 # FUZZTIME tunes `make fuzz`: how long each fuzz target runs.
 FUZZTIME ?= 10s
 TEST_TARGETS := test-go fuzz
@@ -62,7 +66,9 @@ bench:
 	$(GO) test -run='^$$' -bench=. -benchmem -benchtime=$(BENCHTIME) $(BENCH_PKGS)
 
 # Each round starts a fresh sidecar per telemetry mode on its own socket, so
-# the modes alternate within one run and can be compared as ratios.
+# the modes alternate within one run and can be compared as ratios: closed
+# loop with 1 and 8 publishing connections, then open loop at LOAD_RATE
+# against the framing ceiling (--ceiling) as well.
 load: build
 	@set -euo pipefail; dir=$$(mktemp -d); trap 'rm -rf "$$dir"' EXIT; \
 	for round in $$(seq $(LOAD_ROUNDS)); do \
@@ -73,8 +79,10 @@ load: build
 	    for i in $$(seq 100); do [ -S $$sock ] && break; sleep 0.1; done; \
 	    for conns in 1 8; do \
 	      echo "### round $$round, telemetry $$mode, $$conns publishing connection(s)"; \
-	      ./$(BIN) load --socket $$sock --events $(LOAD_EVENTS) --connections $$conns --concurrency 64 --consumers 1 --queue data; \
+	      ./$(BIN) load --socket $$sock --events $(LOAD_EVENTS) --connections $$conns --concurrency 64 --consumers 1 --queue data --duration $(LOAD_DURATION); \
 	    done; \
+	    echo "### round $$round, telemetry $$mode, open loop at $(LOAD_RATE) events/s, against the ceiling too"; \
+	    ./$(BIN) load --socket $$sock --events $$(( $(LOAD_RATE) * $(LOAD_OPEN_SECONDS) )) --rate $(LOAD_RATE) --consumers 1 --queue data --duration $(LOAD_DURATION) --ceiling; \
 	    kill -TERM $$pid; wait $$pid; \
 	  done; \
 	done
