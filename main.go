@@ -89,6 +89,7 @@ func (p *program) app() *cli.App {
 			p.publishCommand(),
 			p.consumeCommand(),
 			p.statsCommand(),
+			p.reloadCommand(),
 			p.versionCommand(),
 			loadCommand(),
 			demoCommand(),

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"os/signal"
 	"strconv"
 	"strings"
@@ -117,24 +118,31 @@ func (p *program) serveCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			return p.serve(c.Context, cfg)
+			return p.serve(c.Context, cfg, func() (config.Config, error) { return p.loadConfig(c) })
 		},
 	}
 }
 
 func onUsageError(_ *cli.Context, err error, _ bool) error { return usageError{err} }
 
-// newLogger builds the slog logger the config asks for.
-func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
-		level = slog.LevelInfo // config validated it already
-	}
+// newLogger builds the slog logger the config asks for; its level is a
+// LevelVar so that a reload can change it.
+func newLogger(cfg config.Config, w io.Writer) (*slog.Logger, *slog.LevelVar) {
+	level := new(slog.LevelVar)
+	level.Set(logLevel(cfg.LogLevel))
 	opts := &slog.HandlerOptions{Level: level}
 	if cfg.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		return slog.New(slog.NewJSONHandler(w, opts)), level
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(slog.NewTextHandler(w, opts)), level
+}
+
+func logLevel(name string) slog.Level {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(name)); err != nil {
+		return slog.LevelInfo // config validated it already
+	}
+	return level
 }
 
 // telemetryConfig maps the config file's telemetry section onto the
@@ -156,9 +164,10 @@ func telemetryConfig(t config.Telemetry, lookup env) telemetry.Config {
 
 // serve runs the sidecar until parent ends, a signal arrives or a server
 // fails. Each long-running part is an actor of a run group, its stop next
-// to its start; the first to return stops them all.
-func (p *program) serve(parent context.Context, cfg config.Config) error {
-	log := newLogger(cfg, p.stderr)
+// to its start; the first to return stops them all. On SIGHUP it calls
+// reload for a fresh configuration and applies what can change live.
+func (p *program) serve(parent context.Context, cfg config.Config, reload func() (config.Config, error)) error {
+	log, level := newLogger(cfg, p.stderr)
 	// Signals are caught from the start, so that a SIGTERM during set-up
 	// cancels it (telemetry.Setup takes ctx) and then shuts down at once.
 	ctx, stopSignals := signal.NotifyContext(parent, syscall.SIGTERM, syscall.SIGINT)
@@ -269,6 +278,39 @@ func (p *program) serve(parent context.Context, cfg config.Config) error {
 				stopErrs = append(stopErrs, fmt.Errorf("socket server shutdown: %w", err))
 			}
 		})
+	// SIGHUP re-reads the configuration. Caught for the whole run, so that
+	// a reload sent during the drain is refused in the log rather than
+	// ending the process (SIGHUP's default action).
+	reloader, err := newReloader(cfg, reloadTargets{
+		log: log, level: level, bus: b, server: srv, telemetry: tel,
+	}, tel.MeterProvider().Meter("github.com/eventbus-sidecar/eventbus-sidecar/config"))
+	if err != nil {
+		ln.Close()
+		if al != nil {
+			al.Close()
+		}
+		return err
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	stopReloads := make(chan struct{})
+	g.add("reload on SIGHUP",
+		func() error {
+			for {
+				select {
+				case <-hup:
+					if ready.Load() {
+						reloader.reload(ctx, reload)
+					} else {
+						log.Warn("reload refused: shutting down")
+					}
+				case <-stopReloads:
+					return nil
+				}
+			}
+		},
+		func(error) { close(stopReloads) })
 	// Drop, timeout and rejection summaries are written on a clock of their
 	// own, so that log volume does not follow scrape or publish rates.
 	stopSummaries := make(chan struct{})
