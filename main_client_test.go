@@ -145,6 +145,11 @@ func TestBinary(t *testing.T) {
 				t.Errorf("log lacks %q:\n%s", w, log)
 			}
 		}
+		// "stopped" comes after everything else, the telemetry flush too.
+		lines := strings.Split(strings.TrimSpace(log), "\n")
+		if last := lines[len(lines)-1]; !strings.Contains(last, "eventbus-sidecar stopped") {
+			t.Errorf("last log line is %q, want the stopped line", last)
+		}
 		if _, err := os.Stat(p.Socket); !os.IsNotExist(err) {
 			t.Errorf("socket file left behind: %v", err)
 		}

@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -34,10 +35,6 @@ const configEnv = config.EnvPrefix + "CONFIG"
 // Warn; the rest go to Debug (a collector outage makes one per export, and
 // the telemetry loss report already summarizes those).
 const sdkErrorLogInterval = time.Minute
-
-// closeGrace bounds each step that follows the drain: closing client
-// connections, closing the admin listener, the final telemetry flush.
-const closeGrace = 5 * time.Second
 
 // configFlags are serve's and config's flags: --config plus one flag per
 // config.Setting. They carry no EnvVars on purpose: config.Load reads the
@@ -184,13 +181,26 @@ func (p *program) serve(parent context.Context, cfg config.Config, reload func()
 	// inside it) but must be flushed on every way out, set-up failures
 	// included, and last, so that the shutdown's own spans and final counts
 	// are exported: its stop is a defer rather than a run-group actor.
-	defer func() {
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(parent), closeGrace)
-		defer cancel()
-		if ferr := tel.Shutdown(fctx); ferr != nil {
-			log.Warn("telemetry flush incomplete", "err", ferr)
+	// stopBy is when every step after the drain must be done; the signal
+	// handler sets it when the shutdown starts.
+	var stopBy time.Time
+	afterDrain := func() (context.Context, context.CancelFunc) {
+		if stopBy.IsZero() {
+			return context.WithTimeout(context.WithoutCancel(parent), config.CloseGrace)
 		}
-	}()
+		return context.WithDeadline(context.WithoutCancel(parent), stopBy)
+	}
+	var flushOnce sync.Once
+	flushTelemetry := func() {
+		flushOnce.Do(func() {
+			fctx, cancel := afterDrain()
+			defer cancel()
+			if ferr := tel.Shutdown(fctx); ferr != nil {
+				log.Warn("telemetry flush incomplete", "err", ferr)
+			}
+		})
+	}
+	defer flushTelemetry()
 
 	b, err := bus.New(cfg.Queues,
 		bus.WithLogger(log),
@@ -257,6 +267,7 @@ func (p *program) serve(parent context.Context, cfg config.Config, reload func()
 			// and ends the process at once.
 			stopSignals()
 			ready.Store(false)
+			stopBy = time.Now().Add(cfg.DrainTimeout + config.CloseGrace)
 			if cause != nil {
 				log.Error("a server stopped; shutting down", "err", cause)
 			} else {
@@ -272,7 +283,7 @@ func (p *program) serve(parent context.Context, cfg config.Config, reload func()
 			undelivered, derr := b.Shutdown(drainCtx)
 			cancelDrain()
 			logUndelivered(log, b.Queues(), undelivered, derr)
-			closeCtx, cancelClose := context.WithTimeout(context.WithoutCancel(parent), closeGrace)
+			closeCtx, cancelClose := afterDrain()
 			defer cancelClose()
 			if err := srv.Shutdown(closeCtx); err != nil {
 				stopErrs = append(stopErrs, fmt.Errorf("socket server shutdown: %w", err))
@@ -333,7 +344,7 @@ func (p *program) serve(parent context.Context, cfg config.Config, reload func()
 		g.add("admin server",
 			func() error { return ignore(adm.Serve(al), http.ErrServerClosed) },
 			func(error) {
-				closeCtx, cancelClose := context.WithTimeout(context.WithoutCancel(parent), closeGrace)
+				closeCtx, cancelClose := afterDrain()
 				defer cancelClose()
 				if err := adm.Shutdown(closeCtx); err != nil {
 					stopErrs = append(stopErrs, err)
@@ -356,6 +367,9 @@ func (p *program) serve(parent context.Context, cfg config.Config, reload func()
 	if failure != nil {
 		return failure
 	}
+	// The flush comes before the last line, so that "stopped" means the
+	// shutdown's spans and final counts have left too.
+	flushTelemetry()
 	log.Info("eventbus-sidecar stopped")
 	return nil
 }

@@ -31,6 +31,12 @@ var (
 	LogFormats = []string{"text", "json"}
 )
 
+// CloseGrace bounds, together, every step of a shutdown that follows the
+// drain: closing client connections and the admin listener, and the final
+// telemetry flush. A shutdown takes at most DrainTimeout + CloseGrace, which
+// an orchestrator's grace period must exceed.
+const CloseGrace = 5 * time.Second
+
 // Config is the sidecar's whole configuration after merging all sources.
 type Config struct {
 	// Socket is the Unix socket path clients connect to.
@@ -45,7 +51,8 @@ type Config struct {
 	LogLevel string
 	// LogFormat is one of LogFormats.
 	LogFormat string
-	// DrainTimeout bounds how long shutdown keeps delivering queued events.
+	// DrainTimeout bounds how long shutdown keeps delivering queued events;
+	// the whole shutdown takes at most DrainTimeout + CloseGrace.
 	DrainTimeout time.Duration
 	// MaxFrameBytes bounds one NDJSON request line; a longer one gets an
 	// error reply and its connection is closed.

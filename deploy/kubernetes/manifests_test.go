@@ -383,8 +383,8 @@ func TestSidecarIsANativeSidecarWithWorkingProbes(t *testing.T) {
 	if spec.TerminationGracePeriodSeconds != nil {
 		grace = *spec.TerminationGracePeriodSeconds
 	}
-	if cfg.DrainTimeout.Seconds() >= float64(grace) {
-		t.Errorf("drain_timeout %s is not shorter than terminationGracePeriodSeconds %d: the kubelet would kill the drain", cfg.DrainTimeout, grace)
+	if total := cfg.DrainTimeout + config.CloseGrace; total.Seconds() >= float64(grace) {
+		t.Errorf("drain_timeout %s + %s to close and flush is not shorter than terminationGracePeriodSeconds %d: the kubelet would kill the shutdown", cfg.DrainTimeout, config.CloseGrace, grace)
 	}
 }
 
