@@ -12,10 +12,10 @@ import (
 	"github.com/eventbus-sidecar/eventbus-sidecar/client"
 )
 
-// The sidecar publishes each connection's events to one queue in order,
-// one at a time (the transport's lanes), so a publisher's concurrency is
-// its number of connections. The feed's candles spread over many
-// connections, as many feed handlers would: with a few, each waiting
+// A trading app's feed handlers each hold a connection of their own, and
+// the demo publishes one event at a time per connection, so its publishing
+// concurrency is its number of connections. The feed's candles spread over
+// many connections, as many feed handlers would: with a few, each waiting
 // publish gets the next free slot well within the data queue's 1 s and
 // nothing drops; with dozens, waits pass 1 s once the strategy stalls.
 const (
