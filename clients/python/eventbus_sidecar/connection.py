@@ -72,6 +72,19 @@ encode_json = _make_encode()
 _DECODER = json.JSONDecoder()
 _decode = _DECODER.decode
 
+# In asyncio debug mode (which unittest.IsolatedAsyncioTestCase turns on)
+# the C Future records the whole stack with its source lines when created,
+# several times the cost of everything else a publish does; the pure-Python
+# Future, asyncio's own fallback, records ten frames without lines, as
+# callbacks do. Outside debug mode the C Future is the faster one.
+_PyFuture: Any = getattr(asyncio.futures, "_PyFuture", None)
+
+
+def _reply_future(loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+    if _PyFuture is not None and loop.get_debug():
+        return _PyFuture(loop=loop)
+    return loop.create_future()
+
 
 def encode(frame: dict) -> bytes:
     """One frame as a UTF-8 JSON line."""
@@ -324,7 +337,7 @@ class Connection(asyncio.Protocol):
                 f"frame limit of {max_bytes} bytes"
             )
         self._next_id = req_id + 1
-        fut = self._loop.create_future()
+        fut = _reply_future(self._loop)
         pending = self._pending
         pending[req_id] = (fut, what)
         # Alone in flight: write now, a caller awaiting each reply gains a
