@@ -424,8 +424,9 @@ class EventBus:
         """
         if type(event) is not Event and not isinstance(event, Event):
             raise TypeError(f"publish() takes an Event, got {type(event).__name__}")
-        etype = event.event_type
-        tname = etype.value if isinstance(etype, EventType) else type_name(etype)
+        tname = event.event_type
+        if type(tname) is not str:
+            tname = type_name(tname)  # an EventType member: its plain value
         head = self._heads.get((queue_name, tname))
         if head is None:
             head = self._publish_head(queue_name, tname)
@@ -943,10 +944,16 @@ class _QueueConsumer:
         return conn
 
     async def _serve(self, conn: Connection) -> ConnectionError | None:
-        """Handle deliveries until stopped (None) or the connection is lost."""
+        """Handle deliveries until stopped (None) or the connection is lost.
+
+        Sync handlers run without a coroutine or a task per event: only an
+        async handler's awaitable is awaited.
+        """
         inbox = self._inbox
         assert inbox is not None
         items = inbox.items
+        ack_head = self._ack_head
+        log = self._log
         try:
             while True:
                 if not items:
@@ -957,7 +964,32 @@ class _QueueConsumer:
                 if item is _STOP or self._stopping:
                     self._nack_buffered(conn, item)
                     return None
-                await self._handle(conn, item)  # type: ignore[arg-type]
+                prepared = self._prepare(item)  # type: ignore[arg-type]
+                if prepared is None:
+                    continue
+                event, handlers = prepared
+                token = enter_delivery(event.traceparent)
+                try:
+                    for handler in handlers:
+                        try:
+                            result = handler(event)
+                            if result is not None and inspect.isawaitable(result):
+                                await result
+                        except Exception:
+                            # Error isolation: the other handlers still get the event.
+                            log.exception(
+                                "eventbus: handler %s failed on %s (queue %s, seq %s)",
+                                getattr(handler, "__qualname__", repr(handler)),
+                                event.type_name, self.queue, event.seq,
+                            )
+                finally:
+                    exit_delivery(token)
+                try:
+                    conn.send_oneway(b"%b%d}\n" % (ack_head, event.seq))
+                except ConnectionError:
+                    # The sidecar put the event back when the connection went;
+                    # it will be delivered again (at least once).
+                    pass
         finally:
             self.subscribed.clear()
             await conn.close()
@@ -978,17 +1010,17 @@ class _QueueConsumer:
                 self.queue, len(seqs),
             )
 
-    async def _handle(self, conn: Connection, frame: dict) -> None:
+    def _prepare(self, frame: dict) -> tuple[Event, tuple[Handler, ...]] | None:
+        """The event of a delivery and its handlers; None if it has no seq."""
         get = frame.get
         seq = get("seq")
         if type(seq) is not int:
             self._log.error("eventbus: delivery without seq on %s: %r", self.queue, frame)
-            return
+            return None
         tname = get("type")
         if type(tname) is not str:
             tname = str(tname or "")
         queue = get("queue") or self.queue
-        traceparent = get("traceparent")
         event = Event(
             _TYPES.get(tname, tname),
             get("payload"),
@@ -997,34 +1029,14 @@ class _QueueConsumer:
             redelivered=get("redelivered") is True,
             redeliveries=get("redeliveries") or 0,
             enqueued_at=get("enqueued_at"),
-            traceparent=traceparent,
+            traceparent=get("traceparent"),
         )
         handlers = self.bus._handlers(tname, queue)
         if not handlers:
             self._log.debug(
                 "eventbus: no handler for %s on %s, acking seq %s", tname, self.queue, seq
             )
-        token = enter_delivery(traceparent)
-        try:
-            for handler in handlers:
-                try:
-                    result = handler(event)
-                    if result is not None and inspect.isawaitable(result):
-                        await result
-                except Exception:
-                    # Error isolation: the other handlers still get the event.
-                    self._log.exception(
-                        "eventbus: handler %s failed on %s (queue %s, seq %s)",
-                        getattr(handler, "__qualname__", repr(handler)), tname, self.queue, seq,
-                    )
-        finally:
-            exit_delivery(token)
-        try:
-            conn.send_oneway(b"%b%d}\n" % (self._ack_head, seq))
-        except ConnectionError:
-            # The sidecar put the event back when the connection went; it
-            # will be delivered again (at least once).
-            pass
+        return event, handlers
 
 
 # EventType members by wire name, without the enum's slower lookup.
