@@ -15,6 +15,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
 	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
@@ -404,7 +405,7 @@ func (c *conn) publish(req *protocol.Request) {
 		c.replyErr(req.ID, true, err)
 		return
 	}
-	ev := bus.Event{Type: req.Type}
+	ev := bus.Event{Type: req.Type, MsgID: req.MsgID}
 	if req.Payload != nil {
 		ev.Payload = append(json.RawMessage(nil), req.Payload...)
 	}
@@ -492,6 +493,8 @@ func (c *conn) replyOutcome(id int64, outcome bus.Outcome, err error) {
 	switch outcome {
 	case bus.Accepted:
 		c.reply(id, protocol.StatusAccepted)
+	case bus.Duplicate:
+		c.output(func(b []byte) []byte { return protocol.AppendDuplicateReply(b, id) })
 	case bus.Dropped:
 		c.reply(id, protocol.StatusDropped)
 	case bus.TimedOut:
@@ -593,7 +596,7 @@ func (c *conn) settle(req *protocol.Request) {
 	if req.Op == protocol.OpAck {
 		err = sub.cons.Ack(req.Seq)
 	} else {
-		err = sub.cons.Nack(req.Seq)
+		err = sub.cons.NackReason(req.Seq, clipReason(req.Reason))
 	}
 	if err != nil {
 		c.replyErrMaybe(req, busError(fmt.Sprintf("%s %d on queue %q", req.Op, req.Seq, sub.queue), err))
@@ -625,8 +628,23 @@ func busError(what string, err error) *protocol.RequestError {
 		}
 	case errors.Is(err, bus.ErrUnknownSeq):
 		code = protocol.CodeUnknownSeq
+	case errors.Is(err, bus.ErrStorage):
+		code = protocol.CodeStorageError
 	}
 	return &protocol.RequestError{Code: code, Msg: fmt.Sprintf("%s: %v", what, err)}
+}
+
+// clipReason cuts a nack reason to protocol.MaxNackReasonBytes on a rune
+// boundary: it is kept with the event, so its size is bounded.
+func clipReason(r string) string {
+	if len(r) <= protocol.MaxNackReasonBytes {
+		return r
+	}
+	cut := protocol.MaxNackReasonBytes
+	for cut > 0 && !utf8.RuneStart(r[cut]) {
+		cut--
+	}
+	return r[:cut]
 }
 
 func (c *conn) reply(id int64, st protocol.Status) {
@@ -785,6 +803,9 @@ func (s *subscription) pump() {
 			Payload:      d.Event.Payload,
 			EnqueuedAt:   d.EnqueuedAt,
 			Redeliveries: d.Redeliveries,
+		}
+		if dl := d.DeadLetter; dl != nil {
+			f.DeadLetter = &protocol.DeadLetter{Queue: dl.Queue, Seq: dl.Seq, Deliveries: dl.Deliveries, Reason: dl.Reason}
 		}
 		tp = tp[:0]
 		if d.SpanContext.IsValid() {

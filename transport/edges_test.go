@@ -1,0 +1,70 @@
+package transport
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
+)
+
+// The protocol states the msg_id limit without importing the bus; the two
+// must agree, or the sidecar would accept ids the bus refuses.
+func TestMsgIDLimitMatchesBus(t *testing.T) {
+	if protocol.MaxMsgIDBytes != bus.MaxMsgIDBytes {
+		t.Fatalf("protocol.MaxMsgIDBytes = %d, bus.MaxMsgIDBytes = %d", protocol.MaxMsgIDBytes, bus.MaxMsgIDBytes)
+	}
+}
+
+func TestStorageFailureIsStorageError(t *testing.T) {
+	err := fmt.Errorf("queue %q: %w: write: no space left on device", "order", bus.ErrStorage)
+	re := busError("publish", err)
+	if re.Code != protocol.CodeStorageError || !strings.Contains(re.Msg, "no space left on device") {
+		t.Fatalf("busError = %+v, want code %s carrying the cause", re, protocol.CodeStorageError)
+	}
+	if re := busError("publish", errors.New("other")); re.Code != protocol.CodeInternal {
+		t.Fatalf("an unclassified error got code %s, want %s", re.Code, protocol.CodeInternal)
+	}
+}
+
+func TestClipReason(t *testing.T) {
+	max := protocol.MaxNackReasonBytes
+	tests := []struct {
+		name string
+		in   string
+		want int // length kept
+	}{
+		{"short kept", "bad symbol", len("bad symbol")},
+		{"exactly the limit kept", strings.Repeat("x", max), max},
+		{"longer cut to the limit", strings.Repeat("x", max+10), max},
+		// "é" is two bytes: the one straddling the limit goes whole.
+		{"cut on a rune boundary", strings.Repeat("x", max-1) + "é", max - 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := clipReason(tt.in)
+			if len(got) != tt.want || !strings.HasPrefix(tt.in, got) || !utf8.ValidString(got) {
+				t.Fatalf("clipReason kept %d bytes (valid UTF-8 %v), want %d", len(got), utf8.ValidString(got), tt.want)
+			}
+		})
+	}
+}
+
+// A nack with a reason is a nack: the event comes back. Where the reason
+// goes (a dead letter) is the bus's part.
+func TestNackWithReasonRedelivers(t *testing.T) {
+	ts := startServer(t)
+	pub := dialRaw(t, ts.path)
+	pub.expectReply(pub.roundTrip(`{"op":"publish","id":1,"queue":"order","type":"ORDER_PLACED","msg_id":"m-1"}`), 1, protocol.StatusAccepted)
+	con := dialRaw(t, ts.path)
+	con.expectReply(con.roundTrip(`{"op":"subscribe","id":1,"queue":"order"}`), 1, protocol.StatusOK)
+	d := con.recv()
+	con.expectReply(con.roundTrip(`{"op":"nack","id":2,"seq":%d,"reason":"%s"}`, d.Deliver.Seq, strings.Repeat("r", 2*protocol.MaxNackReasonBytes)), 2, protocol.StatusOK)
+	again := con.recv()
+	if again.Op != protocol.OpDeliver || again.Deliver.Seq != d.Deliver.Seq || again.Deliver.Redeliveries != 1 || again.Deliver.DeadLetter != nil {
+		t.Fatalf("after nack with reason got %+v, want a redelivery of seq %d", again, d.Deliver.Seq)
+	}
+}
