@@ -90,6 +90,19 @@ const MaxMsgIDBytes = 256
 // since refusing the nack would leave the event in flight.
 const MaxNackReasonBytes = 1024
 
+// ClipNackReason cuts a nack reason to MaxNackReasonBytes, on a rune
+// boundary so that the rest stays valid UTF-8.
+func ClipNackReason(r string) string {
+	if len(r) <= MaxNackReasonBytes {
+		return r
+	}
+	cut := MaxNackReasonBytes
+	for cut > 0 && !utf8.RuneStart(r[cut]) {
+		cut--
+	}
+	return r[:cut]
+}
+
 // MaxPrefetch bounds a subscription's prefetch, which bounds the events in
 // flight to one consumer.
 const MaxPrefetch = 65536

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 func TestDecodeRequest(t *testing.T) {
@@ -275,5 +276,28 @@ func TestEnqueuedAtFormatAndParse(t *testing.T) {
 		if _, err := parseEnqueuedAt(s); err == nil {
 			t.Errorf("parseEnqueuedAt(%s) accepted an invalid time", s)
 		}
+	}
+}
+
+func TestClipReason(t *testing.T) {
+	max := MaxNackReasonBytes
+	tests := []struct {
+		name string
+		in   string
+		want int // length kept
+	}{
+		{"short kept", "bad symbol", len("bad symbol")},
+		{"exactly the limit kept", strings.Repeat("x", max), max},
+		{"longer cut to the limit", strings.Repeat("x", max+10), max},
+		// "é" is two bytes: the one straddling the limit goes whole.
+		{"cut on a rune boundary", strings.Repeat("x", max-1) + "é", max - 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := ClipNackReason(tt.in)
+			if len(got) != tt.want || !strings.HasPrefix(tt.in, got) || !utf8.ValidString(got) {
+				t.Fatalf("ClipNackReason kept %d bytes (valid UTF-8 %v), want %d", len(got), utf8.ValidString(got), tt.want)
+			}
+		})
 	}
 }

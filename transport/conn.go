@@ -15,7 +15,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-	"unicode/utf8"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
 	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
@@ -596,7 +595,7 @@ func (c *conn) settle(req *protocol.Request) {
 	if req.Op == protocol.OpAck {
 		err = sub.cons.Ack(req.Seq)
 	} else {
-		err = sub.cons.NackReason(req.Seq, clipReason(req.Reason))
+		err = sub.cons.NackReason(req.Seq, protocol.ClipNackReason(req.Reason))
 	}
 	if err != nil {
 		c.replyErrMaybe(req, busError(fmt.Sprintf("%s %d on queue %q", req.Op, req.Seq, sub.queue), err))
@@ -632,19 +631,6 @@ func busError(what string, err error) *protocol.RequestError {
 		code = protocol.CodeStorageError
 	}
 	return &protocol.RequestError{Code: code, Msg: fmt.Sprintf("%s: %v", what, err)}
-}
-
-// clipReason cuts a nack reason to protocol.MaxNackReasonBytes on a rune
-// boundary: it is kept with the event, so its size is bounded.
-func clipReason(r string) string {
-	if len(r) <= protocol.MaxNackReasonBytes {
-		return r
-	}
-	cut := protocol.MaxNackReasonBytes
-	for cut > 0 && !utf8.RuneStart(r[cut]) {
-		cut--
-	}
-	return r[:cut]
 }
 
 func (c *conn) reply(id int64, st protocol.Status) {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-	"unicode/utf8"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
 	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
@@ -27,29 +26,6 @@ func TestStorageFailureIsStorageError(t *testing.T) {
 	}
 	if re := busError("publish", errors.New("other")); re.Code != protocol.CodeInternal {
 		t.Fatalf("an unclassified error got code %s, want %s", re.Code, protocol.CodeInternal)
-	}
-}
-
-func TestClipReason(t *testing.T) {
-	max := protocol.MaxNackReasonBytes
-	tests := []struct {
-		name string
-		in   string
-		want int // length kept
-	}{
-		{"short kept", "bad symbol", len("bad symbol")},
-		{"exactly the limit kept", strings.Repeat("x", max), max},
-		{"longer cut to the limit", strings.Repeat("x", max+10), max},
-		// "é" is two bytes: the one straddling the limit goes whole.
-		{"cut on a rune boundary", strings.Repeat("x", max-1) + "é", max - 1},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got := clipReason(tt.in)
-			if len(got) != tt.want || !strings.HasPrefix(tt.in, got) || !utf8.ValidString(got) {
-				t.Fatalf("clipReason kept %d bytes (valid UTF-8 %v), want %d", len(got), utf8.ValidString(got), tt.want)
-			}
-		})
 	}
 }
 
