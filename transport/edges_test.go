@@ -38,8 +38,22 @@ func TestNackWithReasonRedelivers(t *testing.T) {
 	con := dialRaw(t, ts.path)
 	con.expectReply(con.roundTrip(`{"op":"subscribe","id":1,"queue":"order"}`), 1, protocol.StatusOK)
 	d := con.recv()
-	con.expectReply(con.roundTrip(`{"op":"nack","id":2,"seq":%d,"reason":"%s"}`, d.Deliver.Seq, strings.Repeat("r", 2*protocol.MaxNackReasonBytes)), 2, protocol.StatusOK)
-	again := con.recv()
+	con.send(`{"op":"nack","id":2,"seq":%d,"reason":"%s"}`, d.Deliver.Seq, strings.Repeat("r", 2*protocol.MaxNackReasonBytes))
+	// The nack's reply and the redelivery may come in either order.
+	var again protocol.Message
+	var replied bool
+	for range 2 {
+		m := con.recv()
+		if m.Op == protocol.OpDeliver {
+			again = m
+			continue
+		}
+		con.expectReply(m, 2, protocol.StatusOK)
+		replied = true
+	}
+	if !replied {
+		t.Fatal("the nack with a reason got no reply")
+	}
 	if again.Op != protocol.OpDeliver || again.Deliver.Seq != d.Deliver.Seq || again.Deliver.Redeliveries != 1 || again.Deliver.DeadLetter != nil {
 		t.Fatalf("after nack with reason got %+v, want a redelivery of seq %d", again, d.Deliver.Seq)
 	}
