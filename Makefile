@@ -5,7 +5,9 @@
 #
 #   make build   bin/eventbus-sidecar
 #   make run     the sidecar with embedded defaults (socket /tmp/eventbus-sidecar.sock,
-#                admin http://127.0.0.1:9464); Ctrl-C drains and stops it
+#                admin http://127.0.0.1:9464) and a data dir (DATA_DIR, default
+#                .eventbus-data), so that order and signal survive kill -9; Ctrl-C
+#                drains and stops it
 #   make test    every test: test-go (go test -race), fuzz and each fragment's target
 #   make fuzz    every fuzz target of the module for FUZZTIME each (default 10s)
 #   make bench   go benchmarks of bus/ and transport/
@@ -29,6 +31,8 @@ LOAD_ROUNDS ?= 2
 LOAD_RATE ?= 10000
 LOAD_OPEN_SECONDS ?= 5
 LOAD_DURATION ?= 60s
+# DATA_DIR is where `make run` keeps the durable queues' write-ahead logs.
+DATA_DIR ?= $(CURDIR)/.eventbus-data
 # FUZZTIME tunes `make fuzz`: how long each fuzz target runs.
 FUZZTIME ?= 10s
 TEST_TARGETS := test-go fuzz
@@ -40,7 +44,7 @@ build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) .
 
 run: build
-	./$(BIN) serve
+	./$(BIN) serve --data-dir '$(DATA_DIR)'
 
 test-go:
 	$(GO) test -race -count=1 ./...

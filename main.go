@@ -82,7 +82,7 @@ func (p *program) app() *cli.App {
 		ErrWriter: p.stderr,
 		// Each command is built in its own file: serve and config in
 		// main_serve.go, publish, consume and stats in main_client.go, load
-		// in main_load.go, demo in main_demo.go.
+		// in main_load.go, demo in main_demo.go, wal in main_wal.go.
 		Commands: []*cli.Command{
 			p.serveCommand(),
 			p.configCommand(),
@@ -90,6 +90,7 @@ func (p *program) app() *cli.App {
 			p.consumeCommand(),
 			p.statsCommand(),
 			p.reloadCommand(),
+			p.walCommand(),
 			p.versionCommand(),
 			loadCommand(),
 			demoCommand(),

@@ -202,12 +202,24 @@ func (p *program) serve(parent context.Context, cfg config.Config, reload func()
 	}
 	defer flushTelemetry()
 
-	b, err := bus.New(cfg.Queues,
+	busOpts := []bus.Option{
 		bus.WithLogger(log),
 		bus.WithTracerProvider(tel.TracerProvider()),
-		bus.WithMeterProvider(tel.MeterProvider()))
+		bus.WithMeterProvider(tel.MeterProvider()),
+	}
+	if cfg.DataDir != "" {
+		busOpts = append(busOpts, bus.WithDataDir(cfg.DataDir))
+	} else if names := cfg.NotCrashSafe(); len(names) > 0 {
+		log.Warn("no data dir: every queue lives in memory, and a crash loses their accepted events; set --data-dir (EVENTBUS_DATA_DIR, data_dir) to keep the durable ones",
+			"not_crash_safe", strings.Join(names, ","))
+	}
+	b, err := bus.New(cfg.Queues, busOpts...)
 	if err != nil {
-		return usageError{err}
+		if errors.Is(err, bus.ErrInvalidConfig) {
+			return usageError{err}
+		}
+		// A locked, unreadable or damaged data dir is not a usage error.
+		return fmt.Errorf("cannot open the queues: %w", err)
 	}
 	srv, err := transport.New(transport.Config{
 		Bus:            b,
@@ -357,7 +369,7 @@ func (p *program) serve(parent context.Context, cfg config.Config, reload func()
 	ready.Store(true)
 	log.Info("eventbus-sidecar serving",
 		"version", version, "socket", cfg.Socket, "socket_mode", fmt.Sprintf("%04o", uint32(cfg.SocketMode)),
-		"admin_addr", adminAddr, "queues", strings.Join(b.Queues(), ","), "drain_timeout", cfg.DrainTimeout,
+		"admin_addr", adminAddr, "queues", strings.Join(b.Queues(), ","), "data_dir", cfg.DataDir, "drain_timeout", cfg.DrainTimeout,
 		"max_connections", cfg.MaxConnections)
 
 	failure, rest := g.run()

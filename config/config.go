@@ -68,6 +68,9 @@ type Config struct {
 	// that reconnects in a loop or leaks its pool cannot exhaust the
 	// sidecar's file descriptors and memory for the others.
 	MaxConnections int
+	// DataDir holds the write-ahead logs of the durable queues; empty keeps
+	// every queue in memory only (not crash-safe).
+	DataDir string
 	// Queues are the bus queues in the order stats and metrics list them.
 	Queues []bus.QueueConfig
 	// Routes maps an event type to the queue a publish without "queue" goes to.
@@ -126,7 +129,7 @@ func Default() Config {
 		WriteTimeout:   transport.DefaultWriteTimeout,
 		MaxOutputBytes: transport.DefaultMaxOutputBytes,
 		MaxConnections: transport.DefaultMaxConnections,
-		Queues:         bus.DefaultQueues(),
+		Queues:         defaultQueues(),
 		Routes:         transport.DefaultRoutes(),
 		DefaultQueue:   transport.DefaultQueue,
 		// Telemetry stays zero: the telemetry package applies its defaults

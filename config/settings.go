@@ -67,6 +67,11 @@ func Settings() []Setting {
 			get: func(c Config) string { return formatMode(c.SocketMode) },
 		},
 		{
+			Key: "data_dir", Flag: "data-dir", Usage: "directory for the durable queues' write-ahead logs, created 0700 (empty: every queue in memory only, not crash-safe)",
+			set: func(c *Config, v string) error { c.DataDir = strings.TrimSpace(v); return nil },
+			get: func(c Config) string { return c.DataDir },
+		},
+		{
 			Key: "admin_addr", Flag: "admin-addr", Usage: `admin HTTP listener HOST:PORT for /metrics, /healthz, /readyz, /stats ("" or "off" disables)`,
 			set: func(c *Config, v string) error { c.AdminAddr = v; return nil },
 			get: func(c Config) string {

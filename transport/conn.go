@@ -404,7 +404,7 @@ func (c *conn) publish(req *protocol.Request) {
 		c.replyErr(req.ID, true, err)
 		return
 	}
-	ev := bus.Event{Type: req.Type}
+	ev := bus.Event{Type: req.Type, MsgID: req.MsgID}
 	if req.Payload != nil {
 		ev.Payload = append(json.RawMessage(nil), req.Payload...)
 	}
@@ -492,6 +492,8 @@ func (c *conn) replyOutcome(id int64, outcome bus.Outcome, err error) {
 	switch outcome {
 	case bus.Accepted:
 		c.reply(id, protocol.StatusAccepted)
+	case bus.Duplicate:
+		c.output(func(b []byte) []byte { return protocol.AppendDuplicateReply(b, id) })
 	case bus.Dropped:
 		c.reply(id, protocol.StatusDropped)
 	case bus.TimedOut:
@@ -593,7 +595,7 @@ func (c *conn) settle(req *protocol.Request) {
 	if req.Op == protocol.OpAck {
 		err = sub.cons.Ack(req.Seq)
 	} else {
-		err = sub.cons.Nack(req.Seq)
+		err = sub.cons.NackReason(req.Seq, protocol.ClipNackReason(req.Reason))
 	}
 	if err != nil {
 		c.replyErrMaybe(req, busError(fmt.Sprintf("%s %d on queue %q", req.Op, req.Seq, sub.queue), err))
@@ -625,6 +627,8 @@ func busError(what string, err error) *protocol.RequestError {
 		}
 	case errors.Is(err, bus.ErrUnknownSeq):
 		code = protocol.CodeUnknownSeq
+	case errors.Is(err, bus.ErrStorage):
+		code = protocol.CodeStorageError
 	}
 	return &protocol.RequestError{Code: code, Msg: fmt.Sprintf("%s: %v", what, err)}
 }
@@ -785,6 +789,9 @@ func (s *subscription) pump() {
 			Payload:      d.Event.Payload,
 			EnqueuedAt:   d.EnqueuedAt,
 			Redeliveries: d.Redeliveries,
+		}
+		if dl := d.DeadLetter; dl != nil {
+			f.DeadLetter = &protocol.DeadLetter{Queue: dl.Queue, Seq: dl.Seq, Deliveries: dl.Deliveries, Reason: dl.Reason}
 		}
 		tp = tp[:0]
 		if d.SpanContext.IsValid() {

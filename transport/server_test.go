@@ -139,6 +139,7 @@ func TestBadInputGetsErrorAndConnectionSurvives(t *testing.T) {
 		{"long queue name is cut in subscribe", `{"op":"subscribe","id":13,"queue":"` + long + `"}`, 13, true, protocol.CodeUnknownQueue, `unknown queue "` + long[:128] + `"... (cut to 128 of 1000 bytes); valid queues: data, signal, order`},
 		{"long queue name is cut in unsubscribe", `{"op":"unsubscribe","id":14,"queue":"` + long + `"}`, 14, true, protocol.CodeNotSubscribed, `not subscribed to queue "` + long[:128] + `"... (cut to 128 of 1000 bytes)`},
 		{"byte-order mark", "\xef\xbb\xbf{\"op\":\"ping\",\"id\":15}", 0, false, protocol.CodeBadRequest, "frame starts with a UTF-8 byte-order mark"},
+		{"msg_id over the limit", `{"op":"publish","id":16,"type":"T","queue":"data","msg_id":"` + long[:protocol.MaxMsgIDBytes+1] + `"}`, 16, true, protocol.CodeBadRequest, `publish: field "msg_id" is 257 bytes long; at most 256 bytes are allowed`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
