@@ -207,6 +207,27 @@ type batch struct {
 	err     error
 	sync    time.Duration
 	records int
+	// async are the AppendAsync callbacks, in seq order.
+	async []asyncAppend
+}
+
+type asyncAppend struct {
+	seq  uint64
+	done func(Appended, error)
+}
+
+// complete wakes the batch's appenders and then calls its AppendAsync
+// callbacks in seq order. The syncer calls it without l.mu: a callback
+// may call the log again.
+func (b *batch) complete() {
+	close(b.done)
+	for _, a := range b.async {
+		if b.err != nil {
+			a.done(Appended{Seq: a.seq}, fmt.Errorf("wal: append seq %d: %w", a.seq, b.err))
+			continue
+		}
+		a.done(Appended{Seq: a.seq, Sync: b.sync, Batch: b.records}, nil)
+	}
 }
 
 type segment struct {
@@ -420,16 +441,53 @@ func (l *Log) signal() {
 // whose reply was lost. An error wrapping ErrStorage means the record was
 // not stored.
 func (l *Log) Append(ctx context.Context, data []byte, msgID string, at time.Time) (Appended, error) {
+	seq, b, err := l.enqueue(data, msgID, at, nil)
+	if err != nil {
+		return Appended{}, err
+	}
+	select {
+	case <-b.done:
+		if b.err != nil {
+			return Appended{}, fmt.Errorf("wal: append seq %d: %w", seq, b.err)
+		}
+		return Appended{Seq: seq, Sync: b.sync, Batch: b.records}, nil
+	case <-ctx.Done():
+		return Appended{Seq: seq}, fmt.Errorf("wal: append seq %d: waiting for sync: %w", seq, ctx.Err())
+	}
+}
+
+// AppendAsync is Append for a caller that must not block on a sync (a
+// connection's read loop with publishes pipelined): it returns the
+// record's seq at once, and done is called later with what Append would
+// return. Group commit works across AppendAsync and Append calls alike.
+//
+// done is called exactly once for every AppendAsync that returns a nil
+// error, from the log's syncer goroutine, in seq order, holding none of
+// the log's locks (it may call the log again, AppendAsync included). It
+// must not block: every later sync of the log waits for it. An error
+// returned at once (ErrInvalid, ErrClosed) means nothing was appended and
+// done is not called.
+func (l *Log) AppendAsync(data []byte, msgID string, at time.Time, done func(Appended, error)) (uint64, error) {
+	if done == nil {
+		return 0, fmt.Errorf("%w: AppendAsync needs a done callback", ErrInvalid)
+	}
+	seq, _, err := l.enqueue(data, msgID, at, done)
+	return seq, err
+}
+
+// enqueue puts an event record into the append buffer and returns its
+// seq and the batch whose write (and sync) will cover it.
+func (l *Log) enqueue(data []byte, msgID string, at time.Time, done func(Appended, error)) (uint64, *batch, error) {
 	if len(msgID) > maxMsgIDLen {
-		return Appended{}, fmt.Errorf("%w: msg id of %d bytes (valid: 0 to %d)", ErrInvalid, len(msgID), maxMsgIDLen)
+		return 0, nil, fmt.Errorf("%w: msg id of %d bytes (valid: 0 to %d)", ErrInvalid, len(msgID), maxMsgIDLen)
 	}
 	if size := eventRecordSize(msgID, data) - recHeaderSize; size > l.opts.MaxRecord {
-		return Appended{}, fmt.Errorf("%w: event record of %d bytes (valid: up to max record %d)", ErrInvalid, size, l.opts.MaxRecord)
+		return 0, nil, fmt.Errorf("%w: event record of %d bytes (valid: up to max record %d)", ErrInvalid, size, l.opts.MaxRecord)
 	}
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
-		return Appended{}, ErrClosed
+		return 0, nil, ErrClosed
 	}
 	seq := l.nextSeq
 	l.nextSeq++
@@ -447,17 +505,12 @@ func (l *Log) Append(ctx context.Context, data []byte, msgID string, at time.Tim
 		b = &batch{done: make(chan struct{})}
 		l.batch = b
 	}
+	if done != nil {
+		b.async = append(b.async, asyncAppend{seq: seq, done: done})
+	}
 	l.mu.Unlock()
 	l.signal()
-	select {
-	case <-b.done:
-		if b.err != nil {
-			return Appended{}, fmt.Errorf("wal: append seq %d: %w", seq, b.err)
-		}
-		return Appended{Seq: seq, Sync: b.sync, Batch: b.records}, nil
-	case <-ctx.Done():
-		return Appended{Seq: seq}, fmt.Errorf("wal: append seq %d: waiting for sync: %w", seq, ctx.Err())
-	}
+	return seq, b, nil
 }
 
 // Deliver records that seq was handed to a consumer.
@@ -605,15 +658,19 @@ func (l *Log) flush() {
 	l.spare, l.spareEvs = buf[:0], evs[:0]
 	if b != nil {
 		b.err, b.sync, b.records = err, syncDur, count
-		close(b.done)
+		b.complete()
 	}
 	l.mu.Lock()
 	dead := l.seg.off - l.liveBytes
 	l.mu.Unlock()
 	if err == nil && dead >= l.opts.SegmentSize {
+		absorbed, rerr := l.rotate()
+		if absorbed != nil {
+			absorbed.complete()
+		}
 		// Logged when rotation starts and stops failing, not at every
 		// flush: a full disk would otherwise log at the append rate.
-		switch rerr := l.rotate(); {
+		switch {
 		case rerr != nil && !l.rotateFailing:
 			l.rotateFailing = true
 			l.opts.Logger.Error("wal: cannot start a new segment; appends continue in the current one", "file", l.seg.name, "err", rerr)
@@ -690,13 +747,14 @@ func (l *Log) intervalSync() {
 // delivery state in memory, which already counts the records still in the
 // append buffer, so the buffer is absorbed: its appenders are answered by
 // the new segment's sync. It holds l.mu throughout, so appends wait for
-// one segment write and sync.
-func (l *Log) rotate() error {
+// one segment write and sync. It returns the absorbed batch, which the
+// caller completes once l.mu is released.
+func (l *Log) rotate() (absorbed *batch, err error) {
 	if l.seg.off > l.seg.synced || l.dirtySync {
 		// The old segment must end cleanly: if a crash leaves both files,
 		// a torn tail in a segment that is not the last is damage.
 		if err := l.seg.f.Sync(); err != nil {
-			return fmt.Errorf("sync %s: %w: %w", l.seg.name, ErrStorage, err)
+			return nil, fmt.Errorf("sync %s: %w: %w", l.seg.name, ErrStorage, err)
 		}
 		l.seg.synced, l.dirtySync, l.unsynced = l.seg.off, false, 0
 	}
@@ -718,7 +776,7 @@ func (l *Log) rotate() error {
 		} else {
 			raw = make([]byte, r.size)
 			if _, err := old.f.ReadAt(raw, r.off); err != nil {
-				return fmt.Errorf("read seq %d from %s at offset %d: %w: %w", seq, old.name, r.off, ErrStorage, err)
+				return nil, fmt.Errorf("read seq %d from %s at offset %d: %w: %w", seq, old.name, r.off, ErrStorage, err)
 			}
 		}
 		typ, body, _, err := DecodeRecord(raw, l.opts.MaxRecord)
@@ -730,7 +788,7 @@ func (l *Log) rotate() error {
 			ev, err = parseEvent(body)
 		}
 		if err != nil {
-			return fmt.Errorf("%w: %s at offset %d (seq %d): %w", ErrCorrupt, old.name, r.off, seq, err)
+			return nil, fmt.Errorf("%w: %s at offset %d (seq %d): %w", ErrCorrupt, old.name, r.off, seq, err)
 		}
 		ev.deliveries, ev.inFlight = r.deliveries, r.inFlight
 		copies = append(copies, ev)
@@ -742,7 +800,7 @@ func (l *Log) rotate() error {
 	start := time.Now()
 	if err := l.startSegment(old.id+1, copies); err != nil {
 		l.seg = old
-		return err
+		return nil, err
 	}
 	syncDur := time.Since(start)
 	b, count := l.batch, l.pendCount
@@ -752,14 +810,13 @@ func (l *Log) rotate() error {
 	}
 	if b != nil {
 		b.sync, b.records = syncDur, count
-		close(b.done)
 	}
 	old.f.Close()
 	// Every older segment, not only the last one: a removal that failed
 	// at an earlier rotation is retried here.
 	ids, err := listSegments(l.opts.FS, l.dir)
 	if err != nil {
-		return err
+		return b, err
 	}
-	return l.removeSegmentsBelow(ids, l.seg.id)
+	return b, l.removeSegmentsBelow(ids, l.seg.id)
 }
