@@ -169,6 +169,7 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 	b := q.bus
 	e := q.store.Pop()
 	q.counters.size.Store(int64(q.store.Len()))
+	q.walSettle(walDeliver, e.seq)
 	var now time.Time
 	if b.tel.tracing {
 		now = b.clock.Now() // for the queued-duration metric too
@@ -214,6 +215,7 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 		EnqueuedAt:   e.enqueuedAt,
 		Redeliveries: e.redeliveries,
 		SpanContext:  sc,
+		DeadLetter:   deadLetterCopy(e.dl),
 	}, nil
 }
 
@@ -246,6 +248,7 @@ func (c *Consumer) Ack(seq uint64) error {
 	if err != nil {
 		return err
 	}
+	q.walSettle(walAck, seq)
 	q.counters.acked.Add(1)
 	q.bus.notifyDrain()
 	if f.span != nil {
@@ -256,8 +259,14 @@ func (c *Consumer) Ack(seq uint64) error {
 
 // Nack returns a delivery to the head of its queue, before every waiting
 // event with a higher seq, to be redelivered (to any consumer). It fails
-// with ErrUnknownSeq like Ack.
-func (c *Consumer) Nack(seq uint64) error {
+// with ErrUnknownSeq like Ack. It is NackReason without a reason.
+func (c *Consumer) Nack(seq uint64) error { return c.NackReason(seq, "") }
+
+// NackReason is Nack with the consumer's reason, which travels with the
+// event if this nack moves it to the queue's dead-letter queue (the
+// delivery was its MaxDeliveries-th; see QueueConfig.DeadLetter) and then
+// shows in its Delivery.DeadLetter.
+func (c *Consumer) NackReason(seq uint64, reason string) error {
 	q := c.q
 	q.mu.Lock()
 	f, err := c.settle(seq, "nack")
@@ -267,10 +276,18 @@ func (c *Consumer) Nack(seq uint64) error {
 	}
 	e := f.e // f stays as delivered, for the deliver span
 	e.redeliveries++
-	q.store.Requeue(e)
-	q.counters.size.Store(int64(q.store.Len()))
-	q.wakeConsumersLocked()
+	e.reason = reason
+	dead := q.deadLetterDue(&e)
+	if !dead {
+		q.walSettle(walNack, seq)
+		q.store.Requeue(e)
+		q.counters.size.Store(int64(q.store.Len()))
+		q.wakeConsumersLocked()
+	}
 	q.mu.Unlock()
+	if dead {
+		q.sendToDeadLetter(e)
+	}
 	q.bus.notifyDrain()
 	if f.span != nil {
 		q.bus.tel.endDeliver(q, &f, DeliveryNack, q.bus.spanNow())
@@ -305,9 +322,15 @@ func (c *Consumer) Close() {
 		}
 		return 0
 	})
+	var dead []entry
 	for i := range returned {
 		e := returned[i].e // returned stays as delivered, for the deliver spans
 		e.redeliveries++
+		if q.deadLetterDue(&e) {
+			dead = append(dead, e)
+			continue
+		}
+		q.walSettle(walNack, e.seq)
 		q.store.Requeue(e)
 	}
 	clear(c.inflight)
@@ -316,6 +339,9 @@ func (c *Consumer) Close() {
 	q.counters.consumers.Add(-1)
 	q.wakeConsumersLocked()
 	q.mu.Unlock()
+	for _, e := range dead {
+		q.sendToDeadLetter(e)
+	}
 	close(c.closedCh)
 	q.bus.notifyDrain()
 	if len(returned) > 0 && returned[0].span != nil {
