@@ -242,8 +242,17 @@ func clip(s string) string {
 //   - (TimedOut, err wrapping ErrTimeout): a PolicyFail queue stayed full.
 //   - (Cancelled, err wrapping ctx.Err()): ctx ended while waiting for room;
 //     nothing was enqueued.
+//   - (Duplicate, nil): ev.MsgID was accepted on the queue within its
+//     dedupe window; nothing was enqueued. A duplicate of a publish still
+//     being stored gets that publish's outcome (Duplicate, or its failure).
 //   - (Failed, err wrapping ErrUnknownQueue or ErrInvalidEvent, or
-//     ErrShuttingDown itself).
+//     ErrShuttingDown itself, or ErrStorage: a durable queue's log could
+//     not store the event).
+//
+// On a durable queue (WithDataDir) Accepted means the event is in the
+// queue's log, synced (fsync always) or written (fsync interval); Publish
+// waits for that even when ctx ends meanwhile, since the event may already
+// be stored.
 //
 // A queue with room accepts at once, even if ctx is already done: only a
 // publish that has to wait can be withdrawn. Waiting publishers of one
@@ -275,7 +284,8 @@ func (b *Bus) Publish(ctx context.Context, ev Event, queueName string) (Outcome,
 // would return: before PublishAsync returns when the outcome is immediate
 // (PublishAsync then returns nil), otherwise later from the goroutine that
 // resolves the wait (a consumer freeing room, the queue's timer, ctx's AfterFunc,
-// Shutdown or Pending.Cancel). The bus holds none of its locks while
+// Shutdown or Pending.Cancel), or, on a durable queue, from the log's
+// syncer goroutine once the event is stored. The bus holds none of its locks while
 // calling done, but done runs on those goroutines: it must not block, nor
 // take locks its caller may hold around PublishAsync or Cancel.
 //
@@ -442,7 +452,7 @@ func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(O
 		if q.log != nil {
 			p := newPending()
 			p.settlingLocked(start)
-			_, err := q.appendLocked(entry{ev: ev, enqueuedAt: start, pubSC: pubSC, traced: traced}, p, nil)
+			err := q.appendLocked(p, nil)
 			q.mu.Unlock()
 			if err != nil {
 				outcome, err := q.finishPublish(ctx, span, ev.Type, start, Failed, 0, depth, err)
@@ -480,7 +490,7 @@ func (q *queue) publishEvict(ctx context.Context, span trace.Span, newPending fu
 	if q.log != nil {
 		p = newPending()
 		p.settlingLocked(start)
-		_, err = q.appendLocked(entry{ev: ev, enqueuedAt: start, pubSC: pubSC, traced: traced}, p, nil)
+		err = q.appendLocked(p, nil)
 		q.counters.size.Store(int64(q.store.Len()))
 	} else {
 		seq = q.pushLocked(ev, pubSC, traced, start)
@@ -810,7 +820,7 @@ func (q *queue) admitWaitersLocked() pendingList {
 		}
 		if q.log != nil {
 			p.settlingLocked(now)
-			if _, err := q.appendLocked(entry{ev: p.ev, enqueuedAt: now, pubSC: p.pubSC, traced: p.traced}, p, nil); err != nil {
+			if err := q.appendLocked(p, nil); err != nil {
 				p.outcome, p.err = Failed, err
 				admitted.push(p)
 			}

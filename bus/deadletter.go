@@ -8,6 +8,7 @@ type deadLetterMove struct {
 	src *queue
 	e   entry // as it left src, its last delivery counted
 	dl  DeadLetter
+	ne  entry // the new event in the dead-letter queue
 }
 
 // deadLetterDue reports whether e, nacked or abandoned with its
@@ -24,19 +25,19 @@ func (q *queue) sendToDeadLetter(e entry) {
 	m := &deadLetterMove{src: q, e: e, dl: DeadLetter{Queue: q.name, Seq: e.seq, Deliveries: e.redeliveries, Reason: e.reason}}
 	dlq := q.deadLetter
 	now := q.bus.clock.Now()
-	ne := entry{ev: e.ev, enqueuedAt: now, pubSC: e.pubSC, traced: e.traced, dl: &m.dl}
+	m.ne = entry{ev: e.ev, enqueuedAt: now, pubSC: e.pubSC, traced: e.traced, dl: &m.dl}
 	dlq.mu.Lock()
 	if dlq.log == nil {
 		dlq.nextSeq++
-		ne.seq = dlq.nextSeq
-		dlq.store.Push(ne)
+		m.ne.seq = dlq.nextSeq
+		dlq.store.Push(m.ne)
 		dlq.counters.size.Store(int64(dlq.store.Len()))
 		dlq.wakeConsumersLocked()
 		dlq.mu.Unlock()
 		m.done(nil)
 		return
 	}
-	_, err := dlq.appendLocked(ne, nil, m)
+	err := dlq.appendLocked(nil, m)
 	dlq.mu.Unlock()
 	if err != nil {
 		m.done(err)

@@ -136,53 +136,77 @@ func (b *Bus) closeLogs() error {
 // maxScratch bounds the encoding buffer a queue keeps between appends.
 const maxScratch = 64 << 10
 
-// appendLocked starts storing e in the queue's log and reserves its slot.
-// p is the publish to answer once the append is done (nil for a dead
-// letter, which stored handles through moved). Called with q.mu held.
-func (q *queue) appendLocked(e entry, p *Pending, moved *deadLetterMove) (uint64, error) {
+// appendLocked starts storing an event in the queue's log and reserves
+// its slot: the event of publish p (its entry is rebuilt from p when the
+// append is done, so that the callback holds two words, not an entry), or
+// a dead letter on its way in (moved). Called with q.mu held.
+func (q *queue) appendLocked(p *Pending, moved *deadLetterMove) error {
+	var e entry
+	var done func(wal.Appended, error)
+	if moved != nil {
+		e = moved.ne
+		done = func(a wal.Appended, err error) { q.stored(nil, moved, a, err) }
+	} else {
+		e = p.entry()
+		done = func(a wal.Appended, err error) { q.stored(p, nil, a, err) }
+	}
 	q.scratch = encodeRecord(q.scratch[:0], &e)
 	msgID := e.ev.MsgID
-	if e.dl != nil {
+	if moved != nil {
 		msgID = "" // kept in the data; see encodeRecord
 	}
-	seq, err := q.log.AppendAsync(q.scratch, msgID, e.enqueuedAt, func(a wal.Appended, err error) {
-		q.stored(e, p, moved, a, err)
-	})
+	seq, err := q.log.AppendAsync(q.scratch, msgID, e.enqueuedAt, done)
 	if cap(q.scratch) > maxScratch {
 		q.scratch = nil
 	}
 	switch {
 	case errors.Is(err, wal.ErrClosed):
-		return 0, fmt.Errorf("queue %q: %w", q.name, ErrShuttingDown)
+		return fmt.Errorf("queue %q: %w", q.name, ErrShuttingDown)
 	case errors.Is(err, wal.ErrInvalid):
-		return 0, fmt.Errorf("%w: queue %q: %w", ErrInvalidEvent, q.name, err)
+		return fmt.Errorf("%w: queue %q: %w", ErrInvalidEvent, q.name, err)
 	case err != nil:
-		return 0, fmt.Errorf("queue %q: %w: %w", q.name, ErrStorage, err)
+		return fmt.Errorf("queue %q: %w: %w", q.name, ErrStorage, err)
 	}
 	q.reserved++
-	if e.dl == nil && e.ev.MsgID != "" {
-		q.dedupe.add(e.ev.MsgID, seq, e.enqueuedAt, p)
+	if moved == nil && msgID != "" {
+		q.dedupe.add(msgID, seq, e.enqueuedAt, p)
 	}
-	return seq, nil
+	return nil
+}
+
+// entry is the queue entry of a publish being stored: accepted when it
+// started settling (settlingLocked).
+func (p *Pending) entry() entry {
+	return entry{ev: p.ev, enqueuedAt: p.resolvedAt, pubSC: p.pubSC, traced: p.traced}
 }
 
 // stored is the log's answer to appendLocked, on the log's syncer
 // goroutine: the event joins the queue, or its slot is freed.
-func (q *queue) stored(e entry, p *Pending, moved *deadLetterMove, a wal.Appended, err error) {
+func (q *queue) stored(p *Pending, moved *deadLetterMove, a wal.Appended, err error) {
+	var e entry
+	if moved != nil {
+		e = moved.ne
+	} else {
+		e = p.entry()
+	}
 	e.seq = a.Seq
+	id := ""
+	if moved == nil {
+		id = e.ev.MsgID
+	}
 	var admitted pendingList
 	q.mu.Lock()
 	q.reserved--
 	if err == nil {
 		q.store.Push(e)
 		q.counters.size.Store(int64(q.store.Len()))
-		if e.dl == nil && e.ev.MsgID != "" {
-			q.dedupe.stored(e.ev.MsgID, e.seq)
+		if id != "" {
+			q.dedupe.stored(id, e.seq)
 		}
 		q.wakeConsumersLocked()
 	} else {
-		if e.dl == nil && e.ev.MsgID != "" {
-			q.dedupe.forget(e.ev.MsgID, e.seq)
+		if id != "" {
+			q.dedupe.forget(id, e.seq)
 		}
 		admitted = q.admitWaitersLocked() // the reserved slot is free again
 	}
