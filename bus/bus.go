@@ -506,8 +506,12 @@ func (q *queue) publishEvict(ctx context.Context, span trace.Span, newPending fu
 			b.tel.dropSpan(q, evicted[i].pubSC, DropEvicted, evicted[i].seq, start)
 		}
 	}
-	if p == nil || err != nil {
-		outcome, err := q.finishPublish(ctx, span, ev.Type, start, Accepted, seq, depth, err)
+	if err != nil {
+		outcome, err := q.finishPublish(ctx, span, ev.Type, start, Failed, 0, depth, err)
+		return nil, outcome, err
+	}
+	if p == nil {
+		outcome, err := q.finishPublish(ctx, span, ev.Type, start, Accepted, seq, depth, nil)
 		return nil, outcome, err
 	}
 	return p, "", nil

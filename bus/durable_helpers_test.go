@@ -16,9 +16,16 @@ import (
 // every fdatasync until it is opened.
 type faultFS struct {
 	wal.OSFS
-	mu   sync.Mutex
-	full bool
-	gate chan struct{} // nil: syncs pass
+	mu    sync.Mutex
+	full  bool
+	gate  chan struct{} // nil: syncs pass
+	syncs int
+}
+
+func (f *faultFS) syncCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.syncs
 }
 
 func (f *faultFS) setFull(full bool) {
@@ -67,6 +74,7 @@ func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
 func (f *faultFile) Sync() error {
 	f.fs.mu.Lock()
 	g := f.fs.gate
+	f.fs.syncs++
 	f.fs.mu.Unlock()
 	if g != nil {
 		<-g

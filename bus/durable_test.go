@@ -160,6 +160,41 @@ func TestDuplicateOfPublishBeingStoredWaitsForIt(t *testing.T) {
 	}
 }
 
+// TestGroupCommitAcrossPublishers: publishes from several goroutines
+// (connections), each with several in flight (pipelined frames), share
+// syncs: while one sync runs, every later append joins the next.
+func TestGroupCommitAcrossPublishers(t *testing.T) {
+	fsys := &faultFS{}
+	b, _ := openDurable(t, t.TempDir(), durableQueues(), newFakeClock(), bus.WithWALOptions(wal.Options{FS: fsys}))
+	open := fsys.holdSyncs()
+	before := fsys.syncCount()
+	const conns, perConn = 4, 10
+	answers := make(chan bus.Outcome, conns*perConn)
+	var wg sync.WaitGroup
+	for c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range perConn {
+				b.PublishAsync(context.Background(), event("ORDER", c*100+i), "order", func(o bus.Outcome, _ error) { answers <- o })
+			}
+		}()
+	}
+	wg.Wait()
+	if len(answers) != 0 {
+		t.Fatalf("%d publishes answered before their sync", len(answers))
+	}
+	open()
+	for range conns * perConn {
+		if o := <-answers; o != bus.Accepted {
+			t.Fatalf("outcome %v", o)
+		}
+	}
+	if n := fsys.syncCount() - before; n > 3 {
+		t.Fatalf("%d syncs for %d publishes issued while one sync was held: want them shared (at most 3)", n, conns*perConn)
+	}
+}
+
 func TestReservedSlotsKeepCapacity(t *testing.T) {
 	fsys := &faultFS{}
 	qs := []bus.QueueConfig{{Name: "order", Capacity: 2, Policy: bus.PolicyFail, Timeout: 1e9, Durable: true}}
@@ -331,6 +366,37 @@ func TestEvictedDurableEventNeverComesBack(t *testing.T) {
 	c := subscribe(t, b, "q", 2)
 	if a, z := payloadID(t, mustReceive(t, c)), payloadID(t, mustReceive(t, c)); a != 2 || z != 3 {
 		t.Fatalf("after restart got %d, %d; want 2, 3: the evicted event stays gone", a, z)
+	}
+}
+
+func TestFsyncIntervalKeepsEventsAcrossRestart(t *testing.T) {
+	dir := t.TempDir()
+	clk := newFakeClock()
+	qs := []bus.QueueConfig{{Name: "signal", Capacity: 8, Policy: bus.PolicyFail, Timeout: 1e9,
+		Durable: true, Fsync: bus.FsyncInterval, FsyncInterval: 5e6}}
+	b, stop := openDurable(t, dir, qs, clk)
+	publishN(t, b, "signal", "SIG", 1, 3)
+	stop()
+	b, _ = openDurable(t, dir, qs, clk)
+	c := subscribe(t, b, "signal", 3)
+	for want := 1; want <= 3; want++ {
+		if got := payloadID(t, mustReceive(t, c)); got != want {
+			t.Fatalf("after restart got %d, want %d", got, want)
+		}
+	}
+}
+
+func TestWithoutDataDirDurableIsIgnored(t *testing.T) {
+	b, _ := newBus(t, durableQueues())
+	for _, q := range b.Queues() {
+		if b.Durable(q) || b.Stats()[q].Durable {
+			t.Fatalf("queue %s reports durable without a data dir", q)
+		}
+	}
+	publishN(t, b, "order", "ORDER", 1, 1)
+	c := subscribe(t, b, "order", 1)
+	if d := mustReceive(t, c); d.Seq != 1 {
+		t.Fatalf("seq %d", d.Seq)
 	}
 }
 
