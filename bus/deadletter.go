@@ -63,10 +63,10 @@ func (m *deadLetterMove) done(err error) {
 	}
 	// An ack in the source log, so that the event never comes back there.
 	q.walSettle(walAck, m.e.seq)
-	q.counters.deadLettered.Add(1)
 	if b.tel.tracing && m.e.traced {
 		b.tel.deadLetterSpan(q, &m.e, &m.dl, b.spanNow())
 	}
+	q.counters.deadLettered.Add(1)
 	b.notifyDrain()
 }
 
