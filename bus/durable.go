@@ -64,6 +64,9 @@ func (b *Bus) openLogs(o options, durable map[string]QueueConfig) (err error) {
 		if !ok {
 			continue
 		}
+		if q.name == "." || q.name == ".." {
+			return fmt.Errorf("bus: durable queue %q: the name cannot name its log directory under %s; rename the queue", q.name, dir)
+		}
 		if err := q.openLog(o, filepath.Join(dir, "queues", q.name), qc); err != nil {
 			return err
 		}
