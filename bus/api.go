@@ -46,7 +46,7 @@
 // Durability (WithDataDir): a durable queue appends each event to its
 // write-ahead log (package wal) and answers the publish once the append is
 // synced; the event holds a reserved slot meanwhile and reaches consumers
-// only once stored. The log's syncer goroutine runs the answer, so that no
+// only once stored. A goroutine of the log runs the answer, so that no
 // publish needs a goroutine and concurrent publishes share one sync.
 package bus
 

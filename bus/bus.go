@@ -285,7 +285,7 @@ func (b *Bus) Publish(ctx context.Context, ev Event, queueName string) (Outcome,
 // (PublishAsync then returns nil), otherwise later from the goroutine that
 // resolves the wait (a consumer freeing room, the queue's timer, ctx's AfterFunc,
 // Shutdown or Pending.Cancel), or, on a durable queue, from the log's
-// syncer goroutine once the event is stored. The bus holds none of its locks while
+// goroutine once the event is stored. The bus holds none of its locks while
 // calling done, but done runs on those goroutines: it must not block, nor
 // take locks its caller may hold around PublishAsync or Cancel.
 //

@@ -15,8 +15,9 @@ import (
 // dir (0700), locks it against a second bus, and gives back every event
 // not yet acked, in order, with its seq, its delivery count and the msg ids
 // of the dedupe window. Without it Durable is ignored and every queue lives
-// in memory. A bus with a data directory runs a goroutine per durable
-// queue (the log's syncer): Shutdown stops them and releases the directory.
+// in memory. A bus with a data directory runs two goroutines per durable
+// queue (the log's syncer and completer): Shutdown stops them and releases
+// the directory.
 func WithDataDir(dir string) Option {
 	return optionFunc(func(o *options) { o.dataDir = dir })
 }
@@ -183,7 +184,7 @@ func (p *Pending) entry() entry {
 	return entry{ev: p.ev, enqueuedAt: p.resolvedAt, pubSC: p.pubSC, traced: p.traced}
 }
 
-// stored is the log's answer to appendLocked, on the log's syncer
+// stored is the log's answer to appendLocked, on the log's completer
 // goroutine: the event joins the queue, or its slot is freed.
 func (q *queue) stored(p *Pending, moved *deadLetterMove, a wal.Appended, err error) {
 	var e entry

@@ -216,11 +216,30 @@ type asyncAppend struct {
 	done func(Appended, error)
 }
 
-// complete wakes the batch's appenders and then calls its AppendAsync
-// callbacks in seq order. The syncer calls it without l.mu: a callback
-// may call the log again.
-func (b *batch) complete() {
+// complete wakes the batch's appenders and hands its AppendAsync
+// callbacks to the completer. The syncer calls it without l.mu.
+func (l *Log) complete(b *batch) {
 	close(b.done)
+	if len(b.async) > 0 {
+		l.completions <- b
+	}
+}
+
+// completer runs the AppendAsync callbacks, batch after batch, in seq
+// order. It is a goroutine of its own so that the syncer can write and
+// sync the next batch while the callbacks of the last one run: on a busy
+// log they take about as long as an fdatasync. It stops once the syncer
+// has stopped and every callback has run.
+func (l *Log) completer() {
+	defer l.wg.Done()
+	for b := range l.completions {
+		b.callBack()
+	}
+}
+
+// callBack calls b's AppendAsync callbacks in seq order, holding none of
+// the log's locks: a callback may call the log again.
+func (b *batch) callBack() {
 	for _, a := range b.async {
 		if b.err != nil {
 			a.done(Appended{Seq: a.seq}, fmt.Errorf("wal: append seq %d: %w", a.seq, b.err))
@@ -257,8 +276,11 @@ type Log struct {
 	batch      *batch
 
 	kick chan struct{}
-	stop chan struct{}
-	wg   sync.WaitGroup
+	// completions carries batches with AppendAsync callbacks from the
+	// syncer to the completer, in order; the syncer closes it when it stops.
+	completions chan *batch
+	stop        chan struct{}
+	wg          sync.WaitGroup
 
 	// Owned by the syncer goroutine (and by Open before it starts).
 	seg       segment
@@ -294,13 +316,15 @@ func Open(ctx context.Context, dir string, opts Options) (*Log, *Recovered, erro
 		return nil, nil, fmt.Errorf("wal: open %s: %w", dir, err)
 	}
 	l := &Log{
-		dir:     dir,
-		opts:    opts,
-		lock:    lock,
-		live:    make(map[uint64]liveRec),
-		kick:    make(chan struct{}, 1),
-		stop:    make(chan struct{}),
-		truncTo: -1,
+		dir:  dir,
+		opts: opts,
+		lock: lock,
+		live: make(map[uint64]liveRec),
+		kick: make(chan struct{}, 1),
+
+		completions: make(chan *batch, 16),
+		stop:        make(chan struct{}),
+		truncTo:     -1,
 	}
 	rec, err := l.recover(ctx)
 	if err != nil {
@@ -310,8 +334,9 @@ func Open(ctx context.Context, dir string, opts Options) (*Log, *Recovered, erro
 		lock.Close()
 		return nil, nil, err
 	}
-	l.wg.Add(1)
+	l.wg.Add(2)
 	go l.syncer()
+	go l.completer()
 	return l, rec, nil
 }
 
@@ -462,9 +487,10 @@ func (l *Log) Append(ctx context.Context, data []byte, msgID string, at time.Tim
 // return. Group commit works across AppendAsync and Append calls alike.
 //
 // done is called exactly once for every AppendAsync that returns a nil
-// error, from the log's syncer goroutine, in seq order, holding none of
-// the log's locks (it may call the log again, AppendAsync included). It
-// must not block: every later sync of the log waits for it. An error
+// error, from the log's completer goroutine, in seq order, holding none
+// of the log's locks (it may call the log again, AppendAsync included),
+// and before Close returns. It must not block: every later callback
+// waits for it, and a backlog of them holds up the syncer. An error
 // returned at once (ErrInvalid, ErrClosed) means nothing was appended and
 // done is not called.
 func (l *Log) AppendAsync(data []byte, msgID string, at time.Time, done func(Appended, error)) (uint64, error) {
@@ -578,6 +604,7 @@ func (l *Log) Close() error {
 
 func (l *Log) syncer() {
 	defer l.wg.Done()
+	defer close(l.completions)
 	var tick <-chan time.Time
 	if l.opts.Fsync == FsyncInterval {
 		t := time.NewTicker(l.opts.FsyncInterval)
@@ -658,7 +685,7 @@ func (l *Log) flush() {
 	l.spare, l.spareEvs = buf[:0], evs[:0]
 	if b != nil {
 		b.err, b.sync, b.records = err, syncDur, count
-		b.complete()
+		l.complete(b)
 	}
 	l.mu.Lock()
 	dead := l.seg.off - l.liveBytes
@@ -666,7 +693,7 @@ func (l *Log) flush() {
 	if err == nil && dead >= l.opts.SegmentSize {
 		absorbed, rerr := l.rotate()
 		if absorbed != nil {
-			absorbed.complete()
+			l.complete(absorbed)
 		}
 		// Logged when rotation starts and stops failing, not at every
 		// flush: a full disk would otherwise log at the append rate.
