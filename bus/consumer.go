@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/trace"
 )
@@ -265,8 +266,12 @@ func (c *Consumer) Nack(seq uint64) error { return c.NackReason(seq, "") }
 // NackReason is Nack with the consumer's reason, which travels with the
 // event if this nack moves it to the queue's dead-letter queue (the
 // delivery was its MaxDeliveries-th; see QueueConfig.DeadLetter) and then
-// shows in its Delivery.DeadLetter.
+// shows in its Delivery.DeadLetter. A reason longer than MaxReasonBytes is
+// cut there.
 func (c *Consumer) NackReason(seq uint64, reason string) error {
+	if len(reason) > MaxReasonBytes {
+		reason = clipTo(reason, MaxReasonBytes)
+	}
 	q := c.q
 	q.mu.Lock()
 	f, err := c.settle(seq, "nack")
@@ -350,4 +355,16 @@ func (c *Consumer) Close() {
 			q.bus.tel.endDeliver(q, &returned[i], DeliveryAbandoned, now)
 		}
 	}
+}
+
+// MaxReasonBytes bounds a nack's reason as it is kept: it is stored with
+// a dead letter, which must fit in a log record next to its payload.
+const MaxReasonBytes = 1024
+
+// clipTo cuts s to at most n bytes at a rune boundary.
+func clipTo(s string, n int) string {
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }

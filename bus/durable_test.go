@@ -318,6 +318,22 @@ func TestDeadLetterAfterMaxDeliveries(t *testing.T) {
 	}
 }
 
+func TestLongNackReasonIsCut(t *testing.T) {
+	b, _ := openDurable(t, t.TempDir(), durableQueues(), newFakeClock())
+	publishN(t, b, "order", "ORDER", 1, 1)
+	c := subscribe(t, b, "order", 1)
+	long := strings.Repeat("é", bus.MaxReasonBytes) // 2 bytes a rune
+	for range 2 {
+		if err := c.NackReason(mustReceive(t, c).Seq, long); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := mustReceive(t, subscribe(t, b, "dlq", 1))
+	if r := d.DeadLetter.Reason; len(r) != bus.MaxReasonBytes || !strings.HasPrefix(long, r) {
+		t.Fatalf("reason of %d bytes, want the first %d bytes of it", len(r), bus.MaxReasonBytes)
+	}
+}
+
 func TestDeadLetterOnAbandonPastCapacity(t *testing.T) {
 	clk := newFakeClock()
 	qs := durableQueues()
