@@ -631,3 +631,32 @@ func TestDuplicateOfWaitingPublishIsNotEnqueued(t *testing.T) {
 		t.Fatalf("size %d: the duplicate was enqueued", st.Size)
 	}
 }
+
+func TestShutdownAnswersPublishesBeingStored(t *testing.T) {
+	dir := t.TempDir()
+	fsys := &faultFS{}
+	clk := newFakeClock()
+	b, stop := openDurable(t, dir, durableQueues(), clk, bus.WithWALOptions(wal.Options{FS: fsys}))
+	open := fsys.holdSyncs()
+	answers := make(chan bus.Outcome, 3)
+	for i := range 3 {
+		b.PublishAsync(context.Background(), event("ORDER", i+1), "order", func(o bus.Outcome, _ error) { answers <- o })
+	}
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		stop()
+	}()
+	eventually(t, "Shutdown refuses publishes", b.Draining)
+	open()
+	<-stopped
+	for range 3 {
+		if o := <-answers; o != bus.Accepted {
+			t.Fatalf("publish being stored at Shutdown: %v, want accepted", o)
+		}
+	}
+	b, _ = openDurable(t, dir, durableQueues(), clk)
+	if st := b.Stats()["order"]; st.Size != 3 {
+		t.Fatalf("after restart: %d events, want the 3 accepted at Shutdown", st.Size)
+	}
+}
