@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -87,8 +88,9 @@ func appendSpanContext(b []byte, sc trace.SpanContext) []byte {
 	return append(b, byte(sc.TraceFlags()))
 }
 
-// decodeRecord rebuilds the entry of a recovered record. The payload
-// aliases data.
+// decodeRecord rebuilds the entry of a recovered record. The payload is
+// copied: data points into the whole segment the log read, which would
+// otherwise stay in memory until the last recovered event is acked.
 func decodeRecord(data []byte, seq uint64, msgID string, acceptedAt time.Time, deliveries int) (entry, error) {
 	d := recordDecoder{b: data}
 	if v := d.byte(); d.err == nil && v != recordVersion {
@@ -114,7 +116,7 @@ func decodeRecord(data []byte, seq uint64, msgID string, acceptedAt time.Time, d
 		return entry{}, fmt.Errorf("%w: seq %d: %w", errRecord, seq, d.err)
 	}
 	if len(d.b) > 0 {
-		e.ev.Payload = d.b
+		e.ev.Payload = bytes.Clone(d.b)
 	}
 	return e, nil
 }
