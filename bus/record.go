@@ -34,6 +34,8 @@ const (
 	flagDeadLetter
 )
 
+const knownFlags = flagParent | flagPubSC | flagTraced | flagMsgID | flagDeadLetter
+
 const spanContextSize = 16 + 8 + 1
 
 var errRecord = errors.New("malformed event record")
@@ -97,6 +99,12 @@ func decodeRecord(data []byte, seq uint64, msgID string, acceptedAt time.Time, d
 		return entry{}, fmt.Errorf("%w: seq %d: version %d, this build reads version %d", errRecord, seq, v, recordVersion)
 	}
 	flags := d.byte()
+	switch {
+	case flags&^knownFlags != 0:
+		return entry{}, fmt.Errorf("%w: seq %d: unknown flags %#x", errRecord, seq, flags&^knownFlags)
+	case flags&flagMsgID != 0 && flags&flagDeadLetter == 0:
+		return entry{}, fmt.Errorf("%w: seq %d: a msg id in the data of an event that is no dead letter", errRecord, seq)
+	}
 	e := entry{seq: seq, enqueuedAt: acceptedAt, redeliveries: deliveries, traced: flags&flagTraced != 0}
 	e.ev.Type = d.string()
 	if flags&flagParent != 0 {
@@ -177,5 +185,9 @@ func (d *recordDecoder) spanContext() trace.SpanContext {
 	var sid trace.SpanID
 	copy(tid[:], v[:16])
 	copy(sid[:], v[16:24])
-	return trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid, TraceFlags: trace.TraceFlags(v[24]), Remote: true})
+	sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid, TraceFlags: trace.TraceFlags(v[24]), Remote: true})
+	if !sc.IsValid() && d.err == nil {
+		d.err = errors.New("invalid trace context")
+	}
+	return sc
 }
