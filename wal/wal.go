@@ -6,7 +6,8 @@
 // A Log writes to one segment file at a time. Appenders encode their record
 // into a shared buffer and wait; one syncer goroutine writes the buffer and
 // calls fdatasync once for everything in it (group commit), then wakes
-// them all. When the segment holds Options.SegmentSize bytes of dead
+// them all; appenders that must not wait (AppendAsync) are called back, in
+// seq order, by a completer goroutine. When the segment holds Options.SegmentSize bytes of dead
 // records (acked events, settled deliveries) the syncer starts a new one
 // with the msg ids of the dedupe window and a copy of every unacked event,
 // and deletes the old: disk use stays under the live events plus one
