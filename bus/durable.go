@@ -57,7 +57,7 @@ func (b *Bus) openLogs(o options, durable map[string]QueueConfig) (err error) {
 	b.dirLock = lock
 	defer func() {
 		if err != nil {
-			b.closeLogs()
+			_ = b.closeLogs() // the open error is the one to report
 		}
 	}()
 	for _, q := range b.queues {
