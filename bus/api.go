@@ -28,7 +28,11 @@
 //     (child of the dropped or evicted event's publish span; attribute
 //     eventbus.drop.reason), "deliver <queue>" (CONSUMER, hand-over to
 //     ack/nack; attributes eventbus.time_in_queue_seconds,
-//     eventbus.redelivery.count, eventbus.delivery.result). All carry
+//     eventbus.redelivery.count, eventbus.delivery.result), "dead_letter
+//     <queue>" (child of the event's publish span when it moves to the
+//     dead-letter queue; attributes eventbus.dead_letter.queue,
+//     eventbus.dead_letter.reason, eventbus.delivery.count). An accepted
+//     publish on a durable queue carries eventbus.wal.sync_ms. All carry
 //     messaging.system=eventbus and messaging.destination.name from start.
 //     Span processors read names and attributes through SpanName,
 //     ParseSpanName and the Attr* keys, never by restating them.
@@ -36,9 +40,16 @@
 //     eventbus.queue.depth, eventbus.queue.capacity,
 //     eventbus.publishers.waiting, eventbus.consumers; counters
 //     eventbus.events.published{outcome}, eventbus.events.dropped{reason},
-//     eventbus.events.delivered, eventbus.events.redelivered; histograms in
+//     eventbus.events.delivered, eventbus.events.redelivered,
+//     eventbus.events.dead_lettered, eventbus.storage.errors; histograms in
 //     seconds eventbus.publish.duration, eventbus.queue.wait.duration,
-//     eventbus.event.queued.duration.
+//     eventbus.event.queued.duration, eventbus.wal.sync.duration.
+//
+// Durability (WithDataDir): a durable queue appends each event to its
+// write-ahead log (package wal) and answers the publish once the append is
+// synced; the event holds a reserved slot meanwhile and reaches consumers
+// only once stored. A goroutine of the log runs the answer, so that no
+// publish needs a goroutine and concurrent publishes share one sync.
 package bus
 
 import (

@@ -428,6 +428,8 @@ func TestMetricsExistFromStartUp(t *testing.T) {
 		{"eventbus.events.dropped", "reason", []string{"timeout", "evicted"}, nil},
 		{"eventbus.events.delivered", "", nil, nil},
 		{"eventbus.events.redelivered", "", nil, nil},
+		{"eventbus.events.dead_lettered", "", nil, nil},
+		{"eventbus.storage.errors", "", nil, nil},
 		{"eventbus.queue.depth", "", nil, nil},
 		{"eventbus.publishers.waiting", "", nil, nil},
 		{"eventbus.consumers", "", nil, nil},

@@ -6,7 +6,8 @@
 // A Log writes to one segment file at a time. Appenders encode their record
 // into a shared buffer and wait; one syncer goroutine writes the buffer and
 // calls fdatasync once for everything in it (group commit), then wakes
-// them all. When the segment holds Options.SegmentSize bytes of dead
+// them all; appenders that must not wait (AppendAsync) are called back, in
+// seq order, by a completer goroutine. When the segment holds Options.SegmentSize bytes of dead
 // records (acked events, settled deliveries) the syncer starts a new one
 // with the msg ids of the dedupe window and a copy of every unacked event,
 // and deletes the old: disk use stays under the live events plus one
@@ -207,6 +208,46 @@ type batch struct {
 	err     error
 	sync    time.Duration
 	records int
+	// async are the AppendAsync callbacks, in seq order.
+	async []asyncAppend
+}
+
+type asyncAppend struct {
+	seq  uint64
+	done func(Appended, error)
+}
+
+// complete wakes the batch's appenders and hands its AppendAsync
+// callbacks to the completer. The syncer calls it without l.mu.
+func (l *Log) complete(b *batch) {
+	close(b.done)
+	if len(b.async) > 0 {
+		l.completions <- b
+	}
+}
+
+// completer runs the AppendAsync callbacks, batch after batch, in seq
+// order. It is a goroutine of its own so that the syncer can write and
+// sync the next batch while the callbacks of the last one run: on a busy
+// log they take about as long as an fdatasync. It stops once the syncer
+// has stopped and every callback has run.
+func (l *Log) completer() {
+	defer l.wg.Done()
+	for b := range l.completions {
+		b.callBack()
+	}
+}
+
+// callBack calls b's AppendAsync callbacks in seq order, holding none of
+// the log's locks: a callback may call the log again.
+func (b *batch) callBack() {
+	for _, a := range b.async {
+		if b.err != nil {
+			a.done(Appended{Seq: a.seq}, fmt.Errorf("wal: append seq %d: %w", a.seq, b.err))
+			continue
+		}
+		a.done(Appended{Seq: a.seq, Sync: b.sync, Batch: b.records}, nil)
+	}
 }
 
 type segment struct {
@@ -236,8 +277,11 @@ type Log struct {
 	batch      *batch
 
 	kick chan struct{}
-	stop chan struct{}
-	wg   sync.WaitGroup
+	// completions carries batches with AppendAsync callbacks from the
+	// syncer to the completer, in order; the syncer closes it when it stops.
+	completions chan *batch
+	stop        chan struct{}
+	wg          sync.WaitGroup
 
 	// Owned by the syncer goroutine (and by Open before it starts).
 	seg       segment
@@ -273,13 +317,15 @@ func Open(ctx context.Context, dir string, opts Options) (*Log, *Recovered, erro
 		return nil, nil, fmt.Errorf("wal: open %s: %w", dir, err)
 	}
 	l := &Log{
-		dir:     dir,
-		opts:    opts,
-		lock:    lock,
-		live:    make(map[uint64]liveRec),
-		kick:    make(chan struct{}, 1),
-		stop:    make(chan struct{}),
-		truncTo: -1,
+		dir:  dir,
+		opts: opts,
+		lock: lock,
+		live: make(map[uint64]liveRec),
+		kick: make(chan struct{}, 1),
+
+		completions: make(chan *batch, 16),
+		stop:        make(chan struct{}),
+		truncTo:     -1,
 	}
 	rec, err := l.recover(ctx)
 	if err != nil {
@@ -289,8 +335,9 @@ func Open(ctx context.Context, dir string, opts Options) (*Log, *Recovered, erro
 		lock.Close()
 		return nil, nil, err
 	}
-	l.wg.Add(1)
+	l.wg.Add(2)
 	go l.syncer()
+	go l.completer()
 	return l, rec, nil
 }
 
@@ -420,16 +467,54 @@ func (l *Log) signal() {
 // whose reply was lost. An error wrapping ErrStorage means the record was
 // not stored.
 func (l *Log) Append(ctx context.Context, data []byte, msgID string, at time.Time) (Appended, error) {
+	seq, b, err := l.enqueue(data, msgID, at, nil)
+	if err != nil {
+		return Appended{}, err
+	}
+	select {
+	case <-b.done:
+		if b.err != nil {
+			return Appended{}, fmt.Errorf("wal: append seq %d: %w", seq, b.err)
+		}
+		return Appended{Seq: seq, Sync: b.sync, Batch: b.records}, nil
+	case <-ctx.Done():
+		return Appended{Seq: seq}, fmt.Errorf("wal: append seq %d: waiting for sync: %w", seq, ctx.Err())
+	}
+}
+
+// AppendAsync is Append for a caller that must not block on a sync (a
+// connection's read loop with publishes pipelined): it returns the
+// record's seq at once, and done is called later with what Append would
+// return. Group commit works across AppendAsync and Append calls alike.
+//
+// done is called exactly once for every AppendAsync that returns a nil
+// error, from the log's completer goroutine, in seq order, holding none
+// of the log's locks (it may call the log again, AppendAsync included),
+// and before Close returns. It must not block: every later callback
+// waits for it, and a backlog of them holds up the syncer. An error
+// returned at once (ErrInvalid, ErrClosed) means nothing was appended and
+// done is not called.
+func (l *Log) AppendAsync(data []byte, msgID string, at time.Time, done func(Appended, error)) (uint64, error) {
+	if done == nil {
+		return 0, fmt.Errorf("%w: AppendAsync needs a done callback", ErrInvalid)
+	}
+	seq, _, err := l.enqueue(data, msgID, at, done)
+	return seq, err
+}
+
+// enqueue puts an event record into the append buffer and returns its
+// seq and the batch whose write (and sync) will cover it.
+func (l *Log) enqueue(data []byte, msgID string, at time.Time, done func(Appended, error)) (uint64, *batch, error) {
 	if len(msgID) > maxMsgIDLen {
-		return Appended{}, fmt.Errorf("%w: msg id of %d bytes (valid: 0 to %d)", ErrInvalid, len(msgID), maxMsgIDLen)
+		return 0, nil, fmt.Errorf("%w: msg id of %d bytes (valid: 0 to %d)", ErrInvalid, len(msgID), maxMsgIDLen)
 	}
 	if size := eventRecordSize(msgID, data) - recHeaderSize; size > l.opts.MaxRecord {
-		return Appended{}, fmt.Errorf("%w: event record of %d bytes (valid: up to max record %d)", ErrInvalid, size, l.opts.MaxRecord)
+		return 0, nil, fmt.Errorf("%w: event record of %d bytes (valid: up to max record %d)", ErrInvalid, size, l.opts.MaxRecord)
 	}
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
-		return Appended{}, ErrClosed
+		return 0, nil, ErrClosed
 	}
 	seq := l.nextSeq
 	l.nextSeq++
@@ -447,17 +532,12 @@ func (l *Log) Append(ctx context.Context, data []byte, msgID string, at time.Tim
 		b = &batch{done: make(chan struct{})}
 		l.batch = b
 	}
+	if done != nil {
+		b.async = append(b.async, asyncAppend{seq: seq, done: done})
+	}
 	l.mu.Unlock()
 	l.signal()
-	select {
-	case <-b.done:
-		if b.err != nil {
-			return Appended{}, fmt.Errorf("wal: append seq %d: %w", seq, b.err)
-		}
-		return Appended{Seq: seq, Sync: b.sync, Batch: b.records}, nil
-	case <-ctx.Done():
-		return Appended{Seq: seq}, fmt.Errorf("wal: append seq %d: waiting for sync: %w", seq, ctx.Err())
-	}
+	return seq, b, nil
 }
 
 // Deliver records that seq was handed to a consumer.
@@ -525,6 +605,7 @@ func (l *Log) Close() error {
 
 func (l *Log) syncer() {
 	defer l.wg.Done()
+	defer close(l.completions)
 	var tick <-chan time.Time
 	if l.opts.Fsync == FsyncInterval {
 		t := time.NewTicker(l.opts.FsyncInterval)
@@ -605,15 +686,19 @@ func (l *Log) flush() {
 	l.spare, l.spareEvs = buf[:0], evs[:0]
 	if b != nil {
 		b.err, b.sync, b.records = err, syncDur, count
-		close(b.done)
+		l.complete(b)
 	}
 	l.mu.Lock()
 	dead := l.seg.off - l.liveBytes
 	l.mu.Unlock()
 	if err == nil && dead >= l.opts.SegmentSize {
+		absorbed, rerr := l.rotate()
+		if absorbed != nil {
+			l.complete(absorbed)
+		}
 		// Logged when rotation starts and stops failing, not at every
 		// flush: a full disk would otherwise log at the append rate.
-		switch rerr := l.rotate(); {
+		switch {
 		case rerr != nil && !l.rotateFailing:
 			l.rotateFailing = true
 			l.opts.Logger.Error("wal: cannot start a new segment; appends continue in the current one", "file", l.seg.name, "err", rerr)
@@ -690,13 +775,14 @@ func (l *Log) intervalSync() {
 // delivery state in memory, which already counts the records still in the
 // append buffer, so the buffer is absorbed: its appenders are answered by
 // the new segment's sync. It holds l.mu throughout, so appends wait for
-// one segment write and sync.
-func (l *Log) rotate() error {
+// one segment write and sync. It returns the absorbed batch, which the
+// caller completes once l.mu is released.
+func (l *Log) rotate() (absorbed *batch, err error) {
 	if l.seg.off > l.seg.synced || l.dirtySync {
 		// The old segment must end cleanly: if a crash leaves both files,
 		// a torn tail in a segment that is not the last is damage.
 		if err := l.seg.f.Sync(); err != nil {
-			return fmt.Errorf("sync %s: %w: %w", l.seg.name, ErrStorage, err)
+			return nil, fmt.Errorf("sync %s: %w: %w", l.seg.name, ErrStorage, err)
 		}
 		l.seg.synced, l.dirtySync, l.unsynced = l.seg.off, false, 0
 	}
@@ -718,7 +804,7 @@ func (l *Log) rotate() error {
 		} else {
 			raw = make([]byte, r.size)
 			if _, err := old.f.ReadAt(raw, r.off); err != nil {
-				return fmt.Errorf("read seq %d from %s at offset %d: %w: %w", seq, old.name, r.off, ErrStorage, err)
+				return nil, fmt.Errorf("read seq %d from %s at offset %d: %w: %w", seq, old.name, r.off, ErrStorage, err)
 			}
 		}
 		typ, body, _, err := DecodeRecord(raw, l.opts.MaxRecord)
@@ -730,7 +816,7 @@ func (l *Log) rotate() error {
 			ev, err = parseEvent(body)
 		}
 		if err != nil {
-			return fmt.Errorf("%w: %s at offset %d (seq %d): %w", ErrCorrupt, old.name, r.off, seq, err)
+			return nil, fmt.Errorf("%w: %s at offset %d (seq %d): %w", ErrCorrupt, old.name, r.off, seq, err)
 		}
 		ev.deliveries, ev.inFlight = r.deliveries, r.inFlight
 		copies = append(copies, ev)
@@ -742,7 +828,7 @@ func (l *Log) rotate() error {
 	start := time.Now()
 	if err := l.startSegment(old.id+1, copies); err != nil {
 		l.seg = old
-		return err
+		return nil, err
 	}
 	syncDur := time.Since(start)
 	b, count := l.batch, l.pendCount
@@ -752,14 +838,13 @@ func (l *Log) rotate() error {
 	}
 	if b != nil {
 		b.sync, b.records = syncDur, count
-		close(b.done)
 	}
 	old.f.Close()
 	// Every older segment, not only the last one: a removal that failed
 	// at an earlier rotation is retried here.
 	ids, err := listSegments(l.opts.FS, l.dir)
 	if err != nil {
-		return err
+		return b, err
 	}
-	return l.removeSegmentsBelow(ids, l.seg.id)
+	return b, l.removeSegmentsBelow(ids, l.seg.id)
 }
