@@ -5,8 +5,11 @@
 #
 #   make build   bin/eventbus-sidecar
 #   make run     the sidecar with embedded defaults (socket /tmp/eventbus-sidecar.sock,
-#                admin http://127.0.0.1:9464); Ctrl-C drains and stops it
-#   make test    every test: test-go (go test -race) and each fragment's target
+#                admin http://127.0.0.1:9464) and a data dir (DATA_DIR, default
+#                .eventbus-data), so that order and signal survive kill -9; Ctrl-C
+#                drains and stops it
+#   make test    every test: test-go (go test -race), fuzz and each fragment's target
+#   make fuzz    every fuzz target of the module for FUZZTIME each (default 10s)
 #   make bench   go benchmarks of bus/ and transport/
 #   make load    the load tool against real sidecars: telemetry off vs metrics only,
 #                1 and 8 publishing connections, one acking consumer
@@ -21,28 +24,55 @@ STATICCHECK := bin/staticcheck-$(STATICCHECK_VERSION)
 # BENCH_PKGS and BENCHTIME tune `make bench`.
 BENCH_PKGS ?= ./bus ./transport
 BENCHTIME ?= 1s
-# LOAD_EVENTS and LOAD_ROUNDS tune `make load`.
+# LOAD_EVENTS, LOAD_ROUNDS, LOAD_RATE (events/s of the open-loop run, which
+# lasts LOAD_OPEN_SECONDS) and LOAD_DURATION (bound on each run) tune `make load`.
 LOAD_EVENTS ?= 200000
 LOAD_ROUNDS ?= 2
-TEST_TARGETS := test-go
+LOAD_RATE ?= 10000
+LOAD_OPEN_SECONDS ?= 5
+LOAD_DURATION ?= 60s
+# DATA_DIR is where `make run` keeps the durable queues' write-ahead logs.
+DATA_DIR ?= $(CURDIR)/.eventbus-data
+# FUZZTIME tunes `make fuzz`: how long each fuzz target runs.
+FUZZTIME ?= 10s
+TEST_TARGETS := test-go fuzz
 
-.PHONY: all build run test test-go bench load lint print-test-targets
+.PHONY: all build run test test-go fuzz bench load lint print-test-targets
 all: build
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) .
 
 run: build
-	./$(BIN) serve
+	./$(BIN) serve --data-dir '$(DATA_DIR)'
 
 test-go:
 	$(GO) test -race -count=1 ./...
+
+# The targets are listed by `go test -list`, not named here, so a fuzz
+# target added to any package (or moved to another) runs without a change to
+# this file. go test -fuzz takes one target at a time. Each starts from its
+# seed corpus and the inputs saved under its package's testdata/fuzz; a
+# failing input is saved there and fails the run, and once committed it is
+# a regression test that test-go runs every time.
+fuzz:
+	@set -euo pipefail; \
+	targets=$$($(GO) test -list '^Fuzz' ./... | awk '/^Fuzz/ { names = names " " $$1; next } /^ok / { if (names != "") print $$2 names; names = "" }'); \
+	if [ -z "$$targets" ]; then echo "fuzz: go test -list found no fuzz targets"; exit 1; fi; \
+	while read -r pkg names; do \
+	  for name in $$names; do \
+	    echo "### $$pkg $$name for $(FUZZTIME)"; \
+	    $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) "$$pkg"; \
+	  done; \
+	done <<< "$$targets"
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem -benchtime=$(BENCHTIME) $(BENCH_PKGS)
 
 # Each round starts a fresh sidecar per telemetry mode on its own socket, so
-# the modes alternate within one run and can be compared as ratios.
+# the modes alternate within one run and can be compared as ratios: closed
+# loop with 1 and 8 publishing connections, then open loop at LOAD_RATE
+# against the framing ceiling (--ceiling) as well.
 load: build
 	@set -euo pipefail; dir=$$(mktemp -d); trap 'rm -rf "$$dir"' EXIT; \
 	for round in $$(seq $(LOAD_ROUNDS)); do \
@@ -53,8 +83,10 @@ load: build
 	    for i in $$(seq 100); do [ -S $$sock ] && break; sleep 0.1; done; \
 	    for conns in 1 8; do \
 	      echo "### round $$round, telemetry $$mode, $$conns publishing connection(s)"; \
-	      ./$(BIN) load --socket $$sock --events $(LOAD_EVENTS) --connections $$conns --concurrency 64 --consumers 1 --queue data; \
+	      ./$(BIN) load --socket $$sock --events $(LOAD_EVENTS) --connections $$conns --concurrency 64 --consumers 1 --queue data --duration $(LOAD_DURATION); \
 	    done; \
+	    echo "### round $$round, telemetry $$mode, open loop at $(LOAD_RATE) events/s, against the ceiling too"; \
+	    ./$(BIN) load --socket $$sock --events $$(( $(LOAD_RATE) * $(LOAD_OPEN_SECONDS) )) --rate $(LOAD_RATE) --consumers 1 --queue data --duration $(LOAD_DURATION) --ceiling; \
 	    kill -TERM $$pid; wait $$pid; \
 	  done; \
 	done

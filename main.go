@@ -43,15 +43,6 @@ type program struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	env            env
-	// ready is told the serve command's addresses once it listens; tests
-	// use it instead of polling for the socket file. nil in production.
-	ready func(serving)
-}
-
-// serving describes a running sidecar.
-type serving struct {
-	Socket    string
-	AdminAddr string // empty when the admin listener is off
 }
 
 // usageError marks errors that deserve exit code 2.
@@ -82,15 +73,6 @@ func (p *program) run(ctx context.Context, args []string) int {
 // app builds the command tree. It never calls os.Exit: run maps errors to
 // exit codes, so tests can drive every command in-process.
 func (p *program) app() *cli.App {
-	commands := []*cli.Command{
-		p.serveCommand(),
-		p.configCommand(),
-		p.publishCommand(),
-		p.consumeCommand(),
-		p.statsCommand(),
-		p.versionCommand(),
-	}
-	commands = append(commands, p.extraCommands()...)
 	return &cli.App{
 		Name:      "eventbus-sidecar",
 		Usage:     "bounded event queues for a trading app, over a Unix socket, with OpenTelemetry",
@@ -98,7 +80,21 @@ func (p *program) app() *cli.App {
 		Reader:    p.stdin,
 		Writer:    p.stdout,
 		ErrWriter: p.stderr,
-		Commands:  commands,
+		// Each command is built in its own file: serve and config in
+		// main_serve.go, publish, consume and stats in main_client.go, load
+		// in main_load.go, demo in main_demo.go, wal in main_wal.go.
+		Commands: []*cli.Command{
+			p.serveCommand(),
+			p.configCommand(),
+			p.publishCommand(),
+			p.consumeCommand(),
+			p.statsCommand(),
+			p.reloadCommand(),
+			p.walCommand(),
+			p.versionCommand(),
+			loadCommand(),
+			demoCommand(),
+		},
 		// The default handler calls os.Exit; run owns the exit code instead.
 		ExitErrHandler: func(*cli.Context, error) {},
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {

@@ -70,6 +70,7 @@ type publishLine struct {
 	Type        string          `json:"type"`
 	Payload     json.RawMessage `json:"payload"`
 	Traceparent string          `json:"traceparent"`
+	MsgID       string          `json:"msg_id"`
 }
 
 // publishResult is what publish prints for each event: the reply's status
@@ -79,7 +80,11 @@ type publishResult struct {
 	Type   string `json:"type"`
 	Queue  string `json:"queue,omitempty"`
 	Status string `json:"status"`
-	Error  string `json:"error,omitempty"`
+	// Duplicate marks an accepted publish whose msg_id the queue had
+	// accepted before, as the protocol's reply does.
+	Duplicate bool   `json:"duplicate,omitempty"`
+	MsgID     string `json:"msg_id,omitempty"`
+	Error     string `json:"error,omitempty"`
 }
 
 func (p *program) publishCommand() *cli.Command {
@@ -89,14 +94,17 @@ func (p *program) publishCommand() *cli.Command {
 		ArgsUsage: " ",
 		Description: "With --type, publishes --count copies of one event. Without it, reads one JSON object\n" +
 			"per line from standard input: {\"type\":\"ORDER_PLACED\",\"payload\":{...},\"queue\":\"order\"}\n" +
-			"(queue and traceparent optional). Prints one JSON reply per event. Without a queue the\n" +
-			"sidecar routes by type. Exits 1 if any publish failed or timed out; drops are not failures.",
+			"(queue, traceparent and msg_id optional). Prints one JSON reply per event. Without a queue the\n" +
+			"sidecar routes by type. Exits 1 if any publish failed or timed out; drops are not failures.\n" +
+			"A publish repeating a msg_id its queue accepted within its dedupe window is answered\n" +
+			"\"status\":\"accepted\",\"duplicate\":true and not enqueued again.",
 		Flags: []cli.Flag{
 			socketFlag(),
 			&cli.StringFlag{Name: "type", Usage: "event type, e.g. ORDER_PLACED (omit to read NDJSON from stdin)"},
 			&cli.StringFlag{Name: "payload", Usage: "event payload as JSON", Value: "{}"},
 			&cli.StringFlag{Name: "queue", Usage: "queue to publish to (default: routed by type)"},
 			&cli.StringFlag{Name: "traceparent", Usage: "W3C traceparent to parent the publish span"},
+			&cli.StringFlag{Name: "msg-id", Usage: "msg_id making the publish idempotent (with --count > 1, the copies after the first are duplicates)"},
 			&cli.IntFlag{Name: "count", Usage: "how many copies of the event to publish", Value: 1},
 			timeoutFlag(),
 		},
@@ -111,7 +119,7 @@ func (p *program) publish(c *cli.Context) error {
 	}
 	var next func() (publishLine, bool, error)
 	if c.IsSet("type") {
-		line := publishLine{Queue: c.String("queue"), Type: c.String("type"), Payload: json.RawMessage(c.String("payload")), Traceparent: c.String("traceparent")}
+		line := publishLine{Queue: c.String("queue"), Type: c.String("type"), Payload: json.RawMessage(c.String("payload")), Traceparent: c.String("traceparent"), MsgID: c.String("msg-id")}
 		if !json.Valid(line.Payload) {
 			return usageError{fmt.Errorf("--payload %q is not valid JSON", c.String("payload"))}
 		}
@@ -174,21 +182,24 @@ func (p *program) publish(c *cli.Context) error {
 		if !ok {
 			break
 		}
-		res := publishResult{N: n, Type: l.Type, Queue: l.Queue}
-		ev := bus.Event{Type: l.Type, Payload: l.Payload}
+		res := publishResult{N: n, Type: l.Type, Queue: l.Queue, MsgID: l.MsgID}
+		ev := bus.Event{Type: l.Type, Payload: l.Payload, MsgID: l.MsgID}
 		pctx := ctx
 		if l.Traceparent != "" {
 			pctx = withTraceparent(ctx, l.Traceparent)
 		}
 		outcome, perr := cl.Publish(pctx, ev, l.Queue)
 		res.Status = string(outcome)
+		if outcome == bus.Duplicate {
+			res.Status, res.Duplicate = string(bus.Accepted), true
+		}
 		if perr != nil {
 			res.Error = perr.Error()
 			if res.Status == "" {
 				res.Status = string(bus.Failed)
 			}
 		}
-		if outcome != bus.Accepted && outcome != bus.Dropped {
+		if outcome != bus.Accepted && outcome != bus.Duplicate && outcome != bus.Dropped {
 			failed++
 		}
 		if err := enc.Encode(res); err != nil {
@@ -222,6 +233,15 @@ type deliveryLine struct {
 	Traceparent string          `json:"traceparent,omitempty"`
 	EnqueuedAt  string          `json:"enqueued_at"`
 	Redelivered bool            `json:"redelivered"`
+	DeadLetter  *deadLetterLine `json:"dead_letter,omitempty"`
+}
+
+// deadLetterLine is the deliver frame's dead_letter object.
+type deadLetterLine struct {
+	Queue      string `json:"queue"`
+	Seq        uint64 `json:"seq"`
+	Deliveries int    `json:"deliveries"`
+	Reason     string `json:"reason"`
 }
 
 func (p *program) consumeCommand() *cli.Command {
@@ -269,6 +289,9 @@ func (p *program) consume(c *cli.Context) error {
 		if d.SpanContext.IsValid() {
 			line.Traceparent = traceparentOf(d.SpanContext)
 		}
+		if dl := d.DeadLetter; dl != nil {
+			line.DeadLetter = &deadLetterLine{Queue: dl.Queue, Seq: dl.Seq, Deliveries: dl.Deliveries, Reason: dl.Reason}
+		}
 		if err := enc.Encode(line); err != nil {
 			cancel()
 			return err
@@ -293,6 +316,13 @@ func (p *program) consume(c *cli.Context) error {
 		return fmt.Errorf("stopped after %d of %d deliveries: %w", seen, limit, ctx.Err())
 	}
 	return nil
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
 }
 
 func traceparentOf(sc trace.SpanContext) string {
@@ -349,12 +379,12 @@ func writeStatsTable(w io.Writer, st bus.Stats) error {
 		return strings.Compare(a, b)
 	})
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "QUEUE\tPOLICY\tSIZE\tMAXSIZE\tIN_FLIGHT\tCONSUMERS\tWAITING\tACCEPTED\tDROPS\tTIMEOUTS\tDELIVERED\tACKED\tREDELIVERED\t")
+	fmt.Fprintln(tw, "QUEUE\tPOLICY\tDURABLE\tSIZE\tMAXSIZE\tIN_FLIGHT\tCONSUMERS\tWAITING\tACCEPTED\tDUPLICATES\tDROPS\tTIMEOUTS\tDELIVERED\tACKED\tREDELIVERED\tDEAD_LETTERED\t")
 	for _, n := range names {
 		q := st[n]
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n",
-			n, q.Policy, q.Size, q.MaxSize, q.InFlight, q.Consumers, q.Waiting,
-			q.Published[bus.Accepted], q.Drops, q.Timeouts, q.Delivered, q.Acked, q.Redelivered)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n",
+			n, q.Policy, yesNo(q.Durable), q.Size, q.MaxSize, q.InFlight, q.Consumers, q.Waiting,
+			q.Published[bus.Accepted], q.Published[bus.Duplicate], q.Drops, q.Timeouts, q.Delivered, q.Acked, q.Redelivered, q.DeadLettered)
 	}
 	return tw.Flush()
 }

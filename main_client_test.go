@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
 // TestShellTour is the README's tour, in-process: publish, consume and
@@ -86,7 +87,7 @@ not json
 	if !strings.Contains(out, "QUEUE") || !strings.Contains(out, "risk") {
 		t.Errorf("stats table:\n%s", out)
 	}
-	waitFor(t, "the consumed order to be acked", func() bool {
+	testkit.Eventually(t, "the consumed order to be acked", func() bool {
 		_, out, _ := cmd(t, "", append([]string{"stats", "--json"}, sock...)...)
 		var st bus.Stats
 		return json.Unmarshal([]byte(out), &st) == nil && st["order"].Acked == 1 && st["order"].Size == 0
@@ -116,92 +117,54 @@ func TestClientCommandsWithoutSidecar(t *testing.T) {
 	}
 }
 
-// buildBinary builds the real program once per test that needs it.
-func buildBinary(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "eventbus-sidecar")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// proc is the real binary running serve.
-type proc struct {
-	cmd    *exec.Cmd
-	stderr *syncBuffer
-	done   chan struct{}
-}
-
-func startProc(t *testing.T, bin string, args ...string) *proc {
-	t.Helper()
-	c := exec.Command(bin, append([]string{"serve"}, args...)...)
-	c.Env = []string{"PATH=" + os.Getenv("PATH")}
-	p := &proc{cmd: c, stderr: &syncBuffer{}, done: make(chan struct{})}
-	c.Stderr = p.stderr
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		c.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		c.Process.Kill()
-		<-p.done
-	})
-	return p
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
 // TestBinary runs the real binary: SIGTERM drains and exits 0 logging what
 // was left, a live socket is never stolen, a second signal forces exit.
 func TestBinary(t *testing.T) {
-	bin := buildBinary(t)
+	bin, err := testkit.BuildSidecar(t.Context(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := func(t *testing.T, args ...string) *testkit.Sidecar {
+		t.Helper()
+		return testkit.StartSidecar(t, testkit.SidecarConfig{Binary: bin, NoAdmin: true, Args: args})
+	}
 
 	t.Run("SIGTERM drains, logs undelivered per queue, exits 0", func(t *testing.T) {
-		sock := socketPath(t)
-		p := startProc(t, bin, "--socket", sock, "--admin-addr", "off", "--drain-timeout", "300ms")
-		waitFor(t, "the socket", func() bool { _, err := os.Stat(sock); return err == nil })
+		p := start(t, "--drain-timeout", "300ms")
 		for range 2 {
-			if code, out, stderr := cmd(t, "", "publish", "--socket", sock, "--type", "SIGNAL_GENERATED"); code != 0 {
+			if code, out, stderr := cmd(t, "", "publish", "--socket", p.Socket, "--type", "SIGNAL_GENERATED"); code != 0 {
 				t.Fatalf("publish: %d %s %s", code, out, stderr)
 			}
 		}
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		waitFor(t, "exit", p.exited)
-		if code := p.cmd.ProcessState.ExitCode(); code != 0 {
-			t.Errorf("exit code %d, want 0; stderr:\n%s", code, p.stderr)
+		if code := p.Stop(); code != 0 {
+			t.Errorf("exit code %d, want 0; stderr:\n%s", code, p.Logs())
 		}
-		log := p.stderr.String()
+		log := p.Logs()
 		for _, w := range []string{"shutdown requested", "undelivered.signal=2", "undelivered.data=0", "undelivered.order=0", "eventbus-sidecar stopped"} {
 			if !strings.Contains(log, w) {
 				t.Errorf("log lacks %q:\n%s", w, log)
 			}
 		}
-		if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		// "stopped" comes after everything else, the telemetry flush too.
+		lines := strings.Split(strings.TrimSpace(log), "\n")
+		if last := lines[len(lines)-1]; !strings.Contains(last, "eventbus-sidecar stopped") {
+			t.Errorf("last log line is %q, want the stopped line", last)
+		}
+		if _, err := os.Stat(p.Socket); !os.IsNotExist(err) {
 			t.Errorf("socket file left behind: %v", err)
 		}
 	})
 
 	t.Run("publishes are refused while draining, consumers still receive", func(t *testing.T) {
-		sock := socketPath(t)
-		p := startProc(t, bin, "--socket", sock, "--admin-addr", "off", "--drain-timeout", "1m")
-		waitFor(t, "the socket", func() bool { _, err := os.Stat(sock); return err == nil })
+		p := start(t, "--drain-timeout", "1m")
+		sock := p.Socket
 		if code, _, stderr := cmd(t, "", "publish", "--socket", sock, "--type", "ORDER_PLACED", "--count", "3"); code != 0 {
 			t.Fatalf("publish: %s", stderr)
 		}
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		waitFor(t, "draining", func() bool { return strings.Contains(p.stderr.String(), "shutdown requested") })
+		if err := p.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		testkit.Eventually(t, "draining", func() bool { return strings.Contains(p.Logs(), "shutdown requested") })
 		code, out, _ := cmd(t, "", "publish", "--socket", sock, "--type", "ORDER_PLACED")
 		if code != exitFailed || !strings.Contains(out, "shutting down") {
 			t.Errorf("publish while draining: exit %d, %q; want an error reply saying shutting down", code, out)
@@ -210,16 +173,14 @@ func TestBinary(t *testing.T) {
 		if code != 0 || strings.Count(out, `"op":"deliver"`) != 3 {
 			t.Errorf("consume while draining: exit %d, %q %q", code, out, stderr)
 		}
-		waitFor(t, "exit after the queues emptied", p.exited)
-		if code := p.cmd.ProcessState.ExitCode(); code != 0 || !strings.Contains(p.stderr.String(), "drain complete") {
-			t.Errorf("exit %d; stderr:\n%s", code, p.stderr)
+		if code := p.Wait(); code != 0 || !strings.Contains(p.Logs(), "drain complete") {
+			t.Errorf("exit %d; stderr:\n%s", code, p.Logs())
 		}
 	})
 
 	t.Run("a live socket is not stolen", func(t *testing.T) {
-		sock := socketPath(t)
-		first := startProc(t, bin, "--socket", sock, "--admin-addr", "off")
-		waitFor(t, "the socket", func() bool { _, err := os.Stat(sock); return err == nil })
+		first := start(t)
+		sock := first.Socket
 		second := exec.Command(bin, "serve", "--socket", sock, "--admin-addr", "off")
 		second.Env = []string{}
 		out, err := second.CombinedOutput()
@@ -229,30 +190,29 @@ func TestBinary(t *testing.T) {
 		if !strings.Contains(string(out), "in use") || !strings.Contains(string(out), sock) {
 			t.Errorf("second serve should say the socket is in use:\n%s", out)
 		}
-		if first.exited() {
-			t.Fatalf("first sidecar died:\n%s", first.stderr)
+		if first.Exited() {
+			t.Fatalf("first sidecar died:\n%s", first.Logs())
 		}
 		if code, _, stderr := cmd(t, "", "stats", "--socket", sock); code != 0 {
 			t.Errorf("first sidecar no longer answers: %s", stderr)
 		}
-		first.cmd.Process.Signal(syscall.SIGTERM)
-		waitFor(t, "exit", first.exited)
 	})
 
 	t.Run("a second signal forces exit", func(t *testing.T) {
-		sock := socketPath(t)
-		p := startProc(t, bin, "--socket", sock, "--admin-addr", "off", "--drain-timeout", "10m")
-		waitFor(t, "the socket", func() bool { _, err := os.Stat(sock); return err == nil })
-		if code, _, stderr := cmd(t, "", "publish", "--socket", sock, "--type", "ORDER_PLACED"); code != 0 {
+		p := start(t, "--drain-timeout", "10m")
+		if code, _, stderr := cmd(t, "", "publish", "--socket", p.Socket, "--type", "ORDER_PLACED"); code != 0 {
 			t.Fatalf("publish: %s", stderr)
 		}
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		waitFor(t, "draining", func() bool { return strings.Contains(p.stderr.String(), "shutdown requested") })
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		waitFor(t, "exit after the second signal", p.exited)
-		ws, ok := p.cmd.ProcessState.Sys().(syscall.WaitStatus)
-		if !ok || !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
-			t.Errorf("process state %v, want killed by the second SIGTERM", p.cmd.ProcessState)
+		if err := p.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		testkit.Eventually(t, "draining", func() bool { return strings.Contains(p.Logs(), "shutdown requested") })
+		if err := p.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		// testkit reports a process killed by signal n as 128+n.
+		if code := p.Wait(); code != 128+int(syscall.SIGTERM) {
+			t.Errorf("exit %d, want %d: killed by the second SIGTERM; stderr:\n%s", code, 128+int(syscall.SIGTERM), p.Logs())
 		}
 	})
 }
@@ -299,8 +259,8 @@ func TestReadinessWhileDraining(t *testing.T) {
 		t.Fatalf("/readyz before shutdown = %d", got)
 	}
 	exit := make(chan int, 1)
-	go func() { exit <- s.stop() }()
-	waitFor(t, "/readyz to answer 503", func() bool { return status("/readyz") == http.StatusServiceUnavailable })
+	go func() { exit <- s.Stop() }()
+	testkit.Eventually(t, "/readyz to answer 503", func() bool { return status("/readyz") == http.StatusServiceUnavailable })
 	if got := status("/healthz"); got != http.StatusOK {
 		t.Errorf("/healthz while draining = %d, want 200", got)
 	}
@@ -308,9 +268,9 @@ func TestReadinessWhileDraining(t *testing.T) {
 		t.Fatalf("consume while draining: %d %q %q", code, out, stderr)
 	}
 	if code := <-exit; code != 0 {
-		t.Errorf("exit %d:\n%s", code, s.stderr)
+		t.Errorf("exit %d:\n%s", code, s.Logs())
 	}
-	if !strings.Contains(s.stderr.String(), "drain complete") {
-		t.Errorf("log lacks drain complete:\n%s", s.stderr)
+	if !strings.Contains(s.Logs(), "drain complete") {
+		t.Errorf("log lacks drain complete:\n%s", s.Logs())
 	}
 }

@@ -2,12 +2,18 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"io"
+	"net"
+	"os"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 	"github.com/eventbus-sidecar/eventbus-sidecar/load"
 )
 
@@ -31,6 +37,22 @@ func TestLoadCommand(t *testing.T) {
 				}
 			}
 		}},
+		{"open loop against the ceiling, text", []string{"--events", "600", "--rate", "20000", "--concurrency", "8", "--queue", "signal", "--ceiling"}, func(t *testing.T, out string) {
+			for _, want := range []string{"sidecar:\n", "ceiling:\n", "open loop at 20000 events/s", "sent 600: accepted 600", "published and acked: 600", "send lag:", "sidecar / ceiling:", "  throughput:", "  end-to-end latency: p50"} {
+				if !strings.Contains(out, want) {
+					t.Errorf("output lacks %q:\n%s", want, out)
+				}
+			}
+		}},
+		{"closed loop against the ceiling, json", []string{"--events", "500", "--queue", "signal", "--ceiling", "--json"}, func(t *testing.T, out string) {
+			var rep load.Report
+			if err := json.Unmarshal([]byte(out), &rep); err != nil {
+				t.Fatalf("output is not JSON: %v\n%s", err, out)
+			}
+			if rep.Accepted != 500 || rep.Acked != 500 || rep.Ceiling == nil || rep.Ceiling.Acked != 500 || rep.VsCeiling == nil || rep.VsCeiling.Rate <= 0 || rep.SendLag != nil {
+				t.Errorf("report %s", out)
+			}
+		}},
 		{"json, publish only", []string{"--events", "300", "--consumers", "0", "--queue", "data", "--concurrency", "4", "--json"}, func(t *testing.T, out string) {
 			var res load.Result
 			if err := json.Unmarshal([]byte(out), &res); err != nil {
@@ -43,13 +65,70 @@ func TestLoadCommand(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var out bytes.Buffer
-			app := &cli.App{Name: "eventbus-sidecar", Writer: &out, Commands: []*cli.Command{loadCommand()}}
+			var out, errOut bytes.Buffer
+			// The test binary cannot be the ceiling's child process: the
+			// ceiling runs in process here.
+			app := &cli.App{Name: "eventbus-sidecar", Writer: &out, ErrWriter: &errOut, Commands: []*cli.Command{loadCommandWith(nil)}}
 			args := append([]string{"eventbus-sidecar", "load", "--socket", sock}, tt.args...)
 			if err := app.Run(args); err != nil {
 				t.Fatal(err)
 			}
 			tt.check(t, out.String())
+			// Not a terminal: no status line.
+			if errOut.Len() != 0 {
+				t.Errorf("stderr %q", errOut.String())
+			}
 		})
+	}
+}
+
+// TestLoadCeilingServer runs the ceiling server the way --ceiling runs
+// its child process, and a load against it.
+func TestLoadCeilingServer(t *testing.T) {
+	sock := socketPath(t)
+	if args := ceilingChild(sock).Args; !slices.Equal(args[1:], []string{"load", "--ceiling-server", "--socket", sock}) {
+		t.Fatalf("child process arguments %q", args)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	served := make(chan error, 1)
+	go func() {
+		app := &cli.App{Name: "eventbus-sidecar", Writer: io.Discard, Commands: []*cli.Command{loadCommand()}}
+		served <- app.RunContext(ctx, []string{"eventbus-sidecar", "load", "--ceiling-server", "--socket", sock})
+	}()
+	testkit.Eventually(t, "the ceiling server", func() bool {
+		nc, err := net.Dial("unix", sock)
+		if err == nil {
+			nc.Close()
+		}
+		return err == nil
+	})
+	// Not a second cli.App: two at once race on the cli package's help flag.
+	res, err := load.Run(context.Background(), load.Config{Socket: sock, Events: 500})
+	if err != nil || res.Acked != 500 {
+		t.Fatalf("load against the ceiling server: %v %+v", err, res)
+	}
+	cancel()
+	if err := <-served; err != nil {
+		t.Fatalf("ceiling server: %v", err)
+	}
+}
+
+func TestIsTerminal(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	for name, out := range map[string]io.Writer{"a file": f, "a pipe": w, "a buffer": &bytes.Buffer{}} {
+		if isTerminal(out) {
+			t.Errorf("%s taken for a terminal", name)
+		}
 	}
 }

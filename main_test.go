@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,27 +18,10 @@ import (
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
 	"github.com/eventbus-sidecar/eventbus-sidecar/config"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// syncBuffer is a bytes.Buffer safe for a writer goroutine and a polling test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // noEnv keeps the machine's EVENTBUS_* and OTEL_* variables out of tests.
 func noEnv(string) (string, bool) { return "", false }
@@ -52,73 +34,28 @@ func envMap(kv map[string]string) env {
 	}
 }
 
-// waitFor polls cond until it holds or the test's patience runs out.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// socketPath returns a short socket path in a fresh temp dir (sun_path is
-// limited to 107 bytes, and t.TempDir names can be long).
+// socketPath returns a socket path short enough for sun_path.
 func socketPath(t *testing.T) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "ebs")
-	if err != nil {
-		t.Fatal(err)
+	return filepath.Join(testkit.ShortTempDir(t), "s.sock")
+}
+
+// inProcess is the whole program as a testkit.MainFunc, so that the
+// sidecars of these tests run main's own code under the race detector.
+func inProcess(ctx context.Context, args, environ []string, stdout, stderr io.Writer) int {
+	kv := map[string]string{}
+	for _, e := range environ {
+		k, v, _ := strings.Cut(e, "=")
+		kv[k] = v
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return filepath.Join(dir, "s.sock")
+	return run(ctx, args, strings.NewReader(""), stdout, stderr, envMap(kv))
 }
 
-// sidecar is a serve command running in-process.
-type sidecar struct {
-	serving
-	stderr *syncBuffer
-	stop   func() int // cancels serve (as a signal would) and returns its exit code
-}
-
-// startSidecar runs `serve` in-process with args added to a temp socket and
-// an ephemeral admin port, and stops it at the end of the test.
-func startSidecar(t *testing.T, args ...string) *sidecar {
+// startSidecar runs `serve` in-process with args added to a temporary
+// socket and a free admin port, and stops it at the end of the test.
+func startSidecar(t *testing.T, args ...string) *testkit.Sidecar {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	readyc := make(chan serving, 1)
-	stderr := &syncBuffer{}
-	p := &program{stdin: strings.NewReader(""), stdout: io.Discard, stderr: stderr, env: noEnv,
-		ready: func(s serving) { readyc <- s }}
-	full := append([]string{"eventbus-sidecar", "serve", "--socket", socketPath(t), "--admin-addr", "127.0.0.1:0"}, args...)
-	done := make(chan int, 1)
-	go func() { done <- p.run(ctx, full) }()
-	s := &sidecar{stderr: stderr}
-	var once sync.Once
-	code := -1
-	s.stop = func() int {
-		once.Do(func() {
-			cancel()
-			code = <-done
-		})
-		return code
-	}
-	t.Cleanup(func() {
-		if c := s.stop(); c != 0 {
-			t.Errorf("serve exited %d; stderr:\n%s", c, stderr)
-		}
-	})
-	select {
-	case s.serving = <-readyc:
-	case c := <-done:
-		done <- c
-		t.Fatalf("serve exited %d before it was ready; stderr:\n%s", c, stderr)
-	case <-time.After(20 * time.Second):
-		t.Fatalf("serve not ready; stderr:\n%s", stderr)
-	}
-	return s
+	return testkit.StartSidecar(t, testkit.SidecarConfig{Main: inProcess, Args: args})
 }
 
 // cmd runs one command line in-process and returns exit code, stdout, stderr.
@@ -288,10 +225,10 @@ func TestAdminEndpoints(t *testing.T) {
 // defaults needs no file and no other service.
 func TestServeWithEmbeddedDefaults(t *testing.T) {
 	s := startSidecar(t)
-	if code := s.stop(); code != 0 {
-		t.Fatalf("exit %d:\n%s", code, s.stderr)
+	if code := s.Stop(); code != 0 {
+		t.Fatalf("exit %d:\n%s", code, s.Logs())
 	}
-	log := s.stderr.String()
+	log := s.Logs()
 	for _, w := range []string{"eventbus-sidecar serving", "queues=data,signal,order", "drain complete"} {
 		if !strings.Contains(log, w) {
 			t.Errorf("log lacks %q:\n%s", w, log)
@@ -327,10 +264,10 @@ func TestLogFormatAndLevel(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := startSidecar(t, tt.args...)
-			if code := s.stop(); code != 0 {
+			if code := s.Stop(); code != 0 {
 				t.Fatalf("exit %d", code)
 			}
-			tt.check(t, s.stderr.String())
+			tt.check(t, s.Logs())
 		})
 	}
 }
@@ -341,11 +278,11 @@ func TestLogFormatAndLevel(t *testing.T) {
 func TestSDKErrorsAreStructuredLogLines(t *testing.T) {
 	s := startSidecar(t, "--log-format", "json")
 	otel.Handle(errors.New("sdk trouble"))
-	if code := s.stop(); code != 0 {
+	if code := s.Stop(); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
 	found := false
-	for _, line := range strings.Split(strings.TrimSpace(s.stderr.String()), "\n") {
+	for _, line := range strings.Split(strings.TrimSpace(s.Logs()), "\n") {
 		var rec map[string]any
 		if err := json.Unmarshal([]byte(line), &rec); err != nil {
 			t.Errorf("log line is not JSON: %q: %v", line, err)
@@ -358,6 +295,41 @@ func TestSDKErrorsAreStructuredLogLines(t *testing.T) {
 		}
 	}
 	if !found {
-		t.Errorf("no SDK error record in the log:\n%s", s.stderr)
+		t.Errorf("no SDK error record in the log:\n%s", s.Logs())
+	}
+}
+
+// TestRunGroup: the first actor to return stops the others, interrupts run
+// in the order the actors were added, and the others' errors come back.
+func TestRunGroup(t *testing.T) {
+	var order []string
+	var g runGroup
+	failed := errors.New("listener gone")
+	stop := make(chan struct{})
+	g.add("waiter",
+		func() error { <-stop; return errors.New("late") },
+		func(cause error) { order = append(order, "waiter: "+cause.Error()); close(stop) })
+	g.add("failer",
+		func() error { return failed },
+		func(cause error) { order = append(order, "failer") })
+	first, rest := g.run()
+	if !errors.Is(first, failed) || first.Error() != "failer stopped: listener gone" {
+		t.Errorf("first = %v, want failer stopped: listener gone", first)
+	}
+	if len(rest) != 1 || rest[0].Error() != "waiter: late" {
+		t.Errorf("rest = %v, want [waiter: late]", rest)
+	}
+	if want := []string{"waiter: failer stopped: listener gone", "failer"}; strings.Join(order, "|") != strings.Join(want, "|") {
+		t.Errorf("interrupts ran %q, want %q", order, want)
+	}
+
+	var quiet runGroup
+	quiet.add("signal", func() error { return nil }, func(cause error) {
+		if cause != nil {
+			t.Errorf("cause %v, want nil after a nil return", cause)
+		}
+	})
+	if first, rest := quiet.run(); first != nil || rest != nil {
+		t.Errorf("run = %v, %v, want nothing", first, rest)
 	}
 }

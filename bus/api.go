@@ -10,6 +10,8 @@
 // bounds waiting events only; events coming back from Nack or Close go to
 // the head in seq order even past capacity, so nothing accepted is lost.
 // Counters are atomics read by Stats and by the observable metrics alike.
+// Reconfigure changes a running queue's capacity, policy and timeout under
+// the same lock, keeping every event it holds.
 // The bus starts no goroutines of its own: a publish waiting for room
 // (Publish or PublishAsync, one implementation) is a record in the queue's
 // FIFO, resolved by whoever gets there first under the queue lock (a
@@ -26,7 +28,11 @@
 //     (child of the dropped or evicted event's publish span; attribute
 //     eventbus.drop.reason), "deliver <queue>" (CONSUMER, hand-over to
 //     ack/nack; attributes eventbus.time_in_queue_seconds,
-//     eventbus.redelivery.count, eventbus.delivery.result). All carry
+//     eventbus.redelivery.count, eventbus.delivery.result), "dead_letter
+//     <queue>" (child of the event's publish span when it moves to the
+//     dead-letter queue; attributes eventbus.dead_letter.queue,
+//     eventbus.dead_letter.reason, eventbus.delivery.count). An accepted
+//     publish on a durable queue carries eventbus.wal.sync_ms. All carry
 //     messaging.system=eventbus and messaging.destination.name from start.
 //     Span processors read names and attributes through SpanName,
 //     ParseSpanName and the Attr* keys, never by restating them.
@@ -34,9 +40,16 @@
 //     eventbus.queue.depth, eventbus.queue.capacity,
 //     eventbus.publishers.waiting, eventbus.consumers; counters
 //     eventbus.events.published{outcome}, eventbus.events.dropped{reason},
-//     eventbus.events.delivered, eventbus.events.redelivered; histograms in
+//     eventbus.events.delivered, eventbus.events.redelivered,
+//     eventbus.events.dead_lettered, eventbus.storage.errors; histograms in
 //     seconds eventbus.publish.duration, eventbus.queue.wait.duration,
-//     eventbus.event.queued.duration.
+//     eventbus.event.queued.duration, eventbus.wal.sync.duration.
+//
+// Durability (WithDataDir): a durable queue appends each event to its
+// write-ahead log (package wal) and answers the publish once the append is
+// synced; the event holds a reserved slot meanwhile and reaches consumers
+// only once stored. A goroutine of the log runs the answer, so that no
+// publish needs a goroutine and concurrent publishes share one sync.
 package bus
 
 import (
@@ -80,7 +93,47 @@ type QueueConfig struct {
 	// Timeout is how long PolicyDrop and PolicyFail wait for room. Must be > 0
 	// for those policies and is ignored by PolicyBlock and PolicyDropOldest.
 	Timeout time.Duration
+	// Durable keeps the queue's accepted events in a write-ahead log under
+	// the bus's data directory (WithDataDir), so that they survive a crash.
+	// Without a data directory every queue lives in memory.
+	Durable bool
+	// Fsync says when a durable queue's publish is answered: FsyncAlways
+	// (the default) once the event is on stable storage, FsyncInterval once
+	// it is written to the operating system, with a sync every FsyncInterval.
+	Fsync Fsync
+	// FsyncInterval is the sync period of FsyncInterval (default 100 ms): the
+	// most a power loss can take of accepted events.
+	FsyncInterval time.Duration
+	// DedupeWindow is how long a publish's MsgID is remembered: a publish
+	// that repeats it within the window is answered Duplicate and not
+	// enqueued again (default DefaultDedupeWindow).
+	DedupeWindow time.Duration
+	// MaxDeliveries moves an event delivered this many times without an ack
+	// to the DeadLetter queue (0: redeliver without limit).
+	MaxDeliveries int
+	// DeadLetter names the queue that takes this queue's events past
+	// MaxDeliveries; required when MaxDeliveries > 0.
+	DeadLetter string
 }
+
+// Fsync is a durable queue's sync mode.
+type Fsync string
+
+const (
+	// FsyncAlways answers a publish only once an fdatasync covers it;
+	// concurrent publishes share one sync.
+	FsyncAlways Fsync = "always"
+	// FsyncInterval answers once the event is written to the operating
+	// system and syncs every FsyncInterval: a process crash loses nothing,
+	// a power loss at most one interval of accepted events.
+	FsyncInterval Fsync = "interval"
+)
+
+// DefaultDedupeWindow is how long a MsgID is remembered by default.
+const DefaultDedupeWindow = 2 * time.Minute
+
+// MaxMsgIDBytes bounds a publish's MsgID.
+const MaxMsgIDBytes = 256
 
 // Outcome is the result of a publish that reached a queue.
 type Outcome string
@@ -96,12 +149,17 @@ const (
 	TimedOut Outcome = "timeout"
 	// Cancelled: the caller's context ended while waiting; nothing was enqueued.
 	Cancelled Outcome = "cancelled"
-	// Failed: the publish was refused (unknown queue, bad event, shutting down).
+	// Failed: the publish was refused (unknown queue, bad event, shutting
+	// down, storage failure).
 	Failed Outcome = "error"
+	// Duplicate: an event with the same MsgID was accepted on the queue
+	// within its dedupe window; this publish was not enqueued again. For the
+	// publisher it means accepted.
+	Duplicate Outcome = "duplicate"
 )
 
 // Outcomes lists every outcome, so that metrics can pre-create their series.
-var Outcomes = []Outcome{Accepted, Dropped, TimedOut, Cancelled, Failed}
+var Outcomes = []Outcome{Accepted, Dropped, TimedOut, Cancelled, Failed, Duplicate}
 
 // DropReason says why an event was dropped.
 type DropReason string
@@ -132,6 +190,14 @@ var (
 	ErrUnknownSeq = errors.New("unknown sequence number")
 	// ErrConsumerClosed: the consumer was closed.
 	ErrConsumerClosed = errors.New("consumer closed")
+	// ErrStorage: a durable queue could not write or sync its log (disk
+	// full, I/O error); the event was not accepted. The bus recovers when
+	// the disk does.
+	ErrStorage = errors.New("storage failure")
+	// ErrRestartRequired: Reconfigure was asked for a change a running bus
+	// cannot make (adding or removing a queue). The wrapping message names
+	// the queue.
+	ErrRestartRequired = errors.New("change needs a restart")
 )
 
 // Event is what publishers hand to the bus and consumers receive.
@@ -143,6 +209,9 @@ type Event struct {
 	// Parent is the publisher's trace context (from a W3C traceparent), or
 	// the zero SpanContext when none was given.
 	Parent trace.SpanContext
+	// MsgID, when set (at most MaxMsgIDBytes), makes the publish
+	// idempotent within the queue's DedupeWindow.
+	MsgID string
 }
 
 // Delivery is an event handed to a consumer. It stays in flight until the
@@ -163,6 +232,22 @@ type Delivery struct {
 	// SpanContext is the deliver span's context, for the consumer's own
 	// work to join the trace (carried as the deliver frame's traceparent).
 	SpanContext trace.SpanContext
+	// DeadLetter is set on an event that reached this queue as a dead
+	// letter: where it came from and why.
+	DeadLetter *DeadLetter
+}
+
+// DeadLetter describes an event moved to a dead-letter queue after
+// MaxDeliveries deliveries without an ack.
+type DeadLetter struct {
+	// Queue is the queue the event was published to.
+	Queue string
+	// Seq is its sequence number there.
+	Seq uint64
+	// Deliveries counts its deliveries there.
+	Deliveries int
+	// Reason is the last nack's reason, if the consumer gave one.
+	Reason string
 }
 
 // QueueStats is one queue's snapshot. Its first three fields are what the
@@ -201,6 +286,11 @@ type QueueStats struct {
 	Consumers int `json:"consumers"`
 	// InFlight counts delivered events not yet acked or nacked.
 	InFlight int `json:"in_flight"`
+	// Durable says accepted events survive a crash (a durable queue with a
+	// data directory).
+	Durable bool `json:"durable"`
+	// DeadLettered counts events moved to the dead-letter queue.
+	DeadLettered uint64 `json:"dead_lettered"`
 }
 
 // Stats maps queue name to its snapshot.

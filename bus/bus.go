@@ -2,7 +2,9 @@ package bus
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -10,11 +12,12 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/eventbus-sidecar/eventbus-sidecar/wal"
 	"go.opentelemetry.io/otel/trace"
 )
 
 const (
-	numOutcomes    = 5 // len(Outcomes)
+	numOutcomes    = 6 // len(Outcomes)
 	numDropReasons = 2 // len(DropReasons)
 )
 
@@ -28,6 +31,8 @@ func outcomeIndex(o Outcome) int {
 		return 2
 	case Cancelled:
 		return 3
+	case Duplicate:
+		return 5
 	default:
 		return 4
 	}
@@ -66,6 +71,9 @@ type Bus struct {
 	shutdownOnce sync.Once
 	undelivered  map[string]int // written before done is closed
 	shutdownErr  error
+
+	// dirLock holds the data directory (WithDataDir) until Shutdown.
+	dirLock io.Closer
 }
 
 // queue is one named queue. mu guards the store, the waiters, the idle
@@ -74,17 +82,25 @@ type Bus struct {
 type queue struct {
 	bus      *Bus
 	name     string
-	capacity int
-	policy   Policy
-	timeout  time.Duration
 	tel      queueTelemetry
 	counters counters
 
-	mu      sync.Mutex
-	store   store
-	nextSeq uint64
-	waiters []*Pending  // FIFO: the head gets the next free slot
-	idle    []*Consumer // consumers blocked in Receive with prefetch room
+	// settings is what Stats, the metric callback and the drop summaries
+	// report: a copy of the fields below, swapped whole by Reconfigure, so
+	// that those readers never take the lock.
+	settings atomic.Pointer[QueueConfig]
+
+	mu sync.Mutex
+	// capacity, policy and timeout (0 unless the policy uses one) change
+	// under mu only (Reconfigure), so that every publish sees one
+	// consistent set.
+	capacity int
+	policy   Policy
+	timeout  time.Duration
+	store    store
+	nextSeq  uint64
+	waiters  []*Pending  // FIFO: the head gets the next free slot
+	idle     []*Consumer // consumers blocked in Receive with prefetch room
 
 	// timer times the waiters out: one per queue rather than one per
 	// waiter, because every waiter of a queue has the same timeout and
@@ -95,6 +111,18 @@ type queue struct {
 	// replaced, and may still run, that it is stale.
 	timer    Timer
 	timerGen uint64
+
+	// log keeps a durable queue's events (nil: the queue lives in memory).
+	// Its events join the store once their append is done; until then
+	// they hold reserved slots, so that the queue never exceeds its
+	// capacity and consumers see only stored events.
+	log      *wal.Log
+	reserved int
+	scratch  []byte // record encoding buffer
+	dedupe   dedupe
+
+	maxDeliveries int
+	deadLetter    *queue // nil: no dead letters
 }
 
 // counters are the single source of Stats and of the observable metrics.
@@ -108,6 +136,9 @@ type counters struct {
 	waiting     atomic.Int64
 	consumers   atomic.Int64
 	inFlight    atomic.Int64
+
+	deadLettered  atomic.Uint64
+	storageErrors atomic.Uint64
 
 	// Drops and timeouts not yet reported in a log summary, and when the
 	// window they were counted in began (UnixNano on the bus clock): the
@@ -137,29 +168,46 @@ func New(queues []QueueConfig, opts ...Option) (*Bus, error) {
 		drainCh:     make(chan struct{}, 1),
 	}
 	started := o.clock.Now().UnixNano()
+	durable := make(map[string]QueueConfig)
 	for _, qc := range queues {
+		window := qc.DedupeWindow
+		if window == 0 {
+			window = DefaultDedupeWindow
+		}
 		q := &queue{
-			bus:      b,
-			name:     qc.Name,
-			capacity: qc.Capacity,
-			policy:   qc.Policy,
-			tel:      newQueueTelemetry(qc.Name),
-			store:    newRing(qc.Capacity),
+			bus:           b,
+			name:          qc.Name,
+			tel:           newQueueTelemetry(qc.Name),
+			store:         newRing(qc.Capacity),
+			dedupe:        newDedupe(window),
+			maxDeliveries: qc.MaxDeliveries,
 		}
-		if qc.Policy.UsesTimeout() {
-			q.timeout = qc.Timeout
+		if qc.Durable && o.dataDir != "" {
+			durable[qc.Name] = qc
 		}
+		q.setLocked(qc)
 		q.counters.summarySince.Store(started)
 		b.queues = append(b.queues, q)
 		b.byName[q.name] = q
 		b.names = append(b.names, q.name)
 	}
 	b.validNames = strings.Join(b.names, ", ")
+	for _, qc := range queues {
+		if qc.DeadLetter != "" {
+			b.byName[qc.Name].deadLetter = b.byName[qc.DeadLetter]
+		}
+	}
 	tel, err := newTelemetry(b, o)
 	if err != nil {
 		return nil, err
 	}
 	b.tel = tel
+	if o.dataDir != "" {
+		if err := b.openLogs(o, durable); err != nil {
+			_ = tel.registration.Unregister()
+			return nil, err
+		}
+	}
 	for _, q := range b.queues {
 		b.logger.Debug("queue configured", "queue", q.name, "capacity", q.capacity,
 			"policy", string(q.policy), "timeout", q.timeout)
@@ -198,8 +246,17 @@ func clip(s string) string {
 //   - (TimedOut, err wrapping ErrTimeout): a PolicyFail queue stayed full.
 //   - (Cancelled, err wrapping ctx.Err()): ctx ended while waiting for room;
 //     nothing was enqueued.
+//   - (Duplicate, nil): ev.MsgID was accepted on the queue within its
+//     dedupe window; nothing was enqueued. A duplicate of a publish still
+//     being stored gets that publish's outcome (Duplicate, or its failure).
 //   - (Failed, err wrapping ErrUnknownQueue or ErrInvalidEvent, or
-//     ErrShuttingDown itself).
+//     ErrShuttingDown itself, or ErrStorage: a durable queue's log could
+//     not store the event).
+//
+// On a durable queue (WithDataDir) Accepted means the event is in the
+// queue's log, synced (fsync always) or written (fsync interval); Publish
+// waits for that even when ctx ends meanwhile, since the event may already
+// be stored.
 //
 // A queue with room accepts at once, even if ctx is already done: only a
 // publish that has to wait can be withdrawn. Waiting publishers of one
@@ -231,7 +288,8 @@ func (b *Bus) Publish(ctx context.Context, ev Event, queueName string) (Outcome,
 // would return: before PublishAsync returns when the outcome is immediate
 // (PublishAsync then returns nil), otherwise later from the goroutine that
 // resolves the wait (a consumer freeing room, the queue's timer, ctx's AfterFunc,
-// Shutdown or Pending.Cancel). The bus holds none of its locks while
+// Shutdown or Pending.Cancel), or, on a durable queue, from the log's
+// goroutine once the event is stored. The bus holds none of its locks while
 // calling done, but done runs on those goroutines: it must not block, nor
 // take locks its caller may hold around PublishAsync or Cancel.
 //
@@ -276,8 +334,8 @@ type Pending struct {
 	waitSpan  trace.Span
 	stopCtx   func() bool
 
-	// deadline is when the wait times out (not for PolicyBlock); fixed
-	// at registration, under q.mu.
+	// deadline is when the wait times out; zero while the queue's policy
+	// has no timeout. Set at registration and by Reconfigure, under q.mu.
 	deadline time.Time
 
 	// refs is 2 at registration: the registering goroutine and the
@@ -286,13 +344,41 @@ type Pending struct {
 	// up is finished by the registrant, without a lock held across it.
 	refs atomic.Int32
 
-	// Guarded by q.mu until resolved is set; fixed afterwards.
+	// Guarded by q.mu until resolved is set; fixed afterwards, except for
+	// a publish waiting for the log (see settlingLocked).
 	resolved   bool
 	resolvedAt time.Time
 	outcome    Outcome
 	seq        uint64 // != 0: admitted into the queue
 	err        error
 	next       *Pending // list of resolved waits to finish after unlocking
+
+	// sync is the log sync that stored the event, for the publish span.
+	sync time.Duration
+	// dups are later publishes of the same msg id that wait for this one
+	// to be stored (guarded by q.mu).
+	dups []*Pending
+}
+
+// settlingLocked marks p as no longer withdrawable because its outcome
+// now depends on the log (its own append, or the append of the publish it
+// duplicates): the log's callback answers it through complete. Called
+// with q.mu held.
+func (p *Pending) settlingLocked(at time.Time) {
+	if p.refs.Load() == 0 {
+		p.refs.Store(2) // a new publish: its caller and the callback
+	}
+	p.resolved, p.resolvedAt = true, at
+}
+
+// complete answers a publish that waited for the log: outcome when err is
+// nil, else Failed with err.
+func (p *Pending) complete(outcome Outcome, seq uint64, sync time.Duration, err error) {
+	if err != nil {
+		outcome, seq = Failed, 0
+	}
+	p.outcome, p.seq, p.sync, p.err = outcome, seq, sync, err
+	p.release()
 }
 
 // Cancel withdraws the publish if it is still waiting for room: done is
@@ -324,9 +410,15 @@ func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(O
 		pubSC = span.SpanContext()
 		traced = span.IsRecording()
 	}
-	if ev.Type == "" {
-		err := fmt.Errorf("%w: empty type for queue %q: a non-empty event type is required", ErrInvalidEvent, q.name)
-		outcome, err := q.finishPublish(ctx, span, ev.Type, start, Failed, 0, int(q.counters.size.Load()), err)
+	var invalid error
+	switch {
+	case ev.Type == "":
+		invalid = fmt.Errorf("%w: empty type for queue %q: a non-empty event type is required", ErrInvalidEvent, q.name)
+	case len(ev.MsgID) > MaxMsgIDBytes:
+		invalid = fmt.Errorf("%w: msg id of %d bytes for queue %q: at most %d bytes", ErrInvalidEvent, len(ev.MsgID), q.name, MaxMsgIDBytes)
+	}
+	if invalid != nil {
+		outcome, err := q.finishPublish(ctx, span, ev.Type, start, Failed, 0, int(q.counters.size.Load()), invalid)
 		return nil, outcome, err
 	}
 
@@ -338,7 +430,40 @@ func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(O
 		return nil, outcome, err
 	}
 	depth := q.store.Len()
-	if depth < q.capacity && len(q.waiters) == 0 {
+	newPending := func() *Pending {
+		p := &Pending{q: q, ctx: ctx, ev: ev, pubSC: pubSC, traced: traced, span: span, start: start, depth: depth, done: done}
+		if done == nil {
+			p.ch = make(chan struct{})
+		}
+		return p
+	}
+	if ev.MsgID != "" {
+		if r, ok := q.dedupe.lookup(ev.MsgID, start); ok {
+			if r.commit == nil {
+				q.mu.Unlock()
+				outcome, err := q.finishPublish(ctx, span, ev.Type, start, Duplicate, 0, depth, nil)
+				return nil, outcome, err
+			}
+			// The first publish is being stored: answer as it is answered.
+			p := newPending()
+			p.settlingLocked(start)
+			r.commit.dups = append(r.commit.dups, p)
+			q.mu.Unlock()
+			return p, "", nil
+		}
+	}
+	if depth+q.reserved < q.capacity && len(q.waiters) == 0 {
+		if q.log != nil {
+			p := newPending()
+			p.settlingLocked(start)
+			err := q.appendLocked(p, nil)
+			q.mu.Unlock()
+			if err != nil {
+				outcome, err := q.finishPublish(ctx, span, ev.Type, start, Failed, 0, depth, err)
+				return nil, outcome, err
+			}
+			return p, "", nil
+		}
 		seq := q.pushLocked(ev, pubSC, traced, start)
 		q.wakeConsumersLocked()
 		q.mu.Unlock()
@@ -346,36 +471,58 @@ func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(O
 		return nil, outcome, err
 	}
 	if q.policy == PolicyDropOldest {
-		outcome, err := q.publishEvict(ctx, span, ev, pubSC, traced, start, depth)
-		return nil, outcome, err
+		return q.publishEvict(ctx, span, newPending, ev, pubSC, traced, start, depth)
 	}
-	p := &Pending{q: q, ctx: ctx, ev: ev, pubSC: pubSC, traced: traced, span: span, start: start, depth: depth, done: done}
-	if done == nil {
-		p.ch = make(chan struct{})
-	}
+	p := newPending()
 	q.registerLocked(p)
 	return p, "", nil
 }
 
-// publishEvict makes room by dropping the oldest waiting events. Called
-// with q.mu held; releases it.
-func (q *queue) publishEvict(ctx context.Context, span trace.Span, ev Event, pubSC trace.SpanContext, traced bool, start time.Time, depth int) (Outcome, error) {
+// publishEvict makes room by dropping the oldest waiting event. Called
+// with q.mu held; releases it. One arrival evicts one event at most, even
+// when the queue holds more than its capacity (events returned by Nack or
+// Close, or a capacity lowered by Reconfigure): the depth then stays where
+// it is and falls as consumers drain it, instead of one publish throwing
+// away everything above the capacity at once. A durable queue cannot evict
+// events whose append is still in flight: when those alone fill it, the new
+// event takes a slot past capacity rather than wait, as the policy promises.
+func (q *queue) publishEvict(ctx context.Context, span trace.Span, newPending func() *Pending, ev Event, pubSC trace.SpanContext, traced bool, start time.Time, depth int) (*Pending, Outcome, error) {
 	var one [1]entry
 	evicted := one[:0]
-	for q.store.Len() >= q.capacity {
+	if q.store.Len() > 0 && q.store.Len()+q.reserved >= q.capacity {
 		evicted = append(evicted, q.store.Pop())
 	}
-	seq := q.pushLocked(ev, pubSC, traced, start)
-	q.wakeConsumersLocked()
+	var p *Pending
+	var seq uint64
+	var err error
+	if q.log != nil {
+		p = newPending()
+		p.settlingLocked(start)
+		err = q.appendLocked(p, nil)
+		q.counters.size.Store(int64(q.store.Len()))
+	} else {
+		seq = q.pushLocked(ev, pubSC, traced, start)
+		q.wakeConsumersLocked()
+	}
 	q.mu.Unlock()
 	b := q.bus
 	for i := range evicted {
+		// Recorded as an ack, so that an evicted event never comes back.
+		q.walSettle(walAck, evicted[i].seq)
 		q.countDrop(DropEvicted)
 		if b.tel.tracing {
 			b.tel.dropSpan(q, evicted[i].pubSC, DropEvicted, evicted[i].seq, start)
 		}
 	}
-	return q.finishPublish(ctx, span, ev.Type, start, Accepted, seq, depth, nil)
+	if err != nil {
+		outcome, err := q.finishPublish(ctx, span, ev.Type, start, Failed, 0, depth, err)
+		return nil, outcome, err
+	}
+	if p == nil {
+		outcome, err := q.finishPublish(ctx, span, ev.Type, start, Accepted, seq, depth, nil)
+		return nil, outcome, err
+	}
+	return p, "", nil
 }
 
 // registerLocked puts p at the tail of the queue's waiting publishers and
@@ -387,7 +534,7 @@ func (q *queue) registerLocked(p *Pending) {
 	p.refs.Store(2)
 	p.waitStart = b.clock.Now()
 	q.waiters = append(q.waiters, p)
-	if q.policy != PolicyBlock {
+	if q.policy.UsesTimeout() {
 		p.deadline = p.waitStart.Add(q.timeout)
 		if q.timer == nil {
 			// The only waiter: any earlier one has been resolved, which
@@ -453,17 +600,19 @@ func (q *queue) stopTimerLocked() {
 // deadline has passed stayed full for its timeout. They are at the head of
 // the FIFO, oldest first; the timer is re-armed for the next deadline.
 func (q *queue) expire(gen uint64) {
-	outcome, err := Dropped, error(nil)
-	if q.policy == PolicyFail {
-		outcome = TimedOut
-		err = fmt.Errorf("queue %q stayed full (capacity %d) for %v: %w", q.name, q.capacity, q.timeout, ErrTimeout)
-	}
 	q.mu.Lock()
 	if gen != q.timerGen {
 		q.mu.Unlock()
 		return // stopped or replaced after it fired
 	}
 	q.timer = nil
+	// The policy is read under the lock: Reconfigure may have changed it
+	// since the timer was armed, and the waiters time out by the current one.
+	outcome, err := Dropped, error(nil)
+	if q.policy == PolicyFail {
+		outcome = TimedOut
+		err = fmt.Errorf("queue %q stayed full (capacity %d) for %v: %w", q.name, q.capacity, q.timeout, ErrTimeout)
+	}
 	now := q.bus.clock.Now()
 	var resolved pendingList
 	for len(q.waiters) > 0 && !q.waiters[0].deadline.After(now) {
@@ -538,7 +687,9 @@ func (p *Pending) finish() {
 	}
 	// The wait ended when it was resolved, not when it is finished here.
 	outcome, err, end := p.outcome, p.err, p.resolvedAt
-	b.tel.waitDuration.Record(p.ctx, end.Sub(p.waitStart).Seconds(), q.tel.record...)
+	if !p.waitStart.IsZero() {
+		b.tel.waitDuration.Record(p.ctx, end.Sub(p.waitStart).Seconds(), q.tel.record...)
+	}
 	if p.waitSpan != nil {
 		if p.waitSpan.IsRecording() {
 			p.waitSpan.SetAttributes(AttrOutcome.String(string(outcome)))
@@ -553,6 +704,9 @@ func (p *Pending) finish() {
 		}
 	case TimedOut:
 		q.counters.unloggedTimeouts.Add(1)
+	}
+	if q.log != nil && outcome == Accepted && p.span != nil && p.span.IsRecording() {
+		p.span.SetAttributes(AttrWALSyncMs.Float64(syncMillis(p.sync)))
 	}
 	p.outcome, p.err = q.finishPublish(p.ctx, p.span, p.ev.Type, p.start, outcome, p.seq, p.depth, err)
 	done := p.done
@@ -643,11 +797,15 @@ func (b *Bus) publishUnknown(ctx context.Context, ev Event, name string) (Outcom
 	return Failed, err
 }
 
-// pushLocked appends an accepted event with the next seq.
+// pushLocked appends an accepted event with the next seq to a memory
+// queue.
 func (q *queue) pushLocked(ev Event, pubSC trace.SpanContext, traced bool, at time.Time) uint64 {
 	q.nextSeq++
 	q.store.Push(entry{seq: q.nextSeq, ev: ev, enqueuedAt: at, pubSC: pubSC, traced: traced})
 	q.counters.size.Store(int64(q.store.Len()))
+	if ev.MsgID != "" {
+		q.dedupe.add(ev.MsgID, q.nextSeq, at, nil)
+	}
 	return q.nextSeq
 }
 
@@ -656,12 +814,32 @@ func (q *queue) pushLocked(ev Event, pubSC trace.SpanContext, traced bool, at ti
 // releases once it has released q.mu.
 func (q *queue) admitWaitersLocked() pendingList {
 	var admitted pendingList
-	if len(q.waiters) == 0 || q.store.Len() >= q.capacity {
+	if len(q.waiters) == 0 || q.store.Len()+q.reserved >= q.capacity {
 		return admitted
 	}
 	now := q.bus.clock.Now() // the waiters' EnqueuedAt
-	for len(q.waiters) > 0 && q.store.Len() < q.capacity {
+	for len(q.waiters) > 0 && q.store.Len()+q.reserved < q.capacity {
 		p := q.popWaiterLocked()
+		if id := p.ev.MsgID; id != "" {
+			if r, ok := q.dedupe.lookup(id, now); ok {
+				if r.commit != nil {
+					p.settlingLocked(now)
+					r.commit.dups = append(r.commit.dups, p)
+					continue
+				}
+				p.resolveLocked(Duplicate, 0, nil, now)
+				admitted.push(p)
+				continue
+			}
+		}
+		if q.log != nil {
+			p.settlingLocked(now)
+			if err := q.appendLocked(p, nil); err != nil {
+				p.outcome, p.err = Failed, err
+				admitted.push(p)
+			}
+			continue
+		}
 		p.resolveLocked(Accepted, q.pushLocked(p.ev, p.pubSC, p.traced, now), nil, now)
 		admitted.push(p)
 	}
@@ -720,8 +898,9 @@ func (b *Bus) logDrops(q *queue) {
 	if timeouts > 0 {
 		level = slog.LevelError
 	}
-	b.logger.Log(context.Background(), level, "queue overflow", "queue", q.name, "policy", string(q.policy),
-		"capacity", q.capacity, "dropped_timeout", byTimeout, "dropped_evicted", evicted,
+	set := q.settings.Load()
+	b.logger.Log(context.Background(), level, "queue overflow", "queue", q.name, "policy", string(set.Policy),
+		"capacity", set.Capacity, "dropped_timeout", byTimeout, "dropped_evicted", evicted,
 		"publish_timeouts", timeouts, "drops_total", c.drops[0].Load()+c.drops[1].Load(),
 		"since", since)
 }
@@ -743,12 +922,13 @@ func (b *Bus) Stats() Stats {
 			drops[r] = n
 			total += n
 		}
+		set := q.settings.Load()
 		st[q.name] = QueueStats{
 			Size:           int(c.size.Load()),
-			MaxSize:        q.capacity,
+			MaxSize:        set.Capacity,
 			Drops:          total,
-			Policy:         q.policy,
-			TimeoutSeconds: q.timeout.Seconds(),
+			Policy:         set.Policy,
+			TimeoutSeconds: set.Timeout.Seconds(),
 			Published:      pub,
 			DropsByReason:  drops,
 			Timeouts:       pub[TimedOut],
@@ -758,6 +938,8 @@ func (b *Bus) Stats() Stats {
 			Waiting:        int(c.waiting.Load()),
 			Consumers:      int(c.consumers.Load()),
 			InFlight:       int(c.inFlight.Load()),
+			Durable:        q.log != nil,
+			DeadLettered:   c.deadLettered.Load(),
 		}
 	}
 	return st
@@ -864,13 +1046,23 @@ drain:
 	for i, q := range b.queues {
 		counts[q.name] = left[i].waiting + left[i].inFlight
 	}
-	b.undelivered, b.shutdownErr = counts, err
 	b.finished.Store(true)
+	// Appends still in flight are answered by Close; what is left in a
+	// log is given back by the next New on the same data directory.
+	if cerr := b.closeLogs(); cerr != nil {
+		err = errors.Join(err, cerr)
+	}
+	b.undelivered, b.shutdownErr = counts, err
 	close(b.done)
 	for i, q := range b.queues {
 		b.logDrops(q)
 		if counts[q.name] == 0 {
 			b.logger.Info("queue drained", "queue", q.name)
+			continue
+		}
+		if q.log != nil {
+			b.logger.Warn("queue left undelivered events; they stay in its write-ahead log for the next start",
+				"queue", q.name, "undelivered", counts[q.name], "waiting", left[i].waiting, "in_flight", left[i].inFlight)
 			continue
 		}
 		b.logger.Warn("queue left undelivered events", "queue", q.name, "undelivered", counts[q.name],
@@ -888,7 +1080,8 @@ func (b *Bus) leftNow() []leftover {
 	left := make([]leftover, len(b.queues))
 	for i, q := range b.queues {
 		q.mu.Lock()
-		left[i] = leftover{q.store.Len(), int(q.counters.inFlight.Load())}
+		// Reserved slots are events being stored: about to wait too.
+		left[i] = leftover{q.store.Len() + q.reserved, int(q.counters.inFlight.Load())}
 		q.mu.Unlock()
 	}
 	return left

@@ -99,6 +99,56 @@ func Validate(queues []QueueConfig) error {
 		case q.Policy.Valid() && q.Timeout < 0:
 			errs = append(errs, fmt.Errorf("%w: %s (queue %q): %v: must be >= 0 (it is ignored by policy %s)", ErrInvalidConfig, field("timeout"), q.Name, q.Timeout, q.Policy))
 		}
+		errs = append(errs, validateDurability(q, field)...)
+	}
+	for i, q := range queues {
+		if q.DeadLetter == "" {
+			continue
+		}
+		field := fmt.Sprintf("queues[%d].dead_letter", i)
+		if q.DeadLetter == q.Name {
+			errs = append(errs, fmt.Errorf("%w: %s (queue %q): %q: a queue cannot be its own dead-letter queue; valid: another queue (%s)", ErrInvalidConfig, field, q.Name, q.DeadLetter, otherNames(queues, q.Name)))
+		} else if _, ok := seen[q.DeadLetter]; !ok {
+			errs = append(errs, fmt.Errorf("%w: %s (queue %q): %q: no such queue; valid: %s", ErrInvalidConfig, field, q.Name, q.DeadLetter, otherNames(queues, q.Name)))
+		}
 	}
 	return errors.Join(errs...)
+}
+
+// validateDurability checks a queue's log, dedupe and dead-letter fields
+// (the dead-letter queue's name is checked once every name is known).
+func validateDurability(q QueueConfig, field func(string) string) []error {
+	var errs []error
+	switch q.Fsync {
+	case "", FsyncAlways, FsyncInterval:
+	default:
+		errs = append(errs, fmt.Errorf("%w: %s (queue %q): %q: allowed values: %s, %s", ErrInvalidConfig, field("fsync"), q.Name, string(q.Fsync), FsyncAlways, FsyncInterval))
+	}
+	if q.FsyncInterval < 0 {
+		errs = append(errs, fmt.Errorf("%w: %s (queue %q): %v: must be >= 0 (0: the default, 100ms)", ErrInvalidConfig, field("fsync_interval"), q.Name, q.FsyncInterval))
+	}
+	if q.DedupeWindow < 0 {
+		errs = append(errs, fmt.Errorf("%w: %s (queue %q): %v: must be >= 0 (0: the default, %v)", ErrInvalidConfig, field("dedupe_window"), q.Name, q.DedupeWindow, DefaultDedupeWindow))
+	}
+	switch {
+	case q.MaxDeliveries < 0:
+		errs = append(errs, fmt.Errorf("%w: %s (queue %q): %d: must be >= 0 (0: redeliver without limit)", ErrInvalidConfig, field("max_deliveries"), q.Name, q.MaxDeliveries))
+	case q.MaxDeliveries > 0 && q.DeadLetter == "":
+		errs = append(errs, fmt.Errorf("%w: %s (queue %q): %d: needs %s naming the queue that takes events past it (or 0: redeliver without limit)", ErrInvalidConfig, field("max_deliveries"), q.Name, q.MaxDeliveries, field("dead_letter")))
+	}
+	return errs
+}
+
+// otherNames lists the queue names other than name, for error messages.
+func otherNames(queues []QueueConfig, name string) string {
+	var names []string
+	for _, q := range queues {
+		if q.Name != name && q.Name != "" {
+			names = append(names, q.Name)
+		}
+	}
+	if len(names) == 0 {
+		return "none: add a queue to take the dead letters"
+	}
+	return strings.Join(names, ", ")
 }

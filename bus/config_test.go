@@ -32,6 +32,14 @@ func TestNewValidatesConfig(t *testing.T) {
 		{"drop without timeout", with(func(q *bus.QueueConfig) { q.Timeout = 0 }), []string{"queues[0].timeout", "0s", "> 0", "policy drop"}},
 		{"fail with negative timeout", with(func(q *bus.QueueConfig) { q.Policy, q.Timeout = bus.PolicyFail, -time.Second }), []string{"queues[0].timeout", "-1s", "policy fail"}},
 		{"block with negative timeout", with(func(q *bus.QueueConfig) { q.Policy, q.Timeout = bus.PolicyBlock, -time.Second }), []string{"queues[0].timeout", ">= 0"}},
+		{"bad fsync", with(func(q *bus.QueueConfig) { q.Fsync = "sometimes" }), []string{"queues[0].fsync", `"data"`, `"sometimes"`, "always, interval"}},
+		{"negative fsync interval", with(func(q *bus.QueueConfig) { q.FsyncInterval = -time.Second }), []string{"queues[0].fsync_interval", "-1s", ">= 0"}},
+		{"negative dedupe window", with(func(q *bus.QueueConfig) { q.DedupeWindow = -time.Second }), []string{"queues[0].dedupe_window", "-1s", ">= 0"}},
+		{"negative max deliveries", with(func(q *bus.QueueConfig) { q.MaxDeliveries = -1 }), []string{"queues[0].max_deliveries", "-1", ">= 0"}},
+		{"max deliveries without dead letter", with(func(q *bus.QueueConfig) { q.MaxDeliveries = 3 }), []string{"queues[0].max_deliveries", `"data"`, "3", "queues[0].dead_letter"}},
+		{"dead letter to itself", with(func(q *bus.QueueConfig) { q.MaxDeliveries, q.DeadLetter = 3, "data" }), []string{"queues[0].dead_letter", `"data"`, "own dead-letter queue"}},
+		{"dead letter to unknown queue", append(with(func(q *bus.QueueConfig) { q.MaxDeliveries, q.DeadLetter = 3, "dlq" }),
+			bus.QueueConfig{Name: "other", Capacity: 1, Policy: bus.PolicyBlock}), []string{"queues[0].dead_letter", `"dlq"`, "no such queue", "valid: other"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/trace"
 )
@@ -169,6 +170,7 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 	b := q.bus
 	e := q.store.Pop()
 	q.counters.size.Store(int64(q.store.Len()))
+	q.walSettle(walDeliver, e.seq)
 	var now time.Time
 	if b.tel.tracing {
 		now = b.clock.Now() // for the queued-duration metric too
@@ -214,6 +216,7 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 		EnqueuedAt:   e.enqueuedAt,
 		Redeliveries: e.redeliveries,
 		SpanContext:  sc,
+		DeadLetter:   deadLetterCopy(e.dl),
 	}, nil
 }
 
@@ -246,6 +249,7 @@ func (c *Consumer) Ack(seq uint64) error {
 	if err != nil {
 		return err
 	}
+	q.walSettle(walAck, seq)
 	q.counters.acked.Add(1)
 	q.bus.notifyDrain()
 	if f.span != nil {
@@ -256,8 +260,18 @@ func (c *Consumer) Ack(seq uint64) error {
 
 // Nack returns a delivery to the head of its queue, before every waiting
 // event with a higher seq, to be redelivered (to any consumer). It fails
-// with ErrUnknownSeq like Ack.
-func (c *Consumer) Nack(seq uint64) error {
+// with ErrUnknownSeq like Ack. It is NackReason without a reason.
+func (c *Consumer) Nack(seq uint64) error { return c.NackReason(seq, "") }
+
+// NackReason is Nack with the consumer's reason, which travels with the
+// event if this nack moves it to the queue's dead-letter queue (the
+// delivery was its MaxDeliveries-th; see QueueConfig.DeadLetter) and then
+// shows in its Delivery.DeadLetter. A reason longer than MaxReasonBytes is
+// cut there.
+func (c *Consumer) NackReason(seq uint64, reason string) error {
+	if len(reason) > MaxReasonBytes {
+		reason = clipTo(reason, MaxReasonBytes)
+	}
 	q := c.q
 	q.mu.Lock()
 	f, err := c.settle(seq, "nack")
@@ -267,10 +281,18 @@ func (c *Consumer) Nack(seq uint64) error {
 	}
 	e := f.e // f stays as delivered, for the deliver span
 	e.redeliveries++
-	q.store.Requeue(e)
-	q.counters.size.Store(int64(q.store.Len()))
-	q.wakeConsumersLocked()
+	e.reason = reason
+	dead := q.deadLetterDue(&e)
+	if !dead {
+		q.walSettle(walNack, seq)
+		q.store.Requeue(e)
+		q.counters.size.Store(int64(q.store.Len()))
+		q.wakeConsumersLocked()
+	}
 	q.mu.Unlock()
+	if dead {
+		q.sendToDeadLetter(e)
+	}
 	q.bus.notifyDrain()
 	if f.span != nil {
 		q.bus.tel.endDeliver(q, &f, DeliveryNack, q.bus.spanNow())
@@ -305,9 +327,15 @@ func (c *Consumer) Close() {
 		}
 		return 0
 	})
+	var dead []entry
 	for i := range returned {
 		e := returned[i].e // returned stays as delivered, for the deliver spans
 		e.redeliveries++
+		if q.deadLetterDue(&e) {
+			dead = append(dead, e)
+			continue
+		}
+		q.walSettle(walNack, e.seq)
 		q.store.Requeue(e)
 	}
 	clear(c.inflight)
@@ -316,6 +344,9 @@ func (c *Consumer) Close() {
 	q.counters.consumers.Add(-1)
 	q.wakeConsumersLocked()
 	q.mu.Unlock()
+	for _, e := range dead {
+		q.sendToDeadLetter(e)
+	}
 	close(c.closedCh)
 	q.bus.notifyDrain()
 	if len(returned) > 0 && returned[0].span != nil {
@@ -324,4 +355,16 @@ func (c *Consumer) Close() {
 			q.bus.tel.endDeliver(q, &returned[i], DeliveryAbandoned, now)
 		}
 	}
+}
+
+// MaxReasonBytes bounds a nack's reason as it is kept: it is stored with
+// a dead letter, which must fit in a log record next to its payload.
+const MaxReasonBytes = 1024
+
+// clipTo cuts s to at most n bytes at a rune boundary.
+func clipTo(s string, n int) string {
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }

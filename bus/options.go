@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/eventbus-sidecar/eventbus-sidecar/wal"
 	"go.opentelemetry.io/otel/metric"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/trace"
@@ -57,6 +58,8 @@ type options struct {
 	logger         *slog.Logger
 	tracerProvider trace.TracerProvider
 	meterProvider  metric.MeterProvider
+	dataDir        string
+	walOptions     wal.Options
 }
 
 func defaultOptions() options {

@@ -274,17 +274,17 @@ func TestStatsFields(t *testing.T) {
 	st := b.Stats()
 	want := map[string]bus.QueueStats{
 		"data": {Size: 0, MaxSize: 2, Drops: 1, Policy: bus.PolicyDrop, TimeoutSeconds: 1,
-			Published:     map[bus.Outcome]uint64{bus.Accepted: 2, bus.Dropped: 1, bus.TimedOut: 0, bus.Cancelled: 0, bus.Failed: 0},
+			Published:     map[bus.Outcome]uint64{bus.Accepted: 2, bus.Dropped: 1, bus.TimedOut: 0, bus.Cancelled: 0, bus.Failed: 0, bus.Duplicate: 0},
 			DropsByReason: map[bus.DropReason]uint64{bus.DropTimeout: 1, bus.DropEvicted: 0},
 			Delivered:     3, Redelivered: 1, Acked: 1, Consumers: 1, InFlight: 1},
 		"signal": {Size: 1, MaxSize: 1, Policy: bus.PolicyFail, TimeoutSeconds: 5, Timeouts: 1,
-			Published:     map[bus.Outcome]uint64{bus.Accepted: 1, bus.Dropped: 0, bus.TimedOut: 1, bus.Cancelled: 0, bus.Failed: 0},
+			Published:     map[bus.Outcome]uint64{bus.Accepted: 1, bus.Dropped: 0, bus.TimedOut: 1, bus.Cancelled: 0, bus.Failed: 0, bus.Duplicate: 0},
 			DropsByReason: map[bus.DropReason]uint64{bus.DropTimeout: 0, bus.DropEvicted: 0}},
 		"order": {Size: 1, MaxSize: 1, Policy: bus.PolicyBlock, Waiting: 1,
-			Published:     map[bus.Outcome]uint64{bus.Accepted: 1, bus.Dropped: 0, bus.TimedOut: 0, bus.Cancelled: 0, bus.Failed: 0},
+			Published:     map[bus.Outcome]uint64{bus.Accepted: 1, bus.Dropped: 0, bus.TimedOut: 0, bus.Cancelled: 0, bus.Failed: 0, bus.Duplicate: 0},
 			DropsByReason: map[bus.DropReason]uint64{bus.DropTimeout: 0, bus.DropEvicted: 0}},
 		"risk": {Size: 1, MaxSize: 1, Drops: 1, Policy: bus.PolicyDropOldest,
-			Published:     map[bus.Outcome]uint64{bus.Accepted: 2, bus.Dropped: 0, bus.TimedOut: 0, bus.Cancelled: 0, bus.Failed: 0},
+			Published:     map[bus.Outcome]uint64{bus.Accepted: 2, bus.Dropped: 0, bus.TimedOut: 0, bus.Cancelled: 0, bus.Failed: 0, bus.Duplicate: 0},
 			DropsByReason: map[bus.DropReason]uint64{bus.DropTimeout: 0, bus.DropEvicted: 1}},
 	}
 	for name, w := range want {

@@ -22,6 +22,10 @@ const (
 	SpanDrop SpanOp = "drop"
 	// SpanDeliver covers a delivery from hand-over to ack or nack (CONSUMER).
 	SpanDeliver SpanOp = "deliver"
+	// SpanDeadLetter marks an event moved to its queue's dead-letter queue
+	// after MaxDeliveries deliveries, as an instant child of its publish
+	// span; the span's queue is the one the event left.
+	SpanDeadLetter SpanOp = "dead_letter"
 )
 
 // SpanName is the name of op's span on queue: "<op> <queue>". A publish to
@@ -66,6 +70,16 @@ const (
 	// AttrDeliveryResult is how a delivery was settled: DeliveryAck,
 	// DeliveryNack or DeliveryAbandoned.
 	AttrDeliveryResult = attribute.Key("eventbus.delivery.result")
+	// AttrWALSyncMs is, on the accepted publish span of a durable queue,
+	// how long the log sync that stored the event took, in milliseconds
+	// (0 with fsync interval, which answers before syncing).
+	AttrWALSyncMs = attribute.Key("eventbus.wal.sync_ms")
+	// AttrDeadLetterQueue names the dead-letter queue on dead_letter spans.
+	AttrDeadLetterQueue = attribute.Key("eventbus.dead_letter.queue")
+	// AttrDeadLetterReason is the last nack's reason on dead_letter spans.
+	AttrDeadLetterReason = attribute.Key("eventbus.dead_letter.reason")
+	// AttrDeliveryCount is how many times a dead-lettered event was delivered.
+	AttrDeliveryCount = attribute.Key("eventbus.delivery.count")
 )
 
 // Attribute values of the span contract.

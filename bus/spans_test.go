@@ -7,7 +7,7 @@ import (
 )
 
 func TestSpanNameRoundTrip(t *testing.T) {
-	for _, op := range []bus.SpanOp{bus.SpanPublish, bus.SpanWait, bus.SpanDrop, bus.SpanDeliver} {
+	for _, op := range []bus.SpanOp{bus.SpanPublish, bus.SpanWait, bus.SpanDrop, bus.SpanDeliver, bus.SpanDeadLetter} {
 		for _, q := range []string{"data", "risk.v2", "a_b-c"} {
 			name := bus.SpanName(op, q)
 			if gotOp, gotQ := bus.ParseSpanName(name); gotOp != op || gotQ != q {

@@ -20,6 +20,10 @@ type entry struct {
 	// deliver span either: it would hang under the publisher's own parent
 	// with no publish span between them, a trace that misleads.
 	traced bool
+	// dl is set on an event that came to this queue as a dead letter.
+	dl *DeadLetter
+	// reason is the last nack's reason, carried into a dead letter.
+	reason string
 }
 
 // store holds the events waiting in one queue, oldest (lowest seq) first.

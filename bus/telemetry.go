@@ -37,7 +37,7 @@ func durationBuckets() []float64 {
 // queueTelemetry holds what a queue's spans and metrics need, computed once
 // so that the hot path builds no names, options or attribute sets.
 type queueTelemetry struct {
-	publishName, waitName, dropName, deliverName string
+	publishName, waitName, dropName, deliverName, deadLetterName string
 
 	publishStart     []trace.SpanStartOption // with a parent from Event.Parent
 	publishStartRoot []trace.SpanStartOption // no valid parent: a new root
@@ -66,6 +66,8 @@ func newQueueTelemetry(name string) queueTelemetry {
 		waitName:    SpanName(SpanWait, name),
 		dropName:    SpanName(SpanDrop, name),
 		deliverName: SpanName(SpanDeliver, name),
+
+		deadLetterName: SpanName(SpanDeadLetter, name),
 	}
 	t.publishAttrs = [4]attribute.KeyValue{system, dest, AttrOperationType.String("send"), AttrOperationName.String(string(SpanPublish))}
 	t.deliverAttrs = [4]attribute.KeyValue{system, dest, AttrOperationType.String("process"), AttrOperationName.String(string(SpanDeliver))}
@@ -106,6 +108,7 @@ type telemetry struct {
 	publishDuration metric.Float64Histogram
 	waitDuration    metric.Float64Histogram
 	queuedDuration  metric.Float64Histogram
+	syncDuration    metric.Float64Histogram
 	registration    metric.Registration
 }
 
@@ -132,6 +135,7 @@ func newTelemetry(b *Bus, o options) (telemetry, error) {
 	t.publishDuration = hist("eventbus.publish.duration", "Time a publish took, including any wait for room.")
 	t.waitDuration = hist("eventbus.queue.wait.duration", "Time a publisher was blocked waiting for room in a full queue.")
 	t.queuedDuration = hist("eventbus.event.queued.duration", "Time from enqueue to delivery to a consumer.")
+	t.syncDuration = hist("eventbus.wal.sync.duration", "Time a durable queue's write-ahead log took for one fdatasync.")
 	if err != nil {
 		return t, fmt.Errorf("bus: creating histograms: %w", err)
 	}
@@ -152,14 +156,18 @@ func newTelemetry(b *Bus, o options) (telemetry, error) {
 		metric.WithDescription("Deliveries to consumers, redeliveries included."))
 	redelivered, err8 := m.Int64ObservableCounter("eventbus.events.redelivered", metric.WithUnit("{event}"),
 		metric.WithDescription("Deliveries of events that had been nacked or abandoned before."))
-	if err := firstErr(err1, err2, err3, err4, err5, err6, err7, err8); err != nil {
+	deadLettered, err9 := m.Int64ObservableCounter("eventbus.events.dead_lettered", metric.WithUnit("{event}"),
+		metric.WithDescription("Events moved to the dead-letter queue after max deliveries without an ack."))
+	storageErrors, err10 := m.Int64ObservableCounter("eventbus.storage.errors", metric.WithUnit("{error}"),
+		metric.WithDescription("Events a durable queue's write-ahead log failed to store (disk full, I/O error)."))
+	if err := firstErr(err1, err2, err3, err4, err5, err6, err7, err8, err9, err10); err != nil {
 		return t, fmt.Errorf("bus: creating observable instruments: %w", err)
 	}
 	reg, err := m.RegisterCallback(func(_ context.Context, obs metric.Observer) error {
 		for _, q := range b.queues {
 			c, tel := &q.counters, &q.tel
 			obs.ObserveInt64(depth, c.size.Load(), tel.observe...)
-			obs.ObserveInt64(capacity, int64(q.capacity), tel.observe...)
+			obs.ObserveInt64(capacity, int64(q.settings.Load().Capacity), tel.observe...)
 			obs.ObserveInt64(waiting, c.waiting.Load(), tel.observe...)
 			obs.ObserveInt64(consumers, c.consumers.Load(), tel.observe...)
 			for i := range Outcomes {
@@ -170,9 +178,11 @@ func newTelemetry(b *Bus, o options) (telemetry, error) {
 			}
 			obs.ObserveInt64(delivered, int64(c.delivered.Load()), tel.observe...)
 			obs.ObserveInt64(redelivered, int64(c.redelivered.Load()), tel.observe...)
+			obs.ObserveInt64(deadLettered, int64(c.deadLettered.Load()), tel.observe...)
+			obs.ObserveInt64(storageErrors, int64(c.storageErrors.Load()), tel.observe...)
 		}
 		return nil
-	}, depth, capacity, waiting, consumers, published, dropped, delivered, redelivered)
+	}, depth, capacity, waiting, consumers, published, dropped, delivered, redelivered, deadLettered, storageErrors)
 	if err != nil {
 		return t, fmt.Errorf("bus: registering metric callback: %w", err)
 	}
@@ -283,6 +293,23 @@ func (t *telemetry) endDeliver(q *queue, f *flight, result string, at time.Time)
 		kvs[n+3] = AttrRedeliveryCount.Int(f.e.redeliveries)
 		kvs[n+4] = AttrDeliveryResult.String(result)
 		span.SetAttributes(kvs[:n+5]...)
+	}
+	t.end(span, at)
+}
+
+// deadLetterSpan records a move to the dead-letter queue as an instant
+// span under the event's publish span, named for the queue it left.
+func (t *telemetry) deadLetterSpan(q *queue, e *entry, dl *DeadLetter, at time.Time) {
+	ctx := trace.ContextWithSpanContext(context.Background(), e.pubSC)
+	_, span := t.tracer.Start(ctx, q.tel.deadLetterName, t.startOpts(q.tel.childStart, at)...)
+	if span.IsRecording() {
+		span.SetAttributes(AttrMessageID.String(strconv.FormatUint(e.seq, 10)),
+			AttrEventType.String(e.ev.Type),
+			AttrDeadLetterQueue.String(q.deadLetter.name),
+			AttrDeliveryCount.Int(dl.Deliveries))
+		if dl.Reason != "" {
+			span.SetAttributes(AttrDeadLetterReason.String(clip(dl.Reason)))
+		}
 	}
 	t.end(span, at)
 }

@@ -424,10 +424,12 @@ func TestMetricsExistFromStartUp(t *testing.T) {
 		values []string
 		want   map[string]int64 // non-zero expectations
 	}{
-		{"eventbus.events.published", "outcome", []string{"accepted", "dropped", "timeout", "cancelled", "error"}, nil},
+		{"eventbus.events.published", "outcome", []string{"accepted", "dropped", "timeout", "cancelled", "error", "duplicate"}, nil},
 		{"eventbus.events.dropped", "reason", []string{"timeout", "evicted"}, nil},
 		{"eventbus.events.delivered", "", nil, nil},
 		{"eventbus.events.redelivered", "", nil, nil},
+		{"eventbus.events.dead_lettered", "", nil, nil},
+		{"eventbus.storage.errors", "", nil, nil},
 		{"eventbus.queue.depth", "", nil, nil},
 		{"eventbus.publishers.waiting", "", nil, nil},
 		{"eventbus.consumers", "", nil, nil},

@@ -16,9 +16,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"runtime"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/propagation"
@@ -114,6 +117,11 @@ type Client struct {
 	ready     chan struct{}   // while reconnecting: closed when that ends, by a new connection or Close
 	consumers map[string]bool // queues with a Subscribe running
 	closeOnce sync.Once
+
+	// msgPrefix and msgSeq make the msg_id of each publish that has none:
+	// unique per client (a random 64-bit prefix) and cheap (a counter).
+	msgPrefix string
+	msgSeq    atomic.Uint64
 }
 
 // conn is one connection to the sidecar. Its fields are guarded by the
@@ -164,7 +172,7 @@ func Dial(ctx context.Context, socketPath string, opts ...Option) (*Client, erro
 	if err != nil {
 		return nil, fmt.Errorf("dial eventbus sidecar at %s: %w", socketPath, err)
 	}
-	c := &Client{path: socketPath, opts: o, consumers: make(map[string]bool)}
+	c := &Client{path: socketPath, opts: o, consumers: make(map[string]bool), msgPrefix: strconv.FormatUint(rand.Uint64()|1<<63, 16) + "-"}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	// The ping's read honours ctx: its deadline, and cancellation, which
 	// moves the deadline to now.
@@ -463,32 +471,69 @@ func (c *Client) roundTrip(ctx context.Context, r *protocol.Request) (protocol.M
 }
 
 // Publish sends ev to queue and waits for the outcome, with the in-process
-// bus's semantics: (Accepted, nil), (Dropped, nil), (TimedOut, an error
-// wrapping bus.ErrTimeout), (Cancelled, ctx's error), or (Failed, an error
-// wrapping bus.ErrUnknownQueue, bus.ErrInvalidEvent or bus.ErrShuttingDown).
-// An empty queue lets the sidecar route the event by type.
+// bus's semantics: (Accepted, nil), (Duplicate, nil), (Dropped, nil),
+// (TimedOut, an error wrapping bus.ErrTimeout), (Cancelled, ctx's error),
+// or (Failed, an error wrapping bus.ErrUnknownQueue, bus.ErrInvalidEvent,
+// bus.ErrShuttingDown or bus.ErrStorage). An empty queue lets the sidecar
+// route the event by type.
+//
+// Every publish carries a msg_id: ev.MsgID if set (at most
+// protocol.MaxMsgIDBytes), else one the client makes, unique to this
+// publish. Duplicate means the queue had already accepted that msg_id
+// within its dedupe window and did not enqueue the event again; for the
+// publisher it means accepted.
 //
 // Cancelling ctx while the publish waits for room withdraws it: the sidecar
 // is told to cancel and Publish returns its final answer, which is
 // Cancelled unless the event got in first. The trace context in ctx (or
 // else ev.Parent) is sent as the event's traceparent.
 //
-// If the connection breaks before the answer, Publish returns Failed with
-// an error wrapping ErrConnectionLost (or ErrClosed): the event may or may
-// not be in the queue. Under WithReconnect, a Publish made while the
-// client reconnects waits for the new connection; if ctx ends first it
-// returns Cancelled, and the event was not sent.
+// If the connection breaks before the answer, the event may or may not be
+// in the queue. Without WithReconnect, Publish then returns Failed with an
+// error wrapping ErrConnectionLost (or ErrClosed); to retry without placing
+// the event twice, publish it again with the same ev.MsgID. Under
+// WithReconnect, Publish does that itself: it waits for the new connection
+// and sends the event again with the same msg_id, until it has an answer
+// or ctx ends, so that a reconnecting client never places an order twice
+// (an event that got in before the loss is answered Duplicate). A Publish
+// made while the client reconnects waits for the new connection; if ctx
+// ends first it returns Cancelled, and the event was not sent then.
 func (c *Client) Publish(ctx context.Context, ev bus.Event, queue string) (bus.Outcome, error) {
 	if err := ctx.Err(); err != nil {
 		return bus.Cancelled, err
 	}
-	r := protocol.Request{Op: protocol.OpPublish, Type: ev.Type, HasType: true, Payload: ev.Payload}
+	if n := len(ev.MsgID); n > protocol.MaxMsgIDBytes {
+		return bus.Failed, fmt.Errorf("publish to %q: msg_id is %d bytes long; at most %d bytes are allowed: %w", queue, n, protocol.MaxMsgIDBytes, bus.ErrInvalidEvent)
+	}
+	r := protocol.Request{Op: protocol.OpPublish, Type: ev.Type, HasType: true, Payload: ev.Payload, MsgID: ev.MsgID}
+	if r.MsgID == "" {
+		r.MsgID = c.newMsgID()
+	}
 	if queue != "" {
 		r.Queue, r.HasQueue = queue, true
 	}
 	r.Traceparent = c.traceparent(ctx, ev.Parent)
+	for {
+		out, err := c.publishOnce(ctx, &r, queue)
+		if c.opts.backoff == nil || !errors.Is(err, ErrConnectionLost) || ctx.Err() != nil {
+			return out, err
+		}
+		c.opts.logger.Debug("retrying a publish lost with the connection", "queue", queue, "msg_id", r.MsgID)
+	}
+}
+
+// newMsgID makes a msg_id no other publish of this client has.
+func (c *Client) newMsgID() string {
+	var buf [40]byte
+	b := append(buf[:0], c.msgPrefix...)
+	return string(strconv.AppendUint(b, c.msgSeq.Add(1), 10))
+}
+
+// publishOnce sends r once, on the connection there is or the next one,
+// and waits for its outcome.
+func (c *Client) publishOnce(ctx context.Context, r *protocol.Request, queue string) (bus.Outcome, error) {
 	cl := callPool.Get().(*call)
-	cn, err := c.send(ctx, &r, cl, nil)
+	cn, err := c.send(ctx, r, cl, nil)
 	if err != nil {
 		callPool.Put(cl)
 		if cerr := ctx.Err(); cerr != nil && errors.Is(err, cerr) {
@@ -529,6 +574,9 @@ func publishOutcome(ctx context.Context, queue string, res result) (bus.Outcome,
 	m := res.msg
 	switch m.Status {
 	case protocol.StatusAccepted:
+		if m.Duplicate {
+			return bus.Duplicate, nil
+		}
 		return bus.Accepted, nil
 	case protocol.StatusDropped:
 		return bus.Dropped, nil
@@ -571,6 +619,8 @@ func (e *Error) Unwrap() error {
 		return bus.ErrUnknownSeq
 	case protocol.CodeTooManyConnections:
 		return ErrTooManyConnections
+	case protocol.CodeStorageError:
+		return bus.ErrStorage
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
 func TestPublishOutcomesMatchTheBus(t *testing.T) {
@@ -110,7 +111,7 @@ func TestConcurrentPublishersOnOneClient(t *testing.T) {
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("Subscribe returned %v", err)
 	}
-	eventually(t, "all acked", func() bool { return sc.bus.Stats()["data"].Acked == workers*each })
+	testkit.Eventually(t, "all acked", func() bool { return sc.bus.Stats()["data"].Acked == workers*each })
 }
 
 func TestCancelledPublishIsWithdrawn(t *testing.T) {
@@ -130,7 +131,7 @@ func TestCancelledPublishIsWithdrawn(t *testing.T) {
 		out, err := c.Publish(pctx, bus.Event{Type: "O"}, "order")
 		done <- res{out, err}
 	}()
-	eventually(t, "publish waiting", func() bool { return sc.bus.Stats()["order"].Waiting == 1 })
+	testkit.Eventually(t, "publish waiting", func() bool { return sc.bus.Stats()["order"].Waiting == 1 })
 	cancel()
 	r := <-done
 	if r.out != bus.Cancelled || !errors.Is(r.err, context.Canceled) {
@@ -181,7 +182,7 @@ func TestSubscribeAckNackAndTraceContext(t *testing.T) {
 	if seen[1].SpanContext.TraceID() != parent.TraceID() || seen[1].SpanContext.SpanID() == parent.SpanID() {
 		t.Fatalf("delivery span context %v, want the deliver span in the publisher's trace", seen[1].SpanContext)
 	}
-	eventually(t, "acked", func() bool { return sc.bus.Stats()["order"].Acked == 1 })
+	testkit.Eventually(t, "acked", func() bool { return sc.bus.Stats()["order"].Acked == 1 })
 }
 
 func TestConsumerDyingMidBatchGetsEventsRedelivered(t *testing.T) {
@@ -209,7 +210,7 @@ func TestConsumerDyingMidBatchGetsEventsRedelivered(t *testing.T) {
 		})
 	}()
 	<-handled
-	eventually(t, "whole batch in flight", func() bool { return sc.bus.Stats()["signal"].InFlight == n })
+	testkit.Eventually(t, "whole batch in flight", func() bool { return sc.bus.Stats()["signal"].InFlight == n })
 	dying.Close()
 	if err := <-subErr; !errors.Is(err, ErrClosed) {
 		t.Fatalf("Subscribe on a closed client returned %v, want ErrClosed", err)
@@ -281,7 +282,7 @@ func TestStatsPingAndClose(t *testing.T) {
 		_, err := c2.Publish(ctx, bus.Event{Type: "O"}, "order")
 		errc <- err
 	}()
-	eventually(t, "publish waiting", func() bool { return small.bus.Stats()["order"].Waiting == 1 })
+	testkit.Eventually(t, "publish waiting", func() bool { return small.bus.Stats()["order"].Waiting == 1 })
 	c2.Close()
 	if err := <-errc; !errors.Is(err, ErrClosed) {
 		t.Fatalf("waiting publish after Close: %v, want ErrClosed", err)
@@ -289,7 +290,7 @@ func TestStatsPingAndClose(t *testing.T) {
 	if err := c2.Ping(ctx); !errors.Is(err, ErrClosed) {
 		t.Fatalf("ping after Close: %v", err)
 	}
-	eventually(t, "withdrawn on close", func() bool { return small.bus.Stats()["order"].Waiting == 0 })
+	testkit.Eventually(t, "withdrawn on close", func() bool { return small.bus.Stats()["order"].Waiting == 0 })
 	if err := c.Subscribe(ctx, "nope", 1, nil); !errors.Is(err, bus.ErrUnknownQueue) {
 		t.Fatalf("subscribe to unknown queue: %v", err)
 	}
@@ -307,7 +308,7 @@ func TestPublishDuringDrainIsShuttingDown(t *testing.T) {
 		_, err := sc.bus.Shutdown(ctx)
 		drained <- err
 	}()
-	eventually(t, "bus refusing publishes", func() bool {
+	testkit.Eventually(t, "bus refusing publishes", func() bool {
 		out, err := c.Publish(ctx, bus.Event{Type: "O"}, "order")
 		if out == bus.Accepted {
 			return false // the drain had not begun yet

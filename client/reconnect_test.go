@@ -13,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 	"github.com/eventbus-sidecar/eventbus-sidecar/transport"
 )
@@ -128,7 +129,7 @@ func TestReconnectAfterSidecarRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	sc.stop(t)
-	eventually(t, "the client noticing the loss", func() bool { return !connected(c) })
+	testkit.Eventually(t, "the client noticing the loss", func() bool { return !connected(c) })
 	// Made while the sidecar is down: waits for the new connection.
 	done := publishAsync(ctx, c, bus.Event{Type: "T", Payload: json.RawMessage(`1`)}, "data")
 	again := startSidecar(t, sc.path, nil)
@@ -139,7 +140,7 @@ func TestReconnectAfterSidecarRestart(t *testing.T) {
 		t.Fatalf("restarted sidecar holds %d events, want the one published", n)
 	}
 	// The line comes just after the connection is in use.
-	eventually(t, "the reconnection logged", func() bool { return len(logs.records(msgReconnected)) > 0 })
+	testkit.Eventually(t, "the reconnection logged", func() bool { return len(logs.records(msgReconnected)) > 0 })
 	if lost := logs.records(msgLost); len(lost) != 1 || lost[0].Level != slog.LevelWarn {
 		t.Fatalf("loss logged as %v, want one WARN", lost)
 	}
@@ -166,7 +167,7 @@ func TestSubscriptionResumesAfterSidecarRestart(t *testing.T) {
 	// subscription to handle it and s to see the ack.
 	publishAndReceive := func(s *sidecar, payload string) {
 		t.Helper()
-		eventually(t, "subscribed", func() bool { return s.bus.Stats()["signal"].Consumers == 1 })
+		testkit.Eventually(t, "subscribed", func() bool { return s.bus.Stats()["signal"].Consumers == 1 })
 		if out, err := c.Publish(ctx, bus.Event{Type: "S", Payload: json.RawMessage(payload)}, "signal"); out != bus.Accepted {
 			t.Fatal(out, err)
 		}
@@ -178,7 +179,7 @@ func TestSubscriptionResumesAfterSidecarRestart(t *testing.T) {
 		case err := <-subErr:
 			t.Fatalf("Subscribe returned %v", err)
 		}
-		eventually(t, "acked", func() bool { return s.bus.Stats()["signal"].Acked == 1 })
+		testkit.Eventually(t, "acked", func() bool { return s.bus.Stats()["signal"].Acked == 1 })
 	}
 	publishAndReceive(sc, "1")
 	sc.stop(t)
@@ -229,7 +230,7 @@ func TestUnackedDeliveryIsRedeliveredAfterDrop(t *testing.T) {
 		t.Fatalf("Subscribe returned %v", err)
 	}
 	rl.cut()
-	eventually(t, "reconnected", func() bool { return connected(c) })
+	testkit.Eventually(t, "reconnected", func() bool { return connected(c) })
 	close(release)
 	var d bus.Delivery
 	select {
@@ -244,7 +245,7 @@ func TestUnackedDeliveryIsRedeliveredAfterDrop(t *testing.T) {
 	if err := <-subErr; !errors.Is(err, context.Canceled) {
 		t.Fatalf("Subscribe returned %v", err)
 	}
-	eventually(t, "the redelivery acked", func() bool { return sc.bus.Stats()["signal"].Acked == 1 })
+	testkit.Eventually(t, "the redelivery acked", func() bool { return sc.bus.Stats()["signal"].Acked == 1 })
 	if refused := logs.records(msgRefused); len(refused) != 0 {
 		t.Fatalf("the sidecar refused %d acks (%v): the old connection's ack went on the new one", len(refused), attr(refused[0], "error"))
 	}
@@ -262,7 +263,7 @@ func TestDialRefusedAtTheConnectionLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer holder.Close()
-	eventually(t, "the only slot taken", func() bool { return sc.srv.Connections() == 1 })
+	testkit.Eventually(t, "the only slot taken", func() bool { return sc.srv.Connections() == 1 })
 	for _, opts := range [][]Option{nil, {WithReconnect(fast())}} {
 		c, err := Dial(ctx, sc.path, opts...)
 		if !errors.Is(err, ErrTooManyConnections) {
@@ -273,7 +274,7 @@ func TestDialRefusedAtTheConnectionLimit(t *testing.T) {
 		}
 	}
 	holder.Close()
-	eventually(t, "the slot free", func() bool { return sc.srv.Connections() == 0 })
+	testkit.Eventually(t, "the slot free", func() bool { return sc.srv.Connections() == 0 })
 	c := dialWith(t, sc.path)
 	if err := c.Ping(ctx); err != nil {
 		t.Fatalf("ping once the slot is free: %v", err)
@@ -295,7 +296,7 @@ func TestRefusedConnectionIsAFailedAttempt(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer holder.Close()
-	eventually(t, "the only slot taken", func() bool { return full.srv.Connections() == 1 })
+	testkit.Eventually(t, "the only slot taken", func() bool { return full.srv.Connections() == 1 })
 
 	r := startRelay(t, first.path)
 	logs := &logRecorder{}
@@ -303,7 +304,7 @@ func TestRefusedConnectionIsAFailedAttempt(t *testing.T) {
 	r.retarget(full.path)
 	r.cut()
 	var refused *Error
-	eventually(t, "reconnection attempts refused", func() bool {
+	testkit.Eventually(t, "reconnection attempts refused", func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		return errors.As(c.dialErr, &refused)
@@ -319,7 +320,7 @@ func TestRefusedConnectionIsAFailedAttempt(t *testing.T) {
 	if n := full.bus.Stats()["data"].Published[bus.Accepted]; n != 1 {
 		t.Fatalf("the full sidecar has %d publishes, want the one made after the reconnection", n)
 	}
-	eventually(t, "the reconnection logged", func() bool { return len(logs.records(msgReconnected)) > 0 })
+	testkit.Eventually(t, "the reconnection logged", func() bool { return len(logs.records(msgReconnected)) > 0 })
 	if n := len(logs.records(msgLost)); n != 1 {
 		t.Fatalf("loss logged %d times, want once: refused attempts are not losses", n)
 	}
@@ -359,21 +360,35 @@ func TestConnectionDrop(t *testing.T) {
 					return nil
 				})
 			}()
-			eventually(t, "subscribed", func() bool { return sc.bus.Stats()["data"].Consumers == 1 })
+			testkit.Eventually(t, "subscribed", func() bool { return sc.bus.Stats()["data"].Consumers == 1 })
 			if out, err := c.Publish(ctx, bus.Event{Type: "O"}, "order"); out != bus.Accepted {
 				t.Fatal(out, err)
 			}
-			inFlight := publishAsync(ctx, c, bus.Event{Type: "O"}, "order")
-			eventually(t, "publish waiting for room", func() bool { return sc.bus.Stats()["order"].Waiting == 1 })
+			pctx, pcancel := context.WithCancel(ctx)
+			defer pcancel()
+			inFlight := publishAsync(pctx, c, bus.Event{Type: "O"}, "order")
+			testkit.Eventually(t, "publish waiting for room", func() bool { return sc.bus.Stats()["order"].Waiting == 1 })
 
 			rl.cut()
 
-			r := <-inFlight
-			if r.out != bus.Failed || !errors.Is(r.err, ErrConnectionLost) || !strings.Contains(r.err.Error(), "may or may not") {
-				t.Fatalf("publish in flight at the drop: %v %v, want Failed wrapping ErrConnectionLost, outcome unknown", r.out, r.err)
+			// The sidecar withdraws the waiting publish with the connection.
+			testkit.Eventually(t, "the waiting publish withdrawn", func() bool { return sc.bus.Stats()["order"].Published[bus.Cancelled] == 1 })
+			if tt.reconnect {
+				// Its outcome is unknown to the client, which sends it again
+				// (with the same msg_id) on the new connection, where it
+				// waits for room again until its caller gives up.
+				testkit.Eventually(t, "the publish sent again and waiting", func() bool { return sc.bus.Stats()["order"].Waiting == 1 })
+				pcancel()
+				if r := <-inFlight; r.out != bus.Cancelled || !errors.Is(r.err, context.Canceled) {
+					t.Fatalf("retried publish withdrawn by its caller: %v %v, want Cancelled", r.out, r.err)
+				}
+			} else {
+				r := <-inFlight
+				if r.out != bus.Failed || !errors.Is(r.err, ErrConnectionLost) || !strings.Contains(r.err.Error(), "may or may not") {
+					t.Fatalf("publish in flight at the drop: %v %v, want Failed wrapping ErrConnectionLost, outcome unknown", r.out, r.err)
+				}
 			}
-			// The sidecar withdrew it with the connection.
-			eventually(t, "the waiting publish withdrawn", func() bool { return sc.bus.Stats()["order"].Waiting == 0 })
+			testkit.Eventually(t, "no publish waiting", func() bool { return sc.bus.Stats()["order"].Waiting == 0 })
 			if !tt.reconnect {
 				if err := <-subErr; !errors.Is(err, ErrConnectionLost) {
 					t.Fatalf("Subscribe returned %v, want ErrConnectionLost", err)
@@ -389,7 +404,7 @@ func TestConnectionDrop(t *testing.T) {
 			if err := c.Ping(ctx); err != nil {
 				t.Fatalf("ping after the drop: %v", err)
 			}
-			eventually(t, "resubscribed", func() bool { return sc.bus.Stats()["data"].Consumers == 1 })
+			testkit.Eventually(t, "resubscribed", func() bool { return sc.bus.Stats()["data"].Consumers == 1 })
 			if out, err := c.Publish(ctx, bus.Event{Type: "D", Payload: json.RawMessage(`2`)}, "data"); out != bus.Accepted {
 				t.Fatal(out, err)
 			}
@@ -425,9 +440,9 @@ func TestCloseWhileReconnecting(t *testing.T) {
 	go func() {
 		subErr <- c.Subscribe(ctx, "order", 1, func(context.Context, bus.Delivery) error { return nil })
 	}()
-	eventually(t, "subscribed", func() bool { return sc.bus.Stats()["order"].Consumers == 1 })
+	testkit.Eventually(t, "subscribed", func() bool { return sc.bus.Stats()["order"].Consumers == 1 })
 	sc.stop(t)
-	eventually(t, "the client noticing the loss", func() bool { return !connected(c) })
+	testkit.Eventually(t, "the client noticing the loss", func() bool { return !connected(c) })
 
 	// A call whose ctx ends while it waits for the connection was not sent.
 	cancelled, cancel := context.WithCancel(ctx)

@@ -16,6 +16,9 @@ import (
 
 // Handler processes one delivery. Returning nil acks it; returning an error
 // nacks it, and the sidecar redelivers it (to this or another consumer).
+// The error's text goes with the nack as its reason (its first
+// protocol.MaxNackReasonBytes bytes), and travels with the event if it is
+// dead-lettered after its queue's max_deliveries.
 // ctx carries the delivery's trace context, so spans the handler starts
 // join the event's trace.
 type Handler func(ctx context.Context, d bus.Delivery) error
@@ -72,6 +75,9 @@ func (c *Client) dispatch(cn *conn, m protocol.Message) {
 			Type:    m.Deliver.Type,
 			Payload: append(json.RawMessage(nil), m.Deliver.Payload...),
 		},
+	}
+	if dl := m.Deliver.DeadLetter; dl != nil {
+		d.DeadLetter = &bus.DeadLetter{Queue: dl.Queue, Seq: dl.Seq, Deliveries: dl.Deliveries, Reason: dl.Reason}
 	}
 	if m.Deliver.Traceparent != "" {
 		if sc, err := protocol.ParseTraceparent(m.Deliver.Traceparent); err == nil {
@@ -188,16 +194,16 @@ func (c *Client) consume(ctx context.Context, queue string, prefetch int, handle
 			if d.SpanContext.IsValid() {
 				hctx = trace.ContextWithRemoteSpanContext(sctx, d.SpanContext)
 			}
-			op := protocol.OpAck
+			op, reason := protocol.OpAck, ""
 			if herr := handler(hctx, d); herr != nil {
-				op = protocol.OpNack
+				op, reason = protocol.OpNack, protocol.ClipNackReason(herr.Error())
 			}
 			// Acks of a burst go out in one write: the writer is woken
 			// only when no further delivery is waiting. An ack goes on the
 			// connection that delivered the event or nowhere: another
 			// connection may by now hold the redelivery of the same seq.
 			more := len(s.ch) > 0
-			if err := c.sendOn(cn, &protocol.Request{Op: op, Seq: d.Seq, HasSeq: true, Queue: queue, HasQueue: true}, nil, !more); err != nil {
+			if err := c.sendOn(cn, &protocol.Request{Op: op, Seq: d.Seq, HasSeq: true, Queue: queue, HasQueue: true, Reason: reason}, nil, !more); err != nil {
 				return fmt.Errorf("subscription to %q: %w", queue, err)
 			}
 		case <-s.lostC:

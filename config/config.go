@@ -1,7 +1,9 @@
 // Package config holds the sidecar's settings: the defaults (Default, which
 // takes each from the package that owns it), the YAML file form, the EVENTBUS_* environment variables and the
 // command-line flags, merged with the precedence flags > environment > file >
-// defaults, and validated before anything starts.
+// defaults, and validated before anything starts. On a reload, PlanReload
+// tells the settings a running sidecar applies from those that wait for a
+// restart.
 package config
 
 import (
@@ -30,6 +32,12 @@ var (
 	LogFormats = []string{"text", "json"}
 )
 
+// CloseGrace bounds, together, every step of a shutdown that follows the
+// drain: closing client connections and the admin listener, and the final
+// telemetry flush. A shutdown takes at most DrainTimeout + CloseGrace, which
+// an orchestrator's grace period must exceed.
+const CloseGrace = 5 * time.Second
+
 // Config is the sidecar's whole configuration after merging all sources.
 type Config struct {
 	// Socket is the Unix socket path clients connect to.
@@ -44,7 +52,8 @@ type Config struct {
 	LogLevel string
 	// LogFormat is one of LogFormats.
 	LogFormat string
-	// DrainTimeout bounds how long shutdown keeps delivering queued events.
+	// DrainTimeout bounds how long shutdown keeps delivering queued events;
+	// the whole shutdown takes at most DrainTimeout + CloseGrace.
 	DrainTimeout time.Duration
 	// MaxFrameBytes bounds one NDJSON request line; a longer one gets an
 	// error reply and its connection is closed.
@@ -72,6 +81,9 @@ type Config struct {
 	// the socket file's mode lets connect.
 	AllowedUIDs []uint32
 	AllowedGIDs []uint32
+	// DataDir holds the write-ahead logs of the durable queues; empty keeps
+	// every queue in memory only (not crash-safe).
+	DataDir string
 	// Queues are the bus queues in the order stats and metrics list them.
 	Queues []bus.QueueConfig
 	// Routes maps an event type to the queue a publish without "queue" goes to.
@@ -120,20 +132,19 @@ type Telemetry struct {
 // are defined here.
 func Default() Config {
 	return Config{
-		Socket:         "/tmp/eventbus-sidecar.sock",
-		SocketMode:     transport.DefaultSocketMode,
-		AdminAddr:      admin.DefaultAddr,
-		LogLevel:       "info",
-		LogFormat:      "text",
-		DrainTimeout:   10 * time.Second,
-		MaxFrameBytes:  transport.DefaultMaxFrameBytes,
-		WriteTimeout:   transport.DefaultWriteTimeout,
-		MaxOutputBytes: transport.DefaultMaxOutputBytes,
-		MaxConnections: transport.DefaultMaxConnections,
-
+		Socket:           "/tmp/eventbus-sidecar.sock",
+		SocketMode:       transport.DefaultSocketMode,
+		AdminAddr:        admin.DefaultAddr,
+		LogLevel:         "info",
+		LogFormat:        "text",
+		DrainTimeout:     10 * time.Second,
+		MaxFrameBytes:    transport.DefaultMaxFrameBytes,
+		WriteTimeout:     transport.DefaultWriteTimeout,
+		MaxOutputBytes:   transport.DefaultMaxOutputBytes,
+		MaxConnections:   transport.DefaultMaxConnections,
 		MaxBufferedBytes: transport.DefaultMaxBufferedBytes,
 		FrameTimeout:     transport.DefaultFrameTimeout,
-		Queues:           bus.DefaultQueues(),
+		Queues:           defaultQueues(),
 		Routes:           transport.DefaultRoutes(),
 		DefaultQueue:     transport.DefaultQueue,
 		// Telemetry stays zero: the telemetry package applies its defaults

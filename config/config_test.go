@@ -19,9 +19,9 @@ var update = flag.Bool("update", false, "rewrite golden files")
 func TestDefaultIsTheSeedTable(t *testing.T) {
 	c := Default()
 	want := []bus.QueueConfig{
-		{Name: "data", Capacity: 1000, Policy: bus.PolicyDrop, Timeout: time.Second},
-		{Name: "signal", Capacity: 100, Policy: bus.PolicyFail, Timeout: 5 * time.Second},
-		{Name: "order", Capacity: 50, Policy: bus.PolicyBlock, Timeout: 0},
+		{Name: "data", Capacity: 1000, Policy: bus.PolicyDrop, Timeout: time.Second, Fsync: bus.FsyncAlways, DedupeWindow: bus.DefaultDedupeWindow},
+		{Name: "signal", Capacity: 100, Policy: bus.PolicyFail, Timeout: 5 * time.Second, Durable: true, Fsync: bus.FsyncAlways, DedupeWindow: bus.DefaultDedupeWindow},
+		{Name: "order", Capacity: 50, Policy: bus.PolicyBlock, Timeout: 0, Durable: true, Fsync: bus.FsyncAlways, DedupeWindow: bus.DefaultDedupeWindow},
 	}
 	if !reflect.DeepEqual(c.Queues, want) {
 		t.Errorf("queues = %+v, want %+v", c.Queues, want)
@@ -113,7 +113,7 @@ func TestYAMLRoundTrip(t *testing.T) {
 	custom.Socket = "/run/eb/x.sock"
 	custom.SocketMode = 0o600
 	custom.AdminAddr = ""
-	custom.Queues = append(custom.Queues, bus.QueueConfig{Name: "risk", Capacity: 10, Policy: bus.PolicyDropOldest})
+	custom.Queues = append(custom.Queues, bus.QueueConfig{Name: "risk", Capacity: 10, Policy: bus.PolicyDropOldest, Fsync: bus.FsyncAlways, DedupeWindow: bus.DefaultDedupeWindow})
 	custom.Queues[0].Capacity = 5000
 	custom.Routes["RISK_LIMIT"] = "risk"
 	custom.DefaultQueue = "signal"
@@ -302,28 +302,28 @@ func TestFileQueues(t *testing.T) {
 			name: "override one field keeps the others",
 			yaml: "queues:\n  - name: data\n    capacity: 5000\n",
 			want: []bus.QueueConfig{
-				{Name: "data", Capacity: 5000, Policy: bus.PolicyDrop, Timeout: time.Second},
-				{Name: "signal", Capacity: 100, Policy: bus.PolicyFail, Timeout: 5 * time.Second},
-				{Name: "order", Capacity: 50, Policy: bus.PolicyBlock},
+				{Name: "data", Capacity: 5000, Policy: bus.PolicyDrop, Timeout: time.Second, Fsync: bus.FsyncAlways, DedupeWindow: bus.DefaultDedupeWindow},
+				{Name: "signal", Capacity: 100, Policy: bus.PolicyFail, Timeout: 5 * time.Second, Durable: true, Fsync: bus.FsyncAlways, DedupeWindow: bus.DefaultDedupeWindow},
+				{Name: "order", Capacity: 50, Policy: bus.PolicyBlock, Durable: true, Fsync: bus.FsyncAlways, DedupeWindow: bus.DefaultDedupeWindow},
 			},
 		},
 		{
 			name: "add a queue",
 			yaml: "queues:\n  - name: risk\n    capacity: 20\n    policy: fail\n    timeout: 250ms\n",
 			want: []bus.QueueConfig{
-				{Name: "data", Capacity: 1000, Policy: bus.PolicyDrop, Timeout: time.Second},
-				{Name: "signal", Capacity: 100, Policy: bus.PolicyFail, Timeout: 5 * time.Second},
-				{Name: "order", Capacity: 50, Policy: bus.PolicyBlock},
-				{Name: "risk", Capacity: 20, Policy: bus.PolicyFail, Timeout: 250 * time.Millisecond},
+				{Name: "data", Capacity: 1000, Policy: bus.PolicyDrop, Timeout: time.Second, Fsync: bus.FsyncAlways, DedupeWindow: bus.DefaultDedupeWindow},
+				{Name: "signal", Capacity: 100, Policy: bus.PolicyFail, Timeout: 5 * time.Second, Durable: true, Fsync: bus.FsyncAlways, DedupeWindow: bus.DefaultDedupeWindow},
+				{Name: "order", Capacity: 50, Policy: bus.PolicyBlock, Durable: true, Fsync: bus.FsyncAlways, DedupeWindow: bus.DefaultDedupeWindow},
+				{Name: "risk", Capacity: 20, Policy: bus.PolicyFail, Timeout: 250 * time.Millisecond, Fsync: bus.FsyncAlways, DedupeWindow: bus.DefaultDedupeWindow},
 			},
 		},
 		{
 			name: "switching to drop_oldest clears the old timeout",
 			yaml: "queues:\n  - name: data\n    policy: drop_oldest\n",
 			want: []bus.QueueConfig{
-				{Name: "data", Capacity: 1000, Policy: bus.PolicyDropOldest},
-				{Name: "signal", Capacity: 100, Policy: bus.PolicyFail, Timeout: 5 * time.Second},
-				{Name: "order", Capacity: 50, Policy: bus.PolicyBlock},
+				{Name: "data", Capacity: 1000, Policy: bus.PolicyDropOldest, Fsync: bus.FsyncAlways, DedupeWindow: bus.DefaultDedupeWindow},
+				{Name: "signal", Capacity: 100, Policy: bus.PolicyFail, Timeout: 5 * time.Second, Durable: true, Fsync: bus.FsyncAlways, DedupeWindow: bus.DefaultDedupeWindow},
+				{Name: "order", Capacity: 50, Policy: bus.PolicyBlock, Durable: true, Fsync: bus.FsyncAlways, DedupeWindow: bus.DefaultDedupeWindow},
 			},
 		},
 		{

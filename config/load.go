@@ -122,6 +122,7 @@ func setFrom(cfg *Config, s Setting, v, source string, origin map[string]string)
 type fileConfig struct {
 	Socket         yaml.Node         `yaml:"socket"`
 	SocketMode     yaml.Node         `yaml:"socket_mode"`
+	DataDir        yaml.Node         `yaml:"data_dir"`
 	AdminAddr      yaml.Node         `yaml:"admin_addr"`
 	LogLevel       yaml.Node         `yaml:"log_level"`
 	LogFormat      yaml.Node         `yaml:"log_format"`
@@ -141,10 +142,11 @@ type fileConfig struct {
 }
 
 type fileQueue struct {
-	Name     yaml.Node `yaml:"name"`
-	Capacity yaml.Node `yaml:"capacity"`
-	Policy   yaml.Node `yaml:"policy"`
-	Timeout  yaml.Node `yaml:"timeout"`
+	Name           yaml.Node `yaml:"name"`
+	Capacity       yaml.Node `yaml:"capacity"`
+	Policy         yaml.Node `yaml:"policy"`
+	Timeout        yaml.Node `yaml:"timeout"`
+	fileDurability `yaml:",inline"`
 }
 
 type fileTelemetry struct {
@@ -160,8 +162,8 @@ type fileTelemetry struct {
 
 // fileKeys lists the keys each YAML mapping accepts, for unknown-key errors.
 var fileKeys = map[string]string{
-	"fileConfig":    "socket, socket_mode, admin_addr, log_level, log_format, drain_timeout, max_frame_bytes, write_timeout, max_output_bytes, max_connections, max_buffered_bytes, frame_timeout, allowed_uids, allowed_gids, queues, routes, default_queue, telemetry",
-	"fileQueue":     "name, capacity, policy, timeout",
+	"fileConfig":    "socket, socket_mode, data_dir, admin_addr, log_level, log_format, drain_timeout, max_frame_bytes, write_timeout, max_output_bytes, max_connections, max_buffered_bytes, frame_timeout, allowed_uids, allowed_gids, queues, routes, default_queue, telemetry",
+	"fileQueue":     "name, capacity, policy, timeout, " + durabilityKeys,
 	"fileTelemetry": "disabled, traces_disabled, otlp_endpoint, otlp_insecure, service_name, data_sample_ratio, metric_interval, span_export_cpu",
 }
 
@@ -169,6 +171,7 @@ func (f *fileConfig) scalars() map[string]*yaml.Node {
 	m := map[string]*yaml.Node{
 		"socket":             &f.Socket,
 		"socket_mode":        &f.SocketMode,
+		"data_dir":           &f.DataDir,
 		"admin_addr":         &f.AdminAddr,
 		"log_level":          &f.LogLevel,
 		"log_format":         &f.LogFormat,
@@ -312,7 +315,7 @@ func mergeQueues(cfg *Config, queues []fileQueue, source string, origin map[stri
 		at := fmt.Sprintf("%s line %d", source, fq.Name.Line)
 		idx := slices.IndexFunc(cfg.Queues, func(q bus.QueueConfig) bool { return q.Name == name })
 		if idx < 0 {
-			cfg.Queues = append(cfg.Queues, bus.QueueConfig{Name: name})
+			cfg.Queues = append(cfg.Queues, newQueue(name))
 			idx = len(cfg.Queues) - 1
 			// Fields the file leaves out of a new queue are its fault, not a default's.
 			for _, f := range []string{".capacity", ".policy", ".timeout"} {
@@ -351,6 +354,9 @@ func mergeQueues(cfg *Config, queues []fileQueue, source string, origin map[stri
 				return &FieldError{Field: key + ".timeout", Value: v, Source: fmt.Sprintf("%s line %d", source, n.Line), Problem: "not a duration (use a number with a unit: 500ms, 1s, 2m)"}
 			}
 			origin[key+".timeout"] = fmt.Sprintf("%s line %d", source, n.Line)
+		}
+		if err := fq.fileDurability.merge(q, key, source, origin); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 type renderConfig struct {
 	Socket         string            `yaml:"socket"`
 	SocketMode     string            `yaml:"socket_mode"`
+	DataDir        string            `yaml:"data_dir"`
 	AdminAddr      string            `yaml:"admin_addr"`
 	LogLevel       string            `yaml:"log_level"`
 	LogFormat      string            `yaml:"log_format"`
@@ -29,10 +30,11 @@ type renderConfig struct {
 }
 
 type renderQueue struct {
-	Name     string `yaml:"name"`
-	Capacity int    `yaml:"capacity"`
-	Policy   string `yaml:"policy"`
-	Timeout  string `yaml:"timeout,omitempty"`
+	Name             string `yaml:"name"`
+	Capacity         int    `yaml:"capacity"`
+	Policy           string `yaml:"policy"`
+	Timeout          string `yaml:"timeout,omitempty"`
+	renderDurability `yaml:",inline"`
 }
 
 type renderTelemetry struct {
@@ -62,6 +64,7 @@ func (c Config) YAML() ([]byte, error) {
 	r := renderConfig{
 		Socket:         c.Socket,
 		SocketMode:     formatMode(c.SocketMode),
+		DataDir:        c.DataDir,
 		AdminAddr:      c.AdminAddr,
 		LogLevel:       c.LogLevel,
 		LogFormat:      c.LogFormat,
@@ -91,7 +94,7 @@ func (c Config) YAML() ([]byte, error) {
 		r.AdminAddr = AdminOff
 	}
 	for _, q := range c.Queues {
-		rq := renderQueue{Name: q.Name, Capacity: q.Capacity, Policy: string(q.Policy)}
+		rq := renderQueue{Name: q.Name, Capacity: q.Capacity, Policy: string(q.Policy), renderDurability: durabilityOf(q)}
 		if q.Policy.UsesTimeout() || q.Timeout != 0 {
 			rq.Timeout = q.Timeout.String()
 		}

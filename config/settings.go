@@ -30,6 +30,12 @@ type Setting struct {
 	// List marks settings that take a comma-separated list; in YAML they
 	// may also be a list.
 	List bool
+	// Live marks settings a running sidecar applies when it reloads its
+	// configuration; the others take effect at the next start, and
+	// PlanReload reports a change to them as needing a restart. A new
+	// setting is restart-only unless it says otherwise, so that nothing is
+	// claimed to be live before the code that applies it exists.
+	Live bool
 	set  func(*Config, string) error
 	get  func(Config) string
 }
@@ -65,6 +71,11 @@ func Settings() []Setting {
 			get: func(c Config) string { return formatMode(c.SocketMode) },
 		},
 		{
+			Key: "data_dir", Flag: "data-dir", Usage: "directory for the durable queues' write-ahead logs, created 0700 (empty: every queue in memory only, not crash-safe)",
+			set: func(c *Config, v string) error { c.DataDir = strings.TrimSpace(v); return nil },
+			get: func(c Config) string { return c.DataDir },
+		},
+		{
 			Key: "admin_addr", Flag: "admin-addr", Usage: `admin HTTP listener HOST:PORT for /metrics, /healthz, /readyz, /stats ("" or "off" disables)`,
 			set: func(c *Config, v string) error { c.AdminAddr = v; return nil },
 			get: func(c Config) string {
@@ -75,7 +86,7 @@ func Settings() []Setting {
 			},
 		},
 		{
-			Key: "log_level", Flag: "log-level", Usage: "log level: " + strings.Join(LogLevels, ", "),
+			Key: "log_level", Live: true, Flag: "log-level", Usage: "log level: " + strings.Join(LogLevels, ", "),
 			set: func(c *Config, v string) error { c.LogLevel = v; return nil },
 			get: func(c Config) string { return c.LogLevel },
 		},
@@ -132,17 +143,17 @@ func Settings() []Setting {
 			get: func(c Config) string { return c.FrameTimeout.String() },
 		},
 		{
-			Key: "allowed_uids", Flag: "allowed-uids", List: true, Usage: "comma-separated user ids that may connect (with allowed-gids: either matches; both empty: whoever the socket mode admits)",
+			Key: "allowed_uids", Live: true, Flag: "allowed-uids", List: true, Usage: "comma-separated user ids that may connect (with allowed-gids: either matches; both empty: whoever the socket mode admits)",
 			set: func(c *Config, v string) error { return parseIDs(v, &c.AllowedUIDs, "user") },
 			get: func(c Config) string { return formatIDs(c.AllowedUIDs) },
 		},
 		{
-			Key: "allowed_gids", Flag: "allowed-gids", List: true, Usage: "comma-separated group ids that may connect (with allowed-uids: either matches)",
+			Key: "allowed_gids", Live: true, Flag: "allowed-gids", List: true, Usage: "comma-separated group ids that may connect (with allowed-uids: either matches)",
 			set: func(c *Config, v string) error { return parseIDs(v, &c.AllowedGIDs, "group") },
 			get: func(c Config) string { return formatIDs(c.AllowedGIDs) },
 		},
 		{
-			Key: "default_queue", Flag: "default-queue", Usage: "queue for publishes without a queue whose type has no route",
+			Key: "default_queue", Live: true, Flag: "default-queue", Usage: "queue for publishes without a queue whose type has no route",
 			set: func(c *Config, v string) error { c.DefaultQueue = v; return nil },
 			get: func(c Config) string { return c.DefaultQueue },
 		},
@@ -172,7 +183,7 @@ func Settings() []Setting {
 			get: func(c Config) string { return c.Telemetry.ServiceName },
 		},
 		{
-			Key: "telemetry.data_sample_ratio", Flag: "data-sample-ratio", Usage: "share 0..1 of data-queue publishes traced; signal, order, drops, timeouts always are (empty: OTEL_TRACES_SAMPLER_ARG, else 1)",
+			Key: "telemetry.data_sample_ratio", Live: true, Flag: "data-sample-ratio", Usage: "share 0..1 of data-queue publishes traced; signal, order, drops, timeouts always are (empty: OTEL_TRACES_SAMPLER_ARG, else 1)",
 			set: func(c *Config, v string) error {
 				if strings.TrimSpace(v) == "" {
 					c.Telemetry.DataSampleRatio = nil

@@ -120,6 +120,7 @@ func validate(c Config, origin map[string]string) error {
 			bad(field+".timeout", q.Timeout.String(), fmt.Sprintf("has no effect with policy %s (only drop and fail wait with a timeout); remove it", q.Policy))
 		}
 	}
+	validateDurability(c, bad)
 	valid := strings.Join(c.QueueNames(), ", ")
 	types := make([]string, 0, len(c.Routes))
 	for typ := range c.Routes {

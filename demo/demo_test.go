@@ -3,11 +3,15 @@ package demo
 import (
 	"context"
 	"errors"
+	"path/filepath"
+	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
 )
@@ -80,7 +84,16 @@ func smallQueues() []bus.QueueConfig {
 // TestRunBacksUpAndTracesOrders checks the point of the demo: the slow venue
 // makes order publishers wait and the data queue drop, and every executed
 // order's trace starts at the candle that caused it.
+//
+// It runs in a synctest bubble: the bus's timeouts, the feed's ticker and
+// the venue's latency then run on the bubble's clock, which moves only
+// when every goroutine waits, so whether the queues back up depends on the
+// demo's logic and not on how busy the machine is.
 func TestRunBacksUpAndTracesOrders(t *testing.T) {
+	synctest.Test(t, testRunBacksUpAndTracesOrders)
+}
+
+func testRunBacksUpAndTracesOrders(t *testing.T) {
 	b, rec := newBus(t, smallQueues())
 	rep, err := Run(t.Context(), busBroker{b}, Config{
 		Duration:       2 * time.Second,
@@ -171,5 +184,46 @@ func TestCrossover(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestReportWriteText(t *testing.T) {
+	tid, _ := trace.TraceIDFromHex("4bf92f3577b34da6a3ce929d0e0e4736")
+	rep := Report{
+		Published: map[string]map[bus.Outcome]uint64{
+			"order": {bus.Accepted: 2},
+			"data":  {bus.Accepted: 5, bus.Dropped: 1},
+		},
+		Consumed: map[string]uint64{"data": 4, "order": 1},
+		Executed: []ExecutedOrder{{ID: "ord-000001", TraceID: tid}, {ID: "ord-000002"}},
+	}
+	var out strings.Builder
+	if err := rep.WriteText(&out); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 4 {
+		t.Fatalf("report has %d lines, want a header, two queues and one traced order:\n%s", len(lines), out.String())
+	}
+	if !strings.HasPrefix(lines[1], "  data ") || !strings.Contains(lines[1], "accepted=5") || !strings.Contains(lines[1], "dropped=1") || !strings.HasSuffix(lines[1], "handled=4") {
+		t.Errorf("data line %q", lines[1])
+	}
+	if !strings.HasPrefix(lines[2], "  order ") {
+		t.Errorf("queues not sorted: second line %q", lines[2])
+	}
+	if lines[3] != "demo: executed ord-000001 trace_id=4bf92f3577b34da6a3ce929d0e0e4736" {
+		t.Errorf("trace line %q", lines[3])
+	}
+}
+
+// TestDialSocketGivesUp: without a sidecar, DialSocket retries until its
+// limit and then names the socket, the limit and the likely fix.
+func TestDialSocketGivesUp(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "none.sock")
+	_, err := DialSocket(t.Context(), path, 50*time.Millisecond, 0)
+	for _, want := range []string{path, "within 50ms", "is `eventbus-sidecar serve` running?"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("DialSocket without a sidecar = %v, want an error naming %q", err, want)
+		}
 	}
 }

@@ -1,5 +1,4 @@
-# Images and docker-compose (issue 4 sections 3-4), owned by the STACK
-# engineer.
+# Images and docker-compose.
 #   make images        local FROM scratch images of the sidecar, the demo
 #                      app, the collector, Jaeger and Prometheus
 #   make compose-test  docker-compose.yml up with those images, checked,

@@ -1,4 +1,4 @@
-# Alert rules, dashboard and Kubernetes manifests (RULES engineer).
+# Alert rules, dashboard and Kubernetes manifests.
 #   make test-rules    promtool check + unit tests of the alert rules, then the
 #                      Go tests in deploy/prometheus (every alert has firing and
 #                      silent cases and a runbook section; every metric name,

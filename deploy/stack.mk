@@ -1,6 +1,6 @@
-# Local telemetry stack without Docker (issue 3 section 4), owned by the
-# STACK engineer: collector + Jaeger built from Go modules, Prometheus from
-# Debian's packages, all on 127.0.0.1, state under .state/stack/.
+# Local telemetry stack without Docker: collector + Jaeger built from Go
+# modules, Prometheus from Debian's packages, all on 127.0.0.1, state under
+# .state/stack/.
 #   make stack-build   install/build what is missing (idempotent, cached)
 #   make stack-up      start collector, Jaeger, Prometheus; wait until ready
 #   make stack-down    stop what stack-up started

@@ -1,11 +1,11 @@
-# End-to-end tests against the real local stack (issue 3 section 5), owned
-# by the TELEMETRY engineer. `make test-e2e` starts the stack with
-# `make stack-up` (deploy/stack.mk), runs the e2e-tagged Go tests, which build
-# and start a real sidecar, and always stops the stack again, keeping the
-# tests' exit status.
+# End-to-end tests against the real local stack. `make test-e2e` starts the
+# stack with `make stack-up` (deploy/stack.mk), runs the e2e-tagged Go tests,
+# which build and start a real sidecar, and always stops the stack again,
+# keeping the tests' exit status: the stack holds fixed ports, so it must not
+# outlive the run.
 #   make test-e2e          the three stack tests (about a minute)
 #   make telemetry-cost    socket publish throughput with telemetry off,
-#                          metrics only and 100% spans (issue 3 section 6)
+#                          metrics only and 100% spans (docs/telemetry.md, Cost)
 .PHONY: test-e2e telemetry-cost
 
 E2E_TIMEOUT ?= 10m

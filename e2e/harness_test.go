@@ -5,6 +5,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -15,54 +16,47 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
-// The local stack's endpoints (TEAM.md, deploy/stack).
+// The local stack's endpoints (deploy/stack/README.md): fixed loopback
+// ports, which is why these tests run only under `make test-e2e`.
 const (
 	collectorOTLP = "127.0.0.1:4317"
 	jaegerAPI     = "http://127.0.0.1:16686"
 	prometheusAPI = "http://127.0.0.1:9090"
 )
 
+// sidecarBin is the binary under test, built once by TestMain so that every
+// test runs the current code as a real process.
 var (
-	sidecarBin string // built by TestMain
+	sidecarBin string
 	buildDir   string
 )
 
-// repoRoot is the module root, two levels above this file.
+// repoRoot is the module root, the parent of this file's directory.
 func repoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
 	return filepath.Dir(filepath.Dir(file))
 }
 
-// buildSidecar compiles the sidecar under test once, so every test runs
-// the current code as a real process.
+// buildSidecar builds the binary (or takes $EVENTBUS_SIDECAR_BIN).
 func buildSidecar() error {
-	if bin := os.Getenv("E2E_SIDECAR_BIN"); bin != "" {
-		sidecarBin = bin
-		return nil
-	}
 	dir, err := os.MkdirTemp("", "eventbus-e2e-")
 	if err != nil {
 		return err
 	}
 	buildDir = dir
-	sidecarBin = filepath.Join(dir, "eventbus-sidecar")
-	cmd := exec.Command("go", "build", "-o", sidecarBin, ".")
-	cmd.Dir = repoRoot()
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("building the sidecar: %w\n%s", err, out)
-	}
-	return nil
+	sidecarBin, err = testkit.BuildSidecar(context.Background(), dir)
+	return err
 }
 
 func removeBuild() {
@@ -98,47 +92,22 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// freeAddr returns a loopback address nothing listens on right now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+// seen returns nil when ok holds and otherwise what was seen, for the
+// report of a testkit.Eventually that times out.
+func seen(ok bool, format string, args ...any) error {
+	if ok {
+		return nil
 	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-// poll runs cond until it reports done or within passes; cond's message
-// says what was seen last, for the failure.
-func poll(t *testing.T, within time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	last := ""
-	for {
-		ok, msg := cond()
-		if ok {
-			return
-		}
-		if msg != "" {
-			last = msg
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s; last seen: %s", within, what, last)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	return fmt.Errorf(format, args...)
 }
 
 // sidecar is a running eventbus-sidecar process.
 type sidecar struct {
-	cmd      *exec.Cmd
+	*testkit.Sidecar
 	socket   string
 	admin    string // http://host:port
 	instance string // service.instance.id, the Prometheus instance label
-	logPath  string
 	started  time.Time
-	exited   chan struct{}
 }
 
 // sidecarOptions shape a test's sidecar.
@@ -169,98 +138,23 @@ func startSidecar(t *testing.T, o sidecarOptions) *sidecar {
 	if o.telemetry == "" {
 		o.telemetry = "  otlp_endpoint: http://" + collectorOTLP + "\n  metric_interval: 1s\n"
 	}
-	// Unix socket paths are limited to 108 bytes: keep it short.
-	dir, err := os.MkdirTemp("", "e2e")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	s := &sidecar{
-		socket:   filepath.Join(dir, "s.sock"),
-		instance: "e2e-" + t.Name() + "-" + randomHex(4),
-		logPath:  filepath.Join(dir, "sidecar.log"),
-		exited:   make(chan struct{}),
-	}
-	adminAddr := freeAddr(t)
-	s.admin = "http://" + adminAddr
-	cfg := fmt.Sprintf("socket: %s\nadmin_addr: %s\nlog_level: info\ndrain_timeout: 2s\nqueues:%s\ntelemetry:\n%s",
-		s.socket, adminAddr, o.queues, o.telemetry)
-	cfgPath := filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	logFile, err := os.Create(s.logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.cmd = exec.Command(sidecarBin, "serve", "--config", cfgPath)
-	env := []string{}
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "OTEL_") && !strings.HasPrefix(kv, "EVENTBUS_") {
-			env = append(env, kv)
-		}
-	}
-	env = append(env,
-		"OTEL_RESOURCE_ATTRIBUTES=service.instance.id="+url.PathEscape(s.instance),
-		"OTEL_BSP_SCHEDULE_DELAY=100")
-	s.cmd.Env = append(env, o.env...)
-	s.cmd.Stdout, s.cmd.Stderr = logFile, logFile
-	// A test binary killed by its timeout takes its sidecars with it.
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := s.cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", sidecarBin, err)
-	}
-	s.started = time.Now()
-	go func() {
-		_ = s.cmd.Wait()
-		logFile.Close()
-		close(s.exited)
-	}()
-	t.Cleanup(func() {
-		s.stop(t)
-		if t.Failed() {
-			b, _ := os.ReadFile(s.logPath)
-			t.Logf("sidecar log (%s):\n%s", s.instance, tail(string(b), 60))
-		}
+	instance := "e2e-" + t.Name() + "-" + randomHex(4)
+	started := time.Now()
+	ts := testkit.StartSidecar(t, testkit.SidecarConfig{
+		Binary: sidecarBin,
+		Config: fmt.Sprintf("log_level: info\ndrain_timeout: 2s\nqueues:%s\ntelemetry:\n%s", o.queues, o.telemetry),
+		Env: append([]string{
+			"OTEL_RESOURCE_ATTRIBUTES=service.instance.id=" + url.PathEscape(instance),
+			"OTEL_BSP_SCHEDULE_DELAY=100",
+		}, o.env...),
 	})
-	poll(t, 20*time.Second, "the sidecar to be ready", func() (bool, string) {
-		select {
-		case <-s.exited:
-			b, _ := os.ReadFile(s.logPath)
-			t.Fatalf("sidecar exited during start-up:\n%s", b)
-		default:
-		}
-		code, body, err := httpGet(s.admin + "/readyz")
-		if err != nil {
-			return false, err.Error()
-		}
-		return code == http.StatusOK, body
-	})
-	return s
-}
-
-// stop sends SIGTERM and waits for the drain; SIGKILL after 20 s.
-func (s *sidecar) stop(t *testing.T) {
-	t.Helper()
-	select {
-	case <-s.exited:
-		return
-	default:
-	}
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.exited:
-	case <-time.After(20 * time.Second):
-		t.Errorf("sidecar ignored SIGTERM for 20s; killing it")
-		_ = s.cmd.Process.Kill()
-		<-s.exited
-	}
+	return &sidecar{Sidecar: ts, socket: ts.Socket, admin: "http://" + ts.AdminAddr, instance: instance, started: started}
 }
 
 // rssBytes is the sidecar's resident memory now.
 func (s *sidecar) rssBytes(t *testing.T) int64 {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.Pid()))
 	if err != nil {
 		t.Fatalf("reading sidecar memory: %v", err)
 	}

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
 // TestDropsAndStallInPrometheus overfills data and stalls order (nobody
@@ -17,15 +19,15 @@ func TestDropsAndStallInPrometheus(t *testing.T) {
 	sc := startSidecar(t, sidecarOptions{})
 	inst := sc.instance
 
-	// The series exist at 0 before anything happens (issue 3 section 3),
-	// so that increase() sees the first drop.
-	poll(t, 30*time.Second, "zero-valued drop series in Prometheus", func() (bool, string) {
+	// The series exist at 0 before anything happens, so that increase()
+	// sees the first drop.
+	testkit.Eventually(t, "zero-valued drop series in Prometheus", func() error {
 		s, err := prometheus(fmt.Sprintf(`eventbus_events_dropped_total{instance=%q,queue="data"}`, inst))
 		if err != nil {
-			return false, err.Error()
+			return err
 		}
-		return len(s) == 2, fmt.Sprintf("%v", s) // reason timeout and evicted
-	})
+		return seen(len(s) == 2, "%v", s) // reason timeout and evicted
+	}, testkit.Within(30*time.Second))
 
 	// Overfill data: 4 fit, each further one waits 150 ms and is dropped.
 	// Several connections publish in parallel (one connection's publishes
@@ -67,30 +69,30 @@ func TestDropsAndStallInPrometheus(t *testing.T) {
 		}
 	}
 
-	poll(t, 30*time.Second, "the drops in Prometheus", func() (bool, string) {
+	testkit.Eventually(t, "the drops in Prometheus", func() error {
 		s, err := prometheus(fmt.Sprintf(`sum(eventbus_events_dropped_total{instance=%q,queue="data"})`, inst))
 		if err != nil {
-			return false, err.Error()
+			return err
 		}
-		return len(s) == 1 && s[0].Value == float64(dropped), fmt.Sprintf("%v", s)
-	})
-	poll(t, 30*time.Second, "order at capacity in Prometheus", func() (bool, string) {
+		return seen(len(s) == 1 && s[0].Value == float64(dropped), "%v", s)
+	}, testkit.Within(30*time.Second))
+	testkit.Eventually(t, "order at capacity in Prometheus", func() error {
 		s, err := prometheus(fmt.Sprintf(
 			`eventbus_queue_depth{instance=%q,queue="order"} == on(instance,queue) eventbus_queue_capacity{instance=%q,queue="order"}`, inst, inst))
 		if err != nil {
-			return false, err.Error()
+			return err
 		}
-		return len(s) == 1 && s[0].Value == 4, fmt.Sprintf("%v", s)
-	})
+		return seen(len(s) == 1 && s[0].Value == 4, "%v", s)
+	}, testkit.Within(30*time.Second))
 	// Histograms keep the bus's microsecond boundaries through the
 	// collector (the exporters' defaults start at milliseconds).
-	poll(t, 30*time.Second, "microsecond histogram buckets in Prometheus", func() (bool, string) {
+	testkit.Eventually(t, "microsecond histogram buckets in Prometheus", func() error {
 		s, err := prometheus(fmt.Sprintf(`eventbus_queue_wait_duration_seconds_bucket{instance=%q,queue="data",le="1e-06"}`, inst))
 		if err != nil {
-			return false, err.Error()
+			return err
 		}
-		return len(s) == 1, fmt.Sprintf("%v", s)
-	})
+		return seen(len(s) == 1, "%v", s)
+	}, testkit.Within(30*time.Second))
 	// The rate() an alert would use sees the drops too.
 	s, err := prometheus(fmt.Sprintf(`increase(eventbus_events_dropped_total{instance=%q,queue="data",reason="timeout"}[1m])`, inst))
 	if err != nil || len(s) != 1 || s[0].Value <= 0 {

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
 // stackState is deploy/stack's state folder (its lib.sh: STACK_STATE or
@@ -58,10 +60,10 @@ func stopCollector(t *testing.T) {
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 		t.Fatalf("stopping the collector (pid %d): %v", pid, err)
 	}
-	poll(t, 20*time.Second, "the collector to exit", func() (bool, string) {
+	testkit.Eventually(t, "the collector to exit", func() error {
 		_, alive := collectorPID()
-		return !alive, fmt.Sprintf("pid %d still running", pid)
-	})
+		return seen(!alive, "pid %d still running", pid)
+	}, testkit.Within(20*time.Second))
 }
 
 // startCollector restarts whatever part of the stack is not running; the
@@ -183,13 +185,13 @@ func TestCollectorOutage(t *testing.T) {
 	outage := time.Since(stoppedAt)
 	// The failure count only arose while the collector was down, so seeing
 	// it in Prometheus proves metric export resumed.
-	poll(t, 60*time.Second, "the loss counters in Prometheus after the restart", func() (bool, string) {
+	testkit.Eventually(t, "the loss counters in Prometheus after the restart", func() error {
 		s, err := prometheus(fmt.Sprintf(`eventbus_telemetry_exports_failed_total{instance=%q,signal="traces"}`, sc.instance))
 		if err != nil {
-			return false, err.Error()
+			return err
 		}
-		return len(s) == 1 && s[0].Value > 0, fmt.Sprintf("%v", s)
-	})
+		return seen(len(s) == 1 && s[0].Value > 0, "%v", s)
+	}, testkit.Within(60*time.Second))
 	s, err := prometheus(fmt.Sprintf(`sum(eventbus_telemetry_spans_dropped_total{instance=%q})`, sc.instance))
 	if err != nil || len(s) != 1 || s[0].Value <= 0 {
 		t.Errorf("spans lost during the outage not in Prometheus: %v %v", s, err)
@@ -199,7 +201,7 @@ func TestCollectorOutage(t *testing.T) {
 	// counted), so keep publishing until one arrives.
 	c := dial(t, sc)
 	var ids []string
-	poll(t, 60*time.Second, "a new trace in Jaeger after the restart", func() (bool, string) {
+	testkit.Eventually(t, "a new trace in Jaeger after the restart", func() error {
 		id := randomHex(16)
 		if f := c.reply(c.publish("order", "ORDER_PLACED", fmt.Sprintf("00-%s-%s-01", id, randomHex(8))), 10*time.Second); f.Status != "accepted" {
 			t.Fatalf("order publish after the restart: %+v", f)
@@ -210,27 +212,24 @@ func TestCollectorOutage(t *testing.T) {
 		}
 		for _, id := range ids {
 			if tr, err := jaeger(id); err == nil && len(tr.Spans) > 0 {
-				return true, ""
+				return nil
 			}
 		}
-		return false, fmt.Sprintf("none of the last %d traced orders in Jaeger", len(ids))
-	})
+		return fmt.Errorf("none of the last %d traced orders in Jaeger", len(ids))
+	}, testkit.Within(60*time.Second))
 	pub.halt()
 
 	// Loss is logged once per interval (1 s here), never per span: at full
 	// speed data spans beyond the export budget are shed all along, so
 	// there may be a line every second of the sidecar's life, but no more.
-	b, err := os.ReadFile(sc.logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Count(string(b), "telemetry lost since last report")
+	b := sc.Logs()
+	lines := strings.Count(b, "telemetry lost since last report")
 	life := time.Since(sc.started)
 	if limit := int(life.Seconds()) + 2; lines == 0 || lines > limit {
 		t.Errorf("%d loss log lines in %v (outage %v); want between 1 and %d",
 			lines, life.Round(time.Second), outage.Round(time.Second), limit)
 	}
-	if !strings.Contains(string(b), "telemetry export recovered") {
+	if !strings.Contains(b, "telemetry export recovered") {
 		t.Error("no \"telemetry export recovered\" log line after the collector returned")
 	}
 }

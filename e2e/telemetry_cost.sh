@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The cost of telemetry (issue 3 section 6): socket publish throughput of a
+# The cost of telemetry (docs/telemetry.md, Cost): socket publish throughput of a
 # real sidecar with telemetry off, metrics only, and metrics plus 100% of
 # spans exported to the real local collector, measured with the project's
 # load tool (`eventbus-sidecar load`, one publishing connection and one

@@ -7,13 +7,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
 // TestTraceInJaeger publishes with a known traceparent so that a blocked
 // order publish (wait, then deliver), a dropped data publish (wait, drop)
 // and a timed-out signal publish all land in one trace, and checks that
-// Jaeger's HTTP API returns that trace with the spans of issue 3 section 2,
-// parented and attributed as specified. The order is nacked once, so there
+// Jaeger's HTTP API returns that trace with the spans docs/telemetry.md
+// lists, parented and attributed as it says. The order is nacked once, so there
 // are two deliver spans; a drop_oldest queue adds an evicted-drop span.
 func TestTraceInJaeger(t *testing.T) {
 	sc := startSidecar(t, sidecarOptions{})
@@ -41,10 +43,10 @@ func TestTraceInJaeger(t *testing.T) {
 	}
 	// order full: blocks until a consumer makes room.
 	orderID := pub.publish("order", "ORDER_PLACED", tp)
-	poll(t, 10*time.Second, "the order publisher to wait", func() (bool, string) {
+	testkit.Eventually(t, "the order publisher to wait", func() error {
 		v := sc.adminMetric(t, "eventbus_publishers_waiting", `queue="order"`)
-		return v == 1, fmt.Sprintf("eventbus_publishers_waiting{queue=order} = %v", v)
-	})
+		return seen(v == 1, "eventbus_publishers_waiting{queue=order} = %v", v)
+	}, testkit.Within(10*time.Second))
 	cons := dial(t, sc)
 	if f := cons.call(map[string]any{"op": "subscribe", "queue": "order", "prefetch": 1}); f.Status != "ok" {
 		t.Fatalf("subscribe: %+v", f)
@@ -86,11 +88,11 @@ func TestTraceInJaeger(t *testing.T) {
 	want := []string{"publish order", "wait order", "deliver order", "publish data", "wait data", "drop data",
 		"publish signal", "wait signal", "publish ticks", "drop ticks"}
 	var tr *jaegerTrace
-	poll(t, 30*time.Second, "the trace in Jaeger", func() (bool, string) {
+	testkit.Eventually(t, "the trace in Jaeger", func() error {
 		var err error
 		tr, err = jaeger(traceID)
 		if err != nil {
-			return false, err.Error()
+			return err
 		}
 		have := map[string]bool{}
 		for _, s := range tr.Spans {
@@ -98,11 +100,11 @@ func TestTraceInJaeger(t *testing.T) {
 		}
 		for _, w := range want {
 			if !have[w] {
-				return false, fmt.Sprintf("have %v, missing %q", have, w)
+				return fmt.Errorf("have %v, missing %q", have, w)
 			}
 		}
-		return true, ""
-	})
+		return nil
+	}, testkit.Within(30*time.Second))
 
 	// Two deliveries of our order (nack, then ack): deliver spans by try.
 	byName := map[string]jaegerSpan{}
@@ -117,13 +119,13 @@ func TestTraceInJaeger(t *testing.T) {
 		}
 		byName[s.OperationName] = s
 	}
-	poll(t, 30*time.Second, "both deliver spans in Jaeger", func() (bool, string) {
+	testkit.Eventually(t, "both deliver spans in Jaeger", func() error {
 		if len(delivers) == 2 {
-			return true, ""
+			return nil
 		}
 		tr, err := jaeger(traceID)
 		if err != nil {
-			return false, err.Error()
+			return err
 		}
 		delivers = delivers[:0]
 		for _, s := range tr.Spans {
@@ -131,8 +133,8 @@ func TestTraceInJaeger(t *testing.T) {
 				delivers = append(delivers, s)
 			}
 		}
-		return len(delivers) == 2, fmt.Sprintf("%d deliver spans", len(delivers))
-	})
+		return seen(len(delivers) == 2, "%d deliver spans", len(delivers))
+	}, testkit.Within(30*time.Second))
 	for _, d := range delivers {
 		switch d.tag("eventbus.redelivery.count") {
 		case "0":

@@ -5,7 +5,7 @@ orders out, and an order executor consuming them.
     eventbus-sidecar serve --socket /tmp/eventbus-sidecar.sock &
     python3 examples/trading_app.py --socket /tmp/eventbus-sidecar.sock --duration 10
 
-The flow is the seed design's (its section 6.2), one queue per stage:
+The flow is the design document's, one queue per stage:
 
     feed      --CANDLE_UPDATE / CANDLE_CLOSED-->  data    (drops when full)
     strategy  --SIGNAL_GENERATED-->               signal  (times out when full)

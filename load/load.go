@@ -1,6 +1,10 @@
 // Package load drives a running sidecar through the Go client: publishers
-// on several connections, consumers that ack, and a report of throughput
-// and latency percentiles. It is bounded both in events and in time.
+// on several connections, closed loop (as fast as replies come) or open
+// loop (at a fixed rate, latency measured from each event's intended send
+// time), consumers that ack, and a report of throughput and HDR-histogram
+// latency percentiles. It is bounded both in events and in time. Compare
+// runs the same load against a framing-only server first, the ceiling of
+// any broker on this socket, and reports the sidecar as ratios of it.
 package load
 
 import (
@@ -25,6 +29,7 @@ const (
 	MaxConnections  = 1024
 	MaxConcurrency  = 4096
 	MaxPayloadBytes = 1 << 20
+	MaxRate         = 10_000_000
 	// DefaultDuration bounds a run unless Config.Duration says otherwise.
 	DefaultDuration = time.Minute
 	// minPayloadBytes fits the timestamp object the consumers read.
@@ -56,6 +61,18 @@ type Config struct {
 	// Duration bounds the whole run (default 60s); a run cut short reports
 	// what it measured and says so.
 	Duration time.Duration
+	// Rate, when positive, makes the run open loop: event i is due at
+	// start + i/Rate seconds and its latencies are measured from then,
+	// whether or not a publisher was free to send it on time. Zero is
+	// closed loop: each publisher sends its next event when the last one
+	// is answered (at most Connections x Concurrency in flight).
+	Rate float64
+	// Label names the run in its status line and report.
+	Label string
+	// Progress, when set, receives a live status line every
+	// ProgressInterval, rewritten in place with a carriage return, and
+	// cleared at the end. Meant for a terminal.
+	Progress io.Writer `json:"-"`
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -97,43 +114,36 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Duration < 0 {
 		errs = append(errs, fmt.Errorf("duration %v: must be positive", c.Duration))
 	}
+	if !(c.Rate >= 0 && c.Rate <= MaxRate) {
+		errs = append(errs, fmt.Errorf("rate %v: must be between 0 (closed loop) and %d events/s", c.Rate, MaxRate))
+	}
 	return c, errors.Join(errs...)
-}
-
-// Percentiles summarises a latency sample.
-type Percentiles struct {
-	N    int           `json:"n"`
-	P50  time.Duration `json:"p50_ns"`
-	P90  time.Duration `json:"p90_ns"`
-	P99  time.Duration `json:"p99_ns"`
-	P999 time.Duration `json:"p999_ns"`
-	Max  time.Duration `json:"max_ns"`
-}
-
-func percentiles(samples []time.Duration) Percentiles {
-	if len(samples) == 0 {
-		return Percentiles{}
-	}
-	slices.Sort(samples)
-	at := func(q float64) time.Duration {
-		i := int(q * float64(len(samples)-1))
-		return samples[i]
-	}
-	return Percentiles{N: len(samples), P50: at(0.50), P90: at(0.90), P99: at(0.99), P999: at(0.999), Max: samples[len(samples)-1]}
 }
 
 // Result is what a run measured.
 type Result struct {
 	Config Config `json:"config"`
+	// Sent counts publishes started; each ends in one of the outcomes below.
+	Sent int64 `json:"sent"`
 	// Publish outcomes.
 	Accepted  int64 `json:"accepted"`
 	Dropped   int64 `json:"dropped"`
 	TimedOut  int64 `json:"timed_out"`
 	Failed    int64 `json:"failed"`
 	Cancelled int64 `json:"cancelled"`
-	// Acked counts deliveries the consumers handled and acked.
+	// Unsent counts, in an open-loop run, the events that were due before
+	// the run ended but never sent because no publisher was free to send
+	// them in time: a sign that the target (or the load tool itself) could
+	// not keep up with the rate.
+	Unsent int64 `json:"unsent"`
+	// Acked counts deliveries of this run's events the consumers handled
+	// and acked.
 	Acked int64 `json:"acked"`
-	// PublishElapsed runs from the first publish to the last reply;
+	// Foreign counts deliveries of events that were not this run's: left
+	// in the queue by an earlier run cut short, or published by someone
+	// else. They are acked and left out of every other figure.
+	Foreign int64 `json:"foreign"`
+	// PublishElapsed runs from the start of the run to the last reply;
 	// Elapsed to the last ack (or the last reply without consumers).
 	PublishElapsed time.Duration `json:"publish_elapsed_ns"`
 	Elapsed        time.Duration `json:"elapsed_ns"`
@@ -141,10 +151,15 @@ type Result struct {
 	// Rate is events published and acked per second over the whole run.
 	PublishRate float64 `json:"publish_events_per_second"`
 	Rate        float64 `json:"events_per_second"`
-	// PublishLatency is the publish round trip as a caller sees it;
-	// EndToEnd runs from the start of a publish to its consumer's handler.
+	// PublishLatency runs from an event's send time to its publish reply;
+	// EndToEnd from its send time to its receipt by a consumer. The send
+	// time is the intended one in an open-loop run (Config.Rate > 0), so
+	// time an event spent waiting for a free publisher counts.
 	PublishLatency Percentiles `json:"publish_latency"`
 	EndToEnd       Percentiles `json:"end_to_end_latency"`
+	// SendLag, in an open-loop run, is how late each event was sent after
+	// its intended time: the load tool's own falling behind.
+	SendLag *Percentiles `json:"send_lag,omitempty"`
 	// Incomplete is set when Duration ended the run early.
 	Incomplete bool `json:"incomplete"`
 	// FirstError is the first unexpected publish error, if any.
@@ -159,7 +174,20 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("load config: %w", err)
 	}
+	return run(ctx, cfg, realClock{})
+}
+
+func run(ctx context.Context, cfg Config, clock Clock) (Result, error) {
 	res := Result{Config: cfg}
+	// An event carries its send time as Unix nanoseconds, but counted on
+	// the monotonic clock from base: the wall clock can be stepped or
+	// slewed while the run goes on (a virtual machine's was, by 13 s and
+	// by 5 ms a second), which would add to or take from every latency.
+	// This run's events carry times from base on; a delivery with an
+	// earlier one, or none, is another run's.
+	base := clock.Now()
+	unixNano := func(t time.Time) int64 { return base.UnixNano() + int64(t.Sub(base)) }
+	since := base.UnixNano()
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
 
@@ -172,6 +200,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 			}
 		}
 	}()
+	var err error
 	for i := range pubs {
 		if pubs[i], err = client.Dial(ctx, cfg.Socket); err != nil {
 			return res, err
@@ -184,12 +213,18 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 
 	var (
-		acked         atomic.Int64
-		accepted      atomic.Int64
-		publishDone   atomic.Bool
-		consumersDone = make(chan struct{})
-		stopOnce      sync.Once
+		sent, acked, accepted atomic.Int64
+		foreign               atomic.Int64
+		publishDone           atomic.Bool
+		consumersDone         = make(chan struct{})
+		consumerEnded         = make(chan struct{}, len(cons))
+		stopOnce              sync.Once
+		pubLat, e2eLat        = newLatencies(), newLatencies()
+		lag                   *latencies
 	)
+	if cfg.Rate > 0 {
+		lag = newLatencies()
+	}
 	consCtx, stopConsumers := context.WithCancel(ctx)
 	defer stopConsumers()
 	finish := func() {
@@ -197,17 +232,20 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 			stopOnce.Do(stopConsumers)
 		}
 	}
-	e2e := make([][]time.Duration, len(cons))
 	var consWG sync.WaitGroup
 	consErrs := make([]error, len(cons))
 	for i, c := range cons {
 		consWG.Add(1)
 		go func() {
 			defer consWG.Done()
+			defer func() { consumerEnded <- struct{}{} }()
 			consErrs[i] = c.Subscribe(consCtx, cfg.Queue, cfg.Prefetch, func(_ context.Context, d bus.Delivery) error {
-				if sent, ok := sentAt(d.Event.Payload); ok {
-					e2e[i] = append(e2e[i], time.Since(time.Unix(0, sent)))
+				at, ok := sentAt(d.Event.Payload)
+				if !ok || at < since {
+					foreign.Add(1)
+					return nil
 				}
+				e2eLat.record(i, time.Duration(unixNano(clock.Now())-at))
 				acked.Add(1)
 				finish()
 				return nil
@@ -218,14 +256,29 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		consWG.Wait()
 		close(consumersDone)
 	}()
+	consumerErr := func() error {
+		for _, err := range consErrs {
+			if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+				return fmt.Errorf("consumer: %w", err)
+			}
+		}
+		return nil
+	}
+	// Publishing starts once every consumer is subscribed, so that no
+	// event waits for a consumer that is still on its way.
+	if err := waitSubscribed(ctx, pubs[0], cfg, consumerEnded); err != nil {
+		stopConsumers()
+		<-consumersDone
+		return res, errors.Join(consumerErr(), err)
+	}
 
-	var next atomic.Int64
 	var firstErr error
 	var errOnce sync.Once
 	workers := cfg.Connections * cfg.Concurrency
-	lat := make([][]time.Duration, workers)
 	counts := make([][5]int64, workers)
-	start := time.Now()
+	start := clock.Now()
+	pace := newPacer(clock, start, cfg.Rate, cfg.Events)
+	stopProgress := startProgress(cfg, clock, start, counters{sent: &sent, accepted: &accepted, acked: &acked, pub: pubLat, e2e: e2eLat})
 	var pubWG sync.WaitGroup
 	for w := range workers {
 		c := pubs[w%cfg.Connections]
@@ -234,13 +287,17 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 			defer pubWG.Done()
 			pad := make([]byte, 0, cfg.PayloadBytes)
 			for {
-				if next.Add(1) > int64(cfg.Events) || ctx.Err() != nil {
+				_, at, ok := pace.take(ctx)
+				if !ok {
 					return
 				}
-				t0 := time.Now()
-				payload := makePayload(pad[:0], t0, cfg.PayloadBytes)
+				sent.Add(1)
+				if lag != nil {
+					lag.record(w, clock.Now().Sub(at))
+				}
+				payload := makePayload(pad[:0], unixNano(at), cfg.PayloadBytes)
 				out, err := c.Publish(ctx, bus.Event{Type: "LOAD_TEST", Payload: payload}, cfg.Queue)
-				lat[w] = append(lat[w], time.Since(t0))
+				pubLat.record(w, clock.Now().Sub(at))
 				switch out {
 				case bus.Accepted:
 					counts[w][0]++
@@ -259,17 +316,19 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		}()
 	}
 	pubWG.Wait()
-	res.PublishElapsed = time.Since(start)
+	pubEnd := clock.Now()
+	res.PublishElapsed = pubEnd.Sub(start)
 	publishDone.Store(true)
 	finish()
 	if len(cons) == 0 {
 		stopConsumers()
 	}
 	<-consumersDone
-	res.Elapsed = time.Since(start)
+	res.Elapsed = clock.Now().Sub(start)
 	if len(cons) == 0 {
 		res.Elapsed = res.PublishElapsed
 	}
+	stopProgress()
 
 	for _, c := range counts {
 		res.Accepted += c[0]
@@ -278,7 +337,15 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		res.Failed += c[3]
 		res.Cancelled += c[4]
 	}
+	res.Sent = sent.Load()
+	// A run cut short by Duration owed nothing due after its deadline.
+	end := pubEnd
+	if dl, ok := ctx.Deadline(); ok && dl.Before(end) {
+		end = dl
+	}
+	res.Unsent = pace.behind(res.Sent, end)
 	res.Acked = acked.Load()
+	res.Foreign = foreign.Load()
 	res.Incomplete = ctx.Err() != nil
 	res.PublishRate = float64(res.Accepted) / res.PublishElapsed.Seconds()
 	done := res.Acked
@@ -286,15 +353,17 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		done = res.Accepted
 	}
 	res.Rate = float64(done) / res.Elapsed.Seconds()
-	res.PublishLatency = percentiles(slices.Concat(lat...))
-	res.EndToEnd = percentiles(slices.Concat(e2e...))
+	res.PublishLatency = pubLat.percentiles()
+	res.EndToEnd = e2eLat.percentiles()
+	if lag != nil {
+		p := lag.percentiles()
+		res.SendLag = &p
+	}
 	if firstErr != nil {
 		res.FirstError = firstErr.Error()
 	}
-	for _, err := range consErrs {
-		if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
-			return res, fmt.Errorf("consumer: %w", err)
-		}
+	if err := consumerErr(); err != nil {
+		return res, err
 	}
 	if firstErr != nil && res.Accepted == 0 {
 		return res, fmt.Errorf("every publish failed: %w", firstErr)
@@ -302,10 +371,40 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	return res, nil
 }
 
+// subscribePoll is how often the start of a run asks whether the
+// consumers are subscribed yet; it takes a few milliseconds at most.
+const subscribePoll = 2 * time.Millisecond
+
+// waitSubscribed waits until the sidecar counts cfg.Consumers consumers on
+// cfg.Queue, or a consumer gave up (its error says why), or ctx ends.
+func waitSubscribed(ctx context.Context, c *client.Client, cfg Config, consumerEnded <-chan struct{}) error {
+	if cfg.Consumers == 0 {
+		return nil
+	}
+	t := time.NewTicker(subscribePoll)
+	defer t.Stop()
+	for {
+		st, err := c.Stats(ctx)
+		if err != nil {
+			return fmt.Errorf("waiting for the consumers to subscribe: %w", err)
+		}
+		if st[cfg.Queue].Consumers >= cfg.Consumers {
+			return nil
+		}
+		select {
+		case <-t.C:
+		case <-consumerEnded:
+			return errors.New("a consumer ended before the run started")
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the consumers to subscribe: %w", ctx.Err())
+		}
+	}
+}
+
 // makePayload writes {"t":<unix ns>,"pad":"xxx…"} of exactly size bytes.
-func makePayload(dst []byte, t time.Time, size int) json.RawMessage {
+func makePayload(dst []byte, unixNano int64, size int) json.RawMessage {
 	dst = append(dst, `{"t":`...)
-	dst = strconv.AppendInt(dst, t.UnixNano(), 10)
+	dst = strconv.AppendInt(dst, unixNano, 10)
 	dst = append(dst, `,"pad":"`...)
 	for len(dst) < size-2 {
 		dst = append(dst, 'x')
@@ -335,22 +434,38 @@ func (r Result) WriteText(w io.Writer) error {
 		_, err := fmt.Fprintf(w, format, args...)
 		errs = append(errs, err)
 	}
-	p("load: %d events of %d bytes to %q over %d connection(s) x %d in flight, %d consumer(s) with prefetch %d\n",
-		c.Events, c.PayloadBytes, c.Queue, c.Connections, c.Concurrency, c.Consumers, c.Prefetch)
-	p("publish: accepted %d, dropped %d, timeout %d, cancelled %d, failed %d in %v: %.0f events/s\n",
-		r.Accepted, r.Dropped, r.TimedOut, r.Cancelled, r.Failed, r.PublishElapsed.Round(time.Millisecond), r.PublishRate)
+	if c.Label != "" {
+		p("%s:\n", c.Label)
+	}
+	mode := "closed loop, latency from each actual send"
+	if c.Rate > 0 {
+		mode = fmt.Sprintf("open loop at %.0f events/s, latency from each intended send time", c.Rate)
+	}
+	p("load: %d events of %d bytes to %q over %d connection(s) x %d in flight, %d consumer(s) with prefetch %d; %s\n",
+		c.Events, c.PayloadBytes, c.Queue, c.Connections, c.Concurrency, c.Consumers, c.Prefetch, mode)
+	p("publish: sent %d: accepted %d, dropped %d, timeout %d, cancelled %d, failed %d in %v: %.0f events/s\n",
+		r.Sent, r.Accepted, r.Dropped, r.TimedOut, r.Cancelled, r.Failed, r.PublishElapsed.Round(time.Millisecond), r.PublishRate)
+	if r.Unsent > 0 {
+		p("BEHIND: %d events were due before the end but never sent: no publisher was free to send them in time\n", r.Unsent)
+	}
 	if c.Consumers > 0 {
 		p("published and acked: %d in %v: %.0f events/s\n", r.Acked, r.Elapsed.Round(time.Millisecond), r.Rate)
+	}
+	if r.Foreign > 0 {
+		p("foreign: %d deliveries were not this run's events (left by an earlier run or published by someone else): acked, not counted\n", r.Foreign)
 	}
 	pl := func(name string, q Percentiles) {
 		if q.N == 0 {
 			return
 		}
-		p("%-18s p50 %v  p90 %v  p99 %v  p99.9 %v  max %v  (n=%d)\n", name+" latency:",
+		p("%-20s p50 %v  p90 %v  p99 %v  p99.9 %v  max %v  (n=%d)\n", name+":",
 			q.P50.Round(time.Microsecond), q.P90.Round(time.Microsecond), q.P99.Round(time.Microsecond), q.P999.Round(time.Microsecond), q.Max.Round(time.Microsecond), q.N)
 	}
-	pl("publish", r.PublishLatency)
-	pl("end-to-end", r.EndToEnd)
+	pl("publish latency", r.PublishLatency)
+	pl("end-to-end latency", r.EndToEnd)
+	if r.SendLag != nil {
+		pl("send lag", *r.SendLag)
+	}
 	if r.FirstError != "" {
 		p("first publish error: %s\n", r.FirstError)
 	}

@@ -5,9 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -97,6 +100,15 @@ func TestRunPublishOnlyAndTimeBound(t *testing.T) {
 	if err != nil || res.Accepted != 500 || res.Acked != 0 || res.EndToEnd.N != 0 {
 		t.Fatalf("publish only: %+v %v", res, err)
 	}
+	// The next run on data gets those 500 first: not its own events.
+	res, err = Run(context.Background(), Config{Socket: path, Events: 100})
+	if err != nil || res.Accepted != 100 || res.Acked != 100 || res.Foreign != 500 || res.EndToEnd.N != 100 {
+		t.Fatalf("a run after the publish-only one: %+v %v, want 100 acked and 500 foreign", res, err)
+	}
+	var out bytes.Buffer
+	if err := res.WriteText(&out); err != nil || !strings.Contains(out.String(), "foreign: 500 deliveries") {
+		t.Fatalf("report %q, %v", out.String(), err)
+	}
 	// Nobody consumes order: the run must stop at its time limit.
 	res, err = Run(context.Background(), Config{Socket: path, Events: 100, Queue: "order", Consumers: -1, Duration: 200 * time.Millisecond})
 	if err != nil || !res.Incomplete || res.Accepted != 5 || res.Cancelled == 0 || res.Accepted+res.Cancelled >= 100 {
@@ -118,6 +130,8 @@ func TestConfigValidation(t *testing.T) {
 		{Config{Socket: "s", PayloadBytes: 8}, "payload bytes 8: must be between 40"},
 		{Config{Socket: "s", Connections: -1}, "connections -1"},
 		{Config{Socket: "s", Duration: -time.Second}, "duration -1s"},
+		{Config{Socket: "s", Rate: MaxRate + 1}, "rate 1.0000001e+07: must be between 0 (closed loop) and 10000000 events/s"},
+		{Config{Socket: "s", Rate: math.NaN()}, "rate NaN"},
 	}
 	for _, tt := range tests {
 		_, err := Run(context.Background(), tt.cfg)
@@ -133,12 +147,146 @@ func TestConfigValidation(t *testing.T) {
 func TestPayloadCarriesTimestamp(t *testing.T) {
 	now := time.Now()
 	for _, size := range []int{minPayloadBytes, 100, 4096} {
-		p := makePayload(nil, now, size)
+		p := makePayload(nil, now.UnixNano(), size)
 		if len(p) != size || !json.Valid(p) {
 			t.Fatalf("payload %q: len %d, want valid JSON of %d bytes", p, len(p), size)
 		}
 		if ts, ok := sentAt(p); !ok || ts != now.UnixNano() {
 			t.Fatalf("sentAt(%s) = %d %v", p, ts, ok)
 		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer goroutine.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestRunOpenLoop(t *testing.T) {
+	path, _ := startSidecar(t, bus.DefaultQueues())
+	var progress syncBuffer
+	cfg := Config{Socket: path, Events: 2000, Rate: 20000, Concurrency: 16, Label: "sidecar", Progress: &progress}
+	res, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Sent != 2000 || res.Accepted != 2000 || res.Acked != 2000 || res.Unsent != 0 || res.Incomplete {
+		t.Fatalf("result %+v, want 2000 sent, accepted and acked", res)
+	}
+	if res.SendLag == nil || res.SendLag.N != 2000 || res.PublishLatency.N != 2000 || res.EndToEnd.N != 2000 {
+		t.Fatalf("latencies %+v / %+v / send lag %+v", res.PublishLatency, res.EndToEnd, res.SendLag)
+	}
+	// The last event is due 1999/20000 s after the start: the schedule,
+	// not the sidecar's speed, sets the pace.
+	if due := 99950 * time.Microsecond; res.PublishElapsed < due {
+		t.Fatalf("published in %v, before the last event was due (%v)", res.PublishElapsed, due)
+	}
+	var out bytes.Buffer
+	if err := res.WriteText(&out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"sidecar:\n", "open loop at 20000 events/s", "sent 2000: accepted 2000", "send lag:", "end-to-end latency:"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, out.String())
+		}
+	}
+	// However many status lines the run wrote, each rewrote the line in
+	// place and the last thing written cleared it.
+	p := progress.String()
+	if !strings.HasSuffix(p, clearLine) {
+		t.Fatalf("progress output %q does not end by clearing the line", p)
+	}
+	for _, l := range strings.Split(strings.TrimSuffix(p, clearLine), clearLine)[1:] {
+		if !strings.HasPrefix(l, "sidecar ") || strings.Contains(l, "\n") {
+			t.Errorf("status line %q", l)
+		}
+	}
+}
+
+func TestCompareWithTheCeiling(t *testing.T) {
+	path, _ := startSidecar(t, bus.DefaultQueues())
+	rep, err := Compare(context.Background(), Config{Socket: path, Events: 2000, Connections: 2, Concurrency: 8}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []*Result{&rep.Result, rep.Ceiling} {
+		if r == nil || r.Accepted != 2000 || r.Acked != 2000 || r.EndToEnd.N != 2000 || r.Incomplete {
+			t.Fatalf("result %+v", r)
+		}
+	}
+	if rep.Config.Label != "sidecar" || rep.Config.Socket != path || rep.Ceiling.Config.Label != "ceiling" || rep.Ceiling.Config.Socket == path {
+		t.Fatalf("configs %+v / %+v", rep.Config, rep.Ceiling.Config)
+	}
+	v := rep.VsCeiling
+	if v == nil || v.Rate != rep.Rate/rep.Ceiling.Rate || v.PublishLatency.P99 != float64(rep.PublishLatency.P99)/float64(rep.Ceiling.PublishLatency.P99) || v.EndToEnd.P50 <= 0 {
+		t.Fatalf("ratios %+v", v)
+	}
+	if _, err := os.Stat(rep.Ceiling.Config.Socket); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the ceiling's socket is left behind: %v", err)
+	}
+
+	js, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var flat Result
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(js, &flat); err != nil || flat.Accepted != 2000 {
+		t.Fatalf("the report's JSON is not the sidecar's result at the top: %v %s", err, js)
+	}
+	if err := json.Unmarshal(js, &fields); err != nil || fields["ceiling"] == nil || fields["vs_ceiling"] == nil {
+		t.Fatalf("json %s: %v", js, err)
+	}
+	var out bytes.Buffer
+	if err := rep.WriteText(&out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"sidecar:\n", "ceiling:\n", "sidecar / ceiling:", "end-to-end latency: p50"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, out.String())
+		}
+	}
+
+	if _, err := Compare(context.Background(), Config{Socket: filepath.Join(t.TempDir(), "none.sock"), Events: 100}, nil); err == nil || !strings.Contains(err.Error(), "none.sock") {
+		t.Errorf("Compare without a sidecar: %v", err)
+	}
+	if _, err := Compare(context.Background(), Config{Socket: path, Rate: -1}, nil); err == nil || !strings.Contains(err.Error(), "rate -1: must be between 0") {
+		t.Errorf("Compare with a negative rate: %v", err)
+	}
+}
+
+func TestCompareWithACeilingProcess(t *testing.T) {
+	path, _ := startSidecar(t, bus.DefaultQueues())
+	child := func(socket string) *exec.Cmd {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), ceilingChildEnv+"="+socket)
+		cmd.Stderr = os.Stderr
+		return cmd
+	}
+	rep, err := Compare(context.Background(), Config{Socket: path, Events: 1000, Rate: 20000}, CeilingProcess(child))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := rep.Ceiling; c.Acked != 1000 || c.SendLag == nil || rep.Acked != 1000 || rep.VsCeiling == nil {
+		t.Fatalf("report %+v, ceiling %+v", rep, c)
+	}
+
+	// A child that never serves.
+	exits := func(string) *exec.Cmd { return exec.Command(os.Args[0], "-test.run=^$") }
+	if _, err := Compare(context.Background(), Config{Socket: path, Events: 10}, CeilingProcess(exits)); err == nil || !strings.Contains(err.Error(), "exited before serving") {
+		t.Fatalf("Compare with a child that exits: %v", err)
 	}
 }

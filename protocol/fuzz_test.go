@@ -40,6 +40,7 @@ func FuzzDecodeRequest(f *testing.F) {
 	seedFromGolden(f)
 	for _, s := range []string{
 		`{"op":"publish","id":7,`, `[1]`, `{"o\u0070":"ping","id":1}`, `{"op":"publish","id":1,"type":"T","payload":[[[[{}]]]]}`,
+		`{"op":"publish","id":1,"type":"T","msg_id":"a\u00e9"}`, `{"op":"publish","id":1,"type":"T","msg_id":7}`, `{"op":"nack","seq":1,"reason":null}`,
 		`{"op":"ack","seq":-0}`, `{"op":"ping","id":1e2}`, `{"op":"publish","id":1,"type":"\ud800"}`, "{\"op\":\"ping\",\"id\":1}\r",
 	} {
 		f.Add([]byte(s))
@@ -88,6 +89,21 @@ func FuzzDecodeRequest(f *testing.F) {
 		checkString("queue", got.HasQueue, got.Queue)
 		checkString("type", got.HasType, got.Type)
 		checkString("traceparent", got.Traceparent != "", got.Traceparent)
+		// msg_id and reason: absent, null and "" all mean not given.
+		for key, got := range map[string]string{"msg_id": got.MsgID, "reason": got.Reason} {
+			var want string
+			if raw, ok := m[key]; ok && string(raw) != "null" {
+				if err := json.Unmarshal(raw, &want); err != nil {
+					t.Fatalf("%q: field %s: %v", line, key, err)
+				}
+			}
+			if want != got {
+				t.Fatalf("%q: field %s = %q, encoding/json says %q", line, key, got, want)
+			}
+		}
+		if len(got.MsgID) > MaxMsgIDBytes {
+			t.Fatalf("%q: accepted a msg_id of %d bytes", line, len(got.MsgID))
+		}
 		if raw, ok := m["payload"]; ok != (got.Payload != nil) || string(raw) != string(got.Payload) {
 			t.Fatalf("%q: payload %q, encoding/json says %q", line, got.Payload, raw)
 		}

@@ -82,8 +82,34 @@ const (
 	// connection gets when a frame was not completed within the server's
 	// frame timeout; the connection is then closed.
 	CodeFrameTimeout Code = "frame_timeout"
+	// CodeStorageError answers a publish to a durable queue whose log could
+	// not be written or synced (disk full, I/O error): the event was not
+	// accepted and may be published again.
+	CodeStorageError Code = "storage_error"
 	CodeInternal     Code = "internal"
 )
+
+// MaxMsgIDBytes bounds a publish's msg_id, in bytes of the decoded string;
+// it equals bus.MaxMsgIDBytes (protocol does not import the bus).
+const MaxMsgIDBytes = 256
+
+// MaxNackReasonBytes bounds the nack reason the sidecar keeps: a reason
+// travels with a dead-lettered event, so a longer one is cut, not refused,
+// since refusing the nack would leave the event in flight.
+const MaxNackReasonBytes = 1024
+
+// ClipNackReason cuts a nack reason to MaxNackReasonBytes, on a rune
+// boundary so that the rest stays valid UTF-8.
+func ClipNackReason(r string) string {
+	if len(r) <= MaxNackReasonBytes {
+		return r
+	}
+	cut := MaxNackReasonBytes
+	for cut > 0 && !utf8.RuneStart(r[cut]) {
+		cut--
+	}
+	return r[:cut]
+}
 
 // MaxPrefetch bounds a subscription's prefetch, which bounds the events in
 // flight to one consumer.
@@ -115,6 +141,12 @@ type Request struct {
 	HasSeq      bool
 	Prefetch    int
 	HasPrefetch bool
+	// MsgID makes a publish idempotent within its queue's dedupe window;
+	// empty means not given.
+	MsgID string
+	// Reason is a nack's reason, kept with the event if it is dead-lettered;
+	// empty means not given.
+	Reason string
 }
 
 // RequestError is a request the sidecar refuses before acting on it. When
@@ -224,6 +256,20 @@ func decodeRequest(line []byte, in interner) (Request, error) {
 				r.Seq, err = parseUint("seq", v)
 				r.HasSeq = err == nil
 			}
+		case it.keyIs("msg_id"):
+			r.MsgID = ""
+			if !null {
+				r.MsgID, err = it.str("msg_id")
+				if err == nil && len(r.MsgID) > MaxMsgIDBytes {
+					err = fmt.Errorf("field \"msg_id\" is %d bytes long; at most %d bytes are allowed", len(r.MsgID), MaxMsgIDBytes)
+					r.MsgID = ""
+				}
+			}
+		case it.keyIs("reason"):
+			r.Reason = ""
+			if !null {
+				r.Reason, err = it.str("reason")
+			}
 		case it.keyIs("prefetch"):
 			r.HasPrefetch = false
 			if !null {
@@ -320,6 +366,10 @@ func AppendRequest(dst []byte, r *Request) []byte {
 		dst = append(dst, `,"traceparent":`...)
 		dst = appendString(dst, r.Traceparent)
 	}
+	if r.MsgID != "" {
+		dst = append(dst, `,"msg_id":`...)
+		dst = appendString(dst, r.MsgID)
+	}
 	if r.HasRef {
 		dst = append(dst, `,"ref":`...)
 		dst = strconv.AppendInt(dst, r.Ref, 10)
@@ -332,6 +382,10 @@ func AppendRequest(dst []byte, r *Request) []byte {
 		dst = append(dst, `,"prefetch":`...)
 		dst = strconv.AppendInt(dst, int64(r.Prefetch), 10)
 	}
+	if r.Reason != "" {
+		dst = append(dst, `,"reason":`...)
+		dst = appendString(dst, r.Reason)
+	}
 	return append(dst, '}', '\n')
 }
 
@@ -342,6 +396,15 @@ func AppendReply(dst []byte, id int64, status Status) []byte {
 	dst = append(dst, `,"status":"`...)
 	dst = append(dst, status...)
 	return append(dst, '"', '}', '\n')
+}
+
+// AppendDuplicateReply appends the reply to a publish whose msg_id was
+// already accepted on its queue: {"id":N,"status":"accepted","duplicate":true}.
+// The publisher may treat it as accepted; the event was not enqueued again.
+func AppendDuplicateReply(dst []byte, id int64) []byte {
+	dst = append(dst, `{"id":`...)
+	dst = strconv.AppendInt(dst, id, 10)
+	return append(dst, `,"status":"accepted","duplicate":true}`+"\n"...)
 }
 
 // AppendErrorReply appends an error reply. Without an id (the frame's id
@@ -389,6 +452,21 @@ type Deliver struct {
 	EnqueuedAt  time.Time
 	// Redeliveries counts earlier deliveries; redelivered is Redeliveries > 0.
 	Redeliveries int
+	// DeadLetter, on an event moved to a dead-letter queue, says where it
+	// came from; nil omits the field.
+	DeadLetter *DeadLetter
+}
+
+// DeadLetter is a deliver frame's "dead_letter" object.
+type DeadLetter struct {
+	// Queue is the queue the event was published to.
+	Queue string
+	// Seq is its sequence number there.
+	Seq uint64
+	// Deliveries counts its deliveries there.
+	Deliveries int
+	// Reason is the last nack's reason, empty if none was given.
+	Reason string
 }
 
 // AppendDeliver appends a deliver frame.
@@ -430,6 +508,17 @@ func appendDeliver[T string | []byte](dst []byte, d *Deliver, traceparent T) []b
 	} else {
 		dst = append(dst, `","redelivered":false,"redeliveries":0`...)
 	}
+	if dl := d.DeadLetter; dl != nil {
+		dst = append(dst, `,"dead_letter":{"queue":`...)
+		dst = appendString(dst, dl.Queue)
+		dst = append(dst, `,"seq":`...)
+		dst = strconv.AppendUint(dst, dl.Seq, 10)
+		dst = append(dst, `,"deliveries":`...)
+		dst = strconv.AppendInt(dst, int64(dl.Deliveries), 10)
+		dst = append(dst, `,"reason":`...)
+		dst = appendString(dst, dl.Reason)
+		dst = append(dst, '}')
+	}
 	return append(dst, '}', '\n')
 }
 
@@ -441,8 +530,11 @@ type Message struct {
 	ID     int64
 	HasID  bool
 	Status Status
-	Code   Code
-	Error  string
+	// Duplicate marks an accepted reply to a publish whose msg_id the queue
+	// had accepted before.
+	Duplicate bool
+	Code      Code
+	Error     string
 	// Stats is the raw stats object of a stats reply (aliases the frame).
 	Stats json.RawMessage
 	// Deliver fields; Payload aliases the frame.
@@ -509,6 +601,10 @@ func decodeMessage(line []byte, in interner) (Message, error) {
 			var s string
 			s, err = it.strInterned("status", in)
 			m.Status, hasStatus = Status(s), true
+		case it.keyIs("duplicate"):
+			m.Duplicate, err = parseBool("duplicate", v)
+		case it.keyIs("dead_letter"):
+			m.Deliver.DeadLetter, err = decodeDeadLetter(v)
 		case it.keyIs("code"):
 			var s string
 			s, err = it.str("code")
@@ -564,6 +660,49 @@ func decodeMessage(line []byte, in interner) (Message, error) {
 		return m, fmt.Errorf("%w: reply without status", ErrMalformedMessage)
 	}
 	return m, nil
+}
+
+func parseBool(field string, v []byte) (bool, error) {
+	if v[0] != 't' && v[0] != 'f' {
+		return false, fmt.Errorf("field %q must be a boolean, got %s", field, kindName(v[0]))
+	}
+	return v[0] == 't', nil
+}
+
+// decodeDeadLetter reads a deliver frame's "dead_letter" object, already
+// validated as JSON by the frame's scan. Unknown fields are ignored.
+func decodeDeadLetter(v []byte) (*DeadLetter, error) {
+	if v[0] != '{' {
+		return nil, fmt.Errorf("field \"dead_letter\" must be an object, got %s", kindName(v[0]))
+	}
+	var dl DeadLetter
+	it := newFieldIter(v)
+	var err error
+	for it.next() && err == nil {
+		f := it.val
+		if f[0] == 'n' {
+			continue
+		}
+		switch {
+		case it.keyIs("queue"):
+			dl.Queue, err = it.str("dead_letter.queue")
+		case it.keyIs("seq"):
+			dl.Seq, err = parseUint("dead_letter.seq", f)
+		case it.keyIs("deliveries"):
+			var n int64
+			n, err = parseInt("dead_letter.deliveries", f)
+			dl.Deliveries = int(n)
+		case it.keyIs("reason"):
+			dl.Reason, err = it.str("dead_letter.reason")
+		}
+	}
+	if it.err != nil {
+		return nil, it.err
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &dl, nil
 }
 
 // appendEnqueuedAt formats t like EnqueuedAtLayout, by hand: the generic

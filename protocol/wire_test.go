@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 func TestDecodeRequest(t *testing.T) {
@@ -43,6 +44,14 @@ func TestDecodeRequest(t *testing.T) {
 		{"ack without id", `{"op":"ack","seq":41}`, Request{Op: OpAck, Seq: 41, HasSeq: true}},
 		{"nack with queue and id", `{"op":"nack","seq":18446744073709551615,"queue":"data","id":3}`,
 			Request{Op: OpNack, Seq: 18446744073709551615, HasSeq: true, Queue: "data", HasQueue: true, ID: 3, HasID: true}},
+		{"publish with msg_id", `{"op":"publish","id":1,"type":"T","msg_id":"c1-\u00e9"}`,
+			Request{Op: OpPublish, ID: 1, HasID: true, Type: "T", HasType: true, MsgID: "c1-é"}},
+		{"msg_id of exactly the limit", `{"op":"publish","id":1,"type":"T","msg_id":"` + strings.Repeat("m", MaxMsgIDBytes) + `"}`,
+			Request{Op: OpPublish, ID: 1, HasID: true, Type: "T", HasType: true, MsgID: strings.Repeat("m", MaxMsgIDBytes)}},
+		{"empty and null msg_id are absent", `{"op":"publish","id":1,"type":"T","msg_id":"","reason":null}`,
+			Request{Op: OpPublish, ID: 1, HasID: true, Type: "T", HasType: true}},
+		{"nack with reason", `{"op":"nack","seq":4,"reason":"bad \"symbol\""}`,
+			Request{Op: OpNack, Seq: 4, HasSeq: true, Reason: `bad "symbol"`}},
 		{"stats", `{"op":"stats","id":10}`, Request{Op: OpStats, ID: 10, HasID: true}},
 		{"ping", `{"op":"ping","id":0}`, Request{Op: OpPing, ID: 0, HasID: true}},
 	}
@@ -98,6 +107,10 @@ func TestDecodeRequestErrors(t *testing.T) {
 		{"id not an integer", `{"op":"ping","id":"7"}`, CodeBadRequest, false, 0, `field "id" must be an integer, got string`},
 		{"id fractional", `{"op":"ping","id":7.5}`, CodeBadRequest, false, 0, `field "id" must be an integer, got 7.5`},
 		{"id too large", `{"op":"ping","id":9223372036854775808}`, CodeBadRequest, false, 0, "out of range"},
+		{"msg_id too long", `{"op":"publish","id":5,"type":"T","msg_id":"` + strings.Repeat("m", MaxMsgIDBytes+1) + `"}`, CodeBadRequest, true, 5,
+			`publish: field "msg_id" is 257 bytes long; at most 256 bytes are allowed`},
+		{"msg_id not a string", `{"op":"publish","id":5,"type":"T","msg_id":42}`, CodeBadRequest, true, 5, `field "msg_id" must be a string, got number`},
+		{"reason not a string", `{"op":"nack","id":5,"seq":1,"reason":{}}`, CodeBadRequest, true, 5, `field "reason" must be a string, got object`},
 		{"cancel missing ref", `{"op":"cancel","id":9}`, CodeBadRequest, true, 9, `cancel: missing field "ref"`},
 		{"subscribe missing queue", `{"op":"subscribe","id":9}`, CodeBadRequest, true, 9, `subscribe: missing field "queue"`},
 		{"prefetch zero", `{"op":"subscribe","id":9,"queue":"data","prefetch":0}`, CodeBadRequest, true, 9, `"prefetch" must be between 1 and 65536, got 0`},
@@ -140,6 +153,8 @@ func TestAppendRequestRoundTrip(t *testing.T) {
 		{Op: OpSubscribe, ID: 3, HasID: true, Queue: "order", HasQueue: true, Prefetch: 5, HasPrefetch: true},
 		{Op: OpAck, Seq: 99, HasSeq: true, Queue: "order", HasQueue: true},
 		{Op: OpNack, Seq: 98, HasSeq: true},
+		{Op: OpNack, ID: 7, HasID: true, Seq: 97, HasSeq: true, Reason: "timeout\ncalling risk"},
+		{Op: OpPublish, ID: 8, HasID: true, Type: "ORDER_PLACED", HasType: true, MsgID: "a1b2-\"7\""},
 		{Op: OpStats, ID: 4, HasID: true},
 		{Op: OpPing, ID: 5, HasID: true},
 		{Op: OpUnsubscribe, ID: 6, HasID: true, Queue: "order", HasQueue: true},
@@ -193,6 +208,11 @@ func TestDecodeMessage(t *testing.T) {
 			Message{Status: StatusError, Code: CodeBadRequest, Error: "malformed"}},
 		{"deliver", `{"op":"deliver","queue":"order","seq":41,"type":"ORDER_PLACED","payload":{"q":1},"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01","enqueued_at":"2024-05-06T07:08:09.123456789Z","redelivered":true,"redeliveries":2}`,
 			Message{Op: OpDeliver, Deliver: Deliver{Queue: "order", Seq: 41, Type: "ORDER_PLACED", Payload: json.RawMessage(`{"q":1}`), Traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", EnqueuedAt: at, Redeliveries: 2}}},
+		{"duplicate", `{"id":7,"status":"accepted","duplicate":true}`, Message{ID: 7, HasID: true, Status: StatusAccepted, Duplicate: true}},
+		{"storage error", `{"id":7,"status":"error","code":"storage_error","error":"disk full"}`,
+			Message{ID: 7, HasID: true, Status: StatusError, Code: CodeStorageError, Error: "disk full"}},
+		{"deliver of a dead letter", `{"op":"deliver","queue":"dlq","seq":3,"type":"T","payload":1,"enqueued_at":"2024-05-06T07:08:09.123456789Z","redelivered":false,"redeliveries":0,"dead_letter":{"queue":"order","seq":41,"deliveries":5,"reason":"bad","later":[1]}}`,
+			Message{Op: OpDeliver, Deliver: Deliver{Queue: "dlq", Seq: 3, Type: "T", Payload: json.RawMessage(`1`), EnqueuedAt: at, DeadLetter: &DeadLetter{Queue: "order", Seq: 41, Deliveries: 5, Reason: "bad"}}}},
 		{"deliver with only the redelivered flag", `{"op":"deliver","queue":"q","seq":1,"type":"T","payload":null,"enqueued_at":"2024-05-06T07:08:09.123456789Z","redelivered":true}`,
 			Message{Op: OpDeliver, Deliver: Deliver{Queue: "q", Seq: 1, Type: "T", Payload: json.RawMessage(`null`), EnqueuedAt: at, Redeliveries: 1}}},
 	}
@@ -205,7 +225,9 @@ func TestDecodeMessage(t *testing.T) {
 			assertMessage(t, got, tt.want)
 		})
 	}
-	for _, bad := range []string{`{"status":`, `{"id":1}`, `{"op":"deliver","seq":1}`, `{"op":"explode"}`, `{"id":"x","status":"ok"}`, `{"op":"deliver","queue":"q","seq":1,"enqueued_at":"yesterday"}`} {
+	for _, bad := range []string{`{"status":`, `{"id":1}`, `{"op":"deliver","seq":1}`, `{"op":"explode"}`, `{"id":"x","status":"ok"}`, `{"op":"deliver","queue":"q","seq":1,"enqueued_at":"yesterday"}`,
+		`{"id":1,"status":"accepted","duplicate":"yes"}`, `{"op":"deliver","queue":"q","seq":1,"enqueued_at":"2024-05-06T07:08:09Z","dead_letter":[]}`,
+		`{"op":"deliver","queue":"q","seq":1,"enqueued_at":"2024-05-06T07:08:09Z","dead_letter":{"seq":-1}}`} {
 		if _, err := DecodeMessage([]byte(bad)); !errors.Is(err, ErrMalformedMessage) {
 			t.Errorf("DecodeMessage(%s) error = %v, want ErrMalformedMessage", bad, err)
 		}
@@ -254,5 +276,28 @@ func TestEnqueuedAtFormatAndParse(t *testing.T) {
 		if _, err := parseEnqueuedAt(s); err == nil {
 			t.Errorf("parseEnqueuedAt(%s) accepted an invalid time", s)
 		}
+	}
+}
+
+func TestClipReason(t *testing.T) {
+	max := MaxNackReasonBytes
+	tests := []struct {
+		name string
+		in   string
+		want int // length kept
+	}{
+		{"short kept", "bad symbol", len("bad symbol")},
+		{"exactly the limit kept", strings.Repeat("x", max), max},
+		{"longer cut to the limit", strings.Repeat("x", max+10), max},
+		// "é" is two bytes: the one straddling the limit goes whole.
+		{"cut on a rune boundary", strings.Repeat("x", max-1) + "é", max - 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := ClipNackReason(tt.in)
+			if len(got) != tt.want || !strings.HasPrefix(tt.in, got) || !utf8.ValidString(got) {
+				t.Fatalf("ClipNackReason kept %d bytes (valid UTF-8 %v), want %d", len(got), utf8.ValidString(got), tt.want)
+			}
+		})
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
 // TestWithRealBus runs the real bus on these providers, with data sampled at
@@ -70,7 +71,7 @@ func TestWithRealBus(t *testing.T) {
 
 	want := []string{"drop data", "publish data", "publish order", "publish signal", "publish signal", "wait data", "wait signal"}
 	var got []string
-	eventually(t, 10*time.Second, "the spans at the receiver", func() bool {
+	testkit.Eventually(t, "the spans at the receiver", func() bool {
 		got = rcv.spanNames()
 		slices.Sort(got)
 		return len(got) >= len(want)

@@ -128,6 +128,7 @@ type resolved struct {
 	traceTLS       *tls.Config
 	exportTimeout  time.Duration
 	ratio          float64
+	envRatio       float64 // ratio as the OTEL_TRACES_SAMPLER* variables set it
 	sampledQueues  []string
 	metricInterval time.Duration
 	queueSize      int
@@ -216,6 +217,7 @@ func (c Config) resolve() (resolved, error) {
 	default:
 		bad("OTEL_TRACES_SAMPLER=%q: want one of %s", s, strings.Join(Samplers, ", "))
 	}
+	r.envRatio = r.ratio
 	if c.DataSampleRatio != nil {
 		f := *c.DataSampleRatio
 		if f < 0 || f > 1 || f != f {

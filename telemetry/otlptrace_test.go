@@ -28,6 +28,8 @@ import (
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
 // reply is one scripted answer of a scriptedCollector: an error status,
@@ -135,34 +137,12 @@ func (r compressionRecorder) HandleRPC(_ context.Context, s stats.RPCStats) {
 	}
 }
 
-// fakeClock is the exporter's retry clock in tests: sleeping records the
-// wait and moves the time on at once.
-type fakeClock struct {
-	mu     sync.Mutex
-	t      time.Time
-	sleeps []time.Duration
-}
-
-func (c *fakeClock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) sleep(_ context.Context, d time.Duration) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.sleeps = append(c.sleeps, d)
-	c.t = c.t.Add(d)
-	return nil
-}
-
 // setupRetry is Setup's retry configuration.
 var setupRetry = retryConfig{initial: 100 * time.Millisecond, max: time.Second, maxElapsed: MaxRetryTime}
 
 // newTestExporter is a plaintext exporter to addr on a fake retry clock,
 // shut down at the end of the test.
-func newTestExporter(t *testing.T, addr string, timeout time.Duration) (*otlpSpanExporter, *fakeClock) {
+func newTestExporter(t *testing.T, addr string, timeout time.Duration) (*otlpSpanExporter, *testkit.Clock) {
 	t.Helper()
 	x, err := newSpanExporter(spanExporterConfig{
 		endpoint: endpoint{hostPort: addr, insecure: true}, timeout: timeout, retry: setupRetry,
@@ -170,8 +150,9 @@ func newTestExporter(t *testing.T, addr string, timeout time.Duration) (*otlpSpa
 	if err != nil {
 		t.Fatal(err)
 	}
-	clock := &fakeClock{t: time.Now()}
-	x.now, x.sleep = clock.now, clock.sleep
+	// The exporter compares the clock with its context's real deadline.
+	clock := testkit.NewClockAt(time.Now())
+	x.now, x.sleep = clock.Now, clock.Sleep
 	t.Cleanup(func() { _ = x.Shutdown(context.Background()) })
 	return x, clock
 }
@@ -270,12 +251,12 @@ func TestSpanExporterRetries(t *testing.T) {
 				t.Errorf("collector saw %d calls, want %d", col.callCount(), tt.wantCalls)
 			}
 			if tt.checkSleeps != nil {
-				tt.checkSleeps(t, clock.sleeps)
-			} else if tt.wantCalls == 1 && len(clock.sleeps) > 0 {
-				t.Errorf("waited %v although nothing was retried", clock.sleeps)
+				tt.checkSleeps(t, clock.Sleeps())
+			} else if tt.wantCalls == 1 && len(clock.Sleeps()) > 0 {
+				t.Errorf("waited %v although nothing was retried", clock.Sleeps())
 			}
-			if len(clock.sleeps) != col.callCount()-1 {
-				t.Errorf("%d waits for %d calls", len(clock.sleeps), col.callCount())
+			if len(clock.Sleeps()) != col.callCount()-1 {
+				t.Errorf("%d waits for %d calls", len(clock.Sleeps()), col.callCount())
 			}
 		})
 	}
@@ -312,7 +293,7 @@ func TestSpanExporterReusesRequestBuffer(t *testing.T) {
 		if err := x.ExportSpans(context.Background(), spans); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, 5*time.Second, "gRPC to release the request buffer", func() bool {
+		testkit.Eventually(t, "gRPC to release the request buffer", func() bool {
 			x.bufs.mu.Lock()
 			defer x.bufs.mu.Unlock()
 			return len(x.bufs.free) == 1
@@ -345,7 +326,7 @@ func TestSetupSendsHeadersAsMetadataAndGzip(t *testing.T) {
 	if err := tel.ForceFlush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "3 spans at the collector", func() bool { return len(col.received()) == 3 })
+	testkit.Eventually(t, "3 spans at the collector", func() bool { return len(col.received()) == 3 })
 
 	col.mu.Lock()
 	defer col.mu.Unlock()
@@ -373,7 +354,7 @@ func TestSetupSendsUncompressedByDefault(t *testing.T) {
 	if err := tel.ForceFlush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "the span at the collector", func() bool { return len(col.received()) == 1 })
+	testkit.Eventually(t, "the span at the collector", func() bool { return len(col.received()) == 1 })
 	col.mu.Lock()
 	defer col.mu.Unlock()
 	if len(col.compression) == 0 || col.compression[0] != "" {
@@ -388,7 +369,7 @@ func TestSetupCountsRejectedSpansOfAPartialSuccessAsLoss(t *testing.T) {
 	if err := tel.ForceFlush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "the rejected export counted", func() bool { return tel.Stats().SpanExportsFailed > 0 })
+	testkit.Eventually(t, "the rejected export counted", func() bool { return tel.Stats().SpanExportsFailed > 0 })
 	s := tel.Stats()
 	if s.SpansExported != 3 || s.SpansDroppedExportFailed != 2 || s.SpanExportsFailed != 1 {
 		t.Errorf("stats = %+v, want 3 of 5 spans exported, the 2 rejected lost, one failed export", s)
@@ -486,5 +467,5 @@ func TestSetupExportsOverMutualTLS(t *testing.T) {
 	if err := tel.ForceFlush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "2 spans over TLS", func() bool { return len(col.received()) == 2 })
+	testkit.Eventually(t, "2 spans over TLS", func() bool { return len(col.received()) == 2 })
 }

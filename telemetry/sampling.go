@@ -3,6 +3,8 @@ package telemetry
 import (
 	"context"
 	"encoding/binary"
+	"math"
+	"sync/atomic"
 
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -20,24 +22,39 @@ import (
 // SDK's TraceIDRatioBased sampler uses, so every span of one trace gets the
 // same answer and traces stay whole.
 type ratioFilter struct {
-	next   sdktrace.SpanProcessor
-	all    bool // ratio >= 1: nothing is filtered
-	bound  uint64
+	next sdktrace.SpanProcessor
+	// bound is the trace-ID threshold of the ratio, or keepAll for a
+	// ratio of 1 (nothing is filtered, and no span's attributes are
+	// read). Atomic: a configuration reload changes it while spans end.
+	bound  atomic.Uint64
 	queues map[string]bool
 	loss   *lossCounters
 }
 
 var _ sdktrace.SpanProcessor = (*ratioFilter)(nil)
 
+// keepAll is ratioFilter.bound for a ratio of 1: no threshold reaches it.
+const keepAll = math.MaxUint64
+
 func newRatioFilter(next sdktrace.SpanProcessor, ratio float64, queues []string, loss *lossCounters) *ratioFilter {
-	f := &ratioFilter{next: next, all: ratio >= 1, queues: map[string]bool{}, loss: loss}
-	if !f.all && ratio > 0 {
-		f.bound = uint64(ratio * (1 << 63))
-	}
+	f := &ratioFilter{next: next, queues: map[string]bool{}, loss: loss}
+	f.setRatio(ratio)
 	for _, q := range queues {
 		f.queues[q] = true
 	}
 	return f
+}
+
+// setRatio applies ratio (0..1) to the spans that end from now on.
+func (f *ratioFilter) setRatio(ratio float64) {
+	var bound uint64
+	switch {
+	case ratio >= 1:
+		bound = keepAll
+	case ratio > 0:
+		bound = uint64(ratio * (1 << 63))
+	}
+	f.bound.Store(bound)
 }
 
 // OnStart forwards to the next processor.
@@ -45,14 +62,14 @@ func (f *ratioFilter) OnStart(ctx context.Context, s sdktrace.ReadWriteSpan) { f
 
 // OnEnd forwards s unless the ratio leaves it out.
 func (f *ratioFilter) OnEnd(s sdktrace.ReadOnlySpan) {
-	if f.all || f.keep(s) {
+	if bound := f.bound.Load(); bound == keepAll || f.keep(s, bound) {
 		f.next.OnEnd(s)
 		return
 	}
 	f.loss.spansSampledOut.Add(1)
 }
 
-func (f *ratioFilter) keep(s sdktrace.ReadOnlySpan) bool {
+func (f *ratioFilter) keep(s sdktrace.ReadOnlySpan, bound uint64) bool {
 	if s.Status().Code == codes.Error {
 		return true
 	}
@@ -73,12 +90,12 @@ func (f *ratioFilter) keep(s sdktrace.ReadOnlySpan) bool {
 	if !f.queues[queue] {
 		return true
 	}
-	return f.inRatio(s.SpanContext().TraceID())
+	return inRatio(s.SpanContext().TraceID(), bound)
 }
 
-// inRatio is TraceIDRatioBased's decision for id.
-func (f *ratioFilter) inRatio(id trace.TraceID) bool {
-	return binary.BigEndian.Uint64(id[8:16])>>1 < f.bound
+// inRatio is TraceIDRatioBased's decision for id at the ratio of bound.
+func inRatio(id trace.TraceID, bound uint64) bool {
+	return binary.BigEndian.Uint64(id[8:16])>>1 < bound
 }
 
 // ForceFlush forwards to the next processor.

@@ -3,13 +3,17 @@ package telemetry
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
 // filteredProvider is a real SDK provider whose spans pass the ratio filter
@@ -142,5 +146,56 @@ func TestRatioFilterRatioOneKeepsEverything(t *testing.T) {
 	}
 	if err := tp.ForceFlush(context.Background()); err != nil && !errors.Is(err, context.Canceled) {
 		t.Errorf("ForceFlush: %v", err)
+	}
+}
+
+func TestSetDataSampleRatioWhileRunning(t *testing.T) {
+	rcv := startReceiver(t, "127.0.0.1:0")
+	tel := setup(t, Config{
+		OTLPEndpoint: rcv.addr, OTLPInsecure: true, DataSampleRatio: ratio(0),
+		SpanBatchDelay: time.Millisecond, MetricInterval: time.Hour,
+	}, map[string]string{"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0"})
+	tr := tel.TracerProvider().Tracer("test")
+	// Each accepted data publish without a wait is two spans: publish and deliver.
+	publish := func() { publishTrace(tr, "data", "accepted", false, false) }
+	sampledOut := func() uint64 { return tel.Stats().SpansSampledOut }
+
+	publish()
+	if got := sampledOut(); got != 2 {
+		t.Fatalf("at ratio 0: %d spans sampled out, want 2", got)
+	}
+
+	one := 1.0
+	if err := tel.SetDataSampleRatio(&one); err != nil {
+		t.Fatal(err)
+	}
+	publish()
+	if got := sampledOut(); got != 2 {
+		t.Fatalf("at ratio 1: %d spans sampled out, want still 2", got)
+	}
+	testkit.Eventually(t, "the ratio-1 trace exported", func() bool { return len(rcv.spanNames()) == 2 })
+
+	bad := 1.5
+	if err := tel.SetDataSampleRatio(&bad); !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "1.5") {
+		t.Fatalf("SetDataSampleRatio(1.5) = %v, want ErrInvalidConfig naming 1.5", err)
+	}
+	publish()
+	if got := sampledOut(); got != 2 {
+		t.Fatalf("after a refused ratio: %d spans sampled out, want 2 (ratio 1 kept)", got)
+	}
+
+	// nil: back to the environment's ratio, 0 here.
+	if err := tel.SetDataSampleRatio(nil); err != nil {
+		t.Fatal(err)
+	}
+	publish()
+	if got := sampledOut(); got != 4 {
+		t.Fatalf("back at the environment's ratio 0: %d spans sampled out, want 4", got)
+	}
+	if err := tel.ForceFlush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(rcv.spanNames()); got != 4 {
+		t.Fatalf("receiver has %d spans, want the 4 of the two traces kept at ratio 1", got)
 	}
 }

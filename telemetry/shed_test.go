@@ -7,6 +7,8 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
 // TestShedWhileExportQueueFull checks that with the export queue full,
@@ -23,7 +25,7 @@ func TestShedWhileExportQueueFull(t *testing.T) {
 	tr := tel.TracerProvider().Tracer("test")
 	// One span is stuck in the blocked export, four fill the queue.
 	emitSpans(tel.TracerProvider(), 5)
-	eventually(t, 10*time.Second, "a full export queue", func() bool { return tel.Stats().SpanQueueSize == 4 })
+	testkit.Eventually(t, "a full export queue", func() bool { return tel.Stats().SpanQueueSize == 4 })
 
 	parent := trace.NewSpanContext(trace.SpanContextConfig{
 		TraceID: trace.TraceID{1}, SpanID: trace.SpanID{2}, TraceFlags: trace.FlagsSampled, Remote: true,
@@ -61,7 +63,7 @@ func TestShedWhileExportQueueFull(t *testing.T) {
 	}
 
 	rcv.open()
-	eventually(t, 10*time.Second, "an empty export queue", func() bool { return tel.Stats().SpanQueueSize == 0 })
+	testkit.Eventually(t, "an empty export queue", func() bool { return tel.Stats().SpanQueueSize == 0 })
 	_, s := tr.Start(ctx, "publish data")
 	defer s.End()
 	if !s.IsRecording() {
@@ -89,7 +91,7 @@ func TestReserveKeepsRoomForOrderSpans(t *testing.T) {
 	}
 	// The first span goes to the worker's blocked export.
 	publish("order")
-	eventually(t, 10*time.Second, "the worker to take the first span", func() bool { return tel.Stats().SpanQueueSize == 0 })
+	testkit.Eventually(t, "the worker to take the first span", func() bool { return tel.Stats().SpanQueueSize == 0 })
 	for range 100 {
 		publish("data")
 	}

@@ -58,6 +58,7 @@ type Telemetry struct {
 	metrics  http.Handler
 	loss     *lossCounters
 	spanProc *batchProcessor
+	filter   *ratioFilter // nil when traces are not exported
 	metricEx *countingMetricExporter
 	reporter *lossReporter
 
@@ -164,10 +165,11 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 			queueSize: r.queueSize, batchSize: r.batchSize, delay: r.batchDelay, timeout: r.exportTimeout,
 			cpuShare: r.exportCPU, bulkQueues: r.sampledQueues,
 		}, t.loss)
+		t.filter = newRatioFilter(t.spanProc, r.ratio, r.sampledQueues, t.loss)
 		t.sdkTP = sdktrace.NewTracerProvider(
 			sdktrace.WithResource(res),
 			sdktrace.WithSampler(sdktrace.AlwaysSample()),
-			sdktrace.WithSpanProcessor(newRatioFilter(t.spanProc, r.ratio, r.sampledQueues, t.loss)),
+			sdktrace.WithSpanProcessor(t.filter),
 		)
 		t.tp = newShedProvider(t.sdkTP, t.spanProc, t.loss)
 	} else {
@@ -216,6 +218,28 @@ func (t *Telemetry) TracerProvider() trace.TracerProvider { return t.tp }
 
 // MeterProvider is what the bus and transport create instruments with.
 func (t *Telemetry) MeterProvider() metric.MeterProvider { return t.mp }
+
+// SetDataSampleRatio changes, while the sidecar runs, the share (0 to 1)
+// of accepted publishes on the sampled queues whose traces are exported,
+// as Config.DataSampleRatio does at Setup; nil goes back to the ratio the
+// OTEL_TRACES_SAMPLER* variables gave at Setup, else 1. Spans that end
+// from now on get the new ratio; a trace whose spans end on both sides of
+// the change may be cut, once. It does nothing when traces are not
+// exported. A ratio outside 0..1 is refused with an error wrapping
+// ErrInvalidConfig, and the current one kept.
+func (t *Telemetry) SetDataSampleRatio(ratio *float64) error {
+	r := t.cfg.envRatio
+	if ratio != nil {
+		r = *ratio
+		if !(r >= 0 && r <= 1) {
+			return fmt.Errorf("%w: data sample ratio %v: want a ratio from 0 to 1", ErrInvalidConfig, r)
+		}
+	}
+	if t.filter != nil {
+		t.filter.setRatio(r)
+	}
+	return nil
+}
 
 // MetricsHandler serves the provider's metrics in Prometheus text format
 // (for the admin listener's /metrics). It works with or without a collector.

@@ -14,6 +14,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
 // setup runs Setup with an empty environment plus env, and shuts down at
@@ -71,8 +73,8 @@ func TestSetupExportsSpansAndMetricsOverOTLP(t *testing.T) {
 	if err := tel.ForceFlush(context.Background()); err != nil {
 		t.Fatalf("ForceFlush: %v", err)
 	}
-	eventually(t, 10*time.Second, "3 spans at the receiver", func() bool { return len(rcv.spanNames()) == 3 })
-	eventually(t, 10*time.Second, "metrics at the receiver", func() bool {
+	testkit.Eventually(t, "3 spans at the receiver", func() bool { return len(rcv.spanNames()) == 3 })
+	testkit.Eventually(t, "metrics at the receiver", func() bool {
 		m := rcv.metricNames()
 		return m["eventbus.events.dropped"] && m[MetricSpansDropped] && m[MetricExportsFailed]
 	})
@@ -161,7 +163,7 @@ func TestCollectorDownLossCountedAndExportResumes(t *testing.T) {
 	if s := tel.Stats(); s.SpanQueueSize > s.SpanQueueCapacity || s.SpanQueueCapacity != 16 {
 		t.Fatalf("span queue %d of %d: not bounded", s.SpanQueueSize, s.SpanQueueCapacity)
 	}
-	eventually(t, 10*time.Second, "failed span exports counted", func() bool {
+	testkit.Eventually(t, "failed span exports counted", func() bool {
 		s := tel.Stats()
 		return s.SpansDroppedQueueFull > 0 && s.SpanExportsFailed > 0 && s.SpansDroppedExportFailed > 0
 	})
@@ -169,7 +171,7 @@ func TestCollectorDownLossCountedAndExportResumes(t *testing.T) {
 	if err := tel.ForceFlush(context.Background()); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		t.Logf("ForceFlush while the collector is down: %v", err)
 	}
-	eventually(t, 10*time.Second, "failed metric export counted", func() bool { return tel.Stats().MetricExportsFailed > 0 })
+	testkit.Eventually(t, "failed metric export counted", func() bool { return tel.Stats().MetricExportsFailed > 0 })
 	body := scrape(t, tel.MetricsHandler())
 	for _, want := range []string{`reason="queue_full"`, `reason="export_failed"`, `signal="traces"`} {
 		if !strings.Contains(body, want) {
@@ -179,11 +181,11 @@ func TestCollectorDownLossCountedAndExportResumes(t *testing.T) {
 
 	// The collector comes back on the same address: export resumes.
 	rcv := startReceiver(t, addr)
-	eventually(t, 20*time.Second, "spans exported after the collector returned", func() bool {
+	testkit.Eventually(t, "spans exported after the collector returned", func() bool {
 		emitSpans(tel.TracerProvider(), 1)
 		return len(rcv.spanNames()) > 0
 	})
-	eventually(t, 20*time.Second, "metrics exported after the collector returned", func() bool {
+	testkit.Eventually(t, "metrics exported after the collector returned", func() bool {
 		_ = tel.ForceFlush(context.Background())
 		return rcv.metricNames()[MetricSpansDropped]
 	})
@@ -206,7 +208,7 @@ func TestSlowCollectorNeverBlocksAndAccountsForEverySpan(t *testing.T) {
 	if s := tel.Stats(); s.SpanQueueSize > s.SpanQueueCapacity {
 		t.Fatalf("span queue %d over capacity %d", s.SpanQueueSize, s.SpanQueueCapacity)
 	}
-	eventually(t, 10*time.Second, "queue-full drops counted", func() bool { return tel.Stats().SpansDroppedQueueFull > 0 })
+	testkit.Eventually(t, "queue-full drops counted", func() bool { return tel.Stats().SpansDroppedQueueFull > 0 })
 	rcv.open()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -240,7 +242,7 @@ func TestShutdownHonoursDeadlineWhenBlackholed(t *testing.T) {
 	}
 	emitSpans(tel.TracerProvider(), 100)
 	// The worker is stuck in an export and the queue is full behind it.
-	eventually(t, 10*time.Second, "a full queue behind a blocked export", func() bool { return tel.Stats().SpanQueueSize == 64 })
+	testkit.Eventually(t, "a full queue behind a blocked export", func() bool { return tel.Stats().SpanQueueSize == 64 })
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	err = tel.Shutdown(ctx)

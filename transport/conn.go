@@ -434,7 +434,7 @@ func (c *conn) publish(req *protocol.Request) {
 		c.replyCancelled(req.ID)
 		return
 	}
-	ev := bus.Event{Type: req.Type}
+	ev := bus.Event{Type: req.Type, MsgID: req.MsgID}
 	if req.Payload != nil {
 		ev.Payload = append(json.RawMessage(nil), req.Payload...)
 	}
@@ -533,6 +533,8 @@ func (c *conn) replyOutcome(id int64, outcome bus.Outcome, err error, credit int
 	switch outcome {
 	case bus.Accepted:
 		c.outputPaid(credit, func(b []byte) []byte { return protocol.AppendReply(b, id, protocol.StatusAccepted) })
+	case bus.Duplicate:
+		c.outputPaid(credit, func(b []byte) []byte { return protocol.AppendDuplicateReply(b, id) })
 	case bus.Dropped:
 		c.outputPaid(credit, func(b []byte) []byte { return protocol.AppendReply(b, id, protocol.StatusDropped) })
 	case bus.TimedOut:
@@ -636,7 +638,7 @@ func (c *conn) settle(req *protocol.Request) {
 	if req.Op == protocol.OpAck {
 		err = sub.cons.Ack(req.Seq)
 	} else {
-		err = sub.cons.Nack(req.Seq)
+		err = sub.cons.NackReason(req.Seq, protocol.ClipNackReason(req.Reason))
 	}
 	if err != nil {
 		c.replyErrMaybe(req, busError(fmt.Sprintf("%s %d on queue %q", req.Op, req.Seq, sub.queue), err))
@@ -669,6 +671,8 @@ func busError(what string, err error) *protocol.RequestError {
 		}
 	case errors.Is(err, bus.ErrUnknownSeq):
 		code = protocol.CodeUnknownSeq
+	case errors.Is(err, bus.ErrStorage):
+		code = protocol.CodeStorageError
 	}
 	return &protocol.RequestError{Code: code, Msg: fmt.Sprintf("%s: %v", what, err)}
 }
@@ -904,6 +908,9 @@ func (s *subscription) pump() {
 			Payload:      d.Event.Payload,
 			EnqueuedAt:   d.EnqueuedAt,
 			Redeliveries: d.Redeliveries,
+		}
+		if dl := d.DeadLetter; dl != nil {
+			f.DeadLetter = &protocol.DeadLetter{Queue: dl.Queue, Seq: dl.Seq, Deliveries: dl.Deliveries, Reason: dl.Reason}
 		}
 		tp = tp[:0]
 		if d.SpanContext.IsValid() {

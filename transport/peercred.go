@@ -44,25 +44,38 @@ func readPeerCred(nc net.Conn) (peerCred, error) {
 	return peerCred{uid: cred.Uid, gid: cred.Gid, pid: cred.Pid, known: true}, nil
 }
 
+// allowList is the uids and gids that may connect; SetAllowedPeers swaps
+// it whole, so that a check never sees half of a reload.
+type allowList struct{ uids, gids []uint32 }
+
+// SetAllowedPeers replaces the uids and gids that may connect, for
+// connections accepted from now on (both empty: any process the socket
+// file's mode admits). Connections already open stay.
+func (s *Server) SetAllowedPeers(uids, gids []uint32) {
+	s.allowed.Store(&allowList{uids: slices.Clone(uids), gids: slices.Clone(gids)})
+}
+
 // admits reports whether a peer may connect: any peer when no uid or gid
 // is configured, otherwise one whose uid or gid is listed. A peer whose
 // credentials could not be read is refused then.
 func (s *Server) admits(p peerCred) bool {
-	if len(s.cfg.AllowedUIDs) == 0 && len(s.cfg.AllowedGIDs) == 0 {
+	a := s.allowed.Load()
+	if len(a.uids) == 0 && len(a.gids) == 0 {
 		return true
 	}
-	return p.known && (slices.Contains(s.cfg.AllowedUIDs, p.uid) || slices.Contains(s.cfg.AllowedGIDs, p.gid))
+	return p.known && (slices.Contains(a.uids, p.uid) || slices.Contains(a.gids, p.gid))
 }
 
 // deniedFrame is the one frame a refused peer gets.
 func (s *Server) deniedFrame(p peerCred, err error) []byte {
+	a := s.allowed.Load()
 	var msg string
 	if p.known {
 		msg = fmt.Sprintf("permission denied: uid %d (gid %d) may not connect; allowed uids: %s; allowed gids: %s",
-			p.uid, p.gid, idList(s.cfg.AllowedUIDs), idList(s.cfg.AllowedGIDs))
+			p.uid, p.gid, idList(a.uids), idList(a.gids))
 	} else {
 		msg = fmt.Sprintf("permission denied: the peer's credentials could not be read (%v); allowed uids: %s; allowed gids: %s",
-			err, idList(s.cfg.AllowedUIDs), idList(s.cfg.AllowedGIDs))
+			err, idList(a.uids), idList(a.gids))
 	}
 	return protocol.AppendErrorReply(nil, 0, false, protocol.CodePermissionDenied, msg)
 }

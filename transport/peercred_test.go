@@ -127,19 +127,26 @@ func TestPeerCredentials(t *testing.T) {
 	if l := logs.lines("uid and gid are not allowed"); len(l) != 1 || !strings.Contains(l[0], "refused=1") {
 		t.Fatalf("refusal summary %q, want one line with refused=1", l)
 	}
+
+	// A reload that allows everyone applies to the next connection.
+	ts.srv.SetAllowedPeers(nil, nil)
+	if got := asUser(t, ts.path, nobody, nobody); !strings.Contains(got, `"status":"ok"`) {
+		t.Fatalf("after SetAllowedPeers(nil, nil) uid 65534 got %q, want its ping answered", got)
+	}
 }
 
 func TestAdmits(t *testing.T) {
 	s := &Server{}
+	s.SetAllowedPeers(nil, nil)
 	root, nobody := peerCred{uid: 0, gid: 0, known: true}, peerCred{uid: 65534, gid: 65534, known: true}
 	if !s.admits(nobody) || !s.admits(peerCred{}) {
 		t.Fatal("with no lists every peer must be admitted")
 	}
-	s.cfg.AllowedUIDs = []uint32{0}
+	s.SetAllowedPeers([]uint32{0}, nil)
 	if !s.admits(root) || s.admits(nobody) || s.admits(peerCred{}) {
 		t.Fatal("AllowedUIDs [0]: root only, and never a peer without credentials")
 	}
-	s.cfg.AllowedGIDs = []uint32{65534}
+	s.SetAllowedPeers([]uint32{0}, []uint32{65534})
 	if !s.admits(nobody) {
 		t.Fatal("AllowedGIDs [65534] admits gid 65534")
 	}

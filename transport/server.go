@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
 	"strings"
@@ -162,6 +163,11 @@ type Server struct {
 	bus    *bus.Bus
 	queues []string
 	log    *slog.Logger
+	// routing is read by every connection's read loop and replaced by
+	// SetRoutes on a reload.
+	routing atomic.Pointer[routing]
+	// allowed is read at every accept and replaced by SetAllowedPeers.
+	allowed atomic.Pointer[allowList]
 
 	shutting atomic.Bool
 	done     chan struct{} // closed by Shutdown
@@ -308,26 +314,13 @@ func New(cfg Config) (*Server, error) {
 		waitShare: max(cfg.MaxBufferedBytes/connWaitDiv, 2*int64(cfg.MaxFrameBytes)),
 	}
 	s.budget = newBudget(cfg.MaxBufferedBytes, queues, &s.connCount)
-	var errs []error
 	if minBudget := MinBufferedBytes(cfg.MaxFrameBytes); cfg.MaxBufferedBytes < minBudget {
-		errs = append(errs, fmt.Errorf("%w: max buffered bytes %d is less than 8 × max frame bytes (%d); allowed: at least %d", ErrInvalidConfig, cfg.MaxBufferedBytes, cfg.MaxFrameBytes, minBudget))
+		return nil, fmt.Errorf("%w: max buffered bytes %d is less than 8 × max frame bytes (%d); allowed: at least %d", ErrInvalidConfig, cfg.MaxBufferedBytes, cfg.MaxFrameBytes, minBudget)
 	}
-	if !slices.Contains(s.queues, cfg.DefaultQueue) {
-		errs = append(errs, fmt.Errorf("%w: default queue %q is not a queue of the bus; valid queues: %s", ErrInvalidConfig, cfg.DefaultQueue, strings.Join(s.queues, ", ")))
-	}
-	types := make([]string, 0, len(cfg.Routes))
-	for t := range cfg.Routes {
-		types = append(types, t)
-	}
-	slices.Sort(types)
-	for _, t := range types {
-		if q := cfg.Routes[t]; !slices.Contains(s.queues, q) {
-			errs = append(errs, fmt.Errorf("%w: route %s -> %q: unknown queue; valid queues: %s", ErrInvalidConfig, t, q, strings.Join(s.queues, ", ")))
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
+	if err := s.SetRoutes(cfg.Routes, cfg.DefaultQueue); err != nil {
 		return nil, err
 	}
+	s.SetAllowedPeers(cfg.AllowedUIDs, cfg.AllowedGIDs)
 	if err := s.initMetrics(); err != nil {
 		return nil, err
 	}
@@ -527,8 +520,9 @@ func (s *Server) turnAway(nc net.Conn, frame []byte) {
 // Shutdown once more for the rest.
 func (s *Server) LogRejections() {
 	if n := s.unloggedDenied.Swap(0); n > 0 {
+		a := s.allowed.Load()
 		s.log.Warn("refused connections from processes whose uid and gid are not allowed", "refused", n,
-			"refused_total", s.denied.Load(), "allowed_uids", s.cfg.AllowedUIDs, "allowed_gids", s.cfg.AllowedGIDs)
+			"refused_total", s.denied.Load(), "allowed_uids", a.uids, "allowed_gids", a.gids)
 	}
 	n := s.unloggedRejects.Swap(0)
 	if n == 0 {
@@ -633,13 +627,46 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// routing is the routes and default queue in force; SetRoutes swaps the
+// whole value so that a publish never sees half of a reload.
+type routing struct {
+	routes       map[string]string
+	defaultQueue string
+}
+
+// SetRoutes replaces the routing of publishes that name no queue, for
+// publishes read from now on. Every route and the default queue must name
+// a queue of the bus; otherwise nothing changes.
+func (s *Server) SetRoutes(routes map[string]string, defaultQueue string) error {
+	var errs []error
+	if !slices.Contains(s.queues, defaultQueue) {
+		errs = append(errs, fmt.Errorf("%w: default queue %q is not a queue of the bus; valid queues: %s", ErrInvalidConfig, defaultQueue, strings.Join(s.queues, ", ")))
+	}
+	types := make([]string, 0, len(routes))
+	for t := range routes {
+		types = append(types, t)
+	}
+	slices.Sort(types)
+	for _, t := range types {
+		if q := routes[t]; !slices.Contains(s.queues, q) {
+			errs = append(errs, fmt.Errorf("%w: route %s -> %q: unknown queue; valid queues: %s", ErrInvalidConfig, t, q, strings.Join(s.queues, ", ")))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	s.routing.Store(&routing{routes: maps.Clone(routes), defaultQueue: defaultQueue})
+	return nil
+}
+
 // route resolves a publish's queue: the named one, or the type's route.
 func (s *Server) route(r *protocol.Request) (string, error) {
 	if !r.HasQueue {
-		if q, ok := s.cfg.Routes[r.Type]; ok {
+		rt := s.routing.Load()
+		if q, ok := rt.routes[r.Type]; ok {
 			return q, nil
 		}
-		return s.cfg.DefaultQueue, nil
+		return rt.defaultQueue, nil
 	}
 	for _, q := range s.queues {
 		if q == r.Queue {

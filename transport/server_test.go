@@ -60,6 +60,31 @@ func TestCustomRoutes(t *testing.T) {
 	}
 }
 
+func TestSetRoutesAppliesToLaterPublishes(t *testing.T) {
+	ts := startServer(t)
+	c := dialRaw(t, ts.path)
+	c.expectReply(c.roundTrip(`{"op":"publish","id":1,"type":"RISK_LIMIT"}`), 1, protocol.StatusAccepted)
+	if err := ts.srv.SetRoutes(map[string]string{"RISK_LIMIT": "order"}, "signal"); err != nil {
+		t.Fatal(err)
+	}
+	c.expectReply(c.roundTrip(`{"op":"publish","id":2,"type":"RISK_LIMIT"}`), 2, protocol.StatusAccepted)
+	c.expectReply(c.roundTrip(`{"op":"publish","id":3,"type":"CANDLE_UPDATE"}`), 3, protocol.StatusAccepted)
+	st := ts.bus.Stats()
+	if st["data"].Size != 1 || st["order"].Size != 1 || st["signal"].Size != 1 {
+		t.Fatalf("sizes data=%d order=%d signal=%d, want 1 1 1", st["data"].Size, st["order"].Size, st["signal"].Size)
+	}
+
+	// A bad routing changes nothing.
+	err := ts.srv.SetRoutes(map[string]string{"RISK_LIMIT": "risk"}, "data")
+	if !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), `route RISK_LIMIT -> "risk": unknown queue`) {
+		t.Fatalf("SetRoutes error = %v, want ErrInvalidConfig naming the route", err)
+	}
+	c.expectReply(c.roundTrip(`{"op":"publish","id":4,"type":"RISK_LIMIT"}`), 4, protocol.StatusAccepted)
+	if n := ts.bus.Stats()["order"].Size; n != 2 {
+		t.Fatalf("order size = %d after a refused SetRoutes, want 2 (the old routes still apply)", n)
+	}
+}
+
 func TestNewRejectsBadRoutes(t *testing.T) {
 	b, err := bus.New(bus.DefaultQueues())
 	if err != nil {
@@ -114,6 +139,7 @@ func TestBadInputGetsErrorAndConnectionSurvives(t *testing.T) {
 		{"long queue name is cut in subscribe", `{"op":"subscribe","id":13,"queue":"` + long + `"}`, 13, true, protocol.CodeUnknownQueue, `unknown queue "` + long[:128] + `"... (cut to 128 of 1000 bytes); valid queues: data, signal, order`},
 		{"long queue name is cut in unsubscribe", `{"op":"unsubscribe","id":14,"queue":"` + long + `"}`, 14, true, protocol.CodeNotSubscribed, `not subscribed to queue "` + long[:128] + `"... (cut to 128 of 1000 bytes)`},
 		{"byte-order mark", "\xef\xbb\xbf{\"op\":\"ping\",\"id\":15}", 0, false, protocol.CodeBadRequest, "frame starts with a UTF-8 byte-order mark"},
+		{"msg_id over the limit", `{"op":"publish","id":16,"type":"T","queue":"data","msg_id":"` + long[:protocol.MaxMsgIDBytes+1] + `"}`, 16, true, protocol.CodeBadRequest, `publish: field "msg_id" is 257 bytes long; at most 256 bytes are allowed`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

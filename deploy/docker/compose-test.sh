@@ -127,6 +127,14 @@ fi
 grep -qi 'permission denied' <<<"${out}" || fail "user 10005:10005 failed for another reason than permission: ${out}"
 ok "a user outside the socket's group is refused (permission denied); the group member is served"
 
+# Inside the group but not the trading app's user: the file mode lets it
+# connect, the sidecar's allowlist (EVENTBUS_ALLOWED_UIDS) refuses it.
+if out="$("${compose[@]}" run --rm --no-deps -T -u 10006:10000 trading --duration 1s --connect-timeout 2s 2>&1)"; then
+	fail "user 10006:10000 (in the group, not allowed) could use the sidecar's socket"
+fi
+grep -q 'permission_denied' <<<"${out}" || fail "user 10006:10000 failed for another reason than permission_denied: ${out}"
+ok "a group member that is not the trading app's user is refused (permission_denied, uid 10006)"
+
 # 2. that order's trace reaches Jaeger with publish and deliver spans.
 trace_complete() {
 	curl -fsS --max-time 2 "${jaeger}/api/traces/${trace_id}" 2>/dev/null |

@@ -83,6 +83,7 @@ type manifests struct {
 	services    map[string]*corev1.Service
 	podMonitors map[string]*monitoringv1.PodMonitor
 	rules       map[string]*monitoringv1.PrometheusRule
+	claims      map[string]*corev1.PersistentVolumeClaim
 }
 
 func loadKustomization(t *testing.T) kustomization {
@@ -119,6 +120,7 @@ func loadManifests(t *testing.T) manifests {
 		services:    map[string]*corev1.Service{},
 		podMonitors: map[string]*monitoringv1.PodMonitor{},
 		rules:       map[string]*monitoringv1.PrometheusRule{},
+		claims:      map[string]*corev1.PersistentVolumeClaim{},
 	}
 	dec := newDecoder(t)
 	for _, file := range m.kust.Resources {
@@ -141,6 +143,8 @@ func loadManifests(t *testing.T) manifests {
 			m.podMonitors[o.Name] = o
 		case *monitoringv1.PrometheusRule:
 			m.rules[o.Name] = o
+		case *corev1.PersistentVolumeClaim:
+			m.claims[o.Name] = o
 		default:
 			t.Fatalf("%s: %T is not a kind these tests check; add its checks", file, obj)
 		}
@@ -383,8 +387,8 @@ func TestSidecarIsANativeSidecarWithWorkingProbes(t *testing.T) {
 	if spec.TerminationGracePeriodSeconds != nil {
 		grace = *spec.TerminationGracePeriodSeconds
 	}
-	if cfg.DrainTimeout.Seconds() >= float64(grace) {
-		t.Errorf("drain_timeout %s is not shorter than terminationGracePeriodSeconds %d: the kubelet would kill the drain", cfg.DrainTimeout, grace)
+	if total := cfg.DrainTimeout + config.CloseGrace; total.Seconds() >= float64(grace) {
+		t.Errorf("drain_timeout %s + %s to close and flush is not shorter than terminationGracePeriodSeconds %d: the kubelet would kill the shutdown", cfg.DrainTimeout, config.CloseGrace, grace)
 	}
 }
 
@@ -686,6 +690,9 @@ func TestKustomizeBuildRenders(t *testing.T) {
 	}
 	for name := range m.rules {
 		want["PrometheusRule/"+name] = true
+	}
+	for name := range m.claims {
+		want["PersistentVolumeClaim/"+name] = true
 	}
 	commonLabels := map[string]string{}
 	for _, l := range m.kust.Labels {

@@ -2,16 +2,12 @@ package prometheus
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -19,6 +15,8 @@ import (
 	"time"
 
 	"github.com/prometheus/prometheus/model/labels"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
 // repoRoot is the root module's directory, from this package's directory.
@@ -76,24 +74,24 @@ func TestAgainstLiveSidecar(t *testing.T) {
 func checkNames(t *testing.T, sc *sidecar, used map[string][]string) {
 	t.Helper()
 	var exported series
-	waitFor(t, 30*time.Second, func() error {
+	testkit.Eventually(t, "every used metric name in /metrics", func() error {
 		var err error
 		exported, err = sc.scrape()
 		if err != nil {
 			return err
 		}
-		var missing []string
-		for name := range used {
+		var missing, where []string
+		for name, uses := range used {
 			if exported[name] == nil && !syntheticMetrics[name] {
 				missing = append(missing, name)
+				where = append(where, fmt.Sprintf("  %s used by %s", name, strings.Join(uses, "; ")))
 			}
 		}
-		if len(missing) > 0 {
-			sort.Strings(missing)
-			return fmt.Errorf("names not in /metrics: %s", strings.Join(missing, ", "))
+		if len(missing) == 0 {
+			return nil
 		}
-		return nil
-	}, func(lastErr error) {
+		sort.Strings(missing)
+		sort.Strings(where)
 		var have []string
 		for name := range exported {
 			if strings.HasPrefix(name, "eventbus_") {
@@ -101,15 +99,9 @@ func checkNames(t *testing.T, sc *sidecar, used map[string][]string) {
 			}
 		}
 		sort.Strings(have)
-		var where []string
-		for name, uses := range used {
-			if exported[name] == nil && !syntheticMetrics[name] {
-				where = append(where, fmt.Sprintf("  %s used by %s", name, strings.Join(uses, "; ")))
-			}
-		}
-		sort.Strings(where)
-		t.Fatalf("%v\n%s\nthe sidecar exports:\n  %s", lastErr, strings.Join(where, "\n"), strings.Join(have, "\n  "))
-	})
+		return fmt.Errorf("names not in /metrics: %s\n%s\nthe sidecar exports:\n  %s",
+			strings.Join(missing, ", "), strings.Join(where, "\n"), strings.Join(have, "\n  "))
+	}, testkit.Within(30*time.Second))
 	for name := range syntheticMetrics {
 		if exported[name] != nil {
 			t.Errorf("%s is listed as produced by Prometheus but the sidecar exports it", name)
@@ -183,69 +175,25 @@ func checkLabels(t *testing.T, exported series) {
 // sidecar is a running eventbus-sidecar process started by startSidecar.
 type sidecar struct {
 	socket string
-	admin  string
+	admin  string // host:port
 	client *http.Client
 }
 
-// binEnv names a prebuilt sidecar binary to test instead of building one.
-const binEnv = "EVENTBUS_SIDECAR_BIN"
-
-// buildSidecar compiles the root module's binary into a temporary folder,
-// or returns $EVENTBUS_SIDECAR_BIN when set.
-func buildSidecar(t *testing.T) string {
-	t.Helper()
-	if bin := os.Getenv(binEnv); bin != "" {
-		abs, err := filepath.Abs(bin)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return abs
-	}
-	bin := filepath.Join(t.TempDir(), "eventbus-sidecar")
-	root, err := filepath.Abs(repoRoot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("go", "build", "-o", bin, ".")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build in %s: %v\n%s", root, err, out)
-	}
-	return bin
-}
-
-// freeLoopbackAddr returns a 127.0.0.1 address that was free a moment ago.
-func freeLoopbackAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return addr
-}
-
-// startSidecar runs the sidecar with small data and signal queues (so that a
-// wait, a drop and a timeout take a few publishes and 50 ms each) and an
-// OTLP endpoint where nothing
-// listens (so exports fail and the telemetry-loss counters move, and no
-// collector of a running local stack receives test data).
+// startSidecar builds and runs the sidecar (or $EVENTBUS_SIDECAR_BIN) with
+// small data and signal queues (so that a wait, a drop and a timeout take a
+// few publishes and 50 ms each) and an OTLP endpoint where nothing listens
+// (so exports fail and the telemetry-loss counters move, and no collector
+// of a running local stack receives test data).
 func startSidecar(t *testing.T) *sidecar {
 	t.Helper()
-	bin := buildSidecar(t)
-	// Unix socket paths are limited to about 100 bytes; t.TempDir() can be
-	// longer than that.
-	dir, err := os.MkdirTemp("", "ebs-metrics-")
+	bin, err := testkit.BuildSidecar(t.Context(), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	deadOTLP := freeLoopbackAddr(t)
-	cfg := filepath.Join(dir, "config.yaml")
-	config := fmt.Sprintf(`drain_timeout: 1s
+	deadOTLP := testkit.FreeAddr(t)
+	ts := testkit.StartSidecar(t, testkit.SidecarConfig{
+		Binary: bin,
+		Config: fmt.Sprintf(`drain_timeout: 1s
 queues:
   - name: data
     capacity: 2
@@ -258,42 +206,15 @@ queues:
 telemetry:
   otlp_endpoint: %s
   metric_interval: 200ms
-`, deadOTLP)
-	if err := os.WriteFile(cfg, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
+`, deadOTLP),
+		Env: []string{"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + deadOTLP},
+	})
 	sc := &sidecar{
-		socket: filepath.Join(dir, "s.sock"),
-		admin:  freeLoopbackAddr(t),
+		socket: ts.Socket,
+		admin:  ts.AdminAddr,
 		client: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{}},
 	}
 	t.Cleanup(sc.client.CloseIdleConnections)
-
-	cmd := exec.Command(bin, "serve", "--config", cfg, "--socket", sc.socket, "--admin-addr", sc.admin)
-	var env []string
-	for _, kv := range os.Environ() {
-		// The caller's OTEL_* and EVENTBUS_* settings must not redirect
-		// this sidecar (to a running collector, say).
-		if !strings.HasPrefix(kv, "OTEL_") && !strings.HasPrefix(kv, "EVENTBUS_") {
-			env = append(env, kv)
-		}
-	}
-	cmd.Env = append(env, "OTEL_EXPORTER_OTLP_ENDPOINT=http://"+deadOTLP)
-	proc := startProcess(t, "sidecar", cmd)
-	waitFor(t, 30*time.Second, func() error {
-		if err := proc.earlyExit(); err != nil {
-			return err
-		}
-		resp, err := sc.client.Get("http://" + sc.admin + "/readyz")
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("/readyz: %s", resp.Status)
-		}
-		return nil
-	}, func(err error) { t.Fatalf("sidecar never became ready: %v", err) })
 	return sc
 }
 
@@ -501,28 +422,6 @@ func driveTraffic(t *testing.T, socket string) {
 			send(map[string]any{"op": "ack", "queue": f.Queue, "seq": f.Seq})
 		case f.ID == subID && f.Status != "ok":
 			t.Fatalf("subscribe: %s %s", f.Status, f.Error)
-		}
-	}
-}
-
-// waitFor polls cond until it returns nil or the timeout passes, then calls
-// fail with the last error.
-func waitFor(t *testing.T, timeout time.Duration, cond func() error, fail func(error)) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			fail(err)
-			return
-		case <-tick.C:
 		}
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
 // promServer is a real Prometheus (Debian's prometheus package, installed
@@ -51,7 +53,7 @@ scrape_configs:
 		t.Fatal(err)
 	}
 	p := &promServer{
-		base:   "http://" + freeLoopbackAddr(t),
+		base:   "http://" + testkit.FreeAddr(t),
 		client: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{}},
 	}
 	t.Cleanup(p.client.CloseIdleConnections)
@@ -62,7 +64,7 @@ scrape_configs:
 		"--log.level=warn",
 	)
 	proc := startProcess(t, "prometheus", cmd)
-	waitFor(t, 30*time.Second, func() error {
+	testkit.Eventually(t, "prometheus to be ready", func() error {
 		if err := proc.earlyExit(); err != nil {
 			return err
 		}
@@ -75,7 +77,7 @@ scrape_configs:
 			return fmt.Errorf("/-/ready: %s", resp.Status)
 		}
 		return nil
-	}, func(err error) { t.Fatalf("prometheus never became ready: %v", err) })
+	}, testkit.Within(30*time.Second))
 	return p
 }
 
@@ -115,7 +117,7 @@ func (p *promServer) query(expr string) (int, error) {
 // waitForSeries waits until expr returns at least one series.
 func (p *promServer) waitForSeries(t *testing.T, expr string) {
 	t.Helper()
-	waitFor(t, 30*time.Second, func() error {
+	testkit.Eventually(t, "prometheus to return "+expr, func() error {
 		n, err := p.query(expr)
 		if err != nil {
 			return err
@@ -124,7 +126,7 @@ func (p *promServer) waitForSeries(t *testing.T, expr string) {
 			return fmt.Errorf("%s returned nothing", expr)
 		}
 		return nil
-	}, func(err error) { t.Fatalf("prometheus: %v", err) })
+	}, testkit.Within(30*time.Second))
 }
 
 // checkRulesHealthy waits until every rule of alerts.yml is loaded and has
@@ -137,7 +139,7 @@ func (p *promServer) checkRulesHealthy(t *testing.T) {
 	for _, r := range loadAlerts(t) {
 		want[r.Alert] = true
 	}
-	waitFor(t, 30*time.Second, func() error {
+	testkit.Eventually(t, "prometheus to evaluate every rule", func() error {
 		var data struct {
 			Groups []struct {
 				Rules []struct {
@@ -173,7 +175,7 @@ func (p *promServer) checkRulesHealthy(t *testing.T) {
 			return fmt.Errorf("rules not evaluated yet: %s", strings.Join(pending, ", "))
 		}
 		return nil
-	}, func(err error) { t.Fatalf("prometheus: %v", err) })
+	}, testkit.Within(30*time.Second))
 }
 
 // checkQueriesReturnData runs every dashboard query (variables expanded as
@@ -182,16 +184,20 @@ func (p *promServer) checkRulesHealthy(t *testing.T) {
 func (p *promServer) checkQueriesReturnData(t *testing.T) {
 	t.Helper()
 	for _, q := range dashboardQueries(t, loadDashboard(t)) {
-		waitFor(t, 30*time.Second, func() error {
-			n, err := p.query(q.expr)
-			if err != nil {
-				return err
-			}
-			if n == 0 {
-				return fmt.Errorf("%s: %s returned no series", q.where, q.expr)
-			}
-			return nil
-		}, func(err error) { t.Errorf("dashboard query on live data: %v", err) })
+		// A subtest each, so that one query without data does not hide
+		// the others.
+		t.Run(q.where, func(t *testing.T) {
+			testkit.Eventually(t, "data for the dashboard query "+q.expr, func() error {
+				n, err := p.query(q.expr)
+				if err != nil {
+					return err
+				}
+				if n == 0 {
+					return fmt.Errorf("%s: %s returned no series", q.where, q.expr)
+				}
+				return nil
+			}, testkit.Within(30*time.Second))
+		})
 	}
 }
 
@@ -199,9 +205,18 @@ func (p *promServer) checkQueriesReturnData(t *testing.T) {
 // with the given labels.
 func (p *promServer) waitForAlert(t *testing.T, name, state string, labels map[string]string) {
 	t.Helper()
+	// A subtest, so that one alert that never comes does not hide the
+	// others.
+	t.Run(name+" "+state, func(t *testing.T) {
+		p.awaitAlert(t, name, state, labels)
+	})
+}
+
+// awaitAlert is waitForAlert's wait, failing only its own subtest.
+func (p *promServer) awaitAlert(t *testing.T, name, state string, labels map[string]string) {
 	// Generous: a failed OTLP export is only counted once the exporter's own
 	// timeout (about 10s) has passed.
-	waitFor(t, 60*time.Second, func() error {
+	testkit.Eventually(t, "alert "+name+" to be "+state, func() error {
 		var data struct {
 			Alerts []struct {
 				Labels map[string]string `json:"labels"`
@@ -228,5 +243,5 @@ func (p *promServer) waitForAlert(t *testing.T, name, state string, labels map[s
 			}
 		}
 		return fmt.Errorf("alert %s %v not %s; alerts: %v", name, labels, state, seen)
-	}, func(err error) { t.Errorf("prometheus: %v", err) })
+	}, testkit.Within(60*time.Second))
 }

@@ -14,6 +14,7 @@ on top of the sidecar's deliveries.
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import inspect
 import logging
@@ -22,10 +23,10 @@ import random
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Generator
 
-from .connection import Connection
+from .connection import Connection, encode_json
 from .errors import EventBusError, ProtocolError, PublishError, ShuttingDownError
-from .events import Event, EventType, parse_type, type_name
-from .tracing import current_traceparent, handling
+from .events import Event, EventType, type_name
+from .tracing import current_traceparent, enter_delivery, exit_delivery
 
 DEFAULT_SOCKET = "/tmp/eventbus-sidecar.sock"
 """The sidecar's default socket path (also its ``serve --socket`` default)."""
@@ -61,6 +62,15 @@ class Outcome(str, enum.Enum):
     DROPPED = "dropped"
     """The queue stayed full past its timeout and the event was discarded by
     design (the ``data`` queue's policy). Logged at WARNING."""
+    DUPLICATE = "duplicate"
+    """The sidecar had already accepted a publish with this msg_id within
+    its dedupe window and did not enqueue the event again: the first one is
+    in the queue. Seen when a publish is retried after a lost connection."""
+
+    @property
+    def duplicate(self) -> bool:
+        """Whether the sidecar answered that it already had this msg_id."""
+        return self is Outcome.DUPLICATE
 
 
 @dataclass(frozen=True)
@@ -119,6 +129,11 @@ class EventBus:
             confirm the withdrawal before giving up on knowing.
         max_frame_bytes: the sidecar's request line limit; larger events are
             refused here with ``ValueError`` instead of costing the connection.
+        retry_publishes: with ``reconnect``, a publish whose connection is
+            lost before its reply waits for the new connection and is sent
+            again with the same msg_id (the sidecar answers a repeat
+            ``duplicate`` instead of enqueuing it twice), instead of failing
+            with ``ConnectionError``.
         logger: where warnings (drops) and errors (timeouts, handler
             failures) go; default ``logging.getLogger("eventbus_sidecar")``.
     """
@@ -133,10 +148,16 @@ class EventBus:
         connect_timeout: float = 5.0,
         cancel_timeout: float = 5.0,
         max_frame_bytes: int = 1 << 20,
+        retry_publishes: bool = False,
         logger: logging.Logger | None = None,
     ) -> None:
         if prefetch < 1:
             raise ValueError(f"prefetch must be at least 1, got {prefetch}")
+        if retry_publishes and not reconnect:
+            raise ValueError(
+                "retry_publishes=True needs reconnect=True or a Backoff: a publish "
+                "is retried on the connection that replaces a lost one"
+            )
         self.socket_path = socket_path or os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
         if reconnect is True:
             reconnect = Backoff()
@@ -146,6 +167,13 @@ class EventBus:
         self._connect_timeout = connect_timeout
         self._cancel_timeout = cancel_timeout
         self._max_frame_bytes = max_frame_bytes
+        self._retry_publishes = retry_publishes
+        # Publish frames up to their payload, per (queue, type).
+        self._heads: dict[tuple[str | None, str], str] = {}
+        # msg_ids are this random prefix (64 bits: unique across processes
+        # in practice) and a counter: far cheaper than a uuid4 per publish.
+        self._msg_prefix = f'"{os.urandom(8).hex()}-'
+        self._msg_seq = 0
         self.logger = logger or logging.getLogger("eventbus_sidecar")
 
         self._conn: Connection | None = None
@@ -224,6 +252,7 @@ class EventBus:
         ordered = [q for q in _SEED_QUEUES if q in stats]
         ordered += [q for q in stats if q not in _SEED_QUEUES]
         self._queue_info = {q: stats[q] for q in ordered}
+        self._heads.clear()
         return self._queue_info
 
     @property
@@ -351,6 +380,7 @@ class EventBus:
         queue_name: str | None = "data",
         *,
         traceparent: str | None = None,
+        msg_id: str | None = None,
     ) -> Outcome:
         """Publish an event to a queue, with the seed's behaviour per queue.
 
@@ -361,20 +391,28 @@ class EventBus:
                 sidecar route by event type.
             traceparent: a W3C traceparent to send; by default the current
                 OpenTelemetry span's, when opentelemetry-api is installed.
+            msg_id: the publish's idempotency key (a non-empty string of at
+                most 256 UTF-8 bytes). By default the client makes one of its
+                own, unique across processes. Within the sidecar's dedupe
+                window a repeated msg_id is answered ``duplicate`` and not
+                enqueued again, so publishing again with the same msg_id
+                after a ``ConnectionError`` is safe.
 
         Returns:
-            ``Outcome.ACCEPTED``, or ``Outcome.DROPPED`` when a drop-policy
-            queue (``data``) stayed full past its timeout; a drop is logged
-            at WARNING and does not raise.
+            ``Outcome.ACCEPTED``; ``Outcome.DROPPED`` when a drop-policy
+            queue (``data``) stayed full past its timeout (logged at WARNING,
+            not raised); ``Outcome.DUPLICATE`` when the sidecar had already
+            accepted this msg_id (``outcome.duplicate`` is then true).
 
         Raises:
             ValueError: unknown queue (``Invalid queue_name 'x'. Must be one
                 of: [...]``, listing the sidecar's queues), empty event type,
-                or an event too large for one frame.
+                a bad msg_id, or an event too large for one frame.
             asyncio.TimeoutError: a fail-policy queue (``signal``) stayed full
                 past its timeout; the event was not enqueued.
             ConnectionError: the connection was lost before the reply; the
-                outcome is unknown.
+                outcome is unknown. With ``retry_publishes=True`` the client
+                publishes again (same msg_id) once it has reconnected instead.
             ShuttingDownError: the sidecar is shutting down (a ConnectionError).
             PublishError: any other refusal, with the sidecar's message.
 
@@ -384,9 +422,60 @@ class EventBus:
         and waits for the sidecar to confirm, so nothing is enqueued behind
         the caller's back.
         """
-        if not isinstance(event, Event):
+        if type(event) is not Event and not isinstance(event, Event):
             raise TypeError(f"publish() takes an Event, got {type(event).__name__}")
-        tname = type_name(event.event_type)
+        tname = event.event_type
+        if type(tname) is not str:
+            tname = type_name(tname)  # an EventType member: its plain value
+        head = self._heads.get((queue_name, tname))
+        if head is None:
+            head = self._publish_head(queue_name, tname)
+        if msg_id is None:
+            self._msg_seq += 1
+            mid = f'{self._msg_prefix}{self._msg_seq:x}"'
+        else:
+            mid = _encode_msg_id(msg_id)
+        tp = traceparent if traceparent is not None else current_traceparent()
+        # The payload is the only part encoded per call; the rest comes from
+        # the cached head, and the id is appended by the connection.
+        if tp:
+            body = f'{head}{encode_json(event.data)},"traceparent":{encode_json(tp)},"msg_id":{mid},"id":'
+        else:
+            body = f'{head}{encode_json(event.data)},"msg_id":{mid},"id":'
+        line = body.encode("utf-8")
+        conn = self._conn
+        while True:
+            if conn is None or conn.lost.done() or self._closed:
+                conn = await self._connection()
+            req_id, fut = conn.send_body(
+                line, f"publish of {tname} to {_where(queue_name, tname)}", self._max_frame_bytes
+            )
+            try:
+                if conn.write_paused:
+                    await conn.drain()
+                reply = await fut
+                break
+            except asyncio.CancelledError:
+                await self._withdraw(conn, req_id, fut, tname, _where(queue_name, tname))
+                raise
+            except ConnectionError as e:
+                # The connection is gone and with it the reply; the sidecar
+                # may or may not have enqueued the event.
+                if not self._retry_publishes or isinstance(e, ShuttingDownError):
+                    raise
+                self.logger.info(
+                    "eventbus: publishing %s again with msg_id %s after: %s", tname, mid, e
+                )
+                conn = None
+        status = reply.get("status")
+        if status == "accepted":
+            if reply.get("duplicate") is True:
+                return Outcome.DUPLICATE
+            return Outcome.ACCEPTED
+        return await self._publish_outcome(reply, status, tname, queue_name, conn)
+
+    def _publish_head(self, queue_name: str | None, tname: str) -> str:
+        """Validate a (queue, type) pair and cache the start of its frames."""
         if not tname:
             raise ValueError("event_type must not be empty")
         if queue_name is not None:
@@ -394,18 +483,23 @@ class EventBus:
                 raise TypeError(f"queue_name must be a str, got {type(queue_name).__name__}")
             if self._queue_info and queue_name not in self._queue_info:
                 raise self._invalid_queue(queue_name)
-        frame: dict[str, Any] = {"op": "publish", "type": tname, "payload": event.data}
+        head = '{"op":"publish",'
         if queue_name is not None:
-            frame["queue"] = queue_name
-        tp = traceparent if traceparent is not None else current_traceparent()
-        if tp:
-            frame["traceparent"] = tp
-        conn = await self._connection()
-        where = queue_name if queue_name is not None else f"(routed by type {tname})"
-        reply = await self._send_publish(conn, frame, tname, where)
-        status = reply.get("status")
-        if status == "accepted":
-            return Outcome.ACCEPTED
+            head += f'"queue":{encode_json(queue_name)},'
+        head += f'"type":{encode_json(tname)},"payload":'
+        if len(self._heads) >= _MAX_HEADS:
+            self._heads.clear()
+        # Only pairs the sidecar's queue list allows are cached, and the
+        # cache is dropped when that list is learnt again.
+        if queue_name is None or self._queue_info:
+            self._heads[(queue_name, tname)] = head
+        return head
+
+    async def _publish_outcome(
+        self, reply: dict, status: Any, tname: str, queue_name: str | None, conn: Connection
+    ) -> Outcome:
+        """The outcome of a publish the sidecar did not simply accept."""
+        where = _where(queue_name, tname)
         if status == "dropped":
             queue = reply.get("queue") or queue_name or self._routes.get(tname, DEFAULT_QUEUE)
             n = self._drop_count.get(queue, 0) + 1
@@ -447,25 +541,15 @@ class EventBus:
             raise PublishError(f"sidecar withdrew {tname} to {where}", "cancelled")
         raise ProtocolError(f"unexpected publish reply: {reply!r}")
 
-    async def _send_publish(
-        self, conn: Connection, frame: dict, tname: str, where: str
-    ) -> dict:
-        req_id, fut = conn.send(
-            frame, f"publish of {tname} to {where}", max_bytes=self._max_frame_bytes
-        )
-        try:
-            await conn.drain()
-            return await asyncio.shield(fut)
-        except asyncio.CancelledError:
-            await self._withdraw(conn, req_id, fut, tname, where)
-            raise
-        finally:
-            conn.forget(req_id)
-
     async def _withdraw(
         self, conn: Connection, req_id: int, fut: asyncio.Future, tname: str, where: str
     ) -> None:
         """Withdraw a cancelled publish and wait for the sidecar's verdict."""
+        what = f"publish of {tname} to {where}"
+        if fut.cancelled():
+            # The caller's cancellation cancelled the reply future too; wait
+            # for the reply on a new one (it may already have come).
+            fut = conn.rewait(req_id, what)
         if not fut.done():
             try:
                 cancel_id, cancel_fut = conn.send({"op": "cancel", "ref": req_id}, "cancel")
@@ -484,6 +568,8 @@ class EventBus:
                 return
             except ConnectionError:
                 return
+            finally:
+                conn.forget(req_id)
         if fut.cancelled() or fut.exception() is not None:
             return
         status = fut.result().get("status")
@@ -579,10 +665,16 @@ class EventBus:
 
     def handlers_for(self, event: Event) -> list[Handler]:
         """The handlers an event is dispatched to: by type, then by queue."""
-        out = list(self._type_handlers.get(event.type_name, ()))
-        if event.queue is not None:
-            out += self._queue_handlers.get(event.queue, ())
-        return out
+        return list(self._handlers(event.type_name, event.queue))
+
+    def _handlers(self, tname: str, queue: str | None) -> tuple[Handler, ...]:
+        # A tuple: a handler that subscribes another one does not change the
+        # list being called for the current event.
+        by_type = self._type_handlers.get(tname)
+        by_queue = self._queue_handlers.get(queue) if queue is not None else None
+        if by_queue is None:
+            return tuple(by_type) if by_type else ()
+        return (*by_type, *by_queue) if by_type else tuple(by_queue)
 
     async def run(self) -> None:
         """Consume the subscribed queues until :meth:`stop`.
@@ -725,6 +817,48 @@ class _Connector:
         await self._bus.close()
 
 
+class _Inbox:
+    """Deliveries received and not yet handled, for one consumer connection.
+
+    Bounded at the subscription's prefetch, which the sidecar never exceeds;
+    should it be reached all the same, the connection stops reading until
+    the handlers have caught up, so memory stays bounded either way.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.items: collections.deque = collections.deque()
+        self.limit = max(1, limit)
+        self.conn: Connection | None = None
+        self._paused = False
+        self._waiter: asyncio.Future | None = None
+
+    def put(self, item: object) -> None:
+        items = self.items
+        items.append(item)
+        w = self._waiter
+        if w is not None:
+            self._waiter = None
+            if not w.done():
+                w.set_result(None)
+        if len(items) >= self.limit and not self._paused and self.conn is not None:
+            self._paused = True
+            self.conn.pause_reading()
+
+    def take(self) -> object:
+        """The next item; call only when :attr:`items` is not empty."""
+        item = self.items.popleft()
+        if self._paused and len(self.items) <= self.limit // 2 and self.conn is not None:
+            self._paused = False
+            self.conn.resume_reading()
+        return item
+
+    async def wait(self) -> None:
+        """Wait until there is an item."""
+        while not self.items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+
+
 class _QueueConsumer:
     """Consumes one queue over its own connection, for :meth:`EventBus.run`.
 
@@ -739,13 +873,15 @@ class _QueueConsumer:
         self.queue = queue
         self.subscribed = asyncio.Event()
         self._stopping = False
-        self._inbox: asyncio.Queue | None = None
+        self._inbox: _Inbox | None = None
         self._log = bus.logger
+        # Acks are the same frame but for the seq.
+        self._ack_head = f'{{"op":"ack","queue":{encode_json(queue)},"seq":'.encode("utf-8")
 
     def request_stop(self) -> None:
         self._stopping = True
         if self._inbox is not None:
-            self._inbox.put_nowait(_STOP)
+            self._inbox.put(_STOP)
 
     async def run(self) -> None:
         delays = iter(self.bus._backoff.delays()) if self.bus._backoff else None
@@ -779,14 +915,15 @@ class _QueueConsumer:
             await asyncio.sleep(min(left, 0.05))
 
     async def _connect(self) -> Connection:
-        inbox: asyncio.Queue = asyncio.Queue()
+        inbox = _Inbox(self.bus._prefetch)
         conn = await Connection.open(
             self.bus.socket_path,
             timeout=self.bus._connect_timeout,
-            on_deliver=inbox.put_nowait,
+            on_deliver=inbox.put,
             logger=self._log,
         )
-        conn.lost.add_done_callback(lambda f: inbox.put_nowait(_LOST))
+        inbox.conn = conn
+        conn.lost.add_done_callback(lambda f: inbox.put(_LOST))
         try:
             reply = await conn.request(
                 {"op": "subscribe", "queue": self.queue, "prefetch": self.bus._prefetch},
@@ -802,32 +939,65 @@ class _QueueConsumer:
             raise
         self._inbox = inbox
         if self._stopping:
-            inbox.put_nowait(_STOP)
+            inbox.put(_STOP)
         self.subscribed.set()
         return conn
 
     async def _serve(self, conn: Connection) -> ConnectionError | None:
-        """Handle deliveries until stopped (None) or the connection is lost."""
+        """Handle deliveries until stopped (None) or the connection is lost.
+
+        Sync handlers run without a coroutine or a task per event: only an
+        async handler's awaitable is awaited.
+        """
         inbox = self._inbox
         assert inbox is not None
+        items = inbox.items
+        ack_head = self._ack_head
+        log = self._log
         try:
             while True:
-                item = await inbox.get()
+                if not items:
+                    await inbox.wait()
+                item = inbox.take()
                 if item is _LOST:
                     return conn.lost.result()
                 if item is _STOP or self._stopping:
                     self._nack_buffered(conn, item)
                     return None
-                await self._handle(conn, item)
+                prepared = self._prepare(item)  # type: ignore[arg-type]
+                if prepared is None:
+                    continue
+                event, handlers = prepared
+                token = enter_delivery(event.traceparent)
+                try:
+                    for handler in handlers:
+                        try:
+                            result = handler(event)
+                            if result is not None and inspect.isawaitable(result):
+                                await result
+                        except Exception:
+                            # Error isolation: the other handlers still get the event.
+                            log.exception(
+                                "eventbus: handler %s failed on %s (queue %s, seq %s)",
+                                getattr(handler, "__qualname__", repr(handler)),
+                                event.type_name, self.queue, event.seq,
+                            )
+                finally:
+                    exit_delivery(token)
+                try:
+                    conn.send_oneway(b"%b%d}\n" % (ack_head, event.seq))
+                except ConnectionError:
+                    # The sidecar put the event back when the connection went;
+                    # it will be delivered again (at least once).
+                    pass
         finally:
             self.subscribed.clear()
             await conn.close()
 
     def _nack_buffered(self, conn: Connection, first: object) -> None:
         assert self._inbox is not None
-        items = [first]
-        while not self._inbox.empty():
-            items.append(self._inbox.get_nowait())
+        items = [first, *self._inbox.items]
+        self._inbox.items.clear()
         seqs = [i["seq"] for i in items if isinstance(i, dict)]
         for seq in seqs:
             try:
@@ -840,46 +1010,61 @@ class _QueueConsumer:
                 self.queue, len(seqs),
             )
 
-    async def _handle(self, conn: Connection, frame: dict) -> None:
-        try:
-            event = Event(
-                parse_type(str(frame.get("type", ""))),
-                frame.get("payload"),
-                queue=frame.get("queue", self.queue),
-                seq=frame["seq"],
-                redelivered=bool(frame.get("redelivered", False)),
-                redeliveries=int(frame.get("redeliveries") or 0),
-                enqueued_at=frame.get("enqueued_at"),
-                traceparent=frame.get("traceparent"),
-            )
-        except KeyError:
+    def _prepare(self, frame: dict) -> tuple[Event, tuple[Handler, ...]] | None:
+        """The event of a delivery and its handlers; None if it has no seq."""
+        get = frame.get
+        seq = get("seq")
+        if type(seq) is not int:
             self._log.error("eventbus: delivery without seq on %s: %r", self.queue, frame)
-            return
-        handlers = self.bus.handlers_for(event)
+            return None
+        tname = get("type")
+        if type(tname) is not str:
+            tname = str(tname or "")
+        queue = get("queue") or self.queue
+        event = Event(
+            _TYPES.get(tname, tname),
+            get("payload"),
+            queue=queue,
+            seq=seq,
+            redelivered=get("redelivered") is True,
+            redeliveries=get("redeliveries") or 0,
+            enqueued_at=get("enqueued_at"),
+            traceparent=get("traceparent"),
+        )
+        handlers = self.bus._handlers(tname, queue)
         if not handlers:
             self._log.debug(
-                "eventbus: no handler for %s on %s, acking seq %s",
-                event.type_name, self.queue, event.seq,
+                "eventbus: no handler for %s on %s, acking seq %s", tname, self.queue, seq
             )
-        with handling(event.traceparent):
-            for handler in handlers:
-                try:
-                    result = handler(event)
-                    if inspect.isawaitable(result):
-                        await result
-                except Exception:
-                    # Error isolation: the other handlers still get the event.
-                    self._log.exception(
-                        "eventbus: handler %s failed on %s (queue %s, seq %s)",
-                        getattr(handler, "__qualname__", repr(handler)),
-                        event.type_name, self.queue, event.seq,
-                    )
-        try:
-            conn.send_oneway({"op": "ack", "queue": self.queue, "seq": event.seq})
-        except ConnectionError:
-            # The sidecar put the event back when the connection went; it
-            # will be delivered again (at least once).
-            pass
+        return event, handlers
+
+
+# EventType members by wire name, without the enum's slower lookup.
+_TYPES: dict[str, EventType] = {t.value: t for t in EventType}
+
+
+# Cached publish heads per bus; more (queue, type) pairs than this means
+# types made up per event, and the cache starts over.
+_MAX_HEADS = 1024
+
+MAX_MSG_ID_BYTES = 256
+"""The longest msg_id the sidecar takes, in UTF-8 bytes."""
+
+
+def _encode_msg_id(msg_id: object) -> str:
+    """A caller's msg_id as a JSON string, after checking it."""
+    if not isinstance(msg_id, str):
+        raise TypeError(f"msg_id must be a str, got {type(msg_id).__name__}")
+    n = len(msg_id.encode("utf-8"))
+    if n == 0 or n > MAX_MSG_ID_BYTES:
+        raise ValueError(
+            f"msg_id must be 1 to {MAX_MSG_ID_BYTES} bytes in UTF-8, got {n}: {msg_id[:40]!r}"
+        )
+    return encode_json(msg_id)
+
+
+def _where(queue_name: str | None, tname: str) -> str:
+    return queue_name if queue_name is not None else f"(routed by type {tname})"
 
 
 # Error codes of docs/protocol.md, inferred from the message for a sidecar

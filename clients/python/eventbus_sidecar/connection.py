@@ -1,11 +1,18 @@
-"""One NDJSON connection to the sidecar.
+"""One NDJSON connection to the sidecar, as an asyncio.Protocol.
 
 Requests are written as one line each and may be pipelined: every request
-gets a fresh id, and a single read task matches replies to waiting futures by
-that id, whatever order they come back in. Deliveries (``"op":"deliver"``)
-are handed to a callback. When the connection ends, for whatever reason,
-every request still waiting fails with a ``ConnectionError`` naming the
-request, because the client cannot know what the sidecar did with it.
+gets a fresh id, and replies are matched to waiting futures by that id in
+``data_received``, whatever order they come back in, without a reader task.
+Deliveries (``"op":"deliver"``) are handed to a callback. When the connection
+ends, for whatever reason, every request still waiting fails with a
+``ConnectionError`` naming the request, because the client cannot know what
+the sidecar did with it.
+
+Writes are coalesced: a request made while nothing else is in flight is
+written at once (the lowest latency for a caller that awaits each reply);
+otherwise frames are buffered and written together once per event-loop
+iteration, so many coroutines publishing at once cost one system call per
+batch instead of one per frame.
 """
 
 from __future__ import annotations
@@ -27,53 +34,95 @@ _TOO_MANY_CONNECTIONS = "too_many_connections"
 
 _DeliverCallback = Callable[[dict], None]
 
+# Frames are compact UTF-8 JSON. NaN and infinities are refused
+# (ValueError) because they are not JSON and the sidecar would reject the
+# whole line.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _default(o: object) -> Any:
+    return _ENCODER.default(o)
+
+
+def _make_encode() -> Callable[[Any], str]:
+    # JSONEncoder.encode builds a new C encoder on every call; one built
+    # once and reused costs a third less per payload. Without the circular
+    # check (whose state a reused encoder could not reset after an error), a
+    # self-referencing value hits the recursion limit instead; it is turned
+    # into the ValueError JSONEncoder raises.
+    make = getattr(json.encoder, "c_make_encoder", None)
+    basestring = getattr(json.encoder, "c_encode_basestring", None)
+    if make is None or basestring is None:
+        return _ENCODER.encode
+    c_encode = make(None, _default, basestring, None, ":", ",", False, False, False)
+    join = "".join
+
+    def encode_json(value: Any) -> str:
+        try:
+            return join(c_encode(value, 0))
+        except RecursionError as e:
+            raise ValueError(f"cannot encode a self-referencing value as JSON: {e}") from e
+
+    return encode_json
+
+
+encode_json = _make_encode()
+"""A value as compact JSON text, as the sidecar expects it."""
+
+_DECODER = json.JSONDecoder()
+_decode = _DECODER.decode
+
+# In asyncio debug mode (which unittest.IsolatedAsyncioTestCase turns on)
+# the C Future records the whole stack with its source lines when created,
+# several times the cost of everything else a publish does; the pure-Python
+# Future, asyncio's own fallback, records ten frames without lines, as
+# callbacks do. Outside debug mode the C Future is the faster one.
+_PyFuture: Any = getattr(asyncio.futures, "_PyFuture", None)
+
+
+def _reply_future(loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+    if _PyFuture is not None and loop.get_debug():
+        return _PyFuture(loop=loop)
+    return loop.create_future()
+
 
 def encode(frame: dict) -> bytes:
-    """One frame as a UTF-8 JSON line.
-
-    NaN and infinities are refused (ValueError) because they are not JSON and
-    the sidecar would reject the whole line.
-    """
-    return (
-        json.dumps(frame, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        + "\n"
-    ).encode("utf-8")
+    """One frame as a UTF-8 JSON line."""
+    return (encode_json(frame) + "\n").encode("utf-8")
 
 
-def _retrieve(fut: asyncio.Future) -> None:
-    # Marks a failed future's exception as retrieved so that requests nobody
-    # awaits any more (their caller was cancelled) do not log "exception was
-    # never retrieved" when the connection drops.
-    if not fut.cancelled():
-        fut.exception()
-
-
-class Connection:
-    """A connected socket with a read task. Create it with :meth:`open`."""
+class Connection(asyncio.Protocol):
+    """A connected socket. Create it with :meth:`open`."""
 
     def __init__(
         self,
         path: str,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
         on_deliver: _DeliverCallback | None,
         logger: logging.Logger,
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.path = path
-        self._reader = reader
-        self._writer = writer
         self._on_deliver = on_deliver
         self._log = logger
+        self._loop = loop
+        self._transport: asyncio.Transport | None = None
         self._next_id = 1
         self._pending: dict[int, tuple[asyncio.Future, str]] = {}
-        loop = asyncio.get_running_loop()
+        # Replies that arrived after their caller was cancelled, kept until
+        # the caller (withdrawing a publish) or forget() collects them.
+        self._late: dict[int, dict] = {}
+        self._partial = b""
+        self._out: list[bytes] = []
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future] = []
         # Resolved (never failed) with the ConnectionError that ended the
         # connection, so that owners can react to the loss.
         self.lost: asyncio.Future[ConnectionError] = loop.create_future()
+        self._transport_closed: asyncio.Future[None] = loop.create_future()
         self._closing = False
+        self._reason: str | None = None
         # The sidecar's message when it turned this connection away.
         self._refusal: str | None = None
-        self._read_task = loop.create_task(self._read_loop(), name=f"eventbus-read {path}")
 
     @classmethod
     async def open(
@@ -85,9 +134,12 @@ class Connection:
         logger: logging.Logger,
     ) -> "Connection":
         """Connect to the sidecar's socket; ConnectionError if that fails."""
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_unix_connection(path, limit=READ_LIMIT)
+                _, conn = await loop.create_unix_connection(
+                    lambda: cls(path, on_deliver, logger, loop), path
+                )
         except TimeoutError as e:
             raise ConnectionError(
                 f"cannot connect to eventbus sidecar at {path}: no answer within {timeout}s"
@@ -96,12 +148,153 @@ class Connection:
             raise ConnectionError(
                 f"cannot connect to eventbus sidecar at {path}: {e.strerror or e}"
             ) from e
-        return cls(path, reader, writer, on_deliver, logger)
+        return conn
+
+    # ------------------------------------------------------------ protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self._partial:
+            data = self._partial + data
+        end = data.rfind(b"\n") + 1
+        self._partial = data[end:]
+        try:
+            if end:
+                self._dispatch_all(data[:end] if end < len(data) else data)
+            if len(self._partial) > READ_LIMIT:
+                raise ProtocolError(f"line longer than {READ_LIMIT} bytes from the sidecar")
+        except ProtocolError as e:
+            self._abort(str(e))
+
+    def _dispatch_all(self, chunk: bytes) -> None:
+        """Dispatch every line of a chunk that ends with a newline."""
+        try:
+            text = chunk.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ProtocolError(f"sidecar sent a line that is not UTF-8: {e}") from e
+        lines = text.split("\n")
+        lines.pop()
+        if len(lines) == 1:
+            frames = [self._parse(lines[0])] if lines[0].strip() else []
+        else:
+            try:
+                # One decoder call for the whole chunk instead of one per
+                # line; a chunk that does not parse as a list (an empty or
+                # broken line) goes line by line to find and report it.
+                frames = _decode("[" + ",".join(lines) + "]")
+            except ValueError:
+                frames = [self._parse(line) for line in lines if line.strip()]
+        dispatch = self._dispatch
+        for frame in frames:
+            dispatch(frame)
+
+    def _parse(self, line: str) -> Any:
+        try:
+            frame = _decode(line)
+        except ValueError as e:
+            raise ProtocolError(f"sidecar sent a line that is not JSON: {line[:200]!r}") from e
+        return frame
+
+    def eof_received(self) -> bool:
+        if self._partial:
+            self._reason = "closed by the sidecar in the middle of a line"
+        return False  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._closing:
+            reason = "closed by the client"
+        elif self._reason is not None:
+            reason = self._reason
+        elif exc is not None:
+            reason = f"socket error: {exc}"
+        else:
+            reason = "closed by the sidecar"
+        self._out.clear()
+        self._fail_all(reason)
+        self._wake_drainers()
+        if not self._transport_closed.done():
+            self._transport_closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drainers()
+
+    def _wake_drainers(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def _abort(self, reason: str) -> None:
+        if self._reason is None:
+            self._reason = reason
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _dispatch(self, frame: Any) -> None:
+        if type(frame) is not dict:
+            raise ProtocolError(f"sidecar sent a JSON value that is not an object: {str(frame)[:200]!r}")
+        req_id = frame.get("id")
+        if req_id is None and frame.get("op") == "deliver":
+            if self._on_deliver is None:
+                self._log.warning("eventbus: unexpected delivery on a publish connection: %.200r", frame)
+                return
+            self._on_deliver(frame)
+            return
+        entry = self._pending.pop(req_id, None) if type(req_id) is int else None
+        if entry is not None:
+            fut = entry[0]
+            if not fut.done():
+                fut.set_result(frame)
+            elif fut.cancelled():
+                self._late[req_id] = frame
+            return
+        if frame.get("status") == "error" and frame.get("code") == _TOO_MANY_CONNECTIONS:
+            # The end of the connection follows; _fail_all reports it.
+            self._refusal = str(frame.get("error") or "too many connections")
+            return
+        if frame.get("status") == "error":
+            # Errors about frames without an id (ack, nack) or about a request
+            # nobody waits for any more.
+            self._log.warning("eventbus sidecar at %s reported: %s", self.path, frame.get("error"))
+
+    # ------------------------------------------------------------- writing
+
+    def _write(self, data: bytes, batch: bool) -> None:
+        out = self._out
+        if out:
+            out.append(data)
+        elif batch:
+            out.append(data)
+            self._loop.call_soon(self._flush)
+        else:
+            self._transport.write(data)  # type: ignore[union-attr]
+
+    def _flush(self) -> None:
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    # ------------------------------------------------------------- callers
 
     @property
     def is_lost(self) -> bool:
         """True once the connection has ended."""
         return self.lost.done()
+
+    @property
+    def write_paused(self) -> bool:
+        """True while the socket's write buffer is over its high-water mark."""
+        return self._write_paused
 
     def _check_open(self) -> None:
         if self.lost.done():
@@ -122,104 +315,90 @@ class Connection:
         than ``max_bytes`` (without its newline) raises ValueError and is not
         sent: the sidecar would answer it by closing the connection.
         """
-        self._check_open()
+        body = encode_json(frame)
+        return self.send_body((body[:-1] + ',"id":').encode("utf-8"), what, max_bytes)
+
+    def send_body(
+        self, body: bytes, what: str, max_bytes: int | None = None
+    ) -> tuple[int, asyncio.Future]:
+        """:meth:`send` for a frame already encoded up to its id.
+
+        ``body`` is a JSON object without its closing brace, ending in
+        ``"id":``, so that a request can be sent again on another connection
+        with that connection's id without encoding it again.
+        """
+        if self._closing or self.lost.done():
+            self._check_open()
         req_id = self._next_id
-        line = encode({**frame, "id": req_id})
+        line = b"%b%d}\n" % (body, req_id)
         if max_bytes is not None and len(line) - 1 > max_bytes:
             raise ValueError(
                 f"{what} is {len(line) - 1} bytes on the wire, over the sidecar's "
                 f"frame limit of {max_bytes} bytes"
             )
-        self._next_id += 1
-        fut = asyncio.get_running_loop().create_future()
-        fut.add_done_callback(_retrieve)
-        self._pending[req_id] = (fut, what)
-        self._writer.write(line)
+        self._next_id = req_id + 1
+        fut = _reply_future(self._loop)
+        pending = self._pending
+        pending[req_id] = (fut, what)
+        # Alone in flight: write now, a caller awaiting each reply gains a
+        # loop iteration. Otherwise join the batch of this iteration.
+        self._write(line, len(pending) > 1)
         return req_id, fut
 
-    def send_oneway(self, frame: dict) -> None:
-        """Write a frame that gets no reply (ack, nack)."""
+    def send_oneway(self, frame: dict | bytes) -> None:
+        """Write a frame that gets no reply (ack, nack): a dict, or an encoded line."""
         self._check_open()
-        self._writer.write(encode(frame))
+        self._write(frame if type(frame) is bytes else encode(frame), True)  # type: ignore[arg-type]
 
     def forget(self, req_id: int) -> None:
         """Stop waiting for a reply; a late one is then ignored."""
         self._pending.pop(req_id, None)
+        if self._late:
+            self._late.pop(req_id, None)
+
+    def rewait(self, req_id: int, what: str) -> asyncio.Future:
+        """A new future for the reply to ``req_id``, whose first waiter was
+        cancelled; already resolved if the reply came in the meantime."""
+        fut = self._loop.create_future()
+        late = self._late.pop(req_id, None)
+        if late is not None:
+            fut.set_result(late)
+        elif self.lost.done():
+            lost = self.lost.result()
+            fut.set_exception(type(lost)(f"{lost}; {what} (request {req_id}) got no reply"))
+            fut.exception()
+        else:
+            self._pending[req_id] = (fut, what)
+        return fut
 
     async def drain(self) -> None:
         """Wait until the socket's write buffer is below its high-water mark."""
-        try:
-            await self._writer.drain()
-        except (ConnectionError, OSError) as e:
-            # The read task notices the loss too and fails the pending calls.
-            raise ConnectionError(
-                f"connection to eventbus sidecar at {self.path} lost: {e}"
-            ) from e
+        if self._write_paused and not self.lost.done():
+            waiter = self._loop.create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+        if self.lost.done():
+            raise ConnectionError(f"{self.lost.result()}")
 
     async def request(self, frame: dict, what: str) -> dict:
         """Send a request and wait for its reply."""
         req_id, fut = self.send(frame, what)
         try:
-            await self.drain()
+            if self._write_paused:
+                await self.drain()
             return await fut
         finally:
             self.forget(req_id)
 
-    async def _read_loop(self) -> None:
-        reason = "closed by the sidecar"
-        try:
-            while True:
-                line = await self._reader.readline()
-                if not line:
-                    break
-                if not line.endswith(b"\n"):
-                    reason = "closed by the sidecar in the middle of a line"
-                    break
-                self._dispatch(line)
-        except asyncio.CancelledError:
-            reason = "closed by the client"
-            raise
-        except (ConnectionError, OSError) as e:
-            reason = f"socket error: {e}"
-        except ValueError as e:
-            # StreamReader.readline raises ValueError for a line over the limit.
-            reason = f"line longer than {READ_LIMIT} bytes from the sidecar: {e}"
-        except ProtocolError as e:
-            reason = str(e)
-        finally:
-            if self._closing:
-                reason = "closed by the client"
-            self._fail_all(reason)
-            self._writer.close()
+    def pause_reading(self) -> None:
+        """Stop reading the socket (the owner's buffer is full)."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
 
-    def _dispatch(self, line: bytes) -> None:
-        try:
-            frame: Any = json.loads(line)
-        except ValueError as e:
-            raise ProtocolError(f"sidecar sent a line that is not JSON: {line[:200]!r}") from e
-        if not isinstance(frame, dict):
-            raise ProtocolError(f"sidecar sent a JSON value that is not an object: {line[:200]!r}")
-        if frame.get("op") == "deliver":
-            if self._on_deliver is None:
-                self._log.warning("eventbus: unexpected delivery on a publish connection: %s", line[:200])
-                return
-            self._on_deliver(frame)
-            return
-        req_id = frame.get("id")
-        entry = self._pending.pop(req_id, None) if isinstance(req_id, int) else None
-        if entry is not None:
-            fut, _ = entry
-            if not fut.done():
-                fut.set_result(frame)
-            return
-        if frame.get("status") == "error" and frame.get("code") == _TOO_MANY_CONNECTIONS:
-            # The end of the connection follows; _fail_all reports it.
-            self._refusal = str(frame.get("error") or "too many connections")
-            return
-        if frame.get("status") == "error":
-            # Errors about frames without an id (ack, nack) or about a request
-            # nobody waits for any more.
-            self._log.warning("eventbus sidecar at %s reported: %s", self.path, frame.get("error"))
+    def resume_reading(self) -> None:
+        """Read the socket again after :meth:`pause_reading`."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
 
     def _fail_all(self, reason: str) -> None:
         if self.lost.done():
@@ -237,21 +416,23 @@ class Connection:
         for req_id, (fut, what) in pending.items():
             if not fut.done():
                 fut.set_exception(error(f"{message}; {what} (request {req_id}) {outcome}"))
+                # Marks the exception retrieved, so that a request nobody
+                # awaits any more (its caller was cancelled) logs nothing.
+                fut.exception()
         self.lost.set_result(error(message))
 
     async def close(self) -> None:
-        """Close the socket; waiting requests fail with ConnectionError."""
+        """Close the socket; waiting requests fail with ConnectionError.
+
+        Frames already written (acks, nacks) are sent before the socket
+        closes.
+        """
         self._closing = True
-        self._writer.close()
-        self._read_task.cancel()
-        try:
-            await self._read_task
-        except asyncio.CancelledError:
-            if not self._read_task.cancelled():
-                raise
-        # A read task cancelled before it ever ran has not failed anything.
+        self._flush()
         self._fail_all("closed by the client")
+        if self._transport is not None:
+            self._transport.close()
         try:
-            await self._writer.wait_closed()
+            await asyncio.shield(self._transport_closed)
         except (ConnectionError, OSError):
             pass

@@ -50,14 +50,29 @@ def current_traceparent() -> str | None:
     return _delivery_traceparent.get()
 
 
+def enter_delivery(traceparent: str | None) -> contextvars.Token:
+    """Make a delivery's traceparent the fallback parent for its handlers.
+
+    Returns the token to pass to :func:`exit_delivery` afterwards.
+    """
+    if traceparent is not None and parse_traceparent(traceparent) is None:
+        traceparent = None
+    return _delivery_traceparent.set(traceparent)
+
+
+def exit_delivery(token: contextvars.Token) -> None:
+    """Undo :func:`enter_delivery`."""
+    _delivery_traceparent.reset(token)
+
+
 @contextlib.contextmanager
 def handling(traceparent: str | None) -> Iterator[None]:
-    """Make a delivery's traceparent the fallback parent for its handlers."""
-    token = _delivery_traceparent.set(traceparent if parse_traceparent(traceparent or "") else None)
+    """:func:`enter_delivery` and :func:`exit_delivery` as a context manager."""
+    token = enter_delivery(traceparent)
     try:
         yield
     finally:
-        _delivery_traceparent.reset(token)
+        exit_delivery(token)
 
 
 def format_traceparent(trace_id: int, span_id: int, flags: int = 1) -> str:

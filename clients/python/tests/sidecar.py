@@ -1,7 +1,9 @@
 """Runs the real eventbus-sidecar binary for the tests.
 
-Every test talks to a real `eventbus-sidecar serve` process on a socket in a
-fresh temporary directory: no fake server. The binary is
+The tests talk to a real `eventbus-sidecar serve` process on a socket in a
+fresh temporary directory. (Only test_framing and test_msg_id's retry tests
+script a server of their own, for bytes the sidecar never sends and for a
+connection cut right after a publish was read.) The binary is
 ``$EVENTBUS_SIDECAR_BIN`` if set, else ``bin/eventbus-sidecar`` at the
 repository root, built with ``go build`` once per test run if missing.
 """

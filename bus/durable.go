@@ -1,0 +1,272 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/wal"
+)
+
+// WithDataDir keeps every Durable queue's accepted events in a write-ahead
+// log under dir/queues/<name>/, so that they survive a crash: New creates
+// dir (0700), locks it against a second bus, and gives back every event
+// not yet acked, in order, with its seq, its delivery count and the msg ids
+// of the dedupe window. Without it Durable is ignored and every queue lives
+// in memory. A bus with a data directory runs two goroutines per durable
+// queue (the log's syncer and completer): Shutdown stops them and releases
+// the directory.
+func WithDataDir(dir string) Option {
+	return optionFunc(func(o *options) { o.dataDir = dir })
+}
+
+// WithWALOptions sets the write-ahead log options for tests and tuning:
+// the file system (fault injection), segment and record sizes, and an
+// extra OnSync hook. The bus sets Fsync, FsyncInterval, DedupeWindow and
+// Now from the queue's configuration and its clock, and Logger when unset.
+func WithWALOptions(opts wal.Options) Option {
+	return optionFunc(func(o *options) { o.walOptions = opts })
+}
+
+// Durable reports whether the named queue's accepted events survive a
+// crash: a Durable queue on a bus with a data directory. It is false for
+// an unknown queue.
+func (b *Bus) Durable(queue string) bool {
+	q, ok := b.byName[queue]
+	return ok && q.log != nil
+}
+
+// openLogs locks the data directory and opens the log of every durable
+// queue, filling the queues with what it recovered. On error everything
+// opened is closed again.
+func (b *Bus) openLogs(o options, durable map[string]QueueConfig) (err error) {
+	dir := o.dataDir
+	fsys := o.walOptions.FS
+	if fsys == nil {
+		fsys = wal.OSFS{}
+	}
+	if err := fsys.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("bus: create data dir %s: %w", dir, err)
+	}
+	lock, err := fsys.Lock(filepath.Join(dir, "LOCK"))
+	if err != nil {
+		return fmt.Errorf("bus: data dir %s is in use (another sidecar, or another bus in this process, holds its lock): %w", dir, err)
+	}
+	b.dirLock = lock
+	defer func() {
+		if err != nil {
+			_ = b.closeLogs() // the open error is the one to report
+		}
+	}()
+	for _, q := range b.queues {
+		qc, ok := durable[q.name]
+		if !ok {
+			continue
+		}
+		if q.name == "." || q.name == ".." {
+			return fmt.Errorf("bus: durable queue %q: the name cannot name its log directory under %s; rename the queue", q.name, dir)
+		}
+		if err := q.openLog(o, filepath.Join(dir, "queues", q.name), qc); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (q *queue) openLog(o options, dir string, qc QueueConfig) error {
+	b := q.bus
+	wo := o.walOptions
+	wo.Fsync = wal.FsyncMode(qc.Fsync)
+	wo.FsyncInterval = qc.FsyncInterval
+	wo.DedupeWindow = q.dedupe.window
+	wo.Now = b.clock.Now
+	if wo.Logger == nil {
+		wo.Logger = b.logger.With("queue", q.name)
+	}
+	hook := wo.OnSync
+	wo.OnSync = func(si wal.SyncInfo) {
+		if b.tel.metrics {
+			b.tel.syncDuration.Record(context.Background(), si.Duration.Seconds(), q.tel.record...)
+		}
+		if hook != nil {
+			hook(si)
+		}
+	}
+	l, rec, err := wal.Open(context.Background(), dir, wo)
+	if err != nil {
+		return fmt.Errorf("bus: queue %q: open write-ahead log: %w", q.name, err)
+	}
+	for _, r := range rec.Records {
+		e, err := decodeRecord(r.Data, r.Seq, r.MsgID, r.AcceptedAt, r.Deliveries)
+		if err != nil {
+			l.Close()
+			return fmt.Errorf("bus: queue %q: recover from %s: %w", q.name, dir, err)
+		}
+		q.store.Push(e)
+	}
+	for _, id := range rec.MsgIDs {
+		q.dedupe.add(id.ID, id.Seq, id.AcceptedAt, nil)
+	}
+	q.nextSeq = rec.NextSeq - 1
+	q.counters.size.Store(int64(q.store.Len()))
+	q.log = l
+	if len(rec.Records) > 0 || rec.NextSeq > 1 {
+		b.logger.Info("queue recovered", "queue", q.name, "events", len(rec.Records),
+			"next_seq", rec.NextSeq, "msg_ids", len(rec.MsgIDs), "torn_bytes", rec.TornBytes)
+	}
+	return nil
+}
+
+// closeLogs closes every open log and releases the data directory.
+func (b *Bus) closeLogs() error {
+	var errs []error
+	for _, q := range b.queues {
+		if q.log == nil {
+			continue
+		}
+		if err := q.log.Close(); err != nil && !errors.Is(err, wal.ErrClosed) {
+			errs = append(errs, fmt.Errorf("bus: queue %q: close write-ahead log: %w", q.name, err))
+		}
+	}
+	if b.dirLock != nil {
+		errs = append(errs, b.dirLock.Close())
+		b.dirLock = nil
+	}
+	return errors.Join(errs...)
+}
+
+// maxScratch bounds the encoding buffer a queue keeps between appends.
+const maxScratch = 64 << 10
+
+// appendLocked starts storing an event in the queue's log and reserves
+// its slot: the event of publish p (its entry is rebuilt from p when the
+// append is done, so that the callback holds two words, not an entry), or
+// a dead letter on its way in (moved). Called with q.mu held.
+func (q *queue) appendLocked(p *Pending, moved *deadLetterMove) error {
+	var e entry
+	var done func(wal.Appended, error)
+	if moved != nil {
+		e = moved.ne
+		done = func(a wal.Appended, err error) { q.stored(nil, moved, a, err) }
+	} else {
+		e = p.entry()
+		done = func(a wal.Appended, err error) { q.stored(p, nil, a, err) }
+	}
+	q.scratch = encodeRecord(q.scratch[:0], &e)
+	msgID := e.ev.MsgID
+	if moved != nil {
+		msgID = "" // kept in the data; see encodeRecord
+	}
+	seq, err := q.log.AppendAsync(q.scratch, msgID, e.enqueuedAt, done)
+	if cap(q.scratch) > maxScratch {
+		q.scratch = nil
+	}
+	switch {
+	case errors.Is(err, wal.ErrClosed):
+		return fmt.Errorf("queue %q: %w", q.name, ErrShuttingDown)
+	case errors.Is(err, wal.ErrInvalid):
+		return fmt.Errorf("%w: queue %q: %w", ErrInvalidEvent, q.name, err)
+	case err != nil:
+		return fmt.Errorf("queue %q: %w: %w", q.name, ErrStorage, err)
+	}
+	q.reserved++
+	if moved == nil && msgID != "" {
+		q.dedupe.add(msgID, seq, e.enqueuedAt, p)
+	}
+	return nil
+}
+
+// entry is the queue entry of a publish being stored: accepted when it
+// started settling (settlingLocked).
+func (p *Pending) entry() entry {
+	return entry{ev: p.ev, enqueuedAt: p.resolvedAt, pubSC: p.pubSC, traced: p.traced}
+}
+
+// stored is the log's answer to appendLocked, on the log's completer
+// goroutine: the event joins the queue, or its slot is freed.
+func (q *queue) stored(p *Pending, moved *deadLetterMove, a wal.Appended, err error) {
+	var e entry
+	if moved != nil {
+		e = moved.ne
+	} else {
+		e = p.entry()
+	}
+	e.seq = a.Seq
+	id := ""
+	if moved == nil {
+		id = e.ev.MsgID
+	}
+	var admitted pendingList
+	q.mu.Lock()
+	q.reserved--
+	if err == nil {
+		q.store.Push(e)
+		q.counters.size.Store(int64(q.store.Len()))
+		if id != "" {
+			q.dedupe.stored(id, e.seq)
+		}
+		q.wakeConsumersLocked()
+	} else {
+		if id != "" {
+			q.dedupe.forget(id, e.seq)
+		}
+		admitted = q.admitWaitersLocked() // the reserved slot is free again
+	}
+	var dups []*Pending
+	if p != nil {
+		dups, p.dups = p.dups, nil
+	}
+	q.mu.Unlock()
+	admitted.release()
+
+	if err != nil {
+		q.counters.storageErrors.Add(1)
+		err = fmt.Errorf("queue %q: event not stored: %w: %w", q.name, ErrStorage, err)
+	}
+	if moved != nil {
+		moved.done(err)
+	}
+	if p != nil {
+		p.complete(Accepted, a.Seq, a.Sync, err)
+	}
+	for _, d := range dups {
+		d.complete(Duplicate, 0, 0, err)
+	}
+	q.bus.notifyDrain()
+}
+
+// walOp is what walSettle records.
+type walOp uint8
+
+const (
+	walDeliver walOp = iota
+	walAck
+	walNack
+)
+
+// walSettle records a delivery, ack or nack in the queue's log, if it has
+// one. Only a closed log refuses (after Shutdown, the record is not
+// needed: the event stays in the log as it was); anything else is a bug
+// worth a line.
+func (q *queue) walSettle(op walOp, seq uint64) {
+	if q.log == nil {
+		return
+	}
+	var err error
+	switch op {
+	case walDeliver:
+		err = q.log.Deliver(seq)
+	case walAck:
+		err = q.log.Ack(seq)
+	default:
+		err = q.log.Nack(seq)
+	}
+	if err != nil && !errors.Is(err, wal.ErrClosed) {
+		q.bus.logger.Error("write-ahead log refused a settle", "queue", q.name, "seq", seq, "err", err)
+	}
+}
+
+// syncMillis is d in milliseconds, for the publish span.
+func syncMillis(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -1,0 +1,189 @@
+package bus_test
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/wal"
+)
+
+// benchBus is one blocking queue, durable (fsync always) or in memory.
+func benchBus(b *testing.B, durable bool, opts ...bus.Option) *bus.Bus {
+	b.Helper()
+	qs := []bus.QueueConfig{{Name: "order", Capacity: 1024, Policy: bus.PolicyBlock, Durable: durable}}
+	if durable {
+		opts = append(opts, bus.WithDataDir(b.TempDir()))
+	}
+	bb, err := bus.New(qs, opts...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _, _ = bb.Shutdown(context.Background()) })
+	return bb
+}
+
+// ackAll receives and acks on queue until ctx ends; wait returns once it
+// has stopped.
+func ackAll(ctx context.Context, b *testing.B, bb *bus.Bus, prefetch int) (wait func()) {
+	b.Helper()
+	c, err := bb.Subscribe("order", prefetch)
+	if err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer c.Close()
+		for {
+			d, err := c.Receive(ctx)
+			if err != nil {
+				return
+			}
+			_ = c.Ack(d.Seq)
+		}
+	}()
+	return func() { <-done }
+}
+
+var benchEvent = bus.Event{Type: "ORDER_NEW", Payload: json.RawMessage(`{"symbol":"BTCUSDT","side":"buy","qty":"0.010","px":"64250.5"}`)}
+
+// BenchmarkDurablePublishDeliver compares durable (fsync always) with
+// memory-only publish+deliver+ack in one run: sequential (one publish at a
+// time, waiting for each answer: one fdatasync per event) and pipelined
+// (PublishAsync with up to 512 publishes in flight, as one connection's
+// pipelined frames or many connections produce; they share syncs).
+//
+//	go test -run '^$' -bench 'DurablePublishDeliver' -benchtime 200ms ./bus
+func BenchmarkDurablePublishDeliver(b *testing.B) {
+	for _, mode := range []string{"sequential", "pipelined"} {
+		for _, durable := range []bool{false, true} {
+			name := mode + "/memory"
+			if durable {
+				name = mode + "/durable"
+			}
+			b.Run(name, func(b *testing.B) {
+				bb := benchBus(b, durable)
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				if mode == "sequential" {
+					c, err := bb.Subscribe("order", 1)
+					if err != nil {
+						b.Fatal(err)
+					}
+					defer c.Close()
+					b.ReportAllocs()
+					b.ResetTimer()
+					for range b.N {
+						if out, err := bb.Publish(ctx, benchEvent, "order"); out != bus.Accepted {
+							b.Fatal(out, err)
+						}
+						d, err := c.Receive(ctx)
+						if err != nil {
+							b.Fatal(err)
+						}
+						if err := c.Ack(d.Seq); err != nil {
+							b.Fatal(err)
+						}
+					}
+					return
+				}
+				wait := ackAll(ctx, b, bb, 256)
+				const window = 512
+				sem := make(chan struct{}, window)
+				var failed sync.Once
+				done := func(out bus.Outcome, err error) {
+					if out != bus.Accepted {
+						failed.Do(func() { b.Error(out, err) })
+					}
+					<-sem
+				}
+				b.ReportAllocs()
+				b.ResetTimer()
+				for range b.N {
+					sem <- struct{}{}
+					bb.PublishAsync(ctx, benchEvent, "order", done)
+				}
+				for bb.Stats()["order"].Acked < uint64(b.N) {
+					time.Sleep(50 * time.Microsecond) // the consumer drains the tail
+				}
+				b.StopTimer()
+				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+				cancel()
+				wait()
+			})
+		}
+	}
+}
+
+// BenchmarkDurableLatency publishes to a durable queue (fsync always) at
+// 1,000 events/s, open loop: each publish is scheduled 1 ms after the one
+// before and its latency runs from that intended time to its answer, so a
+// stall shows in the percentiles instead of slowing the schedule down. A
+// consumer acks everything. The fdatasync durations are reported too
+// (sync-p50-ms, sync-p99-ms): the floor under the publish latency. Run it
+// for a few seconds of events:
+//
+//	go test -run '^$' -bench 'DurableLatency' -benchtime 3000x ./bus
+func BenchmarkDurableLatency(b *testing.B) {
+	var syncMu sync.Mutex
+	var syncs []time.Duration
+	bb := benchBus(b, true, bus.WithWALOptions(wal.Options{OnSync: func(si wal.SyncInfo) {
+		syncMu.Lock()
+		syncs = append(syncs, si.Duration)
+		syncMu.Unlock()
+	}}))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	wait := ackAll(ctx, b, bb, 64)
+	lat := make([]time.Duration, b.N)
+	service := make([]time.Duration, b.N) // from the actual send
+	var wg sync.WaitGroup
+	wg.Add(b.N)
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	for i := range b.N {
+		intended := start.Add(time.Duration(i) * time.Millisecond)
+		if d := time.Until(intended); d > 0 {
+			time.Sleep(d)
+		}
+		sent := time.Now()
+		bb.PublishAsync(ctx, benchEvent, "order", func(out bus.Outcome, err error) {
+			if out != bus.Accepted {
+				b.Error(out, err)
+			}
+			lat[i] = time.Since(intended)
+			service[i] = time.Since(sent)
+			wg.Done()
+		})
+	}
+	wg.Wait()
+	b.StopTimer()
+	b.ReportMetric(percentileMs(lat, 0.50), "p50-ms")
+	b.ReportMetric(percentileMs(lat, 0.90), "p90-ms")
+	b.ReportMetric(percentileMs(lat, 0.99), "p99-ms")
+	b.ReportMetric(percentileMs(lat, 0.999), "p99.9-ms")
+	b.ReportMetric(percentileMs(lat, 1), "max-ms")
+	b.ReportMetric(percentileMs(service, 0.99), "sent-p99-ms")
+	syncMu.Lock()
+	b.ReportMetric(percentileMs(syncs, 0.50), "sync-p50-ms")
+	b.ReportMetric(percentileMs(syncs, 0.99), "sync-p99-ms")
+	syncMu.Unlock()
+	cancel()
+	wait()
+}
+
+// percentileMs is the p-th percentile (0 < p <= 1) of d in milliseconds;
+// it sorts d.
+func percentileMs(d []time.Duration, p float64) float64 {
+	if len(d) == 0 {
+		return 0
+	}
+	slices.Sort(d)
+	return float64(d[min(len(d)-1, int(p*float64(len(d))))]) / float64(time.Millisecond)
+}

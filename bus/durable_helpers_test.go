@@ -1,0 +1,123 @@
+package bus_test
+
+import (
+	"context"
+	"os"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/wal"
+)
+
+// faultFS is the real file system with faults switched on and off by the
+// test: a full disk (every write fails with ENOSPC) and a gate that holds
+// every fdatasync until it is opened.
+type faultFS struct {
+	wal.OSFS
+	mu    sync.Mutex
+	full  bool
+	gate  chan struct{} // nil: syncs pass
+	syncs int
+}
+
+func (f *faultFS) syncCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.syncs
+}
+
+func (f *faultFS) setFull(full bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.full = full
+}
+
+// holdSyncs makes every fdatasync wait until the returned func is called.
+func (f *faultFS) holdSyncs() (open func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	g := make(chan struct{})
+	f.gate = g
+	return func() {
+		f.mu.Lock()
+		f.gate = nil
+		f.mu.Unlock()
+		close(g)
+	}
+}
+
+func (f *faultFS) OpenFile(name string, flag int, perm os.FileMode) (wal.File, error) {
+	file, err := f.OSFS.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	return &faultFile{File: file, fs: f}, nil
+}
+
+type faultFile struct {
+	wal.File
+	fs *faultFS
+}
+
+func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
+	f.fs.mu.Lock()
+	full := f.fs.full
+	f.fs.mu.Unlock()
+	if full {
+		return 0, &os.PathError{Op: "write", Path: "segment", Err: syscall.ENOSPC}
+	}
+	return f.File.WriteAt(p, off)
+}
+
+func (f *faultFile) Sync() error {
+	f.fs.mu.Lock()
+	g := f.fs.gate
+	f.fs.syncs++
+	f.fs.mu.Unlock()
+	if g != nil {
+		<-g
+	}
+	return f.File.Sync()
+}
+
+// durableQueues is one durable blocking queue "order", one memory queue
+// "data" and a durable dead-letter queue "dlq" for order's events past
+// two deliveries.
+func durableQueues() []bus.QueueConfig {
+	return []bus.QueueConfig{
+		{Name: "order", Capacity: 64, Policy: bus.PolicyBlock, Durable: true, MaxDeliveries: 2, DeadLetter: "dlq"},
+		{Name: "data", Capacity: 64, Policy: bus.PolicyBlock},
+		{Name: "dlq", Capacity: 4, Policy: bus.PolicyBlock, Durable: true},
+	}
+}
+
+// openDurable builds a bus on dir with a fake clock; stop shuts it down
+// (also at cleanup) as a restart would, leaving what is undelivered in the
+// logs.
+func openDurable(t *testing.T, dir string, queues []bus.QueueConfig, clk *fakeClock, opts ...bus.Option) (b *bus.Bus, stop func()) {
+	t.Helper()
+	b, err := bus.New(queues, append([]bus.Option{bus.WithClock(clk), bus.WithDataDir(dir)}, opts...)...)
+	if err != nil {
+		t.Fatalf("New on %s: %v", dir, err)
+	}
+	stop = func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel() // like a crash: do not wait for consumers
+		_, _ = b.Shutdown(ctx)
+	}
+	t.Cleanup(stop)
+	return b, stop
+}
+
+func publishID(t *testing.T, b *bus.Bus, queue string, id int, msgID string) bus.Outcome {
+	t.Helper()
+	ev := event("ORDER", id)
+	ev.MsgID = msgID
+	out, err := b.Publish(context.Background(), ev, queue)
+	if err != nil {
+		t.Fatalf("publish %d (msg id %q) to %s: %v, %v", id, msgID, queue, out, err)
+	}
+	return out
+}

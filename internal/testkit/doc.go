@@ -1,0 +1,10 @@
+// Package testkit is the test support shared by the module's packages: one
+// way to wait for a condition (Eventually), one fake clock for the bus
+// (Clock), and one way to run a real sidecar on a temporary socket
+// (StartSidecar). Keeping one copy of each means a fix to a flaky wait or to
+// the sidecar's start-up reaches every test at once.
+//
+// It depends only on package bus (for bus.Clock and bus.Stats), so that the
+// tests of every other package, including the socket server's own, can use
+// it without an import cycle.
+package testkit

@@ -1,0 +1,198 @@
+package wal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestStorageFaults(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		inject func(f *faultFS)
+		clear  func(f *faultFS)
+		cause  error
+	}{
+		{"disk full mid-write",
+			func(f *faultFS) { f.budget = 10 },
+			func(f *faultFS) { f.budget = -1 },
+			syscall.ENOSPC},
+		{"I/O error on fdatasync",
+			func(f *faultFS) { f.syncErr = syscall.EIO },
+			func(f *faultFS) { f.syncErr = nil },
+			syscall.EIO},
+		{"short write",
+			func(f *faultFS) { f.short = true },
+			func(*faultFS) {},
+			io.ErrShortWrite},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fsys := newFaultFS()
+			var logs logBuffer
+			opts := testOpts()
+			opts.FS = fsys
+			opts.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+			dir := t.TempDir()
+			l, _ := openT(t, dir, opts)
+			good1 := appendT(t, l, "before")
+			name := segFiles(t, dir)[0]
+			sizeBefore := fileSize(t, name)
+
+			fsys.set(tc.inject)
+			_, err := l.Append(context.Background(), []byte("this one fails to be stored"), "m-failed", fixedNow)
+			if !errors.Is(err, ErrStorage) || !errors.Is(err, tc.cause) {
+				t.Fatalf("Append under %s: %v, want ErrStorage wrapping %v", tc.name, err, tc.cause)
+			}
+			if got := fileSize(t, name); got != sizeBefore {
+				t.Fatalf("segment is %d bytes after the failed append, want it cut back to %d", got, sizeBefore)
+			}
+			fsys.set(tc.clear)
+
+			good2 := appendT(t, l, "after")
+			if out := logs.String(); strings.Count(out, "storage failing") != 1 || strings.Count(out, "storage recovered") != 1 {
+				t.Fatalf("want the failure and the recovery logged once each, got:\n%s", out)
+			}
+			if good2 != good1+2 {
+				t.Fatalf("seq after the failure %d, want %d (the failed seq is not reused)", good2, good1+2)
+			}
+			closeT(t, l)
+			l, rec := openT(t, dir, testOpts())
+			defer closeT(t, l)
+			if got := fmt.Sprint(seqs(rec.Records)); got != fmt.Sprint([]uint64{good1, good2}) {
+				t.Fatalf("recovered %s, want [%d %d]: the failed append must not come back", got, good1, good2)
+			}
+			for _, id := range rec.MsgIDs {
+				if id.ID == "m-failed" {
+					t.Fatalf("the failed append's msg id came back: %+v", rec.MsgIDs)
+				}
+			}
+		})
+	}
+}
+
+func TestFailedWriteIsCutBeforeTheNextOne(t *testing.T) {
+	fsys := newFaultFS()
+	opts := testOpts()
+	opts.FS = fsys
+	dir := t.TempDir()
+	l, _ := openT(t, dir, opts)
+	good1 := appendT(t, l, "before")
+	// The disk fills mid-write and refuses the truncate too: the partial
+	// record stays until the file system lets the log cut it.
+	fsys.set(func(f *faultFS) { f.budget, f.truncErr = 10, syscall.EIO })
+	if _, err := l.Append(context.Background(), []byte("partial"), "", fixedNow); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("Append on a full disk: %v", err)
+	}
+	fsys.set(func(f *faultFS) { f.budget = -1 })
+	if _, err := l.Append(context.Background(), []byte("blocked"), "", fixedNow); !errors.Is(err, ErrStorage) {
+		t.Fatalf("Append while the partial write cannot be cut: %v, want ErrStorage", err)
+	}
+	fsys.set(func(f *faultFS) { f.truncErr = nil })
+	good2 := appendT(t, l, "after")
+	closeT(t, l)
+	l, rec := openT(t, dir, testOpts())
+	defer closeT(t, l)
+	if got := fmt.Sprint(seqs(rec.Records)); got != fmt.Sprint([]uint64{good1, good2}) {
+		t.Fatalf("recovered %s, want [%d %d]", got, good1, good2)
+	}
+}
+
+func TestIntervalModeSyncsOnTheTicker(t *testing.T) {
+	fsys := newFaultFS()
+	opts := testOpts()
+	opts.FS = fsys
+	opts.Fsync = FsyncInterval
+	opts.FsyncInterval = time.Millisecond
+	dir := t.TempDir()
+	l, _ := openT(t, dir, opts)
+	before := fsys.syncCount()
+	a, err := l.Append(context.Background(), []byte("x"), "", fixedNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Sync != 0 {
+		t.Fatalf("interval append reported a sync of %v", a.Sync)
+	}
+	waitFor(t, "the interval sync", func() bool { return fsys.syncCount() > before })
+	closeT(t, l)
+	l, rec := openT(t, dir, testOpts())
+	defer closeT(t, l)
+	if len(rec.Records) != 1 || rec.Records[0].Seq != a.Seq {
+		t.Fatalf("recovered %+v", rec.Records)
+	}
+}
+
+func fileSize(t *testing.T, name string) int64 {
+	t.Helper()
+	fi, err := os.Stat(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
+
+func seqs(rs []Record) []uint64 {
+	out := make([]uint64, len(rs))
+	for i, r := range rs {
+		out[i] = r.Seq
+	}
+	return out
+}
+
+func TestRotationFailureKeepsTheLogUsable(t *testing.T) {
+	fsys := newFaultFS()
+	var logs logBuffer
+	opts := testOpts()
+	opts.FS = fsys
+	opts.SegmentSize = 4096
+	opts.MaxRecord = 1024
+	opts.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	dir := t.TempDir()
+	l, _ := openT(t, dir, opts)
+	ackSize := int64(len(appendSeqRecord(nil, recAck, 1)))
+	data := strings.Repeat("r", 200)
+	recSize := int64(eventRecordSize("", []byte(data)))
+	// Bring the segment to where acking one more event crosses SegmentSize
+	// of dead bytes (the header counts as dead). Each Append returns after
+	// the write of everything before it, the previous ack included.
+	dead := int64(headerSize)
+	var last uint64
+	for {
+		last = appendT(t, l, data)
+		if dead+recSize+ackSize >= opts.SegmentSize {
+			break
+		}
+		mustOK(t, 0, "ack", l.Ack(last))
+		dead += recSize + ackSize
+	}
+	segBefore := segFiles(t, dir)
+	// Room for the ack record, none for the new segment.
+	fsys.set(func(f *faultFS) { f.budget = ackSize })
+	mustOK(t, 0, "ack", l.Ack(last))
+	waitFor(t, "the failed rotation to be logged", func() bool { return strings.Contains(logs.String(), "cannot start a new segment") })
+	if got := segFiles(t, dir); fmt.Sprint(got) != fmt.Sprint(segBefore) {
+		t.Fatalf("segments %v after a failed rotation, want %v", got, segBefore)
+	}
+	fsys.set(func(f *faultFS) { f.budget = -1 })
+	kept := appendT(t, l, "after the disk recovered")
+	waitFor(t, "the rotation to succeed", func() bool { return strings.Contains(logs.String(), "new segment started again") })
+	if got := segFiles(t, dir); len(got) != 1 || got[0] == segBefore[0] {
+		t.Fatalf("segments %v, want one new segment in place of %v", got, segBefore)
+	}
+	if n := strings.Count(logs.String(), "cannot start a new segment"); n != 1 {
+		t.Fatalf("rotation failure logged %d times, want once:\n%s", n, logs.String())
+	}
+	closeT(t, l)
+	l, rec := openT(t, dir, testOpts())
+	defer closeT(t, l)
+	if got := fmt.Sprint(seqs(rec.Records)); got != fmt.Sprint([]uint64{kept}) {
+		t.Fatalf("recovered %s, want [%d]", got, kept)
+	}
+}

@@ -1,0 +1,210 @@
+package wal
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// fixedNow is the clock of tests that do not move time.
+var fixedNow = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+func testOpts() Options {
+	return Options{Now: func() time.Time { return fixedNow }, Logger: slog.New(slog.DiscardHandler)}
+}
+
+func openT(t *testing.T, dir string, opts Options) (*Log, *Recovered) {
+	t.Helper()
+	l, rec, err := Open(context.Background(), dir, opts)
+	if err != nil {
+		t.Fatalf("Open(%s): %v", dir, err)
+	}
+	return l, rec
+}
+
+func closeT(t *testing.T, l *Log) {
+	t.Helper()
+	if err := l.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+}
+
+func appendT(t *testing.T, l *Log, data string) uint64 {
+	t.Helper()
+	a, err := l.Append(context.Background(), []byte(data), "", fixedNow)
+	if err != nil {
+		t.Fatalf("Append(%q): %v", data, err)
+	}
+	return a.Seq
+}
+
+// segFiles lists the segment files in dir.
+func segFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(dir, "*.wal"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func dirBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	var n int64
+	for _, f := range segFiles(t, dir) {
+		fi, err := os.Stat(f)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // removed by a rotation since the listing
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += fi.Size()
+	}
+	return n
+}
+
+// logBuffer is an io.Writer safe for the syncer goroutine and the test.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// faultFS wraps OSFS with faults a test switches on and off.
+type faultFS struct {
+	OSFS
+	mu sync.Mutex
+	// budget is how many more bytes writes may store before ENOSPC
+	// (negative: unlimited). A write crossing it is stored in part.
+	budget int64
+	// short makes the next write store half its bytes and fail.
+	short bool
+	// syncErr fails every Sync while set.
+	syncErr error
+	// gate, when set, makes Sync wait until it is closed.
+	gate  chan struct{}
+	syncs int
+	// truncErr fails every Truncate while set.
+	truncErr error
+	// noSync skips the real fdatasync, for tests of logic that do not
+	// crash the machine and would otherwise wait on the disk.
+	noSync bool
+}
+
+func newFaultFS() *faultFS { return &faultFS{budget: -1} }
+
+func (f *faultFS) set(fn func(f *faultFS)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fn(f)
+}
+
+func (f *faultFS) syncCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.syncs
+}
+
+func (f *faultFS) OpenFile(name string, flag int, perm os.FileMode) (File, error) {
+	file, err := f.OSFS.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	return &faultFile{File: file, fs: f}, nil
+}
+
+func (f *faultFS) SyncDir(dir string) error {
+	f.mu.Lock()
+	noSync := f.noSync
+	f.mu.Unlock()
+	if noSync {
+		return nil
+	}
+	return f.OSFS.SyncDir(dir)
+}
+
+type faultFile struct {
+	File
+	fs *faultFS
+}
+
+func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
+	f.fs.mu.Lock()
+	limit := int64(len(p))
+	var ferr error
+	switch {
+	case f.fs.short:
+		f.fs.short = false
+		limit, ferr = limit/2, io.ErrShortWrite
+	case f.fs.budget >= 0 && limit > f.fs.budget:
+		limit, ferr = f.fs.budget, syscall.ENOSPC
+	}
+	if f.fs.budget >= 0 {
+		f.fs.budget -= limit
+	}
+	f.fs.mu.Unlock()
+	n, err := f.File.WriteAt(p[:limit], off)
+	if err == nil {
+		err = ferr
+	}
+	return n, err
+}
+
+func (f *faultFile) Truncate(size int64) error {
+	f.fs.mu.Lock()
+	err := f.fs.truncErr
+	f.fs.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return f.File.Truncate(size)
+}
+
+func (f *faultFile) Sync() error {
+	f.fs.mu.Lock()
+	gate, serr, noSync := f.fs.gate, f.fs.syncErr, f.fs.noSync
+	f.fs.syncs++
+	f.fs.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
+	if serr != nil || noSync {
+		return serr
+	}
+	return f.File.Sync()
+}
+
+// waitFor polls cond until it holds, failing the test after a generous
+// bound (a hang, not a timing assertion).
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func isStorage(err error) bool { return errors.Is(err, ErrStorage) }

@@ -1,0 +1,850 @@
+// Package wal is a write-ahead log for one durable queue: every accepted
+// event is a record on stable storage before the publisher hears
+// "accepted", deliveries, acks and nacks are recorded after it, and Open
+// gives back every event not yet acked, in order, after a crash.
+//
+// A Log writes to one segment file at a time. Appenders encode their record
+// into a shared buffer and wait; one syncer goroutine writes the buffer and
+// calls fdatasync once for everything in it (group commit), then wakes
+// them all; appenders that must not wait (AppendAsync) are called back, in
+// seq order, by a completer goroutine. When the segment holds Options.SegmentSize bytes of dead
+// records (acked events, settled deliveries) the syncer starts a new one
+// with the msg ids of the dedupe window and a copy of every unacked event,
+// and deletes the old: disk use stays under the live events plus one
+// segment, however long an old event stays unacked, and copying costs at
+// most the live bytes per SegmentSize of dead ones.
+package wal
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Sentinel errors callers branch on with errors.Is.
+var (
+	// ErrStorage: a write or sync failed (disk full, I/O error). The
+	// record is not stored; the log stays usable and tries again on the
+	// next call.
+	ErrStorage = errors.New("wal storage error")
+	// ErrCorrupt: a checksum or format error before the end of the log.
+	// Open refuses the directory; Check reports it and Salvage repairs it.
+	ErrCorrupt = errors.New("wal corrupt")
+	// ErrLocked: another Log holds the directory.
+	ErrLocked = errors.New("wal directory locked")
+	// ErrClosed: the Log is closed.
+	ErrClosed = errors.New("wal closed")
+	// ErrInvalid: a bad argument (msg id too long, event too large, bad option).
+	ErrInvalid = errors.New("wal invalid argument")
+	// ErrUnknownSeq: Deliver, Ack or Nack named a seq that is not an unacked event.
+	ErrUnknownSeq = errors.New("wal unknown seq")
+)
+
+// FsyncMode says when appended records reach stable storage.
+type FsyncMode string
+
+const (
+	// FsyncAlways: Append returns once an fdatasync covering the record has
+	// completed. Concurrent appends share one sync.
+	FsyncAlways FsyncMode = "always"
+	// FsyncInterval: Append returns once the record is written to the
+	// operating system (it survives the process dying); a sync runs every
+	// FsyncInterval, so a power loss or kernel crash loses at most that
+	// long's accepted events.
+	FsyncInterval FsyncMode = "interval"
+)
+
+// Options configures a Log. The zero value is valid: fsync always, 8 MiB
+// segments, 1 MiB + 4 KiB records, a five-minute dedupe window.
+type Options struct {
+	Fsync FsyncMode
+	// FsyncInterval is the sync period for FsyncInterval (default 100 ms).
+	FsyncInterval time.Duration
+	// SegmentSize is how many bytes of dead records (acked events,
+	// settled deliveries) a segment holds before the log starts a new one
+	// (default 8 MiB). It must exceed MaxRecord.
+	SegmentSize int64
+	// MaxRecord bounds one record (event data, msg id and 30 bytes of
+	// framing); larger appends fail with ErrInvalid, and larger lengths on
+	// disk are damage.
+	MaxRecord int
+	// DedupeWindow is how long a msg id is remembered after its accept
+	// time, across restarts (default 5 minutes).
+	DedupeWindow time.Duration
+	// FS is the file system (default OSFS).
+	FS FS
+	// OnSync, when set, is called by the syncer after every fdatasync (for
+	// a histogram of sync durations and batch sizes). It must not block.
+	OnSync func(SyncInfo)
+	// Logger receives the few state changes worth a line (torn tail cut,
+	// storage errors and recovery). Default slog.Default().
+	Logger *slog.Logger
+	// Now is the clock for the dedupe window (default time.Now).
+	Now func() time.Time
+}
+
+// SyncInfo describes one fdatasync.
+type SyncInfo struct {
+	Duration time.Duration
+	// Records and Bytes count what the sync made durable: appends, acks
+	// and the rest.
+	Records int
+	Bytes   int
+	Err     error
+}
+
+// Appended is what Append reports about a stored event.
+type Appended struct {
+	Seq uint64
+	// Sync is the duration of the fdatasync that covered the record (zero
+	// in interval mode), for the publish span.
+	Sync time.Duration
+	// Batch is the number of records that sync covered.
+	Batch int
+}
+
+// Record is an unacked event given back by Open.
+type Record struct {
+	Seq        uint64
+	Data       []byte
+	MsgID      string
+	AcceptedAt time.Time
+	// Deliveries counts recorded deliveries: each one ended in a nack, or
+	// was in flight at the crash. The bus counts them as redeliveries.
+	Deliveries int
+	// InFlight says the event was delivered and neither acked nor nacked
+	// when the log was last closed or crashed.
+	InFlight bool
+}
+
+// MsgID is a msg id accepted within the dedupe window.
+type MsgID struct {
+	ID         string
+	Seq        uint64
+	AcceptedAt time.Time
+}
+
+// Recovered is the state Open found.
+type Recovered struct {
+	// Records are the unacked events, lowest seq first.
+	Records []Record
+	// NextSeq is the seq the next Append gets; no seq below it is reused.
+	NextSeq uint64
+	// MsgIDs are the msg ids accepted within the dedupe window, oldest
+	// first, including those whose events were acked long ago.
+	MsgIDs []MsgID
+	// TornBytes counts the bytes cut from a torn tail.
+	TornBytes int64
+}
+
+func (o Options) withDefaults() (Options, error) {
+	if o.Fsync == "" {
+		o.Fsync = FsyncAlways
+	}
+	if o.Fsync != FsyncAlways && o.Fsync != FsyncInterval {
+		return o, fmt.Errorf("%w: fsync %q (valid: %q, %q)", ErrInvalid, o.Fsync, FsyncAlways, FsyncInterval)
+	}
+	if o.FsyncInterval == 0 {
+		o.FsyncInterval = 100 * time.Millisecond
+	}
+	if o.FsyncInterval < 0 {
+		return o, fmt.Errorf("%w: fsync_interval %v (valid: > 0)", ErrInvalid, o.FsyncInterval)
+	}
+	if o.MaxRecord == 0 {
+		o.MaxRecord = 1<<20 + 4096
+	}
+	if o.MaxRecord < 1+eventFixedSize+maxMsgIDLen {
+		return o, fmt.Errorf("%w: max record %d bytes (valid: >= %d)", ErrInvalid, o.MaxRecord, 1+eventFixedSize+maxMsgIDLen)
+	}
+	if o.SegmentSize == 0 {
+		o.SegmentSize = 8 << 20
+	}
+	if o.SegmentSize <= int64(o.MaxRecord) {
+		return o, fmt.Errorf("%w: segment size %d bytes (valid: > max record %d)", ErrInvalid, o.SegmentSize, o.MaxRecord)
+	}
+	if o.DedupeWindow == 0 {
+		o.DedupeWindow = 5 * time.Minute
+	}
+	if o.FS == nil {
+		o.FS = OSFS{}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o, nil
+}
+
+const (
+	osCreateFlags = os.O_RDWR | os.O_CREATE | os.O_TRUNC
+	osWriteFlags  = os.O_RDWR
+)
+
+// inPending marks a live event still in the append buffer: off is then
+// its offset in that buffer.
+const inPending = ^uint64(0)
+
+type liveRec struct {
+	seg        uint64
+	off        int64
+	size       int32
+	deliveries uint32
+	inFlight   bool
+}
+
+// batch is the appenders waiting for one write (and sync).
+type batch struct {
+	done    chan struct{}
+	err     error
+	sync    time.Duration
+	records int
+	// async are the AppendAsync callbacks, in seq order.
+	async []asyncAppend
+}
+
+type asyncAppend struct {
+	seq  uint64
+	done func(Appended, error)
+}
+
+// complete wakes the batch's appenders and hands its AppendAsync
+// callbacks to the completer. The syncer calls it without l.mu.
+func (l *Log) complete(b *batch) {
+	close(b.done)
+	if len(b.async) > 0 {
+		l.completions <- b
+	}
+}
+
+// completer runs the AppendAsync callbacks, batch after batch, in seq
+// order. It is a goroutine of its own so that the syncer can write and
+// sync the next batch while the callbacks of the last one run: on a busy
+// log they take about as long as an fdatasync. It stops once the syncer
+// has stopped and every callback has run.
+func (l *Log) completer() {
+	defer l.wg.Done()
+	for b := range l.completions {
+		b.callBack()
+	}
+}
+
+// callBack calls b's AppendAsync callbacks in seq order, holding none of
+// the log's locks: a callback may call the log again.
+func (b *batch) callBack() {
+	for _, a := range b.async {
+		if b.err != nil {
+			a.done(Appended{Seq: a.seq}, fmt.Errorf("wal: append seq %d: %w", a.seq, b.err))
+			continue
+		}
+		a.done(Appended{Seq: a.seq, Sync: b.sync, Batch: b.records}, nil)
+	}
+}
+
+type segment struct {
+	id     uint64
+	name   string
+	f      File
+	off    int64 // bytes written
+	synced int64 // bytes known durable
+}
+
+// Log is a write-ahead log for one queue. Its methods are safe for
+// concurrent use.
+type Log struct {
+	dir  string
+	opts Options
+	lock io.Closer
+
+	mu         sync.Mutex
+	closed     bool
+	nextSeq    uint64
+	live       map[uint64]liveRec
+	liveBytes  int64   // encoded size of the live events
+	ids        []MsgID // accept order
+	pend       []byte
+	pendEvents []uint64
+	pendCount  int
+	batch      *batch
+
+	kick chan struct{}
+	// completions carries batches with AppendAsync callbacks from the
+	// syncer to the completer, in order; the syncer closes it when it stops.
+	completions chan *batch
+	stop        chan struct{}
+	wg          sync.WaitGroup
+
+	// Owned by the syncer goroutine (and by Open before it starts).
+	seg       segment
+	spare     []byte
+	spareEvs  []uint64
+	unsynced  int   // records written since the last sync
+	truncTo   int64 // >= 0: a failed write left bytes past this offset
+	dirtySync bool  // interval mode: written bytes not yet synced
+	// rotateFailing and storageFailing say the last rotation, or the last
+	// write or sync, failed (logged once per change).
+	rotateFailing  bool
+	storageFailing bool
+}
+
+func segName(dir string, id uint64) string {
+	return filepath.Join(dir, fmt.Sprintf("%016d.wal", id))
+}
+
+// Open locks dir (creating it 0700), recovers its state and starts the
+// log on a fresh segment. A torn tail (a record cut short or failing its
+// checksum at the very end of the last segment) is cut off and logged;
+// damage anywhere else fails with ErrCorrupt naming the file and offset.
+func Open(ctx context.Context, dir string, opts Options) (*Log, *Recovered, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := opts.FS.MkdirAll(dir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("wal: create %s: %w", dir, err)
+	}
+	lock, err := opts.FS.Lock(filepath.Join(dir, "LOCK"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("wal: open %s: %w", dir, err)
+	}
+	l := &Log{
+		dir:  dir,
+		opts: opts,
+		lock: lock,
+		live: make(map[uint64]liveRec),
+		kick: make(chan struct{}, 1),
+
+		completions: make(chan *batch, 16),
+		stop:        make(chan struct{}),
+		truncTo:     -1,
+	}
+	rec, err := l.recover(ctx)
+	if err != nil {
+		if l.seg.f != nil {
+			l.seg.f.Close()
+		}
+		lock.Close()
+		return nil, nil, err
+	}
+	l.wg.Add(2)
+	go l.syncer()
+	go l.completer()
+	return l, rec, nil
+}
+
+func (l *Log) recover(ctx context.Context) (*Recovered, error) {
+	st, err := scanDir(ctx, l.opts.FS, l.dir, l.opts.MaxRecord, true)
+	if err != nil {
+		return nil, err
+	}
+	if st.torn != nil {
+		t := st.torn
+		if err := cutTail(l.opts.FS, t); err != nil {
+			return nil, err
+		}
+		l.opts.Logger.Warn("wal: cut torn tail", "file", t.name, "offset", t.end, "bytes", t.tornBytes())
+	}
+	rec := &Recovered{NextSeq: st.nextSeq}
+	if st.torn != nil {
+		rec.TornBytes = st.torn.tornBytes()
+	}
+	cutoff := l.opts.Now().Add(-l.opts.DedupeWindow)
+	for _, id := range st.sortedIDs() {
+		if !id.AcceptedAt.Before(cutoff) {
+			rec.MsgIDs = append(rec.MsgIDs, id)
+		}
+	}
+	copies := make([]eventBody, 0, len(st.live))
+	for _, s := range st.sortedLive() {
+		ev := st.live[s]
+		rec.Records = append(rec.Records, Record{
+			Seq: ev.seq, Data: ev.data, MsgID: ev.msgID, AcceptedAt: time.Unix(0, ev.at),
+			Deliveries: int(ev.deliveries), InFlight: ev.inFlight,
+		})
+		copies = append(copies, ev)
+	}
+	l.nextSeq = st.nextSeq
+	l.ids = slices.Clone(rec.MsgIDs)
+	if err := l.startSegment(st.maxID+1, copies); err != nil {
+		return nil, err
+	}
+	if err := l.removeSegmentsBelow(st.segIDs, st.maxID+1); err != nil {
+		return nil, err
+	}
+	return rec, nil
+}
+
+// startSegment writes segment id with the header, the dedupe window's msg
+// ids and copies of the live events, syncs it and makes it current. It is
+// called by Open and by the syncer under l.mu.
+func (l *Log) startSegment(id uint64, copies []eventBody) error {
+	name := segName(l.dir, id)
+	buf := appendHeader(l.spare[:0], l.nextSeq)
+	buf = appendMsgIDs(buf, l.ids, l.opts.MaxRecord)
+	offs := make([]int64, len(copies)+1)
+	for i, ev := range copies {
+		offs[i] = int64(len(buf))
+		buf = appendEvent(buf, ev)
+	}
+	offs[len(copies)] = int64(len(buf))
+	f, err := l.opts.FS.OpenFile(name, osCreateFlags, 0o600)
+	if err != nil {
+		return fmt.Errorf("wal: create segment %s: %w: %w", name, ErrStorage, err)
+	}
+	fail := func(op string, err error) error {
+		f.Close()
+		l.opts.FS.Remove(name)
+		return fmt.Errorf("wal: %s segment %s: %w: %w", op, name, ErrStorage, err)
+	}
+	if _, err := f.WriteAt(buf, 0); err != nil {
+		return fail("write", err)
+	}
+	if err := f.Sync(); err != nil {
+		return fail("sync", err)
+	}
+	if err := l.opts.FS.SyncDir(l.dir); err != nil {
+		return fail("sync directory of", err)
+	}
+	l.liveBytes = 0
+	for i, ev := range copies {
+		size := offs[i+1] - offs[i]
+		l.live[ev.seq] = liveRec{seg: id, off: offs[i], size: int32(size), deliveries: ev.deliveries, inFlight: ev.inFlight}
+		l.liveBytes += size
+	}
+	if l.seg.f != nil {
+		l.seg.f.Close()
+	}
+	l.seg = segment{id: id, name: name, f: f, off: int64(len(buf)), synced: int64(len(buf))}
+	l.truncTo = -1
+	if cap(buf) <= 1<<20 {
+		l.spare = buf[:0]
+	} else {
+		l.spare = nil
+	}
+	return nil
+}
+
+func (l *Log) removeSegmentsBelow(ids []uint64, keep uint64) error {
+	removed := false
+	for _, id := range ids {
+		if id < keep {
+			if err := l.opts.FS.Remove(segName(l.dir, id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("wal: remove old segment: %w: %w", ErrStorage, err)
+			}
+			removed = true
+		}
+	}
+	if removed {
+		if err := l.opts.FS.SyncDir(l.dir); err != nil {
+			return fmt.Errorf("wal: sync directory %s: %w: %w", l.dir, ErrStorage, err)
+		}
+	}
+	return nil
+}
+
+func (l *Log) signal() {
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Append stores one event and returns its seq once it is durable (fsync
+// always) or written to the operating system (fsync interval). msgID
+// (optional, at most 256 bytes) and at are kept for the dedupe window.
+//
+// If ctx ends first Append returns its error with the seq: the record is
+// already in the log and may be recovered after a restart, like a publish
+// whose reply was lost. An error wrapping ErrStorage means the record was
+// not stored.
+func (l *Log) Append(ctx context.Context, data []byte, msgID string, at time.Time) (Appended, error) {
+	seq, b, err := l.enqueue(data, msgID, at, nil)
+	if err != nil {
+		return Appended{}, err
+	}
+	select {
+	case <-b.done:
+		if b.err != nil {
+			return Appended{}, fmt.Errorf("wal: append seq %d: %w", seq, b.err)
+		}
+		return Appended{Seq: seq, Sync: b.sync, Batch: b.records}, nil
+	case <-ctx.Done():
+		return Appended{Seq: seq}, fmt.Errorf("wal: append seq %d: waiting for sync: %w", seq, ctx.Err())
+	}
+}
+
+// AppendAsync is Append for a caller that must not block on a sync (a
+// connection's read loop with publishes pipelined): it returns the
+// record's seq at once, and done is called later with what Append would
+// return. Group commit works across AppendAsync and Append calls alike.
+//
+// done is called exactly once for every AppendAsync that returns a nil
+// error, from the log's completer goroutine, in seq order, holding none
+// of the log's locks (it may call the log again, AppendAsync included),
+// and before Close returns. It must not block: every later callback
+// waits for it, and a backlog of them holds up the syncer. An error
+// returned at once (ErrInvalid, ErrClosed) means nothing was appended and
+// done is not called.
+func (l *Log) AppendAsync(data []byte, msgID string, at time.Time, done func(Appended, error)) (uint64, error) {
+	if done == nil {
+		return 0, fmt.Errorf("%w: AppendAsync needs a done callback", ErrInvalid)
+	}
+	seq, _, err := l.enqueue(data, msgID, at, done)
+	return seq, err
+}
+
+// enqueue puts an event record into the append buffer and returns its
+// seq and the batch whose write (and sync) will cover it.
+func (l *Log) enqueue(data []byte, msgID string, at time.Time, done func(Appended, error)) (uint64, *batch, error) {
+	if len(msgID) > maxMsgIDLen {
+		return 0, nil, fmt.Errorf("%w: msg id of %d bytes (valid: 0 to %d)", ErrInvalid, len(msgID), maxMsgIDLen)
+	}
+	if size := eventRecordSize(msgID, data) - recHeaderSize; size > l.opts.MaxRecord {
+		return 0, nil, fmt.Errorf("%w: event record of %d bytes (valid: up to max record %d)", ErrInvalid, size, l.opts.MaxRecord)
+	}
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return 0, nil, ErrClosed
+	}
+	seq := l.nextSeq
+	l.nextSeq++
+	off := int64(len(l.pend))
+	l.pend = appendEvent(l.pend, eventBody{seq: seq, at: at.UnixNano(), msgID: msgID, data: data})
+	l.live[seq] = liveRec{seg: inPending, off: off, size: int32(int64(len(l.pend)) - off)}
+	l.liveBytes += int64(len(l.pend)) - off
+	l.pendEvents = append(l.pendEvents, seq)
+	l.pendCount++
+	if msgID != "" {
+		l.ids = append(l.ids, MsgID{ID: msgID, Seq: seq, AcceptedAt: at})
+	}
+	b := l.batch
+	if b == nil {
+		b = &batch{done: make(chan struct{})}
+		l.batch = b
+	}
+	if done != nil {
+		b.async = append(b.async, asyncAppend{seq: seq, done: done})
+	}
+	l.mu.Unlock()
+	l.signal()
+	return seq, b, nil
+}
+
+// Deliver records that seq was handed to a consumer.
+func (l *Log) Deliver(seq uint64) error { return l.settle(recDeliver, seq) }
+
+// Ack records that seq was settled for good: it never comes back.
+func (l *Log) Ack(seq uint64) error { return l.settle(recAck, seq) }
+
+// Nack records that seq went back to the queue.
+func (l *Log) Nack(seq uint64) error { return l.settle(recNack, seq) }
+
+// settle records a delivery, ack or nack. It does not wait for a sync:
+// losing the tail of these at a crash only causes a redelivery.
+func (l *Log) settle(typ byte, seq uint64) error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return ErrClosed
+	}
+	r, ok := l.live[seq]
+	if !ok {
+		l.mu.Unlock()
+		return fmt.Errorf("%w: %d", ErrUnknownSeq, seq)
+	}
+	switch typ {
+	case recDeliver:
+		r.deliveries++
+		r.inFlight = true
+		l.live[seq] = r
+	case recNack:
+		r.inFlight = false
+		l.live[seq] = r
+	case recAck:
+		delete(l.live, seq)
+		l.liveBytes -= int64(r.size)
+	}
+	l.pend = appendSeqRecord(l.pend, typ, seq)
+	l.pendCount++
+	l.mu.Unlock()
+	l.signal()
+	return nil
+}
+
+// Close writes and syncs what is pending, stops the syncer and releases
+// the directory. Appends waiting for that sync get its result.
+func (l *Log) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return ErrClosed
+	}
+	l.closed = true
+	l.mu.Unlock()
+	close(l.stop)
+	l.wg.Wait()
+	var errs []error
+	if l.seg.off > l.seg.synced || l.dirtySync {
+		if err := l.seg.f.Sync(); err != nil {
+			errs = append(errs, fmt.Errorf("wal: close: sync %s: %w: %w", l.seg.name, ErrStorage, err))
+		}
+	}
+	errs = append(errs, l.seg.f.Close(), l.lock.Close())
+	return errors.Join(errs...)
+}
+
+func (l *Log) syncer() {
+	defer l.wg.Done()
+	defer close(l.completions)
+	var tick <-chan time.Time
+	if l.opts.Fsync == FsyncInterval {
+		t := time.NewTicker(l.opts.FsyncInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-l.kick:
+			l.flush()
+		case <-tick:
+			l.flush()
+			l.intervalSync()
+		case <-l.stop:
+			l.flush()
+			l.intervalSync()
+			return
+		}
+	}
+}
+
+// flush writes the pending records, syncs them if an appender waits for
+// it (fsync always), wakes the appenders and rotates a full segment.
+func (l *Log) flush() {
+	l.mu.Lock()
+	buf, b, evs, count := l.pend, l.batch, l.pendEvents, l.pendCount
+	if len(buf) == 0 {
+		l.mu.Unlock()
+		return
+	}
+	l.pend, l.batch, l.pendEvents, l.pendCount = l.spare[:0], nil, l.spareEvs[:0], 0
+	base := l.seg.off
+	for _, s := range evs {
+		if r, ok := l.live[s]; ok && r.seg == inPending {
+			r.seg, r.off = l.seg.id, base+r.off
+			l.live[s] = r
+		}
+	}
+	l.mu.Unlock()
+
+	err := l.write(buf, base)
+	if err == nil {
+		l.unsynced += count
+	}
+	var syncDur time.Duration
+	if err == nil && b != nil && l.opts.Fsync == FsyncAlways {
+		start := time.Now()
+		serr := l.seg.f.Sync()
+		syncDur = time.Since(start)
+		if l.opts.OnSync != nil {
+			l.opts.OnSync(SyncInfo{Duration: syncDur, Records: l.unsynced, Bytes: int(l.seg.off - l.seg.synced), Err: serr})
+		}
+		if serr != nil {
+			err = fmt.Errorf("sync %s: %w: %w", l.seg.name, ErrStorage, serr)
+			// The records may or may not be on disk now; cut them so
+			// that what was reported as failed does not come back.
+			l.seg.off = base
+			l.truncateBack()
+		} else {
+			l.seg.synced, l.unsynced, l.dirtySync = l.seg.off, 0, false
+		}
+	} else if err == nil {
+		l.dirtySync = true
+	}
+	switch {
+	case err != nil:
+		// A failing disk fails every flush: log the change of state,
+		// not each failure (every caller gets its error anyway).
+		if !l.storageFailing {
+			l.storageFailing = true
+			l.opts.Logger.Error("wal: storage failing; appends are refused until a write and sync succeed", "file", l.seg.name, "err", err)
+		}
+		l.forget(evs)
+	case l.storageFailing && b != nil:
+		l.storageFailing = false
+		l.opts.Logger.Info("wal: storage recovered", "file", l.seg.name)
+	}
+	l.spare, l.spareEvs = buf[:0], evs[:0]
+	if b != nil {
+		b.err, b.sync, b.records = err, syncDur, count
+		l.complete(b)
+	}
+	l.mu.Lock()
+	dead := l.seg.off - l.liveBytes
+	l.mu.Unlock()
+	if err == nil && dead >= l.opts.SegmentSize {
+		absorbed, rerr := l.rotate()
+		if absorbed != nil {
+			l.complete(absorbed)
+		}
+		// Logged when rotation starts and stops failing, not at every
+		// flush: a full disk would otherwise log at the append rate.
+		switch {
+		case rerr != nil && !l.rotateFailing:
+			l.rotateFailing = true
+			l.opts.Logger.Error("wal: cannot start a new segment; appends continue in the current one", "file", l.seg.name, "err", rerr)
+		case rerr == nil && l.rotateFailing:
+			l.rotateFailing = false
+			l.opts.Logger.Info("wal: new segment started again", "file", l.seg.name)
+		}
+	}
+}
+
+// write puts buf at base, first cutting any bytes a failed write left.
+func (l *Log) write(buf []byte, base int64) error {
+	if l.truncTo >= 0 {
+		if !l.truncateBack() {
+			return fmt.Errorf("truncate %s to %d after a failed write: %w", l.seg.name, l.truncTo, ErrStorage)
+		}
+	}
+	if _, err := l.seg.f.WriteAt(buf, base); err != nil {
+		l.seg.off = base
+		l.truncateBack()
+		return fmt.Errorf("write %s at offset %d: %w: %w", l.seg.name, base, ErrStorage, err)
+	}
+	l.seg.off = base + int64(len(buf))
+	return nil
+}
+
+// truncateBack cuts the segment to l.seg.off, remembering to retry if
+// the file system refuses; it reports success.
+func (l *Log) truncateBack() bool {
+	if err := l.seg.f.Truncate(l.seg.off); err != nil {
+		l.truncTo = l.seg.off
+		return false
+	}
+	l.truncTo = -1
+	return true
+}
+
+// forget drops the events of a failed write from the live set and the
+// dedupe window: they were reported as not stored.
+func (l *Log) forget(evs []uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	failed := make(map[uint64]bool, len(evs))
+	for _, s := range evs {
+		if r, ok := l.live[s]; ok {
+			delete(l.live, s)
+			l.liveBytes -= int64(r.size)
+		}
+		failed[s] = true
+	}
+	l.ids = slices.DeleteFunc(l.ids, func(id MsgID) bool { return failed[id.Seq] })
+}
+
+func (l *Log) intervalSync() {
+	if !l.dirtySync {
+		return
+	}
+	start := time.Now()
+	err := l.seg.f.Sync()
+	d := time.Since(start)
+	if l.opts.OnSync != nil {
+		l.opts.OnSync(SyncInfo{Duration: d, Records: l.unsynced, Bytes: int(l.seg.off - l.seg.synced), Err: err})
+	}
+	if err != nil {
+		l.opts.Logger.Error("wal: interval sync", "file", l.seg.name, "err", err)
+		return
+	}
+	l.dirtySync, l.unsynced = false, 0
+	l.seg.synced = l.seg.off
+}
+
+// rotate starts a new segment holding the dedupe window and copies of
+// every live event, then deletes the old one. The copies carry the
+// delivery state in memory, which already counts the records still in the
+// append buffer, so the buffer is absorbed: its appenders are answered by
+// the new segment's sync. It holds l.mu throughout, so appends wait for
+// one segment write and sync. It returns the absorbed batch, which the
+// caller completes once l.mu is released.
+func (l *Log) rotate() (absorbed *batch, err error) {
+	if l.seg.off > l.seg.synced || l.dirtySync {
+		// The old segment must end cleanly: if a crash leaves both files,
+		// a torn tail in a segment that is not the last is damage.
+		if err := l.seg.f.Sync(); err != nil {
+			return nil, fmt.Errorf("sync %s: %w: %w", l.seg.name, ErrStorage, err)
+		}
+		l.seg.synced, l.dirtySync, l.unsynced = l.seg.off, false, 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	cutoff := l.opts.Now().Add(-l.opts.DedupeWindow)
+	i := 0
+	for i < len(l.ids) && l.ids[i].AcceptedAt.Before(cutoff) {
+		i++
+	}
+	l.ids = slices.Delete(l.ids, 0, i)
+
+	old := l.seg
+	copies := make([]eventBody, 0, len(l.live))
+	for seq, r := range l.live {
+		var raw []byte
+		if r.seg == inPending {
+			raw = l.pend[r.off : r.off+int64(r.size)]
+		} else {
+			raw = make([]byte, r.size)
+			if _, err := old.f.ReadAt(raw, r.off); err != nil {
+				return nil, fmt.Errorf("read seq %d from %s at offset %d: %w: %w", seq, old.name, r.off, ErrStorage, err)
+			}
+		}
+		typ, body, _, err := DecodeRecord(raw, l.opts.MaxRecord)
+		if err == nil && typ != recEvent {
+			err = fmt.Errorf("%w %d, want an event", errType, typ)
+		}
+		var ev eventBody
+		if err == nil {
+			ev, err = parseEvent(body)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s at offset %d (seq %d): %w", ErrCorrupt, old.name, r.off, seq, err)
+		}
+		ev.deliveries, ev.inFlight = r.deliveries, r.inFlight
+		copies = append(copies, ev)
+	}
+	slices.SortFunc(copies, func(a, b eventBody) int { return cmp.Compare(a.seq, b.seq) })
+	// startSegment reuses l.spare, which is free here: the syncer is
+	// between writes and the append buffer is l.pend.
+	l.seg.f = nil // kept open until the copies are synced
+	start := time.Now()
+	if err := l.startSegment(old.id+1, copies); err != nil {
+		l.seg = old
+		return nil, err
+	}
+	syncDur := time.Since(start)
+	b, count := l.batch, l.pendCount
+	l.pend, l.batch, l.pendEvents, l.pendCount = l.pend[:0], nil, l.pendEvents[:0], 0
+	if l.opts.OnSync != nil {
+		l.opts.OnSync(SyncInfo{Duration: syncDur, Records: count + len(copies), Bytes: int(l.seg.off)})
+	}
+	if b != nil {
+		b.sync, b.records = syncDur, count
+	}
+	old.f.Close()
+	// Every older segment, not only the last one: a removal that failed
+	// at an earlier rotation is retried here.
+	ids, err := listSegments(l.opts.FS, l.dir)
+	if err != nil {
+		return b, err
+	}
+	return b, l.removeSegmentsBelow(ids, l.seg.id)
+}
