@@ -50,6 +50,10 @@ var (
 	// already and turned this connection away unread. Dial fails with it;
 	// with WithReconnect, such an attempt counts as failed and is retried.
 	ErrTooManyConnections = errors.New("eventbus sidecar refused the connection: too many connections")
+	// ErrPermissionDenied: the sidecar's allowed_uids and allowed_gids do
+	// not admit this process; it sent permission_denied naming the uid and
+	// closed the connection. Retrying does not help.
+	ErrPermissionDenied = errors.New("eventbus sidecar refused the connection: permission denied")
 )
 
 // DefaultCancelGrace is how long a cancelled Publish waits for the
@@ -153,7 +157,8 @@ var callPool = sync.Pool{New: func() any { return &call{ch: make(chan result, 1)
 // Dial connects to the sidecar's socket and checks with a ping that the
 // sidecar serves the connection. It fails when the sidecar cannot be
 // reached now or refuses the connection (an error wrapping
-// ErrTooManyConnections at its connection limit), even with WithReconnect,
+// ErrTooManyConnections at its connection limit, ErrPermissionDenied when
+// its allowlist does not admit this process), even with WithReconnect,
 // which replaces a connection only once there has been one.
 func Dial(ctx context.Context, socketPath string, opts ...Option) (*Client, error) {
 	o := options{logger: slog.New(slog.DiscardHandler), cancelGrace: DefaultCancelGrace}
@@ -619,6 +624,8 @@ func (e *Error) Unwrap() error {
 		return bus.ErrUnknownSeq
 	case protocol.CodeTooManyConnections:
 		return ErrTooManyConnections
+	case protocol.CodePermissionDenied:
+		return ErrPermissionDenied
 	case protocol.CodeStorageError:
 		return bus.ErrStorage
 	}

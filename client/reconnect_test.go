@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -278,6 +280,26 @@ func TestDialRefusedAtTheConnectionLimit(t *testing.T) {
 	c := dialWith(t, sc.path)
 	if err := c.Ping(ctx); err != nil {
 		t.Fatalf("ping once the slot is free: %v", err)
+	}
+}
+
+// TestDialRefusedByTheAllowlist: a sidecar whose allowed uids and gids
+// leave this process out answers permission_denied; Dial says so, with or
+// without WithReconnect, instead of retrying what cannot succeed.
+func TestDialRefusedByTheAllowlist(t *testing.T) {
+	const other = 4242 // neither this process' uid nor its gid
+	if os.Getuid() == other || os.Getgid() == other {
+		t.Fatalf("this test needs a process whose uid and gid are not %d", other)
+	}
+	sc := startSidecarConfig(t, "", transport.Config{AllowedUIDs: []uint32{other}}, nil)
+	for _, opts := range [][]Option{nil, {WithReconnect(fast())}} {
+		c, err := Dial(testCtx(t), sc.path, opts...)
+		if !errors.Is(err, ErrPermissionDenied) || !strings.Contains(err.Error(), fmt.Sprintf("uid %d", os.Getuid())) {
+			if c != nil {
+				c.Close()
+			}
+			t.Fatalf("Dial outside the allowlist (%d options) = %v, want ErrPermissionDenied naming uid %d", len(opts), err, os.Getuid())
+		}
 	}
 }
 

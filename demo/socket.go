@@ -59,6 +59,10 @@ func DialSocket(ctx context.Context, path string, limit time.Duration, feedConne
 			// Waiting will not help: this user is not in the socket's group.
 			return nil, fmt.Errorf("connect to the sidecar at %s: %w (the socket is mode 0660: run the app in the sidecar's group)", path, err)
 		}
+		if errors.Is(err, client.ErrPermissionDenied) {
+			// Nor will it here: the sidecar's allowlist leaves this uid out.
+			return nil, fmt.Errorf("connect to the sidecar at %s: %w (add this process' uid or gid to the sidecar's allowed_uids or allowed_gids)", path, err)
+		}
 		if err == nil {
 			return &SocketBroker{
 				path: path, dataQueue: "data", dataConns: feedConnections,

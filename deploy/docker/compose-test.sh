@@ -132,7 +132,7 @@ ok "a user outside the socket's group is refused (permission denied); the group 
 if out="$("${compose[@]}" run --rm --no-deps -T -u 10006:10000 trading --duration 1s --connect-timeout 2s 2>&1)"; then
 	fail "user 10006:10000 (in the group, not allowed) could use the sidecar's socket"
 fi
-grep -q 'permission_denied' <<<"${out}" || fail "user 10006:10000 failed for another reason than permission_denied: ${out}"
+grep -q 'permission denied: uid 10006' <<<"${out}" || fail "user 10006:10000 failed for another reason than permission_denied: ${out}"
 ok "a group member that is not the trading app's user is refused (permission_denied, uid 10006)"
 
 # 2. that order's trace reaches Jaeger with publish and deliver spans.
