@@ -15,9 +15,14 @@ import (
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 	"github.com/eventbus-sidecar/eventbus-sidecar/transport"
 )
 
+// startSidecar runs a real bus behind a real socket server in this process
+// on a temporary socket, and stops both when the test ends. testkit cannot
+// hold it: transport's package-internal tests import testkit, so testkit
+// must not import transport.
 func startSidecar(t *testing.T, queues []bus.QueueConfig) (string, *bus.Bus) {
 	t.Helper()
 	b, err := bus.New(queues)
@@ -28,12 +33,7 @@ func startSidecar(t *testing.T, queues []bus.QueueConfig) (string, *bus.Bus) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir, err := os.MkdirTemp("", "ebl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	path := filepath.Join(dir, "s.sock")
+	path := filepath.Join(testkit.ShortTempDir(t), "s.sock")
 	l, err := transport.Listen(path, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +52,6 @@ func startSidecar(t *testing.T, queues []bus.QueueConfig) (string, *bus.Bus) {
 		short, c2 := context.WithTimeout(context.Background(), 10*time.Millisecond)
 		defer c2()
 		b.Shutdown(short) //nolint:errcheck // leftovers expected in the time-bound test
-		os.RemoveAll(dir)
 	})
 	return path, b
 }
