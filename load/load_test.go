@@ -138,7 +138,7 @@ func TestConfigValidation(t *testing.T) {
 			t.Errorf("Run(%+v) error %v, want %q", tt.cfg, err, tt.want)
 		}
 	}
-	if _, err := Run(context.Background(), Config{Socket: filepath.Join(t.TempDir(), "none.sock")}); err == nil || !strings.Contains(err.Error(), "none.sock") {
+	if _, err := Run(context.Background(), Config{Socket: filepath.Join(testkit.ShortTempDir(t), "none.sock")}); err == nil || !strings.Contains(err.Error(), "none.sock") {
 		t.Errorf("Run without a sidecar: %v", err)
 	}
 }
@@ -259,7 +259,7 @@ func TestCompareWithTheCeiling(t *testing.T) {
 		}
 	}
 
-	if _, err := Compare(context.Background(), Config{Socket: filepath.Join(t.TempDir(), "none.sock"), Events: 100}, nil); err == nil || !strings.Contains(err.Error(), "none.sock") {
+	if _, err := Compare(context.Background(), Config{Socket: filepath.Join(testkit.ShortTempDir(t), "none.sock"), Events: 100}, nil); err == nil || !strings.Contains(err.Error(), "none.sock") {
 		t.Errorf("Compare without a sidecar: %v", err)
 	}
 	if _, err := Compare(context.Background(), Config{Socket: path, Rate: -1}, nil); err == nil || !strings.Contains(err.Error(), "rate -1: must be between 0") {
