@@ -39,6 +39,8 @@ func TestAbandonedWakeUpIsPassedOn(t *testing.T) {
 	a.waiting, a.idle = true, true
 	q.idle = append([]*Consumer{a}, q.idle...)
 	q.mu.Unlock()
+	// A poll by hand: testkit imports bus, so this package-internal test
+	// cannot use testkit.Eventually without an import cycle.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		q.mu.Lock()

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
 func oneQueue(name string, capacity int, p bus.Policy, timeout time.Duration) []bus.QueueConfig {
@@ -96,7 +97,7 @@ func TestCompetingConsumersEachEventDeliveredOnce(t *testing.T) {
 		}()
 	}
 	publishN(t, b, "q", "T", 0, n)
-	eventually(t, "all events acked", func() bool { return b.Stats()["q"].Acked == n })
+	testkit.Eventually(t, "all events acked", func() bool { return b.Stats()["q"].Acked == n })
 	cancel()
 	wg.Wait()
 	for i := 0; i < n; i++ {

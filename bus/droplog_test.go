@@ -11,6 +11,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
 // overflowLines returns the drop summaries written to logs so far.
@@ -99,7 +100,7 @@ func TestLogDropsSkipsQueuesWithoutDrops(t *testing.T) {
 	b, clk := newBus(t, bus.DefaultQueues(), bus.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
 	publishN(t, b, "data", "CANDLE_UPDATE", 0, 1000)
 	res := publishAsync(context.Background(), b, event("CANDLE_UPDATE", 1000), "data")
-	eventually(t, "waiting", func() bool { return clk.Timers() == 1 })
+	testkit.Eventually(t, "waiting", func() bool { return clk.Timers() == 1 })
 	clk.Advance(time.Second)
 	if r := await(t, res); r.out != bus.Dropped {
 		t.Fatalf("publish to the full data queue: %v, %v; want dropped", r.out, r.err)
@@ -118,7 +119,7 @@ func TestTimeoutsLoggedAsErrors(t *testing.T) {
 		bus.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
 	publishN(t, b, "signal", "T", 0, 1)
 	res := publishAsync(context.Background(), b, event("T", 1), "signal")
-	eventually(t, "waiting", func() bool { return clk.Timers() == 1 })
+	testkit.Eventually(t, "waiting", func() bool { return clk.Timers() == 1 })
 	clk.Advance(time.Second)
 	await(t, res)
 	if got := overflowLines(logs); len(got) != 0 {

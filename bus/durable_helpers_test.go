@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 	"github.com/eventbus-sidecar/eventbus-sidecar/wal"
 )
 
@@ -96,7 +97,7 @@ func durableQueues() []bus.QueueConfig {
 // openDurable builds a bus on dir with a fake clock; stop shuts it down
 // (also at cleanup) as a restart would, leaving what is undelivered in the
 // logs.
-func openDurable(t *testing.T, dir string, queues []bus.QueueConfig, clk *fakeClock, opts ...bus.Option) (b *bus.Bus, stop func()) {
+func openDurable(t *testing.T, dir string, queues []bus.QueueConfig, clk *testkit.Clock, opts ...bus.Option) (b *bus.Bus, stop func()) {
 	t.Helper()
 	b, err := bus.New(queues, append([]bus.Option{bus.WithClock(clk), bus.WithDataDir(dir)}, opts...)...)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
 // TestDurableQueueMatchesModel drives a durable queue with random
@@ -19,7 +20,7 @@ func TestDurableQueueMatchesModel(t *testing.T) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed, 99))
 			dir := t.TempDir()
-			clk := newFakeClock()
+			clk := testkit.NewClock()
 			qs := []bus.QueueConfig{{Name: "q", Capacity: 1000, Policy: bus.PolicyBlock, Durable: true}}
 			b, stop := openDurable(t, dir, qs, clk)
 			c := subscribe(t, b, "q", 1000)

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 	"github.com/eventbus-sidecar/eventbus-sidecar/wal"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
@@ -20,7 +21,7 @@ func TestDurableTelemetry(t *testing.T) {
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(r))
 	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
 	fsys := &faultFS{}
-	b, _ := openDurable(t, t.TempDir(), durableQueues(), newFakeClock(),
+	b, _ := openDurable(t, t.TempDir(), durableQueues(), testkit.NewClock(),
 		bus.WithTracerProvider(tp), bus.WithMeterProvider(mp), bus.WithWALOptions(wal.Options{FS: fsys}))
 
 	ev := event("ORDER", 1)
@@ -40,7 +41,7 @@ func TestDurableTelemetry(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "the move is done", func() bool { return b.Stats()["order"].DeadLettered == 1 })
+	testkit.Eventually(t, "the move is done", func() bool { return b.Stats()["order"].DeadLettered == 1 })
 	dl := onlySpan(t, rec, "dead_letter order")
 	if dl.Parent().SpanID() != pub.SpanContext().SpanID() {
 		t.Fatalf("dead_letter span parent %v, want the publish span %v", dl.Parent().SpanID(), pub.SpanContext().SpanID())

@@ -12,12 +12,13 @@ import (
 	"testing"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 	"github.com/eventbus-sidecar/eventbus-sidecar/wal"
 )
 
 func TestRestartGivesBackUnackedEventsInOrder(t *testing.T) {
 	dir := t.TempDir()
-	clk := newFakeClock()
+	clk := testkit.NewClock()
 	b, stop := openDurable(t, dir, durableQueues(), clk)
 	if !b.Durable("order") || b.Durable("data") || !b.Stats()["order"].Durable || b.Stats()["data"].Durable {
 		t.Fatalf("Durable: order %v data %v, want true false", b.Durable("order"), b.Durable("data"))
@@ -80,7 +81,7 @@ func TestRestartGivesBackUnackedEventsInOrder(t *testing.T) {
 
 func TestDedupeWithinWindowAndAcrossRestart(t *testing.T) {
 	dir := t.TempDir()
-	clk := newFakeClock()
+	clk := testkit.NewClock()
 	qs := durableQueues()
 	qs[0].DedupeWindow = 10 * 60e9 // 10 minutes
 	b, stop := openDurable(t, dir, qs, clk)
@@ -132,7 +133,7 @@ func TestMsgIDTooLongFails(t *testing.T) {
 
 func TestDuplicateOfPublishBeingStoredWaitsForIt(t *testing.T) {
 	fsys := &faultFS{}
-	b, _ := openDurable(t, t.TempDir(), durableQueues(), newFakeClock(), bus.WithWALOptions(wal.Options{FS: fsys}))
+	b, _ := openDurable(t, t.TempDir(), durableQueues(), testkit.NewClock(), bus.WithWALOptions(wal.Options{FS: fsys}))
 	open := fsys.holdSyncs()
 	results := make(chan string, 3)
 	ev := event("ORDER", 1)
@@ -165,7 +166,7 @@ func TestDuplicateOfPublishBeingStoredWaitsForIt(t *testing.T) {
 // syncs: while one sync runs, every later append joins the next.
 func TestGroupCommitAcrossPublishers(t *testing.T) {
 	fsys := &faultFS{}
-	b, _ := openDurable(t, t.TempDir(), durableQueues(), newFakeClock(), bus.WithWALOptions(wal.Options{FS: fsys}))
+	b, _ := openDurable(t, t.TempDir(), durableQueues(), testkit.NewClock(), bus.WithWALOptions(wal.Options{FS: fsys}))
 	open := fsys.holdSyncs()
 	before := fsys.syncCount()
 	const conns, perConn = 4, 10
@@ -198,7 +199,7 @@ func TestGroupCommitAcrossPublishers(t *testing.T) {
 func TestReservedSlotsKeepCapacity(t *testing.T) {
 	fsys := &faultFS{}
 	qs := []bus.QueueConfig{{Name: "order", Capacity: 2, Policy: bus.PolicyFail, Timeout: 1e9, Durable: true}}
-	clk := newFakeClock()
+	clk := testkit.NewClock()
 	b, _ := openDurable(t, t.TempDir(), qs, clk, bus.WithWALOptions(wal.Options{FS: fsys}))
 	open := fsys.holdSyncs()
 	results := make(chan bus.Outcome, 3)
@@ -206,7 +207,7 @@ func TestReservedSlotsKeepCapacity(t *testing.T) {
 		b.PublishAsync(context.Background(), event("ORDER", i), "order", func(o bus.Outcome, _ error) { results <- o })
 	}
 	// Two slots are reserved by appends not yet synced: the third waits.
-	eventually(t, "the third publish waits for room", func() bool { return b.Stats()["order"].Waiting == 1 })
+	testkit.Eventually(t, "the third publish waits for room", func() bool { return b.Stats()["order"].Waiting == 1 })
 	open()
 	if a, c := <-results, <-results; a != bus.Accepted || c != bus.Accepted {
 		t.Fatalf("first two: %v %v", a, c)
@@ -220,7 +221,7 @@ func TestReservedSlotsKeepCapacity(t *testing.T) {
 func TestStorageFailureFailsPublishAndRecovers(t *testing.T) {
 	dir := t.TempDir()
 	fsys := &faultFS{}
-	clk := newFakeClock()
+	clk := testkit.NewClock()
 	b, stop := openDurable(t, dir, durableQueues(), clk, bus.WithWALOptions(wal.Options{FS: fsys}))
 	publishN(t, b, "order", "ORDER", 1, 1)
 	fsys.setFull(true)
@@ -259,7 +260,7 @@ func TestDeadLetterAfterMaxDeliveries(t *testing.T) {
 	for _, durable := range []bool{false, true} {
 		t.Run(fmt.Sprintf("durable=%v", durable), func(t *testing.T) {
 			dir := t.TempDir()
-			clk := newFakeClock()
+			clk := testkit.NewClock()
 			qs := durableQueues()
 			for i := range qs {
 				qs[i].Durable = durable
@@ -281,7 +282,7 @@ func TestDeadLetterAfterMaxDeliveries(t *testing.T) {
 				t.Fatal(err)
 			}
 			// A durable dlq answers the move once its log has it.
-			eventually(t, "the dead letter is in dlq", func() bool {
+			testkit.Eventually(t, "the dead letter is in dlq", func() bool {
 				st := b.Stats()
 				return st["dlq"].Size == 1 && st["order"].DeadLettered == 1
 			})
@@ -319,7 +320,7 @@ func TestDeadLetterAfterMaxDeliveries(t *testing.T) {
 }
 
 func TestLongNackReasonIsCut(t *testing.T) {
-	b, _ := openDurable(t, t.TempDir(), durableQueues(), newFakeClock())
+	b, _ := openDurable(t, t.TempDir(), durableQueues(), testkit.NewClock())
 	publishN(t, b, "order", "ORDER", 1, 1)
 	c := subscribe(t, b, "order", 1)
 	long := strings.Repeat("é", bus.MaxReasonBytes) // 2 bytes a rune
@@ -335,7 +336,7 @@ func TestLongNackReasonIsCut(t *testing.T) {
 }
 
 func TestDeadLetterOnAbandonPastCapacity(t *testing.T) {
-	clk := newFakeClock()
+	clk := testkit.NewClock()
 	qs := durableQueues()
 	b, _ := openDurable(t, t.TempDir(), qs, clk)
 	// Fill dlq to its capacity of 4 with ordinary events.
@@ -354,7 +355,7 @@ func TestDeadLetterOnAbandonPastCapacity(t *testing.T) {
 		}
 		c.Close() // the second delivery is abandoned: the last one
 	}
-	eventually(t, "the dead letter joins the full dlq", func() bool {
+	testkit.Eventually(t, "the dead letter joins the full dlq", func() bool {
 		st := b.Stats()
 		return st["dlq"].Size == 5 && st["order"].DeadLettered == 1
 	})
@@ -373,7 +374,7 @@ func TestDeadLetterOnAbandonPastCapacity(t *testing.T) {
 
 func TestEvictedDurableEventNeverComesBack(t *testing.T) {
 	dir := t.TempDir()
-	clk := newFakeClock()
+	clk := testkit.NewClock()
 	qs := []bus.QueueConfig{{Name: "q", Capacity: 2, Policy: bus.PolicyDropOldest, Durable: true}}
 	b, stop := openDurable(t, dir, qs, clk)
 	publishN(t, b, "q", "E", 1, 3)
@@ -387,7 +388,7 @@ func TestEvictedDurableEventNeverComesBack(t *testing.T) {
 
 func TestFsyncIntervalKeepsEventsAcrossRestart(t *testing.T) {
 	dir := t.TempDir()
-	clk := newFakeClock()
+	clk := testkit.NewClock()
 	qs := []bus.QueueConfig{{Name: "signal", Capacity: 8, Policy: bus.PolicyFail, Timeout: 1e9,
 		Durable: true, Fsync: bus.FsyncInterval, FsyncInterval: 5e6}}
 	b, stop := openDurable(t, dir, qs, clk)
@@ -418,7 +419,7 @@ func TestWithoutDataDirDurableIsIgnored(t *testing.T) {
 
 func TestSecondBusOnDataDirFails(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data")
-	openDurable(t, dir, durableQueues(), newFakeClock())
+	openDurable(t, dir, durableQueues(), testkit.NewClock())
 	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
 		t.Fatalf("data dir: %v, %v; want mode 0700", fi, err)
 	}
@@ -430,7 +431,7 @@ func TestSecondBusOnDataDirFails(t *testing.T) {
 
 func TestCorruptLogFailsNew(t *testing.T) {
 	dir := t.TempDir()
-	clk := newFakeClock()
+	clk := testkit.NewClock()
 	b, stop := openDurable(t, dir, durableQueues(), clk)
 	publishN(t, b, "order", "ORDER", 1, 3)
 	stop()
@@ -463,7 +464,7 @@ func TestCorruptLogFailsNew(t *testing.T) {
 // its own order.
 func TestDurableConcurrentAtLeastOnceInOrder(t *testing.T) {
 	dir := t.TempDir()
-	clk := newFakeClock()
+	clk := testkit.NewClock()
 	qs := []bus.QueueConfig{{Name: "order", Capacity: 32, Policy: bus.PolicyBlock, Durable: true}}
 	b, stop := openDurable(t, dir, qs, clk)
 	const publishers, perPublisher, consumers = 4, 150, 3
@@ -520,7 +521,7 @@ func TestDurableConcurrentAtLeastOnceInOrder(t *testing.T) {
 		}()
 	}
 	pwg.Wait()
-	eventually(t, "every event acked", func() bool {
+	testkit.Eventually(t, "every event acked", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(seen) == publishers*perPublisher
@@ -559,7 +560,7 @@ func payloadIDNoT(d bus.Delivery) int {
 // disk. Every accepted, unacked event is in it, in order.
 func TestSnapshotOfRunningBusKeepsAccepted(t *testing.T) {
 	dir := t.TempDir()
-	clk := newFakeClock()
+	clk := testkit.NewClock()
 	qs := durableQueues()
 	b, _ := openDurable(t, dir, qs, clk)
 	publishN(t, b, "order", "ORDER", 1, 20)
@@ -615,9 +616,9 @@ func TestDuplicateOfWaitingPublishIsNotEnqueued(t *testing.T) {
 	ev := event("E", 2)
 	ev.MsgID = "m-2"
 	first := publishAsync(context.Background(), b, ev, "q")
-	eventually(t, "the first waits", func() bool { return b.Stats()["q"].Waiting == 1 })
+	testkit.Eventually(t, "the first waits", func() bool { return b.Stats()["q"].Waiting == 1 })
 	second := publishAsync(context.Background(), b, ev, "q")
-	eventually(t, "both wait", func() bool { return b.Stats()["q"].Waiting == 2 })
+	testkit.Eventually(t, "both wait", func() bool { return b.Stats()["q"].Waiting == 2 })
 	c := subscribe(t, b, "q", 2)
 	mustReceive(t, c)
 	if r := await(t, first); r.out != bus.Accepted {
@@ -635,7 +636,7 @@ func TestDuplicateOfWaitingPublishIsNotEnqueued(t *testing.T) {
 func TestShutdownAnswersPublishesBeingStored(t *testing.T) {
 	dir := t.TempDir()
 	fsys := &faultFS{}
-	clk := newFakeClock()
+	clk := testkit.NewClock()
 	b, stop := openDurable(t, dir, durableQueues(), clk, bus.WithWALOptions(wal.Options{FS: fsys}))
 	open := fsys.holdSyncs()
 	answers := make(chan bus.Outcome, 3)
@@ -647,7 +648,7 @@ func TestShutdownAnswersPublishesBeingStored(t *testing.T) {
 		defer close(stopped)
 		stop()
 	}()
-	eventually(t, "Shutdown refuses publishes", b.Draining)
+	testkit.Eventually(t, "Shutdown refuses publishes", b.Draining)
 	open()
 	<-stopped
 	for range 3 {

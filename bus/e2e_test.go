@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
 // TestEndToEndRealDefaultTimeouts runs the default queues with the real clock
@@ -53,7 +54,7 @@ func TestEndToEndRealDefaultTimeouts(t *testing.T) {
 			mu.Unlock()
 		}()
 	}
-	eventually(t, "signal timed out", func() bool {
+	testkit.Eventually(t, "signal timed out", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return results["signal"] != nil

@@ -4,109 +4,18 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
-
-// fakeClock is a manual clock: timers fire only when Advance passes them.
-type fakeClock struct {
-	mu     sync.Mutex
-	now    time.Time
-	timers []*fakeTimer
-}
-
-type fakeTimer struct {
-	clock *fakeClock
-	at    time.Time
-	f     func()
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) AfterFunc(d time.Duration, f func()) bus.Timer {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	t := &fakeTimer{clock: c, at: c.now.Add(d), f: f}
-	c.timers = append(c.timers, t)
-	return t
-}
-
-func (t *fakeTimer) Stop() bool {
-	c := t.clock
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for i, x := range c.timers {
-		if x == t {
-			c.timers = append(c.timers[:i], c.timers[i+1:]...)
-			return true
-		}
-	}
-	return false
-}
-
-// Advance moves time on and runs the function of every timer that is due,
-// earliest first, in the caller's goroutine once the clock is unlocked:
-// when Advance returns, every wait it timed out has been resolved.
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	var due []*fakeTimer
-	kept := c.timers[:0]
-	for _, t := range c.timers {
-		if !t.at.After(c.now) {
-			due = append(due, t)
-			continue
-		}
-		kept = append(kept, t)
-	}
-	clear(c.timers[len(kept):])
-	c.timers = kept
-	c.mu.Unlock()
-	slices.SortStableFunc(due, func(a, b *fakeTimer) int { return a.at.Compare(b.at) })
-	for _, t := range due {
-		t.f()
-	}
-}
-
-// Timers counts armed timers: a drop or fail queue with waiting publishers
-// holds one (for all of them), so tests know a publish is waiting before
-// they advance time.
-func (c *fakeClock) Timers() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.timers)
-}
-
-// eventually polls cond until it holds, failing the test after a generous
-// deadline. It replaces sleeps; it asserts nothing about timing.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition never held: %s", what)
-		}
-		time.Sleep(200 * time.Microsecond)
-	}
-}
 
 // newBus builds a bus on a fake clock and shuts it down at cleanup so that
 // no goroutine is left behind.
-func newBus(t *testing.T, queues []bus.QueueConfig, opts ...bus.Option) (*bus.Bus, *fakeClock) {
+func newBus(t *testing.T, queues []bus.QueueConfig, opts ...bus.Option) (*bus.Bus, *testkit.Clock) {
 	t.Helper()
-	clk := newFakeClock()
+	clk := testkit.NewClock()
 	b, err := bus.New(queues, append([]bus.Option{bus.WithClock(clk)}, opts...)...)
 	if err != nil {
 		t.Fatalf("New: %v", err)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -31,7 +32,7 @@ func (r *asyncResult) get() (calls int, out bus.Outcome, err error) {
 }
 
 // startAsync calls PublishAsync and records what its done callback gets.
-func startAsync(ctx context.Context, b *bus.Bus, clk *fakeClock, ev bus.Event, queue string) (*bus.Pending, *asyncResult) {
+func startAsync(ctx context.Context, b *bus.Bus, clk *testkit.Clock, ev bus.Event, queue string) (*bus.Pending, *asyncResult) {
 	r := &asyncResult{}
 	p := b.PublishAsync(ctx, ev, queue, func(out bus.Outcome, err error) {
 		r.mu.Lock()
@@ -321,7 +322,7 @@ func TestPublishAsyncCancelWithdrawsOnlyThatOne(t *testing.T) {
 					t.Fatal("Cancel of a waiting publish reported false")
 				}
 				if tt.viaCtx {
-					eventually(t, "ctx withdraws", func() bool { c, _, _ := results[victim].get(); return c == 1 })
+					testkit.Eventually(t, "ctx withdraws", func() bool { c, _, _ := results[victim].get(); return c == 1 })
 				}
 				wantDone(t, "cancelled publish", results[victim], bus.Cancelled)
 				if _, _, err := results[victim].get(); !errors.Is(err, context.Canceled) {
@@ -510,7 +511,7 @@ func raceRound(t *testing.T) {
 	wg.Wait()
 
 	for i := range n {
-		eventually(t, "every done called", func() bool { return calls[i].Load() >= 1 })
+		testkit.Eventually(t, "every done called", func() bool { return calls[i].Load() >= 1 })
 	}
 	counts := map[bus.Outcome]int{}
 	for i := range n {

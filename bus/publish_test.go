@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
 func TestDropOldestEvictsAndCounts(t *testing.T) {
@@ -44,7 +45,7 @@ func TestCancelWithdrawsWaitingPublish(t *testing.T) {
 			publishN(t, b, "q", "T", 0, 1)
 			ctx, cancel := context.WithCancel(context.Background())
 			res := publishAsync(ctx, b, event("T", 1), "q")
-			eventually(t, "publisher waits", func() bool { return b.Stats()["q"].Waiting == 1 })
+			testkit.Eventually(t, "publisher waits", func() bool { return b.Stats()["q"].Waiting == 1 })
 			cancel()
 			r := await(t, res)
 			if r.out != bus.Cancelled || !errors.Is(r.err, context.Canceled) {
@@ -74,7 +75,7 @@ func TestWaitingPublishersServedFIFO(t *testing.T) {
 			for i := 1; i <= waiters; i++ {
 				results = append(results, publishAsync(context.Background(), b, event("T", i), "q"))
 				// Arrival order is what fairness is about: let each one queue up.
-				eventually(t, "publisher waits", func() bool { return b.Stats()["q"].Waiting == i })
+				testkit.Eventually(t, "publisher waits", func() bool { return b.Stats()["q"].Waiting == i })
 			}
 			// A newcomer must queue behind the waiters, even when room appears.
 			c := subscribe(t, b, "q", 1)
@@ -105,14 +106,14 @@ func TestNewPublisherDoesNotOvertakeWaiters(t *testing.T) {
 	b, _ := newBus(t, oneQueue("q", 1, bus.PolicyBlock, 0))
 	publishN(t, b, "q", "T", 0, 1)
 	first := publishAsync(context.Background(), b, event("T", 1), "q")
-	eventually(t, "first waits", func() bool { return b.Stats()["q"].Waiting == 1 })
+	testkit.Eventually(t, "first waits", func() bool { return b.Stats()["q"].Waiting == 1 })
 	c := subscribe(t, b, "q", 1)
 	d := mustReceive(t, c) // frees the slot: it goes to the waiter, not to a newcomer
 	if r := await(t, first); r.out != bus.Accepted {
 		t.Fatalf("waiter: %v %v", r.out, r.err)
 	}
 	second := publishAsync(context.Background(), b, event("T", 2), "q")
-	eventually(t, "newcomer waits", func() bool { return b.Stats()["q"].Waiting == 1 })
+	testkit.Eventually(t, "newcomer waits", func() bool { return b.Stats()["q"].Waiting == 1 })
 	if err := c.Ack(d.Seq); err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +138,7 @@ func TestTimeoutAndAdmissionDoNotLoseOrDuplicate(t *testing.T) {
 	for i := 0; i < waiters; i++ {
 		results = append(results, publishAsync(context.Background(), b, event("T", 100+i), "q"))
 	}
-	eventually(t, "all wait", func() bool { return b.Stats()["q"].Waiting == waiters })
+	testkit.Eventually(t, "all wait", func() bool { return b.Stats()["q"].Waiting == waiters })
 	c := subscribe(t, b, "q", 100)
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -214,7 +215,7 @@ func TestNoLossOnBlockingQueuesUnderLoad(t *testing.T) {
 				}()
 			}
 			pw.Wait()
-			eventually(t, "all acked", func() bool { return b.Stats()["q"].Acked == publishers*each })
+			testkit.Eventually(t, "all acked", func() bool { return b.Stats()["q"].Acked == publishers*each })
 			cancel()
 			wg.Wait()
 			for i := 0; i < publishers*each; i++ {
@@ -257,13 +258,13 @@ func TestStatsFields(t *testing.T) {
 	publishN(t, b, "risk", "T", 0, 2)
 	drop := publishAsync(context.Background(), b, event("T", 9), "data")
 	fail := publishAsync(context.Background(), b, event("T", 9), "signal")
-	eventually(t, "two timers", func() bool { return clk.Timers() == 2 })
+	testkit.Eventually(t, "two timers", func() bool { return clk.Timers() == 2 })
 	clk.Advance(5 * time.Second)
 	await(t, drop)
 	await(t, fail)
 	ctx, cancel := context.WithCancel(context.Background())
 	blocked := publishAsync(ctx, b, event("T", 9), "order")
-	eventually(t, "order waiter", func() bool { return b.Stats()["order"].Waiting == 1 })
+	testkit.Eventually(t, "order waiter", func() bool { return b.Stats()["order"].Waiting == 1 })
 	c := subscribe(t, b, "data", 4)
 	d := mustReceive(t, c)
 	_ = c.Nack(d.Seq)
@@ -303,7 +304,7 @@ func TestCancelCauseIsWrapped(t *testing.T) {
 	publishN(t, b, "q", "T", 0, 1)
 	ctx, cancel := context.WithCancelCause(context.Background())
 	res := publishAsync(ctx, b, event("T", 1), "q")
-	eventually(t, "waiting", func() bool { return b.Stats()["q"].Waiting == 1 })
+	testkit.Eventually(t, "waiting", func() bool { return b.Stats()["q"].Waiting == 1 })
 	cancel(cause)
 	r := await(t, res)
 	if r.out != bus.Cancelled || !errors.Is(r.err, context.Canceled) || !errors.Is(r.err, cause) {

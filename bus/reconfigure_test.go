@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
 // reconfigure calls Reconfigure and fails the test on an error.
@@ -417,7 +418,7 @@ func TestReconfigureConcurrentWithPublishes(t *testing.T) {
 	go func() { pubs.Wait(); close(pubsDone) }()
 	// The publishers may all be waiting on a block queue when the
 	// reconfigurer stops; it always ends on one that drains.
-	eventually(t, "a quarter of the publishes done", func() bool {
+	testkit.Eventually(t, "a quarter of the publishes done", func() bool {
 		n := uint64(0)
 		for _, v := range b.Stats()["q"].Published {
 			n += v
@@ -440,7 +441,7 @@ func TestReconfigureConcurrentWithPublishes(t *testing.T) {
 	}
 	t.Logf("outcomes %v, drops %v", st.Published, st.DropsByReason)
 	evicted := int(st.DropsByReason[bus.DropEvicted])
-	eventually(t, "every kept event delivered", func() bool {
+	testkit.Eventually(t, "every kept event delivered", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(received) == accepted-evicted

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
 func TestQueuesInitializedWithCorrectSizes(t *testing.T) {
@@ -47,7 +48,7 @@ func TestDataQueueDropsEventsWhenFull(t *testing.T) {
 		t.Fatalf("size = %d, want 1000", got)
 	}
 	res := publishAsync(context.Background(), b, event("CANDLE_UPDATE", 1000), "data")
-	eventually(t, "publisher waits on its 1 s timer", func() bool { return clk.Timers() == 1 })
+	testkit.Eventually(t, "publisher waits on its 1 s timer", func() bool { return clk.Timers() == 1 })
 	clk.Advance(999 * time.Millisecond)
 	if got := b.Stats()["data"].Waiting; got != 1 {
 		t.Fatalf("waiting before timeout = %d, want 1", got)
@@ -70,7 +71,7 @@ func TestSignalQueueRaisesTimeoutWhenFull(t *testing.T) {
 		t.Fatalf("size = %d, want 100", got)
 	}
 	res := publishAsync(context.Background(), b, event("SIGNAL_GENERATED", 100), "signal")
-	eventually(t, "publisher waits on its 5 s timer", func() bool { return clk.Timers() == 1 })
+	testkit.Eventually(t, "publisher waits on its 5 s timer", func() bool { return clk.Timers() == 1 })
 	clk.Advance(4999 * time.Millisecond)
 	if got := b.Stats()["signal"].Waiting; got != 1 {
 		t.Fatalf("waiting before timeout = %d, want 1", got)
@@ -96,7 +97,7 @@ func TestOrderQueueBlocksIndefinitelyWhenFull(t *testing.T) {
 	// the only thing that ends the wait; the queue itself never times out.
 	ctx, cancel := context.WithCancel(context.Background())
 	res := publishAsync(ctx, b, event("ORDER_PLACED", 50), "order")
-	eventually(t, "publisher waits", func() bool { return b.Stats()["order"].Waiting == 1 })
+	testkit.Eventually(t, "publisher waits", func() bool { return b.Stats()["order"].Waiting == 1 })
 	clk.Advance(24 * time.Hour)
 	if got := b.Stats()["order"].Waiting; got != 1 {
 		t.Fatalf("waiting after a day = %d, want 1 (order must block without limit)", got)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
 // syncBuffer is a log sink safe for concurrent writers.
@@ -78,7 +79,7 @@ func TestShutdownRefusesPublishesAndFailsWaiters(t *testing.T) {
 	b, _ := newBus(t, bus.DefaultQueues())
 	publishN(t, b, "order", "ORDER_PLACED", 0, 50)
 	waiting := publishAsync(context.Background(), b, event("ORDER_PLACED", 50), "order")
-	eventually(t, "publisher waits", func() bool { return b.Stats()["order"].Waiting == 1 })
+	testkit.Eventually(t, "publisher waits", func() bool { return b.Stats()["order"].Waiting == 1 })
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -167,7 +168,7 @@ func TestShutdownWaitsForInFlightAck(t *testing.T) {
 		u, _ := b.Shutdown(context.Background())
 		done <- u
 	}()
-	eventually(t, "draining", b.Draining)
+	testkit.Eventually(t, "draining", b.Draining)
 	select {
 	case <-b.Done():
 		t.Fatal("Done() closed while an event is in flight")

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
@@ -18,7 +19,7 @@ import (
 )
 
 // traced builds a bus on a fake clock that records every span.
-func traced(t *testing.T, queues []bus.QueueConfig, opts ...sdktrace.TracerProviderOption) (*bus.Bus, *fakeClock, *tracetest.SpanRecorder) {
+func traced(t *testing.T, queues []bus.QueueConfig, opts ...sdktrace.TracerProviderOption) (*bus.Bus, *testkit.Clock, *tracetest.SpanRecorder) {
 	t.Helper()
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(append([]sdktrace.TracerProviderOption{sdktrace.WithSpanProcessor(rec)}, opts...)...)
@@ -162,7 +163,7 @@ func TestWaitAndDropSpansOnTimeout(t *testing.T) {
 			b, clk, rec := traced(t, oneQueue("q", 1, tt.policy, time.Second))
 			publishN(t, b, "q", "T", 0, 1)
 			res := publishAsync(context.Background(), b, bus.Event{Type: "T", Parent: parentSC(t)}, "q")
-			eventually(t, "waiting", func() bool { return clk.Timers() == 1 })
+			testkit.Eventually(t, "waiting", func() bool { return clk.Timers() == 1 })
 			clk.Advance(time.Second)
 			await(t, res)
 
@@ -330,7 +331,7 @@ func TestUntracedPublishGetsNoWaitOrDeliverSpan(t *testing.T) {
 	// The queue is full: one publish waits for room and is admitted, the
 	// next one waits and is dropped.
 	admitted := publishAsync(context.Background(), b, ev(2), "data")
-	eventually(t, "waiting", func() bool { return clk.Timers() == 1 })
+	testkit.Eventually(t, "waiting", func() bool { return clk.Timers() == 1 })
 	c := subscribe(t, b, "data", 1)
 	d := mustReceive(t, c)
 	if !d.SpanContext.Equal(p) {
@@ -343,7 +344,7 @@ func TestUntracedPublishGetsNoWaitOrDeliverSpan(t *testing.T) {
 		t.Fatalf("second publish: %v %v", r.out, r.err)
 	}
 	dropped := publishAsync(context.Background(), b, ev(3), "data")
-	eventually(t, "waiting", func() bool { return clk.Timers() == 1 })
+	testkit.Eventually(t, "waiting", func() bool { return clk.Timers() == 1 })
 	clk.Advance(time.Second)
 	if r := await(t, dropped); r.out != bus.Dropped {
 		t.Fatalf("third publish: %v %v", r.out, r.err)
@@ -359,7 +360,7 @@ func TestUntracedPublishGetsNoWaitOrDeliverSpan(t *testing.T) {
 }
 
 // metered builds a bus whose metrics go to a manual reader.
-func metered(t *testing.T, queues []bus.QueueConfig) (*bus.Bus, *fakeClock, *sdkmetric.ManualReader) {
+func metered(t *testing.T, queues []bus.QueueConfig) (*bus.Bus, *testkit.Clock, *sdkmetric.ManualReader) {
 	t.Helper()
 	r := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(r))
@@ -470,8 +471,10 @@ func TestMetricsExistFromStartUp(t *testing.T) {
 }
 
 func TestMetricsMatchStats(t *testing.T) {
+	// The clock fires a timer at its deadline, so the data publish below
+	// waits exactly its timeout: 1.5 s, the wait the histogram must hold.
 	b, clk, r := metered(t, []bus.QueueConfig{
-		{Name: "data", Capacity: 2, Policy: bus.PolicyDrop, Timeout: time.Second},
+		{Name: "data", Capacity: 2, Policy: bus.PolicyDrop, Timeout: 1500 * time.Millisecond},
 		{Name: "risk", Capacity: 1, Policy: bus.PolicyDropOldest},
 		{Name: "order", Capacity: 1, Policy: bus.PolicyBlock},
 	})
@@ -479,12 +482,12 @@ func TestMetricsMatchStats(t *testing.T) {
 	publishN(t, b, "risk", "T", 0, 3)
 	publishN(t, b, "order", "T", 0, 1)
 	res := publishAsync(context.Background(), b, event("T", 9), "data")
-	eventually(t, "waiting", func() bool { return clk.Timers() == 1 })
+	testkit.Eventually(t, "waiting", func() bool { return clk.Timers() == 1 })
 	clk.Advance(1500 * time.Millisecond)
 	await(t, res)
 	ctx, cancel := context.WithCancel(context.Background())
 	blocked := publishAsync(ctx, b, event("T", 9), "order")
-	eventually(t, "order waiter", func() bool { return b.Stats()["order"].Waiting == 1 })
+	testkit.Eventually(t, "order waiter", func() bool { return b.Stats()["order"].Waiting == 1 })
 	c := subscribe(t, b, "data", 2)
 	clk.Advance(2 * time.Millisecond)
 	d := mustReceive(t, c)

@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
 // busBroker runs the demo against the real in-process bus: the same queue
@@ -219,7 +220,7 @@ func TestReportWriteText(t *testing.T) {
 // TestDialSocketGivesUp: without a sidecar, DialSocket retries until its
 // limit and then names the socket, the limit and the likely fix.
 func TestDialSocketGivesUp(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "none.sock")
+	path := filepath.Join(testkit.ShortTempDir(t), "none.sock")
 	_, err := DialSocket(t.Context(), path, 50*time.Millisecond, 0)
 	for _, want := range []string{path, "within 50ms", "is `eventbus-sidecar serve` running?"} {
 		if err == nil || !strings.Contains(err.Error(), want) {

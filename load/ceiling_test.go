@@ -5,22 +5,17 @@ import (
 	"context"
 	"encoding/json"
 	"net"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
 func startTestCeiling(t *testing.T) *ceiling {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "ebc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	s, err := startCeiling(filepath.Join(dir, "c.sock"))
+	s, err := startCeiling(filepath.Join(testkit.ShortTempDir(t), "c.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,9 +15,14 @@ import (
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 	"github.com/eventbus-sidecar/eventbus-sidecar/transport"
 )
 
+// startSidecar runs a real bus behind a real socket server in this process
+// on a temporary socket, and stops both when the test ends. testkit cannot
+// hold it: transport's package-internal tests import testkit, so testkit
+// must not import transport.
 func startSidecar(t *testing.T, queues []bus.QueueConfig) (string, *bus.Bus) {
 	t.Helper()
 	b, err := bus.New(queues)
@@ -28,12 +33,7 @@ func startSidecar(t *testing.T, queues []bus.QueueConfig) (string, *bus.Bus) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir, err := os.MkdirTemp("", "ebl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	path := filepath.Join(dir, "s.sock")
+	path := filepath.Join(testkit.ShortTempDir(t), "s.sock")
 	l, err := transport.Listen(path, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +52,6 @@ func startSidecar(t *testing.T, queues []bus.QueueConfig) (string, *bus.Bus) {
 		short, c2 := context.WithTimeout(context.Background(), 10*time.Millisecond)
 		defer c2()
 		b.Shutdown(short) //nolint:errcheck // leftovers expected in the time-bound test
-		os.RemoveAll(dir)
 	})
 	return path, b
 }
@@ -139,7 +138,7 @@ func TestConfigValidation(t *testing.T) {
 			t.Errorf("Run(%+v) error %v, want %q", tt.cfg, err, tt.want)
 		}
 	}
-	if _, err := Run(context.Background(), Config{Socket: filepath.Join(t.TempDir(), "none.sock")}); err == nil || !strings.Contains(err.Error(), "none.sock") {
+	if _, err := Run(context.Background(), Config{Socket: filepath.Join(testkit.ShortTempDir(t), "none.sock")}); err == nil || !strings.Contains(err.Error(), "none.sock") {
 		t.Errorf("Run without a sidecar: %v", err)
 	}
 }
@@ -260,7 +259,7 @@ func TestCompareWithTheCeiling(t *testing.T) {
 		}
 	}
 
-	if _, err := Compare(context.Background(), Config{Socket: filepath.Join(t.TempDir(), "none.sock"), Events: 100}, nil); err == nil || !strings.Contains(err.Error(), "none.sock") {
+	if _, err := Compare(context.Background(), Config{Socket: filepath.Join(testkit.ShortTempDir(t), "none.sock"), Events: 100}, nil); err == nil || !strings.Contains(err.Error(), "none.sock") {
 		t.Errorf("Compare without a sidecar: %v", err)
 	}
 	if _, err := Compare(context.Background(), Config{Socket: path, Rate: -1}, nil); err == nil || !strings.Contains(err.Error(), "rate -1: must be between 0") {

@@ -3,48 +3,16 @@ package load
 import (
 	"context"
 	"slices"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
-
-// fakeClock stands still until a test or a Sleep moves it: Sleep returns
-// at once, as if exactly d had passed.
-type fakeClock struct {
-	mu    sync.Mutex
-	now   time.Time
-	slept []time.Duration
-}
-
-func newFakeClock() *fakeClock { return &fakeClock{now: time.Unix(1_700_000_000, 0)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Sleep(ctx context.Context, d time.Duration) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-	c.slept = append(c.slept, d)
-	return nil
-}
-
-func (c *fakeClock) advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // latenciesOf drives one publisher through p: each event's work takes
 // work(i) on the clock, and its latency runs from its send time as take
 // gave it to the end of the work.
-func latenciesOf(t *testing.T, clk *fakeClock, p *pacer, work func(i int64) time.Duration) []time.Duration {
+func latenciesOf(t *testing.T, clk *testkit.Clock, p *pacer, work func(i int64) time.Duration) []time.Duration {
 	t.Helper()
 	var lat []time.Duration
 	for {
@@ -55,13 +23,13 @@ func latenciesOf(t *testing.T, clk *fakeClock, p *pacer, work func(i int64) time
 		if i != int64(len(lat)) {
 			t.Fatalf("took event %d after %d events", i, len(lat))
 		}
-		clk.advance(work(i))
+		clk.Advance(work(i))
 		lat = append(lat, clk.Now().Sub(at))
 	}
 }
 
 func TestPacerOpenLoopKeepsSchedule(t *testing.T) {
-	clk := newFakeClock()
+	clk := testkit.NewClock()
 	start := clk.Now()
 	p := newPacer(clk, start, 1000, 5)
 	for want := range int64(5) {
@@ -77,8 +45,8 @@ func TestPacerOpenLoopKeepsSchedule(t *testing.T) {
 		t.Fatal("a sixth event of five")
 	}
 	// The first event was due at once; each later one 1 ms after the last.
-	if want := []time.Duration{time.Millisecond, time.Millisecond, time.Millisecond, time.Millisecond}; !slices.Equal(clk.slept, want) {
-		t.Fatalf("slept %v, want %v", clk.slept, want)
+	if want := []time.Duration{time.Millisecond, time.Millisecond, time.Millisecond, time.Millisecond}; !slices.Equal(clk.Sleeps(), want) {
+		t.Fatalf("slept %v, want %v", clk.Sleeps(), want)
 	}
 }
 
@@ -95,7 +63,7 @@ func TestPacerChargesAStallToEveryEventDueDuringIt(t *testing.T) {
 	}
 	us := func(n int) time.Duration { return time.Duration(n) * time.Microsecond }
 
-	clk := newFakeClock()
+	clk := testkit.NewClock()
 	open := latenciesOf(t, clk, newPacer(clk, clk.Now(), 1000, 16), work)
 	// Event 2 ends at 12 ms; events 3 to 12, due at 3 to 12 ms, are sent
 	// back to back from then on, 0.1 ms apart, until the schedule is met
@@ -105,17 +73,17 @@ func TestPacerChargesAStallToEveryEventDueDuringIt(t *testing.T) {
 		t.Fatalf("open-loop latencies\n%v, want\n%v", open, want)
 	}
 
-	clk = newFakeClock()
+	clk = testkit.NewClock()
 	closed := latenciesOf(t, clk, newPacer(clk, clk.Now(), 0, 16), work)
 	want = slices.Repeat([]time.Duration{us(100)}, 16)
 	want[2] = us(10000)
-	if !slices.Equal(closed, want) || len(clk.slept) != 0 {
-		t.Fatalf("closed-loop latencies %v (slept %v), want %v without sleeping", closed, clk.slept, want)
+	if !slices.Equal(closed, want) || len(clk.Sleeps()) != 0 {
+		t.Fatalf("closed-loop latencies %v (slept %v), want %v without sleeping", closed, clk.Sleeps(), want)
 	}
 }
 
 func TestPacerStopsWithItsContext(t *testing.T) {
-	clk := newFakeClock()
+	clk := testkit.NewClock()
 	p := newPacer(clk, clk.Now(), 1000, 100)
 	ctx, cancel := context.WithCancel(context.Background())
 	if _, _, ok := p.take(ctx); !ok {
@@ -123,19 +91,19 @@ func TestPacerStopsWithItsContext(t *testing.T) {
 	}
 	// Stopped 10 ms in, with only event 0 sent: events 1 to 10 were due
 	// by then and never sent; those due after the stop do not count.
-	clk.advance(10 * time.Millisecond)
+	clk.Advance(10 * time.Millisecond)
 	cancel()
 	if i, _, ok := p.take(ctx); ok {
 		t.Fatalf("event %d handed out after the context ended", i)
 	}
-	clk.advance(time.Second)
+	clk.Advance(time.Second)
 	if got := p.behind(1, clk.Now()); got != 10 {
 		t.Fatalf("behind = %d, want the 10 events due by the stop", got)
 	}
 }
 
 func TestPacerDueBy(t *testing.T) {
-	clk := newFakeClock()
+	clk := testkit.NewClock()
 	start := clk.Now()
 	p := newPacer(clk, start, 1000, 10)
 	tests := []struct {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
@@ -30,6 +31,8 @@ func sampleBuffered(srv *Server) (stop func() int64) {
 			case <-done:
 				return
 			default:
+				// The sampling interval, not a wait for a condition:
+				// the peak is read over the whole run.
 				time.Sleep(100 * time.Microsecond)
 			}
 		}
@@ -136,7 +139,7 @@ func TestBudgetHoldsUnderFloodAndTrickle(t *testing.T) {
 	// The well-behaved client: every request answered, while the others
 	// press on the budget.
 	good := dialRaw(t, ts.path)
-	eventually(t, "the budget under pressure", func() bool { return ts.srv.Buffered() > budgetSize/2 })
+	testkit.Eventually(t, "the budget under pressure", func() bool { return ts.srv.Buffered() > budgetSize/2 })
 	for i := int64(1); i <= 50; i++ {
 		good.expectReply(good.roundTrip(`{"op":"ping","id":%d}`, i), i, protocol.StatusOK)
 	}
@@ -147,7 +150,7 @@ func TestBudgetHoldsUnderFloodAndTrickle(t *testing.T) {
 		nc.Close()
 	}
 	wg.Wait()
-	eventually(t, "the bad clients gone", func() bool { return ts.srv.Connections() == 1 })
+	testkit.Eventually(t, "the bad clients gone", func() bool { return ts.srv.Connections() == 1 })
 
 	// Consume what the flood left queued, so that the budget can empty.
 	good.send(`{"op":"subscribe","id":200,"queue":"data","prefetch":1000}`)
@@ -167,8 +170,8 @@ func TestBudgetHoldsUnderFloodAndTrickle(t *testing.T) {
 		}
 	}
 	good.nc.Close()
-	eventually(t, "every connection closed", func() bool { return ts.srv.Connections() == 0 })
-	eventually(t, "every byte released", func() bool { return ts.srv.Buffered() == 0 })
+	testkit.Eventually(t, "every connection closed", func() bool { return ts.srv.Connections() == 0 })
+	testkit.Eventually(t, "every byte released", func() bool { return ts.srv.Buffered() == 0 })
 
 	if peak := stop(); peak > budgetSize {
 		t.Errorf("the server accounted %d bytes at its peak; the budget is %d", peak, budgetSize)
@@ -225,7 +228,7 @@ func TestWaitingPublishesBoundedPerConnection(t *testing.T) {
 		}
 	}()
 	var sc *conn
-	eventually(t, "the publisher's connection", func() bool {
+	testkit.Eventually(t, "the publisher's connection", func() bool {
 		ts.srv.mu.Lock()
 		defer ts.srv.mu.Unlock()
 		for c := range ts.srv.conns {
@@ -236,7 +239,7 @@ func TestWaitingPublishesBoundedPerConnection(t *testing.T) {
 		return sc != nil
 	})
 	share := ts.srv.waitShare
-	eventually(t, "the reader held at its byte share", func() bool {
+	testkit.Eventually(t, "the reader held at its byte share", func() bool {
 		sc.waits.mu.Lock()
 		defer sc.waits.mu.Unlock()
 		return sc.waits.sleeping && sc.waits.bytes >= share
@@ -262,7 +265,7 @@ func TestWaitingPublishesBoundedPerConnection(t *testing.T) {
 	if n := <-sent; n >= publishes {
 		t.Errorf("the client wrote all %d publishes; it should have been held back", n)
 	}
-	eventually(t, "the publisher's bytes released", func() bool {
+	testkit.Eventually(t, "the publisher's bytes released", func() bool {
 		return ts.srv.Connections() == 1 && ts.srv.Buffered() == queued+ts.srv.budget.connHeld(fill.conn(t, ts))
 	})
 	if peak := stop(); peak > budgetSize {
@@ -295,7 +298,7 @@ func TestFrameTimeout(t *testing.T) {
 		t.Fatalf("got %+v, want a frame_timeout error without id naming the timeout", m)
 	}
 	slow.expectEOF()
-	eventually(t, "the close counted", func() bool { return closedByReason(t, reader)[CloseFrameTimeout] == 1 })
+	testkit.Eventually(t, "the close counted", func() bool { return closedByReason(t, reader)[CloseFrameTimeout] == 1 })
 
 	// idle has been quiet for longer than the frame timeout.
 	idle.expectReply(idle.roundTrip(`{"op":"ping","id":3}`), 3, protocol.StatusOK)
@@ -311,7 +314,7 @@ func TestReadBufferShrinksAfterLongFrame(t *testing.T) {
 	small := ts.srv.budget.connHeld(sc)
 	c.expectReply(c.roundTrip(`{"op":"publish","id":2,"type":"X","payload":"%s"}`, strings.Repeat("b", 500<<10)), 2, protocol.StatusAccepted)
 	c.expectReply(c.roundTrip(`{"op":"ping","id":3}`), 3, protocol.StatusOK)
-	eventually(t, "the read buffer back to its small size", func() bool { return ts.srv.budget.connHeld(sc) == small })
+	testkit.Eventually(t, "the read buffer back to its small size", func() bool { return ts.srv.budget.connHeld(sc) == small })
 	if small > minReadBuffer+replyAllowance {
 		t.Errorf("an idle connection holds %d bytes", small)
 	}
@@ -341,7 +344,7 @@ func TestBudgetReserveWaitsAndCutsOffHeavy(t *testing.T) {
 	// A release wakes a waiter.
 	got := make(chan error, 1)
 	go func() { got <- b.reserve(context.Background(), heavy, 4096, 0, 0, nil) }()
-	eventually(t, "the waiter parked", func() bool {
+	testkit.Eventually(t, "the waiter parked", func() bool {
 		b.mu.Lock()
 		defer b.mu.Unlock()
 		return b.waiters == 1
@@ -398,7 +401,7 @@ func TestOutputBuffersShrinkAfterBurst(t *testing.T) {
 	sc := ts.onlyConn(t)
 	// Deliveries pile up while the client does not read them.
 	c.send(`{"op":"subscribe","id":100,"queue":"data","prefetch":8}`)
-	eventually(t, "the output buffer grown", func() bool {
+	testkit.Eventually(t, "the output buffer grown", func() bool {
 		o, s := sc.outputCaps()
 		return o > shrinkOutputBuffer || s > shrinkOutputBuffer
 	})
@@ -410,9 +413,9 @@ func TestOutputBuffersShrinkAfterBurst(t *testing.T) {
 	for range 8 {
 		c.expectReply(c.recv(), 1, protocol.StatusOK)
 	}
-	eventually(t, "the output buffers dropped", func() bool {
+	testkit.Eventually(t, "the output buffers dropped", func() bool {
 		o, s := sc.outputCaps()
 		return o <= shrinkOutputBuffer && s <= shrinkOutputBuffer
 	})
-	eventually(t, "only the read buffer held", func() bool { return ts.srv.budget.connHeld(sc) == minReadBuffer })
+	testkit.Eventually(t, "only the read buffer held", func() bool { return ts.srv.budget.connHeld(sc) == minReadBuffer })
 }

@@ -7,6 +7,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
@@ -61,10 +62,10 @@ func TestClientGoneWhileNotReadingIsClientClosed(t *testing.T) {
 			_, err := c.nc.Write(b)
 			writeErr <- err
 		}()
-		eventually(t, "the read loop held by unread output", sc.readerHeldByOutput)
+		testkit.Eventually(t, "the read loop held by unread output", sc.readerHeldByOutput)
 		c.nc.Close()
 		<-writeErr // fails once closed; the server stopped reading long before
-		eventually(t, "the connection forgotten", func() bool { return ts.srv.Connections() == 0 })
+		testkit.Eventually(t, "the connection forgotten", func() bool { return ts.srv.Connections() == 0 })
 	}
 	got := closedByReason(t, reader)
 	if got[CloseClientGone] != rounds || got[CloseSlowConsumer] != 0 || got[CloseWriteError] != 0 {

@@ -9,11 +9,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
@@ -43,7 +43,9 @@ func withBusOptions(opts ...bus.Option) serverOpt {
 }
 
 // startServer runs a real bus behind a real server on a socket in a fresh
-// temporary directory, and stops both when the test ends.
+// temporary directory, and stops both when the test ends. It stays here,
+// not in testkit: testkit cannot import transport while these tests, in
+// package transport, import testkit.
 func startServer(t testing.TB, opts ...serverOpt) *testServer {
 	t.Helper()
 	queues := bus.DefaultQueues()
@@ -61,7 +63,7 @@ func startServer(t testing.TB, opts ...serverOpt) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(shortTempDir(t), "bus.sock")
+	path := filepath.Join(testkit.ShortTempDir(t), "bus.sock")
 	l, err := Listen(path, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -85,18 +87,6 @@ func (ts *testServer) stop(t testing.TB) {
 	short, cancel2 := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel2()
 	ts.bus.Shutdown(short) //nolint:errcheck // leftovers are expected in some tests
-}
-
-// shortTempDir returns a temporary directory with a short path: socket
-// paths are limited to 108 bytes and t.TempDir() names can be long.
-func shortTempDir(t testing.TB) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "ebt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
 }
 
 // rawClient speaks the protocol line by line, the way a client in another
@@ -183,89 +173,11 @@ func (c *rawClient) expectEOF() {
 	}
 }
 
-// eventually polls cond until it holds or testTimeout passes.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(testTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
-// manualClock is a bus.Clock whose timers fire only when Advance passes
-// them, so queue timeouts are driven by the test instead of by sleeps.
-type manualClock struct {
-	mu     sync.Mutex
-	now    time.Time
-	timers []*manualTimer
-}
-
-type manualTimer struct {
-	clk     *manualClock
-	at      time.Time
-	f       func()
-	stopped bool
-}
-
-func newManualClock() *manualClock {
-	return &manualClock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
-}
-
-func (c *manualClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *manualClock) AfterFunc(d time.Duration, f func()) bus.Timer {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	tm := &manualTimer{clk: c, at: c.now.Add(d), f: f}
-	c.timers = append(c.timers, tm)
-	return tm
-}
-
-func (tm *manualTimer) Stop() bool {
-	tm.clk.mu.Lock()
-	defer tm.clk.mu.Unlock()
-	was := !tm.stopped
-	tm.stopped = true
-	return was
-}
-
-// Advance moves the clock on by d and runs, in the order they were set, the
-// timers that fall due, each in its own goroutine as time.AfterFunc does.
-func (c *manualClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	var due []*manualTimer
-	kept := c.timers[:0]
-	for _, tm := range c.timers {
-		switch {
-		case tm.stopped:
-		case !tm.at.After(c.now):
-			tm.stopped = true
-			due = append(due, tm)
-		default:
-			kept = append(kept, tm)
-		}
-	}
-	clear(c.timers[len(kept):])
-	c.timers = kept
-	c.mu.Unlock()
-	for _, tm := range due {
-		go tm.f()
-	}
-}
-
 // onlyConn returns the server's single open connection.
 func (ts *testServer) onlyConn(t *testing.T) *conn {
 	t.Helper()
 	var c *conn
-	eventually(t, "one connection", func() bool {
+	testkit.Eventually(t, "one connection", func() bool {
 		ts.srv.mu.Lock()
 		defer ts.srv.mu.Unlock()
 		if len(ts.srv.conns) != 1 {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
 func TestListenSetsModeAndRemovesFileOnClose(t *testing.T) {
@@ -20,7 +22,7 @@ func TestListenSetsModeAndRemovesFileOnClose(t *testing.T) {
 		t.Run(want.String(), func(t *testing.T) {
 			old := syscall.Umask(0o077) // a strict umask must not change the mode
 			defer syscall.Umask(old)
-			path := filepath.Join(shortTempDir(t), "s.sock")
+			path := filepath.Join(testkit.ShortTempDir(t), "s.sock")
 			l, err := Listen(path, mode)
 			if err != nil {
 				t.Fatal(err)
@@ -47,7 +49,7 @@ func TestListenSetsModeAndRemovesFileOnClose(t *testing.T) {
 }
 
 func TestListenReplacesStaleSocket(t *testing.T) {
-	path := filepath.Join(shortTempDir(t), "s.sock")
+	path := filepath.Join(testkit.ShortTempDir(t), "s.sock")
 	// A crashed run leaves its socket file: bound, never unlinked.
 	ul, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
@@ -76,7 +78,7 @@ func TestListenReplacesStaleSocket(t *testing.T) {
 }
 
 func TestListenRefusesLiveSocketAndOtherFiles(t *testing.T) {
-	dir := shortTempDir(t)
+	dir := testkit.ShortTempDir(t)
 	live := filepath.Join(dir, "live.sock")
 	l, err := Listen(live, 0)
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
@@ -110,7 +111,7 @@ func TestMaxConnections(t *testing.T) {
 
 			// One closes: the next connection is admitted and works.
 			pub.nc.Close()
-			eventually(t, "the closed connection to be forgotten", func() bool { return ts.srv.Connections() == limit-1 })
+			testkit.Eventually(t, "the closed connection to be forgotten", func() bool { return ts.srv.Connections() == limit-1 })
 			next := dialRaw(t, ts.path)
 			publishAndConsume(next)
 			if n := ts.srv.Connections(); n != limit {
@@ -229,7 +230,7 @@ func TestRejectionFloodDoesNotStallAccepting(t *testing.T) {
 		t.Cleanup(func() { nc.Close() })
 		ncs[i] = nc
 	}
-	eventually(t, "every flood connection rejected", func() bool { return ts.srv.Rejected() == flood })
+	testkit.Eventually(t, "every flood connection rejected", func() bool { return ts.srv.Rejected() == flood })
 	holder.expectReply(holder.roundTrip(`{"op":"ping","id":2}`), 2, protocol.StatusOK)
 
 	framed := 0
@@ -260,7 +261,7 @@ func TestRejectionFloodDoesNotStallAccepting(t *testing.T) {
 	t.Logf("%d of %d flood connections got the frame, the rest were closed at once", framed, flood)
 
 	holder.nc.Close()
-	eventually(t, "the holder to be forgotten", func() bool { return ts.srv.Connections() == 0 })
+	testkit.Eventually(t, "the holder to be forgotten", func() bool { return ts.srv.Connections() == 0 })
 	next := dialRaw(t, ts.path)
 	next.expectReply(next.roundTrip(`{"op":"ping","id":1}`), 1, protocol.StatusOK)
 }

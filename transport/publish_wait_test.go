@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
@@ -46,13 +47,13 @@ func TestPipelinedWaitsTimeOutTogether(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.queue, func(t *testing.T) {
-			clk := newManualClock()
+			clk := testkit.NewClock()
 			ts := startServer(t, withQueues(manualQueues()...), withBusOptions(bus.WithClock(clk)))
 			c := dialRaw(t, ts.path)
 			c.expectReply(c.roundTrip(`{"op":"publish","id":1,"queue":%q,"type":"T"}`, tt.queue), 1, protocol.StatusAccepted)
 			const n = 10
 			c.pipeline(tt.queue, 2, n+1)
-			eventually(t, "all publishes waiting at once", func() bool { return ts.bus.Stats()[tt.queue].Waiting == n })
+			testkit.Eventually(t, "all publishes waiting at once", func() bool { return ts.bus.Stats()[tt.queue].Waiting == n })
 			clk.Advance(tt.timeout)
 			got := make([]int64, 0, n)
 			for range n {
@@ -78,7 +79,7 @@ func TestPipelinedWaitsTimeOutTogether(t *testing.T) {
 // TestFullDataQueueDoesNotDelayOrder: candles waiting on a full data queue
 // do not hold up an order publish sent after them on the same connection.
 func TestFullDataQueueDoesNotDelayOrder(t *testing.T) {
-	clk := newManualClock()
+	clk := testkit.NewClock()
 	ts := startServer(t, withQueues(manualQueues()...), withBusOptions(bus.WithClock(clk)))
 	c := dialRaw(t, ts.path)
 	const candles = 500
@@ -104,11 +105,11 @@ func TestFullDataQueueDoesNotDelayOrder(t *testing.T) {
 // TestWaitingPublishesKeepOrder: publishes that wait for room enter their
 // queue in the order they were sent.
 func TestWaitingPublishesKeepOrder(t *testing.T) {
-	ts := startServer(t, withQueues(manualQueues()...), withBusOptions(bus.WithClock(newManualClock())))
+	ts := startServer(t, withQueues(manualQueues()...), withBusOptions(bus.WithClock(testkit.NewClock())))
 	pub := dialRaw(t, ts.path)
 	const n = 50
 	pub.pipeline("order", 1, n)
-	eventually(t, "publishes waiting", func() bool { return ts.bus.Stats()["order"].Waiting == n-1 })
+	testkit.Eventually(t, "publishes waiting", func() bool { return ts.bus.Stats()["order"].Waiting == n-1 })
 	con := dialRaw(t, ts.path)
 	con.expectReply(con.roundTrip(`{"op":"subscribe","id":1,"queue":"order","prefetch":1}`), 1, protocol.StatusOK)
 	for i := 1; i <= n; i++ {
@@ -128,17 +129,17 @@ func TestWaitingPublishesKeepOrder(t *testing.T) {
 // TestCloseWithdrawsWaitsOnEveryQueue: a connection that goes away takes
 // back all its waiting publishes, on every queue, and nothing is enqueued.
 func TestCloseWithdrawsWaitsOnEveryQueue(t *testing.T) {
-	ts := startServer(t, withQueues(manualQueues()...), withBusOptions(bus.WithClock(newManualClock())))
+	ts := startServer(t, withQueues(manualQueues()...), withBusOptions(bus.WithClock(testkit.NewClock())))
 	c := dialRaw(t, ts.path)
 	for _, q := range []string{"data", "signal", "order"} {
 		c.pipeline(q, 1, 5)
 	}
-	eventually(t, "publishes waiting", func() bool {
+	testkit.Eventually(t, "publishes waiting", func() bool {
 		st := ts.bus.Stats()
 		return st["data"].Waiting == 4 && st["signal"].Waiting == 4 && st["order"].Waiting == 4
 	})
 	c.nc.Close()
-	eventually(t, "connection gone", func() bool { return ts.srv.Connections() == 0 })
+	testkit.Eventually(t, "connection gone", func() bool { return ts.srv.Connections() == 0 })
 	for q, st := range ts.bus.Stats() {
 		if st.Waiting != 0 || st.Size != 1 || st.Published[bus.Cancelled] != 4 {
 			t.Errorf("queue %s: waiting=%d size=%d cancelled=%d, want 0, 1 and 4", q, st.Waiting, st.Size, st.Published[bus.Cancelled])
@@ -149,7 +150,7 @@ func TestCloseWithdrawsWaitsOnEveryQueue(t *testing.T) {
 // TestWaitingCapStopsReading: at MaxWaitingPublishes the connection is not
 // read until a waiting publish is answered; then it goes on.
 func TestWaitingCapStopsReading(t *testing.T) {
-	ts := startServer(t, withQueues(manualQueues()...), withBusOptions(bus.WithClock(newManualClock())),
+	ts := startServer(t, withQueues(manualQueues()...), withBusOptions(bus.WithClock(testkit.NewClock())),
 		withConfig(func(c *Config) { c.MaxWaitingPublishes = 3 }))
 	c := dialRaw(t, ts.path)
 	c.pipeline("order", 1, 4)
@@ -157,7 +158,7 @@ func TestWaitingCapStopsReading(t *testing.T) {
 	c.send(`{"op":"ping","id":6}`)
 	c.expectReply(c.recv(), 1, protocol.StatusAccepted)
 	sc := ts.onlyConn(t)
-	eventually(t, "reader held at the cap", sc.readerHeldByWaitCap)
+	testkit.Eventually(t, "reader held at the cap", sc.readerHeldByWaitCap)
 	if st := ts.bus.Stats(); st["order"].Waiting != 3 || st["signal"].Size != 0 {
 		t.Fatalf("order waiting=%d signal size=%d, want 3 and 0: read past the cap", st["order"].Waiting, st["signal"].Size)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
@@ -200,7 +201,7 @@ func TestSubscribeDeliverAckNack(t *testing.T) {
 	if m.Status != protocol.StatusError || m.Code != protocol.CodeUnknownSeq || !strings.Contains(m.Error, fmt.Sprint(d.Deliver.Seq)) {
 		t.Fatalf("second ack: %+v, want unknown_seq naming the seq", m)
 	}
-	eventually(t, "acked count", func() bool { return ts.bus.Stats()["order"].Acked == 1 })
+	testkit.Eventually(t, "acked count", func() bool { return ts.bus.Stats()["order"].Acked == 1 })
 	if st := ts.bus.Stats()["order"]; st.InFlight != 0 || st.Size != 0 {
 		t.Fatalf("after ack size=%d in_flight=%d", st.Size, st.InFlight)
 	}
@@ -220,7 +221,7 @@ func TestSubscriptionRules(t *testing.T) {
 		t.Fatalf("ambiguous ack: %+v", m)
 	}
 	c.expectReply(c.roundTrip(`{"op":"unsubscribe","id":5,"queue":"order"}`), 5, protocol.StatusOK)
-	eventually(t, "one consumer left", func() bool {
+	testkit.Eventually(t, "one consumer left", func() bool {
 		st := ts.bus.Stats()
 		return st["order"].Consumers == 0 && st["signal"].Consumers == 1
 	})
@@ -257,7 +258,7 @@ func TestBlockedQueueDoesNotHoldUpOtherQueues(t *testing.T) {
 	c.expectReply(c.roundTrip(`{"op":"publish","id":1,"queue":"order","type":"O"}`), 1, protocol.StatusAccepted)
 	// Order is full now: publish 2 waits without limit.
 	c.send(`{"op":"publish","id":2,"queue":"order","type":"O"}`)
-	eventually(t, "publish 2 waiting", func() bool { return ts.bus.Stats()["order"].Waiting == 1 })
+	testkit.Eventually(t, "publish 2 waiting", func() bool { return ts.bus.Stats()["order"].Waiting == 1 })
 	for i := 3; i <= 6; i++ {
 		c.expectReply(c.roundTrip(`{"op":"publish","id":%d,"queue":"data","type":"CANDLE_UPDATE"}`, i), int64(i), protocol.StatusAccepted)
 	}
@@ -290,7 +291,7 @@ func TestCancelWithdrawsWaitingPublish(t *testing.T) {
 	c.send(`{"op":"publish","id":2,"queue":"order","type":"O","payload":2}`)
 	c.send(`{"op":"publish","id":3,"queue":"order","type":"O","payload":3}`)
 	c.send(`{"op":"publish","id":4,"queue":"order","type":"O","payload":4}`)
-	eventually(t, "publishes 2-4 waiting", func() bool { return ts.bus.Stats()["order"].Waiting == 3 })
+	testkit.Eventually(t, "publishes 2-4 waiting", func() bool { return ts.bus.Stats()["order"].Waiting == 3 })
 	// Withdraw the middle one only: its reply comes before the cancel's.
 	c.expectReply(c.roundTrip(`{"op":"cancel","id":5,"ref":3}`), 3, protocol.StatusCancelled)
 	c.expectReply(c.recv(), 5, protocol.StatusOK)
@@ -316,10 +317,10 @@ func TestClosedConnectionWithdrawsWaitingPublishes(t *testing.T) {
 	c := dialRaw(t, ts.path)
 	c.expectReply(c.roundTrip(`{"op":"publish","id":1,"queue":"order","type":"O","payload":1}`), 1, protocol.StatusAccepted)
 	c.send(`{"op":"publish","id":2,"queue":"order","type":"O","payload":2}`)
-	eventually(t, "publish 2 waiting", func() bool { return ts.bus.Stats()["order"].Waiting == 1 })
+	testkit.Eventually(t, "publish 2 waiting", func() bool { return ts.bus.Stats()["order"].Waiting == 1 })
 	c.nc.Close()
-	eventually(t, "waiting publish withdrawn", func() bool { return ts.bus.Stats()["order"].Waiting == 0 })
-	eventually(t, "connection gone", func() bool { return ts.srv.Connections() == 0 })
+	testkit.Eventually(t, "waiting publish withdrawn", func() bool { return ts.bus.Stats()["order"].Waiting == 0 })
+	testkit.Eventually(t, "connection gone", func() bool { return ts.srv.Connections() == 0 })
 	con := dialRaw(t, ts.path)
 	con.expectReply(con.roundTrip(`{"op":"subscribe","id":1,"queue":"order","prefetch":8}`), 1, protocol.StatusOK)
 	if d := con.recv(); string(d.Deliver.Payload) != "1" {
@@ -361,7 +362,7 @@ func TestStatsAndPing(t *testing.T) {
 	con := dialRaw(t, ts.path)
 	con.expectReply(con.roundTrip(`{"op":"subscribe","id":1,"queue":"data","prefetch":1}`), 1, protocol.StatusOK)
 	con.recv()
-	eventually(t, "one in flight", func() bool { return ts.bus.Stats()["data"].InFlight == 1 })
+	testkit.Eventually(t, "one in flight", func() bool { return ts.bus.Stats()["data"].InFlight == 1 })
 	m := c.roundTrip(`{"op":"stats","id":10}`)
 	c.expectReply(m, 10, protocol.StatusOK)
 	var st bus.Stats
@@ -405,7 +406,7 @@ func TestClientDisconnectMidFrame(t *testing.T) {
 	c.expectReply(c.roundTrip(`{"op":"ping","id":1}`), 1, protocol.StatusOK)
 	c.nc.Write([]byte(`{"op":"publish","id":2,"type":"T","payl`)) //nolint:errcheck
 	c.nc.Close()
-	eventually(t, "connection dropped", func() bool { return ts.srv.Connections() == 0 })
+	testkit.Eventually(t, "connection dropped", func() bool { return ts.srv.Connections() == 0 })
 	if n := ts.bus.Stats()["data"].Size; n != 0 {
 		t.Fatalf("a half frame was published (data size %d)", n)
 	}
@@ -465,7 +466,7 @@ func TestStuckReaderIsCutOff(t *testing.T) {
 	case <-time.After(testTimeout):
 		t.Fatal("a client that never reads was not cut off")
 	}
-	eventually(t, "stuck connection closed", func() bool { return ts.srv.Connections() == 1 })
+	testkit.Eventually(t, "stuck connection closed", func() bool { return ts.srv.Connections() == 1 })
 	other.expectReply(other.roundTrip(`{"op":"ping","id":2}`), 2, protocol.StatusOK)
 }
 
@@ -478,7 +479,7 @@ func TestShutdownDrainsConsumersAndRefusesPublishes(t *testing.T) {
 	d := con.recv() // in flight: the queue has room again
 	pub.expectReply(pub.roundTrip(`{"op":"publish","id":2,"queue":"order","type":"O","payload":2}`), 2, protocol.StatusAccepted)
 	pub.send(`{"op":"publish","id":3,"queue":"order","type":"O","payload":3}`)
-	eventually(t, "publish 3 waiting", func() bool { return ts.bus.Stats()["order"].Waiting == 1 })
+	testkit.Eventually(t, "publish 3 waiting", func() bool { return ts.bus.Stats()["order"].Waiting == 1 })
 
 	// The bus drains first, as the serve command does.
 	drained := make(chan error, 1)
@@ -523,7 +524,7 @@ func TestServerShutdownAnswersWaitingPublishes(t *testing.T) {
 	c := dialRaw(t, ts.path)
 	c.expectReply(c.roundTrip(`{"op":"publish","id":1,"queue":"order","type":"O"}`), 1, protocol.StatusAccepted)
 	c.send(`{"op":"publish","id":2,"queue":"order","type":"O"}`)
-	eventually(t, "publish 2 waiting", func() bool { return ts.bus.Stats()["order"].Waiting == 1 })
+	testkit.Eventually(t, "publish 2 waiting", func() bool { return ts.bus.Stats()["order"].Waiting == 1 })
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
 	if err := ts.srv.Shutdown(ctx); err != nil {
@@ -549,7 +550,7 @@ func TestShutdownWithReaderHeldByWaitCap(t *testing.T) {
 	for i := 2; i <= 6; i++ {
 		c.send(`{"op":"publish","id":%d,"queue":"order","type":"O"}`, i)
 	}
-	eventually(t, "reader held at the cap", ts.onlyConn(t).readerHeldByWaitCap)
+	testkit.Eventually(t, "reader held at the cap", ts.onlyConn(t).readerHeldByWaitCap)
 	// 2 and 3 wait in the bus, 4 to 6 are not read: the server must not
 	// reset the connection over them before the client has the replies.
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)

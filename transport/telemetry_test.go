@@ -10,6 +10,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
@@ -71,7 +72,7 @@ func TestConnectionsGaugeAndInvalidTraceparentCounter(t *testing.T) {
 		t.Fatalf("data size %d: events with a bad traceparent must still be accepted", n)
 	}
 	b.nc.Close()
-	eventually(t, "gauge back to 1", func() bool {
+	testkit.Eventually(t, "gauge back to 1", func() bool {
 		v, _ := metricValue(t, reader, "eventbus.connections")
 		return v == 1
 	})
@@ -100,7 +101,7 @@ func TestDeliverCarriesDeliverSpanTraceparent(t *testing.T) {
 		t.Fatal("deliver traceparent is the publisher's span, want the deliver span")
 	}
 	c.send(`{"op":"ack","seq":%d}`, d.Deliver.Seq)
-	eventually(t, "deliver span ended", func() bool {
+	testkit.Eventually(t, "deliver span ended", func() bool {
 		for _, s := range exp.GetSpans() {
 			if s.SpanContext.SpanID() == sc.SpanID() {
 				return s.Name == "deliver order"

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
 // heldAt reports whether a caller is parked in waitBelow or waitEmpty
@@ -127,7 +128,7 @@ func TestPublishWaitsWaitBelowBlocksUntilResolveOrStop(t *testing.T) {
 			w.add(2, 2, 0, &bus.Pending{})
 			got := make(chan bool, 1)
 			go func() { got <- w.waitBelow(2, 0, nil) }()
-			eventually(t, "waitBelow parked", func() bool { return w.heldAt(2) })
+			testkit.Eventually(t, "waitBelow parked", func() bool { return w.heldAt(2) })
 			select {
 			case v := <-got:
 				t.Fatalf("waitBelow returned %v at the limit", v)
@@ -156,7 +157,7 @@ func TestPublishWaitsWaitEmptyOutlastsStop(t *testing.T) {
 		w.waitEmpty()
 		close(done)
 	}()
-	eventually(t, "waitEmpty parked", func() bool { return w.heldAt(1) })
+	testkit.Eventually(t, "waitEmpty parked", func() bool { return w.heldAt(1) })
 	select {
 	case <-done:
 		t.Fatal("waitEmpty returned with a publish still waiting")

@@ -195,7 +195,9 @@ func (f *faultFile) Sync() error {
 }
 
 // waitFor polls cond until it holds, failing the test after a generous
-// bound (a hang, not a timing assertion).
+// bound (a hang, not a timing assertion). It is testkit.Eventually's job,
+// but these package-internal tests cannot import testkit: testkit imports
+// bus, which imports wal.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
