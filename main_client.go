@@ -84,7 +84,10 @@ type publishResult struct {
 	// accepted before, as the protocol's reply does.
 	Duplicate bool   `json:"duplicate,omitempty"`
 	MsgID     string `json:"msg_id,omitempty"`
-	Error     string `json:"error,omitempty"`
+	// Code is the protocol's error code (storage_error, unknown_queue,
+	// ...), so that a script can branch on it as a client would.
+	Code  string `json:"code,omitempty"`
+	Error string `json:"error,omitempty"`
 }
 
 func (p *program) publishCommand() *cli.Command {
@@ -195,6 +198,9 @@ func (p *program) publish(c *cli.Context) error {
 		}
 		if perr != nil {
 			res.Error = perr.Error()
+			if ce := (*client.Error)(nil); errors.As(perr, &ce) {
+				res.Code = string(ce.Code)
+			}
 			if res.Status == "" {
 				res.Status = string(bus.Failed)
 			}
