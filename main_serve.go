@@ -274,6 +274,7 @@ func (p *program) serve(parent context.Context, cfg config.Config, reload func()
 			Metrics: tel.MetricsHandler(),
 			Stats:   func() any { return b.Stats() },
 			Ready:   ready.Load,
+			Pprof:   cfg.AdminPprof,
 			Logger:  log,
 		})
 		if err != nil {

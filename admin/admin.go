@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"time"
 )
@@ -38,6 +39,10 @@ type Config struct {
 	// Ready reports readiness for /readyz; false (draining) answers 503.
 	// nil means always ready.
 	Ready func() bool
+	// Pprof serves the Go runtime's profiles under /debug/pprof/. Off by
+	// default: a CPU profile or trace costs CPU while it runs, and the
+	// profiles show the program's internals to whoever reaches the port.
+	Pprof bool
 	// Logger receives server errors; nil discards them.
 	Logger *slog.Logger
 }
@@ -65,12 +70,18 @@ func New(cfg Config) (*Server, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, addr: make(chan net.Addr, 1)}
+	writeTimeout := 30 * time.Second
+	if cfg.Pprof {
+		// net/http/pprof refuses a profile at least as long as the write
+		// timeout, and go tool pprof asks for 30 s by default.
+		writeTimeout = 2 * time.Minute
+	}
 	s.srv = &http.Server{
 		Addr:              cfg.Addr,
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      30 * time.Second,
+		WriteTimeout:      writeTimeout,
 		IdleTimeout:       60 * time.Second,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
 	}
@@ -88,6 +99,16 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /stats", s.stats)
 	if s.cfg.Metrics != nil {
 		mux.Handle("GET /metrics", s.cfg.Metrics)
+	}
+	if s.cfg.Pprof {
+		// Registered on this mux only: importing net/http/pprof also adds
+		// the routes to http.DefaultServeMux, which the sidecar never serves.
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("POST /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	}
 	return mux
 }

@@ -235,6 +235,11 @@ type Delivery struct {
 	// DeadLetter is set on an event that reached this queue as a dead
 	// letter: where it came from and why.
 	DeadLetter *DeadLetter
+	// More reports that another event was ready for the same consumer when
+	// this one was handed over, so that a caller which batches its output
+	// can take the next one before it writes. A hint: another consumer of
+	// the queue may still take that event first.
+	More bool
 }
 
 // DeadLetter describes an event moved to a dead-letter queue after

@@ -189,6 +189,7 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 		sc = f.span.SpanContext()
 	}
 	c.inflight[e.seq] = f
+	more := len(c.inflight) < c.prefetch && q.store.Len() > 0
 	q.counters.inFlight.Add(1)
 	admitted := q.admitWaitersLocked()
 	// Other idle consumers may be owed a wake-up for events still waiting.
@@ -217,6 +218,7 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 		Redeliveries: e.redeliveries,
 		SpanContext:  sc,
 		DeadLetter:   deadLetterCopy(e.dl),
+		More:         more,
 	}, nil
 }
 

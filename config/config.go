@@ -48,6 +48,10 @@ type Config struct {
 	// AdminAddr is the admin HTTP listener (/metrics, /healthz, /readyz,
 	// /stats); empty disables it.
 	AdminAddr string
+	// AdminPprof serves the Go runtime's profiles under /debug/pprof on the
+	// admin listener. Off by default: a profile costs CPU while it runs and
+	// shows the program's internals to whoever reaches the port.
+	AdminPprof bool
 	// LogLevel is one of LogLevels.
 	LogLevel string
 	// LogFormat is one of LogFormats.

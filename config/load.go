@@ -124,6 +124,7 @@ type fileConfig struct {
 	SocketMode     yaml.Node         `yaml:"socket_mode"`
 	DataDir        yaml.Node         `yaml:"data_dir"`
 	AdminAddr      yaml.Node         `yaml:"admin_addr"`
+	AdminPprof     yaml.Node         `yaml:"admin_pprof"`
 	LogLevel       yaml.Node         `yaml:"log_level"`
 	LogFormat      yaml.Node         `yaml:"log_format"`
 	DrainTimeout   yaml.Node         `yaml:"drain_timeout"`
@@ -162,7 +163,7 @@ type fileTelemetry struct {
 
 // fileKeys lists the keys each YAML mapping accepts, for unknown-key errors.
 var fileKeys = map[string]string{
-	"fileConfig":    "socket, socket_mode, data_dir, admin_addr, log_level, log_format, drain_timeout, max_frame_bytes, write_timeout, max_output_bytes, max_connections, max_buffered_bytes, frame_timeout, allowed_uids, allowed_gids, queues, routes, default_queue, telemetry",
+	"fileConfig":    "socket, socket_mode, data_dir, admin_addr, admin_pprof, log_level, log_format, drain_timeout, max_frame_bytes, write_timeout, max_output_bytes, max_connections, max_buffered_bytes, frame_timeout, allowed_uids, allowed_gids, queues, routes, default_queue, telemetry",
 	"fileQueue":     "name, capacity, policy, timeout, " + durabilityKeys,
 	"fileTelemetry": "disabled, traces_disabled, otlp_endpoint, otlp_insecure, service_name, data_sample_ratio, metric_interval, span_export_cpu",
 }
@@ -173,6 +174,7 @@ func (f *fileConfig) scalars() map[string]*yaml.Node {
 		"socket_mode":        &f.SocketMode,
 		"data_dir":           &f.DataDir,
 		"admin_addr":         &f.AdminAddr,
+		"admin_pprof":        &f.AdminPprof,
 		"log_level":          &f.LogLevel,
 		"log_format":         &f.LogFormat,
 		"drain_timeout":      &f.DrainTimeout,

@@ -86,6 +86,11 @@ func Settings() []Setting {
 			},
 		},
 		{
+			Key: "admin_pprof", Bool: true, Flag: "admin-pprof", Usage: "serve the Go runtime's profiles under /debug/pprof on the admin listener",
+			set: func(c *Config, v string) error { return parseBool(v, &c.AdminPprof) },
+			get: func(c Config) string { return strconv.FormatBool(c.AdminPprof) },
+		},
+		{
 			Key: "log_level", Live: true, Flag: "log-level", Usage: "log level: " + strings.Join(LogLevels, ", "),
 			set: func(c *Config, v string) error { c.LogLevel = v; return nil },
 			get: func(c Config) string { return c.LogLevel },

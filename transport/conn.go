@@ -34,10 +34,17 @@ const (
 // to waiting publishes only append to the output buffer. Whichever loop
 // detects the end of the connection records why, once (closeWith).
 type conn struct {
-	s      *Server
-	nc     net.Conn
-	logger *slog.Logger // the server's, with the peer's uid and pid
-	log    func(msg string, args ...any)
+	s   *Server
+	nc  net.Conn
+	raw syscall.RawConn // nc's, for outputFlush; nil when nc has none
+	// rawBuf and rawWritten are tryWrite's, bound once in rawWriteFn so
+	// that an inline write allocates nothing. Only the goroutine that set
+	// inline uses them.
+	rawBuf     []byte
+	rawWritten int
+	rawWriteFn func(fd uintptr) bool
+	logger     *slog.Logger // the server's, with the peer's uid and pid
+	log        func(msg string, args ...any)
 
 	// held is what the budget accounts to this connection: its read
 	// buffer, its output, its waiting publishes. Under the budget's lock.
@@ -61,6 +68,10 @@ type conn struct {
 	oclosed    bool // no more output will be produced
 	dead       bool // output is discarded (write failed or forced close)
 	writerIdle bool
+	// inline is set while a producer writes the output on its own
+	// goroutine (outputFlush); the write loop leaves the socket alone
+	// meanwhile.
+	inline     bool
 	roomWait   int
 	wake       chan struct{}
 	writerDone chan struct{}
@@ -100,6 +111,12 @@ func newConn(s *Server, nc net.Conn, peer peerCred) *conn {
 		writerIdle: true,
 	}
 	c.room = sync.NewCond(&c.omu)
+	if sc, ok := nc.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			c.raw = raw
+			c.rawWriteFn = c.rawWrite
+		}
+	}
 	c.internFn = c.intern
 	c.fr.c = c
 	c.logger = s.log
@@ -722,6 +739,105 @@ func (c *conn) outputPaid(credit int64, appendFrame func([]byte) []byte) {
 	}
 }
 
+// outputFlush is outputPaid for a producer that may write on its own
+// goroutine. When the write loop is parked, the frames go out here in
+// non-blocking writes, which spares a goroutine wake-up per frame on a
+// connection that sees an event at a time. Whatever the socket does not
+// take at once is left to the write loop, which alone waits for the
+// socket, so the write deadline and the close reasons stay its own.
+func (c *conn) outputFlush(credit int64, appendFrame func([]byte) []byte) {
+	c.omu.Lock()
+	if c.dead || c.oclosed {
+		c.omu.Unlock()
+		c.s.budget.charge(c, -credit, 0)
+		return
+	}
+	n := len(c.obuf)
+	c.obuf = appendFrame(c.obuf)
+	added := int64(len(c.obuf) - n)
+	if !c.writerIdle || c.inline || c.raw == nil {
+		// The write loop is awake, or an inline write will hand its
+		// leftovers to it.
+		wake := c.writerIdle && !c.inline
+		if wake {
+			c.writerIdle = false
+		}
+		c.omu.Unlock()
+		c.s.budget.charge(c, added-credit, 0)
+		if wake {
+			c.signalWriter()
+		}
+		return
+	}
+	c.inline = true
+	c.writerIdle = false
+	buf := c.obuf
+	c.obuf = c.spare[:0]
+	c.writing = len(buf)
+	c.omu.Unlock()
+	c.s.budget.charge(c, added-credit, 0)
+
+	written := c.tryWrite(buf)
+
+	c.omu.Lock()
+	c.inline = false
+	c.writing = 0
+	released := written
+	switch {
+	case c.dead:
+		// Killed meanwhile: the rest is discarded like the queued output.
+		released = len(buf)
+		c.spare = buf[:0]
+	case written < len(buf):
+		// The rest goes before what was appended meanwhile.
+		rest := append(buf[:0], buf[written:]...)
+		c.spare = c.obuf[:0]
+		c.obuf = append(rest, c.obuf...)
+	default:
+		c.spare = buf[:0]
+	}
+	if c.roomWait > 0 {
+		c.room.Broadcast()
+	}
+	// The write loop is parked (it was when the write began, and it parks
+	// again if woken meanwhile): wake it if there is anything for it.
+	wake := len(c.obuf) > 0 || c.oclosed || c.dead
+	c.writerIdle = !wake
+	c.omu.Unlock()
+	c.s.budget.charge(c, -int64(released), 0)
+	if wake {
+		c.signalWriter()
+	}
+}
+
+// tryWrite writes buf with non-blocking write calls until the socket
+// takes no more, and returns how many bytes it took. Errors are left to
+// the write loop, which meets them again on its next write.
+func (c *conn) tryWrite(buf []byte) int {
+	// The write loop's deadline of its last write may have passed, and a
+	// passed deadline fails the raw write before it is tried.
+	if c.nc.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout)) != nil {
+		return 0
+	}
+	c.rawBuf, c.rawWritten = buf, 0
+	_ = c.raw.Write(c.rawWriteFn)
+	written := c.rawWritten
+	c.rawBuf = nil
+	return written
+}
+
+// rawWrite is tryWrite's raw write of c.rawBuf.
+func (c *conn) rawWrite(fd uintptr) bool {
+	for c.rawWritten < len(c.rawBuf) {
+		n, err := syscall.Write(int(fd), c.rawBuf[c.rawWritten:])
+		if err != nil || n <= 0 {
+			break
+		}
+		c.rawWritten += n
+	}
+	return true // never wait for the socket here
+}
+
 func (c *conn) signalWriter() {
 	select {
 	case c.wake <- struct{}{}:
@@ -783,8 +899,10 @@ func (c *conn) writeLoop() {
 	defer close(c.writerDone)
 	for {
 		c.omu.Lock()
-		if len(c.obuf) == 0 || c.dead {
-			if c.oclosed || c.dead {
+		if len(c.obuf) == 0 || c.dead || c.inline {
+			// During an inline write the socket is outputFlush's; it
+			// wakes this loop when it is done, if there is anything left.
+			if (c.oclosed || c.dead) && !c.inline {
 				c.omu.Unlock()
 				return
 			}
@@ -916,7 +1034,13 @@ func (s *subscription) pump() {
 		if d.SpanContext.IsValid() {
 			tp = protocol.AppendTraceparent(tp, d.SpanContext)
 		}
-		c.outputPaid(credit, func(b []byte) []byte { return protocol.AppendDeliverTraceparent(b, &f, tp) })
+		appendFrame := func(b []byte) []byte { return protocol.AppendDeliverTraceparent(b, &f, tp) }
+		if d.More {
+			// The write loop batches this frame with the next ones.
+			c.outputPaid(credit, appendFrame)
+		} else {
+			c.outputFlush(credit, appendFrame)
+		}
 	}
 }
 
