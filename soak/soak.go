@@ -73,7 +73,7 @@ const (
 	growthTolerance = 0.25
 	fdSlack         = 64
 	threadSlack     = 8
-	rssSlack        = 16 << 20
+	rssSlack        = 16 // MiB
 )
 
 // maxMissedMetrics is how many samples in a row /metrics may fail to
@@ -87,9 +87,10 @@ const DefaultBudget = 128 << 20
 // Report is the outcome of a run.
 type Report struct {
 	Samples []Sample
-	// RSSLimit is the budget plus transport.RuntimeOverhead.
-	RSSLimit int64
-	Growth   []Growth
+	// RSSLimit is the budget plus transport.RuntimeOverhead; PeakRSS the
+	// largest RSS sampled.
+	RSSLimit, PeakRSS int64
+	Growth            []Growth
 	// Failures says why the run failed; empty when it passed.
 	Failures []string
 
@@ -343,7 +344,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	end := time.NewTimer(cfg.Duration)
 	var lastGood int64
 	lastAt := d.start
-	missed := 0
+	missed, overs := 0, 0
 	// Until /metrics first answers, the bound is taken at its default.
 	budget := int64(DefaultBudget)
 	var died bool
@@ -389,8 +390,14 @@ sampling:
 			}
 			rep.RSSLimit = budget + transport.RuntimeOverhead
 			if over := overBound(s, budget); over != "" {
-				fail("%s", over)
+				// Once is enough to fail; the count and peak go in the
+				// summary.
+				if overs == 0 {
+					fail("%s", over)
+				}
+				overs++
 			}
+			rep.PeakRSS = max(rep.PeakRSS, s.RSS)
 			if stalled := checkStalls(now, cfg.Stall, busy, c, &rep); stalled != "" {
 				fail("at %v %s", s.At.Round(time.Second), stalled)
 			}
@@ -398,6 +405,9 @@ sampling:
 	}
 	tick.Stop()
 	end.Stop()
+	if overs > 1 {
+		fail("RSS was over the bound in %d of %d samples, peak %s", overs, len(rep.Samples), mib(rep.PeakRSS))
+	}
 	stopClients()
 	wg.Wait()
 	if !died {
@@ -412,12 +422,12 @@ sampling:
 		if s.At < cfg.Warmup {
 			continue
 		}
-		rss = append(rss, float64(s.RSS))
+		rss = append(rss, float64(s.RSS)/(1<<20))
 		fds = append(fds, float64(s.FDs))
 		threads = append(threads, float64(s.Threads))
 	}
 	rep.Growth = []Growth{
-		growth("rss", rss, growthTolerance, rssSlack),
+		growth("rss MiB", rss, growthTolerance, rssSlack),
 		growth("fds", fds, growthTolerance, fdSlack),
 		growth("threads", threads, growthTolerance, threadSlack),
 	}
@@ -522,7 +532,11 @@ func writeSample(w io.Writer, s Sample) {
 
 // minuteOf is the minute of the run a sample closes or falls in: 1 for
 // (0, 1m], 2 for (1m, 2m] and so on.
-func minuteOf(at time.Duration) int { return int((at + time.Minute - 1) / time.Minute) }
+// Samples are taken a little after each tick, so at is rounded to the
+// second first.
+func minuteOf(at time.Duration) int {
+	return int((at.Round(time.Second) + time.Minute - 1) / time.Minute)
+}
 
 // WriteSummary prints a row per minute (the maxima of its samples, the mean
 // good-client rate), the growth checks and the verdict.
@@ -543,15 +557,15 @@ func (r Report) WriteSummary(w io.Writer) {
 		}
 		fmt.Fprintf(w, "| %d | %s | %d | %d | %s | %.0f |\n", minute, mib(rss), fds, threads, mib(buf), good/float64(n))
 	}
-	fmt.Fprintf(w, "\nRSS limit: max_buffered_bytes + transport.RuntimeOverhead = %s\n", mib(r.RSSLimit))
+	fmt.Fprintf(w, "\nRSS peak %s, limit max_buffered_bytes + transport.RuntimeOverhead = %s\n", mib(r.PeakRSS), mib(r.RSSLimit))
 	for _, g := range r.Growth {
 		verdict := "flat"
 		if !g.OK() {
 			verdict = "GREW"
 		}
-		fmt.Fprintf(w, "%-8s first third median %.0f, last third %.0f, limit %.0f: %s\n", g.Name, g.First, g.Last, g.Limit, verdict)
+		fmt.Fprintf(w, "%-8s: first third median %.0f, last third %.0f, limit %.0f: %s\n", g.Name, g.First, g.Last, g.Limit, verdict)
 	}
-	fmt.Fprintf(w, "well-behaved: %d publish replies (accepted %d, dropped %d, timeout %d, other %d), %d deliveries, longest publish wait seen %v, %d connections lost\n",
+	fmt.Fprintf(w, "well-behaved: %d publish replies (accepted %d, dropped %d, timeout %d, other %d), %d deliveries, longest publish wait seen at a sample %v, %d connections lost\n",
 		r.Replies, r.Accepted, r.Dropped, r.Timeout, r.Bad, r.Deliveries, r.MaxPublishWait.Round(time.Millisecond), r.GoodDisconnects)
 	fmt.Fprintf(w, "hostile: %d non-reader connections, %d trickler connections (%d frame_timeout), %d churn cycles, %d malformed replies, %d oversize frames (%d frame_too_large), %d too_many_connections, %d dial errors\n",
 		r.NonReaderConns, r.TricklerConns, r.FrameTimeouts, r.Churns, r.MalformedReplies, r.Oversize, r.FrameTooLarge, r.Rejected, r.DialErrors)

@@ -199,3 +199,14 @@ func TestRunFailsWhenTheSidecarDies(t *testing.T) {
 		t.Fatalf("Run error %v, want ErrFailed saying the sidecar is gone\n%s", err, out.buf.String())
 	}
 }
+
+func TestMinuteOf(t *testing.T) {
+	for _, tt := range []struct {
+		at   time.Duration
+		want int
+	}{{5 * time.Second, 1}, {time.Minute, 1}, {time.Minute + 2*time.Millisecond, 1}, {65 * time.Second, 2}, {10 * time.Minute, 10}} {
+		if got := minuteOf(tt.at); got != tt.want {
+			t.Errorf("minuteOf(%v) = %d, want %d", tt.at, got, tt.want)
+		}
+	}
+}
