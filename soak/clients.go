@@ -90,7 +90,6 @@ type frame struct {
 	Op     string `json:"op"`
 	ID     *int64 `json:"id"`
 	Status string `json:"status"`
-	Code   string `json:"code"`
 	Queue  string `json:"queue"`
 	Seq    uint64 `json:"seq"`
 }
@@ -100,7 +99,7 @@ type driver struct {
 	socket       string
 	c            *counters
 	publishEvery time.Duration
-	start        time.Time
+	start        time.Time // when the clients started, the samples' zero
 }
 
 // dial connects and arranges for the connection to close when ctx ends,
