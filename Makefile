@@ -14,6 +14,9 @@
 #   make load    the load tool against real sidecars: telemetry off vs metrics only,
 #                1 and 8 publishing connections, one acking consumer
 #   make lint    gofmt, go vet, staticcheck
+#   make soak    SOAK_CONNECTIONS (1000) hostile and well-behaved connections against a real
+#                sidecar for SOAK_DURATION (10m); fails if RSS, fds or threads grow or pass
+#                the memory bound, or good clients stall (not part of `make test`)
 SHELL := /bin/bash
 GO ?= go
 BIN := bin/eventbus-sidecar
@@ -31,13 +34,18 @@ LOAD_ROUNDS ?= 2
 LOAD_RATE ?= 10000
 LOAD_OPEN_SECONDS ?= 5
 LOAD_DURATION ?= 60s
+# SOAK_CONNECTIONS, SOAK_DURATION and SOAK_INTERVAL (time between samples)
+# tune `make soak`.
+SOAK_CONNECTIONS ?= 1000
+SOAK_DURATION ?= 10m
+SOAK_INTERVAL ?= 5s
 # DATA_DIR is where `make run` keeps the durable queues' write-ahead logs.
 DATA_DIR ?= $(CURDIR)/.eventbus-data
 # FUZZTIME tunes `make fuzz`: how long each fuzz target runs.
 FUZZTIME ?= 10s
 TEST_TARGETS := test-go fuzz
 
-.PHONY: all build run test test-go fuzz bench load lint print-test-targets
+.PHONY: all build run test test-go fuzz bench load soak lint print-test-targets
 all: build
 
 build:
@@ -90,6 +98,13 @@ load: build
 	    kill -TERM $$pid; wait $$pid; \
 	  done; \
 	done
+
+# The soak starts its own sidecar (this binary's serve) on a temporary
+# socket, data dir and free admin port, so it runs beside anything else.
+soak: build
+	@echo "### soak: ulimit -n $$(ulimit -n) (hard $$(ulimit -Hn)), load average $$(cut -d' ' -f1-3 /proc/loadavg)"
+	./$(BIN) soak --connections $(SOAK_CONNECTIONS) --duration $(SOAK_DURATION) --interval $(SOAK_INTERVAL)
+	@echo "### soak done, load average $$(cut -d' ' -f1-3 /proc/loadavg)"
 
 $(STATICCHECK):
 	GOBIN=$(CURDIR)/bin $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)

@@ -93,6 +93,7 @@ func (p *program) app() *cli.App {
 			p.walCommand(),
 			p.versionCommand(),
 			loadCommand(),
+			soakCommand(),
 			demoCommand(),
 		},
 		// The default handler calls os.Exit; run owns the exit code instead.
