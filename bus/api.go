@@ -58,6 +58,8 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/wal"
 )
 
 // Policy says what a publish does when its queue is full.
@@ -131,6 +133,14 @@ const (
 
 // DefaultDedupeWindow is how long a MsgID is remembered by default.
 const DefaultDedupeWindow = 2 * time.Minute
+
+// MaxDedupeIDs bounds the msg ids a queue remembers, whatever its window:
+// each costs about 350 bytes, so at 10,000 publishes a second a two-minute
+// window would hold 0.4 GB, far past a sidecar's memory limit. Past the
+// bound the oldest id is forgotten first, so a busy queue's effective
+// window is the time it takes to accept MaxDedupeIDs events (over 5 s at
+// 5,000 a second; the whole window on an order queue's usual rates).
+const MaxDedupeIDs = wal.MaxMsgIDs
 
 // MaxMsgIDBytes bounds a publish's MsgID.
 const MaxMsgIDBytes = 256

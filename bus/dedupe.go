@@ -38,10 +38,25 @@ func (d *dedupe) lookup(id string, now time.Time) (msgIDRec, bool) {
 	return r, ok
 }
 
-// add records id as accepted at at with seq (commit: still being stored).
+// add records id as accepted at at with seq (commit: still being stored),
+// forgetting the oldest ids past MaxDedupeIDs.
 func (d *dedupe) add(id string, seq uint64, at time.Time, commit *Pending) {
 	d.ids[id] = msgIDRec{seq: seq, at: at, commit: commit}
 	d.order = append(d.order, msgIDKey{id: id, seq: seq, at: at})
+	for len(d.order)-d.head > MaxDedupeIDs {
+		d.dropOldest()
+	}
+	d.compact()
+}
+
+// dropOldest forgets the oldest remembered id.
+func (d *dedupe) dropOldest() {
+	k := d.order[d.head]
+	if r, ok := d.ids[k.id]; ok && r.seq == k.seq {
+		delete(d.ids, k.id)
+	}
+	d.order[d.head] = msgIDKey{}
+	d.head++
 }
 
 // stored marks id's append as done.
@@ -64,13 +79,13 @@ func (d *dedupe) forget(id string, seq uint64) {
 func (d *dedupe) expire(now time.Time) {
 	cutoff := now.Add(-d.window)
 	for d.head < len(d.order) && d.order[d.head].at.Before(cutoff) {
-		k := d.order[d.head]
-		if r, ok := d.ids[k.id]; ok && r.seq == k.seq {
-			delete(d.ids, k.id)
-		}
-		d.order[d.head] = msgIDKey{}
-		d.head++
+		d.dropOldest()
 	}
+	d.compact()
+}
+
+// compact reclaims the forgotten front of order once it is most of it.
+func (d *dedupe) compact() {
 	if d.head == len(d.order) {
 		d.order, d.head = d.order[:0], 0
 	} else if d.head > 1024 && d.head > len(d.order)/2 {

@@ -48,6 +48,11 @@ var (
 	ErrUnknownSeq = errors.New("wal unknown seq")
 )
 
+// MaxMsgIDs bounds the msg ids a log remembers for its dedupe window, and
+// so what it carries forward at rotation: a busy log forgets the oldest
+// first rather than grow with the publish rate.
+const MaxMsgIDs = 32768
+
 // FsyncMode says when appended records reach stable storage.
 type FsyncMode string
 
@@ -526,6 +531,10 @@ func (l *Log) enqueue(data []byte, msgID string, at time.Time, done func(Appende
 	l.pendCount++
 	if msgID != "" {
 		l.ids = append(l.ids, MsgID{ID: msgID, Seq: seq, AcceptedAt: at})
+		if len(l.ids) > 2*MaxMsgIDs {
+			// Trimmed in halves so that each append costs O(1) on average.
+			l.ids = slices.Delete(l.ids, 0, len(l.ids)-MaxMsgIDs)
+		}
 	}
 	b := l.batch
 	if b == nil {
