@@ -12,6 +12,7 @@ type renderConfig struct {
 	SocketMode     string            `yaml:"socket_mode"`
 	DataDir        string            `yaml:"data_dir"`
 	AdminAddr      string            `yaml:"admin_addr"`
+	AdminPprof     bool              `yaml:"admin_pprof"`
 	LogLevel       string            `yaml:"log_level"`
 	LogFormat      string            `yaml:"log_format"`
 	DrainTimeout   string            `yaml:"drain_timeout"`
@@ -66,6 +67,7 @@ func (c Config) YAML() ([]byte, error) {
 		SocketMode:     formatMode(c.SocketMode),
 		DataDir:        c.DataDir,
 		AdminAddr:      c.AdminAddr,
+		AdminPprof:     c.AdminPprof,
 		LogLevel:       c.LogLevel,
 		LogFormat:      c.LogFormat,
 		DrainTimeout:   c.DrainTimeout.String(),
