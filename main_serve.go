@@ -391,7 +391,7 @@ func (p *program) serve(parent context.Context, cfg config.Config, reload func()
 		"admin_addr", adminAddr, "queues", strings.Join(b.Queues(), ","), "data_dir", cfg.DataDir, "drain_timeout", cfg.DrainTimeout,
 		"max_connections", cfg.MaxConnections, "max_buffered_bytes", cfg.MaxBufferedBytes)
 
-	failure, rest := g.run()
+	rest, failure := g.run()
 	if errs := append(stopErrs, rest...); len(errs) > 0 {
 		log.Warn("shutdown incomplete", "err", errors.Join(errs...))
 	}
@@ -439,7 +439,7 @@ func (g *runGroup) add(name string, execute func() error, interrupt func(cause e
 // run executes every actor until one returns and returns that one's error
 // as "<name> stopped: <err>" (nil if it returned nil), with the errors the
 // others returned once interrupted.
-func (g *runGroup) run() (first error, rest []error) {
+func (g *runGroup) run() (rest []error, first error) {
 	if len(g.actors) == 0 {
 		return nil, nil
 	}
@@ -463,7 +463,7 @@ func (g *runGroup) run() (first error, rest []error) {
 			rest = append(rest, fmt.Errorf("%s: %w", r.name, r.err))
 		}
 	}
-	return first, rest
+	return rest, first
 }
 
 // logUndelivered reports what the drain could not hand out before its

@@ -312,7 +312,7 @@ func TestRunGroup(t *testing.T) {
 	g.add("failer",
 		func() error { return failed },
 		func(cause error) { order = append(order, "failer") })
-	first, rest := g.run()
+	rest, first := g.run()
 	if !errors.Is(first, failed) || first.Error() != "failer stopped: listener gone" {
 		t.Errorf("first = %v, want failer stopped: listener gone", first)
 	}
@@ -329,7 +329,7 @@ func TestRunGroup(t *testing.T) {
 			t.Errorf("cause %v, want nil after a nil return", cause)
 		}
 	})
-	if first, rest := quiet.run(); first != nil || rest != nil {
+	if rest, first := quiet.run(); first != nil || rest != nil {
 		t.Errorf("run = %v, %v, want nothing", first, rest)
 	}
 }

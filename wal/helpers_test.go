@@ -208,5 +208,3 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
-
-func isStorage(err error) bool { return errors.Is(err, ErrStorage) }
