@@ -15,7 +15,7 @@ import (
 )
 
 // overflowLines returns the drop summaries written to logs so far.
-func overflowLines(logs *syncBuffer) []string {
+func overflowLines(logs *testkit.SyncBuffer) []string {
 	var out []string
 	for _, l := range strings.Split(logs.String(), "\n") {
 		if strings.Contains(l, "queue overflow") {
@@ -26,7 +26,7 @@ func overflowLines(logs *syncBuffer) []string {
 }
 
 func TestLogDropsSummarisesSinceTheLastSummary(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	b, clk := newBus(t, oneQueue("candles", 1, bus.PolicyDropOldest, 0),
 		bus.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
 
@@ -70,7 +70,7 @@ func TestLogDropsSummarisesSinceTheLastSummary(t *testing.T) {
 // TestReadsDoNotLog: Stats and the metrics callback only read, so that
 // when drops are logged does not depend on who looks at the bus how often.
 func TestReadsDoNotLog(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	r := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(r))
 	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
@@ -96,7 +96,7 @@ func TestReadsDoNotLog(t *testing.T) {
 }
 
 func TestLogDropsSkipsQueuesWithoutDrops(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	b, clk := newBus(t, bus.DefaultQueues(), bus.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
 	publishN(t, b, "data", "CANDLE_UPDATE", 0, 1000)
 	res := publishAsync(context.Background(), b, event("CANDLE_UPDATE", 1000), "data")
@@ -114,7 +114,7 @@ func TestLogDropsSkipsQueuesWithoutDrops(t *testing.T) {
 }
 
 func TestTimeoutsLoggedAsErrors(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	b, clk := newBus(t, oneQueue("signal", 1, bus.PolicyFail, time.Second),
 		bus.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
 	publishN(t, b, "signal", "T", 0, 1)
@@ -135,7 +135,7 @@ func TestTimeoutsLoggedAsErrors(t *testing.T) {
 // TestLogDropsConcurrentWithDrops: summaries written while publishers keep
 // dropping add up to the drop count, none counted twice or lost.
 func TestLogDropsConcurrentWithDrops(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	b, _ := newBus(t, oneQueue("candles", 1, bus.PolicyDropOldest, 0),
 		bus.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
 	done := make(chan struct{})

@@ -459,7 +459,7 @@ func TestReconfigureConcurrentWithPublishes(t *testing.T) {
 }
 
 func TestReconfigureLogsWhatChanged(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	b, _ := newBus(t, bus.DefaultQueues(), bus.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
 	publishN(t, b, "signal", "T", 0, 5)
 	queues := bus.DefaultQueues()

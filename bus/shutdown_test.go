@@ -1,7 +1,6 @@
 package bus_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -14,26 +13,8 @@ import (
 	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
-}
-
 func TestShutdownDrainsThenReportsNothingLeft(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	b, _ := newBus(t, bus.DefaultQueues(), bus.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
 	publishN(t, b, "order", "ORDER_PLACED", 0, 10)
 	c := subscribe(t, b, "order", 2)
@@ -136,7 +117,7 @@ func TestShutdownRefusesPublishesAndFailsWaiters(t *testing.T) {
 }
 
 func TestShutdownCountsInFlightAsUndelivered(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	b, _ := newBus(t, bus.DefaultQueues(), bus.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
 	publishN(t, b, "signal", "SIGNAL_GENERATED", 0, 3)
 	c := subscribe(t, b, "signal", 1)

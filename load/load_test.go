@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -156,27 +155,9 @@ func TestPayloadCarriesTimestamp(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a writer goroutine.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func TestRunOpenLoop(t *testing.T) {
 	path, _ := startSidecar(t, bus.DefaultQueues())
-	var progress syncBuffer
+	var progress testkit.SyncBuffer
 	cfg := Config{Socket: path, Events: 2000, Rate: 20000, Concurrency: 16, Label: "sidecar", Progress: &progress}
 	res, err := Run(context.Background(), cfg)
 	if err != nil {

@@ -2,7 +2,6 @@ package transport
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"net"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -138,32 +136,8 @@ func TestMaxConnectionsDefault(t *testing.T) {
 	}
 }
 
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-// lines returns the logged lines that contain substr.
-func (s *syncBuffer) lines(substr string) []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []string
-	for _, l := range strings.Split(s.buf.String(), "\n") {
-		if strings.Contains(l, substr) {
-			out = append(out, l)
-		}
-	}
-	return out
-}
-
 func TestLogRejections(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	ts, reader := meteredServer(t, withConfig(func(c *Config) {
 		c.MaxConnections = 1
 		c.Logger = slog.New(slog.NewTextHandler(logs, nil))
@@ -178,7 +152,7 @@ func TestLogRejections(t *testing.T) {
 			dialRaw(t, ts.path).expectRejected(1)
 		}
 	}
-	lines := func() []string { return logs.lines("connection limit reached") }
+	lines := func() []string { return logs.Lines("connection limit reached") }
 	expect := func(when string, n int, last string) {
 		t.Helper()
 		got := lines()

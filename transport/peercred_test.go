@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
@@ -80,7 +81,7 @@ func TestPeerCredentials(t *testing.T) {
 		t.Fatal("this test connects as another user, which needs root")
 	}
 	const nobody = 65534
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	ts, reader := meteredServer(t, withConfig(func(c *Config) {
 		c.AllowedUIDs = []uint32{0}
 		c.AllowedGIDs = []uint32{4242}
@@ -118,13 +119,13 @@ func TestPeerCredentials(t *testing.T) {
 
 	c := dialRaw(t, ts.path)
 	c.expectReply(c.roundTrip(`{"op":"ping","id":1}`), 1, protocol.StatusOK)
-	opened := logs.lines("connection opened")
+	opened := logs.Lines("connection opened")
 	want := fmt.Sprintf("peer_uid=0 peer_pid=%d", os.Getpid())
 	if len(opened) == 0 || !strings.Contains(opened[len(opened)-1], want) {
 		t.Fatalf("connection log lines %q; want the last with %q", opened, want)
 	}
 	ts.srv.LogRejections()
-	if l := logs.lines("uid and gid are not allowed"); len(l) != 1 || !strings.Contains(l[0], "refused=1") {
+	if l := logs.Lines("uid and gid are not allowed"); len(l) != 1 || !strings.Contains(l[0], "refused=1") {
 		t.Fatalf("refusal summary %q, want one line with refused=1", l)
 	}
 

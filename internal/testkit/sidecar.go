@@ -103,7 +103,7 @@ type Sidecar struct {
 	// AdminAddr is the admin listener's host:port; empty with NoAdmin.
 	AdminAddr string
 
-	logs    *syncBuffer
+	logs    *SyncBuffer
 	proc    *os.Process // nil in-process
 	cancel  context.CancelFunc
 	done    chan struct{}
@@ -127,7 +127,7 @@ func StartSidecar(t testing.TB, cfg SidecarConfig) *Sidecar {
 	if (cfg.Binary == "") == (cfg.Main == nil) {
 		t.Fatalf("testkit.StartSidecar: set exactly one of Binary (%q) and Main (set: %v)", cfg.Binary, cfg.Main != nil)
 	}
-	s := &Sidecar{Socket: cfg.Socket, logs: &syncBuffer{}, done: make(chan struct{})}
+	s := &Sidecar{Socket: cfg.Socket, logs: &SyncBuffer{}, done: make(chan struct{})}
 	if s.Socket == "" {
 		s.Socket = filepath.Join(ShortTempDir(t), "s.sock")
 	}
@@ -354,22 +354,35 @@ func FreeAddr(t testing.TB) string {
 	return l.Addr().String()
 }
 
-// syncBuffer is a bytes.Buffer that a process writes while a test reads.
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer that a process or logger writes while a
+// test reads it: a log sink for code under test.
+type SyncBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
+func (b *SyncBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-func (b *syncBuffer) String() string {
+// String returns everything written so far.
+func (b *SyncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// Lines returns the written lines that contain substr.
+func (b *SyncBuffer) Lines(substr string) []string {
+	var out []string
+	for _, l := range strings.Split(b.String(), "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return out
 }
 
 // tail returns the last n lines of s.
