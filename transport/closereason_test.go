@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 
+	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
@@ -11,27 +12,34 @@ import (
 	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
-// closedByReason returns eventbus.connections.closed by its reason label.
-func closedByReason(t *testing.T, r *sdkmetric.ManualReader) map[CloseReason]int64 {
+// countsByLabel returns the int64 counter name's data points summed by the
+// value of label.
+func countsByLabel[K ~string](t *testing.T, r *sdkmetric.ManualReader, name, label string) map[K]int64 {
 	t.Helper()
 	var rm metricdata.ResourceMetrics
 	if err := r.Collect(context.Background(), &rm); err != nil {
 		t.Fatal(err)
 	}
-	out := map[CloseReason]int64{}
+	out := map[K]int64{}
 	for _, sm := range rm.ScopeMetrics {
 		for _, m := range sm.Metrics {
 			sum, ok := m.Data.(metricdata.Sum[int64])
-			if m.Name != "eventbus.connections.closed" || !ok {
+			if m.Name != name || !ok {
 				continue
 			}
 			for _, p := range sum.DataPoints {
-				v, _ := p.Attributes.Value("reason")
-				out[CloseReason(v.AsString())] += p.Value
+				v, _ := p.Attributes.Value(attribute.Key(label))
+				out[K(v.AsString())] += p.Value
 			}
 		}
 	}
 	return out
+}
+
+// closedByReason returns eventbus.connections.closed by its reason label.
+func closedByReason(t *testing.T, r *sdkmetric.ManualReader) map[CloseReason]int64 {
+	t.Helper()
+	return countsByLabel[CloseReason](t, r, "eventbus.connections.closed", "reason")
 }
 
 // readerHeldByOutput reports whether c's read loop is parked because the
@@ -77,22 +85,5 @@ func TestClientGoneWhileNotReadingIsClientClosed(t *testing.T) {
 // label.
 func rejectedByReason(t *testing.T, r *sdkmetric.ManualReader) map[RejectReason]int64 {
 	t.Helper()
-	var rm metricdata.ResourceMetrics
-	if err := r.Collect(context.Background(), &rm); err != nil {
-		t.Fatal(err)
-	}
-	out := map[RejectReason]int64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			sum, ok := m.Data.(metricdata.Sum[int64])
-			if m.Name != "eventbus.connections.rejected" || !ok {
-				continue
-			}
-			for _, p := range sum.DataPoints {
-				v, _ := p.Attributes.Value("reason")
-				out[RejectReason(v.AsString())] += p.Value
-			}
-		}
-	}
-	return out
+	return countsByLabel[RejectReason](t, r, "eventbus.connections.rejected", "reason")
 }
