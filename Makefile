@@ -9,7 +9,7 @@
 #                .eventbus-data), so that order and signal survive kill -9; Ctrl-C
 #                drains and stops it
 #   make test    every test: test-go (go test -race), fuzz and each fragment's target
-#   make fuzz    every fuzz target of the module for FUZZTIME each (default 10s)
+#   make fuzz    every fuzz target of the module for FUZZTIME each (default 100000x)
 #   make bench   go benchmarks of bus/ and transport/
 #   make load    the load tool against real sidecars: telemetry off vs metrics only,
 #                1 and 8 publishing connections, one acking consumer
@@ -41,8 +41,12 @@ SOAK_DURATION ?= 10m
 SOAK_INTERVAL ?= 5s
 # DATA_DIR is where `make run` keeps the durable queues' write-ahead logs.
 DATA_DIR ?= $(CURDIR)/.eventbus-data
-# FUZZTIME tunes `make fuzz`: how long each fuzz target runs.
-FUZZTIME ?= 10s
+# FUZZTIME tunes `make fuzz`: how many inputs each fuzz target runs. A
+# count, not a duration: go1.26's fuzz coordinator can report "context
+# deadline exceeded" as a failure when a duration runs out while a starved
+# worker is mid-input, with nothing found. A count has no deadline to race,
+# and on a slow machine it just takes longer. 100000x is 5-35 s per target here.
+FUZZTIME ?= 100000x
 TEST_TARGETS := test-go fuzz
 
 .PHONY: all build run test test-go fuzz bench load soak lint print-test-targets
