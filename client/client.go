@@ -56,6 +56,23 @@ var (
 	ErrPermissionDenied = errors.New("eventbus sidecar refused the connection: permission denied")
 )
 
+// PublishLostError is Publish's error when the connection broke before the
+// sidecar answered: the event may or may not be in the queue. MsgID is the
+// msg_id the publish was sent with (the caller's, or the one the client
+// made), so publishing the event again with ev.MsgID = MsgID cannot place
+// it twice while the sidecar remembers it (it answers Duplicate). It wraps
+// ErrConnectionLost.
+type PublishLostError struct {
+	MsgID string
+	Err   error
+}
+
+func (e *PublishLostError) Error() string {
+	return fmt.Sprintf("%v; publishing again with msg_id %q cannot place it twice", e.Err, e.MsgID)
+}
+
+func (e *PublishLostError) Unwrap() error { return e.Err }
+
 // DefaultCancelGrace is how long a cancelled Publish waits for the
 // sidecar's final answer (cancelled, or accepted if the event got in first).
 const DefaultCancelGrace = 5 * time.Second
@@ -494,9 +511,10 @@ func (c *Client) roundTrip(ctx context.Context, r *protocol.Request) (protocol.M
 // else ev.Parent) is sent as the event's traceparent.
 //
 // If the connection breaks before the answer, the event may or may not be
-// in the queue. Without WithReconnect, Publish then returns Failed with an
-// error wrapping ErrConnectionLost (or ErrClosed); to retry without placing
-// the event twice, publish it again with the same ev.MsgID. Under
+// in the queue. Without WithReconnect, Publish then returns Failed with a
+// *PublishLostError (wrapping ErrConnectionLost) or an error wrapping
+// ErrClosed; to retry without placing the event twice, publish it again
+// with the error's MsgID (on a new client, from Dial). Under
 // WithReconnect, Publish does that itself: it waits for the new connection
 // and sends the event again with the same msg_id, until it has an answer
 // or ctx ends, so that a reconnecting client never places an order twice
@@ -520,8 +538,11 @@ func (c *Client) Publish(ctx context.Context, ev bus.Event, queue string) (bus.O
 	r.Traceparent = c.traceparent(ctx, ev.Parent)
 	for {
 		out, err := c.publishOnce(ctx, &r, queue)
-		if c.opts.backoff == nil || !errors.Is(err, ErrConnectionLost) || ctx.Err() != nil {
+		if !errors.Is(err, ErrConnectionLost) {
 			return out, err
+		}
+		if c.opts.backoff == nil || ctx.Err() != nil {
+			return out, &PublishLostError{MsgID: r.MsgID, Err: err}
 		}
 		c.opts.logger.Debug("retrying a publish lost with the connection", "queue", queue, "msg_id", r.MsgID)
 	}

@@ -195,6 +195,32 @@ func TestPublishRetriedAfterLostConnectionKeepsItsMsgID(t *testing.T) {
 	}
 }
 
+// Without WithReconnect a publish lost with its connection fails, naming
+// the msg_id it was sent with, so that the caller can retry it safely.
+func TestLostPublishNamesItsMsgID(t *testing.T) {
+	for _, callerID := range []string{"", "order-2024-0002"} {
+		t.Run("msg_id="+callerID, func(t *testing.T) {
+			f := startFake(t)
+			ctx := testCtx(t)
+			c := dial(t, f.path)
+			done := publishAsync(ctx, c, bus.Event{Type: "ORDER_PLACED", MsgID: callerID}, "order")
+			r := f.next(t, ctx)
+			r.conn.nc.Close()
+			p := <-done
+			var lost *PublishLostError
+			if p.out != bus.Failed || !errors.As(p.err, &lost) || !errors.Is(p.err, ErrConnectionLost) {
+				t.Fatalf("publish lost with its connection: %v %v, want Failed with a *PublishLostError wrapping ErrConnectionLost", p.out, p.err)
+			}
+			if lost.MsgID != r.req.MsgID || (callerID != "" && lost.MsgID != callerID) {
+				t.Fatalf("error names msg_id %q; the publish was sent with %q (caller's %q)", lost.MsgID, r.req.MsgID, callerID)
+			}
+			if !strings.Contains(p.err.Error(), fmt.Sprintf("%q", r.req.MsgID)) {
+				t.Fatalf("error %q does not name the msg_id %q", p.err, r.req.MsgID)
+			}
+		})
+	}
+}
+
 func TestStorageErrorUnwrapsToErrStorage(t *testing.T) {
 	f := startFake(t)
 	ctx := testCtx(t)

@@ -26,6 +26,7 @@ from .errors import (
     EventBusError,
     ProtocolError,
     PublishError,
+    PublishLostError,
     ShuttingDownError,
     TooManyConnectionsError,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "Outcome",
     "ProtocolError",
     "PublishError",
+    "PublishLostError",
     "ShuttingDownError",
     "TooManyConnectionsError",
 ]

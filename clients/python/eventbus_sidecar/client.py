@@ -17,6 +17,7 @@ import asyncio
 import collections
 import enum
 import inspect
+import json
 import logging
 import os
 import random
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Generator
 
 from .connection import Connection, encode_json
-from .errors import EventBusError, ProtocolError, PublishError, ShuttingDownError
+from .errors import EventBusError, ProtocolError, PublishError, PublishLostError, ShuttingDownError
 from .events import Event, EventType, type_name
 from .tracing import current_traceparent, enter_delivery, exit_delivery
 
@@ -129,11 +130,12 @@ class EventBus:
             confirm the withdrawal before giving up on knowing.
         max_frame_bytes: the sidecar's request line limit; larger events are
             refused here with ``ValueError`` instead of costing the connection.
-        retry_publishes: with ``reconnect``, a publish whose connection is
-            lost before its reply waits for the new connection and is sent
-            again with the same msg_id (the sidecar answers a repeat
-            ``duplicate`` instead of enqueuing it twice), instead of failing
-            with ``ConnectionError``.
+        retry_publishes: a publish whose connection is lost before its
+            reply waits for the new connection and is sent again with the
+            same msg_id (the sidecar answers a repeat ``duplicate`` instead
+            of enqueuing it twice), instead of failing with
+            ``PublishLostError``. Defaults to on with ``reconnect`` (as the
+            Go client's WithReconnect does) and needs it.
         logger: where warnings (drops) and errors (timeouts, handler
             failures) go; default ``logging.getLogger("eventbus_sidecar")``.
     """
@@ -148,11 +150,13 @@ class EventBus:
         connect_timeout: float = 5.0,
         cancel_timeout: float = 5.0,
         max_frame_bytes: int = 1 << 20,
-        retry_publishes: bool = False,
+        retry_publishes: bool | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         if prefetch < 1:
             raise ValueError(f"prefetch must be at least 1, got {prefetch}")
+        if retry_publishes is None:
+            retry_publishes = bool(reconnect)
         if retry_publishes and not reconnect:
             raise ValueError(
                 "retry_publishes=True needs reconnect=True or a Backoff: a publish "
@@ -410,9 +414,11 @@ class EventBus:
                 a bad msg_id, or an event too large for one frame.
             asyncio.TimeoutError: a fail-policy queue (``signal``) stayed full
                 past its timeout; the event was not enqueued.
-            ConnectionError: the connection was lost before the reply; the
-                outcome is unknown. With ``retry_publishes=True`` the client
-                publishes again (same msg_id) once it has reconnected instead.
+            PublishLostError: (a ``ConnectionError``) the connection was
+                lost before the reply; the outcome is unknown, and publishing
+                again with ``msg_id=err.msg_id`` is safe. With ``reconnect``
+                (and ``retry_publishes`` left on) the client does that itself
+                once it has reconnected instead.
             ShuttingDownError: the sidecar is shutting down (a ConnectionError).
             PublishError: any other refusal, with the sidecar's message.
 
@@ -461,8 +467,15 @@ class EventBus:
             except ConnectionError as e:
                 # The connection is gone and with it the reply; the sidecar
                 # may or may not have enqueued the event.
-                if not self._retry_publishes or isinstance(e, ShuttingDownError):
+                if isinstance(e, ShuttingDownError):
                     raise
+                if not self._retry_publishes:
+                    if type(e) is not ConnectionError:
+                        raise  # a refusal: nothing was sent
+                    raw = msg_id if msg_id is not None else json.loads(mid)
+                    raise PublishLostError(
+                        f"{e}; publishing again with msg_id={raw!r} cannot place it twice", raw
+                    ) from e
                 self.logger.info(
                     "eventbus: publishing %s again with msg_id %s after: %s", tname, mid, e
                 )

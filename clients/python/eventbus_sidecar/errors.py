@@ -32,6 +32,22 @@ class ShuttingDownError(EventBusError, ConnectionError):
     """
 
 
+class PublishLostError(EventBusError, ConnectionError):
+    """The connection broke before the sidecar answered a publish.
+
+    The event may or may not be in the queue. ``msg_id`` is the msg_id the
+    publish was sent with (the caller's, or the one the client made), so
+    ``publish(event, queue, msg_id=err.msg_id)`` retries it without the
+    risk of placing it twice: a sidecar that got the first attempt answers
+    ``Outcome.DUPLICATE``. It is a ``ConnectionError``, as the seed's
+    client raised for a lost connection.
+    """
+
+    def __init__(self, message: str, msg_id: str) -> None:
+        super().__init__(message)
+        self.msg_id = msg_id
+
+
 class TooManyConnectionsError(EventBusError, ConnectionError):
     """The sidecar turned the connection away: it serves as many as it may.
 

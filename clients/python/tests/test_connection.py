@@ -13,6 +13,7 @@ from eventbus_sidecar import (
     EventBus,
     EventType,
     Outcome,
+    PublishLostError,
     ShuttingDownError,
     TooManyConnectionsError,
 )
@@ -102,16 +103,39 @@ class TestConnectionLoss(SidecarTestCase):
         bus = await self.connect(reconnect=FAST)
         blocked = await self._block_an_order(bus)
         await asyncio.to_thread(self.sidecar.kill)
-        with self.assertRaises(ConnectionError):
-            await blocked
-        # Published while the sidecar is down: waits for the reconnection.
+        # Published while the sidecar is down: waits for the reconnection,
+        # and so does the order whose reply the kill took away (it is sent
+        # again with its msg_id).
         pending = asyncio.create_task(bus.publish(Event(EventType.SIGNAL_GENERATED, {"x": 1}), queue_name="signal"))
         await asyncio.sleep(0.1)
         self.assertFalse(pending.done())
+        self.assertFalse(blocked.done())
         await asyncio.to_thread(self.sidecar.start)
         async with asyncio.timeout(10):
             self.assertEqual(await pending, Outcome.ACCEPTED)
-        self.assertEqual((await bus.get_queue_stats())["signal"]["size"], 1)
+            # The restarted sidecar (no data dir) lost its queues: the
+            # retried order is enqueued once, into the empty queue.
+            self.assertEqual(await blocked, Outcome.ACCEPTED)
+        stats = await bus.get_queue_stats()
+        self.assertEqual(stats["signal"]["size"], 1)
+        self.assertEqual(stats["order"]["size"], 1)
+
+    async def test_background_reconnect_without_retry_fails_the_lost_publish(self):
+        bus = await self.connect(reconnect=FAST, retry_publishes=False)
+        blocked = await self._block_an_order(bus)
+        await asyncio.to_thread(self.sidecar.kill)
+        with self.assertRaises(PublishLostError) as cm:
+            async with asyncio.timeout(10):
+                await blocked
+        self.assertTrue(cm.exception.msg_id)
+        await asyncio.to_thread(self.sidecar.start)
+        async with asyncio.timeout(10):
+            self.assertEqual(
+                await bus.publish(
+                    Event(EventType.ORDER_PLACED, {"i": 2}), queue_name="order", msg_id=cm.exception.msg_id
+                ),
+                Outcome.ACCEPTED,
+            )
 
     async def test_background_reconnect_gives_up_after_max_attempts(self):
         bus = await self.connect(reconnect=Backoff(initial=0.01, maximum=0.02, max_attempts=3))

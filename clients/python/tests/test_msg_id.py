@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import unittest
 
-from eventbus_sidecar import Backoff, Event, EventBus, EventType, Outcome
+from eventbus_sidecar import Backoff, Event, EventBus, EventType, Outcome, PublishLostError
 
 from .helpers import SidecarTestCase
 
@@ -118,15 +118,40 @@ class TestRetriedPublish(unittest.IsolatedAsyncioTestCase):
         self.assertFalse(outcome.duplicate)
         self.assertEqual([f["msg_id"] for _, f in server.publishes], ["order-42", "order-42"])
 
-    async def test_without_retry_publishes_a_dropped_connection_fails_the_publish(self):
-        server = await self.scripted(drop_first_connection({"status": "accepted"}))
+    async def test_reconnect_alone_retries_with_the_same_msg_id(self):
+        server = await self.scripted(drop_first_connection({"status": "accepted", "duplicate": True}))
         bus = await EventBus.connect(server.path, reconnect=FAST)
         self.addAsyncCleanup(bus.close)
-        with self.assertRaises(ConnectionError) as cm:
-            async with asyncio.timeout(10):
-                await bus.publish(Event(EventType.ORDER_PLACED, {}), queue_name="order")
-        self.assertIn("outcome is unknown", str(cm.exception))
-        self.assertEqual(len(server.publishes), 1)
+        async with asyncio.timeout(10):
+            outcome = await bus.publish(Event(EventType.ORDER_PLACED, {"qty": 1}), queue_name="order")
+        self.assertIs(outcome, Outcome.DUPLICATE)
+        self.assertEqual(len({f["msg_id"] for _, f in server.publishes}), 1, server.publishes)
+        self.assertEqual(len(server.publishes), 2)
+
+    async def test_without_retry_publishes_a_lost_publish_names_its_msg_id(self):
+        for caller_id in (None, "order-7"):
+            with self.subTest(msg_id=caller_id):
+                server = await self.scripted(drop_first_connection({"status": "accepted", "duplicate": True}))
+                bus = await EventBus.connect(server.path, reconnect=FAST, retry_publishes=False)
+                self.addAsyncCleanup(bus.close)
+                event = Event(EventType.ORDER_PLACED, {"qty": 1})
+                with self.assertRaises(PublishLostError) as cm:
+                    async with asyncio.timeout(10):
+                        await bus.publish(event, queue_name="order", msg_id=caller_id)
+                lost = cm.exception
+                self.assertIsInstance(lost, ConnectionError)
+                self.assertIn("outcome is unknown", str(lost))
+                self.assertEqual(len(server.publishes), 1)
+                sent = server.publishes[0][1]["msg_id"]
+                self.assertEqual(lost.msg_id, sent)
+                if caller_id is not None:
+                    self.assertEqual(sent, caller_id)
+                self.assertIn(repr(sent), str(lost))
+                # The caller's own retry with that msg_id is answered as a duplicate.
+                async with asyncio.timeout(10):
+                    outcome = await bus.publish(event, queue_name="order", msg_id=lost.msg_id)
+                self.assertIs(outcome, Outcome.DUPLICATE)
+                self.assertEqual(server.publishes[1][1]["msg_id"], sent)
 
     async def test_every_publish_gets_its_own_msg_id(self):
         server = await self.scripted(lambda n, f: {"status": "accepted"})
