@@ -178,7 +178,7 @@ func New(queues []QueueConfig, opts ...Option) (*Bus, error) {
 			bus:           b,
 			name:          qc.Name,
 			tel:           newQueueTelemetry(qc.Name),
-			store:         newRing(qc.Capacity),
+			store:         newRing(),
 			dedupe:        newDedupe(window),
 			maxDeliveries: qc.MaxDeliveries,
 		}

@@ -44,31 +44,29 @@ type store interface {
 }
 
 // ring is the in-memory store: a growable circular buffer of entries kept
-// by value, so the steady state allocates nothing per event.
+// by value, so the steady state allocates nothing per event. It starts
+// empty and doubles when full, so that it holds slots (256 bytes each) for
+// the most events its queue has held at once rather than for its capacity:
+// a queue sized for bursts costs nothing while idle, and one whose events
+// pass a few at a time does not touch a slot per unit of capacity as its
+// head goes round.
 type ring struct {
-	buf  []entry // len(buf) is a power of two
+	buf  []entry // len(buf) is zero or a power of two
 	head int
 	n    int
 }
 
-// maxInitialRing bounds the up-front allocation for very large capacities;
-// the ring grows on demand beyond it.
-const maxInitialRing = 1024
+// minRing is the size of a ring's first buffer.
+const minRing = 8
 
-func newRing(capacity int) *ring {
-	size := 1
-	for size < capacity && size < maxInitialRing {
-		size <<= 1
-	}
-	return &ring{buf: make([]entry, size)}
-}
+func newRing() *ring { return &ring{} }
 
 func (r *ring) Len() int { return r.n }
 
 func (r *ring) mask(i int) int { return i & (len(r.buf) - 1) }
 
 func (r *ring) grow() {
-	nb := make([]entry, len(r.buf)*2)
+	nb := make([]entry, max(len(r.buf)*2, minRing))
 	for i := 0; i < r.n; i++ {
 		nb[i] = r.buf[r.mask(r.head+i)]
 	}
