@@ -52,8 +52,10 @@ TEST_TARGETS := test-go fuzz
 .PHONY: all build run test test-go fuzz bench load soak lint print-test-targets
 all: build
 
+# Static (no cgo): the binary the images ship, and 1.6 MiB less resident
+# memory at idle than a dynamically linked one (docs/performance.md).
 build:
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) .
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) .
 
 run: build
 	./$(BIN) serve --data-dir '$(DATA_DIR)'
