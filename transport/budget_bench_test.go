@@ -31,11 +31,10 @@ func BenchmarkBudgetPerEvent(b *testing.B) {
 		pub, cons := &conn{}, &conn{}
 		for pb.Next() {
 			// The publisher's read loop and write loop.
-			if err := bud.reserve(ctx, pub, replyAllowance, 0, 0, nil); err != nil {
+			if err := bud.admit(ctx, pub, replyAllowance, 0, nil); err != nil {
 				b.Error(err)
 				return
 			}
-			bud.charge(pub, -replyAllowance, 0)
 			if err := bud.reserve(ctx, pub, cost+replyAllowance, cost, 0, nil); err != nil {
 				b.Error(err)
 				return
@@ -50,11 +49,10 @@ func BenchmarkBudgetPerEvent(b *testing.B) {
 			}
 			bud.charge(cons, 0, 0)
 			bud.charge(cons, -deliver, 0)
-			if err := bud.reserve(ctx, cons, replyAllowance, 0, 0, nil); err != nil {
+			if err := bud.admit(ctx, cons, replyAllowance, 0, nil); err != nil {
 				b.Error(err)
 				return
 			}
-			bud.charge(cons, -replyAllowance, 0)
 			bud.acked("data", cost)
 		}
 	})

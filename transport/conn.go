@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -47,8 +48,8 @@ type conn struct {
 	log        func(msg string, args ...any)
 
 	// held is what the budget accounts to this connection: its read
-	// buffer, its output, its waiting publishes. Under the budget's lock.
-	held int64
+	// buffer, its output, its waiting publishes.
+	held atomic.Int64
 	fr   frameReader // read loop only
 
 	ctx    context.Context
@@ -298,11 +299,10 @@ func (c *conn) readLoop() {
 			c.closeWith(CloseClientGone, errPeerGone)
 			return
 		}
-		if err := c.s.budget.reserve(c.ctx, c, replyAllowance, 0, c.s.cfg.BudgetTimeout, c.budgetWait); err != nil {
+		if err := c.s.budget.admit(c.ctx, c, replyAllowance, c.s.cfg.BudgetTimeout, c.budgetWait); err != nil {
 			c.readFailed(err)
 			return
 		}
-		c.s.budget.charge(c, -replyAllowance, 0)
 		line, err := c.fr.next()
 		if err != nil {
 			c.readFailed(err)
