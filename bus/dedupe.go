@@ -1,16 +1,48 @@
 package bus
 
-import "time"
+import (
+	"hash/maphash"
+	"time"
+)
 
-// dedupe remembers a queue's accepted msg ids for its dedupe window.
-// Guarded by the queue's lock.
+// dedupe remembers a queue's accepted msg ids for its dedupe window, at
+// most MaxDedupeIDs of them. Guarded by the queue's lock.
+//
+// Every publish with a msg id looks it up and adds it, so the window is
+// kept in two flat arrays that a busy queue reuses rather than a map that
+// grows, rehashes and leaves deleted slots behind: ring holds the ids in
+// accept order (which is time order on one clock), so that expired ones
+// are found at its head without a scan and the oldest is forgotten first;
+// slots is an open-addressing hash table of indexes into ring, for the
+// lookup. Both grow by doubling while the window fills, up to their bound;
+// a queue that never sees a msg id allocates neither.
 type dedupe struct {
 	window time.Duration
-	ids    map[string]msgIDRec
-	// order lists the ids in accept order (which is time order on one
-	// clock), from head on, so that expired ones are found without a scan.
-	order []msgIDKey
-	head  int
+	seed   maphash.Seed
+	ring   []dedupeEntry
+	head   int // ring index of the oldest entry
+	n      int // entries in ring, forgotten ones included
+	// slots holds, for each remembered id, the high half of its hash
+	// (which also places it) above its ring index+1; 0 is empty. Linear
+	// probing, at most a quarter full, so that probes and the moves of a
+	// deletion stay short: a probe compares hashes here and reads the
+	// ring only on a match. At the bound that is 1 MiB, the ring 2 MiB.
+	slots []uint64
+	// lastID and lastHash are the last id looked up and its hash: a
+	// publish looks its id up, then adds it.
+	lastID   string
+	lastHash uint64
+}
+
+// dedupeEntry is one accepted msg id. An id forgotten before it leaves the
+// ring (its append failed, or it was accepted again) keeps its place with
+// an empty id, so that the ring stays in accept order.
+type dedupeEntry struct {
+	id     string
+	hash   uint64
+	seq    uint64
+	at     time.Time
+	commit *Pending
 }
 
 type msgIDRec struct {
@@ -21,76 +53,198 @@ type msgIDRec struct {
 	commit *Pending
 }
 
-type msgIDKey struct {
-	id  string
-	seq uint64
-	at  time.Time
-}
+const (
+	// minDedupeRing is the ring's first size.
+	minDedupeRing = 64
+	// slotsPerEntry is the table's size against the ring's, at least.
+	slotsPerEntry = 4
+)
 
 func newDedupe(window time.Duration) dedupe {
-	return dedupe{window: window, ids: make(map[string]msgIDRec)}
+	return dedupe{window: window, seed: maphash.MakeSeed()}
 }
 
 // lookup returns the record of id if it was accepted within the window.
 func (d *dedupe) lookup(id string, now time.Time) (msgIDRec, bool) {
 	d.expire(now)
-	r, ok := d.ids[id]
-	return r, ok
+	if d.n == 0 {
+		return msgIDRec{}, false
+	}
+	h := maphash.String(d.seed, id)
+	d.lastID, d.lastHash = id, h
+	slot, ok := d.find(id, h)
+	if !ok {
+		return msgIDRec{}, false
+	}
+	e := d.entry(slot)
+	return msgIDRec{seq: e.seq, at: e.at, commit: e.commit}, true
 }
+
+// hash returns id's hash, reusing lookup's for the same id.
+func (d *dedupe) hash(id string) uint64 {
+	if id == d.lastID {
+		return d.lastHash
+	}
+	return maphash.String(d.seed, id)
+}
+
+// entry is the ring entry that slot refers to.
+func (d *dedupe) entry(slot int) *dedupeEntry {
+	return &d.ring[uint32(d.slots[slot])-1]
+}
+
+// slotTag is the part of a slot that comes from the hash h.
+func slotTag(h uint64) uint64 { return h &^ (1<<32 - 1) }
 
 // add records id as accepted at at with seq (commit: still being stored),
 // forgetting the oldest ids past MaxDedupeIDs.
 func (d *dedupe) add(id string, seq uint64, at time.Time, commit *Pending) {
-	d.ids[id] = msgIDRec{seq: seq, at: at, commit: commit}
-	d.order = append(d.order, msgIDKey{id: id, seq: seq, at: at})
-	for len(d.order)-d.head > MaxDedupeIDs {
-		d.dropOldest()
+	if d.n == len(d.ring) {
+		if len(d.ring) < MaxDedupeIDs {
+			d.grow()
+		} else {
+			d.dropOldest()
+		}
 	}
-	d.compact()
+	h := d.hash(id)
+	tail := d.head + d.n
+	if tail >= len(d.ring) {
+		tail -= len(d.ring)
+	}
+	d.ring[tail] = dedupeEntry{id: id, hash: h, seq: seq, at: at, commit: commit}
+	d.n++
+	slot, ok := d.find(id, h)
+	if ok {
+		// Accepted again: the newer record replaces the older one,
+		// which stays in the ring until its turn to go.
+		old := d.entry(slot)
+		old.id, old.commit = "", nil
+	}
+	d.slots[slot] = slotTag(h) | uint64(tail+1)
 }
 
-// dropOldest forgets the oldest remembered id.
-func (d *dedupe) dropOldest() {
-	k := d.order[d.head]
-	if r, ok := d.ids[k.id]; ok && r.seq == k.seq {
-		delete(d.ids, k.id)
+// find returns the slot that holds id (ok) or, if none does, the empty
+// slot where id goes.
+func (d *dedupe) find(id string, h uint64) (slot int, ok bool) {
+	mask := len(d.slots) - 1
+	tag := slotTag(h)
+	for i := int(h>>32) & mask; ; i = (i + 1) & mask {
+		s := d.slots[i]
+		if s == 0 {
+			return i, false
+		}
+		if slotTag(s) == tag && d.ring[uint32(s)-1].id == id {
+			return i, true
+		}
 	}
-	d.order[d.head] = msgIDKey{}
+}
+
+// findIndex returns the slot that refers to ring index i, whose id hashes
+// to h, if one does.
+func (d *dedupe) findIndex(i int, h uint64) (slot int, ok bool) {
+	mask := len(d.slots) - 1
+	want := slotTag(h) | uint64(i+1)
+	for j := int(h>>32) & mask; ; j = (j + 1) & mask {
+		switch d.slots[j] {
+		case 0:
+			return j, false
+		case want:
+			return j, true
+		}
+	}
+}
+
+// grow doubles the ring, up to MaxDedupeIDs, and rebuilds the table for
+// it. Called when the ring is full.
+func (d *dedupe) grow() {
+	ring := make([]dedupeEntry, min(max(2*len(d.ring), minDedupeRing), MaxDedupeIDs))
+	for i := range d.n {
+		j := d.head + i
+		if j >= len(d.ring) {
+			j -= len(d.ring)
+		}
+		ring[i] = d.ring[j]
+	}
+	d.ring, d.head = ring, 0
+	size := 1
+	for size < slotsPerEntry*len(ring) {
+		size <<= 1
+	}
+	d.slots = make([]uint64, size)
+	for i := range d.n {
+		if e := &d.ring[i]; e.id != "" {
+			slot, _ := d.find(e.id, e.hash)
+			d.slots[slot] = slotTag(e.hash) | uint64(i+1)
+		}
+	}
+}
+
+// dropOldest forgets the oldest entry of the ring.
+func (d *dedupe) dropOldest() {
+	e := &d.ring[d.head]
+	if e.id != "" {
+		if slot, ok := d.findIndex(d.head, e.hash); ok {
+			d.deleteSlot(slot)
+		}
+	}
+	*e = dedupeEntry{}
+	d.n--
 	d.head++
+	if d.head == len(d.ring) {
+		d.head = 0
+	}
+}
+
+// deleteSlot empties slot i, moving back the entries after it that
+// linear probing would no longer find (backward-shift deletion, so that
+// the table never fills with deleted markers).
+func (d *dedupe) deleteSlot(i int) {
+	mask := len(d.slots) - 1
+	for j := (i + 1) & mask; d.slots[j] != 0; j = (j + 1) & mask {
+		home := int(d.slots[j]>>32) & mask
+		// The entry at j may move to i unless its home lies cyclically
+		// in (i, j].
+		if (j > i && (home <= i || home > j)) || (j < i && home <= i && home > j) {
+			d.slots[i] = d.slots[j]
+			i = j
+		}
+	}
+	d.slots[i] = 0
 }
 
 // stored marks id's append as done.
 func (d *dedupe) stored(id string, seq uint64) {
-	if r, ok := d.ids[id]; ok && r.seq == seq {
-		r.commit = nil
-		d.ids[id] = r
+	if d.n == 0 {
+		return
+	}
+	if slot, ok := d.find(id, d.hash(id)); ok {
+		if e := d.entry(slot); e.seq == seq {
+			e.commit = nil
+		}
 	}
 }
 
 // forget removes id, accepted as seq, whose append failed: a retry must be
 // stored, not answered as a duplicate.
 func (d *dedupe) forget(id string, seq uint64) {
-	if r, ok := d.ids[id]; ok && r.seq == seq {
-		delete(d.ids, id)
+	if d.n == 0 {
+		return
+	}
+	if slot, ok := d.find(id, d.hash(id)); ok {
+		if e := d.entry(slot); e.seq == seq {
+			e.id, e.commit = "", nil
+			d.deleteSlot(slot)
+		}
 	}
 }
 
 // expire forgets the ids accepted before the window.
 func (d *dedupe) expire(now time.Time) {
-	cutoff := now.Add(-d.window)
-	for d.head < len(d.order) && d.order[d.head].at.Before(cutoff) {
-		d.dropOldest()
+	if d.n == 0 {
+		return
 	}
-	d.compact()
-}
-
-// compact reclaims the forgotten front of order once it is most of it.
-func (d *dedupe) compact() {
-	if d.head == len(d.order) {
-		d.order, d.head = d.order[:0], 0
-	} else if d.head > 1024 && d.head > len(d.order)/2 {
-		n := copy(d.order, d.order[d.head:])
-		clear(d.order[n:])
-		d.order, d.head = d.order[:n], 0
+	cutoff := now.Add(-d.window)
+	for d.n > 0 && d.ring[d.head].at.Before(cutoff) {
+		d.dropOldest()
 	}
 }

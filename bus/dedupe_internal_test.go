@@ -2,6 +2,7 @@ package bus
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"testing"
 	"time"
 )
@@ -16,14 +17,14 @@ func TestDedupeIsBounded(t *testing.T) {
 	for i := range MaxDedupeIDs + extra {
 		d.add(fmt.Sprint("id-", i), uint64(i+1), at, nil)
 	}
-	if n := len(d.ids); n != MaxDedupeIDs {
+	if n := d.remembered(); n != MaxDedupeIDs {
 		t.Fatalf("%d ids remembered, want MaxDedupeIDs (%d)", n, MaxDedupeIDs)
 	}
-	if live := len(d.order) - d.head; live != MaxDedupeIDs {
+	if live := d.n; live != MaxDedupeIDs {
 		t.Fatalf("%d ids in accept order, want %d", live, MaxDedupeIDs)
 	}
-	if len(d.order) > 2*MaxDedupeIDs+1024 {
-		t.Fatalf("accept order holds %d slots for %d ids: it grows with the publishes", len(d.order), MaxDedupeIDs)
+	if len(d.ring) > 2*MaxDedupeIDs+1024 {
+		t.Fatalf("accept order holds %d slots for %d ids: it grows with the publishes", len(d.ring), MaxDedupeIDs)
 	}
 	for _, tt := range []struct {
 		i    int
@@ -32,5 +33,154 @@ func TestDedupeIsBounded(t *testing.T) {
 		if _, ok := d.lookup(fmt.Sprint("id-", tt.i), at); ok != tt.want {
 			t.Errorf("lookup(id-%d) = %v, want %v", tt.i, ok, tt.want)
 		}
+	}
+}
+
+// remembered counts the ids the table finds.
+func (d *dedupe) remembered() int {
+	n := 0
+	for _, r := range d.slots {
+		if r != 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// dedupeModel is the dedupe window as its contract states it, in the
+// plainest code: a map of the remembered ids and a list of every add in
+// accept order, of which the last MaxDedupeIDs count towards the bound.
+type dedupeModel struct {
+	window time.Duration
+	ids    map[string]msgIDRec
+	order  []dedupeModelAdd
+}
+
+type dedupeModelAdd struct {
+	id  string
+	seq uint64
+	at  time.Time
+}
+
+func (m *dedupeModel) dropFirst() {
+	a := m.order[0]
+	if r, ok := m.ids[a.id]; ok && r.seq == a.seq {
+		delete(m.ids, a.id)
+	}
+	m.order = m.order[1:]
+}
+
+func (m *dedupeModel) lookup(id string, now time.Time) (msgIDRec, bool) {
+	for len(m.order) > 0 && m.order[0].at.Before(now.Add(-m.window)) {
+		m.dropFirst()
+	}
+	r, ok := m.ids[id]
+	return r, ok
+}
+
+func (m *dedupeModel) add(id string, seq uint64, at time.Time, commit *Pending) {
+	m.ids[id] = msgIDRec{seq: seq, at: at, commit: commit}
+	m.order = append(m.order, dedupeModelAdd{id, seq, at})
+	if len(m.order) > MaxDedupeIDs {
+		m.dropFirst()
+	}
+}
+
+func (m *dedupeModel) stored(id string, seq uint64) {
+	if r, ok := m.ids[id]; ok && r.seq == seq {
+		r.commit = nil
+		m.ids[id] = r
+	}
+}
+
+func (m *dedupeModel) forget(id string, seq uint64) {
+	if r, ok := m.ids[id]; ok && r.seq == seq {
+		delete(m.ids, id)
+	}
+}
+
+// TestDedupeAgainstModel runs random publishes (a lookup, then an add when
+// it misses), stores, failed appends and adds of ids already remembered
+// against the model, and checks that both answer every lookup alike. The
+// id space is small enough for repeats and hash collisions in one table,
+// and the runs long enough to pass the bound, expire by time and grow.
+func TestDedupeAgainstModel(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		window time.Duration
+		ids    int // distinct ids drawn from
+		ops    int
+		step   time.Duration // the clock's largest advance per op
+	}{
+		{"small window", 50 * time.Millisecond, 500, 20000, time.Millisecond},
+		{"bounded", time.Hour, 4 * MaxDedupeIDs, 3 * MaxDedupeIDs, time.Millisecond},
+		{"repeats past the bound", time.Hour, MaxDedupeIDs + MaxDedupeIDs/2, 3 * MaxDedupeIDs, time.Millisecond},
+		{"bursts and pauses", 2 * time.Second, 3000, 30000, 100 * time.Millisecond},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(1, uint64(tt.ops)))
+			d := newDedupe(tt.window)
+			m := &dedupeModel{window: tt.window, ids: make(map[string]msgIDRec)}
+			now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+			var seq uint64
+			type logAppend struct {
+				id  string
+				seq uint64
+			}
+			var inFlight []logAppend // adds with a commit, not yet stored or failed
+			ids := make([]string, tt.ids)
+			for i := range ids {
+				ids[i] = fmt.Sprint("msg-", i)
+			}
+			for op := range tt.ops {
+				if rng.IntN(50) == 0 {
+					now = now.Add(time.Duration(rng.Int64N(int64(tt.step) * 20)))
+				} else {
+					now = now.Add(time.Duration(rng.Int64N(int64(tt.step))))
+				}
+				id := ids[rng.IntN(len(ids))]
+				got, gotOK := d.lookup(id, now)
+				want, wantOK := m.lookup(id, now)
+				if gotOK != wantOK || got != want {
+					t.Fatalf("op %d: lookup(%s) = %+v, %v; the model says %+v, %v", op, id, got, gotOK, want, wantOK)
+				}
+				switch r := rng.IntN(10); {
+				case r < 6 && !gotOK, r == 6:
+					// A publish, or (r == 6) a recovered id, which may
+					// repeat one remembered; a third are still being
+					// stored.
+					seq++
+					var c *Pending
+					if rng.IntN(3) == 0 {
+						c = &Pending{}
+						inFlight = append(inFlight, logAppend{id, seq})
+					}
+					d.add(id, seq, now, c)
+					m.add(id, seq, now, c)
+				case r < 9 && len(inFlight) > 0:
+					// The log answers an append, perhaps of an id
+					// forgotten meanwhile: stored, or failed.
+					k := rng.IntN(len(inFlight))
+					a := inFlight[k]
+					inFlight[k] = inFlight[len(inFlight)-1]
+					inFlight = inFlight[:len(inFlight)-1]
+					if r == 7 {
+						d.stored(a.id, a.seq)
+						m.stored(a.id, a.seq)
+					} else {
+						d.forget(a.id, a.seq)
+						m.forget(a.id, a.seq)
+					}
+				}
+			}
+			if got, want := d.remembered(), len(m.ids); got != want {
+				t.Fatalf("%d ids remembered; the model remembers %d", got, want)
+			}
+			for id, want := range m.ids {
+				if got, ok := d.lookup(id, now); !ok || got != want {
+					t.Fatalf("lookup(%s) = %+v, %v at the end; the model says %+v", id, got, ok, want)
+				}
+			}
+		})
 	}
 }

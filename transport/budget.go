@@ -42,6 +42,13 @@ var errOverBudget = errors.New("over the buffered-bytes budget")
 // accepted events still in the bus. Large holdings are reserved before
 // they are taken (reserve blocks until they fit); small replies are
 // charged as they are written and fit in the slack.
+//
+// Every event passes through the budget several times (its frame read,
+// its reply, its delivery, its ack), so the counts are atomics: the
+// totals here, each connection's own in conn.held, each queue's in
+// queueBytes. A reservation that fits takes its bytes with a
+// compare-and-swap and touches no lock; mu is only for the reservations
+// that wait for bytes to be released.
 type budget struct {
 	limit    int64
 	pubLimit int64 // publish payloads, waiting and queued
@@ -50,18 +57,26 @@ type budget struct {
 	light    int64         // a connection holding at most this is light
 	conns    *atomic.Int64 // open connections, for the fair share; nil: 1
 
+	held atomic.Int64
+	pub  atomic.Int64
+	// queued is fixed by newBudget (the server's queues do not change
+	// while it runs), so it is read without a lock.
+	queued map[string]*queueBytes
+
+	// waiters counts the reservations parked on freed. It changes under
+	// mu; a release reads it without the lock and only then takes mu to
+	// wake them.
+	waiters atomic.Int32
 	mu      sync.Mutex
-	held    int64
-	pub     int64
-	queued  map[string]*queueBytes
-	waiters int
 	freed   chan struct{} // closed when bytes are released and waiters > 0
 }
 
 // queueBytes approximates the bytes of accepted events still in one queue.
+// An event's bytes are added before it is counted and its count is taken
+// before its bytes, so that an ack never finds an event without bytes.
 type queueBytes struct {
-	bytes  int64
-	events int64
+	bytes  atomic.Int64
+	events atomic.Int64
 }
 
 func newBudget(limit int64, queues []string, conns *atomic.Int64) *budget {
@@ -81,18 +96,54 @@ func newBudget(limit int64, queues []string, conns *atomic.Int64) *budget {
 	return b
 }
 
-// fits reports whether n more bytes (pub of them publish payload) may be
-// taken by c. Called with mu held.
-func (b *budget) fits(c *conn, n, pub int64) bool {
-	limit, pubLimit := b.limit-b.slack, b.pubLimit
-	if c != nil && c.held+n > b.light {
+// limits returns what the total and the publish payloads may reach when c
+// takes n more bytes: a connection that would no longer be light stops
+// short of the headroom kept for the light ones.
+func (b *budget) limits(c *conn, n int64) (limit, pubLimit int64) {
+	limit, pubLimit = b.limit-b.slack, b.pubLimit
+	if c != nil && c.held.Load()+n > b.light {
 		limit -= b.headroom
 		pubLimit -= b.pubLimit / headroomDiv
 	}
-	if b.held+n > limit {
-		return false
+	return limit, pubLimit
+}
+
+// fits reports whether n more bytes (pub of them publish payload) may be
+// taken by c now, without taking them.
+func (b *budget) fits(c *conn, n, pub int64) bool {
+	limit, pubLimit := b.limits(c, n)
+	return b.held.Load()+n <= limit && (pub == 0 || b.pub.Load()+pub <= pubLimit)
+}
+
+// tryTake takes n bytes (pub of them publish payload) for c if they fit.
+// The total never passes its limit: the bytes are taken by a
+// compare-and-swap against the value checked.
+func (b *budget) tryTake(c *conn, n, pub int64) bool {
+	limit, pubLimit := b.limits(c, n)
+	for {
+		h := b.held.Load()
+		if h+n > limit {
+			return false
+		}
+		if b.held.CompareAndSwap(h, h+n) {
+			break
+		}
 	}
-	return pub == 0 || b.pub+pub <= pubLimit
+	for pub != 0 {
+		p := b.pub.Load()
+		if p+pub > pubLimit {
+			b.held.Add(-n)
+			b.wake()
+			return false
+		}
+		if b.pub.CompareAndSwap(p, p+pub) {
+			break
+		}
+	}
+	if c != nil {
+		c.held.Add(n)
+	}
+	return true
 }
 
 // fairShare is what each open connection may hold when all hold alike.
@@ -108,15 +159,38 @@ func (b *budget) fairShare() int64 {
 // while they do not fit. With killAfter > 0 it gives up with
 // errOverBudget once it has waited that long while c holds more than its
 // fair share; one that holds less keeps waiting. onWait, if not nil,
-// runs before each wait and every recheckParked while waiting, without
-// the lock held; when it returns false reserve gives up with errPeerGone.
+// runs before each wait and every recheckParked while waiting; when it
+// returns false reserve gives up with errPeerGone.
 func (b *budget) reserve(ctx context.Context, c *conn, n, pub int64, killAfter time.Duration, onWait func() bool) error {
+	if b.tryTake(c, n, pub) {
+		return nil
+	}
+	return b.wait(ctx, c, killAfter, onWait, func() bool { return b.tryTake(c, n, pub) })
+}
+
+// admit waits, as reserve does, until n bytes would fit for c, but takes
+// nothing: the read loop's check that a reply would find room before it
+// reads the request.
+func (b *budget) admit(ctx context.Context, c *conn, n int64, killAfter time.Duration, onWait func() bool) error {
+	if b.fits(c, n, 0) {
+		return nil
+	}
+	return b.wait(ctx, c, killAfter, onWait, func() bool { return b.fits(c, n, 0) })
+}
+
+// wait parks until done reports true after a release, for reserve and
+// admit.
+func (b *budget) wait(ctx context.Context, c *conn, killAfter time.Duration, onWait func() bool, done func() bool) error {
 	var deadline <-chan time.Time
 	for {
+		// Registered before done is tried again: a release either sees
+		// this waiter and wakes it, or happened before the try.
 		b.mu.Lock()
-		if b.fits(c, n, pub) {
-			b.takeLocked(c, n, pub)
-			b.mu.Unlock()
+		b.waiters.Add(1)
+		freed := b.freed
+		b.mu.Unlock()
+		if done() {
+			b.waiters.Add(-1)
 			return nil
 		}
 		if deadline == nil && killAfter > 0 {
@@ -124,16 +198,13 @@ func (b *budget) reserve(ctx context.Context, c *conn, n, pub int64, killAfter t
 			defer t.Stop()
 			deadline = t.C
 		}
-		b.waiters++
-		freed := b.freed
-		b.mu.Unlock()
 		var recheck <-chan time.Time
 		if onWait != nil {
 			// onWait may free bytes the budget cannot see go (see
 			// Server.reconcileQueued) or find the client gone: run it
 			// again now and then.
 			if !onWait() {
-				b.doneWaiting()
+				b.waiters.Add(-1)
 				return errPeerGone
 			}
 			recheck = time.After(recheckParked)
@@ -145,43 +216,29 @@ func (b *budget) reserve(ctx context.Context, c *conn, n, pub int64, killAfter t
 		case <-deadline:
 			deadline = nil
 			killAfter = 0
-			b.mu.Lock()
-			heavy := c != nil && c.held > max(b.light, b.fairShare())
-			b.mu.Unlock()
-			if heavy {
-				b.doneWaiting()
+			if c != nil && c.held.Load() > max(b.light, b.fairShare()) {
+				b.waiters.Add(-1)
 				return errOverBudget
 			}
 		}
-		b.doneWaiting()
+		b.waiters.Add(-1)
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 	}
 }
 
-func (b *budget) doneWaiting() {
+// wake wakes the parked reservations, if any, after a release.
+func (b *budget) wake() {
+	if b.waiters.Load() == 0 {
+		return
+	}
 	b.mu.Lock()
-	b.waiters--
-	b.mu.Unlock()
-}
-
-func (b *budget) takeLocked(c *conn, n, pub int64) {
-	b.held += n
-	b.pub += pub
-	if c != nil {
-		c.held += n
-	}
-	if n < 0 || pub < 0 {
-		b.wakeLocked()
-	}
-}
-
-func (b *budget) wakeLocked() {
-	if b.waiters > 0 {
+	if b.waiters.Load() > 0 {
 		close(b.freed)
 		b.freed = make(chan struct{})
 	}
+	b.mu.Unlock()
 }
 
 // charge adds n bytes (negative: releases them) to c's holding without
@@ -190,41 +247,65 @@ func (b *budget) charge(c *conn, n, pub int64) {
 	if n == 0 && pub == 0 {
 		return
 	}
-	b.mu.Lock()
-	b.takeLocked(c, n, pub)
-	b.mu.Unlock()
+	if n != 0 {
+		b.held.Add(n)
+		if c != nil {
+			c.held.Add(n)
+		}
+	}
+	if pub != 0 {
+		b.pub.Add(pub)
+	}
+	if n < 0 || pub < 0 {
+		b.wake()
+	}
 }
 
 // accepted moves an accepted event's cost from c's holding to its queue:
 // the bytes stay counted until the event is acked.
 func (b *budget) accepted(c *conn, queue string, cost int64) {
-	b.mu.Lock()
-	c.held -= cost
+	c.held.Add(-cost)
 	if q := b.queued[queue]; q != nil {
-		q.bytes += cost
-		q.events++
-	} else {
-		b.held -= cost
-		b.pub -= cost
-		b.wakeLocked()
+		q.bytes.Add(cost)
+		q.events.Add(1)
+		return
 	}
-	b.mu.Unlock()
+	b.held.Add(-cost)
+	b.pub.Add(-cost)
+	b.wake()
 }
 
 // acked releases an acked event's cost from its queue.
 func (b *budget) acked(queue string, cost int64) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	q := b.queued[queue]
-	if q == nil || q.events == 0 {
+	if q == nil {
 		return
 	}
-	cost = min(cost, q.bytes)
-	q.bytes -= cost
-	q.events--
-	b.held -= cost
-	b.pub -= cost
-	b.wakeLocked()
+	for {
+		e := q.events.Load()
+		if e == 0 {
+			return
+		}
+		if q.events.CompareAndSwap(e, e-1) {
+			break
+		}
+	}
+	cost = q.takeBytes(func(bytes int64) int64 { return min(cost, bytes) })
+	b.held.Add(-cost)
+	b.pub.Add(-cost)
+	b.wake()
+}
+
+// takeBytes removes what drop computes from the queue's current bytes and
+// returns it.
+func (q *queueBytes) takeBytes(drop func(bytes int64) int64) int64 {
+	for {
+		bytes := q.bytes.Load()
+		d := drop(bytes)
+		if q.bytes.CompareAndSwap(bytes, bytes-d) {
+			return d
+		}
+	}
 }
 
 // reconcile shrinks a queue's count to the events the bus still holds
@@ -232,37 +313,27 @@ func (b *budget) acked(queue string, cost int64) {
 // drop_oldest queue, or acked by a consumer outside this server. The
 // bytes shrink in proportion.
 func (b *budget) reconcile(held map[string]int64) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	for name, q := range b.queued {
 		n, ok := held[name]
-		if !ok || q.events <= n {
+		if !ok {
 			continue
 		}
-		keep := int64(0)
-		if q.events > 0 {
-			keep = q.bytes * n / q.events
+		e := q.events.Load()
+		// A count that moved meanwhile is left for the next reconcile.
+		if e <= n || !q.events.CompareAndSwap(e, n) {
+			continue
 		}
-		drop := q.bytes - keep
-		q.bytes, q.events = keep, n
-		b.held -= drop
-		b.pub -= drop
+		drop := q.takeBytes(func(bytes int64) int64 { return bytes - bytes*n/e })
+		b.held.Add(-drop)
+		b.pub.Add(-drop)
 	}
-	b.wakeLocked()
+	b.wake()
 }
 
 // Held reports the bytes accounted now.
-func (b *budget) Held() int64 {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.held
-}
+func (b *budget) Held() int64 { return b.held.Load() }
 
-func (b *budget) connHeld(c *conn) int64 {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return c.held
-}
+func (b *budget) connHeld(c *conn) int64 { return c.held.Load() }
 
 // eventCost approximates what an accepted event holds in the bus.
 func eventCost(payload int, typ string) int64 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -46,10 +47,7 @@ func sampleBuffered(srv *Server) (stop func() int64) {
 
 // queuedBytes is what the budget counts for accepted events of queue.
 func (ts *testServer) queuedBytes(queue string) int64 {
-	b := ts.srv.budget
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.queued[queue].bytes
+	return ts.srv.budget.queued[queue].bytes.Load()
 }
 
 // TestBudgetHoldsUnderFloodAndTrickle: connections that publish without
@@ -351,9 +349,7 @@ func TestBudgetReserveWaitsAndCutsOffHeavy(t *testing.T) {
 	got := make(chan error, 1)
 	go func() { got <- b.reserve(context.Background(), heavy, 4096, 0, 0, nil) }()
 	testkit.Eventually(t, "the waiter parked", func() bool {
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		return b.waiters == 1
+		return b.waiters.Load() == 1
 	})
 	b.charge(heavy, -8192, 0)
 	if err := <-got; err != nil {
@@ -372,8 +368,8 @@ func TestBudgetQueuedBytesReconcile(t *testing.T) {
 		b.charge(c, 1000, 1000)
 		b.accepted(c, "q", 1000)
 	}
-	if c.held != 0 || b.Held() != 4000 {
-		t.Fatalf("after 4 accepted: conn %d, total %d; want 0 and 4000", c.held, b.Held())
+	if c.held.Load() != 0 || b.Held() != 4000 {
+		t.Fatalf("after 4 accepted: conn %d, total %d; want 0 and 4000", c.held.Load(), b.Held())
 	}
 	b.acked("q", 1000)
 	// Two left the bus unseen (evicted): the count follows the bus.
@@ -383,8 +379,8 @@ func TestBudgetQueuedBytesReconcile(t *testing.T) {
 	}
 	b.acked("q", 1000)
 	b.acked("q", 1000) // nothing left to ack: no underflow
-	if got := b.Held(); got != 0 || b.pub != 0 {
-		t.Fatalf("after the last ack: held %d pub %d, want 0", got, b.pub)
+	if got := b.Held(); got != 0 || b.pub.Load() != 0 {
+		t.Fatalf("after the last ack: held %d pub %d, want 0", got, b.pub.Load())
 	}
 }
 
@@ -428,4 +424,75 @@ func TestOutputBuffersShrinkAfterBurst(t *testing.T) {
 		return o <= shrinkOutputBuffer && s <= shrinkOutputBuffer
 	})
 	testkit.Eventually(t, "only the read buffer held", func() bool { return ts.srv.budget.connHeld(sc) == minReadBuffer })
+}
+
+// TestBudgetConcurrentReservesStayWithinLimit: connections that reserve,
+// queue, ack and release at once ask together for more than a small budget
+// has, yet never make it count past its limits; every parked reservation
+// is woken by the releases, and the budget is empty at the end.
+func TestBudgetConcurrentReservesStayWithinLimit(t *testing.T) {
+	// A connection holds one reservation at a time and none while it
+	// waits, so that the waits always end; conns*maxN is well over the
+	// limit that applies, so that they happen.
+	for _, tt := range []struct {
+		name  string
+		conns int
+		maxN  int64
+		pub   bool // the reservations are publish payloads, queued and acked
+	}{
+		{"light frames", 48, 2000, false},
+		{"heavy frames", 12, 8000, false},
+		{"publishes", 32, 2000, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var open atomic.Int64
+			open.Store(int64(tt.conns))
+			b := newBudget(64<<10, []string{"q"}, &open)
+			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+			t.Cleanup(cancel)
+			var wg sync.WaitGroup
+			for i := range tt.conns {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					c := &conn{}
+					for j := range 1000 {
+						n := tt.maxN - int64(i*131+j*37)%256
+						pub := int64(0)
+						if tt.pub {
+							pub = n
+						}
+						if err := b.reserve(ctx, c, n, pub, 0, nil); err != nil {
+							t.Errorf("reserve %d: %v", n, err)
+							return
+						}
+						if h := b.Held(); h > b.limit-b.slack {
+							t.Errorf("held %d past the limit %d", h, b.limit-b.slack)
+						}
+						if p := b.pub.Load(); p > b.pubLimit {
+							t.Errorf("publish payloads %d past their limit %d", p, b.pubLimit)
+						}
+						if tt.pub {
+							b.accepted(c, "q", n)
+						}
+						// Let the others in while this one holds its
+						// reservation, so that they overlap.
+						runtime.Gosched()
+						if tt.pub {
+							b.acked("q", n)
+						} else {
+							b.charge(c, -n, 0)
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			if h, p := b.Held(), b.pub.Load(); h != 0 || p != 0 {
+				t.Errorf("after every release: held %d, publish payloads %d; want 0", h, p)
+			}
+			if w := b.waiters.Load(); w != 0 {
+				t.Errorf("%d reservations still counted as waiting", w)
+			}
+		})
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -36,7 +37,7 @@ const (
 type conn struct {
 	s   *Server
 	nc  net.Conn
-	raw syscall.RawConn // nc's, for outputFlush; nil when nc has none
+	raw syscall.RawConn // nc's, for appendOutput's own writes; nil when nc has none
 	// rawBuf and rawWritten are tryWrite's, bound once in rawWriteFn so
 	// that an inline write allocates nothing. Only the goroutine that set
 	// inline uses them.
@@ -47,8 +48,8 @@ type conn struct {
 	log        func(msg string, args ...any)
 
 	// held is what the budget accounts to this connection: its read
-	// buffer, its output, its waiting publishes. Under the budget's lock.
-	held int64
+	// buffer, its output, its waiting publishes.
+	held atomic.Int64
 	fr   frameReader // read loop only
 
 	ctx    context.Context
@@ -69,7 +70,7 @@ type conn struct {
 	dead       bool // output is discarded (write failed or forced close)
 	writerIdle bool
 	// inline is set while a producer writes the output on its own
-	// goroutine (outputFlush); the write loop leaves the socket alone
+	// goroutine (appendOutput); the write loop leaves the socket alone
 	// meanwhile.
 	inline     bool
 	roomWait   int
@@ -298,11 +299,10 @@ func (c *conn) readLoop() {
 			c.closeWith(CloseClientGone, errPeerGone)
 			return
 		}
-		if err := c.s.budget.reserve(c.ctx, c, replyAllowance, 0, c.s.cfg.BudgetTimeout, c.budgetWait); err != nil {
+		if err := c.s.budget.admit(c.ctx, c, replyAllowance, c.s.cfg.BudgetTimeout, c.budgetWait); err != nil {
 			c.readFailed(err)
 			return
 		}
-		c.s.budget.charge(c, -replyAllowance, 0)
 		line, err := c.fr.next()
 		if err != nil {
 			c.readFailed(err)
@@ -721,31 +721,17 @@ func (c *conn) output(appendFrame func([]byte) []byte) { c.outputPaid(0, appendF
 // outputPaid is output for a frame whose bytes, up to credit, were
 // reserved in the budget already: the difference is charged or released.
 func (c *conn) outputPaid(credit int64, appendFrame func([]byte) []byte) {
-	c.omu.Lock()
-	if c.dead || c.oclosed {
-		c.omu.Unlock()
-		c.s.budget.charge(c, -credit, 0)
-		return
-	}
-	n := len(c.obuf)
-	c.obuf = appendFrame(c.obuf)
-	added := int64(len(c.obuf) - n)
-	wake := c.writerIdle
-	c.writerIdle = false
-	c.omu.Unlock()
-	c.s.budget.charge(c, added-credit, 0)
-	if wake {
-		c.signalWriter()
-	}
+	c.appendOutput(credit, appendFrame, false)
 }
 
-// outputFlush is outputPaid for a producer that may write on its own
-// goroutine. When the write loop is parked, the frames go out here in
-// non-blocking writes, which spares a goroutine wake-up per frame on a
-// connection that sees an event at a time. Whatever the socket does not
-// take at once is left to the write loop, which alone waits for the
-// socket, so the write deadline and the close reasons stay its own.
-func (c *conn) outputFlush(credit int64, appendFrame func([]byte) []byte) {
+// appendOutput appends one frame, as outputPaid. With mayWrite, for a
+// producer that may write on its own goroutine: when the write loop is
+// parked, the frames go out here in non-blocking writes, which spares a
+// goroutine wake-up per frame on a connection that sees an event at a
+// time. Whatever the socket does not take at once is left to the write
+// loop, which alone waits for the socket, so the write deadline and the
+// close reasons stay its own.
+func (c *conn) appendOutput(credit int64, appendFrame func([]byte) []byte, mayWrite bool) {
 	c.omu.Lock()
 	if c.dead || c.oclosed {
 		c.omu.Unlock()
@@ -755,9 +741,9 @@ func (c *conn) outputFlush(credit int64, appendFrame func([]byte) []byte) {
 	n := len(c.obuf)
 	c.obuf = appendFrame(c.obuf)
 	added := int64(len(c.obuf) - n)
-	if !c.writerIdle || c.inline || c.raw == nil {
-		// The write loop is awake, or an inline write will hand its
-		// leftovers to it.
+	if !mayWrite || !c.writerIdle || c.inline || c.raw == nil {
+		// The write loop is awake, or is woken now, or an inline write
+		// will hand it its leftovers.
 		wake := c.writerIdle && !c.inline
 		if wake {
 			c.writerIdle = false
@@ -900,7 +886,7 @@ func (c *conn) writeLoop() {
 	for {
 		c.omu.Lock()
 		if len(c.obuf) == 0 || c.dead || c.inline {
-			// During an inline write the socket is outputFlush's; it
+			// During an inline write the socket is appendOutput's; it
 			// wakes this loop when it is done, if there is anything left.
 			if (c.oclosed || c.dead) && !c.inline {
 				c.omu.Unlock()
@@ -1035,12 +1021,9 @@ func (s *subscription) pump() {
 			tp = protocol.AppendTraceparent(tp, d.SpanContext)
 		}
 		appendFrame := func(b []byte) []byte { return protocol.AppendDeliverTraceparent(b, &f, tp) }
-		if d.More {
-			// The write loop batches this frame with the next ones.
-			c.outputPaid(credit, appendFrame)
-		} else {
-			c.outputFlush(credit, appendFrame)
-		}
+		// With more to come, the write loop batches this frame with the
+		// next ones; a lone one may go out at once.
+		c.appendOutput(credit, appendFrame, !d.More)
 	}
 }
 
