@@ -222,6 +222,10 @@ type batch struct {
 	records int
 	// async are the AppendAsync callbacks, in seq order.
 	async []asyncAppend
+	// syncs are the SyncAsync callbacks; mustSync makes the write that
+	// covers the batch end in an fdatasync in interval mode too.
+	syncs    []func(error)
+	mustSync bool
 }
 
 type asyncAppend struct {
@@ -233,7 +237,7 @@ type asyncAppend struct {
 // callbacks to the completer. The syncer calls it without l.mu.
 func (l *Log) complete(b *batch) {
 	close(b.done)
-	if len(b.async) > 0 {
+	if len(b.async) > 0 || len(b.syncs) > 0 {
 		l.completions <- b
 	}
 }
@@ -250,8 +254,9 @@ func (l *Log) completer() {
 	}
 }
 
-// callBack calls b's AppendAsync callbacks in seq order, holding none of
-// the log's locks: a callback may call the log again.
+// callBack calls b's AppendAsync callbacks in seq order, then its
+// SyncAsync callbacks, holding none of the log's locks: a callback may call
+// the log again.
 func (b *batch) callBack() {
 	for _, a := range b.async {
 		if b.err != nil {
@@ -259,6 +264,13 @@ func (b *batch) callBack() {
 			continue
 		}
 		a.done(Appended{Seq: a.seq, Sync: b.sync, Batch: b.records}, nil)
+	}
+	for _, done := range b.syncs {
+		if b.err != nil {
+			done(fmt.Errorf("wal: sync: %w", b.err))
+			continue
+		}
+		done(nil)
 	}
 }
 
@@ -581,7 +593,8 @@ func (l *Log) NackReason(seq uint64, reason string) error {
 }
 
 // settle records a delivery, ack or nack. It does not wait for a sync:
-// losing the tail of these at a crash only causes a redelivery.
+// losing the tail of these at a crash only causes a redelivery (SyncAsync
+// waits for one).
 func (l *Log) settle(s settleRec) error {
 	l.mu.Lock()
 	if l.closed {
@@ -620,6 +633,54 @@ func cutReason(reason string, n int) string {
 		n--
 	}
 	return reason[:n]
+}
+
+// SyncAsync calls done once an fdatasync has covered every record the log
+// took before the call (appends, deliveries, acks, nacks), in either fsync
+// mode: a caller that must know a record is on stable storage before it
+// acts on it (an ack that ends a move between two logs) asks for it. It
+// shares the sync of the next flush, so concurrent callers and appenders
+// still pay for one. done is called like an AppendAsync callback: once,
+// from the completer goroutine, holding none of the log's locks, before
+// Close returns, and it must not block. An error wrapping ErrStorage means
+// the records' fate is unknown (a failed write of an append cuts it, a
+// failed sync leaves what was written before); ErrClosed returned at once
+// means done is not called.
+func (l *Log) SyncAsync(done func(error)) error {
+	if done == nil {
+		return fmt.Errorf("%w: SyncAsync needs a done callback", ErrInvalid)
+	}
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return ErrClosed
+	}
+	b := l.batch
+	if b == nil {
+		b = &batch{done: make(chan struct{})}
+		l.batch = b
+	}
+	b.mustSync = true
+	b.syncs = append(b.syncs, done)
+	l.mu.Unlock()
+	l.signal()
+	return nil
+}
+
+// Sync is SyncAsync for a caller that may block: it returns once every
+// record taken before the call is on stable storage, or ctx's error if it
+// ends first (the sync still happens).
+func (l *Log) Sync(ctx context.Context) error {
+	res := make(chan error, 1)
+	if err := l.SyncAsync(func(err error) { res <- err }); err != nil {
+		return err
+	}
+	select {
+	case err := <-res:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("wal: waiting for sync: %w", ctx.Err())
+	}
 }
 
 // Close writes and syncs what is pending, stops the syncer and releases
@@ -673,7 +734,7 @@ func (l *Log) syncer() {
 func (l *Log) flush() {
 	l.mu.Lock()
 	buf, b, evs, count := l.pend, l.batch, l.pendEvents, l.pendCount
-	if len(buf) == 0 {
+	if len(buf) == 0 && b == nil {
 		l.mu.Unlock()
 		return
 	}
@@ -687,12 +748,18 @@ func (l *Log) flush() {
 	}
 	l.mu.Unlock()
 
-	err := l.write(buf, base)
+	var err error
+	if len(buf) > 0 { // empty for a batch of SyncAsync calls alone
+		err = l.write(buf, base)
+	}
 	if err == nil {
 		l.unsynced += count
 	}
 	var syncDur time.Duration
-	if err == nil && b != nil && l.opts.Fsync == FsyncAlways {
+	// A SyncAsync alone finds nothing to sync when nothing was written
+	// since the last sync.
+	syncNow := err == nil && b != nil && (l.opts.Fsync == FsyncAlways || b.mustSync)
+	if syncNow && (l.seg.off > l.seg.synced || l.dirtySync) {
 		start := time.Now()
 		serr := l.seg.f.Sync()
 		syncDur = time.Since(start)
@@ -708,7 +775,7 @@ func (l *Log) flush() {
 		} else {
 			l.seg.synced, l.unsynced, l.dirtySync = l.seg.off, 0, false
 		}
-	} else if err == nil {
+	} else if err == nil && len(buf) > 0 {
 		l.dirtySync = true
 	}
 	switch {
