@@ -210,9 +210,10 @@ type origin struct {
 //
 // rec holds each durable queue's recovered events and gains the new dead
 // letters. Every ack is synced before it returns, after the dead letters
-// it depends on: no dead letter can be consumed while its source could
-// still give the event back. A storage error fails the start; the next
-// start finds the same state and finishes again.
+// it depends on (a recovered one is durable already: wal.Open rewrote it
+// into a synced segment), so that no dead letter can be consumed while
+// its source could still give the event back. A storage error fails the
+// start; the next start finds the same state and finishes again.
 func (b *Bus) finishMoves(rec map[*queue][]entry) error {
 	ctx := context.Background()
 	named := make(map[origin]Event)
