@@ -49,7 +49,10 @@
 // write-ahead log (package wal) and answers the publish once the append is
 // synced; the event holds a reserved slot meanwhile and reaches consumers
 // only once stored. A goroutine of the log runs the answer, so that no
-// publish needs a goroutine and concurrent publishes share one sync.
+// publish needs a goroutine and concurrent publishes share one sync. A
+// move to a durable dead-letter queue is exactly-once across a crash (see
+// deadLetterMove in deadletter.go): New finishes the moves a crash
+// interrupted before anything is delivered.
 package bus
 
 import (

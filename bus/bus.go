@@ -118,8 +118,11 @@ type queue struct {
 	// capacity and consumers see only stored events.
 	log      *wal.Log
 	reserved int
-	scratch  []byte // record encoding buffer
-	dedupe   dedupe
+	// fsyncInterval says the log answers an append once written, not
+	// synced (a dead-letter move syncs its dead letter itself).
+	fsyncInterval bool
+	scratch       []byte // record encoding buffer
+	dedupe        dedupe
 
 	maxDeliveries int
 	deadLetter    *queue // nil: no dead letters
@@ -508,7 +511,7 @@ func (q *queue) publishEvict(ctx context.Context, span trace.Span, newPending fu
 	b := q.bus
 	for i := range evicted {
 		// Recorded as an ack, so that an evicted event never comes back.
-		q.walSettle(walAck, evicted[i].seq)
+		q.walSettle(walAck, evicted[i].seq, "")
 		q.countDrop(DropEvicted)
 		if b.tel.tracing {
 			b.tel.dropSpan(q, evicted[i].pubSC, DropEvicted, evicted[i].seq, start)

@@ -8,6 +8,8 @@ import (
 	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/wal"
 )
 
 // Consumer receives events from one queue, competing with the queue's other
@@ -170,7 +172,7 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 	b := q.bus
 	e := q.store.Pop()
 	q.counters.size.Store(int64(q.store.Len()))
-	q.walSettle(walDeliver, e.seq)
+	q.walSettle(walDeliver, e.seq, "")
 	var now time.Time
 	if b.tel.tracing {
 		now = b.clock.Now() // for the queued-duration metric too
@@ -251,7 +253,7 @@ func (c *Consumer) Ack(seq uint64) error {
 	if err != nil {
 		return err
 	}
-	q.walSettle(walAck, seq)
+	q.walSettle(walAck, seq, "")
 	q.counters.acked.Add(1)
 	q.bus.notifyDrain()
 	if f.span != nil {
@@ -266,10 +268,11 @@ func (c *Consumer) Ack(seq uint64) error {
 func (c *Consumer) Nack(seq uint64) error { return c.NackReason(seq, "") }
 
 // NackReason is Nack with the consumer's reason, which travels with the
-// event if this nack moves it to the queue's dead-letter queue (the
-// delivery was its MaxDeliveries-th; see QueueConfig.DeadLetter) and then
-// shows in its Delivery.DeadLetter. A reason longer than MaxReasonBytes is
-// cut there.
+// event if it moves to the queue's dead-letter queue (this delivery or a
+// later abandoned one was its MaxDeliveries-th; see
+// QueueConfig.DeadLetter) and then shows in its Delivery.DeadLetter. The
+// event keeps it until its next nack, across a restart on a durable queue.
+// A reason longer than MaxReasonBytes is cut there.
 func (c *Consumer) NackReason(seq uint64, reason string) error {
 	if len(reason) > MaxReasonBytes {
 		reason = clipTo(reason, MaxReasonBytes)
@@ -285,8 +288,11 @@ func (c *Consumer) NackReason(seq uint64, reason string) error {
 	e.redeliveries++
 	e.reason = reason
 	dead := q.deadLetterDue(&e)
+	// Recorded for a dead letter too: until its move is done the event
+	// stays in the log with its deliveries spent and its reason, which a
+	// crash must not lose (see deadLetterMove).
+	q.walSettle(walNack, seq, reason)
 	if !dead {
-		q.walSettle(walNack, seq)
 		q.store.Requeue(e)
 		q.counters.size.Store(int64(q.store.Len()))
 		q.wakeConsumersLocked()
@@ -333,11 +339,12 @@ func (c *Consumer) Close() {
 	for i := range returned {
 		e := returned[i].e // returned stays as delivered, for the deliver spans
 		e.redeliveries++
+		// An abandoned delivery keeps the reason of the nack before it.
+		q.walSettle(walNack, e.seq, e.reason)
 		if q.deadLetterDue(&e) {
 			dead = append(dead, e)
 			continue
 		}
-		q.walSettle(walNack, e.seq)
 		q.store.Requeue(e)
 	}
 	clear(c.inflight)
@@ -360,8 +367,9 @@ func (c *Consumer) Close() {
 }
 
 // MaxReasonBytes bounds a nack's reason as it is kept: it is stored with
-// a dead letter, which must fit in a log record next to its payload.
-const MaxReasonBytes = 1024
+// the event in its queue's log and with a dead letter, both next to the
+// payload.
+const MaxReasonBytes = wal.MaxReasonBytes
 
 // clipTo cuts s to at most n bytes at a rune boundary.
 func clipTo(s string, n int) string {

@@ -39,8 +39,9 @@ func (b *Bus) Durable(queue string) bool {
 }
 
 // openLogs locks the data directory and opens the log of every durable
-// queue, filling the queues with what it recovered. On error everything
-// opened is closed again.
+// queue, finishes the dead-letter moves a crash interrupted (finishMoves:
+// every log must be open for that), then fills the queues with what they
+// recovered. On error everything opened is closed again.
 func (b *Bus) openLogs(o options, durable map[string]QueueConfig) (err error) {
 	dir := o.dataDir
 	fsys := o.walOptions.FS
@@ -60,6 +61,7 @@ func (b *Bus) openLogs(o options, durable map[string]QueueConfig) (err error) {
 			_ = b.closeLogs() // the open error is the one to report
 		}
 	}()
+	recovered := make(map[*queue][]entry, len(durable))
 	for _, q := range b.queues {
 		qc, ok := durable[q.name]
 		if !ok {
@@ -68,14 +70,27 @@ func (b *Bus) openLogs(o options, durable map[string]QueueConfig) (err error) {
 		if q.name == "." || q.name == ".." {
 			return fmt.Errorf("bus: durable queue %q: the name cannot name its log directory under %s; rename the queue", q.name, dir)
 		}
-		if err := q.openLog(o, filepath.Join(dir, "queues", q.name), qc); err != nil {
+		entries, err := q.openLog(o, filepath.Join(dir, "queues", q.name), qc)
+		if err != nil {
 			return err
 		}
+		recovered[q] = entries
+	}
+	if err := b.finishMoves(recovered); err != nil {
+		return err
+	}
+	for _, q := range b.queues {
+		for _, e := range recovered[q] {
+			q.store.Push(e)
+		}
+		q.counters.size.Store(int64(q.store.Len()))
 	}
 	return nil
 }
 
-func (q *queue) openLog(o options, dir string, qc QueueConfig) error {
+// openLog opens q's log and returns the unacked events it holds, lowest
+// seq first, for openLogs to put in the queue.
+func (q *queue) openLog(o options, dir string, qc QueueConfig) ([]entry, error) {
 	b := q.bus
 	wo := o.walOptions
 	wo.Fsync = wal.FsyncMode(qc.Fsync)
@@ -96,27 +111,29 @@ func (q *queue) openLog(o options, dir string, qc QueueConfig) error {
 	}
 	l, rec, err := wal.Open(context.Background(), dir, wo)
 	if err != nil {
-		return fmt.Errorf("bus: queue %q: open write-ahead log: %w", q.name, err)
+		return nil, fmt.Errorf("bus: queue %q: open write-ahead log: %w", q.name, err)
 	}
+	entries := make([]entry, 0, len(rec.Records))
 	for _, r := range rec.Records {
 		e, err := decodeRecord(r.Data, r.Seq, r.MsgID, r.AcceptedAt, r.Deliveries)
 		if err != nil {
 			l.Close()
-			return fmt.Errorf("bus: queue %q: recover from %s: %w", q.name, dir, err)
+			return nil, fmt.Errorf("bus: queue %q: recover from %s: %w", q.name, dir, err)
 		}
-		q.store.Push(e)
+		e.reason = r.Reason
+		entries = append(entries, e)
 	}
 	for _, id := range rec.MsgIDs {
 		q.dedupe.add(id.ID, id.Seq, id.AcceptedAt, nil)
 	}
 	q.nextSeq = rec.NextSeq - 1
-	q.counters.size.Store(int64(q.store.Len()))
 	q.log = l
+	q.fsyncInterval = wo.Fsync == wal.FsyncInterval
 	if len(rec.Records) > 0 || rec.NextSeq > 1 {
 		b.logger.Info("queue recovered", "queue", q.name, "events", len(rec.Records),
 			"next_seq", rec.NextSeq, "msg_ids", len(rec.MsgIDs), "torn_bytes", rec.TornBytes)
 	}
-	return nil
+	return entries, nil
 }
 
 // closeLogs closes every open log and releases the data directory.
@@ -185,19 +202,16 @@ func (p *Pending) entry() entry {
 }
 
 // stored is the log's answer to appendLocked, on the log's completer
-// goroutine: the event joins the queue, or its slot is freed.
+// goroutine: the event joins the queue, or its slot is freed. A dead
+// letter has more to do before it joins (deadLetterMove.stored).
 func (q *queue) stored(p *Pending, moved *deadLetterMove, a wal.Appended, err error) {
-	var e entry
 	if moved != nil {
-		e = moved.ne
-	} else {
-		e = p.entry()
+		moved.stored(a, err)
+		return
 	}
+	e := p.entry()
 	e.seq = a.Seq
-	id := ""
-	if moved == nil {
-		id = e.ev.MsgID
-	}
+	id := e.ev.MsgID
 	var admitted pendingList
 	q.mu.Lock()
 	q.reserved--
@@ -214,10 +228,8 @@ func (q *queue) stored(p *Pending, moved *deadLetterMove, a wal.Appended, err er
 		}
 		admitted = q.admitWaitersLocked() // the reserved slot is free again
 	}
-	var dups []*Pending
-	if p != nil {
-		dups, p.dups = p.dups, nil
-	}
+	dups := p.dups
+	p.dups = nil
 	q.mu.Unlock()
 	admitted.release()
 
@@ -225,12 +237,7 @@ func (q *queue) stored(p *Pending, moved *deadLetterMove, a wal.Appended, err er
 		q.counters.storageErrors.Add(1)
 		err = fmt.Errorf("queue %q: event not stored: %w: %w", q.name, ErrStorage, err)
 	}
-	if moved != nil {
-		moved.done(err)
-	}
-	if p != nil {
-		p.complete(Accepted, a.Seq, a.Sync, err)
-	}
+	p.complete(Accepted, a.Seq, a.Sync, err)
 	for _, d := range dups {
 		d.complete(Duplicate, 0, 0, err)
 	}
@@ -247,10 +254,11 @@ const (
 )
 
 // walSettle records a delivery, ack or nack in the queue's log, if it has
-// one. Only a closed log refuses (after Shutdown, the record is not
-// needed: the event stays in the log as it was); anything else is a bug
-// worth a line.
-func (q *queue) walSettle(op walOp, seq uint64) {
+// one; a nack carries the reason the event holds from then on (the
+// nack's own, or, for an abandoned delivery, the one it kept). Only a
+// closed log refuses (after Shutdown, the record is not needed: the event
+// stays in the log as it was); anything else is a bug worth a line.
+func (q *queue) walSettle(op walOp, seq uint64, reason string) {
 	if q.log == nil {
 		return
 	}
@@ -261,7 +269,7 @@ func (q *queue) walSettle(op walOp, seq uint64) {
 	case walAck:
 		err = q.log.Ack(seq)
 	default:
-		err = q.log.Nack(seq)
+		err = q.log.NackReason(seq, reason)
 	}
 	if err != nil && !errors.Is(err, wal.ErrClosed) {
 		q.bus.logger.Error("write-ahead log refused a settle", "queue", q.name, "seq", seq, "err", err)

@@ -3,6 +3,7 @@ package bus_test
 import (
 	"context"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -14,13 +15,15 @@ import (
 
 // faultFS is the real file system with faults switched on and off by the
 // test: a full disk (every write fails with ENOSPC) and a gate that holds
-// every fdatasync until it is opened.
+// every fdatasync (or those of the files under one directory) until it is
+// opened.
 type faultFS struct {
 	wal.OSFS
-	mu    sync.Mutex
-	full  bool
-	gate  chan struct{} // nil: syncs pass
-	syncs int
+	mu        sync.Mutex
+	full      bool
+	gate      chan struct{} // nil: syncs pass
+	gateUnder string        // "": the gate holds every sync
+	syncs     int
 }
 
 func (f *faultFS) syncCount() int {
@@ -36,17 +39,22 @@ func (f *faultFS) setFull(full bool) {
 }
 
 // holdSyncs makes every fdatasync wait until the returned func is called.
-func (f *faultFS) holdSyncs() (open func()) {
+func (f *faultFS) holdSyncs() (open func()) { return f.holdSyncsUnder("") }
+
+// holdSyncsUnder makes the fdatasyncs of files whose path contains dir
+// wait until the returned func (which may be called again) is called;
+// syncCount then counts only them.
+func (f *faultFS) holdSyncsUnder(dir string) (open func()) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	g := make(chan struct{})
-	f.gate = g
-	return func() {
+	f.gate, f.gateUnder, f.syncs = g, dir, 0
+	return sync.OnceFunc(func() {
 		f.mu.Lock()
 		f.gate = nil
 		f.mu.Unlock()
 		close(g)
-	}
+	})
 }
 
 func (f *faultFS) OpenFile(name string, flag int, perm os.FileMode) (wal.File, error) {
@@ -54,12 +62,13 @@ func (f *faultFS) OpenFile(name string, flag int, perm os.FileMode) (wal.File, e
 	if err != nil {
 		return nil, err
 	}
-	return &faultFile{File: file, fs: f}, nil
+	return &faultFile{File: file, fs: f, name: name}, nil
 }
 
 type faultFile struct {
 	wal.File
-	fs *faultFS
+	fs   *faultFS
+	name string
 }
 
 func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
@@ -75,7 +84,11 @@ func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
 func (f *faultFile) Sync() error {
 	f.fs.mu.Lock()
 	g := f.fs.gate
-	f.fs.syncs++
+	if !strings.Contains(f.name, f.fs.gateUnder) {
+		g = nil
+	} else {
+		f.fs.syncs++
+	}
 	f.fs.mu.Unlock()
 	if g != nil {
 		<-g

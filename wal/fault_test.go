@@ -156,7 +156,7 @@ func TestRotationFailureKeepsTheLogUsable(t *testing.T) {
 	opts.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	dir := t.TempDir()
 	l, _ := openT(t, dir, opts)
-	ackSize := int64(len(appendSeqRecord(nil, recAck, 1)))
+	ackSize := int64(len(appendSettle(nil, settleRec{typ: recAck, seq: 1})))
 	data := strings.Repeat("r", 200)
 	recSize := int64(eventRecordSize("", []byte(data)))
 	// Bring the segment to where acking one more event crosses SegmentSize

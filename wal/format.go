@@ -13,25 +13,46 @@ import (
 //
 //	segment header (24 bytes): magic "EBUSWAL\n" | version u32 | next seq u64 | CRC-32C u32 of the 20 bytes before
 //	record:                    length u32 | CRC-32C u32 of type+body | type u8 | body (length-1 bytes)
+//
+// Version 2 adds a nack's reason: an optional tail of the nack body, and an
+// optional field of the event body (flagReason). This build writes version
+// 2 and reads 1 and 2: a version-1 segment is a version-2 segment in which
+// no reason was ever recorded. A build that reads only version 1 refuses a
+// version-2 segment by its header, naming the version, rather than
+// mistaking its first reason for damage.
 const (
 	magic          = "EBUSWAL\n"
-	formatVersion  = 1
+	formatVersion  = 2
+	oldestVersion  = 1
 	headerSize     = 24
 	recHeaderSize  = 8
 	maxMsgIDLen    = 256
 	eventFixedSize = 8 + 8 + 4 + 1 + 2 // seq, accepted at, deliveries, flags, msg id length
+	// reasonLenSize is the length field in front of a reason.
+	reasonLenSize = 2
 )
+
+// MaxReasonBytes bounds the reason a nack records (NackReason): it is kept
+// with the event, in its copies at rotation too, so it must stay small next
+// to the event itself.
+const MaxReasonBytes = 1024
 
 // Record types.
 const (
 	recEvent   byte = 1 // an accepted event (or its copy carried forward at rotation)
 	recDeliver byte = 2 // seq handed to a consumer
 	recAck     byte = 3 // seq settled for good
-	recNack    byte = 4 // seq returned to the queue
+	recNack    byte = 4 // seq returned to the queue, with the consumer's reason (version 2)
 	recMsgIDs  byte = 5 // msg ids of the dedupe window carried forward at rotation
 )
 
-const flagInFlight byte = 1
+// Event flags.
+const (
+	flagInFlight byte = 1 << iota
+	flagReason        // version 2: a reason follows the msg id
+)
+
+const knownEventFlags = flagInFlight | flagReason
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -64,8 +85,8 @@ func parseHeader(b []byte) (uint64, error) {
 	if got := crc32.Checksum(b[:20], castagnoli); got != binary.LittleEndian.Uint32(b[20:24]) {
 		return 0, fmt.Errorf("segment header: %w", errChecksum)
 	}
-	if v := binary.LittleEndian.Uint32(b[8:12]); v != formatVersion {
-		return 0, fmt.Errorf("segment header: unsupported version %d, this build reads version %d", v, formatVersion)
+	if v := binary.LittleEndian.Uint32(b[8:12]); v < oldestVersion || v > formatVersion {
+		return 0, fmt.Errorf("segment header: unsupported version %d, this build reads versions %d to %d", v, oldestVersion, formatVersion)
 	}
 	return binary.LittleEndian.Uint64(b[12:20]), nil
 }
@@ -85,8 +106,17 @@ func endRecord(b []byte, start int) []byte {
 	return b
 }
 
+// eventRecordSize is the size of an event record without a reason.
 func eventRecordSize(msgID string, data []byte) int {
 	return recHeaderSize + 1 + eventFixedSize + len(msgID) + len(data)
+}
+
+// reasonSize is what a reason adds to an event or nack record.
+func reasonSize(reason string) int {
+	if reason == "" {
+		return 0
+	}
+	return reasonLenSize + len(reason)
 }
 
 func appendEvent(b []byte, ev eventBody) []byte {
@@ -98,16 +128,34 @@ func appendEvent(b []byte, ev eventBody) []byte {
 	if ev.inFlight {
 		flags |= flagInFlight
 	}
+	if ev.reason != "" {
+		flags |= flagReason
+	}
 	b = append(b, flags)
 	b = binary.LittleEndian.AppendUint16(b, uint16(len(ev.msgID)))
 	b = append(b, ev.msgID...)
+	b = appendReason(b, ev.reason)
 	b = append(b, ev.data...)
 	return endRecord(b, start)
 }
 
-func appendSeqRecord(b []byte, typ byte, seq uint64) []byte {
-	b, start := beginRecord(b, typ)
-	b = binary.LittleEndian.AppendUint64(b, seq)
+func appendReason(b []byte, reason string) []byte {
+	if reason == "" {
+		return b
+	}
+	b = binary.LittleEndian.AppendUint16(b, uint16(len(reason)))
+	return append(b, reason...)
+}
+
+// appendSettle writes a deliver, ack or nack record; only a nack carries
+// a reason, and only when it has one (so that a nack without a reason is
+// the version-1 record byte for byte).
+func appendSettle(b []byte, s settleRec) []byte {
+	b, start := beginRecord(b, s.typ)
+	b = binary.LittleEndian.AppendUint64(b, s.seq)
+	if s.typ == recNack {
+		b = appendReason(b, s.reason)
+	}
 	return endRecord(b, start)
 }
 
@@ -137,15 +185,50 @@ func appendMsgIDs(b []byte, ids []MsgID, maxRecord int) []byte {
 	return b
 }
 
-// eventBody is a decoded recEvent. data and msgID alias the decoded buffer
-// only until copied.
+// eventBody is a decoded recEvent. data aliases the decoded buffer until
+// copied.
 type eventBody struct {
-	seq        uint64
-	at         int64 // unix nanoseconds
+	seq uint64
+	at  int64 // unix nanoseconds
+	progress
+	msgID string
+	data  []byte
+}
+
+// progress is an unacked event's delivery state: what its deliver, nack
+// and ack records change. Recovery replays the records through step and
+// the live log applies each one through step as it writes it, so the two
+// cannot disagree about what a record means.
+type progress struct {
 	deliveries uint32
 	inFlight   bool
-	msgID      string
-	data       []byte
+	// reason is the last recorded nack's reason ("" when that nack gave
+	// none). An abandoned delivery (the consumer gone, or a crash) records
+	// no nack of its own, so the reason before it stays.
+	reason string
+}
+
+// settleRec is a decoded deliver, ack or nack record.
+type settleRec struct {
+	typ    byte
+	seq    uint64
+	reason string // nack only
+}
+
+// step applies s to the event's state and reports whether s ends the
+// event (an ack): it is then forgotten.
+func (p *progress) step(s settleRec) (acked bool) {
+	switch s.typ {
+	case recDeliver:
+		p.deliveries++
+		p.inFlight = true
+	case recNack:
+		p.inFlight = false
+		p.reason = s.reason
+	case recAck:
+		return true
+	}
+	return false
 }
 
 // DecodeRecord reads the record at the start of b. It returns the record
@@ -179,14 +262,14 @@ func parseEvent(body []byte) (eventBody, error) {
 	if len(body) < eventFixedSize {
 		return eventBody{}, fmt.Errorf("%w: event of %d bytes, at least %d", errBody, len(body), eventFixedSize)
 	}
+	flags := body[20]
 	ev := eventBody{
-		seq:        binary.LittleEndian.Uint64(body),
-		at:         int64(binary.LittleEndian.Uint64(body[8:])),
-		deliveries: binary.LittleEndian.Uint32(body[16:]),
-		inFlight:   body[20]&flagInFlight != 0,
+		seq:      binary.LittleEndian.Uint64(body),
+		at:       int64(binary.LittleEndian.Uint64(body[8:])),
+		progress: progress{deliveries: binary.LittleEndian.Uint32(body[16:]), inFlight: flags&flagInFlight != 0},
 	}
-	if body[20]&^flagInFlight != 0 {
-		return eventBody{}, fmt.Errorf("%w: event flags %#x (valid: %#x)", errBody, body[20], flagInFlight)
+	if flags&^knownEventFlags != 0 {
+		return eventBody{}, fmt.Errorf("%w: event flags %#x (valid: %#x)", errBody, flags, knownEventFlags)
 	}
 	idLen := int(binary.LittleEndian.Uint16(body[21:]))
 	rest := body[eventFixedSize:]
@@ -194,15 +277,49 @@ func parseEvent(body []byte) (eventBody, error) {
 		return eventBody{}, fmt.Errorf("%w: msg id of %d bytes (valid: 0 to %d, %d left)", errBody, idLen, maxMsgIDLen, len(rest))
 	}
 	ev.msgID = string(rest[:idLen])
-	ev.data = rest[idLen:]
+	rest = rest[idLen:]
+	if flags&flagReason != 0 {
+		reason, n, err := parseReason(rest)
+		if err != nil {
+			return eventBody{}, fmt.Errorf("event: %w", err)
+		}
+		ev.reason, rest = reason, rest[n:]
+	}
+	ev.data = rest
 	return ev, nil
 }
 
-func parseSeq(body []byte) (uint64, error) {
-	if len(body) != 8 {
-		return 0, fmt.Errorf("%w: seq record of %d bytes, want 8", errBody, len(body))
+// parseReason reads a reason (length u16, 1 to MaxReasonBytes, then the
+// bytes) at the start of b and returns it (copied) and its encoded size.
+func parseReason(b []byte) (string, int, error) {
+	if len(b) < reasonLenSize {
+		return "", 0, fmt.Errorf("%w: reason length cut short", errBody)
 	}
-	return binary.LittleEndian.Uint64(body), nil
+	n := int(binary.LittleEndian.Uint16(b))
+	if n == 0 || n > MaxReasonBytes || n > len(b)-reasonLenSize {
+		return "", 0, fmt.Errorf("%w: reason of %d bytes (valid: 1 to %d, %d left)", errBody, n, MaxReasonBytes, len(b)-reasonLenSize)
+	}
+	return string(b[reasonLenSize : reasonLenSize+n]), reasonLenSize + n, nil
+}
+
+// parseSettle reads a deliver, ack or nack body: the seq, and for a nack
+// an optional reason.
+func parseSettle(typ byte, body []byte) (settleRec, error) {
+	if len(body) < 8 || (len(body) != 8 && typ != recNack) {
+		return settleRec{}, fmt.Errorf("%w: record type %d of %d bytes, want 8", errBody, typ, len(body))
+	}
+	s := settleRec{typ: typ, seq: binary.LittleEndian.Uint64(body)}
+	if len(body) > 8 {
+		reason, n, err := parseReason(body[8:])
+		if err != nil {
+			return settleRec{}, fmt.Errorf("nack: %w", err)
+		}
+		if 8+n != len(body) {
+			return settleRec{}, fmt.Errorf("%w: nack of %d bytes, its reason ends at %d", errBody, len(body), 8+n)
+		}
+		s.reason = reason
+	}
+	return s, nil
 }
 
 // parseMsgIDs calls fn for every id in a recMsgIDs body.
@@ -239,7 +356,7 @@ func checkBody(typ byte, body []byte) error {
 		_, err := parseEvent(body)
 		return err
 	case recDeliver, recAck, recNack:
-		_, err := parseSeq(body)
+		_, err := parseSettle(typ, body)
 		return err
 	case recMsgIDs:
 		return parseMsgIDs(body, func(MsgID) {})

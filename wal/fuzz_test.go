@@ -9,14 +9,17 @@ import (
 const fuzzMaxRecord = 4096
 
 func fuzzSeeds() [][]byte {
-	ev := appendEvent(nil, eventBody{seq: 7, at: 1, deliveries: 2, inFlight: true, msgID: "m-1", data: []byte(`{"a":1}`)})
+	ev := appendEvent(nil, eventBody{seq: 7, at: 1, progress: progress{deliveries: 2, inFlight: true}, msgID: "m-1", data: []byte(`{"a":1}`)})
 	ids := appendMsgIDs(nil, []MsgID{{ID: "x", Seq: 3, AcceptedAt: time.Unix(0, 5)}, {ID: "", Seq: 4}}, fuzzMaxRecord)
 	torn := bytes.Clone(ev)
 	torn[len(torn)-1] ^= 1
 	return [][]byte{
 		ev,
-		appendSeqRecord(nil, recAck, 9),
-		appendSeqRecord(nil, recDeliver, 1<<40),
+		appendSettle(nil, settleRec{typ: recAck, seq: 9}),
+		appendSettle(nil, settleRec{typ: recDeliver, seq: 1 << 40}),
+		appendSettle(nil, settleRec{typ: recNack, seq: 3}),
+		appendSettle(nil, settleRec{typ: recNack, seq: 4, reason: "risk check failed"}),
+		appendEvent(nil, eventBody{seq: 8, progress: progress{deliveries: 3, reason: "bad price"}, msgID: "m-2", data: []byte(`{}`)}),
 		ids,
 		torn,
 		ev[:5],
@@ -69,11 +72,11 @@ func reencode(t *testing.T, typ byte, body []byte) []byte {
 		}
 		return appendEvent(nil, ev)
 	case recDeliver, recAck, recNack:
-		seq, err := parseSeq(body)
+		s, err := parseSettle(typ, body)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return appendSeqRecord(nil, typ, seq)
+		return appendSettle(nil, s)
 	case recMsgIDs:
 		var ids []MsgID
 		if err := parseMsgIDs(body, func(id MsgID) { ids = append(ids, id) }); err != nil {

@@ -17,10 +17,11 @@ type modelRec struct {
 	msgID      string
 	deliveries int
 	inFlight   bool
+	reason     string
 }
 
-// TestModel runs random sequences of append, deliver, ack, nack and
-// close-reopen against a map, with segments small enough that rotation
+// TestModel runs random sequences of append, deliver, ack, nack (with a
+// reason or without) and close-reopen against a map, with segments small enough that rotation
 // (and its copying forward) happens all the time, and checks after every
 // reopen that the log gives back exactly the model's state.
 func TestModel(t *testing.T) {
@@ -76,8 +77,13 @@ func TestModel(t *testing.T) {
 					delete(live, s)
 				case r < 88:
 					s := pick()
-					mustOK(t, op, "nack", l.Nack(s))
+					reason := ""
+					if rng.IntN(3) > 0 {
+						reason = fmt.Sprintf("reason %d", op)
+					}
+					mustOK(t, op, "nack", l.NackReason(s, reason))
 					live[s].inFlight = false
+					live[s].reason = reason
 				case r < 92:
 					if err := l.Ack(next + 7); !errors.Is(err, ErrUnknownSeq) {
 						t.Fatalf("op %d: ack of unknown seq: %v", op, err)
@@ -115,9 +121,9 @@ func compareModel(t *testing.T, op int, rec *Recovered, live map[uint64]*modelRe
 	}
 	for _, r := range rec.Records {
 		m := live[r.Seq]
-		if string(r.Data) != m.data || r.MsgID != m.msgID || r.Deliveries != m.deliveries || r.InFlight != m.inFlight || !r.AcceptedAt.Equal(fixedNow) {
-			t.Fatalf("op %d: seq %d recovered as {%d bytes, id %q, deliveries %d, in flight %v, at %v}, model {%d bytes, id %q, deliveries %d, in flight %v}",
-				op, r.Seq, len(r.Data), r.MsgID, r.Deliveries, r.InFlight, r.AcceptedAt, len(m.data), m.msgID, m.deliveries, m.inFlight)
+		if string(r.Data) != m.data || r.MsgID != m.msgID || r.Deliveries != m.deliveries || r.InFlight != m.inFlight || r.Reason != m.reason || !r.AcceptedAt.Equal(fixedNow) {
+			t.Fatalf("op %d: seq %d recovered as {%d bytes, id %q, deliveries %d, in flight %v, reason %q, at %v}, model {%d bytes, id %q, deliveries %d, in flight %v, reason %q}",
+				op, r.Seq, len(r.Data), r.MsgID, r.Deliveries, r.InFlight, r.Reason, r.AcceptedAt, len(m.data), m.msgID, m.deliveries, m.inFlight, m.reason)
 		}
 	}
 	gotIDs := map[string]uint64{}

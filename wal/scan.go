@@ -128,24 +128,18 @@ func (st *state) apply(typ byte, body []byte) error {
 		}
 		st.nextSeq = max(st.nextSeq, ev.seq+1)
 	case recDeliver, recAck, recNack:
-		seq, err := parseSeq(body)
+		s, err := parseSettle(typ, body)
 		if err != nil {
 			return err
 		}
-		ev, ok := st.live[seq]
+		ev, ok := st.live[s.seq]
 		if !ok {
 			return nil // settles an event acked and dropped earlier
 		}
-		switch typ {
-		case recDeliver:
-			ev.deliveries++
-			ev.inFlight = true
-			st.live[seq] = ev
-		case recNack:
-			ev.inFlight = false
-			st.live[seq] = ev
-		case recAck:
-			delete(st.live, seq)
+		if ev.step(s) {
+			delete(st.live, s.seq)
+		} else {
+			st.live[s.seq] = ev
 		}
 	case recMsgIDs:
 		return parseMsgIDs(body, st.addID)

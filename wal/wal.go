@@ -27,6 +27,7 @@ import (
 	"slices"
 	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // Sentinel errors callers branch on with errors.Is.
@@ -79,7 +80,9 @@ type Options struct {
 	SegmentSize int64
 	// MaxRecord bounds one record (event data, msg id and 30 bytes of
 	// framing); larger appends fail with ErrInvalid, and larger lengths on
-	// disk are damage.
+	// disk are damage. A nack's reason that would take its event's record
+	// past it is cut to fit (with the defaults and the sidecar's frame
+	// limit, never).
 	MaxRecord int
 	// DedupeWindow is how long a msg id is remembered after its accept
 	// time, across restarts (default 5 minutes).
@@ -128,6 +131,8 @@ type Record struct {
 	// InFlight says the event was delivered and neither acked nor nacked
 	// when the log was last closed or crashed.
 	InFlight bool
+	// Reason is the reason of the last nack recorded (NackReason).
+	Reason string
 }
 
 // MsgID is a msg id accepted within the dedupe window.
@@ -200,11 +205,13 @@ const (
 const inPending = ^uint64(0)
 
 type liveRec struct {
-	seg        uint64
-	off        int64
-	size       int32
-	deliveries uint32
-	inFlight   bool
+	seg  uint64
+	off  int64
+	size int32 // of the record as stored
+	// bare is the size of the event's record without its reason: a
+	// reason may take it up to MaxRecord, no further.
+	bare int32
+	progress
 }
 
 // batch is the appenders waiting for one write (and sync).
@@ -215,6 +222,10 @@ type batch struct {
 	records int
 	// async are the AppendAsync callbacks, in seq order.
 	async []asyncAppend
+	// syncs are the SyncAsync callbacks; mustSync makes the write that
+	// covers the batch end in an fdatasync in interval mode too.
+	syncs    []func(error)
+	mustSync bool
 }
 
 type asyncAppend struct {
@@ -226,7 +237,7 @@ type asyncAppend struct {
 // callbacks to the completer. The syncer calls it without l.mu.
 func (l *Log) complete(b *batch) {
 	close(b.done)
-	if len(b.async) > 0 {
+	if len(b.async) > 0 || len(b.syncs) > 0 {
 		l.completions <- b
 	}
 }
@@ -243,8 +254,9 @@ func (l *Log) completer() {
 	}
 }
 
-// callBack calls b's AppendAsync callbacks in seq order, holding none of
-// the log's locks: a callback may call the log again.
+// callBack calls b's AppendAsync callbacks in seq order, then its
+// SyncAsync callbacks, holding none of the log's locks: a callback may call
+// the log again.
 func (b *batch) callBack() {
 	for _, a := range b.async {
 		if b.err != nil {
@@ -252,6 +264,13 @@ func (b *batch) callBack() {
 			continue
 		}
 		a.done(Appended{Seq: a.seq, Sync: b.sync, Batch: b.records}, nil)
+	}
+	for _, done := range b.syncs {
+		if b.err != nil {
+			done(fmt.Errorf("wal: sync: %w", b.err))
+			continue
+		}
+		done(nil)
 	}
 }
 
@@ -373,7 +392,7 @@ func (l *Log) recover(ctx context.Context) (*Recovered, error) {
 		ev := st.live[s]
 		rec.Records = append(rec.Records, Record{
 			Seq: ev.seq, Data: ev.data, MsgID: ev.msgID, AcceptedAt: time.Unix(0, ev.at),
-			Deliveries: int(ev.deliveries), InFlight: ev.inFlight,
+			Deliveries: int(ev.deliveries), InFlight: ev.inFlight, Reason: ev.reason,
 		})
 		copies = append(copies, ev)
 	}
@@ -422,7 +441,8 @@ func (l *Log) startSegment(id uint64, copies []eventBody) error {
 	l.liveBytes = 0
 	for i, ev := range copies {
 		size := offs[i+1] - offs[i]
-		l.live[ev.seq] = liveRec{seg: id, off: offs[i], size: int32(size), deliveries: ev.deliveries, inFlight: ev.inFlight}
+		bare := size - int64(reasonSize(ev.reason))
+		l.live[ev.seq] = liveRec{seg: id, off: offs[i], size: int32(size), bare: int32(bare), progress: ev.progress}
 		l.liveBytes += size
 	}
 	if l.seg.f != nil {
@@ -525,8 +545,9 @@ func (l *Log) enqueue(data []byte, msgID string, at time.Time, done func(Appende
 	l.nextSeq++
 	off := int64(len(l.pend))
 	l.pend = appendEvent(l.pend, eventBody{seq: seq, at: at.UnixNano(), msgID: msgID, data: data})
-	l.live[seq] = liveRec{seg: inPending, off: off, size: int32(int64(len(l.pend)) - off)}
-	l.liveBytes += int64(len(l.pend)) - off
+	size := int32(int64(len(l.pend)) - off)
+	l.live[seq] = liveRec{seg: inPending, off: off, size: size, bare: size}
+	l.liveBytes += int64(size)
 	l.pendEvents = append(l.pendEvents, seq)
 	l.pendCount++
 	if msgID != "" {
@@ -550,44 +571,116 @@ func (l *Log) enqueue(data []byte, msgID string, at time.Time, done func(Appende
 }
 
 // Deliver records that seq was handed to a consumer.
-func (l *Log) Deliver(seq uint64) error { return l.settle(recDeliver, seq) }
+func (l *Log) Deliver(seq uint64) error { return l.settle(settleRec{typ: recDeliver, seq: seq}) }
 
 // Ack records that seq was settled for good: it never comes back.
-func (l *Log) Ack(seq uint64) error { return l.settle(recAck, seq) }
+func (l *Log) Ack(seq uint64) error { return l.settle(settleRec{typ: recAck, seq: seq}) }
 
-// Nack records that seq went back to the queue.
-func (l *Log) Nack(seq uint64) error { return l.settle(recNack, seq) }
+// Nack records that seq went back to the queue. It is NackReason without
+// a reason.
+func (l *Log) Nack(seq uint64) error { return l.NackReason(seq, "") }
+
+// NackReason records that seq went back to the queue with the consumer's
+// reason (at most MaxReasonBytes, else ErrInvalid), which Open gives back
+// as Record.Reason until a later nack records another ("" clears it). A
+// reason that would take the event's record past MaxRecord is cut to fit,
+// at a UTF-8 character boundary.
+func (l *Log) NackReason(seq uint64, reason string) error {
+	if len(reason) > MaxReasonBytes {
+		return fmt.Errorf("%w: reason of %d bytes (valid: up to %d)", ErrInvalid, len(reason), MaxReasonBytes)
+	}
+	return l.settle(settleRec{typ: recNack, seq: seq, reason: reason})
+}
 
 // settle records a delivery, ack or nack. It does not wait for a sync:
-// losing the tail of these at a crash only causes a redelivery.
-func (l *Log) settle(typ byte, seq uint64) error {
+// losing the tail of these at a crash only causes a redelivery (SyncAsync
+// waits for one).
+func (l *Log) settle(s settleRec) error {
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
 		return ErrClosed
 	}
-	r, ok := l.live[seq]
+	r, ok := l.live[s.seq]
 	if !ok {
 		l.mu.Unlock()
-		return fmt.Errorf("%w: %d", ErrUnknownSeq, seq)
+		return fmt.Errorf("%w: %d", ErrUnknownSeq, s.seq)
 	}
-	switch typ {
-	case recDeliver:
-		r.deliveries++
-		r.inFlight = true
-		l.live[seq] = r
-	case recNack:
-		r.inFlight = false
-		l.live[seq] = r
-	case recAck:
-		delete(l.live, seq)
+	if s.reason != "" {
+		// The reason is copied into the event's record at rotation.
+		s.reason = cutReason(s.reason, l.opts.MaxRecord-int(r.bare-recHeaderSize)-reasonLenSize)
+	}
+	if r.step(s) {
+		delete(l.live, s.seq)
 		l.liveBytes -= int64(r.size)
+	} else {
+		l.live[s.seq] = r
 	}
-	l.pend = appendSeqRecord(l.pend, typ, seq)
+	l.pend = appendSettle(l.pend, s)
 	l.pendCount++
 	l.mu.Unlock()
 	l.signal()
 	return nil
+}
+
+// cutReason cuts reason to at most n bytes at a UTF-8 character boundary.
+func cutReason(reason string, n int) string {
+	if len(reason) <= n {
+		return reason
+	}
+	n = max(n, 0)
+	for n > 0 && !utf8.RuneStart(reason[n]) {
+		n--
+	}
+	return reason[:n]
+}
+
+// SyncAsync calls done once an fdatasync has covered every record the log
+// took before the call (appends, deliveries, acks, nacks), in either fsync
+// mode: a caller that must know a record is on stable storage before it
+// acts on it (an ack that ends a move between two logs) asks for it. It
+// shares the sync of the next flush, so concurrent callers and appenders
+// still pay for one. done is called like an AppendAsync callback: once,
+// from the completer goroutine, holding none of the log's locks, before
+// Close returns, and it must not block. An error wrapping ErrStorage means
+// the records' fate is unknown (a failed write of an append cuts it, a
+// failed sync leaves what was written before); ErrClosed returned at once
+// means done is not called.
+func (l *Log) SyncAsync(done func(error)) error {
+	if done == nil {
+		return fmt.Errorf("%w: SyncAsync needs a done callback", ErrInvalid)
+	}
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return ErrClosed
+	}
+	b := l.batch
+	if b == nil {
+		b = &batch{done: make(chan struct{})}
+		l.batch = b
+	}
+	b.mustSync = true
+	b.syncs = append(b.syncs, done)
+	l.mu.Unlock()
+	l.signal()
+	return nil
+}
+
+// Sync is SyncAsync for a caller that may block: it returns once every
+// record taken before the call is on stable storage, or ctx's error if it
+// ends first (the sync still happens).
+func (l *Log) Sync(ctx context.Context) error {
+	res := make(chan error, 1)
+	if err := l.SyncAsync(func(err error) { res <- err }); err != nil {
+		return err
+	}
+	select {
+	case err := <-res:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("wal: waiting for sync: %w", ctx.Err())
+	}
 }
 
 // Close writes and syncs what is pending, stops the syncer and releases
@@ -641,7 +734,7 @@ func (l *Log) syncer() {
 func (l *Log) flush() {
 	l.mu.Lock()
 	buf, b, evs, count := l.pend, l.batch, l.pendEvents, l.pendCount
-	if len(buf) == 0 {
+	if len(buf) == 0 && b == nil {
 		l.mu.Unlock()
 		return
 	}
@@ -655,12 +748,18 @@ func (l *Log) flush() {
 	}
 	l.mu.Unlock()
 
-	err := l.write(buf, base)
+	var err error
+	if len(buf) > 0 { // empty for a batch of SyncAsync calls alone
+		err = l.write(buf, base)
+	}
 	if err == nil {
 		l.unsynced += count
 	}
 	var syncDur time.Duration
-	if err == nil && b != nil && l.opts.Fsync == FsyncAlways {
+	// A SyncAsync alone finds nothing to sync when nothing was written
+	// since the last sync.
+	syncNow := err == nil && b != nil && (l.opts.Fsync == FsyncAlways || b.mustSync)
+	if syncNow && (l.seg.off > l.seg.synced || l.dirtySync) {
 		start := time.Now()
 		serr := l.seg.f.Sync()
 		syncDur = time.Since(start)
@@ -676,7 +775,7 @@ func (l *Log) flush() {
 		} else {
 			l.seg.synced, l.unsynced, l.dirtySync = l.seg.off, 0, false
 		}
-	} else if err == nil {
+	} else if err == nil && len(buf) > 0 {
 		l.dirtySync = true
 	}
 	switch {
@@ -827,7 +926,7 @@ func (l *Log) rotate() (absorbed *batch, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s at offset %d (seq %d): %w", ErrCorrupt, old.name, r.off, seq, err)
 		}
-		ev.deliveries, ev.inFlight = r.deliveries, r.inFlight
+		ev.progress = r.progress
 		copies = append(copies, ev)
 	}
 	slices.SortFunc(copies, func(a, b eventBody) int { return cmp.Compare(a.seq, b.seq) })
