@@ -116,8 +116,10 @@ func durationField(v string, dst *time.Duration) error {
 // dead-letter settings, reporting each problem through bad.
 func validateDurability(c Config, bad func(field, value, problem string)) {
 	names := map[string]bool{}
+	durable := map[string]bool{}
 	for _, q := range c.Queues {
 		names[q.Name] = true
+		durable[q.Name] = q.Durable
 	}
 	for i, q := range c.Queues {
 		field := queueField(q.Name)
@@ -152,6 +154,10 @@ func validateDurability(c Config, bad func(field, value, problem string)) {
 			bad(field+".dead_letter", q.DeadLetter, "a queue cannot be its own dead-letter queue; allowed: "+otherQueues(c, q.Name))
 		case q.DeadLetter != "" && !names[q.DeadLetter]:
 			bad(field+".dead_letter", q.DeadLetter, "not a configured queue; allowed: "+otherQueues(c, q.Name))
+		case q.Durable && q.DeadLetter != "" && !durable[q.DeadLetter]:
+			// The move out of a durable queue acks the event there once
+			// the dead letter is stored: in memory, a crash would lose it.
+			bad(field+".dead_letter", q.DeadLetter, fmt.Sprintf("queue %q is durable but its dead-letter queue is not, so a crash would lose the dead letters; set durable: true on %q", q.Name, q.DeadLetter))
 		}
 	}
 }

@@ -70,6 +70,7 @@ queues:
   - name: order_dead
     capacity: 1000
     policy: block
+    durable: true
 `), "test.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -78,7 +79,7 @@ queues:
 		{Name: "data", Capacity: 1000, Policy: bus.PolicyDrop, Timeout: time.Second, Durable: true, Fsync: bus.FsyncInterval, FsyncInterval: 50 * time.Millisecond, DedupeWindow: bus.DefaultDedupeWindow},
 		{Name: "signal", Capacity: 100, Policy: bus.PolicyFail, Timeout: 5 * time.Second, Durable: true, Fsync: bus.FsyncAlways, DedupeWindow: bus.DefaultDedupeWindow},
 		{Name: "order", Capacity: 50, Policy: bus.PolicyBlock, Durable: true, Fsync: bus.FsyncAlways, DedupeWindow: 10 * time.Minute, MaxDeliveries: 5, DeadLetter: "order_dead"},
-		{Name: "order_dead", Capacity: 1000, Policy: bus.PolicyBlock, Fsync: bus.FsyncAlways, DedupeWindow: bus.DefaultDedupeWindow},
+		{Name: "order_dead", Capacity: 1000, Policy: bus.PolicyBlock, Durable: true, Fsync: bus.FsyncAlways, DedupeWindow: bus.DefaultDedupeWindow},
 	}
 	if !reflect.DeepEqual(c.Queues, want) {
 		t.Fatalf("queues = %+v\nwant %+v", c.Queues, want)
@@ -122,6 +123,7 @@ func TestInvalidDurability(t *testing.T) {
 		{"max deliveries without dead letter", "queues:\n  - {name: order, max_deliveries: 5}\n", []string{`queues[order].dead_letter ""`, "max_deliveries 5 needs a dead_letter queue", "allowed: data, signal"}},
 		{"dead letter without max deliveries", "queues:\n  - {name: order, dead_letter: data}\n", []string{`queues[order].dead_letter "data"`, "no effect without max_deliveries"}},
 		{"dead letter to itself", "queues:\n  - {name: order, max_deliveries: 3, dead_letter: order}\n", []string{`queues[order].dead_letter "order"`, "its own dead-letter queue", "allowed: data, signal"}},
+		{"durable queue, dead letters in memory", "queues:\n  - {name: order, max_deliveries: 3, dead_letter: order_dead}\n  - {name: order_dead, capacity: 10, policy: block}\n", []string{`queues[order].dead_letter "order_dead"`, `queue "order" is durable but its dead-letter queue is not`, `set durable: true on "order_dead"`}},
 		{"dead letter to an unknown queue", "queues:\n  - {name: order, max_deliveries: 3, dead_letter: dlq}\n", []string{`queues[order].dead_letter "dlq"`, "not a configured queue; allowed: data, signal"}},
 		{"unknown queue key names the new ones", "queues:\n  - {name: order, durability: on}\n", []string{`unknown key "durability"`, "durable, fsync, fsync_interval, dedupe_window, max_deliveries, dead_letter"}},
 	}
