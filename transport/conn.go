@@ -45,6 +45,12 @@ type conn struct {
 	rawWriteFn func(fd uintptr) bool
 	logger     *slog.Logger // the server's, with the peer's uid and pid
 	log        func(msg string, args ...any)
+	// fd is nc's descriptor (-1: none), for the server to see whether the
+	// client has closed while the read loop is busy or parked.
+	fd int32
+	// counted says the connection counts against MaxConnections. Under
+	// the server's mu.
+	counted bool
 
 	// held is what the budget accounts to this connection: its read
 	// buffer, its output, its waiting publishes. Under the budget's lock.
@@ -109,12 +115,14 @@ func newConn(s *Server, nc net.Conn, peer peerCred) *conn {
 		subs:       make(map[string]*subscription),
 		types:      make(map[string]string),
 		writerIdle: true,
+		fd:         -1,
 	}
 	c.room = sync.NewCond(&c.omu)
 	if sc, ok := nc.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
 			c.raw = raw
 			c.rawWriteFn = c.rawWrite
+			raw.Control(func(fd uintptr) { c.fd = int32(fd) }) //nolint:errcheck // fails only on a closed socket: fd stays -1
 		}
 	}
 	c.internFn = c.intern
@@ -152,6 +160,9 @@ func (c *conn) serve() {
 	c.omu.Unlock()
 	c.signalWriter()
 	<-c.writerDone
+	// From the socket's shutdown on, the client sees the connection end
+	// and may connect again: it must find its place free.
+	c.s.uncount(c)
 	c.lingerClose()
 	reason, err := c.closeState()
 	c.logClose(reason, err)
