@@ -125,6 +125,9 @@ func TestMaxConnections(t *testing.T) {
 			if v, _ := metricValue(t, reader, "eventbus.connections"); v != int64(limit) {
 				t.Fatalf("eventbus.connections = %d, want %d", v, limit)
 			}
+			if v, _ := metricValue(t, reader, "eventbus.connections.limit"); v != int64(limit) {
+				t.Fatalf("eventbus.connections.limit = %d, want %d", v, limit)
+			}
 		})
 	}
 }

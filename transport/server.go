@@ -365,16 +365,20 @@ func (s *Server) initMetrics() error {
 	budgetGauge, err6 := m.Int64ObservableGauge("eventbus.buffered.budget",
 		metric.WithDescription("The budget for eventbus.buffered (max buffered bytes)."),
 		metric.WithUnit("By"))
-	if err := errors.Join(err1, err2, err3, err4, err5, err6); err != nil {
+	connLimit, err7 := m.Int64ObservableGauge("eventbus.connections.limit",
+		metric.WithDescription("The most client connections served at once (max connections); one more is rejected."),
+		metric.WithUnit("{connection}"))
+	if err := errors.Join(err1, err2, err3, err4, err5, err6, err7); err != nil {
 		return fmt.Errorf("transport metrics: %w", err)
 	}
 	reg, err := m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		o.ObserveInt64(conns, s.connCount.Load())
+		o.ObserveInt64(connLimit, int64(s.cfg.MaxConnections))
 		s.reconcileQueued()
 		o.ObserveInt64(buffered, s.budget.Held())
 		o.ObserveInt64(budgetGauge, s.cfg.MaxBufferedBytes)
 		return nil
-	}, conns, buffered, budgetGauge)
+	}, conns, connLimit, buffered, budgetGauge)
 	if err != nil {
 		return fmt.Errorf("transport metrics: %w", err)
 	}
