@@ -314,7 +314,7 @@ func (p *program) serve(parent context.Context, cfg config.Config, reload func()
 	// a reload sent during the drain is refused in the log rather than
 	// ending the process (SIGHUP's default action).
 	reloader, err := newReloader(cfg, reloadTargets{
-		log: log, level: level, bus: b, server: srv, telemetry: tel,
+		log: log, level: level, bus: b, server: srv, telemetry: tel, memory: mem,
 	}, tel.MeterProvider().Meter("github.com/eventbus-sidecar/eventbus-sidecar/config"))
 	if err != nil {
 		ln.Close()

@@ -43,14 +43,22 @@ var errOverBudget = errors.New("over the buffered-bytes budget")
 // they are taken (reserve blocks until they fit); small replies are
 // charged as they are written and fit in the slack.
 type budget struct {
+	light int64         // a connection holding at most this is light
+	conns *atomic.Int64 // open connections, for the fair share; nil: 1
+
+	mu sync.Mutex
+	// limit and its shares change with setLimit.
 	limit    int64
 	pubLimit int64 // publish payloads, waiting and queued
 	slack    int64
 	headroom int64
-	light    int64         // a connection holding at most this is light
-	conns    *atomic.Int64 // open connections, for the fair share; nil: 1
-
-	mu      sync.Mutex
+	// shrunk is set while more is held than a shrunk limit leaves room
+	// for: no connection is cut off for waiting then (see setLimit).
+	// unshrunk is when it was cleared last.
+	shrunk   bool
+	unshrunk time.Time
+	// graced counts the cut-off deadlines that passed while shrunk.
+	graced  int
 	held    int64
 	pub     int64
 	queued  map[string]*queueBytes
@@ -66,19 +74,48 @@ type queueBytes struct {
 
 func newBudget(limit int64, queues []string, conns *atomic.Int64) *budget {
 	b := &budget{
-		limit:    limit,
-		pubLimit: limit / pubShareDiv,
-		slack:    limit / slackDiv,
-		headroom: limit / headroomDiv,
-		light:    lightBytes,
-		conns:    conns,
-		queued:   make(map[string]*queueBytes, len(queues)),
-		freed:    make(chan struct{}),
+		light:  lightBytes,
+		conns:  conns,
+		queued: make(map[string]*queueBytes, len(queues)),
+		freed:  make(chan struct{}),
 	}
+	b.setLimitLocked(limit)
 	for _, q := range queues {
 		b.queued[q] = &queueBytes{}
 	}
 	return b
+}
+
+// setLimit changes the budget while it is in use. Growing it wakes the
+// waiting connections, which may fit now. Shrinking it takes nothing
+// away: what is held stays until it is written, acked or released, and
+// meanwhile every connection that needs more waits (backpressure). While
+// more is held than the smaller budget leaves room for, no connection is
+// cut off for waiting, since the shortage is not its doing; once the
+// holdings are under, the usual rules apply again.
+func (b *budget) setLimit(limit int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.setLimitLocked(limit)
+	b.shrunk = b.held > b.roomLocked()
+	b.wakeLocked()
+}
+
+func (b *budget) setLimitLocked(limit int64) {
+	b.limit = limit
+	b.pubLimit = limit / pubShareDiv
+	b.slack = limit / slackDiv
+	b.headroom = limit / headroomDiv
+}
+
+// roomLocked is what may be held before heavy connections wait.
+func (b *budget) roomLocked() int64 { return b.limit - b.slack - b.headroom }
+
+// Limit reports the budget in force.
+func (b *budget) Limit() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.limit
 }
 
 // fits reports whether n more bytes (pub of them publish payload) may be
@@ -101,7 +138,7 @@ func (b *budget) fairShare() int64 {
 	if b.conns != nil {
 		n = max(b.conns.Load(), 1)
 	}
-	return (b.limit - b.slack - b.headroom) / n
+	return b.roomLocked() / n
 }
 
 // reserve takes n bytes (pub of them publish payload) for c, waiting
@@ -111,7 +148,13 @@ func (b *budget) fairShare() int64 {
 // runs before each wait and every recheckParked while waiting, without
 // the lock held; when it returns false reserve gives up with errPeerGone.
 func (b *budget) reserve(ctx context.Context, c *conn, n, pub int64, killAfter time.Duration, onWait func() bool) error {
+	var timer *time.Timer
 	var deadline <-chan time.Time
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	for {
 		b.mu.Lock()
 		if b.fits(c, n, pub) {
@@ -119,10 +162,9 @@ func (b *budget) reserve(ctx context.Context, c *conn, n, pub int64, killAfter t
 			b.mu.Unlock()
 			return nil
 		}
-		if deadline == nil && killAfter > 0 {
-			t := time.NewTimer(killAfter)
-			defer t.Stop()
-			deadline = t.C
+		if timer == nil && killAfter > 0 {
+			timer = time.NewTimer(killAfter)
+			deadline = timer.C
 		}
 		b.waiters++
 		freed := b.freed
@@ -143,14 +185,26 @@ func (b *budget) reserve(ctx context.Context, c *conn, n, pub int64, killAfter t
 		case <-freed:
 		case <-ctx.Done():
 		case <-deadline:
-			deadline = nil
-			killAfter = 0
 			b.mu.Lock()
 			heavy := c != nil && c.held > max(b.light, b.fairShare())
+			// The budget shrank under what was held: wait on, and count
+			// the deadline from when the holdings are under.
+			grace := killAfter
+			if !b.shrunk {
+				grace = killAfter - time.Since(b.unshrunk)
+			}
+			if grace > 0 {
+				b.graced++
+			}
 			b.mu.Unlock()
-			if heavy {
+			switch {
+			case grace > 0:
+				timer.Reset(grace)
+			case heavy:
 				b.doneWaiting()
 				return errOverBudget
+			default:
+				deadline = nil
 			}
 		}
 		b.doneWaiting()
@@ -178,6 +232,9 @@ func (b *budget) takeLocked(c *conn, n, pub int64) {
 }
 
 func (b *budget) wakeLocked() {
+	if b.shrunk && b.held <= b.roomLocked() {
+		b.shrunk, b.unshrunk = false, time.Now()
+	}
 	if b.waiters > 0 {
 		close(b.freed)
 		b.freed = make(chan struct{})

@@ -181,7 +181,7 @@ func (c *conn) logClose(reason CloseReason, err error) {
 		c.logger.Warn("connection closed: frame not completed in time", "reason", reason, "frame_timeout", c.s.cfg.FrameTimeout)
 	case CloseOverBudget:
 		c.logger.Warn("connection closed: held more than its share of the buffered-bytes budget for too long", "reason", reason,
-			"budget_timeout", c.s.cfg.BudgetTimeout, "max_buffered_bytes", c.s.cfg.MaxBufferedBytes)
+			"budget_timeout", c.s.cfg.BudgetTimeout, "max_buffered_bytes", c.s.budget.Limit())
 	case CloseReadError, CloseWriteError:
 		c.logger.Warn("connection closed: socket failed", "reason", reason, "err", err)
 	default:
@@ -303,7 +303,7 @@ func (c *conn) readLoop() {
 		if !c.waitRoom(c.ctx) {
 			return
 		}
-		if !c.waits.waitBelow(c.s.cfg.MaxWaitingPublishes, c.s.waitShare, c.peerGone) {
+		if !c.waits.waitBelow(c.s.cfg.MaxWaitingPublishes, &c.s.waitShare, c.peerGone) {
 			// The client went away, or kill stopped the waits after
 			// recording its own reason, which then stands.
 			c.closeWith(CloseClientGone, errPeerGone)

@@ -200,7 +200,7 @@ type Server struct {
 	unloggedDenied  atomic.Int64
 
 	budget    *budget
-	waitShare int64 // waiting-publish bytes one connection may hold
+	waitShare atomic.Int64 // waiting-publish bytes one connection may hold
 	// lastReconcile is when the queued bytes were last checked against
 	// the bus (unix nanoseconds).
 	lastReconcile atomic.Int64
@@ -328,13 +328,12 @@ func New(cfg Config) (*Server, error) {
 
 		rejectSlots: make(chan struct{}, maxRejecting),
 		rejectFrame: protocol.AppendTooManyConnections(nil, cfg.MaxConnections),
-
-		waitShare: max(cfg.MaxBufferedBytes/connWaitDiv, 2*int64(cfg.MaxFrameBytes)),
+	}
+	if err := s.checkBufferedBytes(cfg.MaxBufferedBytes); err != nil {
+		return nil, err
 	}
 	s.budget = newBudget(cfg.MaxBufferedBytes, queues, &s.connCount)
-	if minBudget := MinBufferedBytes(cfg.MaxFrameBytes); cfg.MaxBufferedBytes < minBudget {
-		return nil, fmt.Errorf("%w: max buffered bytes %d is less than 8 × max frame bytes (%d); allowed: at least %d", ErrInvalidConfig, cfg.MaxBufferedBytes, cfg.MaxFrameBytes, minBudget)
-	}
+	s.waitShare.Store(s.connWaitShare(cfg.MaxBufferedBytes))
 	if err := s.SetRoutes(cfg.Routes, cfg.DefaultQueue); err != nil {
 		return nil, err
 	}
@@ -376,7 +375,7 @@ func (s *Server) initMetrics() error {
 		o.ObserveInt64(connLimit, int64(s.cfg.MaxConnections))
 		s.reconcileQueued()
 		o.ObserveInt64(buffered, s.budget.Held())
-		o.ObserveInt64(budgetGauge, s.cfg.MaxBufferedBytes)
+		o.ObserveInt64(budgetGauge, s.budget.Limit())
 		return nil
 	}, conns, connLimit, buffered, budgetGauge)
 	if err != nil {
@@ -619,6 +618,38 @@ func (s *Server) forget(c *conn, reason CloseReason) {
 	s.metrics.closed.Add(context.Background(), 1, metric.WithAttributes(attribute.String("reason", string(reason))))
 	s.wg.Done()
 }
+
+func (s *Server) checkBufferedBytes(n int64) error {
+	if minBudget := MinBufferedBytes(s.cfg.MaxFrameBytes); n < minBudget {
+		return fmt.Errorf("%w: max buffered bytes %d is less than 8 × max frame bytes (%d); allowed: at least %d", ErrInvalidConfig, n, s.cfg.MaxFrameBytes, minBudget)
+	}
+	return nil
+}
+
+// connWaitShare is what the waiting publishes of one connection may hold
+// under a budget of n: a sixteenth, and at least two full frames.
+func (s *Server) connWaitShare(n int64) int64 {
+	return max(n/connWaitDiv, 2*int64(s.cfg.MaxFrameBytes))
+}
+
+// SetMaxBufferedBytes changes the budget (Config.MaxBufferedBytes) of a
+// running server. Growing it resumes the connections that wait for room.
+// Shrinking it below what is held takes nothing away and cuts no client
+// off for it: every connection that needs more waits (backpressure) until
+// the holdings are under the new budget, and the BudgetTimeout cut-off
+// counts from then. n must be at least MinBufferedBytes(MaxFrameBytes);
+// otherwise nothing changes.
+func (s *Server) SetMaxBufferedBytes(n int64) error {
+	if err := s.checkBufferedBytes(n); err != nil {
+		return err
+	}
+	s.waitShare.Store(s.connWaitShare(n))
+	s.budget.setLimit(n)
+	return nil
+}
+
+// MaxBufferedBytes reports the budget in force.
+func (s *Server) MaxBufferedBytes() int64 { return s.budget.Limit() }
 
 // Buffered reports the bytes the server holds on behalf of clients now,
 // as counted against MaxBufferedBytes.
