@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 
 	"github.com/urfave/cli/v2"
 
@@ -31,7 +32,11 @@ const (
 )
 
 func main() {
-	os.Exit(run(context.Background(), os.Args, os.Stdin, os.Stdout, os.Stderr, os.LookupEnv))
+	p := &program{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, env: os.LookupEnv,
+		// The process is the sidecar's own: serve sets the Go runtime's
+		// soft memory limit.
+		setMemoryLimit: debug.SetMemoryLimit}
+	os.Exit(p.run(context.Background(), os.Args))
 }
 
 // env reads an environment variable; tests inject their own.
@@ -43,6 +48,13 @@ type program struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	env            env
+	// setMemoryLimit is debug.SetMemoryLimit when the program owns its
+	// process; nil leaves the process-wide limit alone, for a serve that
+	// runs inside a test binary beside other tests.
+	setMemoryLimit func(int64) int64
+	// cgroupMemoryMax is the container's memory limit file ("" means
+	// transport.CgroupMemoryMax).
+	cgroupMemoryMax string
 }
 
 // usageError marks errors that deserve exit code 2.
@@ -51,7 +63,8 @@ type usageError struct{ err error }
 func (e usageError) Error() string { return e.err.Error() }
 func (e usageError) Unwrap() error { return e.err }
 
-// run executes the command line and returns the process exit code.
+// run executes the command line and returns the exit code, without
+// owning the process: serve leaves the Go runtime's memory limit alone.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, lookup env) int {
 	p := &program{stdin: stdin, stdout: stdout, stderr: stderr, env: lookup}
 	return p.run(ctx, args)

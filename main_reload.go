@@ -27,6 +27,7 @@ type reloadTargets struct {
 	bus       *bus.Bus
 	server    *transport.Server
 	telemetry *telemetry.Telemetry
+	memory    *memoryLimit
 }
 
 // reloader applies a re-read configuration to a running sidecar. Only
@@ -90,6 +91,14 @@ func (r *reloader) apply(next config.Config) error {
 	}
 	r.server.SetAllowedPeers(next.AllowedUIDs, next.AllowedGIDs)
 	r.level.Set(logLevel(next.LogLevel))
+	// PlanReload keeps the budget at 8 frames or more, so this fails
+	// only if that promise breaks. The soft memory limit follows the
+	// budget.
+	if err := r.server.SetMaxBufferedBytes(next.MaxBufferedBytes); err != nil {
+		errs = append(errs, fmt.Errorf("max buffered bytes: %w", err))
+	} else {
+		r.memory.apply(next)
+	}
 	return errors.Join(errs...)
 }
 

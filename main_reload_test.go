@@ -91,6 +91,23 @@ func TestReloadOnSIGHUP(t *testing.T) {
 		t.Errorf("%d log lines name socket_mode as waiting for a restart, want 1", n)
 	}
 
+	// The buffered-bytes budget changes live, and the soft memory limit
+	// follows it: 20 MiB + 1024 × 72 KiB + 3 × 11 MiB + 64 MiB.
+	if v := adminMetric(t, sc.AdminAddr, "eventbus_buffered_budget_bytes"); v != "1.34217728e+08" {
+		t.Fatalf("eventbus_buffered_budget_bytes = %s before the reload, want the default 128 MiB", v)
+	}
+	writeConfig(orderCapacity(3) + "socket_mode: \"0600\"\nmax_buffered_bytes: 67108864\nlog_level: debug\n")
+	reload()
+	testkit.Eventually(t, "the budget of 64 MiB after the third reload", func() error {
+		if v := adminMetric(t, sc.AdminAddr, "eventbus_buffered_budget_bytes"); v != "6.7108864e+07" {
+			return fmt.Errorf("eventbus_buffered_budget_bytes = %s", v)
+		}
+		return nil
+	})
+	testkit.Eventually(t, "the soft memory limit at the new bound", func() bool {
+		return logLines(`go runtime soft memory limit set.* bound=198180864\b`) == 1
+	})
+
 	// A broken file changes nothing and the sidecar stays up.
 	writeConfig("queues: [\n")
 	reload()
@@ -104,7 +121,19 @@ func TestReloadOnSIGHUP(t *testing.T) {
 		t.Fatalf("order size %d/%d after a refused reload, want 5/3", size, maxsize)
 	}
 
-	res, err := http.Get("http://" + sc.AdminAddr + "/metrics")
+	for outcome, want := range map[string]string{"success": "3", "failure": "1"} {
+		if v := adminMetric(t, sc.AdminAddr, `eventbus_config_reloads_total{[^}]*outcome="`+outcome+`"[^}]*`); v != want {
+			t.Errorf("eventbus_config_reloads_total{outcome=%q} = %s, want %s", outcome, v, want)
+		}
+	}
+}
+
+// adminMetric returns the value of the series whose name (and labels, as a
+// regular expression after a "{") match series on admin's /metrics; ""
+// when there is none.
+func adminMetric(t *testing.T, admin, series string) string {
+	t.Helper()
+	res, err := http.Get("http://" + admin + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,11 +142,14 @@ func TestReloadOnSIGHUP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for outcome, want := range map[string]string{"success": "2", "failure": "1"} {
-		re := regexp.MustCompile(`(?m)^eventbus_config_reloads_total\{[^}]*outcome="` + outcome + `"[^}]*\} (\S+)$`)
-		m := re.FindStringSubmatch(string(body))
-		if m == nil || m[1] != want {
-			t.Errorf("eventbus_config_reloads_total{outcome=%q} = %v, want %s", outcome, m, want)
-		}
+	name, labels, found := strings.Cut(series, "{")
+	pattern := `(?m)^` + regexp.QuoteMeta(name) + `(?:\{[^}]*\})? (\S+)$`
+	if found {
+		pattern = `(?m)^` + regexp.QuoteMeta(name) + `\{` + labels + `\} (\S+)$`
 	}
+	m := regexp.MustCompile(pattern).FindStringSubmatch(string(body))
+	if m == nil {
+		return ""
+	}
+	return m[1]
 }

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -214,18 +213,9 @@ func (p *program) serve(parent context.Context, cfg config.Config, reload func()
 		log.Warn("no data dir: every queue lives in memory, and a crash loses their accepted events; set --data-dir (EVENTBUS_DATA_DIR, data_dir) to keep the durable ones",
 			"not_crash_safe", strings.Join(names, ","))
 	}
-	// The Go runtime's soft limit follows the memory the sidecar may hold
-	// (its budget plus the runtime's own), or the container's limit, so
-	// that memory freed after a spike goes back to the kernel before the
-	// kernel comes for it. An explicit GOMEMLIMIT wins.
-	if _, set := p.env("GOMEMLIMIT"); !set {
-		limit, lerr := transport.SoftMemoryLimit(cfg.MaxBufferedBytes, transport.CgroupMemoryMax)
-		if lerr != nil {
-			log.Warn("memory limit: using the budget's", "err", lerr)
-		}
-		debug.SetMemoryLimit(limit)
-		log.Debug("go runtime soft memory limit set", "bytes", limit)
-	}
+	mem := p.memoryLimit(log)
+	mem.apply(cfg)
+	defer mem.restore()
 
 	b, err := bus.New(cfg.Queues, busOpts...)
 	if err != nil {
@@ -324,7 +314,7 @@ func (p *program) serve(parent context.Context, cfg config.Config, reload func()
 	// a reload sent during the drain is refused in the log rather than
 	// ending the process (SIGHUP's default action).
 	reloader, err := newReloader(cfg, reloadTargets{
-		log: log, level: level, bus: b, server: srv, telemetry: tel,
+		log: log, level: level, bus: b, server: srv, telemetry: tel, memory: mem,
 	}, tel.MeterProvider().Meter("github.com/eventbus-sidecar/eventbus-sidecar/config"))
 	if err != nil {
 		ln.Close()

@@ -25,10 +25,12 @@ func soakCommand() *cli.Command {
 			"--duration. Every --interval it prints the sidecar's RSS, open fds, threads, buffered bytes, connections\n" +
 			"and the good clients' replies+deliveries per second; then a per-minute table and the verdict.\n" +
 			"\n" +
-			"It exits non-zero when RSS passes max_buffered_bytes + transport.RuntimeOverhead, a good publisher waits\n" +
-			"over --stall for a reply or a queue goes --stall without a delivery, the median RSS, fds or threads of\n" +
-			"the last third of the run exceed the first third's by more than 25% (plus a small slack), or the\n" +
-			"sidecar dies. It raises the open files limit to the hard limit first.",
+			"It exits non-zero when RSS passes the memory bound (README, Memory: 20 MiB + max_connections × 72 KiB\n" +
+			"+ queues × 11 MiB + max_buffered_bytes, read from /metrics), a good publisher waits over --stall for a\n" +
+			"reply or a queue goes --stall without a delivery, a connection is refused too_many_connections although\n" +
+			"the clients fit under max_connections, the median RSS, fds or threads of the last third of the run\n" +
+			"exceed the first third's by more than 25% (plus a small slack), or the sidecar dies. It raises the open\n" +
+			"files limit to the hard limit first.",
 		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "connections", Value: 1000, Usage: "client connections to hold (the sidecar serves 1024 by default)"},
 			&cli.DurationFlag{Name: "duration", Value: soak.DefaultDuration, Usage: "how long the clients run"},

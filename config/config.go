@@ -176,6 +176,17 @@ func (c Config) Clone() Config {
 // AdminEnabled reports whether the admin HTTP listener should run.
 func (c Config) AdminEnabled() bool { return c.AdminAddr != "" && c.AdminAddr != AdminOff }
 
+// MemoryBound is the most memory a sidecar with this configuration needs
+// whatever its clients do (transport.MemoryBound): the README's formula,
+// the soft memory limit serve sets and what make soak holds it to.
+func (c Config) MemoryBound() int64 {
+	return transport.MemoryBound(transport.MemoryLimits{
+		MaxBufferedBytes: c.MaxBufferedBytes,
+		MaxConnections:   c.MaxConnections,
+		Queues:           len(c.Queues),
+	})
+}
+
 // QueueNames lists the configured queue names in order.
 func (c Config) QueueNames() []string {
 	names := make([]string, len(c.Queues))

@@ -94,3 +94,34 @@ func TestBufferAndPeerSettingsInvalid(t *testing.T) {
 		})
 	}
 }
+
+// TestMemoryBound: the bound follows the budget, the connection cap and
+// the number of queues a file sets.
+func TestMemoryBound(t *testing.T) {
+	const mib = 1 << 20
+	tests := []struct {
+		name string
+		yaml string
+		want int64
+	}{
+		{name: "defaults", want: 253 * mib},
+		{name: "fewer connections", yaml: "max_connections: 256\n", want: 199 * mib},
+		{name: "smaller budget", yaml: "max_buffered_bytes: 16777216\n", want: 141 * mib},
+		{name: "a fourth queue", yaml: "queues:\n  - {name: risk, capacity: 10, policy: fail, timeout: 1s}\n", want: 264 * mib},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var src Sources
+			if tt.yaml != "" {
+				src.File = writeFile(t, tt.yaml)
+			}
+			c, err := Load(src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.MemoryBound(); got != tt.want {
+				t.Errorf("MemoryBound() = %d (%.1f MiB), want %d MiB", got, float64(got)/mib, tt.want/mib)
+			}
+		})
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/transport"
 )
 
 // Change is one setting that differs between the running configuration
@@ -38,8 +39,9 @@ func (c Change) String() string {
 // restart.
 type Reload struct {
 	// Live lists the changes the sidecar applies now: log level, data
-	// sampling ratio, routes and the default queue (when their queue is
-	// running), and each running queue's capacity, policy and timeout.
+	// sampling ratio, the allowed uids and gids, max_buffered_bytes,
+	// routes and the default queue (when their queue is running), and
+	// each running queue's capacity, policy and timeout.
 	Live []Change
 	// Restart lists the changes that take effect only at the next start
 	// (socket, listeners, exporters, limits the transport fixes at start,
@@ -115,6 +117,12 @@ func PlanReload(running, loaded Config) Reload {
 			if err := s.Set(&r.Next, to); err != nil {
 				live, why = false, "cannot be applied live: "+err.Error()
 			}
+		}
+		if live && s.Key == "max_buffered_bytes" && r.Next.MaxBufferedBytes < transport.MinBufferedBytes(r.Next.MaxFrameBytes) {
+			// The file's budget fits its own max_frame_bytes, which waits
+			// for the restart, but not the running one's.
+			r.Next.MaxBufferedBytes = running.MaxBufferedBytes
+			live, why = false, fmt.Sprintf("below 8 × the running max_frame_bytes (%d); applied with it at the next start", running.MaxFrameBytes)
 		}
 		change(live, s.Key, from, to, why)
 	}

@@ -53,6 +53,21 @@ func TestPlanReload(t *testing.T) {
 			next: func(c *Config) {},
 		},
 		{
+			name: "the buffered-bytes budget is live",
+			edit: func(c *Config) { c.MaxBufferedBytes = 64 << 20 },
+			live: []Change{{Field: "max_buffered_bytes", Old: "134217728", New: "67108864"}},
+			next: func(c *Config) { c.MaxBufferedBytes = 64 << 20 },
+		},
+		{
+			name: "a budget too small for the running frame limit waits for its restart",
+			edit: func(c *Config) { c.MaxFrameBytes, c.MaxBufferedBytes = 64<<10, 4<<20 },
+			restart: []Change{
+				{Field: "max_frame_bytes", Old: "1048576", New: "65536"},
+				{Field: "max_buffered_bytes", Old: "134217728", New: "4194304"},
+			},
+			next: func(c *Config) {},
+		},
+		{
 			name: "queue capacity, policy and timeout are live",
 			edit: func(c *Config) {
 				c.Queues[0].Capacity = 2000

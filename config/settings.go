@@ -131,7 +131,7 @@ func Settings() []Setting {
 			get: func(c Config) string { return strconv.Itoa(c.MaxConnections) },
 		},
 		{
-			Key: "max_buffered_bytes", Flag: "max-buffered-bytes", Usage: "budget in bytes for what the sidecar holds for clients (buffers, waiting publishes, unacked events); past it clients are slowed, then the heaviest cut off",
+			Key: "max_buffered_bytes", Live: true, Flag: "max-buffered-bytes", Usage: "budget in bytes for what the sidecar holds for clients (buffers, waiting publishes, unacked events); past it clients are slowed, then the heaviest cut off",
 			set: func(c *Config, v string) error {
 				n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
 				if err != nil {

@@ -30,6 +30,10 @@ type Sample struct {
 	// Buffered and Budget are eventbus_buffered_bytes and
 	// eventbus_buffered_budget_bytes.
 	Buffered, Budget int64
+	// ConnLimit is eventbus_connections_limit (max_connections), Queues
+	// the queues of eventbus_queue_capacity.
+	ConnLimit int64
+	Queues    int
 	// Conns is the eventbus_connections gauge.
 	Conns int64
 	// Closed sums eventbus_connections_closed_total by reason.
@@ -101,14 +105,16 @@ func readProc(pid int) (rss int64, threads, fds int, err error) {
 
 // metrics is what the driver reads from the admin /metrics.
 type metrics struct {
-	buffered, budget, conns int64
-	closed                  map[string]int64
+	buffered, budget, conns, connLimit int64
+	queues                             int
+	closed                             map[string]int64
 }
 
 // parseMetrics picks the gauges and counters the soak reports from
 // Prometheus text exposition.
 func parseMetrics(r io.Reader) (metrics, error) {
-	m := metrics{closed: map[string]int64{}, budget: -1, buffered: -1}
+	m := metrics{closed: map[string]int64{}, budget: -1, buffered: -1, connLimit: -1}
+	queues := map[string]bool{}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -130,6 +136,11 @@ func parseMetrics(r io.Reader) (metrics, error) {
 			dst = &m.budget
 		case "eventbus_connections":
 			dst = &m.conns
+		case "eventbus_connections_limit":
+			dst = &m.connLimit
+		case "eventbus_queue_capacity":
+			queues[labelValue(labels, "queue")] = true
+			continue
 		case "eventbus_connections_closed_total":
 		default:
 			continue
@@ -147,8 +158,9 @@ func parseMetrics(r io.Reader) (metrics, error) {
 	if err := sc.Err(); err != nil {
 		return m, err
 	}
-	if m.budget < 0 || m.buffered < 0 {
-		return m, errors.New("metrics lack eventbus_buffered_bytes or eventbus_buffered_budget_bytes (is telemetry disabled?)")
+	m.queues = len(queues)
+	if m.budget < 0 || m.buffered < 0 || m.connLimit < 0 || m.queues == 0 {
+		return m, errors.New("metrics lack eventbus_buffered_bytes, eventbus_buffered_budget_bytes, eventbus_connections_limit or eventbus_queue_capacity (is telemetry disabled?)")
 	}
 	return m, nil
 }

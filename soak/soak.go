@@ -80,15 +80,20 @@ const (
 // answer before the run fails.
 const maxMissedMetrics = 3
 
-// DefaultBudget is the sidecar's default max_buffered_bytes, the memory
-// bound's base until /metrics reports the real one.
-const DefaultBudget = 128 << 20
+// defaultLimits are the sidecar's defaults, the memory bound's terms
+// until /metrics reports the real ones.
+var defaultLimits = transport.MemoryLimits{
+	MaxBufferedBytes: transport.DefaultMaxBufferedBytes,
+	MaxConnections:   transport.DefaultMaxConnections,
+	Queues:           len(queues),
+}
 
 // Report is the outcome of a run.
 type Report struct {
 	Samples []Sample
-	// RSSLimit is the budget plus transport.RuntimeOverhead; PeakRSS the
-	// largest RSS sampled.
+	// RSSLimit is the memory bound (transport.MemoryBound) of the
+	// sidecar's budget, connection limit and queues; PeakRSS the largest
+	// RSS sampled.
 	RSSLimit, PeakRSS int64
 	Growth            []Growth
 	// Failures says why the run failed; empty when it passed.
@@ -346,7 +351,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	lastAt := d.start
 	missed, overs := 0, 0
 	// Until /metrics first answers, the bound is taken at its default.
-	budget := int64(DefaultBudget)
+	limits := defaultLimits
 	var died bool
 sampling:
 	for {
@@ -376,7 +381,7 @@ sampling:
 				if missed == maxMissedMetrics {
 					fail("at %v /metrics failed %d times in a row, last: %v", s.At.Round(time.Second), missed, err)
 				}
-				s.Buffered, s.Budget = -1, -1
+				s.Buffered, s.Budget, s.ConnLimit = -1, -1, -1
 			} else {
 				missed = 0
 			}
@@ -385,11 +390,11 @@ sampling:
 			lastGood, lastAt = good, now
 			rep.Samples = append(rep.Samples, s)
 			if s.Budget >= 0 {
-				budget = s.Budget
+				limits = transport.MemoryLimits{MaxBufferedBytes: s.Budget, MaxConnections: int(s.ConnLimit), Queues: s.Queues}
 				writeSample(cfg.Out, s)
 			}
-			rep.RSSLimit = budget + transport.RuntimeOverhead
-			if over := overBound(s, budget); over != "" {
+			rep.RSSLimit = transport.MemoryBound(limits)
+			if over := overBound(s, limits); over != "" {
 				// Once is enough to fail; the count and peak go in the
 				// summary.
 				if overs == 0 {
@@ -447,6 +452,13 @@ sampling:
 	rep.MalformedReplies = c.malformedReplies.Load()
 	rep.Oversize, rep.FrameTooLarge = c.oversize.Load(), c.frameTooLong.Load()
 	rep.DialErrors = c.dialErrors.Load()
+	if rep.Rejected > 0 && m.Total() <= limits.MaxConnections {
+		// Every client holds one connection at a time and closes it before
+		// the next, and a connection stops counting once its client has
+		// closed it or seen it end: the driver never reaches the cap.
+		fail("%d connections were refused too_many_connections although the %d clients hold at most %d of the %d the sidecar serves",
+			rep.Rejected, m.Total(), m.Total(), limits.MaxConnections)
+	}
 	if rep.Replies == 0 || rep.Deliveries == 0 {
 		fail("well-behaved clients got %d replies and %d deliveries: want some of each", rep.Replies, rep.Deliveries)
 	}
@@ -457,15 +469,16 @@ sampling:
 	return rep, nil
 }
 
-// overBound says how s's RSS passes the memory bound the README states,
-// max_buffered_bytes + transport.RuntimeOverhead; "" when it does not.
-func overBound(s Sample, budget int64) string {
-	limit := budget + transport.RuntimeOverhead
+// overBound says how s's RSS passes the memory bound the README states
+// (transport.MemoryBound); "" when it does not.
+func overBound(s Sample, l transport.MemoryLimits) string {
+	limit := transport.MemoryBound(l)
 	if s.RSS <= limit {
 		return ""
 	}
-	return fmt.Sprintf("at %v RSS %s is over max_buffered_bytes %s + transport.RuntimeOverhead %s = %s",
-		s.At.Round(time.Second), mib(s.RSS), mib(budget), mib(transport.RuntimeOverhead), mib(limit))
+	return fmt.Sprintf("at %v RSS %s is over the memory bound %s (%s + max_connections %d × %s + queues %d × %s + max_buffered_bytes %s)",
+		s.At.Round(time.Second), mib(s.RSS), mib(limit), mib(transport.BaseMemory), l.MaxConnections, kib(transport.ConnectionMemory),
+		l.Queues, mib(transport.QueueMemory), mib(l.MaxBufferedBytes))
 }
 
 // checkStalls returns what stalled: a well-behaved publisher waiting for
@@ -511,10 +524,13 @@ func sample(ctx context.Context, hc *http.Client, sc *sidecar, at time.Duration)
 		return s, err
 	}
 	s.Buffered, s.Budget, s.Conns, s.Closed = m.buffered, m.budget, m.conns, m.closed
+	s.ConnLimit, s.Queues = m.connLimit, m.queues
 	return s, nil
 }
 
 func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+func kib(n int64) string { return fmt.Sprintf("%.0f KiB", float64(n)/(1<<10)) }
 
 // closeReasons are the close reasons a sample line shows, in its order.
 var closeReasons = []string{"slow_consumer", "frame_timeout", "frame_too_large", "over_budget", "write_error", "read_error"}
@@ -557,7 +573,7 @@ func (r Report) WriteSummary(w io.Writer) {
 		}
 		fmt.Fprintf(w, "| %d | %s | %d | %d | %s | %.0f |\n", minute, mib(rss), fds, threads, mib(buf), good/float64(n))
 	}
-	fmt.Fprintf(w, "\nRSS peak %s, limit max_buffered_bytes + transport.RuntimeOverhead = %s\n", mib(r.PeakRSS), mib(r.RSSLimit))
+	fmt.Fprintf(w, "\nRSS peak %s, memory bound (transport.MemoryBound) %s\n", mib(r.PeakRSS), mib(r.RSSLimit))
 	for _, g := range r.Growth {
 		verdict := "flat"
 		if !g.OK() {

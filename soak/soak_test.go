@@ -44,6 +44,9 @@ func TestParseMetrics(t *testing.T) {
 eventbus_buffered_budget_bytes{otel_scope_name="t"} 1.34217728e+08
 eventbus_buffered_bytes{otel_scope_name="t"} 4096
 eventbus_connections{otel_scope_name="t"} 998
+eventbus_connections_limit{otel_scope_name="t"} 1024
+eventbus_queue_capacity{otel_scope_name="t",queue="data"} 1000
+eventbus_queue_capacity{otel_scope_name="t",queue="order"} 50
 eventbus_connections_closed_total{otel_scope_name="t",reason="frame_timeout"} 150
 eventbus_connections_closed_total{otel_scope_name="t",reason="slow_consumer"} 7
 eventbus_publish_total{queue="data"} 12
@@ -52,7 +55,8 @@ eventbus_publish_total{queue="data"} 12
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.budget != 128<<20 || m.buffered != 4096 || m.conns != 998 || m.closed["frame_timeout"] != 150 || m.closed["slow_consumer"] != 7 {
+	if m.budget != 128<<20 || m.buffered != 4096 || m.conns != 998 || m.connLimit != 1024 || m.queues != 2 ||
+		m.closed["frame_timeout"] != 150 || m.closed["slow_consumer"] != 7 {
 		t.Fatalf("parseMetrics = %+v", m)
 	}
 	if _, err := parseMetrics(strings.NewReader("eventbus_connections 3\n")); err == nil {
@@ -108,13 +112,15 @@ func TestRaiseFDLimit(t *testing.T) {
 }
 
 func TestOverBound(t *testing.T) {
-	s := Sample{At: time.Minute, Budget: 128 << 20, RSS: 128<<20 + transport.RuntimeOverhead}
-	if over := overBound(s, s.Budget); over != "" {
+	l := transport.MemoryLimits{MaxBufferedBytes: 16 << 20, MaxConnections: 1024, Queues: 3}
+	s := Sample{At: time.Minute, RSS: transport.MemoryBound(l)}
+	if over := overBound(s, l); over != "" {
 		t.Errorf("RSS at the bound: %q, want none", over)
 	}
 	s.RSS++
-	if over := overBound(s, s.Budget); !strings.Contains(over, "RuntimeOverhead") {
-		t.Errorf("RSS past the bound: %q, want the formula", over)
+	want := "over the memory bound 141.0 MiB (20.0 MiB + max_connections 1024 × 72 KiB + queues 3 × 11.0 MiB + max_buffered_bytes 16.0 MiB)"
+	if over := overBound(s, l); !strings.Contains(over, want) {
+		t.Errorf("RSS past the bound: %q, want the formula %q", over, want)
 	}
 }
 

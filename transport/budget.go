@@ -50,12 +50,10 @@ var errOverBudget = errors.New("over the buffered-bytes budget")
 // compare-and-swap and touches no lock; mu is only for the reservations
 // that wait for bytes to be released.
 type budget struct {
-	limit    int64
-	pubLimit int64 // publish payloads, waiting and queued
-	slack    int64
-	headroom int64
-	light    int64         // a connection holding at most this is light
-	conns    *atomic.Int64 // open connections, for the fair share; nil: 1
+	light int64         // a connection holding at most this is light
+	conns *atomic.Int64 // open connections, for the fair share; nil: 1
+	// shares are the limits in force; setLimit replaces them.
+	shares atomic.Pointer[shares]
 
 	held atomic.Int64
 	pub  atomic.Int64
@@ -69,7 +67,31 @@ type budget struct {
 	waiters atomic.Int32
 	mu      sync.Mutex
 	freed   chan struct{} // closed when bytes are released and waiters > 0
+
+	// shrunk is set while more is held than a shrunk limit leaves room
+	// for: no connection is cut off for waiting then (see setLimit). A
+	// release reads it without the lock, to take the slow path that
+	// clears it. Under mu: unshrunk, when it was cleared last, and graced,
+	// the cut-off deadlines that passed while shrunk.
+	shrunk   atomic.Bool
+	unshrunk time.Time
+	graced   int
 }
+
+// shares divides one budget among its uses.
+type shares struct {
+	limit    int64
+	pubLimit int64 // publish payloads, waiting and queued
+	slack    int64
+	headroom int64
+}
+
+func newShares(limit int64) *shares {
+	return &shares{limit: limit, pubLimit: limit / pubShareDiv, slack: limit / slackDiv, headroom: limit / headroomDiv}
+}
+
+// room is what may be held before heavy connections wait.
+func (s *shares) room() int64 { return s.limit - s.slack - s.headroom }
 
 // queueBytes approximates the bytes of accepted events still in one queue.
 // An event's bytes are added before it is counted and its count is taken
@@ -81,29 +103,49 @@ type queueBytes struct {
 
 func newBudget(limit int64, queues []string, conns *atomic.Int64) *budget {
 	b := &budget{
-		limit:    limit,
-		pubLimit: limit / pubShareDiv,
-		slack:    limit / slackDiv,
-		headroom: limit / headroomDiv,
-		light:    lightBytes,
-		conns:    conns,
-		queued:   make(map[string]*queueBytes, len(queues)),
-		freed:    make(chan struct{}),
+		light:  lightBytes,
+		conns:  conns,
+		queued: make(map[string]*queueBytes, len(queues)),
+		freed:  make(chan struct{}),
 	}
+	b.shares.Store(newShares(limit))
 	for _, q := range queues {
 		b.queued[q] = &queueBytes{}
 	}
 	return b
 }
 
+// setLimit changes the budget while it is in use. Growing it wakes the
+// waiting connections, which may fit now. Shrinking it takes nothing
+// away: what is held stays until it is written, acked or released, and
+// meanwhile every connection that needs more waits (backpressure). While
+// more is held than the smaller budget leaves room for, no connection is
+// cut off for waiting, since the shortage is not its doing; once the
+// holdings are under, the usual rules apply again.
+func (b *budget) setLimit(limit int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	sh := newShares(limit)
+	b.shares.Store(sh)
+	b.shrunk.Store(b.held.Load() > sh.room())
+	b.wakeLocked()
+}
+
+// Limit reports the budget in force.
+func (b *budget) Limit() int64 { return b.shares.Load().limit }
+
+// room is what may be held before heavy connections wait.
+func (b *budget) room() int64 { return b.shares.Load().room() }
+
 // limits returns what the total and the publish payloads may reach when c
 // takes n more bytes: a connection that would no longer be light stops
 // short of the headroom kept for the light ones.
 func (b *budget) limits(c *conn, n int64) (limit, pubLimit int64) {
-	limit, pubLimit = b.limit-b.slack, b.pubLimit
+	sh := b.shares.Load()
+	limit, pubLimit = sh.limit-sh.slack, sh.pubLimit
 	if c != nil && c.held.Load()+n > b.light {
-		limit -= b.headroom
-		pubLimit -= b.pubLimit / headroomDiv
+		limit -= sh.headroom
+		pubLimit -= sh.pubLimit / headroomDiv
 	}
 	return limit, pubLimit
 }
@@ -152,7 +194,7 @@ func (b *budget) fairShare() int64 {
 	if b.conns != nil {
 		n = max(b.conns.Load(), 1)
 	}
-	return (b.limit - b.slack - b.headroom) / n
+	return b.room() / n
 }
 
 // reserve takes n bytes (pub of them publish payload) for c, waiting
@@ -181,7 +223,13 @@ func (b *budget) admit(ctx context.Context, c *conn, n int64, killAfter time.Dur
 // wait parks until done reports true after a release, for reserve and
 // admit.
 func (b *budget) wait(ctx context.Context, c *conn, killAfter time.Duration, onWait func() bool, done func() bool) error {
+	var timer *time.Timer
 	var deadline <-chan time.Time
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	for {
 		// Registered before done is tried again: a release either sees
 		// this waiter and wakes it, or happened before the try.
@@ -193,10 +241,9 @@ func (b *budget) wait(ctx context.Context, c *conn, killAfter time.Duration, onW
 			b.waiters.Add(-1)
 			return nil
 		}
-		if deadline == nil && killAfter > 0 {
-			t := time.NewTimer(killAfter)
-			defer t.Stop()
-			deadline = t.C
+		if timer == nil && killAfter > 0 {
+			timer = time.NewTimer(killAfter)
+			deadline = timer.C
 		}
 		var recheck <-chan time.Time
 		if onWait != nil {
@@ -214,11 +261,26 @@ func (b *budget) wait(ctx context.Context, c *conn, killAfter time.Duration, onW
 		case <-freed:
 		case <-ctx.Done():
 		case <-deadline:
-			deadline = nil
-			killAfter = 0
-			if c != nil && c.held.Load() > max(b.light, b.fairShare()) {
+			// The budget shrank under what was held: wait on, and count
+			// the deadline from when the holdings are under.
+			b.mu.Lock()
+			b.clearShrunkLocked()
+			grace := killAfter
+			if !b.shrunk.Load() {
+				grace = killAfter - time.Since(b.unshrunk)
+			}
+			if grace > 0 {
+				b.graced++
+			}
+			b.mu.Unlock()
+			switch {
+			case grace > 0:
+				timer.Reset(grace)
+			case c != nil && c.held.Load() > max(b.light, b.fairShare()):
 				b.waiters.Add(-1)
 				return errOverBudget
+			default:
+				deadline = nil
 			}
 		}
 		b.waiters.Add(-1)
@@ -230,15 +292,29 @@ func (b *budget) wait(ctx context.Context, c *conn, killAfter time.Duration, onW
 
 // wake wakes the parked reservations, if any, after a release.
 func (b *budget) wake() {
-	if b.waiters.Load() == 0 {
+	if b.waiters.Load() == 0 && !b.shrunk.Load() {
 		return
 	}
 	b.mu.Lock()
+	b.wakeLocked()
+	b.mu.Unlock()
+}
+
+func (b *budget) wakeLocked() {
+	b.clearShrunkLocked()
 	if b.waiters.Load() > 0 {
 		close(b.freed)
 		b.freed = make(chan struct{})
 	}
-	b.mu.Unlock()
+}
+
+// clearShrunkLocked ends the grace of a shrunk budget once the holdings
+// are under it.
+func (b *budget) clearShrunkLocked() {
+	if b.shrunk.Load() && b.held.Load() <= b.room() {
+		b.shrunk.Store(false)
+		b.unshrunk = time.Now()
+	}
 }
 
 // charge adds n bytes (negative: releases them) to c's holding without

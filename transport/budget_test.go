@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"runtime"
@@ -236,7 +237,7 @@ func TestWaitingPublishesBoundedPerConnection(t *testing.T) {
 		}
 		return sc != nil
 	})
-	share := ts.srv.waitShare
+	share := ts.srv.waitShare.Load()
 	testkit.Eventually(t, "the reader held at its byte share", func() bool {
 		sc.waits.mu.Lock()
 		defer sc.waits.mu.Unlock()
@@ -329,7 +330,7 @@ func TestBudgetReserveWaitsAndCutsOffHeavy(t *testing.T) {
 	open.Store(2) // the fair share is half
 	b := newBudget(1<<20, []string{"q"}, &open)
 	light, heavy := &conn{}, &conn{}
-	if err := b.reserve(context.Background(), heavy, b.limit-b.slack-b.headroom, 0, 0, nil); err != nil {
+	if err := b.reserve(context.Background(), heavy, b.room(), 0, 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	// Heavy connections stop short of the headroom; light ones may use it.
@@ -356,7 +357,7 @@ func TestBudgetReserveWaitsAndCutsOffHeavy(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Publish payloads stop at their share.
-	if err := b.reserve(ctx, light, 1, b.pubLimit+1, 0, nil); err == nil {
+	if err := b.reserve(ctx, light, 1, b.shares.Load().pubLimit+1, 0, nil); err == nil {
 		t.Fatal("a publish reserved past the publish share")
 	}
 }
@@ -466,11 +467,11 @@ func TestBudgetConcurrentReservesStayWithinLimit(t *testing.T) {
 							t.Errorf("reserve %d: %v", n, err)
 							return
 						}
-						if h := b.Held(); h > b.limit-b.slack {
-							t.Errorf("held %d past the limit %d", h, b.limit-b.slack)
+						if h := b.Held(); h > b.shares.Load().limit-b.shares.Load().slack {
+							t.Errorf("held %d past the limit %d", h, b.shares.Load().limit-b.shares.Load().slack)
 						}
-						if p := b.pub.Load(); p > b.pubLimit {
-							t.Errorf("publish payloads %d past their limit %d", p, b.pubLimit)
+						if p := b.pub.Load(); p > b.shares.Load().pubLimit {
+							t.Errorf("publish payloads %d past their limit %d", p, b.shares.Load().pubLimit)
 						}
 						if tt.pub {
 							b.accepted(c, "q", n)
@@ -493,6 +494,141 @@ func TestBudgetConcurrentReservesStayWithinLimit(t *testing.T) {
 			if w := b.waiters.Load(); w != 0 {
 				t.Errorf("%d reservations still counted as waiting", w)
 			}
+		})
+	}
+}
+
+// TestBudgetSetLimit: growing the budget resumes a waiting connection;
+// shrinking it under what is held holds every connection back but cuts
+// none off until the holdings are under the smaller budget, from when the
+// usual deadline runs again.
+func TestBudgetSetLimit(t *testing.T) {
+	const limit = 1 << 20
+	result := func(t *testing.T, got <-chan error) error {
+		t.Helper()
+		select {
+		case err := <-got:
+			return err
+		case <-time.After(testTimeout):
+			t.Fatalf("reserve still waiting after %v", testTimeout)
+			return nil
+		}
+	}
+	parked := func(b *budget) func() bool {
+		return func() bool { return b.waiters.Load() == 1 }
+	}
+	tests := []struct {
+		name string
+		run  func(t *testing.T, b *budget, holder, waiter *conn)
+	}{
+		{
+			name: "growing resumes a waiter",
+			run: func(t *testing.T, b *budget, holder, waiter *conn) {
+				b.charge(holder, b.room(), 0)
+				got := make(chan error, 1)
+				go func() { got <- b.reserve(context.Background(), waiter, 64<<10, 0, time.Hour, nil) }()
+				testkit.Eventually(t, "the waiter parked", parked(b))
+				b.setLimit(2 * limit)
+				if err := result(t, got); err != nil {
+					t.Fatalf("reserve after growing = %v, want nil", err)
+				}
+			},
+		},
+		{
+			name: "shrinking holds back without cutting off",
+			run: func(t *testing.T, b *budget, holder, waiter *conn) {
+				// Both were fine under the old budget: within their share.
+				b.charge(holder, limit/4, 0)
+				b.charge(waiter, limit/8, 0)
+				b.setLimit(limit / 4)
+				// Even a light connection waits now.
+				ctx, cancel := context.WithCancel(context.Background())
+				cancel()
+				if err := b.reserve(ctx, &conn{}, 1, 0, 0, nil); err == nil {
+					t.Fatal("a connection reserved while more is held than the shrunk budget")
+				}
+				// The waiter holds more than its share of the smaller
+				// budget, and its deadline passes, twice: it waits on.
+				got := make(chan error, 1)
+				go func() { got <- b.reserve(context.Background(), waiter, 1, 0, time.Millisecond, nil) }()
+				testkit.Eventually(t, "the cut-off deadline passed twice", func() bool {
+					b.mu.Lock()
+					defer b.mu.Unlock()
+					return b.graced >= 2
+				})
+				select {
+				case err := <-got:
+					t.Fatalf("reserve = %v while shrunk, want it to wait", err)
+				default:
+				}
+				b.charge(holder, -limit/4, 0)
+				if err := result(t, got); err != nil {
+					t.Fatalf("reserve once under the shrunk budget = %v, want nil", err)
+				}
+			},
+		},
+		{
+			name: "under the shrunk budget the deadline runs again",
+			run: func(t *testing.T, b *budget, holder, waiter *conn) {
+				b.charge(waiter, limit/4, 0)
+				b.setLimit(limit / 4)
+				b.charge(waiter, -limit/8, 0)
+				// Filled up again after the shrink, by the waiter: it is cut
+				// off once its deadline has passed.
+				b.charge(holder, b.room()-b.Held(), 0)
+				if err := b.reserve(context.Background(), waiter, 1, 0, time.Millisecond, nil); !errors.Is(err, errOverBudget) {
+					t.Fatalf("reserve = %v, want errOverBudget", err)
+				}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var open atomic.Int64
+			open.Store(2)
+			b := newBudget(limit, []string{"q"}, &open)
+			tt.run(t, b, &conn{}, &conn{})
+		})
+	}
+}
+
+func TestSetMaxBufferedBytes(t *testing.T) {
+	ts, reader := meteredServer(t, withConfig(func(c *Config) {
+		c.MaxFrameBytes = 64 << 10
+		c.MaxBufferedBytes = 1 << 20
+	}))
+	budgetGauge := func() int64 {
+		t.Helper()
+		v, _ := metricValue(t, reader, "eventbus.buffered.budget")
+		return v
+	}
+	tests := []struct {
+		name    string
+		set     int64
+		wantErr bool
+		want    int64 // the budget in force after
+	}{
+		{name: "below 8 frames", set: 8<<16 - 1, wantErr: true, want: 1 << 20},
+		{name: "grown", set: 4 << 20, want: 4 << 20},
+		{name: "shrunk to 8 frames", set: 8 << 16, want: 8 << 16},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := ts.srv.SetMaxBufferedBytes(tt.set)
+			if tt.wantErr != errors.Is(err, ErrInvalidConfig) {
+				t.Fatalf("SetMaxBufferedBytes(%d) = %v, want an ErrInvalidConfig: %v", tt.set, err, tt.wantErr)
+			}
+			if got := ts.srv.MaxBufferedBytes(); got != tt.want {
+				t.Errorf("MaxBufferedBytes() = %d, want %d", got, tt.want)
+			}
+			if got := budgetGauge(); got != tt.want {
+				t.Errorf("eventbus.buffered.budget = %d, want %d", got, tt.want)
+			}
+			if got, want := ts.srv.waitShare.Load(), max(tt.want/connWaitDiv, 2*64<<10); got != want {
+				t.Errorf("a connection's share for waiting publishes is %d, want %d", got, want)
+			}
+			c := dialRaw(t, ts.path)
+			c.expectReply(c.roundTrip(`{"op":"publish","id":1,"queue":"data","type":"T","payload":1}`), 1, protocol.StatusAccepted)
 		})
 	}
 }

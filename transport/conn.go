@@ -46,6 +46,12 @@ type conn struct {
 	rawWriteFn func(fd uintptr) bool
 	logger     *slog.Logger // the server's, with the peer's uid and pid
 	log        func(msg string, args ...any)
+	// fd is nc's descriptor (-1: none), for the server to see whether the
+	// client has closed while the read loop is busy or parked.
+	fd int32
+	// counted says the connection counts against MaxConnections. Under
+	// the server's mu.
+	counted bool
 
 	// held is what the budget accounts to this connection: its read
 	// buffer, its output, its waiting publishes.
@@ -110,12 +116,14 @@ func newConn(s *Server, nc net.Conn, peer peerCred) *conn {
 		subs:       make(map[string]*subscription),
 		types:      make(map[string]string),
 		writerIdle: true,
+		fd:         -1,
 	}
 	c.room = sync.NewCond(&c.omu)
 	if sc, ok := nc.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
 			c.raw = raw
 			c.rawWriteFn = c.rawWrite
+			raw.Control(func(fd uintptr) { c.fd = int32(fd) }) //nolint:errcheck // fails only on a closed socket: fd stays -1
 		}
 	}
 	c.internFn = c.intern
@@ -153,6 +161,9 @@ func (c *conn) serve() {
 	c.omu.Unlock()
 	c.signalWriter()
 	<-c.writerDone
+	// From the socket's shutdown on, the client sees the connection end
+	// and may connect again: it must find its place free.
+	c.s.uncount(c)
 	c.lingerClose()
 	reason, err := c.closeState()
 	c.logClose(reason, err)
@@ -171,7 +182,7 @@ func (c *conn) logClose(reason CloseReason, err error) {
 		c.logger.Warn("connection closed: frame not completed in time", "reason", reason, "frame_timeout", c.s.cfg.FrameTimeout)
 	case CloseOverBudget:
 		c.logger.Warn("connection closed: held more than its share of the buffered-bytes budget for too long", "reason", reason,
-			"budget_timeout", c.s.cfg.BudgetTimeout, "max_buffered_bytes", c.s.cfg.MaxBufferedBytes)
+			"budget_timeout", c.s.cfg.BudgetTimeout, "max_buffered_bytes", c.s.budget.Limit())
 	case CloseReadError, CloseWriteError:
 		c.logger.Warn("connection closed: socket failed", "reason", reason, "err", err)
 	default:
@@ -293,7 +304,7 @@ func (c *conn) readLoop() {
 		if !c.waitRoom(c.ctx) {
 			return
 		}
-		if !c.waits.waitBelow(c.s.cfg.MaxWaitingPublishes, c.s.waitShare, c.peerGone) {
+		if !c.waits.waitBelow(c.s.cfg.MaxWaitingPublishes, &c.s.waitShare, c.peerGone) {
 			// The client went away, or kill stopped the waits after
 			// recording its own reason, which then stands.
 			c.closeWith(CloseClientGone, errPeerGone)

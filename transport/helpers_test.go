@@ -48,6 +48,14 @@ func withBusOptions(opts ...bus.Option) serverOpt {
 // package transport, import testkit.
 func startServer(t testing.TB, opts ...serverOpt) *testServer {
 	t.Helper()
+	ts := runServer(t, opts...)
+	t.Cleanup(func() { ts.stop(t) })
+	return ts
+}
+
+// runServer is startServer for a caller that stops the server itself.
+func runServer(t testing.TB, opts ...serverOpt) *testServer {
+	t.Helper()
 	queues := bus.DefaultQueues()
 	var cfg Config
 	var busOpts []bus.Option
@@ -70,7 +78,6 @@ func startServer(t testing.TB, opts ...serverOpt) *testServer {
 	}
 	ts := &testServer{srv: srv, bus: b, path: path, served: make(chan error, 1)}
 	go func() { ts.served <- srv.Serve(l) }()
-	t.Cleanup(func() { ts.stop(t) })
 	return ts
 }
 

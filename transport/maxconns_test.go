@@ -125,6 +125,9 @@ func TestMaxConnections(t *testing.T) {
 			if v, _ := metricValue(t, reader, "eventbus.connections"); v != int64(limit) {
 				t.Fatalf("eventbus.connections = %d, want %d", v, limit)
 			}
+			if v, _ := metricValue(t, reader, "eventbus.connections.limit"); v != int64(limit) {
+				t.Fatalf("eventbus.connections.limit = %d, want %d", v, limit)
+			}
 		})
 	}
 }
@@ -238,4 +241,77 @@ func TestRejectionFloodDoesNotStallAccepting(t *testing.T) {
 	testkit.Eventually(t, "the holder to be forgotten", func() bool { return ts.srv.Connections() == 0 })
 	next := dialRaw(t, ts.path)
 	next.expectReply(next.roundTrip(`{"op":"ping","id":1}`), 1, protocol.StatusOK)
+}
+
+// TestReconnectAtTheCapOnceTheConnectionEnded: at the cap, a client whose
+// connection has ended, because it closed it or because it read the end
+// the server gave it, connects again at once, whatever the server still
+// has to tear down; and the cap still holds for everyone else.
+func TestReconnectAtTheCapOnceTheConnectionEnded(t *testing.T) {
+	const frameLimit = 1 << 10
+	tests := []struct {
+		name string
+		// end ends first, the one admitted connection, as its client
+		// sees it.
+		end func(t *testing.T, ts *testServer, first *rawClient)
+	}{
+		{
+			name: "the client closed an idle connection",
+			end:  func(_ *testing.T, _ *testServer, first *rawClient) { first.nc.Close() },
+		},
+		{
+			name: "the client closed while the server did not read it",
+			end: func(t *testing.T, ts *testServer, first *rawClient) {
+				// The first publish fills order, the second waits for
+				// room, and the read loop waits for that one to end:
+				// it would only look at the socket on its next recheck.
+				first.expectReply(first.roundTrip(`{"op":"publish","id":1,"queue":"order","type":"ORDER_PLACED"}`), 1, protocol.StatusAccepted)
+				first.send(`{"op":"publish","id":2,"queue":"order","type":"ORDER_PLACED"}`)
+				c := ts.onlyConn(t)
+				testkit.Eventually(t, "the read loop held by the waiting publish", c.readerHeldByWaitCap)
+				first.nc.Close()
+			},
+		},
+		{
+			name: "the server cut it off and the client read the end, its socket still open",
+			end: func(t *testing.T, _ *testServer, first *rawClient) {
+				first.send(`{"op":"ping","id":1,"pad":"%s"}`, strings.Repeat("x", 2*frameLimit))
+				if m := first.recv(); m.Code != protocol.CodeFrameTooLarge {
+					t.Fatalf("got %+v, want a %s error", m, protocol.CodeFrameTooLarge)
+				}
+				first.expectEOF()
+			},
+		},
+		{
+			name: "the server cut it off and the client read the end and closed",
+			end: func(t *testing.T, _ *testServer, first *rawClient) {
+				first.send(`{"op":"ping","id":1,"pad":"%s"}`, strings.Repeat("x", 2*frameLimit))
+				if m := first.recv(); m.Code != protocol.CodeFrameTooLarge {
+					t.Fatalf("got %+v, want a %s error", m, protocol.CodeFrameTooLarge)
+				}
+				first.expectEOF()
+				first.nc.Close()
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ts := startServer(t, withQueues(smallQueues()...), withConfig(func(c *Config) {
+				c.MaxConnections = 1
+				c.MaxWaitingPublishes = 1
+				c.MaxFrameBytes = frameLimit
+			}))
+			first := dialRaw(t, ts.path)
+			first.expectReply(first.roundTrip(`{"op":"ping","id":1}`), 1, protocol.StatusOK)
+			tt.end(t, ts, first)
+
+			next := dialRaw(t, ts.path)
+			next.expectReply(next.roundTrip(`{"op":"ping","id":2}`), 2, protocol.StatusOK)
+			if n := ts.srv.Connections(); n != 1 {
+				t.Fatalf("%d connections counted, want the new one only", n)
+			}
+			dialRaw(t, ts.path).expectRejected(1)
+			next.expectReply(next.roundTrip(`{"op":"ping","id":3}`), 3, protocol.StatusOK)
+		})
+	}
 }

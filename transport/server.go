@@ -24,6 +24,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
+	"golang.org/x/sys/unix"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
 	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
@@ -110,7 +111,10 @@ type Config struct {
 	// means DefaultMaxConnections). A connection over it gets one
 	// too_many_connections error frame and is closed unread; it is counted
 	// in eventbus.connections.rejected and summed into the next
-	// LogRejections. A closing connection counts until its socket is closed.
+	// LogRejections. A connection counts from its accept until its client
+	// closes it or the server starts closing it (the client then reads
+	// its end), not until the server has torn it down: a client that has
+	// seen its connection end can connect again at once.
 	MaxConnections int
 	// MaxBufferedBytes is the budget for every byte the server holds on
 	// behalf of clients: read buffers (unfinished frames), output buffers,
@@ -173,9 +177,16 @@ type Server struct {
 	done     chan struct{} // closed by Shutdown
 	mu       sync.Mutex
 	lns      map[net.Listener]struct{}
-	conns    map[*conn]struct{}
-	wg       sync.WaitGroup
+	// conns holds every connection until its goroutines have stopped;
+	// those that count against MaxConnections are marked counted.
+	conns map[*conn]struct{}
+	wg    sync.WaitGroup
+	// pollFDs is the accept loop's scratch for finding closed clients.
+	pollFDs   []unix.PollFd
+	pollConns []*conn
 
+	// connCount is the connections that count against MaxConnections;
+	// changed under mu, read without it.
 	connCount atomic.Int64
 	metrics   serverMetrics
 
@@ -189,7 +200,7 @@ type Server struct {
 	unloggedDenied  atomic.Int64
 
 	budget    *budget
-	waitShare int64 // waiting-publish bytes one connection may hold
+	waitShare atomic.Int64 // waiting-publish bytes one connection may hold
 	// lastReconcile is when the queued bytes were last checked against
 	// the bus (unix nanoseconds).
 	lastReconcile atomic.Int64
@@ -206,6 +217,13 @@ const (
 	// is a few hundred bytes into a fresh socket, which the kernel takes at
 	// once; the deadline only guards against the unexpected.
 	rejectWriteTimeout = 100 * time.Millisecond
+	// maxUncounted bounds the connections that no longer count against
+	// MaxConnections but are still being torn down (their client closed,
+	// or the server lingers for the client's close). Each goes within
+	// lingerTimeout or recheckParked; past the bound a closing connection
+	// counts until it is gone, so that a client that makes the server cut
+	// it off in a loop cannot pile up descriptors and goroutines.
+	maxUncounted = 256
 )
 
 // CloseReason says why the server closed a connection; it labels logs and
@@ -310,13 +328,12 @@ func New(cfg Config) (*Server, error) {
 
 		rejectSlots: make(chan struct{}, maxRejecting),
 		rejectFrame: protocol.AppendTooManyConnections(nil, cfg.MaxConnections),
-
-		waitShare: max(cfg.MaxBufferedBytes/connWaitDiv, 2*int64(cfg.MaxFrameBytes)),
+	}
+	if err := s.checkBufferedBytes(cfg.MaxBufferedBytes); err != nil {
+		return nil, err
 	}
 	s.budget = newBudget(cfg.MaxBufferedBytes, queues, &s.connCount)
-	if minBudget := MinBufferedBytes(cfg.MaxFrameBytes); cfg.MaxBufferedBytes < minBudget {
-		return nil, fmt.Errorf("%w: max buffered bytes %d is less than 8 × max frame bytes (%d); allowed: at least %d", ErrInvalidConfig, cfg.MaxBufferedBytes, cfg.MaxFrameBytes, minBudget)
-	}
+	s.waitShare.Store(s.connWaitShare(cfg.MaxBufferedBytes))
 	if err := s.SetRoutes(cfg.Routes, cfg.DefaultQueue); err != nil {
 		return nil, err
 	}
@@ -347,16 +364,20 @@ func (s *Server) initMetrics() error {
 	budgetGauge, err6 := m.Int64ObservableGauge("eventbus.buffered.budget",
 		metric.WithDescription("The budget for eventbus.buffered (max buffered bytes)."),
 		metric.WithUnit("By"))
-	if err := errors.Join(err1, err2, err3, err4, err5, err6); err != nil {
+	connLimit, err7 := m.Int64ObservableGauge("eventbus.connections.limit",
+		metric.WithDescription("The most client connections served at once (max connections); one more is rejected."),
+		metric.WithUnit("{connection}"))
+	if err := errors.Join(err1, err2, err3, err4, err5, err6, err7); err != nil {
 		return fmt.Errorf("transport metrics: %w", err)
 	}
 	reg, err := m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		o.ObserveInt64(conns, s.connCount.Load())
+		o.ObserveInt64(connLimit, int64(s.cfg.MaxConnections))
 		s.reconcileQueued()
 		o.ObserveInt64(buffered, s.budget.Held())
-		o.ObserveInt64(budgetGauge, s.cfg.MaxBufferedBytes)
+		o.ObserveInt64(budgetGauge, s.budget.Limit())
 		return nil
-	}, conns, buffered, budgetGauge)
+	}, conns, connLimit, buffered, budgetGauge)
 	if err != nil {
 		return fmt.Errorf("transport metrics: %w", err)
 	}
@@ -428,19 +449,23 @@ func (s *Server) Serve(l net.Listener) error {
 			s.deny(nc, slot, peer, perr)
 			continue
 		}
-		if len(s.conns) >= s.cfg.MaxConnections {
-			// Under mu, like the registration below, so that several
-			// listeners cannot overshoot the cap together.
+		// Under mu, like the registration below, so that several
+		// listeners cannot overshoot the cap together.
+		if s.connCount.Load() >= int64(s.cfg.MaxConnections) {
+			s.uncountClosedLocked()
+		}
+		if s.connCount.Load() >= int64(s.cfg.MaxConnections) {
 			slot := s.takeRejectSlot()
 			s.mu.Unlock()
 			s.reject(nc, slot)
 			continue
 		}
 		c := newConn(s, nc, peer)
+		c.counted = true
 		s.conns[c] = struct{}{}
+		s.connCount.Add(1)
 		s.wg.Add(1)
 		s.mu.Unlock()
-		s.connCount.Add(1)
 		go c.serve()
 	}
 }
@@ -533,14 +558,98 @@ func (s *Server) LogRejections() {
 		"open", s.connCount.Load())
 }
 
+// uncount stops counting c against MaxConnections: from here on its
+// client may see the connection end. Past maxUncounted connections being
+// torn down, c counts until forget.
+func (s *Server) uncount(c *conn) {
+	s.mu.Lock()
+	s.uncountLocked(c)
+	s.mu.Unlock()
+}
+
+func (s *Server) uncountLocked(c *conn) bool {
+	if !c.counted || int64(len(s.conns))-s.connCount.Load() >= maxUncounted {
+		return false
+	}
+	c.counted = false
+	s.connCount.Add(-1)
+	return true
+}
+
+// uncountClosedLocked stops counting the connections whose client has
+// closed its end (or shut both directions), which their read loops may not
+// have seen yet: one still parked, or busy with the requests the client
+// sent before it closed. Those are still served to the end; they only
+// leave room for a new connection. A client that only shut its write side
+// still reads its replies and keeps counting. Called with mu held, at the
+// cap only: it polls every counted connection's socket in one system call.
+func (s *Server) uncountClosedLocked() {
+	fds, conns := s.pollFDs[:0], s.pollConns[:0]
+	for c := range s.conns {
+		// A counted connection's socket is open: it is closed only after
+		// uncount, or by a forced Shutdown, after which nothing is
+		// accepted.
+		if c.counted && c.fd >= 0 {
+			fds = append(fds, unix.PollFd{Fd: c.fd})
+			conns = append(conns, c)
+		}
+	}
+	s.pollFDs, s.pollConns = fds, conns
+	defer clear(conns) // the scratch must not keep closed connections alive
+	n, err := unix.Poll(fds, 0)
+	if err != nil || n == 0 {
+		return
+	}
+	for i, pfd := range fds {
+		if pfd.Revents&(unix.POLLHUP|unix.POLLERR) != 0 && !s.uncountLocked(conns[i]) {
+			return
+		}
+	}
+}
+
 func (s *Server) forget(c *conn, reason CloseReason) {
 	s.mu.Lock()
 	delete(s.conns, c)
+	if c.counted {
+		c.counted = false
+		s.connCount.Add(-1)
+	}
 	s.mu.Unlock()
-	s.connCount.Add(-1)
 	s.metrics.closed.Add(context.Background(), 1, metric.WithAttributes(attribute.String("reason", string(reason))))
 	s.wg.Done()
 }
+
+func (s *Server) checkBufferedBytes(n int64) error {
+	if minBudget := MinBufferedBytes(s.cfg.MaxFrameBytes); n < minBudget {
+		return fmt.Errorf("%w: max buffered bytes %d is less than 8 × max frame bytes (%d); allowed: at least %d", ErrInvalidConfig, n, s.cfg.MaxFrameBytes, minBudget)
+	}
+	return nil
+}
+
+// connWaitShare is what the waiting publishes of one connection may hold
+// under a budget of n: a sixteenth, and at least two full frames.
+func (s *Server) connWaitShare(n int64) int64 {
+	return max(n/connWaitDiv, 2*int64(s.cfg.MaxFrameBytes))
+}
+
+// SetMaxBufferedBytes changes the budget (Config.MaxBufferedBytes) of a
+// running server. Growing it resumes the connections that wait for room.
+// Shrinking it below what is held takes nothing away and cuts no client
+// off for it: every connection that needs more waits (backpressure) until
+// the holdings are under the new budget, and the BudgetTimeout cut-off
+// counts from then. n must be at least MinBufferedBytes(MaxFrameBytes);
+// otherwise nothing changes.
+func (s *Server) SetMaxBufferedBytes(n int64) error {
+	if err := s.checkBufferedBytes(n); err != nil {
+		return err
+	}
+	s.waitShare.Store(s.connWaitShare(n))
+	s.budget.setLimit(n)
+	return nil
+}
+
+// MaxBufferedBytes reports the budget in force.
+func (s *Server) MaxBufferedBytes() int64 { return s.budget.Limit() }
 
 // Buffered reports the bytes the server holds on behalf of clients now,
 // as counted against MaxBufferedBytes.
@@ -568,7 +677,8 @@ func (s *Server) reconcileQueued() {
 
 const reconcileEvery = 100 * time.Millisecond
 
-// Connections reports the number of open client connections.
+// Connections reports the number of client connections open, as counted
+// against MaxConnections.
 func (s *Server) Connections() int { return int(s.connCount.Load()) }
 
 // Rejected reports how many connections were turned away since start

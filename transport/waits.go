@@ -3,6 +3,7 @@ package transport
 import (
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
@@ -107,14 +108,16 @@ func (w *publishWaits) all() []*bus.Pending {
 }
 
 // waitBelow blocks while limit or more publishes are waiting, or while
-// their events cost maxBytes or more (0: no byte limit). It returns false,
-// at once or when woken, after stop, or when gone (if not nil), asked
-// every recheckParked while parked, reports the client gone: a parked
-// reader would not see it otherwise.
-func (w *publishWaits) waitBelow(limit int, maxBytes int64, gone func() bool) bool {
+// their events cost maxBytes or more (nil: no byte limit; it may change
+// meanwhile, and is read again whenever the waiter wakes). It returns
+// false, at once or when woken, after stop, or when gone (if not nil),
+// asked every recheckParked while parked, reports the client gone: a
+// parked reader would not see it otherwise.
+func (w *publishWaits) waitBelow(limit int, maxBytes *atomic.Int64, gone func() bool) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for (w.n >= limit || maxBytes > 0 && w.bytes >= maxBytes) && !w.stopped {
+	over := func() bool { return maxBytes != nil && w.bytes >= maxBytes.Load() }
+	for (w.n >= limit || over()) && !w.stopped {
 		var t *time.Timer
 		if gone != nil {
 			t = time.AfterFunc(recheckParked, func() {

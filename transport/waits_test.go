@@ -113,7 +113,7 @@ func TestPublishWaitsWaitBelowReturnsAtOnce(t *testing.T) {
 			if tt.stopped {
 				w.stop()
 			}
-			if got := w.waitBelow(tt.limit, 0, nil); got != tt.want {
+			if got := w.waitBelow(tt.limit, nil, nil); got != tt.want {
 				t.Errorf("waitBelow(%d) with %d waiting = %v, want %v", tt.limit, tt.waiting, got, tt.want)
 			}
 		})
@@ -127,7 +127,7 @@ func TestPublishWaitsWaitBelowBlocksUntilResolveOrStop(t *testing.T) {
 			w.add(1, 1, 0, &bus.Pending{})
 			w.add(2, 2, 0, &bus.Pending{})
 			got := make(chan bool, 1)
-			go func() { got <- w.waitBelow(2, 0, nil) }()
+			go func() { got <- w.waitBelow(2, nil, nil) }()
 			testkit.Eventually(t, "waitBelow parked", func() bool { return w.heldAt(2) })
 			select {
 			case v := <-got:
