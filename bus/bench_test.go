@@ -3,6 +3,7 @@ package bus_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"syscall"
 	"testing"
 	"time"
@@ -164,4 +165,65 @@ func processCPU(b *testing.B) time.Duration {
 		b.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkPublishDeliverWindow measures publish, receive and ack per event
+// in windows of prefetch events: a window is published, received and then
+// acked in delivery order (or newest first), so that the consumer holds up
+// to prefetch deliveries in flight, as a pipelining consumer does.
+//
+//	go test -run '^$' -bench 'PublishDeliverWindow' -benchmem ./bus
+func BenchmarkPublishDeliverWindow(b *testing.B) {
+	for _, tt := range []struct {
+		prefetch int
+		newest   bool
+	}{{16, false}, {256, false}, {256, true}} {
+		name := fmt.Sprintf("prefetch %d/in order", tt.prefetch)
+		if tt.newest {
+			name = fmt.Sprintf("prefetch %d/newest first", tt.prefetch)
+		}
+		b.Run(name, func(b *testing.B) {
+			queues := []bus.QueueConfig{{Name: "q", Capacity: tt.prefetch, Policy: bus.PolicyBlock}}
+			bb, err := bus.New(queues)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer func() { _, _ = bb.Shutdown(context.Background()) }()
+			c, err := bb.Subscribe("q", tt.prefetch)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			ctx := context.Background()
+			ev := bus.Event{Type: "CANDLE_UPDATE", Payload: json.RawMessage(`{"s":"BTCUSDT","c":1}`)}
+			seqs := make([]uint64, tt.prefetch)
+			b.ReportAllocs()
+			cpu := startCPUClock(b)
+			b.ResetTimer()
+			for done := 0; done < b.N; done += tt.prefetch {
+				for range seqs {
+					if out, err := bb.Publish(ctx, ev, "q"); out != bus.Accepted {
+						b.Fatal(out, err)
+					}
+				}
+				for i := range seqs {
+					d, err := c.Receive(ctx)
+					if err != nil {
+						b.Fatal(err)
+					}
+					seqs[i] = d.Seq
+				}
+				for i := range seqs {
+					if tt.newest {
+						i = len(seqs) - 1 - i
+					}
+					if err := c.Ack(seqs[i]); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			b.StopTimer()
+			cpu.report(b)
+		})
+	}
 }

@@ -77,7 +77,7 @@ type Bus struct {
 }
 
 // queue is one named queue. mu guards the store, the waiters, the idle
-// consumers and every consumer's in-flight map; counters are atomics so
+// consumers and every consumer's in-flight set; counters are atomics so
 // that Stats and metric callbacks never take the lock.
 type queue struct {
 	bus      *Bus

@@ -27,13 +27,10 @@ type Consumer struct {
 	closedCh chan struct{}
 
 	// Guarded by q.mu.
-	inflight map[uint64]*flight
-	// free recycles settled flights: map values above 128 bytes would be
-	// stored out of line, costing an allocation per delivery.
-	free    []*flight
-	closed  bool
-	idle    bool // in q.idle: blocked in Receive with prefetch room
-	waiting bool // blocked in Receive (idle or at the prefetch limit)
+	inflight inflightSet
+	closed   bool
+	idle     bool // in q.idle: blocked in Receive with prefetch room
+	waiting  bool // blocked in Receive (idle or at the prefetch limit)
 }
 
 // flight is a delivered, unsettled event.
@@ -43,6 +40,8 @@ type flight struct {
 	// deliveredAt is the hand-over time, for the deliver span's time in
 	// queue (set only with tracing).
 	deliveredAt time.Time
+	// settled marks a tombstone in the consumer's in-flight ring.
+	settled bool
 }
 
 // Subscribe attaches a consumer to the named queue with a prefetch limit
@@ -67,7 +66,7 @@ func (b *Bus) Subscribe(queueName string, prefetch int) (*Consumer, error) {
 		notify:   make(chan struct{}, 1),
 		turn:     make(chan struct{}, 1),
 		closedCh: make(chan struct{}),
-		inflight: make(map[uint64]*flight, min(prefetch, 1024)),
+		inflight: newInflightSet(prefetch),
 	}
 	q.counters.consumers.Add(1)
 	return c, nil
@@ -117,12 +116,12 @@ func (c *Consumer) Receive(ctx context.Context) (Delivery, error) {
 			q.mu.Unlock()
 			return Delivery{}, ErrShuttingDown
 		}
-		if len(c.inflight) < c.prefetch && q.store.Len() > 0 {
+		if c.inflight.len() < c.prefetch && q.store.Len() > 0 {
 			q.leaveIdleLocked(c)
 			return c.deliverLocked(ctx)
 		}
 		c.waiting = true
-		if len(c.inflight) < c.prefetch && !c.idle {
+		if c.inflight.len() < c.prefetch && !c.idle {
 			c.idle = true
 			q.idle = append(q.idle, c)
 		}
@@ -177,21 +176,14 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 	if b.tel.tracing {
 		now = b.clock.Now() // for the queued-duration metric too
 	}
-	var f *flight
-	if n := len(c.free); n > 0 {
-		f, c.free = c.free[n-1], c.free[:n-1]
-	} else {
-		f = new(flight)
-	}
-	f.e = e
+	f := c.inflight.add(e)
 	sc := e.pubSC
 	if e.traced {
 		f.span = b.tel.startDeliver(q, &e, now)
 		f.deliveredAt = now
 		sc = f.span.SpanContext()
 	}
-	c.inflight[e.seq] = f
-	more := len(c.inflight) < c.prefetch && q.store.Len() > 0
+	more := c.inflight.len() < c.prefetch && q.store.Len() > 0
 	q.counters.inFlight.Add(1)
 	admitted := q.admitWaitersLocked()
 	// Other idle consumers may be owed a wake-up for events still waiting.
@@ -224,17 +216,13 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 	}, nil
 }
 
-// settle removes seq from c's in-flight set and recycles its slot.
+// settle removes seq from c's in-flight set.
 func (c *Consumer) settle(seq uint64, op string) (flight, error) {
 	q := c.q
-	fp, ok := c.inflight[seq]
+	f, ok := c.inflight.remove(seq)
 	if !ok {
 		return flight{}, fmt.Errorf("%s seq %d on queue %q: %w", op, seq, q.name, ErrUnknownSeq)
 	}
-	f := *fp
-	*fp = flight{}
-	c.free = append(c.free, fp)
-	delete(c.inflight, seq)
 	q.counters.inFlight.Add(-1)
 	if c.waiting && !c.idle {
 		c.wake() // Receive was blocked at the prefetch limit
@@ -321,20 +309,7 @@ func (c *Consumer) Close() {
 	}
 	c.closed = true
 	q.leaveIdleLocked(c)
-	returned := make([]flight, 0, len(c.inflight))
-	for _, f := range c.inflight {
-		returned = append(returned, *f)
-	}
-	c.free = nil
-	slices.SortFunc(returned, func(a, b flight) int {
-		switch {
-		case a.e.seq < b.e.seq:
-			return -1
-		case a.e.seq > b.e.seq:
-			return 1
-		}
-		return 0
-	})
+	returned := c.inflight.release() // in seq order
 	var dead []entry
 	for i := range returned {
 		e := returned[i].e // returned stays as delivered, for the deliver spans
@@ -347,7 +322,6 @@ func (c *Consumer) Close() {
 		}
 		q.store.Requeue(e)
 	}
-	clear(c.inflight)
 	q.counters.inFlight.Add(-int64(len(returned)))
 	q.counters.size.Store(int64(q.store.Len()))
 	q.counters.consumers.Add(-1)
