@@ -20,6 +20,7 @@ import (
 type ioCounter struct {
 	wal.OSFS
 	writes, syncs, records atomic.Int64
+	syncTime               atomic.Int64 // ns in fdatasync
 }
 
 func (c *ioCounter) OpenFile(name string, flag int, perm os.FileMode) (wal.File, error) {
@@ -30,7 +31,10 @@ func (c *ioCounter) OpenFile(name string, flag int, perm os.FileMode) (wal.File,
 	return &countedFile{File: f, c: c}, nil
 }
 
-func (c *ioCounter) observe(si wal.SyncInfo) { c.records.Add(int64(si.Records)) }
+func (c *ioCounter) observe(si wal.SyncInfo) {
+	c.records.Add(int64(si.Records))
+	c.syncTime.Add(int64(si.Duration))
+}
 
 // options gives the log c as its file system and sync hook.
 func (c *ioCounter) options() bus.Option {
@@ -42,14 +46,18 @@ func (c *ioCounter) start() {
 	c.writes.Store(0)
 	c.syncs.Store(0)
 	c.records.Store(0)
+	c.syncTime.Store(0)
 }
 
-// report adds writes/event, syncs/event and records/sync to b's result.
+// report adds writes/event, syncs/event, records/sync and sync-ns/op (the
+// time spent in fdatasync per event: what ns/op cannot go below when the
+// syncs are not overlapped) to b's result.
 func (c *ioCounter) report(b *testing.B) {
 	b.Helper()
 	n := float64(b.N)
 	b.ReportMetric(float64(c.writes.Load())/n, "writes/event")
 	b.ReportMetric(float64(c.syncs.Load())/n, "syncs/event")
+	b.ReportMetric(float64(c.syncTime.Load())/n, "sync-ns/op")
 	if s := c.syncs.Load(); s > 0 {
 		b.ReportMetric(float64(c.records.Load())/float64(s), "records/sync")
 	}
