@@ -117,6 +117,10 @@ type Appended struct {
 	Sync time.Duration
 	// Batch is the number of records that sync covered.
 	Batch int
+	// Last marks the last AppendAsync callback of a write: a caller that
+	// gathers the answers of one write, to handle them together (under
+	// one lock of its own), handles them at this one.
+	Last bool
 }
 
 // Record is an unacked event given back by Open.
@@ -258,12 +262,13 @@ func (l *Log) completer() {
 // SyncAsync callbacks, holding none of the log's locks: a callback may call
 // the log again.
 func (b *batch) callBack() {
-	for _, a := range b.async {
+	for i, a := range b.async {
+		last := i == len(b.async)-1
 		if b.err != nil {
-			a.done(Appended{Seq: a.seq}, fmt.Errorf("wal: append seq %d: %w", a.seq, b.err))
+			a.done(Appended{Seq: a.seq, Last: last}, fmt.Errorf("wal: append seq %d: %w", a.seq, b.err))
 			continue
 		}
-		a.done(Appended{Seq: a.seq, Sync: b.sync, Batch: b.records}, nil)
+		a.done(Appended{Seq: a.seq, Sync: b.sync, Batch: b.records, Last: last}, nil)
 	}
 	for _, done := range b.syncs {
 		if b.err != nil {
