@@ -118,6 +118,15 @@ type queue struct {
 	// capacity and consumers see only stored events.
 	log      *wal.Log
 	reserved int
+	// storing are the publishes whose events the log is storing, in seq
+	// order, until it answers them (appendLocked, land).
+	storing pendingFIFO
+	// onStored is storedOne, bound once: the log's callback for every
+	// publish's append, so that an append allocates no closure.
+	onStored func(wal.Appended, error)
+	// landed gathers the log's answers within one write (storedOne). Only
+	// the log's callbacks touch it, and they run one at a time.
+	landed []landing
 	// fsyncInterval says the log answers an append once written, not
 	// synced (a dead-letter move syncs its dead letter itself).
 	fsyncInterval bool

@@ -128,6 +128,7 @@ func (q *queue) openLog(o options, dir string, qc QueueConfig) ([]entry, error) 
 	}
 	q.nextSeq = rec.NextSeq - 1
 	q.log = l
+	q.onStored = q.storedOne
 	q.fsyncInterval = wo.Fsync == wal.FsyncInterval
 	if len(rec.Records) > 0 || rec.NextSeq > 1 {
 		b.logger.Info("queue recovered", "queue", q.name, "events", len(rec.Records),
@@ -158,18 +159,22 @@ func (b *Bus) closeLogs() error {
 const maxScratch = 64 << 10
 
 // appendLocked starts storing an event in the queue's log and reserves
-// its slot: the event of publish p (its entry is rebuilt from p when the
-// append is done, so that the callback holds two words, not an entry), or
-// a dead letter on its way in (moved). Called with q.mu held.
+// its slot: the event of publish p, or a dead letter on its way in
+// (moved). Called with q.mu held.
+//
+// A publish waits in q.storing for the log's answer (storedOne); its
+// entry is rebuilt from p then. A dead letter has a callback of its own.
 func (q *queue) appendLocked(p *Pending, moved *deadLetterMove) error {
 	var e entry
-	var done func(wal.Appended, error)
+	done := q.onStored
 	if moved != nil {
 		e = moved.ne
-		done = func(a wal.Appended, err error) { q.stored(nil, moved, a, err) }
+		done = func(a wal.Appended, err error) {
+			q.land() // the publishes before it, in seq order
+			moved.stored(a, err)
+		}
 	} else {
 		e = p.entry()
-		done = func(a wal.Appended, err error) { q.stored(p, nil, a, err) }
 	}
 	q.scratch = encodeRecord(q.scratch[:0], &e)
 	msgID := e.ev.MsgID
@@ -189,8 +194,11 @@ func (q *queue) appendLocked(p *Pending, moved *deadLetterMove) error {
 		return fmt.Errorf("queue %q: %w: %w", q.name, ErrStorage, err)
 	}
 	q.reserved++
-	if moved == nil && msgID != "" {
-		q.dedupe.add(msgID, seq, e.enqueuedAt, p)
+	if moved == nil {
+		q.storing.push(p)
+		if msgID != "" {
+			q.dedupe.add(msgID, seq, e.enqueuedAt, p)
+		}
 	}
 	return nil
 }
@@ -201,47 +209,108 @@ func (p *Pending) entry() entry {
 	return entry{ev: p.ev, enqueuedAt: p.resolvedAt, pubSC: p.pubSC, traced: p.traced}
 }
 
-// stored is the log's answer to appendLocked, on the log's completer
-// goroutine: the event joins the queue, or its slot is freed. A dead
-// letter has more to do before it joins (deadLetterMove.stored).
-func (q *queue) stored(p *Pending, moved *deadLetterMove, a wal.Appended, err error) {
-	if moved != nil {
-		moved.stored(a, err)
+// landing is the log's answer to one publish's append.
+type landing struct {
+	seq  uint64
+	sync time.Duration
+	err  error
+	p    *Pending
+	dups []*Pending
+}
+
+// storedOne is the log's answer to a publish's append (appendLocked), on
+// one of the log's goroutines, which call back one at a time, in seq
+// order. The answers of one write are gathered and handled together at
+// the last one (land): one lock of the queue for the lot rather than one
+// per event, which the publishers and consumers contend for.
+func (q *queue) storedOne(a wal.Appended, err error) {
+	q.landed = append(q.landed, landing{seq: a.Seq, sync: a.Sync, err: err})
+	if a.Last {
+		q.land()
+	}
+}
+
+// land handles the gathered answers (storedOne): each event joins the
+// queue, or its slot is freed, and its publisher (and the publishes of
+// the same msg id that waited for it) hears the outcome.
+func (q *queue) land() {
+	if len(q.landed) == 0 {
 		return
 	}
-	e := p.entry()
-	e.seq = a.Seq
-	id := e.ev.MsgID
+	failed := false
 	var admitted pendingList
 	q.mu.Lock()
-	q.reserved--
-	if err == nil {
-		q.store.Push(e)
-		q.counters.size.Store(int64(q.store.Len()))
-		if id != "" {
-			q.dedupe.stored(id, e.seq)
+	for i := range q.landed {
+		l := &q.landed[i]
+		p := q.storing.pop()
+		l.p, l.dups = p, p.dups
+		p.dups = nil
+		q.reserved--
+		id := p.ev.MsgID
+		if l.err == nil {
+			e := p.entry()
+			e.seq = l.seq
+			q.store.Push(e)
+			if id != "" {
+				q.dedupe.stored(id, l.seq)
+			}
+			continue
 		}
-		q.wakeConsumersLocked()
-	} else {
+		failed = true
 		if id != "" {
-			q.dedupe.forget(id, e.seq)
+			q.dedupe.forget(id, l.seq)
 		}
-		admitted = q.admitWaitersLocked() // the reserved slot is free again
 	}
-	dups := p.dups
-	p.dups = nil
+	q.counters.size.Store(int64(q.store.Len()))
+	q.wakeConsumersLocked()
+	if failed {
+		admitted = q.admitWaitersLocked() // the reserved slots are free again
+	}
 	q.mu.Unlock()
 	admitted.release()
 
-	if err != nil {
-		q.counters.storageErrors.Add(1)
-		err = fmt.Errorf("queue %q: event not stored: %w: %w", q.name, ErrStorage, err)
+	for i := range q.landed {
+		l := q.landed[i]
+		q.landed[i] = landing{}
+		err := l.err
+		if err != nil {
+			q.counters.storageErrors.Add(1)
+			err = fmt.Errorf("queue %q: event not stored: %w: %w", q.name, ErrStorage, err)
+		}
+		l.p.complete(Accepted, l.seq, l.sync, err)
+		for _, d := range l.dups {
+			d.complete(Duplicate, 0, 0, err)
+		}
 	}
-	p.complete(Accepted, a.Seq, a.Sync, err)
-	for _, d := range dups {
-		d.complete(Duplicate, 0, 0, err)
-	}
+	q.landed = q.landed[:0]
 	q.bus.notifyDrain()
+}
+
+// pendingFIFO is a queue of publishes, oldest first.
+type pendingFIFO struct {
+	buf  []*Pending
+	head int
+}
+
+func (f *pendingFIFO) push(p *Pending) {
+	if f.head > 0 && len(f.buf) == cap(f.buf) {
+		// Reuse the room popped at the front rather than grow.
+		n := copy(f.buf, f.buf[f.head:])
+		clear(f.buf[n:])
+		f.buf, f.head = f.buf[:n], 0
+	}
+	f.buf = append(f.buf, p)
+}
+
+// pop removes the oldest publish; the FIFO must not be empty.
+func (f *pendingFIFO) pop() *Pending {
+	p := f.buf[f.head]
+	f.buf[f.head] = nil
+	f.head++
+	if f.head == len(f.buf) {
+		f.buf, f.head = f.buf[:0], 0
+	}
+	return p
 }
 
 // walOp is what walSettle records.

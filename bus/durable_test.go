@@ -218,6 +218,38 @@ func TestReservedSlotsKeepCapacity(t *testing.T) {
 	}
 }
 
+// TestFailedWriteFreesItsSlots: the publishes of one write that fails are
+// all answered Failed and give their reserved slots back at once, so that
+// a publisher waiting for room gets in (and is answered too).
+func TestFailedWriteFreesItsSlots(t *testing.T) {
+	fsys := &faultFS{}
+	qs := []bus.QueueConfig{{Name: "order", Capacity: 3, Policy: bus.PolicyBlock, Durable: true}}
+	b, _ := openDurable(t, t.TempDir(), qs, testkit.NewClock(), bus.WithWALOptions(wal.Options{FS: fsys}))
+	open := fsys.holdSyncs()
+	results := make(chan string, 4)
+	publish := func(i int) {
+		b.PublishAsync(context.Background(), event("ORDER", i), "order", func(o bus.Outcome, err error) {
+			results <- fmt.Sprintf("%d:%s:%v", i, o, errors.Is(err, bus.ErrStorage))
+		})
+	}
+	publish(1)
+	testkit.Eventually(t, "the first publish's sync", func() bool { return fsys.syncCount() == 1 })
+	publish(2) // 2 and 3 share the next write, which fails
+	publish(3)
+	publish(4) // the queue is full of reserved slots: 4 waits
+	testkit.Eventually(t, "the fourth publish waits for room", func() bool { return b.Stats()["order"].Waiting == 1 })
+	fsys.setFull(true)
+	open()
+	got := []string{<-results, <-results, <-results, <-results}
+	want := []string{"1:accepted:false", "2:error:true", "3:error:true", "4:error:true"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("answers %v, want %v", got, want)
+	}
+	if st := b.Stats()["order"]; st.Size != 1 || st.Waiting != 0 {
+		t.Fatalf("size %d, waiting %d; want the one stored event and no waiter", st.Size, st.Waiting)
+	}
+}
+
 func TestStorageFailureFailsPublishAndRecovers(t *testing.T) {
 	dir := t.TempDir()
 	fsys := &faultFS{}

@@ -10,11 +10,12 @@ import (
 
 // asyncResults collects AppendAsync callbacks in the order they ran.
 type asyncResults struct {
-	mu   sync.Mutex
-	seqs []uint64
-	errs []error
-	all  chan struct{}
-	want int
+	mu    sync.Mutex
+	seqs  []uint64
+	errs  []error
+	lasts []bool
+	all   chan struct{}
+	want  int
 }
 
 func newAsyncResults(want int) *asyncResults {
@@ -26,6 +27,7 @@ func (r *asyncResults) done(a Appended, err error) {
 	defer r.mu.Unlock()
 	r.seqs = append(r.seqs, a.Seq)
 	r.errs = append(r.errs, err)
+	r.lasts = append(r.lasts, a.Last)
 	if len(r.seqs) == r.want {
 		close(r.all)
 	}
@@ -153,5 +155,54 @@ func TestAppendAsyncCallbackMayAppend(t *testing.T) {
 	res.wait(t)
 	if res.errs[0] != nil || res.errs[1] != nil || res.seqs[1] != res.seqs[0]+1 {
 		t.Fatalf("got seqs %v errs %v", res.seqs, res.errs)
+	}
+}
+
+// TestAppendAsyncMarksTheLastOfAWrite holds the sync of a first append so
+// that the next ones share a write, and checks that Appended.Last marks
+// the last callback of each write, and only that one, whether the write
+// succeeds or fails.
+func TestAppendAsyncMarksTheLastOfAWrite(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		failWrite bool // the second write fails (disk full)
+	}{
+		{name: "stored"},
+		{name: "write failed", failWrite: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fsys := newFaultFS()
+			opts := testOpts()
+			opts.FS = fsys
+			l, _ := openT(t, t.TempDir(), opts)
+			t.Cleanup(func() { l.Close() })
+			gate := make(chan struct{})
+			fsys.set(func(f *faultFS) { f.gate, f.syncs = gate, 0 })
+			const later = 5
+			res := newAsyncResults(1 + later)
+			if _, err := l.AppendAsync([]byte("first"), "", fixedNow, res.done); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "the first append's sync", func() bool { return fsys.syncCount() == 1 })
+			if tc.failWrite {
+				fsys.set(func(f *faultFS) { f.budget = 0 })
+			}
+			for i := range later {
+				if _, err := l.AppendAsync([]byte(fmt.Sprintf("later %d", i)), "", fixedNow, res.done); err != nil {
+					t.Fatal(err)
+				}
+			}
+			close(gate)
+			res.wait(t)
+			want := []bool{true, false, false, false, false, true}
+			if fmt.Sprint(res.lasts) != fmt.Sprint(want) {
+				t.Fatalf("Last = %v, want %v (one write of 1, one of %d)", res.lasts, want, later)
+			}
+			for i, err := range res.errs {
+				if failed := i > 0 && tc.failWrite; (err != nil) != failed {
+					t.Fatalf("callback %d: err %v, want failed %v", i, err, failed)
+				}
+			}
+		})
 	}
 }

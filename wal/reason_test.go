@@ -58,7 +58,7 @@ func TestNackReasonSurvivesRestart(t *testing.T) {
 					segOf := func() uint64 {
 						l.mu.Lock()
 						defer l.mu.Unlock()
-						return l.live[seq].seg
+						return l.live.ref(seq).seg
 					}
 					before := segOf()
 					for range 40 {

@@ -117,6 +117,10 @@ type Appended struct {
 	Sync time.Duration
 	// Batch is the number of records that sync covered.
 	Batch int
+	// Last marks the last AppendAsync callback of a write: a caller that
+	// gathers the answers of one write, to handle them together (under
+	// one lock of its own), handles them at this one.
+	Last bool
 }
 
 // Record is an unacked event given back by Open.
@@ -258,12 +262,13 @@ func (l *Log) completer() {
 // SyncAsync callbacks, holding none of the log's locks: a callback may call
 // the log again.
 func (b *batch) callBack() {
-	for _, a := range b.async {
+	for i, a := range b.async {
+		last := i == len(b.async)-1
 		if b.err != nil {
-			a.done(Appended{Seq: a.seq}, fmt.Errorf("wal: append seq %d: %w", a.seq, b.err))
+			a.done(Appended{Seq: a.seq, Last: last}, fmt.Errorf("wal: append seq %d: %w", a.seq, b.err))
 			continue
 		}
-		a.done(Appended{Seq: a.seq, Sync: b.sync, Batch: b.records}, nil)
+		a.done(Appended{Seq: a.seq, Sync: b.sync, Batch: b.records, Last: last}, nil)
 	}
 	for _, done := range b.syncs {
 		if b.err != nil {
@@ -292,7 +297,7 @@ type Log struct {
 	mu         sync.Mutex
 	closed     bool
 	nextSeq    uint64
-	live       map[uint64]liveRec
+	live       liveSet
 	liveBytes  int64   // encoded size of the live events
 	ids        []MsgID // accept order
 	pend       []byte
@@ -344,7 +349,6 @@ func Open(ctx context.Context, dir string, opts Options) (*Log, *Recovered, erro
 		dir:  dir,
 		opts: opts,
 		lock: lock,
-		live: make(map[uint64]liveRec),
 		kick: make(chan struct{}, 1),
 
 		completions: make(chan *batch, 16),
@@ -442,7 +446,7 @@ func (l *Log) startSegment(id uint64, copies []eventBody) error {
 	for i, ev := range copies {
 		size := offs[i+1] - offs[i]
 		bare := size - int64(reasonSize(ev.reason))
-		l.live[ev.seq] = liveRec{seg: id, off: offs[i], size: int32(size), bare: int32(bare), progress: ev.progress}
+		l.live.put(ev.seq, liveRec{seg: id, off: offs[i], size: int32(size), bare: int32(bare), progress: ev.progress})
 		l.liveBytes += size
 	}
 	if l.seg.f != nil {
@@ -546,7 +550,7 @@ func (l *Log) enqueue(data []byte, msgID string, at time.Time, done func(Appende
 	off := int64(len(l.pend))
 	l.pend = appendEvent(l.pend, eventBody{seq: seq, at: at.UnixNano(), msgID: msgID, data: data})
 	size := int32(int64(len(l.pend)) - off)
-	l.live[seq] = liveRec{seg: inPending, off: off, size: size, bare: size}
+	l.live.put(seq, liveRec{seg: inPending, off: off, size: size, bare: size})
 	l.liveBytes += int64(size)
 	l.pendEvents = append(l.pendEvents, seq)
 	l.pendCount++
@@ -601,8 +605,8 @@ func (l *Log) settle(s settleRec) error {
 		l.mu.Unlock()
 		return ErrClosed
 	}
-	r, ok := l.live[s.seq]
-	if !ok {
+	r := l.live.ref(s.seq)
+	if r == nil {
 		l.mu.Unlock()
 		return fmt.Errorf("%w: %d", ErrUnknownSeq, s.seq)
 	}
@@ -611,10 +615,8 @@ func (l *Log) settle(s settleRec) error {
 		s.reason = cutReason(s.reason, l.opts.MaxRecord-int(r.bare-recHeaderSize)-reasonLenSize)
 	}
 	if r.step(s) {
-		delete(l.live, s.seq)
 		l.liveBytes -= int64(r.size)
-	} else {
-		l.live[s.seq] = r
+		l.live.remove(s.seq)
 	}
 	l.pend = appendSettle(l.pend, s)
 	l.pendCount++
@@ -741,9 +743,8 @@ func (l *Log) flush() {
 	l.pend, l.batch, l.pendEvents, l.pendCount = l.spare[:0], nil, l.spareEvs[:0], 0
 	base := l.seg.off
 	for _, s := range evs {
-		if r, ok := l.live[s]; ok && r.seg == inPending {
+		if r := l.live.ref(s); r != nil && r.seg == inPending {
 			r.seg, r.off = l.seg.id, base+r.off
-			l.live[s] = r
 		}
 	}
 	l.mu.Unlock()
@@ -851,9 +852,9 @@ func (l *Log) forget(evs []uint64) {
 	defer l.mu.Unlock()
 	failed := make(map[uint64]bool, len(evs))
 	for _, s := range evs {
-		if r, ok := l.live[s]; ok {
-			delete(l.live, s)
+		if r := l.live.ref(s); r != nil {
 			l.liveBytes -= int64(r.size)
+			l.live.remove(s)
 		}
 		failed[s] = true
 	}
@@ -904,8 +905,8 @@ func (l *Log) rotate() (absorbed *batch, err error) {
 	l.ids = slices.Delete(l.ids, 0, i)
 
 	old := l.seg
-	copies := make([]eventBody, 0, len(l.live))
-	for seq, r := range l.live {
+	copies := make([]eventBody, 0, l.live.len())
+	for seq, r := range l.live.all() {
 		var raw []byte
 		if r.seg == inPending {
 			raw = l.pend[r.off : r.off+int64(r.size)]
