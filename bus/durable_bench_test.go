@@ -122,11 +122,12 @@ var benchEvent = bus.Event{Type: "ORDER_NEW", Payload: json.RawMessage(`{"symbol
 // memory-only publish+deliver+ack in one run: sequential (one publish at a
 // time, waiting for each answer: one fdatasync per event) and pipelined
 // (PublishAsync with up to 512 publishes in flight, as one connection's
-// pipelined frames or many connections produce; they share syncs).
+// pipelined frames or many connections produce; they share syncs), and
+// pipelined64 with 64 in flight (one connection of the load tool).
 //
 //	go test -run '^$' -bench 'DurablePublishDeliver' -benchtime 200ms ./bus
 func BenchmarkDurablePublishDeliver(b *testing.B) {
-	for _, mode := range []string{"sequential", "pipelined"} {
+	for _, mode := range []string{"sequential", "pipelined", "pipelined64"} {
 		for _, durable := range []bool{false, true} {
 			name := mode + "/memory"
 			if durable {
@@ -167,7 +168,10 @@ func BenchmarkDurablePublishDeliver(b *testing.B) {
 					return
 				}
 				wait := ackAll(ctx, b, bb, 256)
-				const window = 512
+				window := 512
+				if mode == "pipelined64" {
+					window = 64 // one connection of the load tool
+				}
 				sem := make(chan struct{}, window)
 				var failed sync.Once
 				done := func(out bus.Outcome, err error) {
