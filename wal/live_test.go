@@ -147,10 +147,7 @@ func BenchmarkLiveSet(b *testing.B) {
 			r := m[d]
 			r.deliveries++
 			m[d] = r
-			a := i - live
-			if _, ok := m[a]; ok {
-				delete(m, a)
-			}
+			delete(m, i-live)
 		}
 	})
 	b.Run("ring", func(b *testing.B) {
