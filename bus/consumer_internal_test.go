@@ -12,15 +12,7 @@ import (
 // the idle list with a wake-up token for an event it will not take. The
 // event must then go to another sleeping consumer.
 func TestAbandonedWakeUpIsPassedOn(t *testing.T) {
-	b, err := New([]QueueConfig{{Name: "q", Capacity: 4, Policy: PolicyBlock}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		_, _ = b.Shutdown(ctx)
-	})
+	b := newInternalBus(t, []QueueConfig{{Name: "q", Capacity: 4, Policy: PolicyBlock}})
 	a, _ := b.Subscribe("q", 1)
 	other, _ := b.Subscribe("q", 1)
 	t.Cleanup(a.Close)
@@ -68,4 +60,20 @@ func TestAbandonedWakeUpIsPassedOn(t *testing.T) {
 	if err := <-got; err != nil {
 		t.Fatalf("other.Receive = %v; the abandoned wake-up was not passed on", err)
 	}
+}
+
+// newInternalBus is a bus for this package's own tests, shut down (without
+// a drain) when the test ends.
+func newInternalBus(t *testing.T, queues []QueueConfig) *Bus {
+	t.Helper()
+	b, err := New(queues)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		_, _ = b.Shutdown(ctx)
+	})
+	return b
 }

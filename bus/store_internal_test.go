@@ -97,15 +97,7 @@ func TestRingHoldsSlotsForItsDepth(t *testing.T) {
 // holds no ring slots for its queues, and events published and acked one
 // at a time keep the ring at its smallest size.
 func TestIdleQueuesHoldNoSlots(t *testing.T) {
-	b, err := New(DefaultQueues())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		_, _ = b.Shutdown(ctx)
-	})
+	b := newInternalBus(t, DefaultQueues())
 	slots := func(name string) int {
 		q := b.byName[name]
 		q.mu.Lock()
