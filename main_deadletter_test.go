@@ -23,7 +23,7 @@ type deadLetterLedger struct {
 	dead     map[string]map[uint64]bool // order -> its seqs in order_dead
 	good     map[string]bool            // good orders delivered from order
 	problems []string
-	moves    int // dead letters delivered, redeliveries included
+	moves    int             // dead letters delivered, redeliveries included
 	noReason map[string]bool // poison orders dead-lettered without a reason
 }
 
