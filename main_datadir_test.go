@@ -251,6 +251,20 @@ func statsOf(t *testing.T, socket string) (int, error) {
 // whose line starts with prefix and contains label.
 func metricValue(t *testing.T, adminAddr, prefix, label string) float64 {
 	t.Helper()
+	for _, line := range strings.Split(adminMetricsText(t, adminAddr), "\n") {
+		if strings.HasPrefix(line, prefix) && strings.Contains(line, label) {
+			var v float64
+			if _, err := fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v); err == nil {
+				return v
+			}
+		}
+	}
+	return -1
+}
+
+// adminMetricsText is the body of the admin listener's /metrics.
+func adminMetricsText(t *testing.T, adminAddr string) string {
+	t.Helper()
 	res, err := http.Get("http://" + adminAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -260,13 +274,5 @@ func metricValue(t *testing.T, adminAddr, prefix, label string) float64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range strings.Split(string(body), "\n") {
-		if strings.HasPrefix(line, prefix) && strings.Contains(line, label) {
-			var v float64
-			if _, err := fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v); err == nil {
-				return v
-			}
-		}
-	}
-	return -1
+	return string(body)
 }

@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -133,21 +131,13 @@ func TestReloadOnSIGHUP(t *testing.T) {
 // when there is none.
 func adminMetric(t *testing.T, admin, series string) string {
 	t.Helper()
-	res, err := http.Get("http://" + admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, err := io.ReadAll(res.Body)
-	res.Body.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	body := adminMetricsText(t, admin)
 	name, labels, found := strings.Cut(series, "{")
 	pattern := `(?m)^` + regexp.QuoteMeta(name) + `(?:\{[^}]*\})? (\S+)$`
 	if found {
 		pattern = `(?m)^` + regexp.QuoteMeta(name) + `\{` + labels + `\} (\S+)$`
 	}
-	m := regexp.MustCompile(pattern).FindStringSubmatch(string(body))
+	m := regexp.MustCompile(pattern).FindStringSubmatch(body)
 	if m == nil {
 		return ""
 	}
