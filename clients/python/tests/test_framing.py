@@ -10,49 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import tempfile
 import unittest
 
 from eventbus_sidecar import Event, EventBus, EventType, Outcome
 
+from .fake_server import FakeServer
+
 _STATS = {"data": {"size": 0, "maxsize": 5, "drops": 0, "timeout_seconds": 1}}
 
 
-class RawServer:
+class RawServer(FakeServer):
     """Answers the first request (stats), then hands every later request
     line to ``script(frame, writer)``, which writes whatever bytes it likes."""
 
     def __init__(self, script) -> None:
-        self.dir = tempfile.mkdtemp(prefix="eventbus-py-", dir="/tmp")
-        self.path = os.path.join(self.dir, "raw.sock")
+        super().__init__("raw.sock")
         self.script = script
-        self._server: asyncio.AbstractServer | None = None
-        self._writers: list[asyncio.StreamWriter] = []
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_unix_server(self._serve, self.path)
-
-    async def close(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for w in self._writers:
-            w.close()
-        await self._server.wait_closed()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.append(writer)
-        try:
-            first = json.loads(await reader.readline())
-            writer.write(json.dumps({"id": first["id"], "status": "ok", "stats": _STATS}).encode() + b"\n")
-            while line := await reader.readline():
-                await self.script(json.loads(line), writer)
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.close()
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first = json.loads(await reader.readline())
+        writer.write(json.dumps({"id": first["id"], "status": "ok", "stats": _STATS}).encode() + b"\n")
+        while line := await reader.readline():
+            await self.script(json.loads(line), writer)
 
 
 class TestFraming(unittest.IsolatedAsyncioTestCase):

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import tempfile
 import unittest
 
 from eventbus_sidecar import Backoff, Event, EventBus, EventType, Outcome, PublishLostError
 
+from .fake_server import FakeServer
 from .helpers import SidecarTestCase
 
 FAST = Backoff(initial=0.01, maximum=0.05, multiplier=2.0)
@@ -25,54 +23,34 @@ FAST = Backoff(initial=0.01, maximum=0.05, multiplier=2.0)
 _QUEUE_STATS = {"size": 0, "maxsize": 50, "drops": 0, "policy": "block", "timeout_seconds": 0}
 
 
-class ScriptedSidecar:
+class ScriptedSidecar(FakeServer):
     """A Unix-socket server that answers stats and handles each connection's
     publishes with ``on_publish(connection_number, frame)``: a reply dict to
     send, or None to close the connection without replying."""
 
     def __init__(self, on_publish) -> None:
-        self.dir = tempfile.mkdtemp(prefix="eventbus-py-", dir="/tmp")
-        self.path = os.path.join(self.dir, "scripted.sock")
+        super().__init__("scripted.sock")
         self.on_publish = on_publish
         self.publishes: list[tuple[int, dict]] = []
         self.connections = 0
-        self._server: asyncio.AbstractServer | None = None
-        self._writers: list[asyncio.StreamWriter] = []
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_unix_server(self._serve, self.path)
-
-    async def close(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for w in self._writers:
-            w.close()
-        await self._server.wait_closed()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         number = self.connections
-        self._writers.append(writer)
-        try:
-            while line := await reader.readline():
-                frame = json.loads(line)
-                if frame["op"] == "stats":
-                    reply = {"id": frame["id"], "status": "ok", "stats": {"data": _QUEUE_STATS, "order": _QUEUE_STATS}}
-                elif frame["op"] == "publish":
-                    self.publishes.append((number, frame))
-                    reply = self.on_publish(number, frame)
-                    if reply is None:
-                        break
-                    reply = {"id": frame["id"], **reply}
-                else:
-                    reply = {"id": frame.get("id"), "status": "ok"}
-                writer.write(json.dumps(reply).encode() + b"\n")
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.close()
+        while line := await reader.readline():
+            frame = json.loads(line)
+            if frame["op"] == "stats":
+                reply = {"id": frame["id"], "status": "ok", "stats": {"data": _QUEUE_STATS, "order": _QUEUE_STATS}}
+            elif frame["op"] == "publish":
+                self.publishes.append((number, frame))
+                reply = self.on_publish(number, frame)
+                if reply is None:
+                    break
+                reply = {"id": frame["id"], **reply}
+            else:
+                reply = {"id": frame.get("id"), "status": "ok"}
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
 
 
 def drop_first_connection(answer: dict):
