@@ -88,9 +88,8 @@ func FuzzDecodeRequest(f *testing.F) {
 		checkString("op", true, string(got.Op))
 		checkString("queue", got.HasQueue, got.Queue)
 		checkString("type", got.HasType, got.Type)
-		checkString("traceparent", got.Traceparent != "", got.Traceparent)
-		// msg_id and reason: absent, null and "" all mean not given.
-		for key, got := range map[string]string{"msg_id": got.MsgID, "reason": got.Reason} {
+		// traceparent, msg_id and reason: absent, null and "" all mean not given.
+		for key, got := range map[string]string{"traceparent": got.Traceparent, "msg_id": got.MsgID, "reason": got.Reason} {
 			var want string
 			if raw, ok := m[key]; ok && string(raw) != "null" {
 				if err := json.Unmarshal(raw, &want); err != nil {

@@ -23,9 +23,15 @@ func TestShedWhileExportQueueFull(t *testing.T) {
 		SpanBatchDelay: time.Millisecond, MetricInterval: time.Hour,
 	}, nil)
 	tr := tel.TracerProvider().Tracer("test")
-	// One span is stuck in the blocked export, four fill the queue.
-	emitSpans(tel.TracerProvider(), 5)
-	testkit.Eventually(t, "a full export queue", func() bool { return tel.Stats().SpanQueueSize == 4 })
+	// One span is stuck in the blocked export, four fill the queue. The
+	// worker must hold the first before the others come, or it could take
+	// one of the four later and leave room for a span the test expects shed.
+	emitSpans(tel.TracerProvider(), 1)
+	testkit.Eventually(t, "the worker to take the first span", func() bool { return tel.Stats().SpanQueueSize == 0 })
+	emitSpans(tel.TracerProvider(), 4)
+	if got := tel.Stats().SpanQueueSize; got != 4 {
+		t.Fatalf("export queue holds %d spans, want 4 (full)", got)
+	}
 
 	parent := trace.NewSpanContext(trace.SpanContextConfig{
 		TraceID: trace.TraceID{1}, SpanID: trace.SpanID{2}, TraceFlags: trace.FlagsSampled, Remote: true,
