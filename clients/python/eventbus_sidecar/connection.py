@@ -73,16 +73,31 @@ _DECODER = json.JSONDecoder()
 _decode = _DECODER.decode
 
 # In asyncio debug mode (which unittest.IsolatedAsyncioTestCase turns on)
-# the C Future records the whole stack with its source lines when created,
-# several times the cost of everything else a publish does; the pure-Python
-# Future, asyncio's own fallback, records ten frames without lines, as
-# callbacks do. Outside debug mode the C Future is the faster one.
+# every Future records the stack it was created on, to show it should the
+# Future's exception never be retrieved: the C Future with source lines, the
+# pure-Python one without, either one several times the cost of everything
+# else a publish does. A reply future never leaves the client, and its
+# exception is always retrieved (by the awaiting caller, or by _fail_all and
+# rewait for a caller that went away), so that record would never be shown.
+# In debug mode replies therefore get a pure-Python Future that does not
+# record it; outside debug mode the C Future is the faster one.
 _PyFuture: Any = getattr(asyncio.futures, "_PyFuture", None)
+
+if _PyFuture is not None:
+
+    class _ReplyFuture(_PyFuture):  # type: ignore[misc, valid-type]
+        """asyncio's pure-Python Future, without the creation stack."""
+
+        def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+            # Future.__init__ but for the stack: the rest of the state is
+            # class attributes of Future.
+            self._loop = loop
+            self._callbacks = []
 
 
 def _reply_future(loop: asyncio.AbstractEventLoop) -> asyncio.Future:
     if _PyFuture is not None and loop.get_debug():
-        return _PyFuture(loop=loop)
+        return _ReplyFuture(loop)
     return loop.create_future()
 
 
