@@ -24,7 +24,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Generator
 
-from .connection import Connection, encode_json
+from .connection import Connection, encode_json, internal_future
 from .errors import EventBusError, ProtocolError, PublishError, PublishLostError, ShuttingDownError
 from .events import Event, EventType, type_name
 from .tracing import current_traceparent, enter_delivery, exit_delivery
@@ -868,7 +868,7 @@ class _Inbox:
     async def wait(self) -> None:
         """Wait until there is an item."""
         while not self.items:
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = internal_future(asyncio.get_running_loop())
             await self._waiter
 
 

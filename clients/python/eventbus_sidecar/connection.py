@@ -76,11 +76,12 @@ _decode = _DECODER.decode
 # every Future records the stack it was created on, to show it should the
 # Future's exception never be retrieved: the C Future with source lines, the
 # pure-Python one without, either one several times the cost of everything
-# else a publish does. A reply future never leaves the client, and its
-# exception is always retrieved (by the awaiting caller, or by _fail_all and
-# rewait for a caller that went away), so that record would never be shown.
-# In debug mode replies therefore get a pure-Python Future that does not
-# record it; outside debug mode the C Future is the faster one.
+# else a publish does. The client's per-event futures (replies, a consumer's
+# wait for deliveries) never leave it, and their exceptions are always
+# retrieved (by the awaiting caller, or by _fail_all and rewait for a caller
+# that went away), so that record would never be shown. In debug mode they
+# are therefore pure-Python Futures that do not record it; outside debug
+# mode the C Future is the faster one.
 _PyFuture: Any = getattr(asyncio.futures, "_PyFuture", None)
 
 if _PyFuture is not None:
@@ -95,7 +96,8 @@ if _PyFuture is not None:
             self._callbacks = []
 
 
-def _reply_future(loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+def internal_future(loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+    """A Future for the client's own per-event waits (see above)."""
     if _PyFuture is not None and loop.get_debug():
         return _ReplyFuture(loop)
     return loop.create_future()
@@ -352,7 +354,7 @@ class Connection(asyncio.Protocol):
                 f"frame limit of {max_bytes} bytes"
             )
         self._next_id = req_id + 1
-        fut = _reply_future(self._loop)
+        fut = internal_future(self._loop)
         pending = self._pending
         pending[req_id] = (fut, what)
         # Alone in flight: write now, a caller awaiting each reply gains a

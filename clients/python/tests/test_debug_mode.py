@@ -13,6 +13,7 @@ import unittest
 from unittest import mock
 
 from eventbus_sidecar import Event, EventBus, EventType, Outcome
+from eventbus_sidecar.client import _Inbox
 from eventbus_sidecar.connection import Connection
 
 from .test_msg_id import ScriptedSidecar
@@ -50,6 +51,19 @@ class TestDebugMode(unittest.IsolatedAsyncioTestCase):
                     self.assertEqual(len(futures), concurrent)
                     for fut in futures:
                         self.assertIsNone(fut._source_traceback)
+
+    async def test_a_consumer_waiting_for_deliveries_records_no_creation_stack(self):
+        self.assertTrue(asyncio.get_running_loop().get_debug(), "the test needs debug mode")
+        inbox = _Inbox(4)
+        for delivery in ({"seq": 1}, {"seq": 2}):
+            with self.subTest(seq=delivery["seq"]):
+                waiting = asyncio.ensure_future(inbox.wait())
+                await asyncio.sleep(0)
+                self.assertIsNotNone(inbox._waiter)
+                self.assertIsNone(inbox._waiter._source_traceback)
+                inbox.put(delivery)
+                await waiting
+                self.assertIs(inbox.take(), delivery)
 
 
 if __name__ == "__main__":
