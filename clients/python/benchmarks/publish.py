@@ -19,6 +19,12 @@ Phases, on one publishing connection:
   end-to-end   the same while run() in this process consumes and acks them,
                timed until the last one is handled
 
+Where the time goes: the CPU time this process spends (client_cpu figures;
+the rest of the wall time is the sidecar, the kernel and waiting for a
+core), and, against its own sidecar, the same 1,000 round trips over a
+plain blocking socket before each sequential run (the floor for any Python
+client of this sidecar) and the sidecar's CPU time per end-to-end event.
+
 It prints one JSON object: the figures, each target and whether it was met.
 The numbers depend on the machine and its load; compare them within a run.
 """
@@ -28,6 +34,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import socket
 import statistics
 import sys
 import time
@@ -94,10 +102,49 @@ async def wait_count(counter: list[int], n: int) -> None:
         await asyncio.sleep(0.001)
 
 
-def sequential_seconds(path: str, queue: str, drain: bool, repeat: int) -> list[float]:
+def raw_socket_seconds(path: str, queue: str) -> float:
+    """Seconds for SEQUENTIAL_EVENTS publish round trips of the benchmark's
+    frames over a blocking socket: no event loop, no client."""
+    payload = json.dumps(PAYLOAD, separators=(",", ":"))
+    prefix = os.urandom(8).hex()
+    head = f'{{"op":"publish","queue":{json.dumps(queue)},"type":"CANDLE_UPDATE","payload":{payload}'
+    lines = [
+        f'{head},"msg_id":"{prefix}-{i}","id":{i}}}\n'.encode() for i in range(SEQUENTIAL_EVENTS)
+    ]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(path)
+        replies = s.makefile("rb")
+        start = time.perf_counter()
+        for line in lines:
+            s.sendall(line)
+            reply = replies.readline()
+        elapsed = time.perf_counter() - start
+        replies.close()
+    if b'"accepted"' not in reply:
+        raise RuntimeError(f"raw publish not accepted: {reply!r}")
+    return elapsed
+
+
+def sidecar_cpu_seconds(pid: int) -> float | None:
+    """User and system CPU time of a process so far (Linux; else None)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sequential_seconds(
+    path: str, queue: str, drain: bool, repeat: int
+) -> tuple[list[float], list[float], list[float]]:
     """Seconds for 1,000 awaited publishes, once per repeat, measured in a
-    unittest.IsolatedAsyncioTestCase as an application's tests would."""
+    unittest.IsolatedAsyncioTestCase as an application's tests would: wall
+    times, this process's CPU times, and (without drain, where nothing must
+    run on the loop meanwhile) the raw socket's times just before each run."""
     runs: list[float] = []
+    cpu: list[float] = []
+    raw: list[float] = []
 
     class Sequential(unittest.IsolatedAsyncioTestCase):
         async def asyncSetUp(self) -> None:
@@ -117,19 +164,24 @@ def sequential_seconds(path: str, queue: str, drain: bool, repeat: int) -> list[
             for _ in range(repeat):
                 if drain:
                     await wait_count(counter, 100 + len(runs) * SEQUENTIAL_EVENTS)
-                start = time.perf_counter()
+                else:
+                    raw.append(raw_socket_seconds(path, queue))
+                start, cpu_start = time.perf_counter(), time.process_time()
                 for _ in range(SEQUENTIAL_EVENTS):
                     await bus.publish(Event("CANDLE_UPDATE", PAYLOAD), queue_name=queue)
                 runs.append(time.perf_counter() - start)
+                cpu.append(time.process_time() - cpu_start)
 
     result = unittest.TestResult()
     unittest.defaultTestLoader.loadTestsFromTestCase(Sequential).run(result)
     for _, trace in result.errors + result.failures:
         raise RuntimeError(f"sequential phase failed:\n{trace}")
-    return runs
+    return runs, cpu, raw
 
 
-async def pipelined(path: str, queue: str, drain: bool, n: int, tasks: int) -> dict[str, float]:
+async def pipelined(
+    path: str, queue: str, drain: bool, n: int, tasks: int, sidecar_pid: int | None = None
+) -> dict[str, float]:
     bus = await EventBus.connect(path)
     counter = [0]
     consumer = task = None
@@ -149,20 +201,27 @@ async def pipelined(path: str, queue: str, drain: bool, n: int, tasks: int) -> d
                 break
             await asyncio.sleep(0.01)
         done = counter[0]
-        start = time.perf_counter()
+        sidecar_start = sidecar_cpu_seconds(sidecar_pid) if sidecar_pid is not None else None
+        start, cpu_start = time.perf_counter(), time.process_time()
         published, _ = await publish_n(bus, queue, n, tasks)
         await wait_count(counter, done + published)
         end_to_end = published / (time.perf_counter() - start)
+        client_cpu = (time.process_time() - cpu_start) / published
+        sidecar_end = sidecar_cpu_seconds(sidecar_pid) if sidecar_pid is not None else None
     finally:
         if consumer is not None and task is not None:
             await stop_consumer(consumer, task)
         await bus.close()
-    return {"pipelined": pipelined_rate, "end_to_end": end_to_end}
+    rates = {"pipelined": pipelined_rate, "end_to_end": end_to_end, "client_cpu": client_cpu}
+    if sidecar_start is not None and sidecar_end is not None:
+        rates["sidecar_cpu"] = (sidecar_end - sidecar_start) / published
+    return rates
 
 
 def run(args: argparse.Namespace) -> dict:
     sidecar = None
     path, queue, drain = args.socket, args.queue, True
+    pid = None
     if path is None:
         from tests.sidecar import Sidecar  # the tests' runner of the real binary
 
@@ -170,19 +229,30 @@ def run(args: argparse.Namespace) -> dict:
         sidecar = Sidecar(BENCH_CONFIG, "--log-level", "info")
         sidecar.start()
         path, queue, drain = sidecar.socket, "bench", False
+        assert sidecar.proc is not None
+        pid = sidecar.proc.pid
     try:
-        runs = sequential_seconds(path, queue, drain, args.repeat)
-        rates = asyncio.run(pipelined(path, queue, drain, args.n, args.tasks))
+        runs, cpu, raw = sequential_seconds(path, queue, drain, args.repeat)
+        rates = asyncio.run(pipelined(path, queue, drain, args.n, args.tasks, pid))
     finally:
         if sidecar is not None:
             sidecar.cleanup()
     seq = statistics.median(runs)
+    where = {
+        "sequential_client_cpu_s": round(statistics.median(cpu), 4),
+        "end_to_end_client_cpu_us_per_event": round(rates["client_cpu"] * 1e6, 2),
+    }
+    if raw:
+        where["sequential_raw_socket_s"] = round(statistics.median(raw), 4)
+    if "sidecar_cpu" in rates:
+        where["end_to_end_sidecar_cpu_us_per_event"] = round(rates["sidecar_cpu"] * 1e6, 2)
     return {
         "sequential_1000_awaited_s": round(seq, 4),
         "sequential_runs_s": [round(r, 4) for r in runs],
         "sequential_events_per_s": round(SEQUENTIAL_EVENTS / seq),
         "pipelined_publish_events_per_s": round(rates["pipelined"]),
         "end_to_end_events_per_s": round(rates["end_to_end"]),
+        "where_the_time_goes": where,
         "tasks": args.tasks,
         "events": args.n,
         "queue": queue,

@@ -24,7 +24,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Generator
 
-from .connection import Connection, encode_json
+from .connection import Connection, encode_json, internal_future
 from .errors import EventBusError, ProtocolError, PublishError, PublishLostError, ShuttingDownError
 from .events import Event, EventType, type_name
 from .tracing import current_traceparent, enter_delivery, exit_delivery
@@ -172,8 +172,9 @@ class EventBus:
         self._cancel_timeout = cancel_timeout
         self._max_frame_bytes = max_frame_bytes
         self._retry_publishes = retry_publishes
-        # Publish frames up to their payload, per (queue, type).
-        self._heads: dict[tuple[str | None, str], str] = {}
+        # Publish frames up to their payload, and what a publish is called
+        # in errors, per (queue, type).
+        self._heads: dict[tuple[str | None, str], tuple[str, str]] = {}
         # msg_ids are this random prefix (64 bits: unique across processes
         # in practice) and a counter: far cheaper than a uuid4 per publish.
         self._msg_prefix = f'"{os.urandom(8).hex()}-'
@@ -433,9 +434,8 @@ class EventBus:
         tname = event.event_type
         if type(tname) is not str:
             tname = type_name(tname)  # an EventType member: its plain value
-        head = self._heads.get((queue_name, tname))
-        if head is None:
-            head = self._publish_head(queue_name, tname)
+        cached = self._heads.get((queue_name, tname))
+        head, what = cached if cached is not None else self._publish_head(queue_name, tname)
         if msg_id is None:
             self._msg_seq += 1
             mid = f'{self._msg_prefix}{self._msg_seq:x}"'
@@ -453,9 +453,7 @@ class EventBus:
         while True:
             if conn is None or conn.lost.done() or self._closed:
                 conn = await self._connection()
-            req_id, fut = conn.send_body(
-                line, f"publish of {tname} to {_where(queue_name, tname)}", self._max_frame_bytes
-            )
+            req_id, fut = conn.send_body(line, what, self._max_frame_bytes)
             try:
                 if conn.write_paused:
                     await conn.drain()
@@ -487,8 +485,9 @@ class EventBus:
             return Outcome.ACCEPTED
         return await self._publish_outcome(reply, status, tname, queue_name, conn)
 
-    def _publish_head(self, queue_name: str | None, tname: str) -> str:
-        """Validate a (queue, type) pair and cache the start of its frames."""
+    def _publish_head(self, queue_name: str | None, tname: str) -> tuple[str, str]:
+        """Validate a (queue, type) pair and cache the start of its frames
+        and what its publishes are called in errors."""
         if not tname:
             raise ValueError("event_type must not be empty")
         if queue_name is not None:
@@ -504,9 +503,10 @@ class EventBus:
             self._heads.clear()
         # Only pairs the sidecar's queue list allows are cached, and the
         # cache is dropped when that list is learnt again.
+        what = f"publish of {tname} to {_where(queue_name, tname)}"
         if queue_name is None or self._queue_info:
-            self._heads[(queue_name, tname)] = head
-        return head
+            self._heads[(queue_name, tname)] = (head, what)
+        return head, what
 
     async def _publish_outcome(
         self, reply: dict, status: Any, tname: str, queue_name: str | None, conn: Connection
@@ -868,7 +868,7 @@ class _Inbox:
     async def wait(self) -> None:
         """Wait until there is an item."""
         while not self.items:
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = internal_future(asyncio.get_running_loop())
             await self._waiter
 
 

@@ -73,16 +73,33 @@ _DECODER = json.JSONDecoder()
 _decode = _DECODER.decode
 
 # In asyncio debug mode (which unittest.IsolatedAsyncioTestCase turns on)
-# the C Future records the whole stack with its source lines when created,
-# several times the cost of everything else a publish does; the pure-Python
-# Future, asyncio's own fallback, records ten frames without lines, as
-# callbacks do. Outside debug mode the C Future is the faster one.
+# every Future records the stack it was created on, to show it should the
+# Future's exception never be retrieved: the C Future with source lines, the
+# pure-Python one without, either one several times the cost of everything
+# else a publish does. The client's per-event futures (replies, a consumer's
+# wait for deliveries) never leave it, and their exceptions are always
+# retrieved (by the awaiting caller, or by _fail_all and rewait for a caller
+# that went away), so that record would never be shown. In debug mode they
+# are therefore pure-Python Futures that do not record it; outside debug
+# mode the C Future is the faster one.
 _PyFuture: Any = getattr(asyncio.futures, "_PyFuture", None)
 
+if _PyFuture is not None:
 
-def _reply_future(loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+    class _ReplyFuture(_PyFuture):  # type: ignore[misc, valid-type]
+        """asyncio's pure-Python Future, without the creation stack."""
+
+        def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+            # Future.__init__ but for the stack: the rest of the state is
+            # class attributes of Future.
+            self._loop = loop
+            self._callbacks = []
+
+
+def internal_future(loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+    """A Future for the client's own per-event waits (see above)."""
     if _PyFuture is not None and loop.get_debug():
-        return _PyFuture(loop=loop)
+        return _ReplyFuture(loop)
     return loop.create_future()
 
 
@@ -337,7 +354,7 @@ class Connection(asyncio.Protocol):
                 f"frame limit of {max_bytes} bytes"
             )
         self._next_id = req_id + 1
-        fut = _reply_future(self._loop)
+        fut = internal_future(self._loop)
         pending = self._pending
         pending[req_id] = (fut, what)
         # Alone in flight: write now, a caller awaiting each reply gains a

@@ -1,0 +1,70 @@
+"""The client in asyncio debug mode, which IsolatedAsyncioTestCase turns on.
+
+Debug mode records the creation stack of every Future and callback handle,
+which costs more than the rest of a publish; the client must not add records
+of its own per request (applications' test suites publish in this mode).
+A scripted server in the test answers every publish "accepted".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import unittest
+from unittest import mock
+
+from eventbus_sidecar import Event, EventBus, EventType, Outcome
+from eventbus_sidecar.client import _Inbox
+from eventbus_sidecar.connection import Connection
+
+from .test_msg_id import ScriptedSidecar
+
+
+class TestDebugMode(unittest.IsolatedAsyncioTestCase):
+    async def test_reply_futures_record_no_creation_stack(self):
+        self.assertTrue(asyncio.get_running_loop().get_debug(), "the test needs debug mode")
+        server = ScriptedSidecar(lambda number, frame: {"status": "accepted"})
+        await server.start()
+        self.addAsyncCleanup(server.close)
+        bus = await EventBus.connect(server.path)
+        self.addAsyncCleanup(bus.close)
+
+        futures: list[asyncio.Future] = []
+        send_body = Connection.send_body
+
+        def recording(conn: Connection, *args, **kwargs):
+            req_id, fut = send_body(conn, *args, **kwargs)
+            futures.append(fut)
+            return req_id, fut
+
+        cases = [
+            ("awaited one by one", 1),
+            ("pipelined", 20),
+        ]
+        with mock.patch.object(Connection, "send_body", recording):
+            for name, concurrent in cases:
+                with self.subTest(name):
+                    futures.clear()
+                    outcomes = await asyncio.gather(
+                        *(bus.publish(Event(EventType.CANDLE_UPDATE, {"i": i})) for i in range(concurrent))
+                    )
+                    self.assertEqual(outcomes, [Outcome.ACCEPTED] * concurrent)
+                    self.assertEqual(len(futures), concurrent)
+                    for fut in futures:
+                        self.assertIsNone(fut._source_traceback)
+
+    async def test_a_consumer_waiting_for_deliveries_records_no_creation_stack(self):
+        self.assertTrue(asyncio.get_running_loop().get_debug(), "the test needs debug mode")
+        inbox = _Inbox(4)
+        for delivery in ({"seq": 1}, {"seq": 2}):
+            with self.subTest(seq=delivery["seq"]):
+                waiting = asyncio.ensure_future(inbox.wait())
+                await asyncio.sleep(0)
+                self.assertIsNotNone(inbox._waiter)
+                self.assertIsNone(inbox._waiter._source_traceback)
+                inbox.put(delivery)
+                await waiting
+                self.assertIs(inbox.take(), delivery)
+
+
+if __name__ == "__main__":
+    unittest.main()
