@@ -20,10 +20,9 @@ type Consumer struct {
 	q        *queue
 	prefetch int
 	notify   chan struct{} // buffered(1): "look again"
-	// turn admits one Receive at a time: the idle bookkeeping below is per
-	// consumer, and a second concurrent Receive could otherwise sleep
-	// through the wake-up meant for the first.
-	turn     chan struct{}
+	// turnCh (buffered(1)) wakes a Receive waiting for its turn; see
+	// receiving.
+	turnCh   chan struct{}
 	closedCh chan struct{}
 
 	// Guarded by q.mu.
@@ -31,6 +30,14 @@ type Consumer struct {
 	closed   bool
 	idle     bool // in q.idle: blocked in Receive with prefetch room
 	waiting  bool // blocked in Receive (idle or at the prefetch limit)
+	// receiving admits one Receive at a time: the idle bookkeeping above
+	// is per consumer, and a second concurrent Receive could otherwise
+	// sleep through the wake-up meant for the first. It is taken and
+	// given back under the lock Receive takes anyway, so that the usual
+	// case, a single receiver, pays nothing for it. turnWaiters counts the
+	// Receive calls waiting for it.
+	receiving   bool
+	turnWaiters int
 }
 
 // flight is a delivered, unsettled event.
@@ -64,7 +71,7 @@ func (b *Bus) Subscribe(queueName string, prefetch int) (*Consumer, error) {
 		q:        q,
 		prefetch: prefetch,
 		notify:   make(chan struct{}, 1),
-		turn:     make(chan struct{}, 1),
+		turnCh:   make(chan struct{}, 1),
 		closedCh: make(chan struct{}),
 		inflight: newInflightSet(prefetch),
 	}
@@ -91,33 +98,26 @@ func (c *Consumer) wake() {
 func (c *Consumer) Receive(ctx context.Context) (Delivery, error) {
 	q := c.q
 	b := q.bus
-	select {
-	case c.turn <- struct{}{}:
-	default:
-		select {
-		case c.turn <- struct{}{}:
-		case <-c.closedCh:
-			return Delivery{}, ErrConsumerClosed
-		case <-b.done:
-			return Delivery{}, ErrShuttingDown
-		case <-ctx.Done():
-			return Delivery{}, ctxError(ctx, fmt.Sprintf("receive from queue %q", q.name))
-		}
+	q.mu.Lock()
+	if err := c.takeTurnLocked(ctx); err != nil {
+		q.mu.Unlock()
+		return Delivery{}, err
 	}
-	defer func() { <-c.turn }()
 	for {
-		q.mu.Lock()
 		if c.closed {
+			c.releaseTurnLocked()
 			q.mu.Unlock()
 			return Delivery{}, ErrConsumerClosed
 		}
 		if b.finished.Load() {
 			q.leaveIdleLocked(c)
+			c.releaseTurnLocked()
 			q.mu.Unlock()
 			return Delivery{}, ErrShuttingDown
 		}
 		if c.inflight.len() < c.prefetch && q.store.Len() > 0 {
 			q.leaveIdleLocked(c)
+			c.releaseTurnLocked()
 			return c.deliverLocked(ctx)
 		}
 		c.waiting = true
@@ -135,14 +135,60 @@ func (c *Consumer) Receive(ctx context.Context) (Delivery, error) {
 			c.abandonWait()
 			return Delivery{}, ctxError(ctx, fmt.Sprintf("receive from queue %q", q.name))
 		}
+		q.mu.Lock()
 	}
 }
 
-// abandonWait undoes a Receive's wait when its ctx ends.
+// takeTurnLocked waits until no other Receive of c is running and takes
+// the turn. Called with q.mu held; it holds it again on return. It fails
+// like Receive when c is closed, the bus has shut down or ctx ends while
+// it waits.
+func (c *Consumer) takeTurnLocked(ctx context.Context) error {
+	q := c.q
+	b := q.bus
+	for c.receiving {
+		c.turnWaiters++
+		q.mu.Unlock()
+		var err error
+		select {
+		case <-c.turnCh:
+		case <-c.closedCh:
+			err = ErrConsumerClosed
+		case <-b.done:
+			err = ErrShuttingDown
+		case <-ctx.Done():
+			err = ctxError(ctx, fmt.Sprintf("receive from queue %q", q.name))
+		}
+		q.mu.Lock()
+		c.turnWaiters--
+		if err != nil {
+			return err
+		}
+	}
+	c.receiving = true
+	return nil
+}
+
+// releaseTurnLocked ends a Receive's turn and wakes a Receive waiting for
+// it. A waiter that finds the turn taken again by then waits once more;
+// whoever took it wakes a waiter in turn. Called with q.mu held.
+func (c *Consumer) releaseTurnLocked() {
+	c.receiving = false
+	if c.turnWaiters > 0 {
+		select {
+		case c.turnCh <- struct{}{}:
+		default: // a wake-up is pending already
+		}
+	}
+}
+
+// abandonWait undoes a Receive's wait when its ctx ends, and ends its
+// turn.
 func (c *Consumer) abandonWait() {
 	q := c.q
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	c.releaseTurnLocked()
 	c.waiting = false
 	if c.idle {
 		q.leaveIdleLocked(c)
