@@ -222,7 +222,7 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 	if b.tel.tracing {
 		now = b.clock.Now() // for the queued-duration metric too
 	}
-	f := c.inflight.add(e)
+	f := c.inflight.add(&e)
 	sc := e.pubSC
 	if e.traced {
 		f.span = b.tel.startDeliver(q, &e, now)
@@ -262,18 +262,18 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 	}, nil
 }
 
-// settle removes seq from c's in-flight set.
-func (c *Consumer) settle(seq uint64, op string) (flight, error) {
+// settle removes seq from c's in-flight set, copying its record to out
+// unless out is nil.
+func (c *Consumer) settle(seq uint64, op string, out *flight) error {
 	q := c.q
-	f, ok := c.inflight.remove(seq)
-	if !ok {
-		return flight{}, fmt.Errorf("%s seq %d on queue %q: %w", op, seq, q.name, ErrUnknownSeq)
+	if !c.inflight.take(seq, out) {
+		return fmt.Errorf("%s seq %d on queue %q: %w", op, seq, q.name, ErrUnknownSeq)
 	}
 	q.counters.inFlight.Add(-1)
 	if c.waiting && !c.idle {
 		c.wake() // Receive was blocked at the prefetch limit
 	}
-	return f, nil
+	return nil
 }
 
 // Ack settles a delivery for good. It fails with ErrUnknownSeq when seq is
@@ -281,8 +281,14 @@ func (c *Consumer) settle(seq uint64, op string) (flight, error) {
 // returned to the queue by Close).
 func (c *Consumer) Ack(seq uint64) error {
 	q := c.q
+	// Only a deliver span needs the record once it is settled.
+	var f flight
+	var out *flight
+	if q.bus.tel.tracing {
+		out = &f
+	}
 	q.mu.Lock()
-	f, err := c.settle(seq, "ack")
+	err := c.settle(seq, "ack", out)
 	q.mu.Unlock()
 	if err != nil {
 		return err
@@ -313,8 +319,8 @@ func (c *Consumer) NackReason(seq uint64, reason string) error {
 	}
 	q := c.q
 	q.mu.Lock()
-	f, err := c.settle(seq, "nack")
-	if err != nil {
+	var f flight
+	if err := c.settle(seq, "nack", &f); err != nil {
 		q.mu.Unlock()
 		return err
 	}
