@@ -139,15 +139,22 @@ type queue struct {
 
 // counters are the single source of Stats and of the observable metrics.
 type counters struct {
-	published   [numOutcomes]atomic.Uint64
-	drops       [numDropReasons]atomic.Uint64
+	published [numOutcomes]atomic.Uint64
+	drops     [numDropReasons]atomic.Uint64
+	// Every delivery ends in an ack or a return (a nack, or Close giving
+	// it back), so the events in flight are the difference (inFlight)
+	// and need no counter of their own, which would cost each delivery
+	// two more atomic operations. delivered and returned are counted
+	// under q.mu; acked once the log has the ack, after q.mu: until then
+	// the delivery still counts as in flight, which can only make a
+	// Shutdown drain wait for the ack's notifyDrain.
 	delivered   atomic.Uint64
-	redelivered atomic.Uint64
 	acked       atomic.Uint64
+	returned    atomic.Uint64
+	redelivered atomic.Uint64
 	size        atomic.Int64
 	waiting     atomic.Int64
 	consumers   atomic.Int64
-	inFlight    atomic.Int64
 
 	deadLettered  atomic.Uint64
 	storageErrors atomic.Uint64
@@ -158,6 +165,15 @@ type counters struct {
 	unloggedDrops    [numDropReasons]atomic.Uint64
 	unloggedTimeouts atomic.Uint64
 	summarySince     atomic.Int64
+}
+
+// inFlight is the number of delivered events not settled yet. It may be a
+// few events off, but never below the truth nor negative: the ends are
+// read before the deliveries, and each is counted after the delivery it
+// ends.
+func (c *counters) inFlight() int64 {
+	ended := c.acked.Load() + c.returned.Load()
+	return int64(c.delivered.Load() - ended)
 }
 
 // New builds a bus with the given queues (see DefaultQueues). Invalid
@@ -949,7 +965,7 @@ func (b *Bus) Stats() Stats {
 			Acked:          c.acked.Load(),
 			Waiting:        int(c.waiting.Load()),
 			Consumers:      int(c.consumers.Load()),
-			InFlight:       int(c.inFlight.Load()),
+			InFlight:       int(c.inFlight()),
 			Durable:        q.log != nil,
 			DeadLettered:   c.deadLettered.Load(),
 		}
@@ -1093,7 +1109,7 @@ func (b *Bus) leftNow() []leftover {
 	for i, q := range b.queues {
 		q.mu.Lock()
 		// Reserved slots are events being stored: about to wait too.
-		left[i] = leftover{q.store.Len() + q.reserved, int(q.counters.inFlight.Load())}
+		left[i] = leftover{q.store.Len() + q.reserved, int(q.counters.inFlight())}
 		q.mu.Unlock()
 	}
 	return left

@@ -230,14 +230,13 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 		sc = f.span.SpanContext()
 	}
 	more := c.inflight.len() < c.prefetch && q.store.Len() > 0
-	q.counters.inFlight.Add(1)
+	q.counters.delivered.Add(1)
 	admitted := q.admitWaitersLocked()
 	// Other idle consumers may be owed a wake-up for events still waiting.
 	q.wakeConsumersLocked()
 	q.mu.Unlock()
 	admitted.release()
 
-	q.counters.delivered.Add(1)
 	if e.redeliveries > 0 {
 		q.counters.redelivered.Add(1)
 	}
@@ -263,13 +262,12 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 }
 
 // settle removes seq from c's in-flight set, copying its record to out
-// unless out is nil.
+// unless out is nil. The caller counts the delivery's end (see counters).
 func (c *Consumer) settle(seq uint64, op string, out *flight) error {
 	q := c.q
 	if !c.inflight.take(seq, out) {
 		return fmt.Errorf("%s seq %d on queue %q: %w", op, seq, q.name, ErrUnknownSeq)
 	}
-	q.counters.inFlight.Add(-1)
 	if c.waiting && !c.idle {
 		c.wake() // Receive was blocked at the prefetch limit
 	}
@@ -294,7 +292,7 @@ func (c *Consumer) Ack(seq uint64) error {
 		return err
 	}
 	q.walSettle(walAck, seq, "")
-	q.counters.acked.Add(1)
+	q.counters.acked.Add(1) // once the log has the ack: see counters
 	q.bus.notifyDrain()
 	if f.span != nil {
 		q.bus.tel.endDeliver(q, &f, DeliveryAck, q.bus.spanNow())
@@ -324,6 +322,7 @@ func (c *Consumer) NackReason(seq uint64, reason string) error {
 		q.mu.Unlock()
 		return err
 	}
+	q.counters.returned.Add(1)
 	e := f.e // f stays as delivered, for the deliver span
 	e.redeliveries++
 	e.reason = reason
@@ -374,7 +373,7 @@ func (c *Consumer) Close() {
 		}
 		q.store.Requeue(e)
 	}
-	q.counters.inFlight.Add(-int64(len(returned)))
+	q.counters.returned.Add(uint64(len(returned)))
 	q.counters.size.Store(int64(q.store.Len()))
 	q.counters.consumers.Add(-1)
 	q.wakeConsumersLocked()
