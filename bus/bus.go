@@ -97,7 +97,7 @@ type queue struct {
 	capacity int
 	policy   Policy
 	timeout  time.Duration
-	store    store
+	store    *ring
 	nextSeq  uint64
 	waiters  []*Pending  // FIFO: the head gets the next free slot
 	idle     []*Consumer // consumers blocked in Receive with prefetch room
@@ -829,7 +829,8 @@ func (b *Bus) publishUnknown(ctx context.Context, ev Event, name string) (Outcom
 // queue.
 func (q *queue) pushLocked(ev Event, pubSC trace.SpanContext, traced bool, at time.Time) uint64 {
 	q.nextSeq++
-	q.store.Push(entry{seq: q.nextSeq, ev: ev, enqueuedAt: at, pubSC: pubSC, traced: traced})
+	e := q.store.pushSlot()
+	e.seq, e.ev, e.enqueuedAt, e.pubSC, e.traced = q.nextSeq, ev, at, pubSC, traced
 	q.counters.size.Store(int64(q.store.Len()))
 	if ev.MsgID != "" {
 		q.dedupe.add(ev.MsgID, q.nextSeq, at, nil)
