@@ -58,6 +58,9 @@ type Bus struct {
 	validNames string // for error messages
 
 	systemClock bool // clock is SystemClock: durations via time.Since
+	// anchor is a reading of the system clock, wall and monotonic, that
+	// now extends by the monotonic clock alone (nil until the first call).
+	anchor atomic.Pointer[time.Time]
 
 	// closing refuses new publishes; it is read under each queue's lock so
 	// that no publish can slip in after Shutdown has looked at a queue.
@@ -429,7 +432,7 @@ func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(O
 		outcome, err := b.publishUnknown(ctx, ev, queueName)
 		return nil, outcome, err
 	}
-	start := b.clock.Now()
+	start := b.now()
 	var span trace.Span
 	pubSC := ev.Parent // without tracing, deliveries carry the publisher's context on
 	traced := false
@@ -560,7 +563,7 @@ func (q *queue) publishEvict(ctx context.Context, span trace.Span, newPending fu
 func (q *queue) registerLocked(p *Pending) {
 	b := q.bus
 	p.refs.Store(2)
-	p.waitStart = b.clock.Now()
+	p.waitStart = b.now()
 	q.waiters = append(q.waiters, p)
 	if q.policy.UsesTimeout() {
 		p.deadline = p.waitStart.Add(q.timeout)
@@ -846,7 +849,7 @@ func (q *queue) admitWaitersLocked() pendingList {
 	if len(q.waiters) == 0 || q.store.Len()+q.reserved >= q.capacity {
 		return admitted
 	}
-	now := q.bus.clock.Now() // the waiters' EnqueuedAt
+	now := q.bus.now() // the waiters' EnqueuedAt
 	for len(q.waiters) > 0 && q.store.Len()+q.reserved < q.capacity {
 		p := q.popWaiterLocked()
 		if id := p.ev.MsgID; id != "" {
@@ -992,6 +995,37 @@ func (b *Bus) since(t time.Time) time.Duration {
 		return time.Since(t)
 	}
 	return b.clock.Now().Sub(t)
+}
+
+// anchorAge is how long now extends one wall-clock reading before it
+// reads the wall clock again: how long a step of the wall clock (set by
+// hand, or stepped by NTP) may take to show in the times the bus stamps.
+// Between steps the kernel advances the monotonic and the wall clock
+// alike (NTP slews both).
+const anchorAge = time.Second
+
+// now is clock.Now(). For the system clock it reads the monotonic clock
+// only, as since does, and adds the time elapsed to an anchor taken with
+// time.Now at most anchorAge ago: time.Now reads the wall clock too,
+// which on a virtual machine without a usable TSC (kvm-clock) doubles the
+// cost of the one clock read each publish needs. The result carries its
+// monotonic reading, so durations and comparisons between bus times are
+// as exact as with time.Now; its wall reading lags a step of the wall
+// clock by up to anchorAge.
+func (b *Bus) now() time.Time {
+	if !b.systemClock {
+		return b.clock.Now()
+	}
+	if a := b.anchor.Load(); a != nil {
+		if d := time.Since(*a); d >= 0 && d < anchorAge {
+			return a.Add(d)
+		}
+	}
+	t := time.Now()
+	// Concurrent callers may each store a fresh reading: any of them is a
+	// good anchor.
+	b.anchor.Store(&t)
+	return t
 }
 
 // spanNow is the time to stamp on a span end: the zero time when the SDK
