@@ -237,7 +237,10 @@ type Delivery struct {
 	Seq uint64
 	// Event is the published event.
 	Event Event
-	// EnqueuedAt is when the event was accepted into the queue.
+	// EnqueuedAt is when the event was accepted into the queue. On the
+	// system clock the bus reads it from the monotonic clock, counted from
+	// a wall-clock reading at most a second old: a step of the wall clock
+	// shows in it up to a second late.
 	EnqueuedAt time.Time
 	// Redeliveries counts earlier deliveries of this event that were nacked
 	// or abandoned; 0 on first delivery.
