@@ -4,8 +4,8 @@
 // This file fixes the package's public contract (types, outcomes, sentinel
 // errors). The queue engine lives in the other files of the package.
 //
-// Each queue has one mutex guarding its waiting events (behind a small
-// store interface, the seam for a durable store), its FIFO list of
+// Each queue has one mutex guarding its waiting events (a ring that
+// implements the small store interface), its FIFO list of
 // publishers waiting for room, and its consumers' in-flight sets. Capacity
 // bounds waiting events only; events coming back from Nack or Close go to
 // the head in seq order even past capacity, so nothing accepted is lost.
@@ -237,7 +237,10 @@ type Delivery struct {
 	Seq uint64
 	// Event is the published event.
 	Event Event
-	// EnqueuedAt is when the event was accepted into the queue.
+	// EnqueuedAt is when the event was accepted into the queue. On the
+	// system clock the bus reads it from the monotonic clock, counted from
+	// a wall-clock reading at most a second old: a step of the wall clock
+	// shows in it up to a second late.
 	EnqueuedAt time.Time
 	// Redeliveries counts earlier deliveries of this event that were nacked
 	// or abandoned; 0 on first delivery.

@@ -58,6 +58,9 @@ type Bus struct {
 	validNames string // for error messages
 
 	systemClock bool // clock is SystemClock: durations via time.Since
+	// anchor is a reading of the system clock, wall and monotonic, that
+	// now extends by the monotonic clock alone (nil until the first call).
+	anchor atomic.Pointer[time.Time]
 
 	// closing refuses new publishes; it is read under each queue's lock so
 	// that no publish can slip in after Shutdown has looked at a queue.
@@ -97,7 +100,7 @@ type queue struct {
 	capacity int
 	policy   Policy
 	timeout  time.Duration
-	store    store
+	store    *ring
 	nextSeq  uint64
 	waiters  []*Pending  // FIFO: the head gets the next free slot
 	idle     []*Consumer // consumers blocked in Receive with prefetch room
@@ -139,15 +142,22 @@ type queue struct {
 
 // counters are the single source of Stats and of the observable metrics.
 type counters struct {
-	published   [numOutcomes]atomic.Uint64
-	drops       [numDropReasons]atomic.Uint64
+	published [numOutcomes]atomic.Uint64
+	drops     [numDropReasons]atomic.Uint64
+	// Every delivery ends in an ack or a return (a nack, or Close giving
+	// it back), so the events in flight are the difference (inFlight)
+	// and need no counter of their own, which would cost each delivery
+	// two more atomic operations. delivered and returned are counted
+	// under q.mu; acked once the log has the ack, after q.mu: until then
+	// the delivery still counts as in flight, which can only make a
+	// Shutdown drain wait for the ack's notifyDrain.
 	delivered   atomic.Uint64
-	redelivered atomic.Uint64
 	acked       atomic.Uint64
+	returned    atomic.Uint64
+	redelivered atomic.Uint64
 	size        atomic.Int64
 	waiting     atomic.Int64
 	consumers   atomic.Int64
-	inFlight    atomic.Int64
 
 	deadLettered  atomic.Uint64
 	storageErrors atomic.Uint64
@@ -158,6 +168,15 @@ type counters struct {
 	unloggedDrops    [numDropReasons]atomic.Uint64
 	unloggedTimeouts atomic.Uint64
 	summarySince     atomic.Int64
+}
+
+// inFlight is the number of delivered events not settled yet. It may be a
+// few events off, but never below the truth nor negative: the ends are
+// read before the deliveries, and each is counted after the delivery it
+// ends.
+func (c *counters) inFlight() int64 {
+	ended := c.acked.Load() + c.returned.Load()
+	return int64(c.delivered.Load() - ended)
 }
 
 // New builds a bus with the given queues (see DefaultQueues). Invalid
@@ -413,7 +432,7 @@ func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(O
 		outcome, err := b.publishUnknown(ctx, ev, queueName)
 		return nil, outcome, err
 	}
-	start := b.clock.Now()
+	start := b.now()
 	var span trace.Span
 	pubSC := ev.Parent // without tracing, deliveries carry the publisher's context on
 	traced := false
@@ -544,7 +563,7 @@ func (q *queue) publishEvict(ctx context.Context, span trace.Span, newPending fu
 func (q *queue) registerLocked(p *Pending) {
 	b := q.bus
 	p.refs.Store(2)
-	p.waitStart = b.clock.Now()
+	p.waitStart = b.now()
 	q.waiters = append(q.waiters, p)
 	if q.policy.UsesTimeout() {
 		p.deadline = p.waitStart.Add(q.timeout)
@@ -813,7 +832,8 @@ func (b *Bus) publishUnknown(ctx context.Context, ev Event, name string) (Outcom
 // queue.
 func (q *queue) pushLocked(ev Event, pubSC trace.SpanContext, traced bool, at time.Time) uint64 {
 	q.nextSeq++
-	q.store.Push(entry{seq: q.nextSeq, ev: ev, enqueuedAt: at, pubSC: pubSC, traced: traced})
+	e := q.store.pushSlot()
+	e.seq, e.ev, e.enqueuedAt, e.pubSC, e.traced = q.nextSeq, ev, at, pubSC, traced
 	q.counters.size.Store(int64(q.store.Len()))
 	if ev.MsgID != "" {
 		q.dedupe.add(ev.MsgID, q.nextSeq, at, nil)
@@ -829,7 +849,7 @@ func (q *queue) admitWaitersLocked() pendingList {
 	if len(q.waiters) == 0 || q.store.Len()+q.reserved >= q.capacity {
 		return admitted
 	}
-	now := q.bus.clock.Now() // the waiters' EnqueuedAt
+	now := q.bus.now() // the waiters' EnqueuedAt
 	for len(q.waiters) > 0 && q.store.Len()+q.reserved < q.capacity {
 		p := q.popWaiterLocked()
 		if id := p.ev.MsgID; id != "" {
@@ -949,7 +969,7 @@ func (b *Bus) Stats() Stats {
 			Acked:          c.acked.Load(),
 			Waiting:        int(c.waiting.Load()),
 			Consumers:      int(c.consumers.Load()),
-			InFlight:       int(c.inFlight.Load()),
+			InFlight:       int(c.inFlight()),
 			Durable:        q.log != nil,
 			DeadLettered:   c.deadLettered.Load(),
 		}
@@ -975,6 +995,37 @@ func (b *Bus) since(t time.Time) time.Duration {
 		return time.Since(t)
 	}
 	return b.clock.Now().Sub(t)
+}
+
+// anchorAge is how long now extends one wall-clock reading before it
+// reads the wall clock again: how long a step of the wall clock (set by
+// hand, or stepped by NTP) may take to show in the times the bus stamps.
+// Between steps the kernel advances the monotonic and the wall clock
+// alike (NTP slews both).
+const anchorAge = time.Second
+
+// now is clock.Now(). For the system clock it reads the monotonic clock
+// only, as since does, and adds the time elapsed to an anchor taken with
+// time.Now at most anchorAge ago: time.Now reads the wall clock too,
+// which on a virtual machine without a usable TSC (kvm-clock) doubles the
+// cost of the one clock read each publish needs. The result carries its
+// monotonic reading, so durations and comparisons between bus times are
+// as exact as with time.Now; its wall reading lags a step of the wall
+// clock by up to anchorAge.
+func (b *Bus) now() time.Time {
+	if !b.systemClock {
+		return b.clock.Now()
+	}
+	if a := b.anchor.Load(); a != nil {
+		if d := time.Since(*a); d >= 0 && d < anchorAge {
+			return a.Add(d)
+		}
+	}
+	t := time.Now()
+	// Concurrent callers may each store a fresh reading: any of them is a
+	// good anchor.
+	b.anchor.Store(&t)
+	return t
 }
 
 // spanNow is the time to stamp on a span end: the zero time when the SDK
@@ -1093,7 +1144,7 @@ func (b *Bus) leftNow() []leftover {
 	for i, q := range b.queues {
 		q.mu.Lock()
 		// Reserved slots are events being stored: about to wait too.
-		left[i] = leftover{q.store.Len() + q.reserved, int(q.counters.inFlight.Load())}
+		left[i] = leftover{q.store.Len() + q.reserved, int(q.counters.inFlight())}
 		q.mu.Unlock()
 	}
 	return left

@@ -20,10 +20,9 @@ type Consumer struct {
 	q        *queue
 	prefetch int
 	notify   chan struct{} // buffered(1): "look again"
-	// turn admits one Receive at a time: the idle bookkeeping below is per
-	// consumer, and a second concurrent Receive could otherwise sleep
-	// through the wake-up meant for the first.
-	turn     chan struct{}
+	// turnCh (buffered(1)) wakes a Receive waiting for its turn; see
+	// receiving.
+	turnCh   chan struct{}
 	closedCh chan struct{}
 
 	// Guarded by q.mu.
@@ -31,6 +30,14 @@ type Consumer struct {
 	closed   bool
 	idle     bool // in q.idle: blocked in Receive with prefetch room
 	waiting  bool // blocked in Receive (idle or at the prefetch limit)
+	// receiving admits one Receive at a time: the idle bookkeeping above
+	// is per consumer, and a second concurrent Receive could otherwise
+	// sleep through the wake-up meant for the first. It is taken and
+	// given back under the lock Receive takes anyway, so that the usual
+	// case, a single receiver, pays nothing for it. turnWaiters counts the
+	// Receive calls waiting for it.
+	receiving   bool
+	turnWaiters int
 }
 
 // flight is a delivered, unsettled event.
@@ -64,7 +71,7 @@ func (b *Bus) Subscribe(queueName string, prefetch int) (*Consumer, error) {
 		q:        q,
 		prefetch: prefetch,
 		notify:   make(chan struct{}, 1),
-		turn:     make(chan struct{}, 1),
+		turnCh:   make(chan struct{}, 1),
 		closedCh: make(chan struct{}),
 		inflight: newInflightSet(prefetch),
 	}
@@ -91,33 +98,26 @@ func (c *Consumer) wake() {
 func (c *Consumer) Receive(ctx context.Context) (Delivery, error) {
 	q := c.q
 	b := q.bus
-	select {
-	case c.turn <- struct{}{}:
-	default:
-		select {
-		case c.turn <- struct{}{}:
-		case <-c.closedCh:
-			return Delivery{}, ErrConsumerClosed
-		case <-b.done:
-			return Delivery{}, ErrShuttingDown
-		case <-ctx.Done():
-			return Delivery{}, ctxError(ctx, fmt.Sprintf("receive from queue %q", q.name))
-		}
+	q.mu.Lock()
+	if err := c.takeTurnLocked(ctx); err != nil {
+		q.mu.Unlock()
+		return Delivery{}, err
 	}
-	defer func() { <-c.turn }()
 	for {
-		q.mu.Lock()
 		if c.closed {
+			c.releaseTurnLocked()
 			q.mu.Unlock()
 			return Delivery{}, ErrConsumerClosed
 		}
 		if b.finished.Load() {
 			q.leaveIdleLocked(c)
+			c.releaseTurnLocked()
 			q.mu.Unlock()
 			return Delivery{}, ErrShuttingDown
 		}
 		if c.inflight.len() < c.prefetch && q.store.Len() > 0 {
 			q.leaveIdleLocked(c)
+			c.releaseTurnLocked()
 			return c.deliverLocked(ctx)
 		}
 		c.waiting = true
@@ -135,14 +135,60 @@ func (c *Consumer) Receive(ctx context.Context) (Delivery, error) {
 			c.abandonWait()
 			return Delivery{}, ctxError(ctx, fmt.Sprintf("receive from queue %q", q.name))
 		}
+		q.mu.Lock()
 	}
 }
 
-// abandonWait undoes a Receive's wait when its ctx ends.
+// takeTurnLocked waits until no other Receive of c is running and takes
+// the turn. Called with q.mu held; it holds it again on return. It fails
+// like Receive when c is closed, the bus has shut down or ctx ends while
+// it waits.
+func (c *Consumer) takeTurnLocked(ctx context.Context) error {
+	q := c.q
+	b := q.bus
+	for c.receiving {
+		c.turnWaiters++
+		q.mu.Unlock()
+		var err error
+		select {
+		case <-c.turnCh:
+		case <-c.closedCh:
+			err = ErrConsumerClosed
+		case <-b.done:
+			err = ErrShuttingDown
+		case <-ctx.Done():
+			err = ctxError(ctx, fmt.Sprintf("receive from queue %q", q.name))
+		}
+		q.mu.Lock()
+		c.turnWaiters--
+		if err != nil {
+			return err
+		}
+	}
+	c.receiving = true
+	return nil
+}
+
+// releaseTurnLocked ends a Receive's turn and wakes a Receive waiting for
+// it. A waiter that finds the turn taken again by then waits once more;
+// whoever took it wakes a waiter in turn. Called with q.mu held.
+func (c *Consumer) releaseTurnLocked() {
+	c.receiving = false
+	if c.turnWaiters > 0 {
+		select {
+		case c.turnCh <- struct{}{}:
+		default: // a wake-up is pending already
+		}
+	}
+}
+
+// abandonWait undoes a Receive's wait when its ctx ends, and ends its
+// turn.
 func (c *Consumer) abandonWait() {
 	q := c.q
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	c.releaseTurnLocked()
 	c.waiting = false
 	if c.idle {
 		q.leaveIdleLocked(c)
@@ -176,7 +222,7 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 	if b.tel.tracing {
 		now = b.clock.Now() // for the queued-duration metric too
 	}
-	f := c.inflight.add(e)
+	f := c.inflight.add(&e)
 	sc := e.pubSC
 	if e.traced {
 		f.span = b.tel.startDeliver(q, &e, now)
@@ -184,14 +230,13 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 		sc = f.span.SpanContext()
 	}
 	more := c.inflight.len() < c.prefetch && q.store.Len() > 0
-	q.counters.inFlight.Add(1)
+	q.counters.delivered.Add(1)
 	admitted := q.admitWaitersLocked()
 	// Other idle consumers may be owed a wake-up for events still waiting.
 	q.wakeConsumersLocked()
 	q.mu.Unlock()
 	admitted.release()
 
-	q.counters.delivered.Add(1)
 	if e.redeliveries > 0 {
 		q.counters.redelivered.Add(1)
 	}
@@ -216,18 +261,17 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 	}, nil
 }
 
-// settle removes seq from c's in-flight set.
-func (c *Consumer) settle(seq uint64, op string) (flight, error) {
+// settle removes seq from c's in-flight set, copying its record to out
+// unless out is nil. The caller counts the delivery's end (see counters).
+func (c *Consumer) settle(seq uint64, op string, out *flight) error {
 	q := c.q
-	f, ok := c.inflight.remove(seq)
-	if !ok {
-		return flight{}, fmt.Errorf("%s seq %d on queue %q: %w", op, seq, q.name, ErrUnknownSeq)
+	if !c.inflight.take(seq, out) {
+		return fmt.Errorf("%s seq %d on queue %q: %w", op, seq, q.name, ErrUnknownSeq)
 	}
-	q.counters.inFlight.Add(-1)
 	if c.waiting && !c.idle {
 		c.wake() // Receive was blocked at the prefetch limit
 	}
-	return f, nil
+	return nil
 }
 
 // Ack settles a delivery for good. It fails with ErrUnknownSeq when seq is
@@ -235,14 +279,20 @@ func (c *Consumer) settle(seq uint64, op string) (flight, error) {
 // returned to the queue by Close).
 func (c *Consumer) Ack(seq uint64) error {
 	q := c.q
+	// Only a deliver span needs the record once it is settled.
+	var f flight
+	var out *flight
+	if q.bus.tel.tracing {
+		out = &f
+	}
 	q.mu.Lock()
-	f, err := c.settle(seq, "ack")
+	err := c.settle(seq, "ack", out)
 	q.mu.Unlock()
 	if err != nil {
 		return err
 	}
 	q.walSettle(walAck, seq, "")
-	q.counters.acked.Add(1)
+	q.counters.acked.Add(1) // once the log has the ack: see counters
 	q.bus.notifyDrain()
 	if f.span != nil {
 		q.bus.tel.endDeliver(q, &f, DeliveryAck, q.bus.spanNow())
@@ -267,11 +317,12 @@ func (c *Consumer) NackReason(seq uint64, reason string) error {
 	}
 	q := c.q
 	q.mu.Lock()
-	f, err := c.settle(seq, "nack")
-	if err != nil {
+	var f flight
+	if err := c.settle(seq, "nack", &f); err != nil {
 		q.mu.Unlock()
 		return err
 	}
+	q.counters.returned.Add(1)
 	e := f.e // f stays as delivered, for the deliver span
 	e.redeliveries++
 	e.reason = reason
@@ -322,7 +373,7 @@ func (c *Consumer) Close() {
 		}
 		q.store.Requeue(e)
 	}
-	q.counters.inFlight.Add(-int64(len(returned)))
+	q.counters.returned.Add(uint64(len(returned)))
 	q.counters.size.Store(int64(q.store.Len()))
 	q.counters.consumers.Add(-1)
 	q.wakeConsumersLocked()

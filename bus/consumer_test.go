@@ -355,3 +355,42 @@ func TestConcurrentReceiveOnOneConsumer(t *testing.T) {
 		t.Errorf("received %v", seen)
 	}
 }
+
+// TestStatsInFlightFollowsEveryEnd checks Stats' in-flight count through
+// each way a delivery ends: an ack, a nack that requeues it, a nack that
+// moves it to the dead-letter queue, and Close giving it back.
+func TestStatsInFlightFollowsEveryEnd(t *testing.T) {
+	b, _ := newBus(t, []bus.QueueConfig{
+		{Name: "q", Capacity: 10, Policy: bus.PolicyBlock, MaxDeliveries: 2, DeadLetter: "dlq"},
+		{Name: "dlq", Capacity: 10, Policy: bus.PolicyBlock},
+	})
+	c, err := b.Subscribe("q", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishN(t, b, "q", "T", 0, 3)
+	ds := []bus.Delivery{mustReceive(t, c), mustReceive(t, c), mustReceive(t, c)}
+	steps := []struct {
+		name           string
+		do             func() error
+		inFlight, size int
+	}{
+		{"three delivered", func() error { return nil }, 3, 0},
+		{"one acked", func() error { return c.Ack(ds[0].Seq) }, 2, 0},
+		{"one nacked back to the queue", func() error { return c.Nack(ds[1].Seq) }, 1, 1},
+		{"redelivered", func() error { ds[1] = mustReceive(t, c); return nil }, 2, 0},
+		{"nacked past MaxDeliveries, to the dead-letter queue", func() error { return c.Nack(ds[1].Seq) }, 1, 0},
+		{"the consumer closed", func() error { c.Close(); return nil }, 0, 1},
+	}
+	for _, s := range steps {
+		if err := s.do(); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		if st := b.Stats()["q"]; st.InFlight != s.inFlight || st.Size != s.size {
+			t.Fatalf("%s: in flight/size = %d/%d, want %d/%d", s.name, st.InFlight, st.Size, s.inFlight, s.size)
+		}
+	}
+	if st := b.Stats()["dlq"]; st.Size != 1 {
+		t.Errorf("dead-letter queue holds %d, want 1", st.Size)
+	}
+}

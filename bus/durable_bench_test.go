@@ -144,24 +144,8 @@ func BenchmarkDurablePublishDeliver(b *testing.B) {
 						b.Fatal(err)
 					}
 					defer c.Close()
-					b.ReportAllocs()
 					io.start()
-					cpu := startCPUClock(b)
-					b.ResetTimer()
-					for range b.N {
-						if out, err := bb.Publish(ctx, benchEvent, "order"); out != bus.Accepted {
-							b.Fatal(out, err)
-						}
-						d, err := c.Receive(ctx)
-						if err != nil {
-							b.Fatal(err)
-						}
-						if err := c.Ack(d.Seq); err != nil {
-							b.Fatal(err)
-						}
-					}
-					b.StopTimer()
-					cpu.report(b)
+					benchRoundTrips(b, bb, c, benchEvent, nil)
 					if durable {
 						io.report(b)
 					}

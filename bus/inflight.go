@@ -74,14 +74,15 @@ func (s *inflightSet) at(i int) *flight {
 	return &s.ring[(s.head+i)&(len(s.ring)-1)]
 }
 
-// add records a delivery of e and returns its record, for the caller to
-// complete before the next call on s.
-func (s *inflightSet) add(e entry) *flight {
+// add records a delivery of *e and returns its record, for the caller to
+// complete before the next call on s. e is copied: the record is the only
+// copy the set keeps.
+func (s *inflightSet) add(e *entry) *flight {
 	if s.n > 0 && e.seq <= s.at(s.n-1).e.seq {
 		if s.side == nil {
 			s.side = make(map[uint64]*flight)
 		}
-		f := &flight{e: e}
+		f := &flight{e: *e}
 		s.side[e.seq] = f
 		return f
 	}
@@ -94,7 +95,7 @@ func (s *inflightSet) add(e entry) *flight {
 		s.resize(2 * len(s.ring))
 	}
 	f := s.at(s.n)
-	*f = flight{e: e}
+	f.e = *e // the slot is zero: settled slots are cleared
 	s.n++
 	s.live++
 	return f
@@ -103,24 +104,38 @@ func (s *inflightSet) add(e entry) *flight {
 // remove settles the delivery of seq and returns its record, or reports
 // that seq is not in flight.
 func (s *inflightSet) remove(seq uint64) (flight, bool) {
+	var f flight
+	ok := s.take(seq, &f)
+	return f, ok
+}
+
+// take settles the delivery of seq, copying its record to out unless out
+// is nil, or reports that seq is not in flight. A caller that needs
+// nothing of the record (an ack without a deliver span) saves the copy of
+// a few hundred bytes.
+func (s *inflightSet) take(seq uint64, out *flight) bool {
 	if s.n > 0 {
 		i := 0
 		if s.at(0).e.seq != seq {
 			i = s.search(seq)
 		}
 		if i >= 0 {
-			return s.removeAt(i), true
+			s.removeAt(i, out)
+			return true
 		}
 	}
 	f, ok := s.side[seq]
 	if !ok {
-		return flight{}, false
+		return false
 	}
 	delete(s.side, seq)
 	if len(s.side) == 0 {
 		s.side = nil // a map never shrinks: drop it with its last entry
 	}
-	return *f, true
+	if out != nil {
+		*out = *f
+	}
+	return true
 }
 
 // search returns the index from the head of seq's unsettled slot, or -1.
@@ -140,13 +155,29 @@ func (s *inflightSet) search(seq uint64) int {
 	return -1
 }
 
-func (s *inflightSet) removeAt(i int) flight {
+// removeAt settles the slot i from the head, copying its record to out
+// unless out is nil.
+func (s *inflightSet) removeAt(i int, out *flight) {
 	f := s.at(i)
-	out := *f
-	// The tombstone keeps its seq, for the binary search, and nothing the
-	// collector should free.
-	*f = flight{e: entry{seq: out.e.seq}, settled: true}
+	if out != nil {
+		*out = *f
+	}
 	s.live--
+	switch i {
+	case 0:
+		// The usual in-order ack: the slot leaves the ring at once,
+		// cleared once rather than made a tombstone and then cleared.
+		*f = flight{}
+		s.head = (s.head + 1) & (len(s.ring) - 1)
+		s.n--
+	case s.n - 1:
+		*f = flight{}
+		s.n--
+	default:
+		// The tombstone keeps its seq, for the binary search, and nothing
+		// the collector should free.
+		*f = flight{e: entry{seq: f.e.seq}, settled: true}
+	}
 	for s.n > 0 && s.at(0).settled {
 		*s.at(0) = flight{}
 		s.head = (s.head + 1) & (len(s.ring) - 1)
@@ -165,7 +196,6 @@ func (s *inflightSet) removeAt(i int) flight {
 		}
 		s.resize(c)
 	}
-	return out
 }
 
 // compact moves the live slots together from the head, in order, and

@@ -38,7 +38,7 @@ func (m *inflightModel) deliver(redeliver bool) {
 	} else {
 		m.nextSeq++
 	}
-	f := m.s.add(entry{seq: seq, reason: "r"})
+	f := m.s.add(&entry{seq: seq, reason: "r"})
 	if f.e.seq != seq {
 		m.t.Fatalf("add(%d) returned the record of %d", seq, f.e.seq)
 	}

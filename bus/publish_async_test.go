@@ -605,21 +605,7 @@ func BenchmarkPublishAsync(b *testing.B) {
 				bb.PublishAsync(ctx, ev, "q", done) // keeps the queue full
 				before = 1
 			}
-			b.ReportAllocs()
-			cpu := startCPUClock(b)
-			b.ResetTimer()
-			for range b.N {
-				bb.PublishAsync(ctx, ev, "q", done)
-				d, err := c.Receive(ctx)
-				if err != nil {
-					b.Fatal(err)
-				}
-				if err := c.Ack(d.Seq); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.StopTimer()
-			cpu.report(b)
+			benchRoundTrips(b, bb, c, ev, done)
 			if want := b.N + before; accepted != want {
 				b.Fatalf("accepted %d, want %d", accepted, want)
 			}

@@ -27,9 +27,11 @@ type entry struct {
 }
 
 // store holds the events waiting in one queue, oldest (lowest seq) first.
-// It is the seam for a durable store (one that keeps order and signal
-// events across a restart): the bus calls it only under the queue's lock, so an
-// implementation needs no locking of its own.
+// The bus calls it only under the queue's lock, so an implementation needs
+// no locking of its own. Durable queues keep their events in a write-ahead
+// log next to the same in-memory ring, so ring is the one implementation,
+// and the queue holds it by its concrete type (see below); the interface
+// states the contract.
 type store interface {
 	// Len is the number of waiting events.
 	Len() int
@@ -59,6 +61,10 @@ type ring struct {
 // minRing is the size of a ring's first buffer.
 const minRing = 8
 
+// The queue holds its ring by its concrete type, so that the per-event
+// calls inline and a publish can fill its slot in place.
+var _ store = (*ring)(nil)
+
 func newRing() *ring { return &ring{} }
 
 func (r *ring) Len() int { return r.n }
@@ -73,12 +79,18 @@ func (r *ring) grow() {
 	r.buf, r.head = nb, 0
 }
 
-func (r *ring) Push(e entry) {
+func (r *ring) Push(e entry) { *r.pushSlot() = e }
+
+// pushSlot appends a zero entry and returns it, for the caller to fill in
+// place: a publish writes its fields straight into the ring instead of
+// building an entry to copy there.
+func (r *ring) pushSlot() *entry {
 	if r.n == len(r.buf) {
 		r.grow()
 	}
-	r.buf[r.mask(r.head+r.n)] = e
+	e := &r.buf[r.mask(r.head+r.n)] // zero: Pop clears what it takes
 	r.n++
+	return e
 }
 
 func (r *ring) Pop() entry {

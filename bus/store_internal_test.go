@@ -102,7 +102,7 @@ func TestIdleQueuesHoldNoSlots(t *testing.T) {
 		q := b.byName[name]
 		q.mu.Lock()
 		defer q.mu.Unlock()
-		return len(q.store.(*ring).buf)
+		return len(q.store.buf)
 	}
 	for _, name := range b.Queues() {
 		if n := slots(name); n != 0 {
