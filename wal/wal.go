@@ -788,6 +788,7 @@ func (l *Log) flush() {
 			l.opts.Logger.Error("wal: storage failing; appends are refused until a write and sync succeed", "file", l.seg.name, "err", err)
 		}
 		l.forget(evs)
+		l.carry(buf)
 	case l.storageFailing && b != nil:
 		l.storageFailing = false
 		l.opts.Logger.Info("wal: storage recovered", "file", l.seg.name)
@@ -859,6 +860,50 @@ func (l *Log) forget(evs []uint64) {
 		failed[s] = true
 	}
 	l.ids = slices.DeleteFunc(l.ids, func(id MsgID) bool { return failed[id.Seq] })
+}
+
+// carry puts the deliveries, acks and nacks of buf, a write that failed
+// and was cut, back at the head of the append buffer. Their effect on the
+// live set stays, so the disk must get them too: a later sync that
+// succeeds then covers them, and an ack reported as failed does not leave
+// its event live on disk for good. (A record of an event forgotten with
+// the same write is harmless: replay ignores a settle of an unknown seq.)
+// The records go with the next flush, which a new record, a SyncAsync, a
+// tick or Close brings; they are not retried on their own, so a failing
+// disk is not hammered.
+func (l *Log) carry(buf []byte) {
+	var kept []byte
+	n := 0
+	for off := 0; off < len(buf); {
+		typ, _, size, err := DecodeRecord(buf[off:], l.opts.MaxRecord)
+		if err != nil {
+			// The buffer is the log's own encoding: this is a bug, and
+			// the rest cannot be framed.
+			l.opts.Logger.Error("wal: cannot re-frame the records of a failed write", "file", l.seg.name, "err", err)
+			break
+		}
+		switch typ {
+		case recDeliver, recAck, recNack:
+			kept = append(kept, buf[off:off+size]...)
+			n++
+		}
+		off += size
+	}
+	if n == 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	// The events appended since are addressed by their offset in the
+	// buffer, which moves up by what goes in front of them.
+	shift := int64(len(kept))
+	for _, s := range l.pendEvents {
+		if r := l.live.ref(s); r != nil && r.seg == inPending {
+			r.off += shift
+		}
+	}
+	l.pend = append(kept, l.pend...)
+	l.pendCount += n
 }
 
 func (l *Log) intervalSync() {
