@@ -155,11 +155,9 @@ func (m *deadLetterMove) retrySrcSync() {
 	if !m.src.bus.held.fired(m) {
 		return
 	}
-	if err := m.src.log.SyncAsync(m.srcSynced); err != nil {
-		// Closed: the bus is shutting down; the dead letter stays in its
-		// log, and the next start acks the source's copy.
-		return
-	}
+	// ErrClosed: the bus is shutting down; the dead letter stays in its
+	// log, and the next start acks the source's copy.
+	_ = m.src.log.SyncAsync(m.srcSynced)
 }
 
 // Held moves retry the source's sync after heldRetryMin, doubling up to
