@@ -77,6 +77,10 @@ type Bus struct {
 
 	// dirLock holds the data directory (WithDataDir) until Shutdown.
 	dirLock io.Closer
+
+	// held are the dead-letter moves waiting for their source's ack to
+	// become durable after a failed sync.
+	held heldMoves
 }
 
 // queue is one named queue. mu guards the store, the waiters, the idle
@@ -1110,6 +1114,9 @@ drain:
 		counts[q.name] = left[i].waiting + left[i].inFlight
 	}
 	b.finished.Store(true)
+	// A move still held keeps its dead letter in its log, not delivered:
+	// the next start acks the source's copy, which the dead letter names.
+	b.held.stop()
 	// Appends still in flight are answered by Close; what is left in a
 	// log is given back by the next New on the same data directory.
 	if cerr := b.closeLogs(); cerr != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/wal"
@@ -23,7 +24,8 @@ import (
 //  3. the source's log records an ack and syncs it (wal.SyncAsync): a
 //     crash between 2 and 3 leaves the event in both logs, and the next
 //     start acks the source copy because a live dead letter names it
-//     (finishMoves);
+//     (finishMoves). A failed sync holds the move and retries it until
+//     it succeeds or the bus shuts down (srcSynced);
 //  4. only then does the new event join the dead-letter queue. Until step
 //     3 is durable the dead letter cannot be delivered, so it cannot be
 //     acked and dropped from its log either, which would hide the origin
@@ -37,6 +39,9 @@ type deadLetterMove struct {
 	e   entry // as it left src, its last delivery counted
 	dl  DeadLetter
 	ne  entry // the new event in the dead-letter queue
+	// backoff is the wait before the next retry of a held move's source
+	// sync (0: never held); guarded by the bus's held.mu.
+	backoff time.Duration
 }
 
 // deadLetterDue reports whether e, nacked or abandoned with its
@@ -126,17 +131,123 @@ func (m *deadLetterMove) dlqSynced(err error) {
 	}
 }
 
-// srcSynced ends step 3.
+// srcSynced ends step 3. Should the source's sync fail, the move is held:
+// the dead letter keeps its reserved slot, undelivered, and the sync is
+// tried again (the source's log writes the ack again with it) until it
+// succeeds or the bus shuts down. Delivered while a crash could still
+// give the event back to its source, the dead letter could be consumed
+// and dropped, and the event delivered again from the source.
 func (m *deadLetterMove) srcSynced(err error) {
+	b := m.src.bus
 	if err != nil {
-		// Nothing better to do than deliver the dead letter: the event
-		// must go somewhere. Until the source's log writes again, a crash
-		// may give the event back to the source too.
 		m.src.counters.storageErrors.Add(1)
-		m.src.bus.logger.Error("dead letter moved, but its ack in the source's log is not durable: a crash before that log recovers may deliver the event from both queues",
-			"queue", m.src.name, "seq", m.e.seq, "dead_letter", m.dlq.name, "dead_letter_seq", m.ne.seq, "err", err)
+		b.held.hold(m, err)
+		return
 	}
+	b.held.release(m)
 	m.land()
+}
+
+// retrySrcSync is a held move's timer: it asks the source's log for
+// another sync.
+func (m *deadLetterMove) retrySrcSync() {
+	defer m.src.bus.held.wg.Done()
+	if !m.src.bus.held.fired(m) {
+		return
+	}
+	// ErrClosed: the bus is shutting down; the dead letter stays in its
+	// log, and the next start acks the source's copy.
+	_ = m.src.log.SyncAsync(m.srcSynced)
+}
+
+// Held moves retry the source's sync after heldRetryMin, doubling up to
+// heldRetryMax: a disk that comes back is noticed within seconds, and a
+// dead one costs a failed sync every few seconds per move.
+const (
+	heldRetryMin = 50 * time.Millisecond
+	heldRetryMax = 5 * time.Second
+)
+
+// heldMoves owns the retry timers of the held dead-letter moves (see
+// srcSynced), so that Shutdown can stop them all and wait for any that
+// already fired.
+type heldMoves struct {
+	mu      sync.Mutex
+	moves   map[*deadLetterMove]Timer // armed timers
+	bySrc   map[*queue]int            // held moves per source queue
+	stopped bool
+	wg      sync.WaitGroup // timers armed and not stopped, or running
+}
+
+// hold arms m's next retry after a failed sync of its source. The first
+// hold of a queue's moves starts a failure episode, logged once; every
+// failure is counted in the queue's storage errors by the caller.
+func (h *heldMoves) hold(m *deadLetterMove, err error) {
+	b := m.src.bus
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if m.backoff == 0 {
+		m.backoff = heldRetryMin
+		if h.bySrc == nil {
+			h.bySrc = make(map[*queue]int)
+		}
+		h.bySrc[m.src]++
+		if h.bySrc[m.src] == 1 {
+			b.logger.Error("dead letters held: the source's write-ahead log cannot make the acks of their moves durable; retrying until it can",
+				"queue", m.src.name, "seq", m.e.seq, "dead_letter", m.dlq.name, "dead_letter_seq", m.ne.seq, "err", err)
+		}
+	} else {
+		m.backoff = min(2*m.backoff, heldRetryMax)
+	}
+	if h.stopped {
+		return // shutting down: see stop
+	}
+	if h.moves == nil {
+		h.moves = make(map[*deadLetterMove]Timer)
+	}
+	h.wg.Add(1)
+	h.moves[m] = b.clock.AfterFunc(m.backoff, m.retrySrcSync)
+}
+
+// fired takes m's timer off the armed ones as it fires, and reports
+// whether it should still retry.
+func (h *heldMoves) fired(m *deadLetterMove) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.moves, m)
+	return !h.stopped
+}
+
+// release ends m's hold, if it had one, after its source's sync
+// succeeded; the last of a queue's held moves ends its failure episode.
+func (h *heldMoves) release(m *deadLetterMove) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if m.backoff == 0 {
+		return
+	}
+	h.bySrc[m.src]--
+	if h.bySrc[m.src] == 0 {
+		delete(h.bySrc, m.src)
+		m.src.bus.logger.Info("dead letters released: their moves' acks are durable in the source's write-ahead log",
+			"queue", m.src.name, "dead_letter", m.dlq.name)
+	}
+}
+
+// stop disarms every retry and waits for those already running. A move
+// still held then stays so: its dead letter is in its log, undelivered,
+// and the next start acks the source's copy that the dead letter names.
+func (h *heldMoves) stop() {
+	h.mu.Lock()
+	h.stopped = true
+	for m, t := range h.moves {
+		if t.Stop() {
+			h.wg.Done()
+		}
+		delete(h.moves, m)
+	}
+	h.mu.Unlock()
+	h.wg.Wait()
 }
 
 // land is step 4: the dead letter joins its queue.

@@ -3,10 +3,14 @@ package bus_test
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
 	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
@@ -19,8 +23,8 @@ import (
 // been killed there while the bus went on in a dream. With tear, the
 // write the kill interrupts stores half its bytes. What a kill -9 leaves
 // is what was written before the kill (the page cache keeps it, synced or
-// not), so syncs do nothing here; opening the directory again with the
-// real file system is the restart.
+// not), so syncs do nothing here, unless they fail (failSyncsUnder);
+// opening the directory again with the real file system is the restart.
 type crashFS struct {
 	wal.OSFS
 	mu       sync.Mutex
@@ -29,6 +33,21 @@ type crashFS struct {
 	attempts int // changes made or refused
 	refused  bool
 	tear     bool
+	// failSyncs fails the fdatasyncs of files whose path contains it.
+	failSyncs string
+}
+
+// failSyncsUnder makes the fdatasyncs of files whose path contains dir
+// fail with EIO until the returned func is called.
+func (f *crashFS) failSyncsUnder(dir string) (recover func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.failSyncs = dir
+	return func() {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.failSyncs = ""
+	}
 }
 
 func newCrashFS() *crashFS { return &crashFS{limit: -1} }
@@ -79,7 +98,7 @@ func (f *crashFS) OpenFile(name string, flag int, perm os.FileMode) (wal.File, e
 	if err != nil {
 		return nil, err
 	}
-	return &crashFile{File: file, fs: f}, nil
+	return &crashFile{File: file, fs: f, name: name}, nil
 }
 
 func (f *crashFS) Remove(name string) error {
@@ -100,7 +119,8 @@ func (f *crashFS) SyncDir(string) error { return nil }
 
 type crashFile struct {
 	wal.File
-	fs *crashFS
+	fs   *crashFS
+	name string
 }
 
 func (f *crashFile) WriteAt(p []byte, off int64) (int, error) {
@@ -123,7 +143,14 @@ func (f *crashFile) Truncate(size int64) error {
 	return f.File.Truncate(size)
 }
 
-func (f *crashFile) Sync() error { return nil }
+func (f *crashFile) Sync() error {
+	f.fs.mu.Lock()
+	defer f.fs.mu.Unlock()
+	if f.fs.failSyncs != "" && strings.Contains(f.name, f.fs.failSyncs) {
+		return &os.PathError{Op: "fdatasync", Path: f.name, Err: syscall.EIO}
+	}
+	return nil
+}
 
 // deadFile is a file created after the crash: it never reaches the disk.
 type deadFile struct{}
@@ -143,22 +170,30 @@ func (deadFile) Close() error                           { return nil }
 // that an event left in order has deliveries to spare (one that used them
 // up is moved at the start). Stepwise, each delivery and nack is written
 // before the next step, so that each record is a crash point of its own;
-// otherwise the logs batch them as they come.
+// otherwise the logs batch them as they come. With srcFails, the source's
+// fdatasyncs fail from the last nack on: the dead letter must stay
+// undelivered through a failed retry, and land once a retry succeeds,
+// the crash points of the retries included.
 func TestDeadLetterMoveCrashAtEveryWrite(t *testing.T) {
 	for _, tc := range []struct {
 		order, dead bus.Fsync
 		stepwise    bool
 		tear        bool
+		srcFails    bool
 	}{
-		{bus.FsyncAlways, bus.FsyncAlways, true, false},
-		{bus.FsyncAlways, bus.FsyncAlways, true, true},
-		{bus.FsyncAlways, bus.FsyncAlways, false, false},
-		{bus.FsyncAlways, bus.FsyncInterval, true, false},
-		{bus.FsyncAlways, bus.FsyncInterval, false, true},
-		{bus.FsyncInterval, bus.FsyncAlways, true, false},
-		{bus.FsyncInterval, bus.FsyncAlways, false, true},
+		{bus.FsyncAlways, bus.FsyncAlways, true, false, false},
+		{bus.FsyncAlways, bus.FsyncAlways, true, true, false},
+		{bus.FsyncAlways, bus.FsyncAlways, false, false, false},
+		{bus.FsyncAlways, bus.FsyncInterval, true, false, false},
+		{bus.FsyncAlways, bus.FsyncInterval, false, true, false},
+		{bus.FsyncInterval, bus.FsyncAlways, true, false, false},
+		{bus.FsyncInterval, bus.FsyncAlways, false, true, false},
+		{bus.FsyncAlways, bus.FsyncAlways, true, false, true},
+		{bus.FsyncAlways, bus.FsyncAlways, false, true, true},
+		{bus.FsyncAlways, bus.FsyncInterval, true, true, true},
+		{bus.FsyncInterval, bus.FsyncAlways, true, false, true},
 	} {
-		name := fmt.Sprintf("order=%s/dlq=%s/stepwise=%v/torn=%v", tc.order, tc.dead, tc.stepwise, tc.tear)
+		name := fmt.Sprintf("order=%s/dlq=%s/stepwise=%v/torn=%v/srcFails=%v", tc.order, tc.dead, tc.stepwise, tc.tear, tc.srcFails)
 		t.Run(name, func(t *testing.T) {
 			qs := durableQueues()
 			qs[0].Fsync, qs[2].Fsync = tc.order, tc.dead
@@ -183,14 +218,33 @@ func TestDeadLetterMoveCrashAtEveryWrite(t *testing.T) {
 						testkit.Eventually(t, what+" written", func() bool { return fsys.attempted() > before })
 					}
 				}
-				for range 2 {
+				recoverSrc := func() {}
+				for i := range 2 {
 					var d bus.Delivery
 					step("a delivery", func() { d = mustReceive(t, c) })
+					if i == 1 && tc.srcFails {
+						recoverSrc = fsys.failSyncsUnder(filepath.Join("queues", "order"))
+					}
 					step("a nack", func() {
 						if err := c.NackReason(d.Seq, reason); err != nil {
 							t.Fatal(err)
 						}
 					})
+				}
+				if tc.srcFails {
+					for retry := range 2 {
+						testkit.Eventually(t, "a retry of the source's sync armed, or the dead letter delivered", func() bool {
+							return clk.Timers() == 1 || b.Stats()["dlq"].Size > 0
+						})
+						if st := b.Stats(); st["dlq"].Size != 0 || st["order"].DeadLettered != 0 {
+							t.Fatalf("crash after %d changes: dlq holds %d, order dead_lettered %d while the source's ack is not durable; want 0, 0",
+								crashAt, st["dlq"].Size, st["order"].DeadLettered)
+						}
+						if retry == 1 {
+							recoverSrc()
+						}
+						clk.Advance(time.Minute) // past any retry's backoff
+					}
 				}
 				testkit.Eventually(t, "the move, in memory", func() bool {
 					st := b.Stats()
@@ -265,6 +319,88 @@ func TestDeadLetterWaitsForTheSourceAck(t *testing.T) {
 	})
 	if d := mustReceive(t, subscribe(t, b, "dlq", 1)); d.DeadLetter == nil || d.DeadLetter.Reason != "second" {
 		t.Fatalf("dead letter %+v, want reason second", d.DeadLetter)
+	}
+}
+
+// TestDeadLetterHeldWhileTheSourceFails fails the source's log while an
+// event moves to its dead-letter queue (its fdatasyncs, or its writes and
+// fdatasyncs): the dead letter must stay undelivered, retried on the bus's
+// clock with one error logged for the lot, until the source's ack is
+// durable. When the disk recovers, it is delivered once; when the bus
+// stops while it is held, its retry timer stops and the next start finds
+// the event in exactly one queue, the dead-letter queue.
+func TestDeadLetterHeldWhileTheSourceFails(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		writes bool // writes fail too: the ack never reaches the disk
+		crash  bool // the bus stops while the dead letter is held
+	}{
+		{"fdatasync fails, then recovers", false, false},
+		{"disk full, then recovers", true, false},
+		{"fdatasync fails, stopped while held", false, true},
+		{"disk full, stopped while held", true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			clk := testkit.NewClock()
+			fsys := &faultFS{}
+			logs := &testkit.SyncBuffer{}
+			b, stop := openDurable(t, dir, durableQueues(), clk, bus.WithWALOptions(wal.Options{FS: fsys}),
+				bus.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
+			publishID(t, b, "order", 1, "poison")
+			c := subscribe(t, b, "order", 1)
+			if err := c.NackReason(mustReceive(t, c).Seq, "halted"); err != nil {
+				t.Fatal(err)
+			}
+			d := mustReceive(t, c)
+			recoverSrc := fsys.failUnder(filepath.Join("queues", "order"), tc.writes)
+			if err := c.NackReason(d.Seq, "still halted"); err != nil {
+				t.Fatal(err)
+			}
+			for range 3 {
+				testkit.Eventually(t, "a retry of the source's sync armed, or the dead letter delivered", func() bool {
+					return clk.Timers() == 1 || b.Stats()["dlq"].Size > 0
+				})
+				if st := b.Stats(); st["dlq"].Size != 0 || st["order"].DeadLettered != 0 {
+					t.Fatalf("dlq holds %d, order dead_lettered %d while the source's ack is not durable; want 0, 0",
+						st["dlq"].Size, st["order"].DeadLettered)
+				}
+				clk.Advance(time.Minute) // past any retry's backoff
+			}
+			testkit.Eventually(t, "the next retry armed", func() bool { return clk.Timers() == 1 })
+			if n := strings.Count(logs.String(), "dead letters held"); n != 1 {
+				t.Fatalf("%d error lines for one failure episode, want 1:\n%s", n, logs.String())
+			}
+			if tc.crash {
+				stop()
+				if n := clk.Timers(); n != 0 {
+					t.Fatalf("%d timers armed after Shutdown, want the retry stopped", n)
+				}
+			} else {
+				recoverSrc()
+				clk.Advance(time.Minute)
+				testkit.Eventually(t, "the dead letter in dlq", func() bool {
+					st := b.Stats()
+					return st["dlq"].Size == 1 && st["order"].DeadLettered == 1
+				})
+				dl := mustReceive(t, subscribe(t, b, "dlq", 1)).DeadLetter
+				if dl == nil || *dl != (bus.DeadLetter{Queue: "order", Seq: 1, Deliveries: 2, Reason: "still halted"}) {
+					t.Fatalf("dead letter %+v", dl)
+				}
+				if n := strings.Count(logs.String(), "dead letters released"); n != 1 {
+					t.Fatalf("%d lines for the end of the failure episode, want 1:\n%s", n, logs.String())
+				}
+				stop()
+			}
+
+			b, _ = openDurable(t, dir, durableQueues(), clk)
+			if st := b.Stats(); st["order"].Size != 0 || st["dlq"].Size != 1 {
+				t.Fatalf("after the restart order holds %d, dlq %d; want 0, 1", st["order"].Size, st["dlq"].Size)
+			}
+			if d := mustReceive(t, subscribe(t, b, "dlq", 1)); d.DeadLetter == nil || d.DeadLetter.Seq != 1 || payloadID(t, d) != 1 {
+				t.Fatalf("dlq gave %+v %s, want event 1's dead letter", d.DeadLetter, d.Event.Payload)
+			}
+		})
 	}
 }
 

@@ -24,6 +24,40 @@ type faultFS struct {
 	gate      chan struct{} // nil: syncs pass
 	gateUnder string        // "": the gate holds every sync
 	syncs     int
+	// failing fails the fdatasyncs (EIO), and with failWrites the writes
+	// too (ENOSPC), of files whose path contains it; failures counts them.
+	failing    string
+	failWrites bool
+	failures   int
+}
+
+// failUnder makes the fdatasyncs of files whose path contains dir fail,
+// and with writes their writes too, until the returned func is called.
+func (f *faultFS) failUnder(dir string, writes bool) (recover func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.failing, f.failWrites = dir, writes
+	return func() {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.failing, f.failWrites = "", false
+	}
+}
+
+func (f *faultFS) failureCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.failures
+}
+
+// fails reports whether an operation on name fails now, and counts it.
+// Called with f.mu held.
+func (f *faultFS) failsLocked(name string, write bool) bool {
+	if f.failing == "" || !strings.Contains(name, f.failing) || write && !f.failWrites {
+		return false
+	}
+	f.failures++
+	return true
 }
 
 func (f *faultFS) syncCount() int {
@@ -73,7 +107,7 @@ type faultFile struct {
 
 func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
 	f.fs.mu.Lock()
-	full := f.fs.full
+	full := f.fs.full || f.fs.failsLocked(f.name, true)
 	f.fs.mu.Unlock()
 	if full {
 		return 0, &os.PathError{Op: "write", Path: "segment", Err: syscall.ENOSPC}
@@ -89,9 +123,13 @@ func (f *faultFile) Sync() error {
 	} else {
 		f.fs.syncs++
 	}
+	failed := f.fs.failsLocked(f.name, false)
 	f.fs.mu.Unlock()
 	if g != nil {
 		<-g
+	}
+	if failed {
+		return &os.PathError{Op: "fdatasync", Path: f.name, Err: syscall.EIO}
 	}
 	return f.File.Sync()
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -194,5 +195,87 @@ func TestRotationFailureKeepsTheLogUsable(t *testing.T) {
 	defer closeT(t, l)
 	if got := fmt.Sprint(seqs(rec.Records)); got != fmt.Sprint([]uint64{kept}) {
 		t.Fatalf("recovered %s, want [%d]", got, kept)
+	}
+}
+
+// TestRotationLetsRecordsInWhileItSyncs holds the new segment's fdatasync
+// during a rotation: acks, deliveries, nacks and appends taken meanwhile
+// must not wait for it (they need the log's lock only briefly), and must
+// reach the new segment after the copies, which carry the state before
+// them.
+func TestRotationLetsRecordsInWhileItSyncs(t *testing.T) {
+	fsys := newFaultFS()
+	opts := testOpts()
+	opts.FS = fsys
+	opts.SegmentSize = 4096
+	opts.MaxRecord = 1024
+	dir := t.TempDir()
+	l, _ := openT(t, dir, opts)
+	t.Cleanup(func() { l.Close() })
+	acked := appendT(t, l, "acked during the rotation")
+	nacked := appendT(t, l, "delivered and nacked during the rotation")
+	kept := appendT(t, l, "left alone")
+	mustOK(t, 0, "deliver", l.Deliver(nacked))
+
+	// Filler events, appended and acked, until the next ack crosses
+	// SegmentSize of dead bytes (the header and the delivery count).
+	ackSize := int64(len(appendSettle(nil, settleRec{typ: recAck, seq: 1})))
+	data := strings.Repeat("r", 200)
+	recSize := int64(eventRecordSize("", []byte(data)))
+	dead := int64(headerSize) + int64(len(appendSettle(nil, settleRec{typ: recDeliver, seq: nacked})))
+	var last uint64
+	for {
+		last = appendT(t, l, data)
+		if dead+recSize+ackSize >= opts.SegmentSize {
+			break
+		}
+		mustOK(t, 0, "ack", l.Ack(last))
+		dead += recSize + ackSize
+	}
+	// The crossing ack starts a rotation; hold the new segment's sync.
+	newSync := make(chan struct{})
+	fsys.set(func(f *faultFS) { f.gate, f.gateName = newSync, segName(dir, 2) })
+	openNew := sync.OnceFunc(func() {
+		fsys.set(func(f *faultFS) { f.gate, f.gateName = nil, "" })
+		close(newSync)
+	})
+	t.Cleanup(openNew) // a failure must not leave Close waiting on the gate
+	mustOK(t, 0, "ack", l.Ack(last))
+	waitFor(t, "the new segment's fdatasync", func() bool { return fsys.gatedCount() > 0 })
+
+	done := make(chan error, 1)
+	var appended uint64
+	go func() {
+		err := errors.Join(l.Ack(acked), l.Deliver(nacked), l.NackReason(nacked, "while rotating"))
+		if err == nil {
+			appended, err = l.AppendAsync([]byte("appended during the rotation"), "", fixedNow, func(Appended, error) {})
+		}
+		done <- err
+	}()
+	var err error
+	waitFor(t, "the records taken while the new segment syncs", func() bool {
+		select {
+		case err = <-done:
+			return true
+		default:
+			return false
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	openNew()
+	closeT(t, l)
+
+	l, rec := openT(t, dir, testOpts())
+	t.Cleanup(func() { l.Close() })
+	if got, want := fmt.Sprint(seqs(rec.Records)), fmt.Sprint([]uint64{nacked, kept, appended}); got != want {
+		t.Fatalf("recovered %s, want %s", got, want)
+	}
+	if r := rec.Records[0]; r.Deliveries != 2 || r.InFlight || r.Reason != "while rotating" {
+		t.Fatalf("seq %d recovered with %d deliveries, in flight %v, reason %q; want 2, false, %q", r.Seq, r.Deliveries, r.InFlight, r.Reason, "while rotating")
+	}
+	if n := len(segFiles(t, dir)); n != 1 {
+		t.Fatalf("%d segment files, want 1", n)
 	}
 }

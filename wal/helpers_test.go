@@ -101,9 +101,12 @@ type faultFS struct {
 	short bool
 	// syncErr fails every Sync while set.
 	syncErr error
-	// gate, when set, makes Sync wait until it is closed.
-	gate  chan struct{}
-	syncs int
+	// gate, when set, makes Sync wait until it is closed; with gateName,
+	// only the Sync of that file, counted in gated.
+	gate     chan struct{}
+	gateName string
+	gated    int
+	syncs    int
 	// truncErr fails every Truncate while set.
 	truncErr error
 	// noSync skips the real fdatasync, for tests of logic that do not
@@ -130,7 +133,14 @@ func (f *faultFS) OpenFile(name string, flag int, perm os.FileMode) (File, error
 	if err != nil {
 		return nil, err
 	}
-	return &faultFile{File: file, fs: f}, nil
+	return &faultFile{File: file, fs: f, name: name}, nil
+}
+
+// gatedCount counts the Syncs that reached the gate of gateName.
+func (f *faultFS) gatedCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.gated
 }
 
 func (f *faultFS) SyncDir(dir string) error {
@@ -145,7 +155,8 @@ func (f *faultFS) SyncDir(dir string) error {
 
 type faultFile struct {
 	File
-	fs *faultFS
+	fs   *faultFS
+	name string
 }
 
 func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
@@ -183,6 +194,13 @@ func (f *faultFile) Truncate(size int64) error {
 func (f *faultFile) Sync() error {
 	f.fs.mu.Lock()
 	gate, serr, noSync := f.fs.gate, f.fs.syncErr, f.fs.noSync
+	switch {
+	case f.fs.gateName == "":
+	case f.fs.gateName == f.name:
+		f.fs.gated++
+	default:
+		gate = nil
+	}
 	f.fs.syncs++
 	f.fs.mu.Unlock()
 	if gate != nil {

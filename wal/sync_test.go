@@ -84,3 +84,65 @@ func TestSyncAsyncReportsFailure(t *testing.T) {
 		t.Fatalf("SyncAsync after Close: %v, want ErrClosed", err)
 	}
 }
+
+// TestSettlesOfAFailedWriteGoAgain: an ack taken into a write or sync
+// that fails keeps its effect in memory, so the disk must get it too: the
+// next sync that succeeds covers it, and the event is not live on disk
+// any more (Check reads the disk while the log stays open, as a crash
+// would find it).
+func TestSettlesOfAFailedWriteGoAgain(t *testing.T) {
+	for _, mode := range []FsyncMode{FsyncAlways, FsyncInterval} {
+		for _, tc := range []struct {
+			name   string
+			inject func(f *faultFS)
+			clear  func(f *faultFS)
+		}{
+			{"fdatasync fails", func(f *faultFS) { f.syncErr = syscall.EIO }, func(f *faultFS) { f.syncErr = nil }},
+			{"disk full", func(f *faultFS) { f.budget = 0 }, func(f *faultFS) { f.budget = -1 }},
+		} {
+			t.Run(fmt.Sprintf("%s/%s", mode, tc.name), func(t *testing.T) {
+				fsys := newFaultFS()
+				opts := testOpts()
+				opts.FS = fsys
+				opts.Fsync = mode
+				opts.FsyncInterval = time.Hour // only SyncAsync syncs
+				dir := t.TempDir()
+				l, _ := openT(t, dir, opts)
+				t.Cleanup(func() { l.Close() })
+				acked := appendT(t, l, "acked while the disk fails")
+				mustOK(t, 0, "sync", l.Sync(context.Background()))
+
+				// The syncer is held in the sync of another append, so
+				// that the ack and its sync join the next flush, and the
+				// failure takes the ack record with it.
+				gate := make(chan struct{})
+				fsys.set(func(f *faultFS) { f.gate = gate })
+				syncs := fsys.syncCount()
+				kept, err := l.AppendAsync([]byte("left unacked"), "", fixedNow, func(Appended, error) {})
+				if err != nil {
+					t.Fatal(err)
+				}
+				mustOK(t, 0, "SyncAsync", l.SyncAsync(func(error) {}))
+				waitFor(t, "the syncer to hold in a sync", func() bool { return fsys.syncCount() > syncs })
+				mustOK(t, 0, "ack", l.Ack(acked))
+				done := make(chan error, 1)
+				mustOK(t, 0, "SyncAsync", l.SyncAsync(func(err error) { done <- err }))
+				fsys.set(func(f *faultFS) { f.gate = nil; tc.inject(f) })
+				close(gate)
+				if err := <-done; !errors.Is(err, ErrStorage) {
+					t.Fatalf("sync of the ack on a failing disk: %v, want ErrStorage", err)
+				}
+
+				fsys.set(tc.clear)
+				mustOK(t, 0, "sync", l.Sync(context.Background()))
+				rep, err := Check(context.Background(), dir, Options{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if rep.Live != 1 {
+					t.Fatalf("the disk holds %d live events after a sync that succeeded, want 1 (seq %d; seq %d was acked):\n%s", rep.Live, kept, acked, rep)
+				}
+			})
+		}
+	}
+}

@@ -412,26 +412,61 @@ func (l *Log) recover(ctx context.Context) (*Recovered, error) {
 }
 
 // startSegment writes segment id with the header, the dedupe window's msg
-// ids and copies of the live events, syncs it and makes it current. It is
-// called by Open and by the syncer under l.mu.
+// ids and copies of the live events, syncs it and makes it current, with
+// the copies as the live set. Open calls it.
 func (l *Log) startSegment(id uint64, copies []eventBody) error {
+	ns, err := l.writeSegment(id, l.nextSeq, l.ids, copies)
+	if err != nil {
+		return err
+	}
+	l.liveBytes = 0
+	for i, ev := range copies {
+		size := ns.offs[i+1] - ns.offs[i]
+		bare := size - int64(reasonSize(ev.reason))
+		l.live.put(ev.seq, liveRec{seg: id, off: ns.offs[i], size: int32(size), bare: int32(bare), progress: ev.progress})
+		l.liveBytes += size
+	}
+	if l.seg.f != nil {
+		l.seg.f.Close()
+	}
+	l.seg = ns.seg
+	l.truncTo = -1
+	return nil
+}
+
+// newSegment is a segment written and synced, not yet current.
+type newSegment struct {
+	seg  segment
+	offs []int64 // of each copy, and the end of the last
+}
+
+// writeSegment writes segment id with the header (seqs continuing at
+// nextSeq), the msg ids and the copies, and syncs it and its directory.
+// It touches no state under l.mu, so that rotate can call it without the
+// lock; it reuses l.spare, which only the syncer (or Open) uses.
+func (l *Log) writeSegment(id, nextSeq uint64, ids []MsgID, copies []eventBody) (newSegment, error) {
 	name := segName(l.dir, id)
-	buf := appendHeader(l.spare[:0], l.nextSeq)
-	buf = appendMsgIDs(buf, l.ids, l.opts.MaxRecord)
+	buf := appendHeader(l.spare[:0], nextSeq)
+	buf = appendMsgIDs(buf, ids, l.opts.MaxRecord)
 	offs := make([]int64, len(copies)+1)
 	for i, ev := range copies {
 		offs[i] = int64(len(buf))
 		buf = appendEvent(buf, ev)
 	}
 	offs[len(copies)] = int64(len(buf))
+	if cap(buf) <= 1<<20 {
+		l.spare = buf[:0]
+	} else {
+		l.spare = nil
+	}
 	f, err := l.opts.FS.OpenFile(name, osCreateFlags, 0o600)
 	if err != nil {
-		return fmt.Errorf("wal: create segment %s: %w: %w", name, ErrStorage, err)
+		return newSegment{}, fmt.Errorf("wal: create segment %s: %w: %w", name, ErrStorage, err)
 	}
-	fail := func(op string, err error) error {
+	fail := func(op string, err error) (newSegment, error) {
 		f.Close()
 		l.opts.FS.Remove(name)
-		return fmt.Errorf("wal: %s segment %s: %w: %w", op, name, ErrStorage, err)
+		return newSegment{}, fmt.Errorf("wal: %s segment %s: %w: %w", op, name, ErrStorage, err)
 	}
 	if _, err := f.WriteAt(buf, 0); err != nil {
 		return fail("write", err)
@@ -442,24 +477,8 @@ func (l *Log) startSegment(id uint64, copies []eventBody) error {
 	if err := l.opts.FS.SyncDir(l.dir); err != nil {
 		return fail("sync directory of", err)
 	}
-	l.liveBytes = 0
-	for i, ev := range copies {
-		size := offs[i+1] - offs[i]
-		bare := size - int64(reasonSize(ev.reason))
-		l.live.put(ev.seq, liveRec{seg: id, off: offs[i], size: int32(size), bare: int32(bare), progress: ev.progress})
-		l.liveBytes += size
-	}
-	if l.seg.f != nil {
-		l.seg.f.Close()
-	}
-	l.seg = segment{id: id, name: name, f: f, off: int64(len(buf)), synced: int64(len(buf))}
-	l.truncTo = -1
-	if cap(buf) <= 1<<20 {
-		l.spare = buf[:0]
-	} else {
-		l.spare = nil
-	}
-	return nil
+	n := int64(len(buf))
+	return newSegment{seg: segment{id: id, name: name, f: f, off: n, synced: n}, offs: offs}, nil
 }
 
 func (l *Log) removeSegmentsBelow(ids []uint64, keep uint64) error {
@@ -735,13 +754,59 @@ func (l *Log) syncer() {
 // it (fsync always), wakes the appenders and rotates a full segment.
 func (l *Log) flush() {
 	l.mu.Lock()
-	buf, b, evs, count := l.pend, l.batch, l.pendEvents, l.pendCount
-	if len(buf) == 0 && b == nil {
+	if len(l.pend) == 0 && l.batch == nil {
 		l.mu.Unlock()
 		return
 	}
-	l.pend, l.batch, l.pendEvents, l.pendCount = l.spare[:0], nil, l.spareEvs[:0], 0
+	p := l.takePendingLocked(l.spare[:0], l.spareEvs[:0])
+	l.mu.Unlock()
+	err := l.commit(p)
+	l.spare, l.spareEvs = p.buf[:0], p.evs[:0]
+	l.mu.Lock()
+	dead := l.seg.off - l.liveBytes
+	l.mu.Unlock()
+	if err == nil && dead >= l.opts.SegmentSize {
+		absorbed, rerr := l.rotate()
+		if absorbed != nil {
+			l.complete(absorbed)
+		}
+		// Logged when rotation starts and stops failing, not at every
+		// flush: a full disk would otherwise log at the append rate.
+		switch {
+		case rerr != nil && !l.rotateFailing:
+			l.rotateFailing = true
+			l.opts.Logger.Error("wal: cannot start a new segment; appends continue in the current one", "file", l.seg.name, "err", rerr)
+		case rerr == nil && l.rotateFailing:
+			l.rotateFailing = false
+			l.opts.Logger.Info("wal: new segment started again", "file", l.seg.name)
+		}
+	}
+}
+
+// pending is the append buffer taken whole: its records, the batch waiting
+// for them, the seqs of its events and its record count.
+type pending struct {
+	buf   []byte
+	b     *batch
+	evs   []uint64
+	count int
+}
+
+// takePendingLocked takes the append buffer, leaving buf and evs (empty)
+// in its place. Called with l.mu held.
+func (l *Log) takePendingLocked(buf []byte, evs []uint64) pending {
+	p := pending{buf: l.pend, b: l.batch, evs: l.pendEvents, count: l.pendCount}
+	l.pend, l.batch, l.pendEvents, l.pendCount = buf, nil, evs, 0
+	return p
+}
+
+// commit writes p at the end of the current segment, syncs it if a
+// caller waits for that, and completes its batch; it returns the write's
+// or sync's error. Only the syncer calls it.
+func (l *Log) commit(p pending) error {
+	buf, b, evs, count := p.buf, p.b, p.evs, p.count
 	base := l.seg.off
+	l.mu.Lock()
 	for _, s := range evs {
 		if r := l.live.ref(s); r != nil && r.seg == inPending {
 			r.seg, r.off = l.seg.id, base+r.off
@@ -788,34 +853,16 @@ func (l *Log) flush() {
 			l.opts.Logger.Error("wal: storage failing; appends are refused until a write and sync succeed", "file", l.seg.name, "err", err)
 		}
 		l.forget(evs)
+		l.carry(buf)
 	case l.storageFailing && b != nil:
 		l.storageFailing = false
 		l.opts.Logger.Info("wal: storage recovered", "file", l.seg.name)
 	}
-	l.spare, l.spareEvs = buf[:0], evs[:0]
 	if b != nil {
 		b.err, b.sync, b.records = err, syncDur, count
 		l.complete(b)
 	}
-	l.mu.Lock()
-	dead := l.seg.off - l.liveBytes
-	l.mu.Unlock()
-	if err == nil && dead >= l.opts.SegmentSize {
-		absorbed, rerr := l.rotate()
-		if absorbed != nil {
-			l.complete(absorbed)
-		}
-		// Logged when rotation starts and stops failing, not at every
-		// flush: a full disk would otherwise log at the append rate.
-		switch {
-		case rerr != nil && !l.rotateFailing:
-			l.rotateFailing = true
-			l.opts.Logger.Error("wal: cannot start a new segment; appends continue in the current one", "file", l.seg.name, "err", rerr)
-		case rerr == nil && l.rotateFailing:
-			l.rotateFailing = false
-			l.opts.Logger.Info("wal: new segment started again", "file", l.seg.name)
-		}
-	}
+	return err
 }
 
 // write puts buf at base, first cutting any bytes a failed write left.
@@ -861,6 +908,50 @@ func (l *Log) forget(evs []uint64) {
 	l.ids = slices.DeleteFunc(l.ids, func(id MsgID) bool { return failed[id.Seq] })
 }
 
+// carry puts the deliveries, acks and nacks of buf, a write that failed
+// and was cut, back at the head of the append buffer. Their effect on the
+// live set stays, so the disk must get them too: a later sync that
+// succeeds then covers them, and an ack reported as failed does not leave
+// its event live on disk for good. (A record of an event forgotten with
+// the same write is harmless: replay ignores a settle of an unknown seq.)
+// The records go with the next flush, which a new record, a SyncAsync, a
+// tick or Close brings; they are not retried on their own, so a failing
+// disk is not hammered.
+func (l *Log) carry(buf []byte) {
+	var kept []byte
+	n := 0
+	for off := 0; off < len(buf); {
+		typ, _, size, err := DecodeRecord(buf[off:], l.opts.MaxRecord)
+		if err != nil {
+			// The buffer is the log's own encoding: this is a bug, and
+			// the rest cannot be framed.
+			l.opts.Logger.Error("wal: cannot re-frame the records of a failed write", "file", l.seg.name, "err", err)
+			break
+		}
+		switch typ {
+		case recDeliver, recAck, recNack:
+			kept = append(kept, buf[off:off+size]...)
+			n++
+		}
+		off += size
+	}
+	if n == 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	// The events appended since are addressed by their offset in the
+	// buffer, which moves up by what goes in front of them.
+	shift := int64(len(kept))
+	for _, s := range l.pendEvents {
+		if r := l.live.ref(s); r != nil && r.seg == inPending {
+			r.off += shift
+		}
+	}
+	l.pend = append(kept, l.pend...)
+	l.pendCount += n
+}
+
 func (l *Log) intervalSync() {
 	if !l.dirtySync {
 		return
@@ -881,11 +972,15 @@ func (l *Log) intervalSync() {
 
 // rotate starts a new segment holding the dedupe window and copies of
 // every live event, then deletes the old one. The copies carry the
-// delivery state in memory, which already counts the records still in the
+// delivery state in memory, which already counts the records in the
 // append buffer, so the buffer is absorbed: its appenders are answered by
-// the new segment's sync. It holds l.mu throughout, so appends wait for
-// one segment write and sync. It returns the absorbed batch, which the
-// caller completes once l.mu is released.
+// the new segment's sync. Only the snapshot of that state and the switch
+// to the new segment take l.mu; the segment is written and synced, and
+// the copies read from the old one, without it, so that appends do not
+// wait for the disk. Records taken meanwhile wait in the append buffer
+// (the syncer is busy here) and go to the new segment after the copies,
+// which carry the state before them. It returns the absorbed batch, which
+// the caller completes.
 func (l *Log) rotate() (absorbed *batch, err error) {
 	if l.seg.off > l.seg.synced || l.dirtySync {
 		// The old segment must end cleanly: if a crash leaves both files,
@@ -895,65 +990,118 @@ func (l *Log) rotate() (absorbed *batch, err error) {
 		}
 		l.seg.synced, l.dirtySync, l.unsynced = l.seg.off, false, 0
 	}
+	old := l.seg
+
+	// The snapshot: the window's msg ids, each live event's state, and
+	// the append buffer, whose events are copied from it.
+	type stored struct {
+		seq  uint64
+		off  int64
+		size int32
+		progress
+	}
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	cutoff := l.opts.Now().Add(-l.opts.DedupeWindow)
 	i := 0
 	for i < len(l.ids) && l.ids[i].AcceptedAt.Before(cutoff) {
 		i++
 	}
 	l.ids = slices.Delete(l.ids, 0, i)
-
-	old := l.seg
+	ids := slices.Clone(l.ids)
+	nextSeq := l.nextSeq
+	p := l.takePendingLocked(nil, nil)
 	copies := make([]eventBody, 0, l.live.len())
+	var inOld []stored
+	var perr error
 	for seq, r := range l.live.all() {
-		var raw []byte
-		if r.seg == inPending {
-			raw = l.pend[r.off : r.off+int64(r.size)]
-		} else {
-			raw = make([]byte, r.size)
-			if _, err := old.f.ReadAt(raw, r.off); err != nil {
-				return nil, fmt.Errorf("read seq %d from %s at offset %d: %w: %w", seq, old.name, r.off, ErrStorage, err)
-			}
+		if r.seg != inPending {
+			inOld = append(inOld, stored{seq, r.off, r.size, r.progress})
+			continue
 		}
-		typ, body, _, err := DecodeRecord(raw, l.opts.MaxRecord)
-		if err == nil && typ != recEvent {
-			err = fmt.Errorf("%w %d, want an event", errType, typ)
-		}
-		var ev eventBody
-		if err == nil {
-			ev, err = parseEvent(body)
-		}
+		ev, err := l.parseCopy(p.buf[r.off:r.off+int64(r.size)], "the append buffer", r.off, seq)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s at offset %d (seq %d): %w", ErrCorrupt, old.name, r.off, seq, err)
+			perr = err
+			break
 		}
 		ev.progress = r.progress
 		copies = append(copies, ev)
 	}
-	slices.SortFunc(copies, func(a, b eventBody) int { return cmp.Compare(a.seq, b.seq) })
-	// startSegment reuses l.spare, which is free here: the syncer is
-	// between writes and the append buffer is l.pend.
-	l.seg.f = nil // kept open until the copies are synced
-	start := time.Now()
-	if err := l.startSegment(old.id+1, copies); err != nil {
-		l.seg = old
+	l.mu.Unlock()
+
+	fail := func(err error) (*batch, error) {
+		// The buffer goes to the old segment after all, ahead of what
+		// came since.
+		l.commit(p)
 		return nil, err
 	}
-	syncDur := time.Since(start)
-	b, count := l.batch, l.pendCount
-	l.pend, l.batch, l.pendEvents, l.pendCount = l.pend[:0], nil, l.pendEvents[:0], 0
-	if l.opts.OnSync != nil {
-		l.opts.OnSync(SyncInfo{Duration: syncDur, Records: count + len(copies), Bytes: int(l.seg.off)})
+	if perr != nil {
+		return fail(perr)
 	}
-	if b != nil {
-		b.sync, b.records = syncDur, count
+	for _, st := range inOld {
+		raw := make([]byte, st.size)
+		if _, err := old.f.ReadAt(raw, st.off); err != nil {
+			return fail(fmt.Errorf("read seq %d from %s at offset %d: %w: %w", st.seq, old.name, st.off, ErrStorage, err))
+		}
+		ev, err := l.parseCopy(raw, old.name, st.off, st.seq)
+		if err != nil {
+			return fail(err)
+		}
+		ev.progress = st.progress
+		copies = append(copies, ev)
+	}
+	slices.SortFunc(copies, func(a, b eventBody) int { return cmp.Compare(a.seq, b.seq) })
+	start := time.Now()
+	ns, err := l.writeSegment(old.id+1, nextSeq, ids, copies)
+	if err != nil {
+		return fail(err)
+	}
+	syncDur := time.Since(start)
+
+	// The switch: the events still live now live in the new segment;
+	// those acked since are dead bytes there, and their acks follow.
+	l.mu.Lock()
+	for i, ev := range copies {
+		r := l.live.ref(ev.seq)
+		if r == nil {
+			continue
+		}
+		size := ns.offs[i+1] - ns.offs[i]
+		l.liveBytes += size - int64(r.size)
+		r.seg, r.off, r.size = ns.seg.id, ns.offs[i], int32(size)
+	}
+	l.seg = ns.seg
+	l.truncTo = -1
+	l.mu.Unlock()
+
+	if l.opts.OnSync != nil {
+		l.opts.OnSync(SyncInfo{Duration: syncDur, Records: p.count + len(copies), Bytes: int(ns.seg.off)})
+	}
+	if p.b != nil {
+		p.b.sync, p.b.records = syncDur, p.count
 	}
 	old.f.Close()
 	// Every older segment, not only the last one: a removal that failed
 	// at an earlier rotation is retried here.
-	ids, err := listSegments(l.opts.FS, l.dir)
+	segs, err := listSegments(l.opts.FS, l.dir)
 	if err != nil {
-		return b, err
+		return p.b, err
 	}
-	return b, l.removeSegmentsBelow(ids, l.seg.id)
+	return p.b, l.removeSegmentsBelow(segs, l.seg.id)
+}
+
+// parseCopy decodes the event record raw of seq, read from where at off,
+// for its copy in a new segment.
+func (l *Log) parseCopy(raw []byte, where string, off int64, seq uint64) (eventBody, error) {
+	typ, body, _, err := DecodeRecord(raw, l.opts.MaxRecord)
+	if err == nil && typ != recEvent {
+		err = fmt.Errorf("%w %d, want an event", errType, typ)
+	}
+	var ev eventBody
+	if err == nil {
+		ev, err = parseEvent(body)
+	}
+	if err != nil {
+		return eventBody{}, fmt.Errorf("%w: %s at offset %d (seq %d): %w", ErrCorrupt, where, off, seq, err)
+	}
+	return ev, nil
 }
