@@ -169,7 +169,7 @@ func TestBudgetHoldsUnderFloodAndTrickle(t *testing.T) {
 		}
 	}
 	good.nc.Close()
-	testkit.Eventually(t, "every connection closed", func() bool { return ts.srv.Connections() == 0 })
+	testkit.Eventually(t, "every connection closed", ts.gone)
 	testkit.Eventually(t, "every byte released", func() bool { return ts.srv.Buffered() == 0 })
 
 	if peak := stop(); peak > budgetSize {

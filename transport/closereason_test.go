@@ -73,7 +73,7 @@ func TestClientGoneWhileNotReadingIsClientClosed(t *testing.T) {
 		testkit.Eventually(t, "the read loop held by unread output", sc.readerHeldByOutput)
 		c.nc.Close()
 		<-writeErr // fails once closed; the server stopped reading long before
-		testkit.Eventually(t, "the connection forgotten", func() bool { return ts.srv.Connections() == 0 })
+		testkit.Eventually(t, "the connection forgotten", ts.gone)
 	}
 	got := closedByReason(t, reader)
 	if got[CloseClientGone] != rounds || got[CloseSlowConsumer] != 0 || got[CloseWriteError] != 0 {

@@ -51,5 +51,5 @@ func TestFrameBoundaries(t *testing.T) {
 		t.Fatalf("a frame of %d bytes got %+v, want frame_too_large", limit+1, m)
 	}
 	c.expectEOF()
-	testkit.Eventually(t, "the connection's bytes released", func() bool { return ts.srv.Connections() == 0 && ts.srv.Buffered() == ts.queuedBytes("data") })
+	testkit.Eventually(t, "the connection's bytes released", func() bool { return ts.gone() && ts.srv.Buffered() == ts.queuedBytes("data") })
 }

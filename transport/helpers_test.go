@@ -198,6 +198,15 @@ func (ts *testServer) onlyConn(t *testing.T) *conn {
 	return c
 }
 
+// gone reports whether the server has forgotten every connection: not
+// only stopped counting it (Connections drops as soon as a connection
+// starts closing), but ended its goroutines and counted its close.
+func (ts *testServer) gone() bool {
+	ts.srv.mu.Lock()
+	defer ts.srv.mu.Unlock()
+	return len(ts.srv.conns) == 0
+}
+
 // readerHeldByWaitCap reports whether c's read loop is parked because
 // MaxWaitingPublishes of its publishes are waiting.
 func (c *conn) readerHeldByWaitCap() bool {

@@ -238,7 +238,7 @@ func TestRejectionFloodDoesNotStallAccepting(t *testing.T) {
 	t.Logf("%d of %d flood connections got the frame, the rest were closed at once", framed, flood)
 
 	holder.nc.Close()
-	testkit.Eventually(t, "the holder to be forgotten", func() bool { return ts.srv.Connections() == 0 })
+	testkit.Eventually(t, "the holder to be forgotten", ts.gone)
 	next := dialRaw(t, ts.path)
 	next.expectReply(next.roundTrip(`{"op":"ping","id":1}`), 1, protocol.StatusOK)
 }

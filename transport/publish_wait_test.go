@@ -139,7 +139,7 @@ func TestCloseWithdrawsWaitsOnEveryQueue(t *testing.T) {
 		return st["data"].Waiting == 4 && st["signal"].Waiting == 4 && st["order"].Waiting == 4
 	})
 	c.nc.Close()
-	testkit.Eventually(t, "connection gone", func() bool { return ts.srv.Connections() == 0 })
+	testkit.Eventually(t, "connection gone", ts.gone)
 	for q, st := range ts.bus.Stats() {
 		if st.Waiting != 0 || st.Size != 1 || st.Published[bus.Cancelled] != 4 {
 			t.Errorf("queue %s: waiting=%d size=%d cancelled=%d, want 0, 1 and 4", q, st.Waiting, st.Size, st.Published[bus.Cancelled])

@@ -320,7 +320,7 @@ func TestClosedConnectionWithdrawsWaitingPublishes(t *testing.T) {
 	testkit.Eventually(t, "publish 2 waiting", func() bool { return ts.bus.Stats()["order"].Waiting == 1 })
 	c.nc.Close()
 	testkit.Eventually(t, "waiting publish withdrawn", func() bool { return ts.bus.Stats()["order"].Waiting == 0 })
-	testkit.Eventually(t, "connection gone", func() bool { return ts.srv.Connections() == 0 })
+	testkit.Eventually(t, "connection gone", ts.gone)
 	con := dialRaw(t, ts.path)
 	con.expectReply(con.roundTrip(`{"op":"subscribe","id":1,"queue":"order","prefetch":8}`), 1, protocol.StatusOK)
 	if d := con.recv(); string(d.Deliver.Payload) != "1" {
@@ -406,7 +406,7 @@ func TestClientDisconnectMidFrame(t *testing.T) {
 	c.expectReply(c.roundTrip(`{"op":"ping","id":1}`), 1, protocol.StatusOK)
 	c.nc.Write([]byte(`{"op":"publish","id":2,"type":"T","payl`)) //nolint:errcheck
 	c.nc.Close()
-	testkit.Eventually(t, "connection dropped", func() bool { return ts.srv.Connections() == 0 })
+	testkit.Eventually(t, "connection dropped", ts.gone)
 	if n := ts.bus.Stats()["data"].Size; n != 0 {
 		t.Fatalf("a half frame was published (data size %d)", n)
 	}
