@@ -813,8 +813,9 @@ func (c *conn) appendOutput(credit int64, appendFrame func([]byte) []byte, mayWr
 	}
 	// The write loop is parked (it was when the write began, and it parks
 	// again if woken meanwhile): wake it if there is anything for it, or
-	// if the buffers grew and it does not wait to drop them yet.
-	wake := len(c.obuf) > 0 || c.oclosed || c.dead || (!c.shrinking && c.outputGrown())
+	// if the buffers or the bookkeeping grew and it does not wait to
+	// shrink them yet.
+	wake := len(c.obuf) > 0 || c.oclosed || c.dead || (!c.shrinking && (c.outputGrown() || c.bookGrown.Load()))
 	c.writerIdle = !wake
 	c.omu.Unlock()
 	c.s.budget.charge(c, -int64(released), 0)
@@ -928,9 +929,13 @@ func (c *conn) shrinkWhenIdle() {
 			c.spare = nil
 		}
 	}
-	live := slices.Clone(c.live)
+	book := c.bookGrown.Swap(false)
+	var live []*subscription
+	if book {
+		live = slices.Clone(c.live)
+	}
 	c.omu.Unlock()
-	if c.bookGrown.Swap(false) {
+	if book {
 		still := c.waits.shrink()
 		for _, sub := range live {
 			sub.mu.Lock()

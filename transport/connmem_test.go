@@ -19,6 +19,7 @@ import (
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
 	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
+	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
 // connWork is what each measured connection does before it goes idle.
@@ -285,4 +286,42 @@ func BenchmarkConnectionMemory(b *testing.B) {
 			b.ReportMetric(rssSum/float64(b.N), "rss-B/conn")
 		})
 	}
+}
+
+// TestBookkeepingShrinksAfterBurst: a subscription's bookkeeping of
+// in-flight deliveries that grew past shrinkMapsAbove is rebuilt small
+// once they are acked and the connection is idle, also when every
+// delivery went out on its own, written by the pump, and the acks have no
+// reply: nothing else then wakes the write loop that shrinks it.
+func TestBookkeepingShrinksAfterBurst(t *testing.T) {
+	const n = 2 * shrinkMapsAbove
+	ts := startServer(t)
+	con := dialRaw(t, ts.path)
+	con.expectReply(con.roundTrip(`{"op":"subscribe","id":1,"queue":"data","prefetch":%d}`, n), 1, protocol.StatusOK)
+	sc := ts.onlyConn(t)
+	pub := dialRaw(t, ts.path)
+	seqs := make([]uint64, 0, n)
+	for i := int64(1); i <= n; i++ {
+		pub.expectReply(pub.roundTrip(`{"op":"publish","id":%d,"queue":"data","type":"X","payload":{}}`, i), i, protocol.StatusAccepted)
+		m := con.recv()
+		if m.Op != protocol.OpDeliver {
+			t.Fatalf("got %+v, want a delivery", m)
+		}
+		seqs = append(seqs, m.Deliver.Seq)
+	}
+	sc.omu.Lock()
+	sub := sc.live[0]
+	sc.omu.Unlock()
+	peak := func() int {
+		sub.mu.Lock()
+		defer sub.mu.Unlock()
+		return sub.costs.peak
+	}
+	if got := peak(); got != n {
+		t.Fatalf("the subscription's bookkeeping peaked at %d deliveries, want %d", got, n)
+	}
+	for _, seq := range seqs {
+		con.send(`{"op":"ack","queue":"data","seq":%d}`, seq)
+	}
+	testkit.Eventually(t, "the bookkeeping shrunk", func() bool { return peak() == 0 && !sc.bookGrown.Load() })
 }
