@@ -75,6 +75,16 @@ type conn struct {
 	oclosed    bool // no more output will be produced
 	dead       bool // output is discarded (write failed or forced close)
 	writerIdle bool
+	// shrinking is set while the write loop waits, idle, to drop buffers
+	// grown for a burst (shrinkWhenIdle); shrinkTimer is its timer.
+	shrinking   bool
+	shrinkTimer *time.Timer // write loop only
+	// bookGrown says that the bookkeeping of waiting publishes or of a
+	// subscription's deliveries grew for a burst: the write loop shrinks
+	// it along with the output buffers once idle. live is the
+	// subscriptions, for that (subs is the read loop's), under omu.
+	bookGrown atomic.Bool
+	live      []*subscription
 	// inline is set while a producer writes the output on its own
 	// goroutine (appendOutput); the write loop leaves the socket alone
 	// meanwhile.
@@ -499,7 +509,9 @@ func (c *conn) publish(req *protocol.Request) {
 		return
 	}
 	c.spareCall = nil // the bus calls it later
-	c.waits.add(call.n, call.id, cost, p)
+	if c.waits.add(call.n, call.id, cost, p) {
+		c.bookGrown.Store(true)
+	}
 }
 
 // pubCall is one publish's done callback. The read loop reuses it after an
@@ -628,8 +640,11 @@ func (c *conn) subscribe(req *protocol.Request) {
 		return
 	}
 	ctx, cancel := context.WithCancel(c.ctx)
-	sub := &subscription{c: c, queue: req.Queue, cons: cons, ctx: ctx, cancel: cancel, done: make(chan struct{}), costs: make(map[uint64]int64)}
+	sub := &subscription{c: c, queue: req.Queue, cons: cons, ctx: ctx, cancel: cancel, done: make(chan struct{})}
 	c.subs[req.Queue] = sub
+	c.omu.Lock()
+	c.live = append(c.live, sub)
+	c.omu.Unlock()
 	// The reply goes out before the pump starts, so it precedes every
 	// delivery of this subscription on the wire.
 	c.reply(req.ID, protocol.StatusOK)
@@ -797,8 +812,10 @@ func (c *conn) appendOutput(credit int64, appendFrame func([]byte) []byte, mayWr
 		c.room.Broadcast()
 	}
 	// The write loop is parked (it was when the write began, and it parks
-	// again if woken meanwhile): wake it if there is anything for it.
-	wake := len(c.obuf) > 0 || c.oclosed || c.dead
+	// again if woken meanwhile): wake it if there is anything for it, or
+	// if the buffers or the bookkeeping grew and it does not wait to
+	// shrink them yet.
+	wake := len(c.obuf) > 0 || c.oclosed || c.dead || (!c.shrinking && (c.outputGrown() || c.bookGrown.Load()))
 	c.writerIdle = !wake
 	c.omu.Unlock()
 	c.s.budget.charge(c, -int64(released), 0)
@@ -859,35 +876,77 @@ func (c *conn) waitRoom(ctx context.Context) bool {
 	return !c.dead && ctx.Err() == nil
 }
 
-// shrinkOutputBuffer: an output buffer grown past this is dropped rather
-// than kept for reuse once the burst it was grown for is over.
-const shrinkOutputBuffer = 64 << 10
+// shrinkOutputBuffer: an output buffer grown past this for a burst is
+// dropped once the output has been idle for shrinkIdleAfter, rather than
+// kept for reuse: kept, it would hold the burst's memory for as long as
+// the connection stays open, outside both the budget and
+// ConnectionMemory. An idle connection's output fits in less.
+const shrinkOutputBuffer = 8 << 10
 
 // shrinkIdleAfter is how long the output stays idle before buffers grown
 // for a burst are dropped: a busy connection goes idle between writes
-// all the time and would otherwise grow them again and again.
+// all the time, and dropping them at once would make it grow new ones
+// for every batch (BenchmarkSocketPublish allocated four times the bytes
+// per event that way).
 const shrinkIdleAfter = time.Second
 
-// shrinkWhenIdle waits for output, and drops the large buffers if none
-// comes within shrinkIdleAfter. Write loop only.
+// outputGrown reports whether an output buffer is larger than
+// shrinkOutputBuffer. Under omu.
+func (c *conn) outputGrown() bool {
+	return cap(c.obuf) > shrinkOutputBuffer || cap(c.spare) > shrinkOutputBuffer
+}
+
+// shrinkWhenIdle waits for output, and drops the grown buffers and
+// shrinks the grown bookkeeping if none comes within shrinkIdleAfter.
+// Write loop only.
 func (c *conn) shrinkWhenIdle() {
-	t := time.NewTimer(shrinkIdleAfter)
+	// One timer for the connection's life, so that a connection that
+	// batches more than shrinkOutputBuffer and goes idle between its
+	// writes allocates nothing for it.
+	if c.shrinkTimer == nil {
+		c.shrinkTimer = time.NewTimer(shrinkIdleAfter)
+	} else {
+		c.shrinkTimer.Reset(shrinkIdleAfter)
+	}
 	select {
 	case <-c.wake:
-		t.Stop()
+		c.shrinkTimer.Stop()
+		c.omu.Lock()
+		c.shrinking = false
+		c.omu.Unlock()
 		return
-	case <-t.C:
+	case <-c.shrinkTimer.C:
 	}
 	c.omu.Lock()
-	if len(c.obuf) == 0 {
-		if cap(c.obuf) > shrinkOutputBuffer {
+	c.shrinking = false
+	// During an inline write one of the buffers is the writer's; it wakes
+	// this loop when it is done, and the wait starts again.
+	if !c.inline {
+		if len(c.obuf) == 0 && cap(c.obuf) > shrinkOutputBuffer {
 			c.obuf = nil
 		}
 		if cap(c.spare) > shrinkOutputBuffer {
 			c.spare = nil
 		}
 	}
+	book := c.bookGrown.Swap(false)
+	var live []*subscription
+	if book {
+		live = slices.Clone(c.live)
+	}
 	c.omu.Unlock()
+	if book {
+		still := c.waits.shrink()
+		for _, sub := range live {
+			sub.mu.Lock()
+			still = sub.costs.shrink() || still
+			sub.mu.Unlock()
+		}
+		if still {
+			// Not a quarter of it free yet: try again when next idle.
+			c.bookGrown.Store(true)
+		}
+	}
 }
 
 // writeLoop writes queued output until the connection is closed and its
@@ -904,9 +963,10 @@ func (c *conn) writeLoop() {
 				return
 			}
 			c.writerIdle = true
-			large := cap(c.obuf) > shrinkOutputBuffer || cap(c.spare) > shrinkOutputBuffer
+			grown := c.outputGrown() || c.bookGrown.Load()
+			c.shrinking = grown
 			c.omu.Unlock()
-			if large {
+			if grown {
 				c.shrinkWhenIdle()
 				continue
 			}
@@ -975,15 +1035,15 @@ type subscription struct {
 	// costs holds each unacked delivery's budget cost by seq, so that its
 	// ack releases the bytes its publish reserved.
 	mu    sync.Mutex
-	costs map[uint64]int64
+	costs shrinkingMap[uint64, int64]
 }
 
 // settled forgets delivery seq; with ack its bytes leave the budget (a
 // nacked event is back in its queue and stays counted).
 func (s *subscription) settled(seq uint64, ack bool) {
 	s.mu.Lock()
-	cost, ok := s.costs[seq]
-	delete(s.costs, seq)
+	cost, ok := s.costs.get(seq)
+	s.costs.delete(seq)
 	s.mu.Unlock()
 	if ok && ack {
 		s.c.s.budget.acked(s.queue, cost)
@@ -1007,8 +1067,11 @@ func (s *subscription) pump() {
 			return
 		}
 		s.mu.Lock()
-		s.costs[d.Seq] = eventCost(len(d.Event.Payload), d.Event.Type)
+		grown := s.costs.put(d.Seq, eventCost(len(d.Event.Payload), d.Event.Type))
 		s.mu.Unlock()
+		if grown {
+			c.bookGrown.Store(true)
+		}
 		// The frame's bytes are reserved before it is written, so that
 		// deliveries too stay inside the budget; the event stays in flight
 		// meanwhile.
@@ -1048,6 +1111,7 @@ func (s *subscription) stop() {
 	s.cancel()
 	s.c.omu.Lock()
 	s.c.room.Broadcast()
+	s.c.live = slices.DeleteFunc(s.c.live, func(l *subscription) bool { return l == s })
 	s.c.omu.Unlock()
 	<-s.done
 	s.cons.Close()

@@ -29,9 +29,10 @@ const (
 	// /memory/classes/total minus heap/released): 18 KiB for a connection
 	// idle after a ping, 57 KiB for a consumer (prefetch 16) that
 	// published and acked 64 small events, 62 KiB with the race detector.
-	// make soak found about 56 KiB a connection beside the budget. A
-	// consumer with a large prefetch keeps more after a burst (see
-	// docs/performance.md).
+	// make soak found about 56 KiB a connection beside the budget. What a
+	// burst makes a connection grow is given back once its output has
+	// been idle for shrinkIdleAfter: a consumer at prefetch 256 holds
+	// about 40 KiB after a burst of 512 events.
 	ConnectionMemory = 72 << 10
 	// QueueMemory is the most a queue's dedupe window holds:
 	// bus.MaxDedupeIDs msg ids of about 350 bytes each (measured), reached

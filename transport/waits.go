@@ -19,7 +19,7 @@ type publishWaits struct {
 	changed *sync.Cond // signalled when a wait ends or stop is called
 	// byID holds the waiting publishes by request id: a client that reuses
 	// an id has several, told apart by their publish number.
-	byID  map[int64][]waitRef
+	byID  shrinkingMap[int64, []waitRef]
 	n     int   // publishes in byID
 	bytes int64 // their budget costs
 	// early is the number of a publish answered before add could store
@@ -39,22 +39,33 @@ type waitRef struct {
 }
 
 func newPublishWaits() *publishWaits {
-	w := &publishWaits{byID: make(map[int64][]waitRef)}
+	w := &publishWaits{}
 	w.changed = sync.NewCond(&w.mu)
 	return w
 }
 
 // add records publish n (request id), whose event costs cost bytes, as
-// waiting, unless resolve has already answered it.
-func (w *publishWaits) add(n uint64, id int64, cost int64, p *bus.Pending) {
+// waiting, unless resolve has already answered it. It reports whether
+// the bookkeeping just grew large enough to be worth a shrink.
+func (w *publishWaits) add(n uint64, id int64, cost int64, p *bus.Pending) (grown bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.early == n {
-		return
+		return false
 	}
-	w.byID[id] = append(w.byID[id], waitRef{n: n, cost: cost, p: p})
+	refs, _ := w.byID.get(id)
+	grown = w.byID.put(id, append(refs, waitRef{n: n, cost: cost, p: p}))
 	w.n++
 	w.bytes += cost
+	return grown
+}
+
+// shrink gives back the room of a burst of waits that is over, and
+// reports whether the bookkeeping is still large (see shrinkingMap).
+func (w *publishWaits) shrink() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.byID.shrink()
 }
 
 // resolve removes publish n (request id) once the bus has answered it. A
@@ -64,7 +75,7 @@ func (w *publishWaits) add(n uint64, id int64, cost int64, p *bus.Pending) {
 func (w *publishWaits) resolve(n uint64, id int64) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	refs := w.byID[id]
+	refs, _ := w.byID.get(id)
 	i := slices.IndexFunc(refs, func(r waitRef) bool { return r.n == n })
 	if i < 0 {
 		w.early = n
@@ -72,9 +83,9 @@ func (w *publishWaits) resolve(n uint64, id int64) {
 	}
 	w.bytes -= refs[i].cost
 	if len(refs) == 1 {
-		delete(w.byID, id)
+		w.byID.delete(id)
 	} else {
-		w.byID[id] = slices.Delete(refs, i, i+1)
+		w.byID.put(id, slices.Delete(refs, i, i+1))
 	}
 	w.n--
 	if w.sleeping {
@@ -87,8 +98,9 @@ func (w *publishWaits) resolve(n uint64, id int64) {
 func (w *publishWaits) withID(id int64) []*bus.Pending {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	ps := make([]*bus.Pending, 0, len(w.byID[id]))
-	for _, r := range w.byID[id] {
+	refs, _ := w.byID.get(id)
+	ps := make([]*bus.Pending, 0, len(refs))
+	for _, r := range refs {
 		ps = append(ps, r.p)
 	}
 	return ps
@@ -99,7 +111,7 @@ func (w *publishWaits) all() []*bus.Pending {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	ps := make([]*bus.Pending, 0, w.n)
-	for _, refs := range w.byID {
+	for _, refs := range w.byID.all {
 		for _, r := range refs {
 			ps = append(ps, r.p)
 		}
