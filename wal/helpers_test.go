@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -102,7 +103,8 @@ type faultFS struct {
 	// syncErr fails every Sync while set.
 	syncErr error
 	// gate, when set, makes Sync wait until it is closed; with gateName,
-	// only the Sync of that file, counted in gated.
+	// only the Sync of that file (or of its temporary name, which a new
+	// segment is written under), counted in gated.
 	gate     chan struct{}
 	gateName string
 	gated    int
@@ -112,6 +114,14 @@ type faultFS struct {
 	// noSync skips the real fdatasync, for tests of logic that do not
 	// crash the machine and would otherwise wait on the disk.
 	noSync bool
+	// removeErr fails every Remove of a segment while set.
+	removeErr error
+	// crashAtRemove, when positive, counts down the Removes of segments;
+	// the one that brings it to zero is where the process dies: neither
+	// it nor any later change (write, truncate, creation, rename,
+	// removal) reaches the disk, and syncs do nothing and succeed.
+	crashAtRemove int
+	crashed       bool
 }
 
 func newFaultFS() *faultFS { return &faultFS{budget: -1} }
@@ -129,11 +139,47 @@ func (f *faultFS) syncCount() int {
 }
 
 func (f *faultFS) OpenFile(name string, flag int, perm os.FileMode) (File, error) {
+	if flag&os.O_CREATE != 0 && f.dead() {
+		return lostFile{}, nil
+	}
 	file, err := f.OSFS.OpenFile(name, flag, perm)
 	if err != nil {
 		return nil, err
 	}
 	return &faultFile{File: file, fs: f, name: name}, nil
+}
+
+// dead says the process has "crashed" (crashAtRemove): nothing reaches
+// the disk any more.
+func (f *faultFS) dead() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.crashed
+}
+
+func (f *faultFS) Remove(name string) error {
+	f.mu.Lock()
+	isSeg := strings.HasSuffix(name, ".wal")
+	if isSeg && f.crashAtRemove > 0 {
+		f.crashAtRemove--
+		f.crashed = f.crashAtRemove == 0
+	}
+	crashed, rerr := f.crashed, f.removeErr
+	f.mu.Unlock()
+	switch {
+	case crashed:
+		return nil
+	case isSeg && rerr != nil:
+		return &os.PathError{Op: "remove", Path: name, Err: rerr}
+	}
+	return f.OSFS.Remove(name)
+}
+
+func (f *faultFS) Rename(from, to string) error {
+	if f.dead() {
+		return nil
+	}
+	return f.OSFS.Rename(from, to)
 }
 
 // gatedCount counts the Syncs that reached the gate of gateName.
@@ -147,7 +193,7 @@ func (f *faultFS) SyncDir(dir string) error {
 	f.mu.Lock()
 	noSync := f.noSync
 	f.mu.Unlock()
-	if noSync {
+	if noSync || f.dead() {
 		return nil
 	}
 	return f.OSFS.SyncDir(dir)
@@ -161,6 +207,10 @@ type faultFile struct {
 
 func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
 	f.fs.mu.Lock()
+	if f.fs.crashed {
+		f.fs.mu.Unlock()
+		return len(p), nil
+	}
 	limit := int64(len(p))
 	var ferr error
 	switch {
@@ -183,9 +233,9 @@ func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
 
 func (f *faultFile) Truncate(size int64) error {
 	f.fs.mu.Lock()
-	err := f.fs.truncErr
+	err, crashed := f.fs.truncErr, f.fs.crashed
 	f.fs.mu.Unlock()
-	if err != nil {
+	if err != nil || crashed {
 		return err
 	}
 	return f.File.Truncate(size)
@@ -196,21 +246,34 @@ func (f *faultFile) Sync() error {
 	gate, serr, noSync := f.fs.gate, f.fs.syncErr, f.fs.noSync
 	switch {
 	case f.fs.gateName == "":
-	case f.fs.gateName == f.name:
+	case f.fs.gateName == f.name, f.fs.gateName+".tmp" == f.name: // a new segment is synced before its rename
 		f.fs.gated++
 	default:
 		gate = nil
 	}
 	f.fs.syncs++
+	crashed := f.fs.crashed
 	f.fs.mu.Unlock()
 	if gate != nil {
 		<-gate
+	}
+	if crashed {
+		return nil
 	}
 	if serr != nil || noSync {
 		return serr
 	}
 	return f.File.Sync()
 }
+
+// lostFile is a file created after the crash: it never reaches the disk.
+type lostFile struct{}
+
+func (lostFile) ReadAt([]byte, int64) (int, error)      { return 0, io.EOF }
+func (lostFile) WriteAt(p []byte, _ int64) (int, error) { return len(p), nil }
+func (lostFile) Truncate(int64) error                   { return nil }
+func (lostFile) Sync() error                            { return nil }
+func (lostFile) Close() error                           { return nil }
 
 // waitFor polls cond until it holds, failing the test after a generous
 // bound (a hang, not a timing assertion). It is testkit.Eventually's job,
