@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -114,6 +115,11 @@ type faultFS struct {
 	// noSync skips the real fdatasync, for tests of logic that do not
 	// crash the machine and would otherwise wait on the disk.
 	noSync bool
+	// loseUnsynced makes a failed Sync do what Linux may do: drop the
+	// dirty pages it could not write and mark them clean. The bytes
+	// written to the file since its last successful Sync read back as
+	// zeros (what was on disk), and a later Sync succeeds without them.
+	loseUnsynced bool
 	// removeErr fails every Remove of a segment while set.
 	removeErr error
 	// crashAtRemove, when positive, counts down the Removes of segments;
@@ -146,7 +152,7 @@ func (f *faultFS) OpenFile(name string, flag int, perm os.FileMode) (File, error
 	if err != nil {
 		return nil, err
 	}
-	return &faultFile{File: file, fs: f, name: name}, nil
+	return &faultFile{File: file, fs: f, name: name, dirtyFrom: clean}, nil
 }
 
 // dead says the process has "crashed" (crashAtRemove): nothing reaches
@@ -199,10 +205,17 @@ func (f *faultFS) SyncDir(dir string) error {
 	return f.OSFS.SyncDir(dir)
 }
 
+// clean is a faultFile's dirtyFrom when nothing was written since its
+// last successful Sync.
+const clean = math.MaxInt64
+
 type faultFile struct {
 	File
 	fs   *faultFS
 	name string
+	// size is the file's size, and dirtyFrom the lowest offset written
+	// since the last successful Sync (both under fs.mu).
+	size, dirtyFrom int64
 }
 
 func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
@@ -223,6 +236,8 @@ func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
 	if f.fs.budget >= 0 {
 		f.fs.budget -= limit
 	}
+	f.dirtyFrom = min(f.dirtyFrom, off)
+	f.size = max(f.size, off+limit)
 	f.fs.mu.Unlock()
 	n, err := f.File.WriteAt(p[:limit], off)
 	if err == nil {
@@ -234,6 +249,9 @@ func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
 func (f *faultFile) Truncate(size int64) error {
 	f.fs.mu.Lock()
 	err, crashed := f.fs.truncErr, f.fs.crashed
+	if err == nil && !crashed {
+		f.size = size
+	}
 	f.fs.mu.Unlock()
 	if err != nil || crashed {
 		return err
@@ -260,10 +278,34 @@ func (f *faultFile) Sync() error {
 	if crashed {
 		return nil
 	}
-	if serr != nil || noSync {
+	if serr != nil {
+		if err := f.loseUnsynced(); err != nil {
+			return errors.Join(serr, err)
+		}
 		return serr
 	}
+	f.fs.mu.Lock()
+	f.dirtyFrom = clean
+	f.fs.mu.Unlock()
+	if noSync {
+		return nil
+	}
 	return f.File.Sync()
+}
+
+// loseUnsynced, after a failed Sync with loseUnsynced set, puts zeros
+// where the file was written since its last successful Sync, and counts
+// those bytes as clean.
+func (f *faultFile) loseUnsynced() error {
+	f.fs.mu.Lock()
+	defer f.fs.mu.Unlock()
+	if !f.fs.loseUnsynced || f.dirtyFrom >= f.size {
+		return nil
+	}
+	zeros := make([]byte, f.size-f.dirtyFrom)
+	_, err := f.File.WriteAt(zeros, f.dirtyFrom)
+	f.dirtyFrom = clean
+	return err
 }
 
 // lostFile is a file created after the crash: it never reaches the disk.

@@ -319,6 +319,14 @@ type Log struct {
 	unsynced  int   // records written since the last sync
 	truncTo   int64 // >= 0: a failed write left bytes past this offset
 	dirtySync bool  // interval mode: written bytes not yet synced
+	// dirty are the bytes written to the segment since its last
+	// successful sync ([seg.synced, seg.off), but for the flush being
+	// synced), and redo says a sync failed since: they must be written
+	// again before a sync may report them durable (rewrite). Bounded by
+	// what is written between two syncs: one interval's appends, or the
+	// deliveries and acks written without a sync before a rotation syncs.
+	dirty []byte
+	redo  bool
 	// dirUnsynced says the directory sync after the current segment's
 	// rename failed: its name may not be durable yet, so no sync reports
 	// success before a directory sync does.
@@ -848,18 +856,24 @@ func (l *Log) commit(p pending) error {
 	}
 	l.mu.Unlock()
 
+	wantSync := b != nil && (l.opts.Fsync == FsyncAlways || b.mustSync)
 	var err error
 	if len(buf) > 0 { // empty for a batch of SyncAsync calls alone
 		err = l.write(buf, base)
 	}
 	if err == nil {
 		l.unsynced += count
+		if !wantSync && len(buf) > 0 {
+			// Kept until a sync covers them. A flush synced at once needs
+			// no copy: if its sync fails, it is cut.
+			l.dirty = append(l.dirty, buf...)
+			l.dirtySync = true
+		}
 	}
 	var syncDur time.Duration
 	// A SyncAsync alone finds nothing to sync when nothing was written
 	// since the last sync.
-	syncNow := err == nil && b != nil && (l.opts.Fsync == FsyncAlways || b.mustSync)
-	if syncNow && (l.seg.off > l.seg.synced || l.dirtySync || l.dirUnsynced) {
+	if err == nil && wantSync && (l.seg.off > l.seg.synced || l.dirtySync || l.dirUnsynced) {
 		start := time.Now()
 		records, bytes := l.unsynced, int(l.seg.off-l.seg.synced)
 		serr := l.syncSegment()
@@ -870,12 +884,13 @@ func (l *Log) commit(p pending) error {
 		if serr != nil {
 			err = serr
 			// The records may or may not be on disk now; cut them so
-			// that what was reported as failed does not come back.
+			// that what was reported as failed does not come back. Those
+			// written before them since the last sync stay (l.dirty),
+			// to be written again before the next sync.
 			l.seg.off = base
+			l.unsynced -= count
 			l.truncateBack()
 		}
-	} else if err == nil && len(buf) > 0 {
-		l.dirtySync = true
 	}
 	switch {
 	case err != nil:
@@ -1002,8 +1017,12 @@ func (l *Log) intervalSync() {
 }
 
 // syncSegment makes the current segment durable: its directory entry, if
-// that is still pending, and its data. Only the syncer (and Close, after
-// it stopped) calls it.
+// that is still pending, and its data. After a failed fdatasync Linux
+// may have dropped the dirty pages it could not write and marked them
+// clean, so a later fdatasync would succeed without them: every byte
+// written since the last successful sync is written again first
+// (rewrite), and a sync reports success only for bytes that it wrote.
+// Only the syncer (and Close, after it stopped) calls it.
 func (l *Log) syncSegment() error {
 	if l.dirUnsynced {
 		if err := l.opts.FS.SyncDir(l.dir); err != nil {
@@ -1011,11 +1030,28 @@ func (l *Log) syncSegment() error {
 		}
 		l.dirUnsynced = false
 	}
+	if l.redo {
+		if _, err := l.seg.f.WriteAt(l.dirty, l.seg.synced); err != nil {
+			return fmt.Errorf("write %s again from offset %d after a failed sync: %w: %w", l.seg.name, l.seg.synced, ErrStorage, err)
+		}
+		l.redo = false
+	}
 	if err := l.seg.f.Sync(); err != nil {
+		l.redo = true
 		return fmt.Errorf("sync %s: %w: %w", l.seg.name, ErrStorage, err)
 	}
 	l.seg.synced, l.unsynced, l.dirtySync = l.seg.off, 0, false
+	l.clearDirty()
 	return nil
+}
+
+// clearDirty empties l.dirty, keeping its memory unless one busy interval
+// made it large.
+func (l *Log) clearDirty() {
+	if cap(l.dirty) > 1<<20 {
+		l.dirty = nil
+	}
+	l.dirty, l.redo = l.dirty[:0], false
 }
 
 // rotate starts a new segment holding the dedupe window and copies of
@@ -1120,6 +1156,7 @@ func (l *Log) rotate() (absorbed *batch, err error) {
 	l.seg = ns.seg
 	l.truncTo = -1
 	l.mu.Unlock()
+	l.clearDirty()
 	old.f.Close()
 
 	if l.opts.OnSync != nil {
