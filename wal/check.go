@@ -34,6 +34,9 @@ type SegmentReport struct {
 	// MovedTo is where Salvage moved the damaged file; the segment's name
 	// then holds only the records before the damage.
 	MovedTo string
+	// Superseded says a newer segment holds the whole state: this one is
+	// a left-over of a rotation, not read, and removed by the next Open.
+	Superseded bool
 }
 
 // Damaged says whether any segment has damage Open refuses.
@@ -51,6 +54,10 @@ func (r Report) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s: %d segment(s), %d unacked event(s), next seq %d\n", r.Dir, len(r.Segments), r.Live, r.NextSeq)
 	for _, s := range r.Segments {
+		if s.Superseded {
+			fmt.Fprintf(&b, "  %s: superseded by a newer segment, not read (removed at open)\n", filepath.Base(s.Name))
+			continue
+		}
 		fmt.Fprintf(&b, "  %s: %d bytes, %d records", filepath.Base(s.Name), s.Size, s.Records)
 		switch {
 		case s.TornBytes > 0:
@@ -94,7 +101,7 @@ func Check(ctx context.Context, dir string, opts Options) (Report, error) {
 func report(dir string, st *state) Report {
 	r := Report{Dir: dir, Live: len(st.live), NextSeq: st.nextSeq}
 	for _, s := range st.segs {
-		sr := SegmentReport{Name: s.name, Size: s.size, Records: s.records, ValidBytes: s.end}
+		sr := SegmentReport{Name: s.name, Size: s.size, Records: s.records, ValidBytes: s.end, Superseded: s.superseded}
 		if s.torn {
 			sr.TornBytes = s.tornBytes()
 		} else if s.damage != nil {

@@ -1,6 +1,7 @@
 package wal
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -157,6 +158,29 @@ func appendSettle(b []byte, s settleRec) []byte {
 		b = appendReason(b, s.reason)
 	}
 	return endRecord(b, start)
+}
+
+// appendSnapshotMark writes the record that opens every segment this build
+// starts but the first of a log: a msg-ids record with no ids. No build ever wrote one otherwise,
+// and every build reads it as nothing, so it marks, within format 2, a
+// segment that was written whole under a temporary name, synced and then
+// renamed into place: it holds the complete state of the log (the dedupe
+// window and every unacked event, with its delivery state), so the
+// segments with lower ids are left-overs of a rotation or an Open that
+// had not yet removed them, and replay must skip them (see scanDir).
+func appendSnapshotMark(b []byte) []byte {
+	b, start := beginRecord(b, recMsgIDs)
+	b = append(b, 0, 0, 0, 0)
+	return endRecord(b, start)
+}
+
+// snapshotMark is the record appendSnapshotMark writes.
+var snapshotMark = appendSnapshotMark(nil)
+
+// hasSnapshotMark says whether segment data (at least its first
+// headerSize+snapshotMarkSize bytes) opens with the snapshot mark.
+func hasSnapshotMark(data []byte) bool {
+	return len(data) >= headerSize+len(snapshotMark) && bytes.Equal(data[headerSize:headerSize+len(snapshotMark)], snapshotMark)
 }
 
 // appendMsgIDs writes ids as recMsgIDs records of at most maxRecord bytes each.

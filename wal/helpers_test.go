@@ -6,8 +6,10 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -102,7 +104,8 @@ type faultFS struct {
 	// syncErr fails every Sync while set.
 	syncErr error
 	// gate, when set, makes Sync wait until it is closed; with gateName,
-	// only the Sync of that file, counted in gated.
+	// only the Sync of that file (or of its temporary name, which a new
+	// segment is written under), counted in gated.
 	gate     chan struct{}
 	gateName string
 	gated    int
@@ -112,6 +115,19 @@ type faultFS struct {
 	// noSync skips the real fdatasync, for tests of logic that do not
 	// crash the machine and would otherwise wait on the disk.
 	noSync bool
+	// loseUnsynced makes a failed Sync do what Linux may do: drop the
+	// dirty pages it could not write and mark them clean. The bytes
+	// written to the file since its last successful Sync read back as
+	// zeros (what was on disk), and a later Sync succeeds without them.
+	loseUnsynced bool
+	// removeErr fails every Remove of a segment while set.
+	removeErr error
+	// crashAtRemove, when positive, counts down the Removes of segments;
+	// the one that brings it to zero is where the process dies: neither
+	// it nor any later change (write, truncate, creation, rename,
+	// removal) reaches the disk, and syncs do nothing and succeed.
+	crashAtRemove int
+	crashed       bool
 }
 
 func newFaultFS() *faultFS { return &faultFS{budget: -1} }
@@ -129,11 +145,47 @@ func (f *faultFS) syncCount() int {
 }
 
 func (f *faultFS) OpenFile(name string, flag int, perm os.FileMode) (File, error) {
+	if flag&os.O_CREATE != 0 && f.dead() {
+		return lostFile{}, nil
+	}
 	file, err := f.OSFS.OpenFile(name, flag, perm)
 	if err != nil {
 		return nil, err
 	}
-	return &faultFile{File: file, fs: f, name: name}, nil
+	return &faultFile{File: file, fs: f, name: name, dirtyFrom: clean}, nil
+}
+
+// dead says the process has "crashed" (crashAtRemove): nothing reaches
+// the disk any more.
+func (f *faultFS) dead() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.crashed
+}
+
+func (f *faultFS) Remove(name string) error {
+	f.mu.Lock()
+	isSeg := strings.HasSuffix(name, ".wal")
+	if isSeg && f.crashAtRemove > 0 {
+		f.crashAtRemove--
+		f.crashed = f.crashAtRemove == 0
+	}
+	crashed, rerr := f.crashed, f.removeErr
+	f.mu.Unlock()
+	switch {
+	case crashed:
+		return nil
+	case isSeg && rerr != nil:
+		return &os.PathError{Op: "remove", Path: name, Err: rerr}
+	}
+	return f.OSFS.Remove(name)
+}
+
+func (f *faultFS) Rename(from, to string) error {
+	if f.dead() {
+		return nil
+	}
+	return f.OSFS.Rename(from, to)
 }
 
 // gatedCount counts the Syncs that reached the gate of gateName.
@@ -147,20 +199,31 @@ func (f *faultFS) SyncDir(dir string) error {
 	f.mu.Lock()
 	noSync := f.noSync
 	f.mu.Unlock()
-	if noSync {
+	if noSync || f.dead() {
 		return nil
 	}
 	return f.OSFS.SyncDir(dir)
 }
 
+// clean is a faultFile's dirtyFrom when nothing was written since its
+// last successful Sync.
+const clean = math.MaxInt64
+
 type faultFile struct {
 	File
 	fs   *faultFS
 	name string
+	// size is the file's size, and dirtyFrom the lowest offset written
+	// since the last successful Sync (both under fs.mu).
+	size, dirtyFrom int64
 }
 
 func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
 	f.fs.mu.Lock()
+	if f.fs.crashed {
+		f.fs.mu.Unlock()
+		return len(p), nil
+	}
 	limit := int64(len(p))
 	var ferr error
 	switch {
@@ -173,6 +236,8 @@ func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
 	if f.fs.budget >= 0 {
 		f.fs.budget -= limit
 	}
+	f.dirtyFrom = min(f.dirtyFrom, off)
+	f.size = max(f.size, off+limit)
 	f.fs.mu.Unlock()
 	n, err := f.File.WriteAt(p[:limit], off)
 	if err == nil {
@@ -183,9 +248,12 @@ func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
 
 func (f *faultFile) Truncate(size int64) error {
 	f.fs.mu.Lock()
-	err := f.fs.truncErr
+	err, crashed := f.fs.truncErr, f.fs.crashed
+	if err == nil && !crashed {
+		f.size = size
+	}
 	f.fs.mu.Unlock()
-	if err != nil {
+	if err != nil || crashed {
 		return err
 	}
 	return f.File.Truncate(size)
@@ -196,21 +264,58 @@ func (f *faultFile) Sync() error {
 	gate, serr, noSync := f.fs.gate, f.fs.syncErr, f.fs.noSync
 	switch {
 	case f.fs.gateName == "":
-	case f.fs.gateName == f.name:
+	case f.fs.gateName == f.name, f.fs.gateName+".tmp" == f.name: // a new segment is synced before its rename
 		f.fs.gated++
 	default:
 		gate = nil
 	}
 	f.fs.syncs++
+	crashed := f.fs.crashed
 	f.fs.mu.Unlock()
 	if gate != nil {
 		<-gate
 	}
-	if serr != nil || noSync {
+	if crashed {
+		return nil
+	}
+	if serr != nil {
+		if err := f.loseUnsynced(); err != nil {
+			return errors.Join(serr, err)
+		}
 		return serr
+	}
+	f.fs.mu.Lock()
+	f.dirtyFrom = clean
+	f.fs.mu.Unlock()
+	if noSync {
+		return nil
 	}
 	return f.File.Sync()
 }
+
+// loseUnsynced, after a failed Sync with loseUnsynced set, puts zeros
+// where the file was written since its last successful Sync, and counts
+// those bytes as clean.
+func (f *faultFile) loseUnsynced() error {
+	f.fs.mu.Lock()
+	defer f.fs.mu.Unlock()
+	if !f.fs.loseUnsynced || f.dirtyFrom >= f.size {
+		return nil
+	}
+	zeros := make([]byte, f.size-f.dirtyFrom)
+	_, err := f.File.WriteAt(zeros, f.dirtyFrom)
+	f.dirtyFrom = clean
+	return err
+}
+
+// lostFile is a file created after the crash: it never reaches the disk.
+type lostFile struct{}
+
+func (lostFile) ReadAt([]byte, int64) (int, error)      { return 0, io.EOF }
+func (lostFile) WriteAt(p []byte, _ int64) (int, error) { return len(p), nil }
+func (lostFile) Truncate(int64) error                   { return nil }
+func (lostFile) Sync() error                            { return nil }
+func (lostFile) Close() error                           { return nil }
 
 // waitFor polls cond until it holds, failing the test after a generous
 // bound (a hang, not a timing assertion). It is testkit.Eventually's job,

@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -25,6 +27,9 @@ type segScan struct {
 	// (only ever in the last segment), cut at end.
 	damage error
 	torn   bool
+	// superseded says a newer segment holds the complete state: this one
+	// was not read (Open removes it).
+	superseded bool
 }
 
 func (s segScan) tornBytes() int64 { return s.size - s.end }
@@ -186,8 +191,16 @@ func scanDir(ctx context.Context, fsys FS, dir string, maxRecord int, strict boo
 	if len(ids) > 0 {
 		st.maxID = ids[len(ids)-1]
 	}
+	first, err := firstToReplay(fsys, dir, ids)
+	if err != nil {
+		return nil, err
+	}
+	for _, id := range ids[:first] {
+		st.segs = append(st.segs, segScan{name: segName(dir, id), id: id, superseded: true})
+	}
 	damaged := false
-	for i, id := range ids {
+	for i, id := range ids[first:] {
+		i += first
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("wal: recovering %s: %w", dir, err)
 		}
@@ -221,6 +234,33 @@ func scanDir(ctx context.Context, fsys FS, dir string, maxRecord int, strict boo
 		damaged = true
 	}
 	return st, nil
+}
+
+// firstToReplay returns the index in ids of the newest segment that opens
+// with the snapshot mark (0 if none does): it holds the whole state of the
+// log when it was started, so the segments before it are left over from a
+// rotation (or an Open) whose removal failed or was cut short by a crash,
+// and replaying them would bring back events whose acks were absorbed into
+// the snapshot, not copied. Only the segments after the first are peeked
+// at, so a log at rest (one segment) costs nothing more.
+func firstToReplay(fsys FS, dir string, ids []uint64) (int, error) {
+	for i := len(ids) - 1; i > 0; i-- {
+		name := segName(dir, ids[i])
+		f, err := fsys.OpenFile(name, os.O_RDONLY, 0)
+		if err != nil {
+			return 0, fmt.Errorf("wal: open %s: %w", name, err)
+		}
+		head := make([]byte, headerSize+len(snapshotMark))
+		n, err := f.ReadAt(head, 0)
+		f.Close()
+		if err != nil && !errors.Is(err, io.EOF) {
+			return 0, fmt.Errorf("wal: read %s: %w", name, err)
+		}
+		if _, herr := parseHeader(head[:n]); herr == nil && hasSnapshotMark(head[:n]) {
+			return i, nil
+		}
+	}
+	return 0, nil
 }
 
 // cutTail removes a torn tail: the whole file when its header is torn.

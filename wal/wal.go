@@ -319,6 +319,18 @@ type Log struct {
 	unsynced  int   // records written since the last sync
 	truncTo   int64 // >= 0: a failed write left bytes past this offset
 	dirtySync bool  // interval mode: written bytes not yet synced
+	// dirty are the bytes written to the segment since its last
+	// successful sync ([seg.synced, seg.off), but for the flush being
+	// synced), and redo says a sync failed since: they must be written
+	// again before a sync may report them durable (rewrite). Bounded by
+	// what is written between two syncs: one interval's appends, or the
+	// deliveries and acks written without a sync before a rotation syncs.
+	dirty []byte
+	redo  bool
+	// dirUnsynced says the directory sync after the current segment's
+	// rename failed: its name may not be durable yet, so no sync reports
+	// success before a directory sync does.
+	dirUnsynced bool
 	// rotateFailing and storageFailing say the last rotation, or the last
 	// write or sync, failed (logged once per change).
 	rotateFailing  bool
@@ -406,7 +418,9 @@ func (l *Log) recover(ctx context.Context) (*Recovered, error) {
 		return nil, err
 	}
 	if err := l.removeSegmentsBelow(st.segIDs, st.maxID+1); err != nil {
-		return nil, err
+		// Harmless: the new segment supersedes them at the next Open,
+		// and the next rotation tries again.
+		l.opts.Logger.Warn("wal: cannot remove old segments", "dir", l.dir, "err", err)
 	}
 	return rec, nil
 }
@@ -416,7 +430,13 @@ func (l *Log) recover(ctx context.Context) (*Recovered, error) {
 // the copies as the live set. Open calls it.
 func (l *Log) startSegment(id uint64, copies []eventBody) error {
 	ns, err := l.writeSegment(id, l.nextSeq, l.ids, copies)
+	if err == nil {
+		err = ns.dirErr
+	}
 	if err != nil {
+		if ns.seg.f != nil {
+			ns.seg.f.Close()
+		}
 		return err
 	}
 	l.liveBytes = 0
@@ -434,19 +454,33 @@ func (l *Log) startSegment(id uint64, copies []eventBody) error {
 	return nil
 }
 
-// newSegment is a segment written and synced, not yet current.
+// newSegment is a segment written, synced and renamed into place, not yet
+// current.
 type newSegment struct {
 	seg  segment
 	offs []int64 // of each copy, and the end of the last
+	// dirErr is the failure of the directory sync after the rename: the
+	// segment is in place, but its name may not be durable.
+	dirErr error
 }
 
 // writeSegment writes segment id with the header (seqs continuing at
-// nextSeq), the msg ids and the copies, and syncs it and its directory.
-// It touches no state under l.mu, so that rotate can call it without the
-// lock; it reuses l.spare, which only the syncer (or Open) uses.
+// nextSeq), the snapshot mark, the msg ids and the copies under a
+// temporary name, syncs it, renames it into place and syncs the
+// directory. A segment under its own name is thus always whole, and it
+// supersedes the older ones at replay (hasSnapshotMark), so a crash or a
+// failure before they are removed cannot bring back an event whose ack
+// the copies absorbed. It touches no state under l.mu, so that rotate can
+// call it without the lock; it reuses l.spare, which only the syncer (or
+// Open) uses.
 func (l *Log) writeSegment(id, nextSeq uint64, ids []MsgID, copies []eventBody) (newSegment, error) {
 	name := segName(l.dir, id)
+	tmp := name + ".tmp"
 	buf := appendHeader(l.spare[:0], nextSeq)
+	if id > 1 {
+		// Segment 1 is the first of its log: it has nothing to supersede.
+		buf = appendSnapshotMark(buf)
+	}
 	buf = appendMsgIDs(buf, ids, l.opts.MaxRecord)
 	offs := make([]int64, len(copies)+1)
 	for i, ev := range copies {
@@ -459,14 +493,15 @@ func (l *Log) writeSegment(id, nextSeq uint64, ids []MsgID, copies []eventBody) 
 	} else {
 		l.spare = nil
 	}
-	f, err := l.opts.FS.OpenFile(name, osCreateFlags, 0o600)
+	// A left-over of a crash at an earlier attempt is truncated.
+	f, err := l.opts.FS.OpenFile(tmp, osCreateFlags, 0o600)
 	if err != nil {
-		return newSegment{}, fmt.Errorf("wal: create segment %s: %w: %w", name, ErrStorage, err)
+		return newSegment{}, fmt.Errorf("wal: create segment %s: %w: %w", tmp, ErrStorage, err)
 	}
 	fail := func(op string, err error) (newSegment, error) {
 		f.Close()
-		l.opts.FS.Remove(name)
-		return newSegment{}, fmt.Errorf("wal: %s segment %s: %w: %w", op, name, ErrStorage, err)
+		l.opts.FS.Remove(tmp)
+		return newSegment{}, fmt.Errorf("wal: %s segment %s: %w: %w", op, tmp, ErrStorage, err)
 	}
 	if _, err := f.WriteAt(buf, 0); err != nil {
 		return fail("write", err)
@@ -474,11 +509,18 @@ func (l *Log) writeSegment(id, nextSeq uint64, ids []MsgID, copies []eventBody) 
 	if err := f.Sync(); err != nil {
 		return fail("sync", err)
 	}
-	if err := l.opts.FS.SyncDir(l.dir); err != nil {
-		return fail("sync directory of", err)
+	if err := l.opts.FS.Rename(tmp, name); err != nil {
+		return fail("rename", err)
 	}
 	n := int64(len(buf))
-	return newSegment{seg: segment{id: id, name: name, f: f, off: n, synced: n}, offs: offs}, nil
+	ns := newSegment{seg: segment{id: id, name: name, f: f, off: n, synced: n}, offs: offs}
+	if err := l.opts.FS.SyncDir(l.dir); err != nil {
+		// Past the rename there is no going back to the old segment:
+		// removing the new one might not be durable either, and it would
+		// then supersede what was appended to the old one since.
+		ns.dirErr = fmt.Errorf("wal: sync directory %s after renaming segment %s into place: %w: %w", l.dir, name, ErrStorage, err)
+	}
+	return ns, nil
 }
 
 func (l *Log) removeSegmentsBelow(ids []uint64, keep uint64) error {
@@ -717,9 +759,9 @@ func (l *Log) Close() error {
 	close(l.stop)
 	l.wg.Wait()
 	var errs []error
-	if l.seg.off > l.seg.synced || l.dirtySync {
-		if err := l.seg.f.Sync(); err != nil {
-			errs = append(errs, fmt.Errorf("wal: close: sync %s: %w: %w", l.seg.name, ErrStorage, err))
+	if l.seg.off > l.seg.synced || l.dirtySync || l.dirUnsynced {
+		if err := l.syncSegment(); err != nil {
+			errs = append(errs, fmt.Errorf("wal: close: %w", err))
 		}
 	}
 	errs = append(errs, l.seg.f.Close(), l.lock.Close())
@@ -814,35 +856,41 @@ func (l *Log) commit(p pending) error {
 	}
 	l.mu.Unlock()
 
+	wantSync := b != nil && (l.opts.Fsync == FsyncAlways || b.mustSync)
 	var err error
 	if len(buf) > 0 { // empty for a batch of SyncAsync calls alone
 		err = l.write(buf, base)
 	}
 	if err == nil {
 		l.unsynced += count
+		if !wantSync && len(buf) > 0 {
+			// Kept until a sync covers them. A flush synced at once needs
+			// no copy: if its sync fails, it is cut.
+			l.dirty = append(l.dirty, buf...)
+			l.dirtySync = true
+		}
 	}
 	var syncDur time.Duration
 	// A SyncAsync alone finds nothing to sync when nothing was written
 	// since the last sync.
-	syncNow := err == nil && b != nil && (l.opts.Fsync == FsyncAlways || b.mustSync)
-	if syncNow && (l.seg.off > l.seg.synced || l.dirtySync) {
+	if err == nil && wantSync && (l.seg.off > l.seg.synced || l.dirtySync || l.dirUnsynced) {
 		start := time.Now()
-		serr := l.seg.f.Sync()
+		records, bytes := l.unsynced, int(l.seg.off-l.seg.synced)
+		serr := l.syncSegment()
 		syncDur = time.Since(start)
 		if l.opts.OnSync != nil {
-			l.opts.OnSync(SyncInfo{Duration: syncDur, Records: l.unsynced, Bytes: int(l.seg.off - l.seg.synced), Err: serr})
+			l.opts.OnSync(SyncInfo{Duration: syncDur, Records: records, Bytes: bytes, Err: serr})
 		}
 		if serr != nil {
-			err = fmt.Errorf("sync %s: %w: %w", l.seg.name, ErrStorage, serr)
+			err = serr
 			// The records may or may not be on disk now; cut them so
-			// that what was reported as failed does not come back.
+			// that what was reported as failed does not come back. Those
+			// written before them since the last sync stay (l.dirty),
+			// to be written again before the next sync.
 			l.seg.off = base
+			l.unsynced -= count
 			l.truncateBack()
-		} else {
-			l.seg.synced, l.unsynced, l.dirtySync = l.seg.off, 0, false
 		}
-	} else if err == nil && len(buf) > 0 {
-		l.dirtySync = true
 	}
 	switch {
 	case err != nil:
@@ -957,17 +1005,53 @@ func (l *Log) intervalSync() {
 		return
 	}
 	start := time.Now()
-	err := l.seg.f.Sync()
+	records, bytes := l.unsynced, int(l.seg.off-l.seg.synced)
+	err := l.syncSegment()
 	d := time.Since(start)
 	if l.opts.OnSync != nil {
-		l.opts.OnSync(SyncInfo{Duration: d, Records: l.unsynced, Bytes: int(l.seg.off - l.seg.synced), Err: err})
+		l.opts.OnSync(SyncInfo{Duration: d, Records: records, Bytes: bytes, Err: err})
 	}
 	if err != nil {
 		l.opts.Logger.Error("wal: interval sync", "file", l.seg.name, "err", err)
-		return
 	}
-	l.dirtySync, l.unsynced = false, 0
-	l.seg.synced = l.seg.off
+}
+
+// syncSegment makes the current segment durable: its directory entry, if
+// that is still pending, and its data. After a failed fdatasync Linux
+// may have dropped the dirty pages it could not write and marked them
+// clean, so a later fdatasync would succeed without them: every byte
+// written since the last successful sync is written again first
+// (rewrite), and a sync reports success only for bytes that it wrote.
+// Only the syncer (and Close, after it stopped) calls it.
+func (l *Log) syncSegment() error {
+	if l.dirUnsynced {
+		if err := l.opts.FS.SyncDir(l.dir); err != nil {
+			return fmt.Errorf("sync directory %s: %w: %w", l.dir, ErrStorage, err)
+		}
+		l.dirUnsynced = false
+	}
+	if l.redo {
+		if _, err := l.seg.f.WriteAt(l.dirty, l.seg.synced); err != nil {
+			return fmt.Errorf("write %s again from offset %d after a failed sync: %w: %w", l.seg.name, l.seg.synced, ErrStorage, err)
+		}
+		l.redo = false
+	}
+	if err := l.seg.f.Sync(); err != nil {
+		l.redo = true
+		return fmt.Errorf("sync %s: %w: %w", l.seg.name, ErrStorage, err)
+	}
+	l.seg.synced, l.unsynced, l.dirtySync = l.seg.off, 0, false
+	l.clearDirty()
+	return nil
+}
+
+// clearDirty empties l.dirty, keeping its memory unless one busy interval
+// made it large.
+func (l *Log) clearDirty() {
+	if cap(l.dirty) > 1<<20 {
+		l.dirty = nil
+	}
+	l.dirty, l.redo = l.dirty[:0], false
 }
 
 // rotate starts a new segment holding the dedupe window and copies of
@@ -982,13 +1066,13 @@ func (l *Log) intervalSync() {
 // which carry the state before them. It returns the absorbed batch, which
 // the caller completes.
 func (l *Log) rotate() (absorbed *batch, err error) {
-	if l.seg.off > l.seg.synced || l.dirtySync {
-		// The old segment must end cleanly: if a crash leaves both files,
-		// a torn tail in a segment that is not the last is damage.
-		if err := l.seg.f.Sync(); err != nil {
-			return nil, fmt.Errorf("sync %s: %w: %w", l.seg.name, ErrStorage, err)
+	if l.seg.off > l.seg.synced || l.dirtySync || l.dirUnsynced {
+		// The old segment ends durable, as any segment does before it
+		// stops being written: if the new one never gets into place, the
+		// old one stays the last.
+		if err := l.syncSegment(); err != nil {
+			return nil, err
 		}
-		l.seg.synced, l.dirtySync, l.unsynced = l.seg.off, false, 0
 	}
 	old := l.seg
 
@@ -1072,21 +1156,41 @@ func (l *Log) rotate() (absorbed *batch, err error) {
 	l.seg = ns.seg
 	l.truncTo = -1
 	l.mu.Unlock()
+	l.clearDirty()
+	old.f.Close()
 
 	if l.opts.OnSync != nil {
-		l.opts.OnSync(SyncInfo{Duration: syncDur, Records: p.count + len(copies), Bytes: int(ns.seg.off)})
+		l.opts.OnSync(SyncInfo{Duration: syncDur, Records: p.count + len(copies), Bytes: int(ns.seg.off), Err: ns.dirErr})
+	}
+	if ns.dirErr != nil {
+		// The new segment is current, but its name may not survive a
+		// power loss: the next sync syncs the directory first, and the
+		// old segments stay until then. The absorbed appends were not
+		// made durable: they fail, like those of a failed sync. Their
+		// copies are in the new segment, so they may come back after a
+		// restart, like a publish whose reply was lost.
+		l.dirUnsynced = true
+		l.opts.Logger.Error("wal: new segment in place, its directory not synced", "file", l.seg.name, "err", ns.dirErr)
+		l.forget(p.evs)
+		if p.b != nil {
+			p.b.err = ns.dirErr
+		}
+		return p.b, nil
 	}
 	if p.b != nil {
 		p.b.sync, p.b.records = syncDur, p.count
 	}
-	old.f.Close()
 	// Every older segment, not only the last one: a removal that failed
-	// at an earlier rotation is retried here.
+	// at an earlier rotation is retried here. One left behind is harmless,
+	// the new segment supersedes it at replay.
 	segs, err := listSegments(l.opts.FS, l.dir)
-	if err != nil {
-		return p.b, err
+	if err == nil {
+		err = l.removeSegmentsBelow(segs, l.seg.id)
 	}
-	return p.b, l.removeSegmentsBelow(segs, l.seg.id)
+	if err != nil {
+		l.opts.Logger.Warn("wal: cannot remove old segments; the next rotation tries again", "dir", l.dir, "err", err)
+	}
+	return p.b, nil
 }
 
 // parseCopy decodes the event record raw of seq, read from where at off,
