@@ -368,6 +368,9 @@ func TestDeadLetterHeldWhileTheSourceFails(t *testing.T) {
 				clk.Advance(time.Minute) // past any retry's backoff
 			}
 			testkit.Eventually(t, "the next retry armed", func() bool { return clk.Timers() == 1 })
+			if n := fsys.failureCount(); n < 3 {
+				t.Fatalf("the source's disk failed %d times, want at least 3: the first sync and each retry", n)
+			}
 			if n := strings.Count(logs.String(), "dead letters held"); n != 1 {
 				t.Fatalf("%d error lines for one failure episode, want 1:\n%s", n, logs.String())
 			}
