@@ -150,29 +150,14 @@ func seqs(rs []Record) []uint64 {
 func TestRotationFailureKeepsTheLogUsable(t *testing.T) {
 	fsys := newFaultFS()
 	var logs logBuffer
-	opts := testOpts()
+	opts := smallSegmentOpts()
 	opts.FS = fsys
-	opts.SegmentSize = 4096
-	opts.MaxRecord = 1024
 	opts.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	dir := t.TempDir()
 	l, _ := openT(t, dir, opts)
 	ackSize := int64(len(appendSettle(nil, settleRec{typ: recAck, seq: 1})))
-	data := strings.Repeat("r", 200)
-	recSize := int64(eventRecordSize("", []byte(data)))
-	// Bring the segment to where acking one more event crosses SegmentSize
-	// of dead bytes (the header counts as dead). Each Append returns after
-	// the write of everything before it, the previous ack included.
-	dead := int64(headerSize)
-	var last uint64
-	for {
-		last = appendT(t, l, data)
-		if dead+recSize+ackSize >= opts.SegmentSize {
-			break
-		}
-		mustOK(t, 0, "ack", l.Ack(last))
-		dead += recSize + ackSize
-	}
+	// The header counts as dead.
+	last := fillToRotation(t, l, opts, headerSize)
 	segBefore := segFiles(t, dir)
 	// Room for the ack record, none for the new segment.
 	fsys.set(func(f *faultFS) { f.budget = ackSize })
@@ -205,10 +190,8 @@ func TestRotationFailureKeepsTheLogUsable(t *testing.T) {
 // them.
 func TestRotationLetsRecordsInWhileItSyncs(t *testing.T) {
 	fsys := newFaultFS()
-	opts := testOpts()
+	opts := smallSegmentOpts()
 	opts.FS = fsys
-	opts.SegmentSize = 4096
-	opts.MaxRecord = 1024
 	dir := t.TempDir()
 	l, _ := openT(t, dir, opts)
 	t.Cleanup(func() { l.Close() })
@@ -217,21 +200,8 @@ func TestRotationLetsRecordsInWhileItSyncs(t *testing.T) {
 	kept := appendT(t, l, "left alone")
 	mustOK(t, 0, "deliver", l.Deliver(nacked))
 
-	// Filler events, appended and acked, until the next ack crosses
-	// SegmentSize of dead bytes (the header and the delivery count).
-	ackSize := int64(len(appendSettle(nil, settleRec{typ: recAck, seq: 1})))
-	data := strings.Repeat("r", 200)
-	recSize := int64(eventRecordSize("", []byte(data)))
-	dead := int64(headerSize) + int64(len(appendSettle(nil, settleRec{typ: recDeliver, seq: nacked})))
-	var last uint64
-	for {
-		last = appendT(t, l, data)
-		if dead+recSize+ackSize >= opts.SegmentSize {
-			break
-		}
-		mustOK(t, 0, "ack", l.Ack(last))
-		dead += recSize + ackSize
-	}
+	// The header and the delivery count as dead.
+	last := fillToRotation(t, l, opts, headerSize+int64(len(appendSettle(nil, settleRec{typ: recDeliver, seq: nacked}))))
 	// The crossing ack starts a rotation; hold the new segment's sync.
 	newSync := make(chan struct{})
 	fsys.set(func(f *faultFS) { f.gate, f.gateName = newSync, segName(dir, 2) })

@@ -23,6 +23,35 @@ func testOpts() Options {
 	return Options{Now: func() time.Time { return fixedNow }, Logger: slog.New(slog.DiscardHandler)}
 }
 
+// smallSegmentOpts is testOpts with segments small enough that a test
+// rotates after a few dozen records.
+func smallSegmentOpts() Options {
+	opts := testOpts()
+	opts.SegmentSize = 4096
+	opts.MaxRecord = 1024
+	return opts
+}
+
+// fillToRotation appends 200-byte events to l and acks each, until acking
+// the last one (returned, not acked) crosses opts.SegmentSize of dead
+// bytes and so starts a rotation. dead is what the segment holds dead
+// already (at least its header). Each Append returns after the write of
+// everything before it, the previous ack included.
+func fillToRotation(t *testing.T, l *Log, opts Options, dead int64) (last uint64) {
+	t.Helper()
+	ackSize := int64(len(appendSettle(nil, settleRec{typ: recAck, seq: 1})))
+	data := strings.Repeat("r", 200)
+	recSize := int64(eventRecordSize("", []byte(data)))
+	for {
+		last = appendT(t, l, data)
+		if dead+recSize+ackSize >= opts.SegmentSize {
+			return last
+		}
+		mustOK(t, 0, "ack", l.Ack(last))
+		dead += recSize + ackSize
+	}
+}
+
 func openT(t *testing.T, dir string, opts Options) (*Log, *Recovered) {
 	t.Helper()
 	l, rec, err := Open(context.Background(), dir, opts)

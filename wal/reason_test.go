@@ -36,9 +36,7 @@ func TestNackReasonSurvivesRestart(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			opts := testOpts()
-			opts.SegmentSize = 4096
-			opts.MaxRecord = 1024
+			opts := smallSegmentOpts()
 			l, _ := openT(t, dir, opts)
 			t.Cleanup(func() { l.Close() })
 			seq := appendT(t, l, "the event")

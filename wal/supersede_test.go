@@ -31,10 +31,8 @@ func TestRotatedSegmentSupersedesOlderOnes(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fsys := newFaultFS()
-			opts := testOpts()
+			opts := smallSegmentOpts()
 			opts.FS = fsys
-			opts.SegmentSize = 4096
-			opts.MaxRecord = 1024
 			dir := t.TempDir()
 			l, _ := openT(t, dir, opts)
 			t.Cleanup(func() { l.Close() })
@@ -138,10 +136,8 @@ func rotateAbsorbing(t *testing.T, l *Log, fsys *faultFS, dir string, opts Optio
 
 func TestCheckReportsSupersededSegments(t *testing.T) {
 	fsys := newFaultFS()
-	opts := testOpts()
+	opts := smallSegmentOpts()
 	opts.FS = fsys
-	opts.SegmentSize = 4096
-	opts.MaxRecord = 1024
 	dir := t.TempDir()
 	l, _ := openT(t, dir, opts)
 	t.Cleanup(func() { l.Close() })

@@ -60,9 +60,7 @@ func strip(rs []Record) []Record {
 
 func TestSeqContinuesAfterEverythingAcked(t *testing.T) {
 	dir := t.TempDir()
-	opts := testOpts()
-	opts.SegmentSize = 4096
-	opts.MaxRecord = 1024
+	opts := smallSegmentOpts()
 	l, _ := openT(t, dir, opts)
 	var last uint64
 	for i := 0; i < 100; i++ { // several rotations delete every event
@@ -88,10 +86,8 @@ func TestSeqContinuesAfterEverythingAcked(t *testing.T) {
 func TestDedupeWindowSurvivesAckAndRotation(t *testing.T) {
 	dir := t.TempDir()
 	now := fixedNow
-	opts := testOpts()
+	opts := smallSegmentOpts()
 	opts.Now = func() time.Time { return now }
-	opts.SegmentSize = 4096
-	opts.MaxRecord = 1024
 	opts.DedupeWindow = time.Minute
 	l, _ := openT(t, dir, opts)
 	ctx := context.Background()
