@@ -189,12 +189,7 @@ func TestRotationFailureKeepsTheLogUsable(t *testing.T) {
 // reach the new segment after the copies, which carry the state before
 // them.
 func TestRotationLetsRecordsInWhileItSyncs(t *testing.T) {
-	fsys := newFaultFS()
-	opts := smallSegmentOpts()
-	opts.FS = fsys
-	dir := t.TempDir()
-	l, _ := openT(t, dir, opts)
-	t.Cleanup(func() { l.Close() })
+	l, fsys, opts, dir := openSmallFaulty(t)
 	acked := appendT(t, l, "acked during the rotation")
 	nacked := appendT(t, l, "delivered and nacked during the rotation")
 	kept := appendT(t, l, "left alone")

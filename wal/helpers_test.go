@@ -52,6 +52,21 @@ func fillToRotation(t *testing.T, l *Log, opts Options, dead int64) (last uint64
 	}
 }
 
+// openSmallFaulty opens a log with small segments (smallSegmentOpts) on
+// a fault-injecting file system, in a new directory, closed at the end
+// of the test. A test that needs other options sets them on the returned
+// ones before it opens the log again.
+func openSmallFaulty(t *testing.T) (l *Log, fsys *faultFS, opts Options, dir string) {
+	t.Helper()
+	fsys = newFaultFS()
+	opts = smallSegmentOpts()
+	opts.FS = fsys
+	dir = t.TempDir()
+	l, _ = openT(t, dir, opts)
+	t.Cleanup(func() { l.Close() })
+	return l, fsys, opts, dir
+}
+
 func openT(t *testing.T, dir string, opts Options) (*Log, *Recovered) {
 	t.Helper()
 	l, rec, err := Open(context.Background(), dir, opts)

@@ -30,12 +30,7 @@ func TestRotatedSegmentSupersedesOlderOnes(t *testing.T) {
 		{name: "crash within removal", rotations: 2, removeFails: true, crashAtRemove: 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			fsys := newFaultFS()
-			opts := smallSegmentOpts()
-			opts.FS = fsys
-			dir := t.TempDir()
-			l, _ := openT(t, dir, opts)
-			t.Cleanup(func() { l.Close() })
+			l, fsys, opts, dir := openSmallFaulty(t)
 			want := []uint64{appendT(t, l, "kept")}
 			for i := 1; i <= tc.rotations; i++ {
 				acked := appendT(t, l, "acked as the rotation starts")
@@ -56,6 +51,7 @@ func TestRotatedSegmentSupersedesOlderOnes(t *testing.T) {
 			}
 
 			l, rec := openT(t, dir, testOpts())
+			t.Cleanup(func() { l.Close() })
 			if got := seqs(rec.Records); !slices.Equal(got, want) {
 				t.Fatalf("recovered %v, want %v: no acked event back, no accepted one lost", got, want)
 			}
@@ -135,12 +131,7 @@ func rotateAbsorbing(t *testing.T, l *Log, fsys *faultFS, dir string, opts Optio
 }
 
 func TestCheckReportsSupersededSegments(t *testing.T) {
-	fsys := newFaultFS()
-	opts := smallSegmentOpts()
-	opts.FS = fsys
-	dir := t.TempDir()
-	l, _ := openT(t, dir, opts)
-	t.Cleanup(func() { l.Close() })
+	l, fsys, opts, dir := openSmallFaulty(t)
 	appendT(t, l, "kept")
 	acked := appendT(t, l, "acked")
 	fsys.set(func(f *faultFS) { f.removeErr = syscall.EIO })
