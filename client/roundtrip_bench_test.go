@@ -1,0 +1,153 @@
+package client
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
+	"github.com/eventbus-sidecar/eventbus-sidecar/transport"
+)
+
+// benchServeEnv, set to a socket path, makes the test binary serve a
+// sidecar there instead of running tests, until its stdin closes: the
+// round-trip benchmark's sidecar in a process of its own.
+const benchServeEnv = "EVENTBUS_CLIENT_BENCH_SERVE"
+
+// roundTripQueues drop their oldest event when full, so that every publish
+// is accepted at once however long a benchmark runs.
+func roundTripQueues() []bus.QueueConfig {
+	return []bus.QueueConfig{{Name: "data", Capacity: 1000, Policy: bus.PolicyDropOldest}}
+}
+
+// serveForBenchmark is the child process of startChildSidecar.
+func serveForBenchmark(path string) int {
+	b, err := bus.New(roundTripQueues())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	srv, err := transport.New(transport.Config{Bus: b})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	l, err := transport.Listen(path, 0)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	fmt.Println("ready")
+	io.Copy(io.Discard, os.Stdin) //nolint:errcheck // any end of stdin means stop
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	<-served
+	return 0
+}
+
+// startChildSidecar runs a sidecar with roundTripQueues in a child
+// process (this test binary again) and returns its socket path. The child
+// stops when the benchmark ends, or when this process dies and its stdin
+// closes.
+func startChildSidecar(b *testing.B) string {
+	b.Helper()
+	path := filepath.Join(b.TempDir(), "bus.sock")
+	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
+	cmd.Env = append(os.Environ(), benchServeEnv+"="+path)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		stdin.Close()
+		if err := cmd.Wait(); err != nil {
+			b.Errorf("sidecar child: %v", err)
+		}
+	})
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || line != "ready\n" {
+		b.Fatalf("sidecar child said %q: %v", line, err)
+	}
+	return path
+}
+
+// BenchmarkRoundTrip is one awaited publish at a time, as an order entry
+// sends them: "client" through Client.Publish, "raw" with one write and
+// one read of the reply on a bare connection to the same sidecar. Their
+// difference is what the client adds to a round trip. The sidecar runs in
+// this process ("inproc", sharing its scheduler) or in a child process
+// ("child", as the load tool and a trading app see it).
+func BenchmarkRoundTrip(b *testing.B) {
+	b.Run("inproc", func(b *testing.B) {
+		benchmarkRoundTrip(b, startSidecar(b, "", roundTripQueues()).path)
+	})
+	b.Run("child", func(b *testing.B) {
+		benchmarkRoundTrip(b, startChildSidecar(b))
+	})
+}
+
+func benchmarkRoundTrip(b *testing.B, path string) {
+	payload := json.RawMessage(`{"symbol":"BTCUSDT","open":101.5,"close":102.25,"volume":12.5}`)
+
+	b.Run("raw", func(b *testing.B) {
+		nc, err := net.Dial("unix", path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { nc.Close() })
+		br := bufio.NewReader(nc)
+		req := protocol.Request{Op: protocol.OpPublish, HasID: true, Queue: "data", HasQueue: true, Type: "CANDLE_UPDATE", HasType: true, Payload: payload}
+		var out []byte
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := range b.N {
+			req.ID = int64(i + 1)
+			req.MsgID = "raw-" + strconv.Itoa(i)
+			out = protocol.AppendRequest(out[:0], &req)
+			if _, err := nc.Write(out); err != nil {
+				b.Fatal(err)
+			}
+			line, err := br.ReadSlice('\n')
+			if err != nil || !bytes.Contains(line, []byte(`"accepted"`)) {
+				b.Fatalf("publish reply %q: %v", line, err)
+			}
+		}
+	})
+
+	b.Run("client", func(b *testing.B) {
+		c := dial(b, path)
+		ctx := context.Background()
+		ev := bus.Event{Type: "CANDLE_UPDATE", Payload: payload}
+		b.ReportAllocs()
+		b.ResetTimer()
+		for range b.N {
+			if out, err := c.Publish(ctx, ev, "data"); out != bus.Accepted {
+				b.Fatalf("publish: %v %v", out, err)
+			}
+		}
+	})
+}
