@@ -12,7 +12,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
 	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
@@ -65,9 +68,9 @@ func serveForBenchmark(path string) int {
 // process (this test binary again) and returns its socket path. The child
 // stops when the benchmark ends, or when this process dies and its stdin
 // closes.
-func startChildSidecar(b *testing.B) string {
+func startChildSidecar(b *testing.B) (path string, pid int) {
 	b.Helper()
-	path := filepath.Join(b.TempDir(), "bus.sock")
+	path = filepath.Join(b.TempDir(), "bus.sock")
 	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
 	cmd.Env = append(os.Environ(), benchServeEnv+"="+path)
 	cmd.Stderr = os.Stderr
@@ -92,7 +95,60 @@ func startChildSidecar(b *testing.B) string {
 	if err != nil || line != "ready\n" {
 		b.Fatalf("sidecar child said %q: %v", line, err)
 	}
-	return path
+	return path, cmd.Process.Pid
+}
+
+// reportCPU starts counting this process's CPU time and, when child is
+// not 0, that child's; the function it returns reports both per op.
+func reportCPU(b *testing.B, child int) func() {
+	b.Helper()
+	self0, child0 := selfCPU(b), childCPU(b, child)
+	return func() {
+		b.StopTimer()
+		n := float64(b.N)
+		b.ReportMetric(float64(selfCPU(b)-self0)/n, "cpu-ns/op")
+		if child != 0 {
+			b.ReportMetric(float64(childCPU(b, child)-child0)/n, "sidecar-cpu-ns/op")
+		}
+	}
+}
+
+func selfCPU(b *testing.B) time.Duration {
+	b.Helper()
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// childCPU is the running child's user and system time from
+// /proc/PID/stat, in clock ticks of 10 ms: a benchmark of a second or
+// more makes that fine enough.
+func childCPU(b *testing.B, pid int) time.Duration {
+	b.Helper()
+	if pid == 0 {
+		return 0
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Fields 14 and 15 (utime, stime), counted after the command name,
+	// which ends with the last ')'.
+	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+2:]))
+	if len(fields) < 13 {
+		b.Fatalf("/proc/%d/stat: %q", pid, stat)
+	}
+	var ticks int64
+	for _, f := range fields[11:13] {
+		v, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			b.Fatalf("/proc/%d/stat: %v", pid, err)
+		}
+		ticks += v
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond
 }
 
 // BenchmarkRoundTrip is one awaited publish at a time, as an order entry
@@ -103,14 +159,20 @@ func startChildSidecar(b *testing.B) string {
 // ("child", as the load tool and a trading app see it).
 func BenchmarkRoundTrip(b *testing.B) {
 	b.Run("inproc", func(b *testing.B) {
-		benchmarkRoundTrip(b, startSidecar(b, "", roundTripQueues()).path)
+		benchmarkRoundTrip(b, startSidecar(b, "", roundTripQueues()).path, 0)
 	})
 	b.Run("child", func(b *testing.B) {
-		benchmarkRoundTrip(b, startChildSidecar(b))
+		path, pid := startChildSidecar(b)
+		benchmarkRoundTrip(b, path, pid)
 	})
 }
 
-func benchmarkRoundTrip(b *testing.B, path string) {
+// benchmarkRoundTrip reports, besides ns/op, the CPU this process spent
+// per round trip (cpu-ns/op: the client alone when the sidecar is a
+// child, both otherwise) and, with a child's pid, the child's
+// (sidecar-cpu-ns/op): on a machine with few cores a client's extra
+// thread wake-ups take time from the sidecar.
+func benchmarkRoundTrip(b *testing.B, path string, child int) {
 	payload := json.RawMessage(`{"symbol":"BTCUSDT","open":101.5,"close":102.25,"volume":12.5}`)
 
 	b.Run("raw", func(b *testing.B) {
@@ -124,6 +186,7 @@ func benchmarkRoundTrip(b *testing.B, path string) {
 		var out []byte
 		b.ReportAllocs()
 		b.ResetTimer()
+		defer reportCPU(b, child)()
 		for i := range b.N {
 			req.ID = int64(i + 1)
 			req.MsgID = "raw-" + strconv.Itoa(i)
@@ -144,6 +207,7 @@ func benchmarkRoundTrip(b *testing.B, path string) {
 		ev := bus.Event{Type: "CANDLE_UPDATE", Payload: payload}
 		b.ReportAllocs()
 		b.ResetTimer()
+		defer reportCPU(b, child)()
 		for range b.N {
 			if out, err := c.Publish(ctx, ev, "data"); out != bus.Accepted {
 				b.Fatalf("publish: %v %v", out, err)
