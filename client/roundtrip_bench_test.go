@@ -153,8 +153,10 @@ func childCPU(b *testing.B, pid int) time.Duration {
 
 // BenchmarkRoundTrip is one awaited publish at a time, as an order entry
 // sends them: "client" through Client.Publish, "raw" with one write and
-// one read of the reply on a bare connection to the same sidecar. Their
-// difference is what the client adds to a round trip. The sidecar runs in
+// one read of the reply on a bare connection to the same sidecar, and
+// "raw-reader" as raw but with the reply read by another goroutine and
+// handed over a channel. Their differences are what the client adds to a
+// round trip, and how much of it is that hand-off. The sidecar runs in
 // this process ("inproc", sharing its scheduler) or in a child process
 // ("child", as the load tool and a trading app see it).
 func BenchmarkRoundTrip(b *testing.B) {
@@ -197,6 +199,53 @@ func benchmarkRoundTrip(b *testing.B, path string, child int) {
 			line, err := br.ReadSlice('\n')
 			if err != nil || !bytes.Contains(line, []byte(`"accepted"`)) {
 				b.Fatalf("publish reply %q: %v", line, err)
+			}
+		}
+	})
+
+	// The raw loop again, but with the replies read by a goroutine of
+	// their own and handed to the caller over a channel, as the client
+	// does: what that one hand-off costs.
+	b.Run("raw-reader", func(b *testing.B) {
+		nc, err := net.Dial("unix", path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		replies := make(chan error, 1)
+		go func() {
+			defer close(replies)
+			br := bufio.NewReader(nc)
+			for {
+				line, err := br.ReadSlice('\n')
+				if err != nil {
+					return
+				}
+				if !bytes.Contains(line, []byte(`"accepted"`)) {
+					replies <- fmt.Errorf("publish reply %q", line)
+					continue
+				}
+				replies <- nil
+			}
+		}()
+		b.Cleanup(func() {
+			nc.Close()
+			for range replies {
+			}
+		})
+		req := protocol.Request{Op: protocol.OpPublish, HasID: true, Queue: "data", HasQueue: true, Type: "CANDLE_UPDATE", HasType: true, Payload: payload}
+		var out []byte
+		b.ReportAllocs()
+		b.ResetTimer()
+		defer reportCPU(b, child)()
+		for i := range b.N {
+			req.ID = int64(i + 1)
+			req.MsgID = "raw-reader-" + strconv.Itoa(i)
+			out = protocol.AppendRequest(out[:0], &req)
+			if _, err := nc.Write(out); err != nil {
+				b.Fatal(err)
+			}
+			if err, ok := <-replies; !ok || err != nil {
+				b.Fatalf("reply: %v (reader running: %v)", err, ok)
 			}
 		}
 	})
