@@ -17,15 +17,7 @@ import (
 // makes room. It takes about 5 s; every other test drives a fake clock.
 // Elapsed times are only checked from below (a timer never fires early).
 func TestEndToEndRealDefaultTimeouts(t *testing.T) {
-	b, err := bus.New(bus.DefaultQueues())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		_, _ = b.Shutdown(ctx)
-	})
+	b, _ := newBus(t, bus.DefaultQueues(), bus.WithClock(bus.SystemClock()))
 	for _, q := range bus.DefaultQueues() {
 		publishN(t, b, q.Name, "T", 0, q.Capacity)
 	}

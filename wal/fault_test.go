@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -198,13 +197,7 @@ func TestRotationLetsRecordsInWhileItSyncs(t *testing.T) {
 	// The header and the delivery count as dead.
 	last := fillToRotation(t, l, opts, headerSize+int64(len(appendSettle(nil, settleRec{typ: recDeliver, seq: nacked}))))
 	// The crossing ack starts a rotation; hold the new segment's sync.
-	newSync := make(chan struct{})
-	fsys.set(func(f *faultFS) { f.gate, f.gateName = newSync, segName(dir, 2) })
-	openNew := sync.OnceFunc(func() {
-		fsys.set(func(f *faultFS) { f.gate, f.gateName = nil, "" })
-		close(newSync)
-	})
-	t.Cleanup(openNew) // a failure must not leave Close waiting on the gate
+	openNew := fsys.holdSyncs(t, segName(dir, 2))
 	mustOK(t, 0, "ack", l.Ack(last))
 	waitFor(t, "the new segment's fdatasync", func() bool { return fsys.gatedCount() > 0 })
 

@@ -232,6 +232,21 @@ func (f *faultFS) Rename(from, to string) error {
 	return f.OSFS.Rename(from, to)
 }
 
+// holdSyncs makes the Syncs of segment file name wait until the returned
+// release is called (at the latest when the test ends, so that a failure
+// does not leave Close waiting on the gate), and counts them from zero.
+func (f *faultFS) holdSyncs(t *testing.T, name string) (release func()) {
+	t.Helper()
+	gate := make(chan struct{})
+	f.set(func(f *faultFS) { f.gate, f.gateName, f.gated = gate, name, 0 })
+	release = sync.OnceFunc(func() {
+		f.set(func(f *faultFS) { f.gate, f.gateName = nil, "" })
+		close(gate)
+	})
+	t.Cleanup(release)
+	return release
+}
+
 // gatedCount counts the Syncs that reached the gate of gateName.
 func (f *faultFS) gatedCount() int {
 	f.mu.Lock()

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 )
@@ -104,13 +103,7 @@ func rotateAbsorbing(t *testing.T, l *Log, fsys *faultFS, dir string, opts Optio
 	if got := dead(); got != d {
 		t.Fatalf("%d dead bytes, want %d", got, d)
 	}
-	gate := make(chan struct{})
-	fsys.set(func(f *faultFS) { f.gate, f.gateName, f.gated = gate, cur, 0 })
-	release := sync.OnceFunc(func() {
-		fsys.set(func(f *faultFS) { f.gate, f.gateName = nil, "" })
-		close(gate)
-	})
-	t.Cleanup(release) // a failure must not leave Close waiting on the gate
+	release := fsys.holdSyncs(t, cur)
 	mustOK(t, 0, "ack", l.Ack(last))
 	waitFor(t, "the rotation's sync of the old segment", func() bool { return fsys.gatedCount() > 0 })
 
