@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -184,23 +185,13 @@ func benchmarkRoundTrip(b *testing.B, path string, child int) {
 		}
 		b.Cleanup(func() { nc.Close() })
 		br := bufio.NewReader(nc)
-		req := protocol.Request{Op: protocol.OpPublish, HasID: true, Queue: "data", HasQueue: true, Type: "CANDLE_UPDATE", HasType: true, Payload: payload}
-		var out []byte
-		b.ReportAllocs()
-		b.ResetTimer()
-		defer reportCPU(b, child)()
-		for i := range b.N {
-			req.ID = int64(i + 1)
-			req.MsgID = "raw-" + strconv.Itoa(i)
-			out = protocol.AppendRequest(out[:0], &req)
-			if _, err := nc.Write(out); err != nil {
-				b.Fatal(err)
-			}
+		rawPublishLoop(b, nc, child, payload, func() error {
 			line, err := br.ReadSlice('\n')
-			if err != nil || !bytes.Contains(line, []byte(`"accepted"`)) {
-				b.Fatalf("publish reply %q: %v", line, err)
+			if err == nil && !bytes.Contains(line, []byte(`"accepted"`)) {
+				err = fmt.Errorf("publish reply %q", line)
 			}
-		}
+			return err
+		})
 	})
 
 	// The raw loop again, but with the replies read by a goroutine of
@@ -232,22 +223,13 @@ func benchmarkRoundTrip(b *testing.B, path string, child int) {
 			for range replies {
 			}
 		})
-		req := protocol.Request{Op: protocol.OpPublish, HasID: true, Queue: "data", HasQueue: true, Type: "CANDLE_UPDATE", HasType: true, Payload: payload}
-		var out []byte
-		b.ReportAllocs()
-		b.ResetTimer()
-		defer reportCPU(b, child)()
-		for i := range b.N {
-			req.ID = int64(i + 1)
-			req.MsgID = "raw-reader-" + strconv.Itoa(i)
-			out = protocol.AppendRequest(out[:0], &req)
-			if _, err := nc.Write(out); err != nil {
-				b.Fatal(err)
+		rawPublishLoop(b, nc, child, payload, func() error {
+			err, ok := <-replies
+			if !ok {
+				return errors.New("the reader stopped")
 			}
-			if err, ok := <-replies; !ok || err != nil {
-				b.Fatalf("reply: %v (reader running: %v)", err, ok)
-			}
-		}
+			return err
+		})
 	})
 
 	b.Run("client", func(b *testing.B) {
@@ -263,4 +245,26 @@ func benchmarkRoundTrip(b *testing.B, path string, child int) {
 			}
 		}
 	})
+}
+
+// rawPublishLoop is a raw variant's measured loop: b.N publishes over nc,
+// one at a time, each awaited through reply.
+func rawPublishLoop(b *testing.B, nc net.Conn, child int, payload json.RawMessage, reply func() error) {
+	req := protocol.Request{Op: protocol.OpPublish, HasID: true, Queue: "data", HasQueue: true, Type: "CANDLE_UPDATE", HasType: true, Payload: payload}
+	prefix := b.Name() + "-"
+	var out []byte
+	b.ReportAllocs()
+	b.ResetTimer()
+	defer reportCPU(b, child)()
+	for i := range b.N {
+		req.ID = int64(i + 1)
+		req.MsgID = prefix + strconv.Itoa(i)
+		out = protocol.AppendRequest(out[:0], &req)
+		if _, err := nc.Write(out); err != nil {
+			b.Fatal(err)
+		}
+		if err := reply(); err != nil {
+			b.Fatalf("reply: %v", err)
+		}
+	}
 }
