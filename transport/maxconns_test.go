@@ -249,6 +249,16 @@ func TestRejectionFloodDoesNotStallAccepting(t *testing.T) {
 // has to tear down; and the cap still holds for everyone else.
 func TestReconnectAtTheCapOnceTheConnectionEnded(t *testing.T) {
 	const frameLimit = 1 << 10
+	// readCutOff sends a frame over frameLimit and reads the server's
+	// error and the end of the connection.
+	readCutOff := func(t *testing.T, c *rawClient) {
+		t.Helper()
+		c.send(`{"op":"ping","id":1,"pad":"%s"}`, strings.Repeat("x", 2*frameLimit))
+		if m := c.recv(); m.Code != protocol.CodeFrameTooLarge {
+			t.Fatalf("got %+v, want a %s error", m, protocol.CodeFrameTooLarge)
+		}
+		c.expectEOF()
+	}
 	tests := []struct {
 		name string
 		// end ends first, the one admitted connection, as its client
@@ -275,21 +285,13 @@ func TestReconnectAtTheCapOnceTheConnectionEnded(t *testing.T) {
 		{
 			name: "the server cut it off and the client read the end, its socket still open",
 			end: func(t *testing.T, _ *testServer, first *rawClient) {
-				first.send(`{"op":"ping","id":1,"pad":"%s"}`, strings.Repeat("x", 2*frameLimit))
-				if m := first.recv(); m.Code != protocol.CodeFrameTooLarge {
-					t.Fatalf("got %+v, want a %s error", m, protocol.CodeFrameTooLarge)
-				}
-				first.expectEOF()
+				readCutOff(t, first)
 			},
 		},
 		{
 			name: "the server cut it off and the client read the end and closed",
 			end: func(t *testing.T, _ *testServer, first *rawClient) {
-				first.send(`{"op":"ping","id":1,"pad":"%s"}`, strings.Repeat("x", 2*frameLimit))
-				if m := first.recv(); m.Code != protocol.CodeFrameTooLarge {
-					t.Fatalf("got %+v, want a %s error", m, protocol.CodeFrameTooLarge)
-				}
-				first.expectEOF()
+				readCutOff(t, first)
 				first.nc.Close()
 			},
 		},
