@@ -317,3 +317,34 @@ func TestReconnectAtTheCapOnceTheConnectionEnded(t *testing.T) {
 		})
 	}
 }
+
+// TestReconnectAtTheCapFindsAConnectionAdmittedAtTheCap covers a
+// connection admitted after the server first reached the cap: it must be
+// found closed as surely as the ones open when the cap was first reached,
+// even while its read loop does not look at its socket.
+func TestReconnectAtTheCapFindsAConnectionAdmittedAtTheCap(t *testing.T) {
+	ts := startServer(t, withQueues(smallQueues()...), withConfig(func(c *Config) {
+		c.MaxConnections = 1
+		c.MaxWaitingPublishes = 1
+	}))
+	first := dialRaw(t, ts.path)
+	first.expectReply(first.roundTrip(`{"op":"ping","id":1}`), 1, protocol.StatusOK)
+	dialRaw(t, ts.path).expectRejected(1)
+	first.nc.Close()
+
+	next := dialRaw(t, ts.path)
+	next.expectReply(next.roundTrip(`{"op":"ping","id":2}`), 2, protocol.StatusOK)
+	// As in TestReconnectAtTheCapOnceTheConnectionEnded: order is full and
+	// the read loop waits for the second publish, not reading.
+	next.expectReply(next.roundTrip(`{"op":"publish","id":3,"queue":"order","type":"ORDER_PLACED"}`), 3, protocol.StatusAccepted)
+	next.send(`{"op":"publish","id":4,"queue":"order","type":"ORDER_PLACED"}`)
+	c := ts.onlyConn(t)
+	testkit.Eventually(t, "the read loop held by the waiting publish", c.readerHeldByWaitCap)
+	next.nc.Close()
+
+	last := dialRaw(t, ts.path)
+	last.expectReply(last.roundTrip(`{"op":"ping","id":5}`), 5, protocol.StatusOK)
+	if n := ts.srv.Connections(); n != 1 {
+		t.Fatalf("%d connections counted, want the new one only", n)
+	}
+}

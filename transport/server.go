@@ -24,7 +24,6 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
-	"golang.org/x/sys/unix"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
 	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
@@ -181,9 +180,9 @@ type Server struct {
 	// those that count against MaxConnections are marked counted.
 	conns map[*conn]struct{}
 	wg    sync.WaitGroup
-	// pollFDs is the accept loop's scratch for finding closed clients.
-	pollFDs   []unix.PollFd
-	pollConns []*conn
+	// hup finds the counted connections whose clients have closed, for
+	// the accept loop at the cap; under mu.
+	hup hupWatch
 
 	// connCount is the connections that count against MaxConnections;
 	// changed under mu, read without it.
@@ -464,6 +463,7 @@ func (s *Server) Serve(l net.Listener) error {
 		c.counted = true
 		s.conns[c] = struct{}{}
 		s.connCount.Add(1)
+		s.hup.watch(c)
 		s.wg.Add(1)
 		s.mu.Unlock()
 		go c.serve()
@@ -573,6 +573,7 @@ func (s *Server) uncountLocked(c *conn) bool {
 	}
 	c.counted = false
 	s.connCount.Add(-1)
+	s.hup.unwatch(c)
 	return true
 }
 
@@ -582,29 +583,9 @@ func (s *Server) uncountLocked(c *conn) bool {
 // sent before it closed. Those are still served to the end; they only
 // leave room for a new connection. A client that only shut its write side
 // still reads its replies and keeps counting. Called with mu held, at the
-// cap only: it polls every counted connection's socket in one system call.
+// cap only.
 func (s *Server) uncountClosedLocked() {
-	fds, conns := s.pollFDs[:0], s.pollConns[:0]
-	for c := range s.conns {
-		// A counted connection's socket is open: it is closed only after
-		// uncount, or by a forced Shutdown, after which nothing is
-		// accepted.
-		if c.counted && c.fd >= 0 {
-			fds = append(fds, unix.PollFd{Fd: c.fd})
-			conns = append(conns, c)
-		}
-	}
-	s.pollFDs, s.pollConns = fds, conns
-	defer clear(conns) // the scratch must not keep closed connections alive
-	n, err := unix.Poll(fds, 0)
-	if err != nil || n == 0 {
-		return
-	}
-	for i, pfd := range fds {
-		if pfd.Revents&(unix.POLLHUP|unix.POLLERR) != 0 && !s.uncountLocked(conns[i]) {
-			return
-		}
-	}
+	s.hup.eachClosed(s.conns, s.uncountLocked)
 }
 
 func (s *Server) forget(c *conn, reason CloseReason) {
@@ -613,6 +594,7 @@ func (s *Server) forget(c *conn, reason CloseReason) {
 	if c.counted {
 		c.counted = false
 		s.connCount.Add(-1)
+		s.hup.unwatch(c)
 	}
 	s.mu.Unlock()
 	s.metrics.closed.Add(context.Background(), 1, metric.WithAttributes(attribute.String("reason", string(reason))))
@@ -728,6 +710,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-done
 		errs = append(errs, fmt.Errorf("transport shutdown: %w", ctx.Err()))
 	}
+	// Every connection is gone, and the accept loops saw shutting under
+	// mu before they could watch another.
+	s.mu.Lock()
+	s.hup.close()
+	s.mu.Unlock()
 	// Rejections since the owner's last LogRejections are reported before
 	// exit.
 	s.LogRejections()
