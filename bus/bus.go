@@ -21,10 +21,13 @@ const (
 	numDropReasons = 2 // len(DropReasons)
 )
 
+// acceptedIndex is outcomeIndex(Accepted).
+const acceptedIndex = 0
+
 func outcomeIndex(o Outcome) int {
 	switch o {
 	case Accepted:
-		return 0
+		return acceptedIndex
 	case Dropped:
 		return 1
 	case TimedOut:
@@ -159,9 +162,16 @@ type counters struct {
 	acked       atomic.Uint64
 	returned    atomic.Uint64
 	redelivered atomic.Uint64
-	size        atomic.Int64
-	waiting     atomic.Int64
-	consumers   atomic.Int64
+	// sizeMark is the number of waiting events plus delivered, minus a
+	// memory queue's accepted publishes, as of its last store
+	// (setSizeLocked). A delivery takes one waiting event and counts it in
+	// delivered under q.mu, and a memory queue's accepted publish counts
+	// its event under q.mu as it pushes it (pushLocked), so that the depth
+	// (queue.depth) stays right without a store of its own for either:
+	// two atomic operations fewer per event.
+	sizeMark  atomic.Int64
+	waiting   atomic.Int64
+	consumers atomic.Int64
 
 	deadLettered  atomic.Uint64
 	storageErrors atomic.Uint64
@@ -172,6 +182,40 @@ type counters struct {
 	unloggedDrops    [numDropReasons]atomic.Uint64
 	unloggedTimeouts atomic.Uint64
 	summarySince     atomic.Int64
+}
+
+// setSizeLocked records that n events are waiting. Called with q.mu held,
+// where neither delivered nor a memory queue's accepted count can change.
+func (q *queue) setSizeLocked(n int) {
+	c := &q.counters
+	c.sizeMark.Store(int64(n) + int64(c.delivered.Load()) - int64(q.pushed()))
+}
+
+// pushed is the number of events a memory queue has accepted, which
+// pushLocked counts as it pushes them; 0 on a durable queue, whose events
+// join the store by setSizeLocked.
+func (q *queue) pushed() uint64 {
+	if q.log != nil {
+		return 0
+	}
+	return q.counters.published[acceptedIndex].Load()
+}
+
+// depth is the number of waiting events, read without the lock: exact
+// as of one moment when no push or delivery ran while it read, which it
+// retries for a few times; past those, off by the events of that moment
+// and never below zero.
+func (q *queue) depth() int64 {
+	c := &q.counters
+	var n int64
+	for range 8 {
+		d, p := c.delivered.Load(), q.pushed()
+		n = c.sizeMark.Load() + int64(p) - int64(d)
+		if c.delivered.Load() == d && q.pushed() == p {
+			break
+		}
+	}
+	return max(n, 0)
 }
 
 // inFlight is the number of delivered events not settled yet. It may be a
@@ -453,7 +497,7 @@ func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(O
 		invalid = fmt.Errorf("%w: msg id of %d bytes for queue %q: at most %d bytes", ErrInvalidEvent, len(ev.MsgID), q.name, MaxMsgIDBytes)
 	}
 	if invalid != nil {
-		outcome, err := q.finishPublish(ctx, span, ev.Type, start, Failed, 0, int(q.counters.size.Load()), invalid)
+		outcome, err := q.finishPublish(ctx, span, ev.Type, start, Failed, 0, int(q.depth()), invalid)
 		return nil, outcome, err
 	}
 
@@ -526,6 +570,7 @@ func (q *queue) publishEvict(ctx context.Context, span trace.Span, newPending fu
 	evicted := one[:0]
 	if q.store.Len() > 0 && q.store.Len()+q.reserved >= q.capacity {
 		evicted = append(evicted, q.store.Pop())
+		q.setSizeLocked(q.store.Len())
 	}
 	var p *Pending
 	var seq uint64
@@ -534,7 +579,6 @@ func (q *queue) publishEvict(ctx context.Context, span trace.Span, newPending fu
 		p = newPending()
 		p.settlingLocked(start)
 		err = q.appendLocked(p, nil)
-		q.counters.size.Store(int64(q.store.Len()))
 	} else {
 		seq = q.pushLocked(ev, pubSC, traced, start)
 		q.wakeConsumersLocked()
@@ -795,9 +839,12 @@ func (q *queue) waitersChangedLocked() {
 	}
 }
 
-// finishPublish counts the outcome, records the duration and ends the span.
+// finishPublish counts the outcome (but a memory queue's accepted event,
+// which pushLocked counted), records the duration and ends the span.
 func (q *queue) finishPublish(ctx context.Context, span trace.Span, evType string, start time.Time, outcome Outcome, seq uint64, depth int, err error) (Outcome, error) {
-	q.counters.published[outcomeIndex(outcome)].Add(1)
+	if outcome != Accepted || q.log != nil {
+		q.counters.published[outcomeIndex(outcome)].Add(1)
+	}
 	b := q.bus
 	if span != nil {
 		end := b.clock.Now()
@@ -838,7 +885,9 @@ func (q *queue) pushLocked(ev Event, pubSC trace.SpanContext, traced bool, at ti
 	q.nextSeq++
 	e := q.store.pushSlot()
 	e.seq, e.ev, e.enqueuedAt, e.pubSC, e.traced = q.nextSeq, ev, at, pubSC, traced
-	q.counters.size.Store(int64(q.store.Len()))
+	// Counted here rather than by finishPublish: the count is the push
+	// for the queue's depth (see counters.sizeMark).
+	q.counters.published[acceptedIndex].Add(1)
 	if ev.MsgID != "" {
 		q.dedupe.add(ev.MsgID, q.nextSeq, at, nil)
 	}
@@ -960,7 +1009,7 @@ func (b *Bus) Stats() Stats {
 		}
 		set := q.settings.Load()
 		st[q.name] = QueueStats{
-			Size:           int(c.size.Load()),
+			Size:           int(q.depth()),
 			MaxSize:        set.Capacity,
 			Drops:          total,
 			Policy:         set.Policy,

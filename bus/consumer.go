@@ -216,7 +216,6 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 	q := c.q
 	b := q.bus
 	e := q.store.Pop()
-	q.counters.size.Store(int64(q.store.Len()))
 	q.walSettle(walDeliver, e.seq, "")
 	var now time.Time
 	if b.tel.tracing {
@@ -230,7 +229,7 @@ func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
 		sc = f.span.SpanContext()
 	}
 	more := c.inflight.len() < c.prefetch && q.store.Len() > 0
-	q.counters.delivered.Add(1)
+	q.counters.delivered.Add(1) // under q.mu, with the pop: see counters.sizeMark
 	admitted := q.admitWaitersLocked()
 	// Other idle consumers may be owed a wake-up for events still waiting.
 	q.wakeConsumersLocked()
@@ -333,7 +332,7 @@ func (c *Consumer) NackReason(seq uint64, reason string) error {
 	q.walSettle(walNack, seq, reason)
 	if !dead {
 		q.store.Requeue(e)
-		q.counters.size.Store(int64(q.store.Len()))
+		q.setSizeLocked(q.store.Len())
 		q.wakeConsumersLocked()
 	}
 	q.mu.Unlock()
@@ -374,7 +373,7 @@ func (c *Consumer) Close() {
 		q.store.Requeue(e)
 	}
 	q.counters.returned.Add(uint64(len(returned)))
-	q.counters.size.Store(int64(q.store.Len()))
+	q.setSizeLocked(q.store.Len())
 	q.counters.consumers.Add(-1)
 	q.wakeConsumersLocked()
 	q.mu.Unlock()
