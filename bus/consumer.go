@@ -95,7 +95,7 @@ func (c *Consumer) wake() {
 // once the bus has finished shutting down, and with an error wrapping
 // ctx.Err() when ctx ends first. Like Publish, it only consults ctx when it
 // has to wait: an event that is ready is handed over at once.
-func (c *Consumer) Receive(ctx context.Context) (Delivery, error) {
+func (c *Consumer) Receive(ctx context.Context) (d Delivery, err error) {
 	q := c.q
 	b := q.bus
 	q.mu.Lock()
@@ -118,7 +118,9 @@ func (c *Consumer) Receive(ctx context.Context) (Delivery, error) {
 		if c.inflight.len() < c.prefetch && q.store.Len() > 0 {
 			q.leaveIdleLocked(c)
 			c.releaseTurnLocked()
-			return c.deliverLocked(ctx)
+			// Filled in place: the delivery is a few hundred bytes.
+			c.deliverLocked(ctx, &d)
+			return d, nil
 		}
 		c.waiting = true
 		if c.inflight.len() < c.prefetch && !c.idle {
@@ -211,53 +213,58 @@ func (q *queue) leaveIdleLocked(c *Consumer) {
 	}
 }
 
-// deliverLocked hands the head event to c. Called with q.mu held; releases it.
-func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
+// deliverLocked hands the head event to c in *d. Called with q.mu held;
+// releases it.
+func (c *Consumer) deliverLocked(ctx context.Context, d *Delivery) {
 	q := c.q
 	b := q.bus
-	e := q.store.Pop()
+	// The head goes straight from the ring into the in-flight record: one
+	// copy of the entry instead of two.
+	f := c.inflight.add(q.store.oldest())
+	q.store.dropHead()
+	q.counters.delivered.Add(1) // with the pop: see counters.sizeMark
+	e := &f.e
 	q.walSettle(walDeliver, e.seq, "")
 	var now time.Time
 	if b.tel.tracing {
 		now = b.clock.Now() // for the queued-duration metric too
 	}
-	f := c.inflight.add(&e)
 	sc := e.pubSC
 	if e.traced {
-		f.span = b.tel.startDeliver(q, &e, now)
+		f.span = b.tel.startDeliver(q, e, now)
 		f.deliveredAt = now
 		sc = f.span.SpanContext()
 	}
-	more := c.inflight.len() < c.prefetch && q.store.Len() > 0
-	q.counters.delivered.Add(1) // under q.mu, with the pop: see counters.sizeMark
-	admitted := q.admitWaitersLocked()
-	// Other idle consumers may be owed a wake-up for events still waiting.
-	q.wakeConsumersLocked()
-	q.mu.Unlock()
-	admitted.release()
-
-	if e.redeliveries > 0 {
-		q.counters.redelivered.Add(1)
-	}
-	if b.tel.metrics {
-		var queued time.Duration
-		if b.tel.tracing {
-			queued = now.Sub(e.enqueuedAt)
-		} else {
-			queued = b.since(e.enqueuedAt)
-		}
-		b.tel.queuedDuration.Record(ctx, queued.Seconds(), q.tel.record...)
-	}
-	return Delivery{
+	// Copied under the lock: once it is released, an ack may clear f.
+	*d = Delivery{
 		Queue:        q.name,
 		Seq:          e.seq,
 		Event:        e.ev,
 		EnqueuedAt:   e.enqueuedAt,
 		Redeliveries: e.redeliveries,
 		SpanContext:  sc,
-		DeadLetter:   deadLetterCopy(e.dl),
-		More:         more,
-	}, nil
+		More:         c.inflight.len() < c.prefetch && q.store.Len() > 0,
+	}
+	dl := e.dl // never changed once set: copied for the caller below
+	admitted := q.admitWaitersLocked()
+	// Other idle consumers may be owed a wake-up for events still waiting.
+	q.wakeConsumersLocked()
+	q.mu.Unlock()
+	admitted.release()
+
+	if d.Redeliveries > 0 {
+		q.counters.redelivered.Add(1)
+	}
+	if b.tel.metrics {
+		var queued time.Duration
+		if b.tel.tracing {
+			queued = now.Sub(d.EnqueuedAt)
+		} else {
+			queued = b.since(d.EnqueuedAt)
+		}
+		b.tel.queuedDuration.Record(ctx, queued.Seconds(), q.tel.record...)
+	}
+	d.DeadLetter = deadLetterCopy(dl)
 }
 
 // settle removes seq from c's in-flight set, copying its record to out
