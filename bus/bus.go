@@ -543,7 +543,7 @@ func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(O
 			}
 			return p, "", nil
 		}
-		seq := q.pushLocked(ev, pubSC, traced, start)
+		seq := q.pushLocked(&ev, &pubSC, traced, start)
 		q.wakeConsumersLocked()
 		q.mu.Unlock()
 		outcome, err := q.finishPublish(ctx, span, ev.Type, start, Accepted, seq, depth, nil)
@@ -580,7 +580,7 @@ func (q *queue) publishEvict(ctx context.Context, span trace.Span, newPending fu
 		p.settlingLocked(start)
 		err = q.appendLocked(p, nil)
 	} else {
-		seq = q.pushLocked(ev, pubSC, traced, start)
+		seq = q.pushLocked(&ev, &pubSC, traced, start)
 		q.wakeConsumersLocked()
 	}
 	q.mu.Unlock()
@@ -880,11 +880,12 @@ func (b *Bus) publishUnknown(ctx context.Context, ev Event, name string) (Outcom
 }
 
 // pushLocked appends an accepted event with the next seq to a memory
-// queue.
-func (q *queue) pushLocked(ev Event, pubSC trace.SpanContext, traced bool, at time.Time) uint64 {
+// queue. ev and pubSC are pointers so that the event is copied once, into
+// its slot.
+func (q *queue) pushLocked(ev *Event, pubSC *trace.SpanContext, traced bool, at time.Time) uint64 {
 	q.nextSeq++
 	e := q.store.pushSlot()
-	e.seq, e.ev, e.enqueuedAt, e.pubSC, e.traced = q.nextSeq, ev, at, pubSC, traced
+	e.seq, e.ev, e.enqueuedAt, e.pubSC, e.traced = q.nextSeq, *ev, at, *pubSC, traced
 	// Counted here rather than by finishPublish: the count is the push
 	// for the queue's depth (see counters.sizeMark).
 	q.counters.published[acceptedIndex].Add(1)
@@ -925,7 +926,7 @@ func (q *queue) admitWaitersLocked() pendingList {
 			}
 			continue
 		}
-		p.resolveLocked(Accepted, q.pushLocked(p.ev, p.pubSC, p.traced, now), nil, now)
+		p.resolveLocked(Accepted, q.pushLocked(&p.ev, &p.pubSC, p.traced, now), nil, now)
 		admitted.push(p)
 	}
 	q.wakeConsumersLocked()

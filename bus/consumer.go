@@ -285,25 +285,44 @@ func (c *Consumer) settle(seq uint64, op string, out *flight) error {
 // returned to the queue by Close).
 func (c *Consumer) Ack(seq uint64) error {
 	q := c.q
-	// Only a deliver span needs the record once it is settled.
-	var f flight
-	var out *flight
 	if q.bus.tel.tracing {
-		out = &f
+		return c.ackTraced(seq)
 	}
 	q.mu.Lock()
-	err := c.settle(seq, "ack", out)
+	err := c.settle(seq, "ack", nil)
 	q.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	q.walSettle(walAck, seq, "")
-	q.counters.acked.Add(1) // once the log has the ack: see counters
-	q.bus.notifyDrain()
+	c.acked(seq)
+	return nil
+}
+
+// ackTraced is Ack with tracing, which needs the settled record for the
+// deliver span: a function of its own, so that an ack without tracing
+// does not clear a record's worth of stack on every call.
+func (c *Consumer) ackTraced(seq uint64) error {
+	q := c.q
+	var f flight
+	q.mu.Lock()
+	err := c.settle(seq, "ack", &f)
+	q.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	c.acked(seq)
 	if f.span != nil {
 		q.bus.tel.endDeliver(q, &f, DeliveryAck, q.bus.spanNow())
 	}
 	return nil
+}
+
+// acked records a settled ack in the log and the counters.
+func (c *Consumer) acked(seq uint64) {
+	q := c.q
+	q.walSettle(walAck, seq, "")
+	q.counters.acked.Add(1) // once the log has the ack: see counters
+	q.bus.notifyDrain()
 }
 
 // Nack returns a delivery to the head of its queue, before every waiting
