@@ -342,7 +342,7 @@ func clip(s string) string {
 // queue get room in arrival order. The bus keeps ev.Payload by reference:
 // the caller must not modify it afterwards.
 func (b *Bus) Publish(ctx context.Context, ev Event, queueName string) (Outcome, error) {
-	p, outcome, err := b.begin(ctx, ev, queueName, nil)
+	p, outcome, err := b.begin(ctx, &ev, queueName, nil)
 	if p == nil {
 		return outcome, err
 	}
@@ -382,7 +382,7 @@ func (b *Bus) PublishAsync(ctx context.Context, ev Event, queueName string, done
 	if done == nil {
 		done = func(Outcome, error) {}
 	}
-	p, outcome, err := b.begin(ctx, ev, queueName, done)
+	p, outcome, err := b.begin(ctx, &ev, queueName, done)
 	if p == nil {
 		done(outcome, err)
 		return nil
@@ -473,11 +473,13 @@ func (p *Pending) Cancel() bool {
 
 // begin runs a publish up to the point where it has to wait. It returns
 // the outcome when that is immediate, otherwise the registered wait, which
-// the caller must release once.
-func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(Outcome, error)) (*Pending, Outcome, error) {
+// the caller must release once. ev is the caller's, by pointer so that the
+// event is copied once, into its ring slot or its Pending; begin does not
+// keep the pointer.
+func (b *Bus) begin(ctx context.Context, ev *Event, queueName string, done func(Outcome, error)) (*Pending, Outcome, error) {
 	q, ok := b.byName[queueName]
 	if !ok {
-		outcome, err := b.publishUnknown(ctx, ev, queueName)
+		outcome, err := b.publishUnknown(ctx, *ev, queueName)
 		return nil, outcome, err
 	}
 	start := b.now()
@@ -485,7 +487,7 @@ func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(O
 	pubSC := ev.Parent // without tracing, deliveries carry the publisher's context on
 	traced := false
 	if b.tel.tracing {
-		ctx, span = b.tel.startPublish(ctx, q, &ev, start)
+		ctx, span = b.tel.startPublish(ctx, q, ev, start)
 		pubSC = span.SpanContext()
 		traced = span.IsRecording()
 	}
@@ -510,7 +512,7 @@ func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(O
 	}
 	depth := q.store.Len()
 	newPending := func() *Pending {
-		p := &Pending{q: q, ctx: ctx, ev: ev, pubSC: pubSC, traced: traced, span: span, start: start, depth: depth, done: done}
+		p := &Pending{q: q, ctx: ctx, ev: *ev, pubSC: pubSC, traced: traced, span: span, start: start, depth: depth, done: done}
 		if done == nil {
 			p.ch = make(chan struct{})
 		}
@@ -543,7 +545,7 @@ func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(O
 			}
 			return p, "", nil
 		}
-		seq := q.pushLocked(&ev, &pubSC, traced, start)
+		seq := q.pushLocked(ev, &pubSC, traced, start)
 		q.wakeConsumersLocked()
 		q.mu.Unlock()
 		outcome, err := q.finishPublish(ctx, span, ev.Type, start, Accepted, seq, depth, nil)
@@ -565,7 +567,7 @@ func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(O
 // away everything above the capacity at once. A durable queue cannot evict
 // events whose append is still in flight: when those alone fill it, the new
 // event takes a slot past capacity rather than wait, as the policy promises.
-func (q *queue) publishEvict(ctx context.Context, span trace.Span, newPending func() *Pending, ev Event, pubSC trace.SpanContext, traced bool, start time.Time, depth int) (*Pending, Outcome, error) {
+func (q *queue) publishEvict(ctx context.Context, span trace.Span, newPending func() *Pending, ev *Event, pubSC trace.SpanContext, traced bool, start time.Time, depth int) (*Pending, Outcome, error) {
 	var one [1]entry
 	evicted := one[:0]
 	if q.store.Len() > 0 && q.store.Len()+q.reserved >= q.capacity {
@@ -580,7 +582,7 @@ func (q *queue) publishEvict(ctx context.Context, span trace.Span, newPending fu
 		p.settlingLocked(start)
 		err = q.appendLocked(p, nil)
 	} else {
-		seq = q.pushLocked(&ev, &pubSC, traced, start)
+		seq = q.pushLocked(ev, &pubSC, traced, start)
 		q.wakeConsumersLocked()
 	}
 	q.mu.Unlock()
