@@ -21,10 +21,13 @@ const (
 	numDropReasons = 2 // len(DropReasons)
 )
 
+// acceptedIndex is outcomeIndex(Accepted).
+const acceptedIndex = 0
+
 func outcomeIndex(o Outcome) int {
 	switch o {
 	case Accepted:
-		return 0
+		return acceptedIndex
 	case Dropped:
 		return 1
 	case TimedOut:
@@ -159,9 +162,16 @@ type counters struct {
 	acked       atomic.Uint64
 	returned    atomic.Uint64
 	redelivered atomic.Uint64
-	size        atomic.Int64
-	waiting     atomic.Int64
-	consumers   atomic.Int64
+	// sizeMark is the number of waiting events plus delivered, minus a
+	// memory queue's accepted publishes, as of its last store
+	// (setSizeLocked). A delivery takes one waiting event and counts it in
+	// delivered under q.mu, and a memory queue's accepted publish counts
+	// its event under q.mu as it pushes it (pushLocked), so that the depth
+	// (queue.depth) stays right without a store of its own for either:
+	// two atomic operations fewer per event.
+	sizeMark  atomic.Int64
+	waiting   atomic.Int64
+	consumers atomic.Int64
 
 	deadLettered  atomic.Uint64
 	storageErrors atomic.Uint64
@@ -172,6 +182,40 @@ type counters struct {
 	unloggedDrops    [numDropReasons]atomic.Uint64
 	unloggedTimeouts atomic.Uint64
 	summarySince     atomic.Int64
+}
+
+// setSizeLocked records that n events are waiting. Called with q.mu held,
+// where neither delivered nor a memory queue's accepted count can change.
+func (q *queue) setSizeLocked(n int) {
+	c := &q.counters
+	c.sizeMark.Store(int64(n) + int64(c.delivered.Load()) - int64(q.pushed()))
+}
+
+// pushed is the number of events a memory queue has accepted, which
+// pushLocked counts as it pushes them; 0 on a durable queue, whose events
+// join the store by setSizeLocked.
+func (q *queue) pushed() uint64 {
+	if q.log != nil {
+		return 0
+	}
+	return q.counters.published[acceptedIndex].Load()
+}
+
+// depth is the number of waiting events, read without the lock: exact
+// as of one moment when no push or delivery ran while it read, which it
+// retries for a few times; past those, off by the events of that moment
+// and never below zero.
+func (q *queue) depth() int64 {
+	c := &q.counters
+	var n int64
+	for range 8 {
+		d, p := c.delivered.Load(), q.pushed()
+		n = c.sizeMark.Load() + int64(p) - int64(d)
+		if c.delivered.Load() == d && q.pushed() == p {
+			break
+		}
+	}
+	return max(n, 0)
 }
 
 // inFlight is the number of delivered events not settled yet. It may be a
@@ -298,7 +342,7 @@ func clip(s string) string {
 // queue get room in arrival order. The bus keeps ev.Payload by reference:
 // the caller must not modify it afterwards.
 func (b *Bus) Publish(ctx context.Context, ev Event, queueName string) (Outcome, error) {
-	p, outcome, err := b.begin(ctx, ev, queueName, nil)
+	p, outcome, err := b.begin(ctx, &ev, queueName, nil)
 	if p == nil {
 		return outcome, err
 	}
@@ -338,7 +382,7 @@ func (b *Bus) PublishAsync(ctx context.Context, ev Event, queueName string, done
 	if done == nil {
 		done = func(Outcome, error) {}
 	}
-	p, outcome, err := b.begin(ctx, ev, queueName, done)
+	p, outcome, err := b.begin(ctx, &ev, queueName, done)
 	if p == nil {
 		done(outcome, err)
 		return nil
@@ -429,11 +473,13 @@ func (p *Pending) Cancel() bool {
 
 // begin runs a publish up to the point where it has to wait. It returns
 // the outcome when that is immediate, otherwise the registered wait, which
-// the caller must release once.
-func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(Outcome, error)) (*Pending, Outcome, error) {
+// the caller must release once. ev is the caller's, by pointer so that the
+// event is copied once, into its ring slot or its Pending; begin does not
+// keep the pointer.
+func (b *Bus) begin(ctx context.Context, ev *Event, queueName string, done func(Outcome, error)) (*Pending, Outcome, error) {
 	q, ok := b.byName[queueName]
 	if !ok {
-		outcome, err := b.publishUnknown(ctx, ev, queueName)
+		outcome, err := b.publishUnknown(ctx, *ev, queueName)
 		return nil, outcome, err
 	}
 	start := b.now()
@@ -441,7 +487,7 @@ func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(O
 	pubSC := ev.Parent // without tracing, deliveries carry the publisher's context on
 	traced := false
 	if b.tel.tracing {
-		ctx, span = b.tel.startPublish(ctx, q, &ev, start)
+		ctx, span = b.tel.startPublish(ctx, q, ev, start)
 		pubSC = span.SpanContext()
 		traced = span.IsRecording()
 	}
@@ -453,7 +499,7 @@ func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(O
 		invalid = fmt.Errorf("%w: msg id of %d bytes for queue %q: at most %d bytes", ErrInvalidEvent, len(ev.MsgID), q.name, MaxMsgIDBytes)
 	}
 	if invalid != nil {
-		outcome, err := q.finishPublish(ctx, span, ev.Type, start, Failed, 0, int(q.counters.size.Load()), invalid)
+		outcome, err := q.finishPublish(ctx, span, ev.Type, start, Failed, 0, int(q.depth()), invalid)
 		return nil, outcome, err
 	}
 
@@ -466,7 +512,7 @@ func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(O
 	}
 	depth := q.store.Len()
 	newPending := func() *Pending {
-		p := &Pending{q: q, ctx: ctx, ev: ev, pubSC: pubSC, traced: traced, span: span, start: start, depth: depth, done: done}
+		p := &Pending{q: q, ctx: ctx, ev: *ev, pubSC: pubSC, traced: traced, span: span, start: start, depth: depth, done: done}
 		if done == nil {
 			p.ch = make(chan struct{})
 		}
@@ -499,7 +545,7 @@ func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(O
 			}
 			return p, "", nil
 		}
-		seq := q.pushLocked(ev, pubSC, traced, start)
+		seq := q.pushLocked(ev, &pubSC, traced, start)
 		q.wakeConsumersLocked()
 		q.mu.Unlock()
 		outcome, err := q.finishPublish(ctx, span, ev.Type, start, Accepted, seq, depth, nil)
@@ -521,11 +567,12 @@ func (b *Bus) begin(ctx context.Context, ev Event, queueName string, done func(O
 // away everything above the capacity at once. A durable queue cannot evict
 // events whose append is still in flight: when those alone fill it, the new
 // event takes a slot past capacity rather than wait, as the policy promises.
-func (q *queue) publishEvict(ctx context.Context, span trace.Span, newPending func() *Pending, ev Event, pubSC trace.SpanContext, traced bool, start time.Time, depth int) (*Pending, Outcome, error) {
+func (q *queue) publishEvict(ctx context.Context, span trace.Span, newPending func() *Pending, ev *Event, pubSC trace.SpanContext, traced bool, start time.Time, depth int) (*Pending, Outcome, error) {
 	var one [1]entry
 	evicted := one[:0]
 	if q.store.Len() > 0 && q.store.Len()+q.reserved >= q.capacity {
 		evicted = append(evicted, q.store.Pop())
+		q.setSizeLocked(q.store.Len())
 	}
 	var p *Pending
 	var seq uint64
@@ -534,9 +581,8 @@ func (q *queue) publishEvict(ctx context.Context, span trace.Span, newPending fu
 		p = newPending()
 		p.settlingLocked(start)
 		err = q.appendLocked(p, nil)
-		q.counters.size.Store(int64(q.store.Len()))
 	} else {
-		seq = q.pushLocked(ev, pubSC, traced, start)
+		seq = q.pushLocked(ev, &pubSC, traced, start)
 		q.wakeConsumersLocked()
 	}
 	q.mu.Unlock()
@@ -795,9 +841,12 @@ func (q *queue) waitersChangedLocked() {
 	}
 }
 
-// finishPublish counts the outcome, records the duration and ends the span.
+// finishPublish counts the outcome (but a memory queue's accepted event,
+// which pushLocked counted), records the duration and ends the span.
 func (q *queue) finishPublish(ctx context.Context, span trace.Span, evType string, start time.Time, outcome Outcome, seq uint64, depth int, err error) (Outcome, error) {
-	q.counters.published[outcomeIndex(outcome)].Add(1)
+	if outcome != Accepted || q.log != nil {
+		q.counters.published[outcomeIndex(outcome)].Add(1)
+	}
 	b := q.bus
 	if span != nil {
 		end := b.clock.Now()
@@ -833,12 +882,15 @@ func (b *Bus) publishUnknown(ctx context.Context, ev Event, name string) (Outcom
 }
 
 // pushLocked appends an accepted event with the next seq to a memory
-// queue.
-func (q *queue) pushLocked(ev Event, pubSC trace.SpanContext, traced bool, at time.Time) uint64 {
+// queue. ev and pubSC are pointers so that the event is copied once, into
+// its slot.
+func (q *queue) pushLocked(ev *Event, pubSC *trace.SpanContext, traced bool, at time.Time) uint64 {
 	q.nextSeq++
 	e := q.store.pushSlot()
-	e.seq, e.ev, e.enqueuedAt, e.pubSC, e.traced = q.nextSeq, ev, at, pubSC, traced
-	q.counters.size.Store(int64(q.store.Len()))
+	e.seq, e.ev, e.enqueuedAt, e.pubSC, e.traced = q.nextSeq, *ev, at, *pubSC, traced
+	// Counted here rather than by finishPublish: the count is the push
+	// for the queue's depth (see counters.sizeMark).
+	q.counters.published[acceptedIndex].Add(1)
 	if ev.MsgID != "" {
 		q.dedupe.add(ev.MsgID, q.nextSeq, at, nil)
 	}
@@ -876,7 +928,7 @@ func (q *queue) admitWaitersLocked() pendingList {
 			}
 			continue
 		}
-		p.resolveLocked(Accepted, q.pushLocked(p.ev, p.pubSC, p.traced, now), nil, now)
+		p.resolveLocked(Accepted, q.pushLocked(&p.ev, &p.pubSC, p.traced, now), nil, now)
 		admitted.push(p)
 	}
 	q.wakeConsumersLocked()
@@ -960,7 +1012,7 @@ func (b *Bus) Stats() Stats {
 		}
 		set := q.settings.Load()
 		st[q.name] = QueueStats{
-			Size:           int(c.size.Load()),
+			Size:           int(q.depth()),
 			MaxSize:        set.Capacity,
 			Drops:          total,
 			Policy:         set.Policy,

@@ -95,7 +95,7 @@ func (c *Consumer) wake() {
 // once the bus has finished shutting down, and with an error wrapping
 // ctx.Err() when ctx ends first. Like Publish, it only consults ctx when it
 // has to wait: an event that is ready is handed over at once.
-func (c *Consumer) Receive(ctx context.Context) (Delivery, error) {
+func (c *Consumer) Receive(ctx context.Context) (d Delivery, err error) {
 	q := c.q
 	b := q.bus
 	q.mu.Lock()
@@ -118,7 +118,9 @@ func (c *Consumer) Receive(ctx context.Context) (Delivery, error) {
 		if c.inflight.len() < c.prefetch && q.store.Len() > 0 {
 			q.leaveIdleLocked(c)
 			c.releaseTurnLocked()
-			return c.deliverLocked(ctx)
+			// Filled in place: the delivery is a few hundred bytes.
+			c.deliverLocked(ctx, &d)
+			return d, nil
 		}
 		c.waiting = true
 		if c.inflight.len() < c.prefetch && !c.idle {
@@ -211,54 +213,58 @@ func (q *queue) leaveIdleLocked(c *Consumer) {
 	}
 }
 
-// deliverLocked hands the head event to c. Called with q.mu held; releases it.
-func (c *Consumer) deliverLocked(ctx context.Context) (Delivery, error) {
+// deliverLocked hands the head event to c in *d. Called with q.mu held;
+// releases it.
+func (c *Consumer) deliverLocked(ctx context.Context, d *Delivery) {
 	q := c.q
 	b := q.bus
-	e := q.store.Pop()
-	q.counters.size.Store(int64(q.store.Len()))
+	// The head goes straight from the ring into the in-flight record: one
+	// copy of the entry instead of two.
+	f := c.inflight.add(q.store.oldest())
+	q.store.dropHead()
+	q.counters.delivered.Add(1) // with the pop: see counters.sizeMark
+	e := &f.e
 	q.walSettle(walDeliver, e.seq, "")
 	var now time.Time
 	if b.tel.tracing {
 		now = b.clock.Now() // for the queued-duration metric too
 	}
-	f := c.inflight.add(&e)
 	sc := e.pubSC
 	if e.traced {
-		f.span = b.tel.startDeliver(q, &e, now)
+		f.span = b.tel.startDeliver(q, e, now)
 		f.deliveredAt = now
 		sc = f.span.SpanContext()
 	}
-	more := c.inflight.len() < c.prefetch && q.store.Len() > 0
-	q.counters.delivered.Add(1)
-	admitted := q.admitWaitersLocked()
-	// Other idle consumers may be owed a wake-up for events still waiting.
-	q.wakeConsumersLocked()
-	q.mu.Unlock()
-	admitted.release()
-
-	if e.redeliveries > 0 {
-		q.counters.redelivered.Add(1)
-	}
-	if b.tel.metrics {
-		var queued time.Duration
-		if b.tel.tracing {
-			queued = now.Sub(e.enqueuedAt)
-		} else {
-			queued = b.since(e.enqueuedAt)
-		}
-		b.tel.queuedDuration.Record(ctx, queued.Seconds(), q.tel.record...)
-	}
-	return Delivery{
+	// Copied under the lock: once it is released, an ack may clear f.
+	*d = Delivery{
 		Queue:        q.name,
 		Seq:          e.seq,
 		Event:        e.ev,
 		EnqueuedAt:   e.enqueuedAt,
 		Redeliveries: e.redeliveries,
 		SpanContext:  sc,
-		DeadLetter:   deadLetterCopy(e.dl),
-		More:         more,
-	}, nil
+		More:         c.inflight.len() < c.prefetch && q.store.Len() > 0,
+	}
+	dl := e.dl // never changed once set: copied for the caller below
+	admitted := q.admitWaitersLocked()
+	// Other idle consumers may be owed a wake-up for events still waiting.
+	q.wakeConsumersLocked()
+	q.mu.Unlock()
+	admitted.release()
+
+	if d.Redeliveries > 0 {
+		q.counters.redelivered.Add(1)
+	}
+	if b.tel.metrics {
+		var queued time.Duration
+		if b.tel.tracing {
+			queued = now.Sub(d.EnqueuedAt)
+		} else {
+			queued = b.since(d.EnqueuedAt)
+		}
+		b.tel.queuedDuration.Record(ctx, queued.Seconds(), q.tel.record...)
+	}
+	d.DeadLetter = deadLetterCopy(dl)
 }
 
 // settle removes seq from c's in-flight set, copying its record to out
@@ -279,25 +285,44 @@ func (c *Consumer) settle(seq uint64, op string, out *flight) error {
 // returned to the queue by Close).
 func (c *Consumer) Ack(seq uint64) error {
 	q := c.q
-	// Only a deliver span needs the record once it is settled.
-	var f flight
-	var out *flight
 	if q.bus.tel.tracing {
-		out = &f
+		return c.ackTraced(seq)
 	}
 	q.mu.Lock()
-	err := c.settle(seq, "ack", out)
+	err := c.settle(seq, "ack", nil)
 	q.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	q.walSettle(walAck, seq, "")
-	q.counters.acked.Add(1) // once the log has the ack: see counters
-	q.bus.notifyDrain()
+	c.acked(seq)
+	return nil
+}
+
+// ackTraced is Ack with tracing, which needs the settled record for the
+// deliver span: a function of its own, so that an ack without tracing
+// does not clear a record's worth of stack on every call.
+func (c *Consumer) ackTraced(seq uint64) error {
+	q := c.q
+	var f flight
+	q.mu.Lock()
+	err := c.settle(seq, "ack", &f)
+	q.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	c.acked(seq)
 	if f.span != nil {
 		q.bus.tel.endDeliver(q, &f, DeliveryAck, q.bus.spanNow())
 	}
 	return nil
+}
+
+// acked records a settled ack in the log and the counters.
+func (c *Consumer) acked(seq uint64) {
+	q := c.q
+	q.walSettle(walAck, seq, "")
+	q.counters.acked.Add(1) // once the log has the ack: see counters
+	q.bus.notifyDrain()
 }
 
 // Nack returns a delivery to the head of its queue, before every waiting
@@ -333,7 +358,7 @@ func (c *Consumer) NackReason(seq uint64, reason string) error {
 	q.walSettle(walNack, seq, reason)
 	if !dead {
 		q.store.Requeue(e)
-		q.counters.size.Store(int64(q.store.Len()))
+		q.setSizeLocked(q.store.Len())
 		q.wakeConsumersLocked()
 	}
 	q.mu.Unlock()
@@ -374,7 +399,7 @@ func (c *Consumer) Close() {
 		q.store.Requeue(e)
 	}
 	q.counters.returned.Add(uint64(len(returned)))
-	q.counters.size.Store(int64(q.store.Len()))
+	q.setSizeLocked(q.store.Len())
 	q.counters.consumers.Add(-1)
 	q.wakeConsumersLocked()
 	q.mu.Unlock()

@@ -71,7 +71,7 @@ func (q *queue) sendToDeadLetter(e entry) {
 		dlq.nextSeq++
 		m.ne.seq = dlq.nextSeq
 		dlq.store.Push(m.ne)
-		dlq.counters.size.Store(int64(dlq.store.Len()))
+		dlq.setSizeLocked(dlq.store.Len())
 		dlq.wakeConsumersLocked()
 		dlq.mu.Unlock()
 		q.walSettle(walAck, e.seq, "")
@@ -266,7 +266,7 @@ func (m *deadLetterMove) release(landed bool) {
 	if landed {
 		// By seq: events appended after it may have joined first.
 		dlq.store.Requeue(m.ne)
-		dlq.counters.size.Store(int64(dlq.store.Len()))
+		dlq.setSizeLocked(dlq.store.Len())
 		dlq.wakeConsumersLocked()
 	} else {
 		admitted = dlq.admitWaitersLocked()
@@ -285,7 +285,7 @@ func (m *deadLetterMove) failed(err error) {
 	q.mu.Lock()
 	q.walSettle(walNack, m.e.seq, m.e.reason)
 	q.store.Requeue(m.e)
-	q.counters.size.Store(int64(q.store.Len()))
+	q.setSizeLocked(q.store.Len())
 	q.wakeConsumersLocked()
 	q.mu.Unlock()
 	b.notifyDrain()

@@ -83,7 +83,7 @@ func (b *Bus) openLogs(o options, durable map[string]QueueConfig) (err error) {
 		for _, e := range recovered[q] {
 			q.store.Push(e)
 		}
-		q.counters.size.Store(int64(q.store.Len()))
+		q.setSizeLocked(q.store.Len())
 	}
 	return nil
 }
@@ -261,7 +261,7 @@ func (q *queue) land() {
 			q.dedupe.forget(id, l.seq)
 		}
 	}
-	q.counters.size.Store(int64(q.store.Len()))
+	q.setSizeLocked(q.store.Len())
 	q.wakeConsumersLocked()
 	if failed {
 		admitted = q.admitWaitersLocked() // the reserved slots are free again

@@ -94,12 +94,20 @@ func (r *ring) pushSlot() *entry {
 }
 
 func (r *ring) Pop() entry {
-	i := r.head
-	e := r.buf[i]
-	r.buf[i] = entry{} // release the payload for the GC
+	e := *r.oldest()
+	r.dropHead()
+	return e
+}
+
+// oldest is the oldest event's slot, for a caller that copies it out itself
+// before dropHead. Len must be > 0.
+func (r *ring) oldest() *entry { return &r.buf[r.head] }
+
+// dropHead removes the oldest event. Len must be > 0.
+func (r *ring) dropHead() {
+	r.buf[r.head] = entry{} // release the payload for the GC
 	r.head = r.mask(r.head + 1)
 	r.n--
-	return e
 }
 
 func (r *ring) Requeue(e entry) {

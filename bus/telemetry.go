@@ -166,7 +166,7 @@ func newTelemetry(b *Bus, o options) (telemetry, error) {
 	reg, err := m.RegisterCallback(func(_ context.Context, obs metric.Observer) error {
 		for _, q := range b.queues {
 			c, tel := &q.counters, &q.tel
-			obs.ObserveInt64(depth, c.size.Load(), tel.observe...)
+			obs.ObserveInt64(depth, q.depth(), tel.observe...)
 			obs.ObserveInt64(capacity, int64(q.settings.Load().Capacity), tel.observe...)
 			obs.ObserveInt64(waiting, c.waiting.Load(), tel.observe...)
 			obs.ObserveInt64(consumers, c.consumers.Load(), tel.observe...)
