@@ -2,6 +2,7 @@ package wal
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -70,6 +71,17 @@ func TestRotatedSegmentSupersedesOlderOnes(t *testing.T) {
 // append is copied. It returns the append's seq once it is answered.
 func rotateAbsorbing(t *testing.T, l *Log, fsys *faultFS, dir string, opts Options, acked uint64) uint64 {
 	t.Helper()
+	seq, err := rotateAbsorbingErr(t, l, fsys, dir, opts, acked)
+	if err != nil {
+		t.Fatalf("append absorbed by the rotation: %v", err)
+	}
+	return seq
+}
+
+// rotateAbsorbingErr is rotateAbsorbing returning the absorbed append's
+// answer.
+func rotateAbsorbingErr(t *testing.T, l *Log, fsys *faultFS, dir string, opts Options, acked uint64) (uint64, error) {
+	t.Helper()
 	ackSize := int64(len(appendSettle(nil, settleRec{typ: recAck, seq: 1})))
 	segs := segFiles(t, dir)
 	cur := segs[len(segs)-1]
@@ -114,13 +126,48 @@ func rotateAbsorbing(t *testing.T, l *Log, fsys *faultFS, dir string, opts Optio
 		t.Fatal(err)
 	}
 	release()
-	if err := <-res; err != nil {
-		t.Fatalf("append absorbed by the rotation: %v", err)
-	}
+	err = <-res
 	if got := segFiles(t, dir); slices.Contains(got, cur) && got[len(got)-1] == cur {
 		t.Fatalf("segments %v: the rotation did not start a new one", got)
 	}
-	return seq
+	return seq, err
+}
+
+// TestFailedDirectorySyncAfterRotation fails the directory sync after a
+// rotation renamed its new segment into place: the new segment's name may
+// not survive a power loss, so nothing the rotation absorbed may be
+// answered as stored, nor any append after it until a directory sync
+// succeeds; the old segment stays; and a restart brings back no acked
+// event and loses no stored one.
+func TestFailedDirectorySyncAfterRotation(t *testing.T) {
+	l, fsys, opts, dir := openSmallFaulty(t)
+	kept := appendT(t, l, "kept")
+	acked := appendT(t, l, "acked as the rotation starts")
+	fsys.set(func(f *faultFS) { f.syncDirErr = syscall.EIO })
+	absorbed, err := rotateAbsorbingErr(t, l, fsys, dir, opts, acked)
+	if !errors.Is(err, ErrStorage) {
+		t.Fatalf("append absorbed by a rotation whose directory sync failed: %v, want ErrStorage", err)
+	}
+	if n := len(segFiles(t, dir)); n != 2 {
+		t.Fatalf("%d segment files, want the new one and the old one kept", n)
+	}
+	if _, err := l.Append(context.Background(), []byte("directory still failing"), "", fixedNow); !errors.Is(err, ErrStorage) {
+		t.Fatalf("Append while the directory sync fails: %v, want ErrStorage", err)
+	}
+	fsys.set(func(f *faultFS) { f.syncDirErr = nil })
+	dirSyncs := fsys.syncDirCount()
+	stored := appendT(t, l, "stored")
+	if fsys.syncDirCount() == dirSyncs {
+		t.Fatal("an append was answered stored without the directory sync the new segment still owed")
+	}
+	closeT(t, l)
+
+	l, rec := openT(t, dir, testOpts())
+	t.Cleanup(func() { l.Close() })
+	got := seqs(rec.Records)
+	if slices.Contains(got, acked) || !slices.Contains(got, kept) || !slices.Contains(got, stored) {
+		t.Fatalf("recovered %v: want %d and %d, not the acked %d (the failed %d may come back)", got, kept, stored, acked, absorbed)
+	}
 }
 
 func TestCheckReportsSupersededSegments(t *testing.T) {
