@@ -170,6 +170,8 @@ type faultFS struct {
 	// SyncDirs that reached the disk.
 	syncDirErr error
 	syncDirs   int
+	// onRemove, when set, is called at each Remove of a segment.
+	onRemove func()
 	// crashAtRemove, when positive, counts down the Removes of segments;
 	// the one that brings it to zero is where the process dies: neither
 	// it nor any later change (write, truncate, creation, rename,
@@ -218,8 +220,11 @@ func (f *faultFS) Remove(name string) error {
 		f.crashAtRemove--
 		f.crashed = f.crashAtRemove == 0
 	}
-	crashed, rerr := f.crashed, f.removeErr
+	crashed, rerr, hook := f.crashed, f.removeErr, f.onRemove
 	f.mu.Unlock()
+	if isSeg && hook != nil {
+		hook()
+	}
 	switch {
 	case crashed:
 		return nil
