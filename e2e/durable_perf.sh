@@ -123,7 +123,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 		done
 		stop_sidecar
 	done
-	"${WORK}/wal.test" -test.run '^$' -test.bench Fdatasync -test.benchtime 2000x |
+	"${WORK}/wal.test" -test.run '^$' -test.bench 'Fdatasync$' -test.benchtime 2000x |
 		awk -v r="${r}" '/^BenchmarkFdatasync/ {for (i = 1; i <= NF; i++) {if ($(i+1) == "sync-p50-ms") p50 = $i; if ($(i+1) == "sync-p99-ms") p99 = $i}
 			printf "{\"round\":%d,\"mode\":\"fdatasync\",\"p50_ms\":%s,\"p99_ms\":%s}\n", r, p50, p99}' |
 		tee -a "${WORK}/results.jsonl"
