@@ -160,6 +160,12 @@ type Result struct {
 	// SendLag, in an open-loop run, is how late each event was sent after
 	// its intended time: the load tool's own falling behind.
 	SendLag *Percentiles `json:"send_lag,omitempty"`
+	// PublishFromSend, in an open-loop run, runs from each event's actual
+	// send to its publish reply (wrk2's "uncorrected" latency): the
+	// sidecar's part of PublishLatency without the tool's send lag. It
+	// hides a stall's effect on the events that waited for a publisher,
+	// so PublishLatency is the figure to judge the sidecar by.
+	PublishFromSend *Percentiles `json:"publish_latency_from_send,omitempty"`
 	// Incomplete is set when Duration ended the run early.
 	Incomplete bool `json:"incomplete"`
 	// FirstError is the first unexpected publish error, if any.
@@ -174,7 +180,14 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("load config: %w", err)
 	}
-	return run(ctx, cfg, realClock{})
+	return runReal(ctx, cfg)
+}
+
+// runReal is run on the machine's clock.
+func runReal(ctx context.Context, cfg Config) (_ Result, err error) {
+	clock := newRealClock()
+	defer func() { err = errors.Join(err, clock.Close()) }()
+	return run(ctx, cfg, clock)
 }
 
 func run(ctx context.Context, cfg Config, clock Clock) (Result, error) {
@@ -220,10 +233,10 @@ func run(ctx context.Context, cfg Config, clock Clock) (Result, error) {
 		consumerEnded         = make(chan struct{}, len(cons))
 		stopOnce              sync.Once
 		pubLat, e2eLat        = newLatencies(), newLatencies()
-		lag                   *latencies
+		lag, fromSend         *latencies
 	)
 	if cfg.Rate > 0 {
-		lag = newLatencies()
+		lag, fromSend = newLatencies(), newLatencies()
 	}
 	consCtx, stopConsumers := context.WithCancel(ctx)
 	defer stopConsumers()
@@ -292,12 +305,18 @@ func run(ctx context.Context, cfg Config, clock Clock) (Result, error) {
 					return
 				}
 				sent.Add(1)
+				var sendTime time.Time
 				if lag != nil {
-					lag.record(w, clock.Now().Sub(at))
+					sendTime = clock.Now()
+					lag.record(w, sendTime.Sub(at))
 				}
 				payload := makePayload(pad[:0], unixNano(at), cfg.PayloadBytes)
 				out, err := c.Publish(ctx, bus.Event{Type: "LOAD_TEST", Payload: payload}, cfg.Queue)
-				pubLat.record(w, clock.Now().Sub(at))
+				replied := clock.Now()
+				pubLat.record(w, replied.Sub(at))
+				if fromSend != nil {
+					fromSend.record(w, replied.Sub(sendTime))
+				}
 				switch out {
 				case bus.Accepted:
 					counts[w][0]++
@@ -356,8 +375,8 @@ func run(ctx context.Context, cfg Config, clock Clock) (Result, error) {
 	res.PublishLatency = pubLat.percentiles()
 	res.EndToEnd = e2eLat.percentiles()
 	if lag != nil {
-		p := lag.percentiles()
-		res.SendLag = &p
+		p, q := lag.percentiles(), fromSend.percentiles()
+		res.SendLag, res.PublishFromSend = &p, &q
 	}
 	if firstErr != nil {
 		res.FirstError = firstErr.Error()
@@ -463,6 +482,9 @@ func (r Result) WriteText(w io.Writer) error {
 	}
 	pl("publish latency", r.PublishLatency)
 	pl("end-to-end latency", r.EndToEnd)
+	if r.PublishFromSend != nil {
+		pl("publish from send", *r.PublishFromSend)
+	}
 	if r.SendLag != nil {
 		pl("send lag", *r.SendLag)
 	}

@@ -78,6 +78,10 @@ func TestRunPublishesAndAcksEverything(t *testing.T) {
 			if res.PublishLatency.N != int(n) || res.EndToEnd.N != int(n) || res.PublishLatency.P50 > res.PublishLatency.Max || res.Rate <= 0 {
 				t.Fatalf("latencies %+v / %+v, rate %v", res.PublishLatency, res.EndToEnd, res.Rate)
 			}
+			// Closed loop, every latency is from the actual send already.
+			if res.SendLag != nil || res.PublishFromSend != nil {
+				t.Fatalf("closed loop reports send lag %+v and latency from send %+v", res.SendLag, res.PublishFromSend)
+			}
 			var out bytes.Buffer
 			if err := res.WriteText(&out); err != nil || !strings.Contains(out.String(), "events/s") {
 				t.Fatalf("report %q, %v", out.String(), err)
@@ -169,6 +173,11 @@ func TestRunOpenLoop(t *testing.T) {
 	if res.SendLag == nil || res.SendLag.N != 2000 || res.PublishLatency.N != 2000 || res.EndToEnd.N != 2000 {
 		t.Fatalf("latencies %+v / %+v / send lag %+v", res.PublishLatency, res.EndToEnd, res.SendLag)
 	}
+	// Each event's latency from its actual send is a part of the one from
+	// its intended send time.
+	if fs := res.PublishFromSend; fs == nil || fs.N != 2000 || fs.Max > res.PublishLatency.Max || fs.P50 > res.PublishLatency.P50 {
+		t.Fatalf("publish latency from send %+v, want 2000 events within %+v", fs, res.PublishLatency)
+	}
 	// The last event is due 1999/20000 s after the start: the schedule,
 	// not the sidecar's speed, sets the pace.
 	if due := 99950 * time.Microsecond; res.PublishElapsed < due {
@@ -178,7 +187,7 @@ func TestRunOpenLoop(t *testing.T) {
 	if err := res.WriteText(&out); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"sidecar:\n", "open loop at 20000 events/s", "sent 2000: accepted 2000", "send lag:", "end-to-end latency:"} {
+	for _, want := range []string{"sidecar:\n", "open loop at 20000 events/s", "sent 2000: accepted 2000", "send lag:", "publish from send:", "end-to-end latency:"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, out.String())
 		}

@@ -14,17 +14,27 @@ type Clock interface {
 	Sleep(ctx context.Context, d time.Duration) error
 }
 
-// realClock is the machine's clock. Its Sleep is a Go timer, which in a
-// process with nothing else to do fires up to a millisecond late (the
-// runtime waits for timers in whole milliseconds); an open-loop run counts
-// that as latency and reports it as send lag. A nanosleep system call
-// would be precise, but it holds the goroutine's P: with two Ps, replies
-// waited for milliseconds behind two sleepers.
-type realClock struct{}
+// realClock is the machine's clock. A Go timer in a process with nothing
+// else to do fires up to a millisecond late (the runtime waits for timers
+// in whole milliseconds), which an open-loop run counts as latency. A
+// nanosleep system call would be precise, but it holds the goroutine's P:
+// with two Ps, replies waited for milliseconds behind two sleepers. So
+// Sleep waits where the platform allows on a kernel timer that the
+// runtime's network poller watches (sleepTimers), which wakes the poller
+// at the due time to the microsecond without holding a P, and on a Go
+// timer elsewhere or when no such timer is left.
+type realClock struct {
+	timers *sleepTimers
+}
 
-func (realClock) Now() time.Time { return time.Now() }
+func newRealClock() *realClock { return &realClock{timers: newSleepTimers()} }
 
-func (realClock) Sleep(ctx context.Context, d time.Duration) error {
+func (*realClock) Now() time.Time { return time.Now() }
+
+func (c *realClock) Sleep(ctx context.Context, d time.Duration) error {
+	if done, err := c.timers.sleep(ctx, d); done {
+		return err
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -34,6 +44,9 @@ func (realClock) Sleep(ctx context.Context, d time.Duration) error {
 		return ctx.Err()
 	}
 }
+
+// Close releases the kernel timers; call it once no Sleep is running.
+func (c *realClock) Close() error { return c.timers.close() }
 
 // pacer hands out the events of a run to the publishing workers. Closed
 // loop (rate 0): a worker takes the next event as soon as it is free and

@@ -156,7 +156,7 @@ func Compare(ctx context.Context, cfg Config, start CeilingStarter) (Report, err
 	if cfg.Label == "" {
 		cfg.Label = "sidecar"
 	}
-	res, err := run(ctx, cfg, realClock{})
+	res, err := runReal(ctx, cfg)
 	rep := Report{Result: res, Ceiling: &ceil}
 	if err != nil {
 		return rep, err
@@ -178,7 +178,7 @@ func runCeiling(ctx context.Context, cfg Config, start CeilingStarter) (_ Result
 		return Result{}, err
 	}
 	defer func() { err = errors.Join(err, stop()) }()
-	return run(ctx, cfg, realClock{})
+	return runReal(ctx, cfg)
 }
 
 // WriteText prints the report for people: the sidecar's result, then the

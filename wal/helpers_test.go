@@ -166,6 +166,12 @@ type faultFS struct {
 	loseUnsynced bool
 	// removeErr fails every Remove of a segment while set.
 	removeErr error
+	// syncDirErr fails every SyncDir while set; syncDirs counts the
+	// SyncDirs that reached the disk.
+	syncDirErr error
+	syncDirs   int
+	// onRemove, when set, is called at each Remove of a segment.
+	onRemove func()
 	// crashAtRemove, when positive, counts down the Removes of segments;
 	// the one that brings it to zero is where the process dies: neither
 	// it nor any later change (write, truncate, creation, rename,
@@ -214,8 +220,11 @@ func (f *faultFS) Remove(name string) error {
 		f.crashAtRemove--
 		f.crashed = f.crashAtRemove == 0
 	}
-	crashed, rerr := f.crashed, f.removeErr
+	crashed, rerr, hook := f.crashed, f.removeErr, f.onRemove
 	f.mu.Unlock()
+	if isSeg && hook != nil {
+		hook()
+	}
 	switch {
 	case crashed:
 		return nil
@@ -256,12 +265,25 @@ func (f *faultFS) gatedCount() int {
 
 func (f *faultFS) SyncDir(dir string) error {
 	f.mu.Lock()
-	noSync := f.noSync
+	noSync, err := f.noSync, f.syncDirErr
 	f.mu.Unlock()
+	if err != nil {
+		return &os.PathError{Op: "fsync", Path: dir, Err: err}
+	}
 	if noSync || f.dead() {
 		return nil
 	}
-	return f.OSFS.SyncDir(dir)
+	if err := f.OSFS.SyncDir(dir); err != nil {
+		return err
+	}
+	f.set(func(f *faultFS) { f.syncDirs++ })
+	return nil
+}
+
+func (f *faultFS) syncDirCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.syncDirs
 }
 
 // clean is a faultFile's dirtyFrom when nothing was written since its

@@ -2,6 +2,7 @@ package wal
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -70,6 +71,18 @@ func TestRotatedSegmentSupersedesOlderOnes(t *testing.T) {
 // append is copied. It returns the append's seq once it is answered.
 func rotateAbsorbing(t *testing.T, l *Log, fsys *faultFS, dir string, opts Options, acked uint64) uint64 {
 	t.Helper()
+	seq, err := rotateAbsorbingErr(t, l, fsys, dir, opts, acked, nil)
+	if err != nil {
+		t.Fatalf("append absorbed by the rotation: %v", err)
+	}
+	return seq
+}
+
+// rotateAbsorbingErr is rotateAbsorbing returning the absorbed append's
+// answer; absorbing, when set, gets the channel closed when the absorbed
+// append is answered, before the rotation may start.
+func rotateAbsorbingErr(t *testing.T, l *Log, fsys *faultFS, dir string, opts Options, acked uint64, absorbing func(answered <-chan struct{})) (uint64, error) {
+	t.Helper()
 	ackSize := int64(len(appendSettle(nil, settleRec{typ: recAck, seq: 1})))
 	segs := segFiles(t, dir)
 	cur := segs[len(segs)-1]
@@ -109,18 +122,61 @@ func rotateAbsorbing(t *testing.T, l *Log, fsys *faultFS, dir string, opts Optio
 
 	mustOK(t, 0, "ack", l.Ack(acked))
 	res := make(chan error, 1)
-	seq, err := l.AppendAsync([]byte("appended as the rotation starts"), "", fixedNow, func(_ Appended, err error) { res <- err })
+	seq, b, err := l.enqueue([]byte("appended as the rotation starts"), "", fixedNow, func(_ Appended, err error) { res <- err })
 	if err != nil {
 		t.Fatal(err)
 	}
+	if absorbing != nil {
+		absorbing(b.done)
+	}
 	release()
-	if err := <-res; err != nil {
-		t.Fatalf("append absorbed by the rotation: %v", err)
+	err = <-res
+	if err == nil {
+		// The rotation removes the old segments after it answered: the
+		// next flush, which a Sync waits for, comes after the removal.
+		mustOK(t, 0, "sync", l.Sync(context.Background()))
 	}
 	if got := segFiles(t, dir); slices.Contains(got, cur) && got[len(got)-1] == cur {
 		t.Fatalf("segments %v: the rotation did not start a new one", got)
 	}
-	return seq
+	return seq, err
+}
+
+// TestFailedDirectorySyncAfterRotation fails the directory sync after a
+// rotation renamed its new segment into place: the new segment's name may
+// not survive a power loss, so nothing the rotation absorbed may be
+// answered as stored, nor any append after it until a directory sync
+// succeeds; the old segment stays; and a restart brings back no acked
+// event and loses no stored one.
+func TestFailedDirectorySyncAfterRotation(t *testing.T) {
+	l, fsys, opts, dir := openSmallFaulty(t)
+	kept := appendT(t, l, "kept")
+	acked := appendT(t, l, "acked as the rotation starts")
+	fsys.set(func(f *faultFS) { f.syncDirErr = syscall.EIO })
+	absorbed, err := rotateAbsorbingErr(t, l, fsys, dir, opts, acked, nil)
+	if !errors.Is(err, ErrStorage) {
+		t.Fatalf("append absorbed by a rotation whose directory sync failed: %v, want ErrStorage", err)
+	}
+	if n := len(segFiles(t, dir)); n != 2 {
+		t.Fatalf("%d segment files, want the new one and the old one kept", n)
+	}
+	if _, err := l.Append(context.Background(), []byte("directory still failing"), "", fixedNow); !errors.Is(err, ErrStorage) {
+		t.Fatalf("Append while the directory sync fails: %v, want ErrStorage", err)
+	}
+	fsys.set(func(f *faultFS) { f.syncDirErr = nil })
+	dirSyncs := fsys.syncDirCount()
+	stored := appendT(t, l, "stored")
+	if fsys.syncDirCount() == dirSyncs {
+		t.Fatal("an append was answered stored without the directory sync the new segment still owed")
+	}
+	closeT(t, l)
+
+	l, rec := openT(t, dir, testOpts())
+	t.Cleanup(func() { l.Close() })
+	got := seqs(rec.Records)
+	if slices.Contains(got, acked) || !slices.Contains(got, kept) || !slices.Contains(got, stored) {
+		t.Fatalf("recovered %v: want %d and %d, not the acked %d (the failed %d may come back)", got, kept, stored, acked, absorbed)
+	}
 }
 
 func TestCheckReportsSupersededSegments(t *testing.T) {
@@ -140,5 +196,31 @@ func TestCheckReportsSupersededSegments(t *testing.T) {
 	}
 	if !strings.Contains(rep.String(), fmt.Sprintf("%s: superseded", "0000000000000001.wal")) {
 		t.Fatalf("report does not name the superseded segment:\n%s", rep)
+	}
+}
+
+// TestRotationAnswersBeforeRemovingOldSegments checks that the appends a
+// rotation absorbed are answered before the old segment is removed: they
+// are durable in the new segment, and the removal (an unlink of a full
+// segment and a directory sync) would add milliseconds to their latency.
+func TestRotationAnswersBeforeRemovingOldSegments(t *testing.T) {
+	l, fsys, opts, dir := openSmallFaulty(t)
+	acked := appendT(t, l, "acked as the rotation starts")
+	var answeredFirst []bool // at each removal; read after Close stopped the syncer
+	rotateAbsorbingErr(t, l, fsys, dir, opts, acked, func(answered <-chan struct{}) {
+		fsys.set(func(f *faultFS) {
+			f.onRemove = func() {
+				select {
+				case <-answered:
+					answeredFirst = append(answeredFirst, true)
+				default:
+					answeredFirst = append(answeredFirst, false)
+				}
+			}
+		})
+	})
+	closeT(t, l) // the removal is done by the time Close returns
+	if len(answeredFirst) == 0 || slices.Contains(answeredFirst, false) {
+		t.Fatalf("absorbed append answered before each removal: %v, want true for at least one removal", answeredFirst)
 	}
 }

@@ -1063,8 +1063,9 @@ func (l *Log) clearDirty() {
 // the copies read from the old one, without it, so that appends do not
 // wait for the disk. Records taken meanwhile wait in the append buffer
 // (the syncer is busy here) and go to the new segment after the copies,
-// which carry the state before them. It returns the absorbed batch, which
-// the caller completes.
+// which carry the state before them. It completes the absorbed batch
+// once the new segment is durable, or returns it for the caller to
+// complete when the new segment's directory entry is not.
 func (l *Log) rotate() (absorbed *batch, err error) {
 	if l.seg.off > l.seg.synced || l.dirtySync || l.dirUnsynced {
 		// The old segment ends durable, as any segment does before it
@@ -1178,7 +1179,12 @@ func (l *Log) rotate() (absorbed *batch, err error) {
 		return p.b, nil
 	}
 	if p.b != nil {
+		// Answered before the old segments go: the new segment and its
+		// name are durable, and unlinking a full segment and syncing the
+		// directory again take milliseconds (3 to 4 ms and 0.4 to 9 ms
+		// for 8 MiB on the project's ext4 disk).
 		p.b.sync, p.b.records = syncDur, p.count
+		l.complete(p.b)
 	}
 	// Every older segment, not only the last one: a removal that failed
 	// at an earlier rotation is retried here. One left behind is harmless,
@@ -1190,7 +1196,7 @@ func (l *Log) rotate() (absorbed *batch, err error) {
 	if err != nil {
 		l.opts.Logger.Warn("wal: cannot remove old segments; the next rotation tries again", "dir", l.dir, "err", err)
 	}
-	return p.b, nil
+	return nil, nil
 }
 
 // parseCopy decodes the event record raw of seq, read from where at off,
