@@ -52,7 +52,7 @@ trap cleanup EXIT
 BINS="${SIDECAR_BIN:-}"
 if [[ -z "${BINS}" ]]; then
 	BINS="${WORK}/eventbus-sidecar"
-	(cd "${ROOT}" && go build -o "${BINS}" .)
+	(cd "${ROOT}" && go build -tags urfave_cli_no_docs -o "${BINS}" .)
 fi
 read -r -a BUILDS <<<"${BINS}"
 for b in "${BUILDS[@]}"; do [[ -x "${b#*=}" ]] || die "no sidecar binary at ${b#*=}"; done

@@ -59,7 +59,7 @@ def sidecar_binary() -> Path:
         if not os.access(path, os.X_OK):
             go = shutil.which("go") or "/usr/local/go/bin/go"
             proc = subprocess.run(
-                [go, "build", "-o", str(path), "."],
+                [go, "build", "-tags", "urfave_cli_no_docs", "-o", str(path), "."],
                 cwd=REPO_ROOT,
                 capture_output=True,
                 text=True,
