@@ -62,13 +62,19 @@ type pacer struct {
 	rate   float64 // events per second; 0: closed loop
 	events int64
 	next   atomic.Int64
+	// turn is held by the one publisher that waits for the next event's
+	// due time in an open-loop run; the others wait for the turn, not on
+	// timers of their own. With a sleeper per publisher (hundreds) one
+	// event in a hundred was sent over a millisecond late, with one it is
+	// a fraction of that (docs/performance.md, the load tool's pacing).
+	turn chan struct{}
 	// stopped is when a take first found its context ended (Unix ns), 0
 	// before: the run's events due after it were never meant to be sent.
 	stopped atomic.Int64
 }
 
 func newPacer(clock Clock, start time.Time, rate float64, events int) *pacer {
-	return &pacer{clock: clock, start: start, rate: rate, events: int64(events)}
+	return &pacer{clock: clock, start: start, rate: rate, events: int64(events), turn: make(chan struct{}, 1)}
 }
 
 // due is event i's intended send time in an open-loop run.
@@ -83,6 +89,15 @@ func (p *pacer) take(ctx context.Context) (i int64, at time.Time, ok bool) {
 	if ctx.Err() != nil {
 		p.stop()
 		return 0, time.Time{}, false
+	}
+	if p.rate != 0 {
+		select {
+		case p.turn <- struct{}{}:
+			defer func() { <-p.turn }()
+		case <-ctx.Done():
+			p.stop()
+			return 0, time.Time{}, false
+		}
 	}
 	i = p.next.Add(1) - 1
 	if i >= p.events {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -80,7 +81,12 @@ func newTimerFile() (*os.File, error) {
 
 // sleep waits d on a timerfd armed with the absolute CLOCK_MONOTONIC due
 // time, and returns done false without waiting when no timerfd is to be
-// had.
+// had. The read also has a deadline at the due time: the kernel timer
+// wakes an idle process on time, where a Go timer would wait for the
+// runtime's millisecond poll, but while every thread is busy the runtime
+// looks at the poller only now and then (up to 10 ms apart), and there its
+// own timers, checked at every scheduling, are the ones on time. Whichever
+// comes first ends the sleep.
 func (s *sleepTimers) sleep(ctx context.Context, d time.Duration) (done bool, err error) {
 	f := s.get()
 	if f == nil {
@@ -91,15 +97,14 @@ func (s *sleepTimers) sleep(ctx context.Context, d time.Duration) (done bool, er
 		s.put(f)
 		return false, nil
 	}
-	spec := unix.ItimerSpec{Value: unix.NsecToTimespec(now.Nano() + int64(max(d, 1)))}
+	d = max(d, 1)
+	due := time.Now().Add(d)
 	raw, err := f.SyscallConn()
-	if err == nil {
-		ctlErr := raw.Control(func(fd uintptr) {
-			err = unix.TimerfdSettime(int(fd), unix.TFD_TIMER_ABSTIME, &spec, nil)
-		})
-		err = errors.Join(ctlErr, err)
-	}
 	if err != nil {
+		s.discard(f)
+		return false, nil
+	}
+	if !setTimer(raw, &unix.ItimerSpec{Value: unix.NsecToTimespec(now.Nano() + int64(d))}) || f.SetReadDeadline(due) != nil {
 		s.discard(f)
 		return false, nil
 	}
@@ -110,17 +115,33 @@ func (s *sleepTimers) sleep(ctx context.Context, d time.Duration) (done bool, er
 	if !stop() {
 		// The deadline is set, or about to be: this timer is spent.
 		s.discard(f)
-		if rerr != nil {
-			return true, ctx.Err()
-		}
-		return true, nil
+		return true, ctx.Err()
 	}
-	if rerr != nil {
+	if rerr != nil && !errors.Is(rerr, os.ErrDeadlineExceeded) {
 		s.discard(f)
 		return false, nil
 	}
+	// Ready for the next sleep once without a deadline. When the deadline
+	// came first the kernel timer still fires; the next sleep's
+	// timerfd_settime sets its count of expiries back to zero, so the next
+	// read waits for its own.
+	if f.SetReadDeadline(time.Time{}) != nil {
+		s.discard(f)
+		return true, nil
+	}
 	s.put(f)
 	return true, nil
+}
+
+// setTimer arms the timerfd behind raw.
+func setTimer(raw syscall.RawConn, spec *unix.ItimerSpec) bool {
+	var err error
+	if cerr := raw.Control(func(fd uintptr) {
+		err = unix.TimerfdSettime(int(fd), unix.TFD_TIMER_ABSTIME, spec, nil)
+	}); cerr != nil {
+		return false
+	}
+	return err == nil
 }
 
 func (s *sleepTimers) close() error {

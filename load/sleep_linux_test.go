@@ -6,6 +6,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // timersOf reports how many timerfds c has open and how many of them are
@@ -79,5 +81,34 @@ func TestRealClockSleepsBeyondItsTimerfds(t *testing.T) {
 	}
 	for _, f := range taken {
 		c.timers.put(f)
+	}
+}
+
+// TestRealClockSleepAfterAnUnreadExpiry covers the timer a sleep leaves
+// when its read's deadline came first: the kernel timer expired later and
+// nobody read it. The next sleep on that timerfd must wait its own time.
+func TestRealClockSleepAfterAnUnreadExpiry(t *testing.T) {
+	c := newRealClock()
+	defer c.Close()
+	f := c.timers.get()
+	raw, err := f.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An absolute time long past: it expires at once.
+	if !setTimer(raw, &unix.ItimerSpec{Value: unix.Timespec{Nsec: 1}}) {
+		t.Fatal("arming the timerfd failed")
+	}
+	c.timers.put(f)
+	const d = 5 * time.Millisecond
+	start := time.Now()
+	if err := c.Sleep(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took < d {
+		t.Fatalf("Sleep(%v) returned after %v, on the earlier expiry", d, took)
+	}
+	if open, _ := timersOf(t, c); open != 1 {
+		t.Fatalf("%d timerfds open, want the one reused", open)
 	}
 }
