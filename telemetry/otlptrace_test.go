@@ -364,7 +364,13 @@ func TestSetupSendsUncompressedByDefault(t *testing.T) {
 
 func TestSetupCountsRejectedSpansOfAPartialSuccessAsLoss(t *testing.T) {
 	col := startScriptedCollector(t, []reply{{rejected: 2, message: "2 spans too old"}})
-	tel := setupWithCollector(t, col, nil)
+	// The 5 spans must go in one export, the one the collector answers
+	// with the rejection: only ForceFlush exports, never a batch timer
+	// that a busy machine lets fire between two of the spans.
+	tel := setup(t, Config{
+		OTLPEndpoint: col.addr, OTLPInsecure: true, MetricInterval: time.Hour, SpanBatchDelay: time.Hour,
+		ExportTimeout: 5 * time.Second,
+	}, withoutMetricExport(nil))
 	emitSpans(tel.TracerProvider(), 5)
 	if err := tel.ForceFlush(context.Background()); err != nil {
 		t.Fatal(err)
