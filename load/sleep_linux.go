@@ -13,8 +13,9 @@ import (
 )
 
 // maxSleepTimers bounds the timer descriptors one clock keeps open: one
-// per concurrent sleeper, and an open-loop run has at most one sleeper
-// per publisher, which may be thousands. Sleepers beyond it use Go timers.
+// per concurrent sleeper. The pacer lets one publisher sleep at a time,
+// but Clock.Sleep may be called from any number of goroutines; sleepers
+// beyond the bound use Go timers.
 const maxSleepTimers = 512
 
 // sleepTimers hands out timerfds, each wrapped in an os.File so that a

@@ -297,24 +297,37 @@ func TestReconnectAtTheCapOnceTheConnectionEnded(t *testing.T) {
 		},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			ts := startServer(t, withQueues(smallQueues()...), withConfig(func(c *Config) {
-				c.MaxConnections = 1
-				c.MaxWaitingPublishes = 1
-				c.MaxFrameBytes = frameLimit
-			}))
-			first := dialRaw(t, ts.path)
-			first.expectReply(first.roundTrip(`{"op":"ping","id":1}`), 1, protocol.StatusOK)
-			tt.end(t, ts, first)
-
-			next := dialRaw(t, ts.path)
-			next.expectReply(next.roundTrip(`{"op":"ping","id":2}`), 2, protocol.StatusOK)
-			if n := ts.srv.Connections(); n != 1 {
-				t.Fatalf("%d connections counted, want the new one only", n)
+		for _, epoll := range []bool{true, false} {
+			name := tt.name
+			if !epoll {
+				name += ", epoll not available"
 			}
-			dialRaw(t, ts.path).expectRejected(1)
-			next.expectReply(next.roundTrip(`{"op":"ping","id":3}`), 3, protocol.StatusOK)
-		})
+			t.Run(name, func(t *testing.T) {
+				ts := startServer(t, withQueues(smallQueues()...), withConfig(func(c *Config) {
+					c.MaxConnections = 1
+					c.MaxWaitingPublishes = 1
+					c.MaxFrameBytes = frameLimit
+				}))
+				if !epoll {
+					// As when creating the set failed: every counted
+					// socket is polled instead.
+					ts.srv.mu.Lock()
+					ts.srv.hup.stopped = true
+					ts.srv.mu.Unlock()
+				}
+				first := dialRaw(t, ts.path)
+				first.expectReply(first.roundTrip(`{"op":"ping","id":1}`), 1, protocol.StatusOK)
+				tt.end(t, ts, first)
+
+				next := dialRaw(t, ts.path)
+				next.expectReply(next.roundTrip(`{"op":"ping","id":2}`), 2, protocol.StatusOK)
+				if n := ts.srv.Connections(); n != 1 {
+					t.Fatalf("%d connections counted, want the new one only", n)
+				}
+				dialRaw(t, ts.path).expectRejected(1)
+				next.expectReply(next.roundTrip(`{"op":"ping","id":3}`), 3, protocol.StatusOK)
+			})
+		}
 	}
 }
 
