@@ -11,6 +11,7 @@ import (
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
 	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/exemplar"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -148,8 +149,12 @@ func benchTelemetry() []benchTel {
 	}
 }
 
+// sdkMeterProvider is configured as the sidecar's (telemetry.Setup) is by
+// default: exemplars off, so that the benchmark measures what the sidecar
+// pays per event and not the SDK's exemplar reservoir.
 func sdkMeterProvider() metric.MeterProvider {
-	return sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+	return sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()),
+		sdkmetric.WithExemplarFilter(exemplar.AlwaysOffFilter))
 }
 
 func sdkTracerProvider() trace.TracerProvider {
