@@ -136,15 +136,21 @@ type benchTel struct {
 
 // benchTelemetry compares the noop default with the real SDKs (metrics into
 // a manual reader, spans sampled and dropped without an exporter), so the
-// cost of instrumentation shows as a ratio within one run.
+// cost of instrumentation shows as a ratio within one run. The duration
+// histograms are the bus's own, as in the sidecar by default, but in the
+// last case, where they are the SDK's (as with exemplars on).
 func benchTelemetry() []benchTel {
 	return []benchTel{
 		{"noop", func() []bus.Option { return nil }},
 		{"metrics", func() []bus.Option {
-			return []bus.Option{bus.WithMeterProvider(sdkMeterProvider())}
+			return []bus.Option{bus.WithMeterProvider(sdkMeterProvider()), bus.WithHistograms(bus.NewHistograms())}
 		}},
 		{"metrics+spans", func() []bus.Option {
-			return []bus.Option{bus.WithMeterProvider(sdkMeterProvider()), bus.WithTracerProvider(sdkTracerProvider())}
+			return []bus.Option{bus.WithMeterProvider(sdkMeterProvider()), bus.WithHistograms(bus.NewHistograms()),
+				bus.WithTracerProvider(sdkTracerProvider())}
+		}},
+		{"metrics-sdk-histograms", func() []bus.Option {
+			return []bus.Option{bus.WithMeterProvider(sdkMeterProvider())}
 		}},
 	}
 }
