@@ -67,7 +67,8 @@ func boundNanos() (out [numBounds]int64) {
 }
 
 // cacheLine separates histograms written by different goroutines (the
-// publishers' and the consumers'), so that they do not share a line.
+// publishers' and the consumers'), and the bounds every recording reads,
+// so that no two of them share a line.
 const cacheLine = 64
 
 // durationHistogram is an explicit-bucket histogram of durations that
@@ -149,6 +150,7 @@ type queueHistograms struct {
 	_      [cacheLine]byte
 	queue  string
 	bounds [numBounds]int64 // boundNanos, read only
+	_      [cacheLine]byte
 	h      [numHistograms]durationHistogram
 }
 
