@@ -206,6 +206,7 @@ func (p *program) serve(parent context.Context, cfg config.Config, reload func()
 		bus.WithLogger(log),
 		bus.WithTracerProvider(tel.TracerProvider()),
 		bus.WithMeterProvider(tel.MeterProvider()),
+		bus.WithHistograms(tel.BusHistograms()),
 	}
 	if cfg.DataDir != "" {
 		busOpts = append(busOpts, bus.WithDataDir(cfg.DataDir))

@@ -11,7 +11,8 @@ import (
 
 // TestHotPathDoesNotAllocate pins the hot path's zero allocations per
 // publish, receive and ack, with the noop default and with real SDK
-// metrics (precomputed attribute sets, observable counters).
+// metrics (precomputed attribute sets, observable counters), the duration
+// histograms in the SDK or in the bus.
 func TestHotPathDoesNotAllocate(t *testing.T) {
 	tests := []struct {
 		name string
@@ -19,6 +20,8 @@ func TestHotPathDoesNotAllocate(t *testing.T) {
 	}{
 		{"noop", nil},
 		{"sdk metrics", []bus.Option{bus.WithMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader())))}},
+		{"sdk metrics, bus histograms", []bus.Option{bus.WithMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))),
+			bus.WithHistograms(bus.NewHistograms())}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -94,6 +94,9 @@ type queue struct {
 	name     string
 	tel      queueTelemetry
 	counters counters
+	// hist are the queue's histograms when the bus records them itself
+	// (WithHistograms), else nil.
+	hist *queueHistograms
 
 	// settings is what Stats, the metric callback and the drop summaries
 	// report: a copy of the fields below, swapped whole by Reconfigure, so
@@ -261,6 +264,9 @@ func New(queues []QueueConfig, opts ...Option) (*Bus, error) {
 			dedupe:        newDedupe(window),
 			maxDeliveries: qc.MaxDeliveries,
 		}
+		if o.histograms != nil {
+			q.hist = newQueueHistograms(qc.Name)
+		}
 		if qc.Durable && o.dataDir != "" {
 			durable[qc.Name] = qc
 		}
@@ -281,9 +287,22 @@ func New(queues []QueueConfig, opts ...Option) (*Bus, error) {
 		return nil, err
 	}
 	b.tel = tel
+	if o.histograms != nil {
+		hs := make([]*queueHistograms, len(b.queues))
+		for i, q := range b.queues {
+			hs[i] = q.hist
+		}
+		if err := o.histograms.attach(hs, o.clock.Now()); err != nil {
+			_ = tel.registration.Unregister()
+			return nil, err
+		}
+	}
 	if o.dataDir != "" {
 		if err := b.openLogs(o, durable); err != nil {
 			_ = tel.registration.Unregister()
+			if o.histograms != nil {
+				o.histograms.detach()
+			}
 			return nil, err
 		}
 	}
@@ -769,7 +788,7 @@ func (p *Pending) finish() {
 	// The wait ended when it was resolved, not when it is finished here.
 	outcome, err, end := p.outcome, p.err, p.resolvedAt
 	if !p.waitStart.IsZero() {
-		b.tel.waitDuration.Record(p.ctx, end.Sub(p.waitStart).Seconds(), q.tel.record...)
+		b.tel.record(p.ctx, q, HistogramWait, end.Sub(p.waitStart))
 	}
 	if p.waitSpan != nil {
 		if p.waitSpan.IsRecording() {
@@ -851,11 +870,11 @@ func (q *queue) finishPublish(ctx context.Context, span trace.Span, evType strin
 	if span != nil {
 		end := b.clock.Now()
 		if b.tel.metrics {
-			b.tel.publishDuration.Record(ctx, end.Sub(start).Seconds(), q.tel.record...)
+			b.tel.record(ctx, q, HistogramPublish, end.Sub(start))
 		}
 		b.tel.endPublish(span, q.tel.publishAttrs[:], evType, outcome, seq, depth, err, end)
 	} else if b.tel.metrics {
-		b.tel.publishDuration.Record(ctx, b.since(start).Seconds(), q.tel.record...)
+		b.tel.record(ctx, q, HistogramPublish, b.since(start))
 	}
 	return outcome, err
 }

@@ -262,7 +262,7 @@ func (c *Consumer) deliverLocked(ctx context.Context, d *Delivery) {
 		} else {
 			queued = b.since(d.EnqueuedAt)
 		}
-		b.tel.queuedDuration.Record(ctx, queued.Seconds(), q.tel.record...)
+		b.tel.record(ctx, q, HistogramQueued, queued)
 	}
 	d.DeadLetter = deadLetterCopy(dl)
 }

@@ -103,7 +103,7 @@ func (q *queue) openLog(o options, dir string, qc QueueConfig) ([]entry, error) 
 	hook := wo.OnSync
 	wo.OnSync = func(si wal.SyncInfo) {
 		if b.tel.metrics {
-			b.tel.syncDuration.Record(context.Background(), si.Duration.Seconds(), q.tel.record...)
+			b.tel.record(context.Background(), q, HistogramSync, si.Duration)
 		}
 		if hook != nil {
 			hook(si)

@@ -60,6 +60,7 @@ type options struct {
 	meterProvider  metric.MeterProvider
 	dataDir        string
 	walOptions     wal.Options
+	histograms     *Histograms
 }
 
 func defaultOptions() options {
@@ -105,6 +106,18 @@ func WithMeterProvider(mp metric.MeterProvider) Option {
 	return optionFunc(func(o *options) {
 		if mp != nil {
 			o.meterProvider = mp
+		}
+	})
+}
+
+// WithHistograms makes the bus record its duration histograms
+// (HistogramMetrics) into h, for its owner to export (Histograms.Snapshot),
+// instead of into instruments of the meter provider; the meter provider
+// still gets the gauges and counters. A nil h is ignored. h serves one bus.
+func WithHistograms(h *Histograms) Option {
+	return optionFunc(func(o *options) {
+		if h != nil {
+			o.histograms = h
 		}
 	})
 }

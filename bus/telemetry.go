@@ -14,8 +14,8 @@ import (
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 )
 
-// instrumentationName identifies the bus as the source of its spans and metrics.
-const instrumentationName = "github.com/eventbus-sidecar/eventbus-sidecar/bus"
+// ScopeName is the instrumentation scope of the bus's spans and metrics.
+const ScopeName = "github.com/eventbus-sidecar/eventbus-sidecar/bus"
 
 // Metric attribute keys: short, since every series carries them.
 const (
@@ -105,39 +105,42 @@ type telemetry struct {
 	// would only cost allocations.
 	stamp bool
 
-	publishDuration metric.Float64Histogram
-	waitDuration    metric.Float64Histogram
-	queuedDuration  metric.Float64Histogram
-	syncDuration    metric.Float64Histogram
-	registration    metric.Registration
+	// hist are the duration histograms, indexed by HistogramKind, when
+	// the bus records them into the meter provider's instruments rather
+	// than into Histograms (WithHistograms).
+	hist         [numHistograms]metric.Float64Histogram
+	registration metric.Registration
+}
+
+// record records d into the queue's histogram of kind k: the queue's own
+// when the bus keeps them (WithHistograms), else the instrument.
+func (t *telemetry) record(ctx context.Context, q *queue, k HistogramKind, d time.Duration) {
+	if q.hist != nil {
+		q.hist.record(k, d)
+		return
+	}
+	t.hist[k].Record(ctx, d.Seconds(), q.tel.record...)
 }
 
 func newTelemetry(b *Bus, o options) (telemetry, error) {
 	var t telemetry
 	_, isNoop := o.tracerProvider.(tracenoop.TracerProvider)
 	t.tracing = !isNoop
-	t.tracer = o.tracerProvider.Tracer(instrumentationName)
+	t.tracer = o.tracerProvider.Tracer(ScopeName)
 	_, isNoopMeter := o.meterProvider.(metricnoop.MeterProvider)
-	t.metrics = !isNoopMeter
+	t.metrics = !isNoopMeter || o.histograms != nil
 	t.stamp = o.clock != SystemClock()
 
-	m := o.meterProvider.Meter(instrumentationName)
-	var err error
-	hist := func(name, desc string) metric.Float64Histogram {
-		if err != nil {
-			return nil
+	m := o.meterProvider.Meter(ScopeName)
+	if o.histograms == nil {
+		for k, hm := range HistogramMetrics() {
+			h, err := m.Float64Histogram(hm.Name, metric.WithUnit(hm.Unit), metric.WithDescription(hm.Description),
+				metric.WithExplicitBucketBoundaries(hm.Bounds...))
+			if err != nil {
+				return t, fmt.Errorf("bus: creating histogram %s: %w", hm.Name, err)
+			}
+			t.hist[k] = h
 		}
-		var h metric.Float64Histogram
-		h, err = m.Float64Histogram(name, metric.WithUnit("s"), metric.WithDescription(desc),
-			metric.WithExplicitBucketBoundaries(durationBuckets()...))
-		return h
-	}
-	t.publishDuration = hist("eventbus.publish.duration", "Time a publish took, including any wait for room.")
-	t.waitDuration = hist("eventbus.queue.wait.duration", "Time a publisher was blocked waiting for room in a full queue.")
-	t.queuedDuration = hist("eventbus.event.queued.duration", "Time from enqueue to delivery to a consumer.")
-	t.syncDuration = hist("eventbus.wal.sync.duration", "Time a durable queue's write-ahead log took for one fdatasync.")
-	if err != nil {
-		return t, fmt.Errorf("bus: creating histograms: %w", err)
 	}
 
 	depth, err1 := m.Int64ObservableGauge("eventbus.queue.depth", metric.WithUnit("{event}"),

@@ -39,7 +39,8 @@ func BenchmarkBusTelemetry(b *testing.B) {
 			}
 			defer func() { _ = tel.Shutdown(context.Background()) }()
 			bs, err := bus.New([]bus.QueueConfig{{Name: "data", Capacity: 1024, Policy: bus.PolicyBlock}},
-				bus.WithTracerProvider(tel.TracerProvider()), bus.WithMeterProvider(tel.MeterProvider()))
+				bus.WithTracerProvider(tel.TracerProvider()), bus.WithMeterProvider(tel.MeterProvider()),
+				bus.WithHistograms(tel.BusHistograms()))
 			if err != nil {
 				b.Fatal(err)
 			}

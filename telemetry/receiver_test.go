@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"sync"
 	"testing"
@@ -166,4 +167,30 @@ func freeAddr(t *testing.T) string {
 	addr := l.Addr().String()
 	_ = l.Close()
 	return addr
+}
+
+// histogramCounts describes each explicit-bucket data point of the metric
+// name received, in order, as its temporality and count.
+func (r *receiver) histogramCounts(name string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, rm := range r.metrics {
+		for _, sm := range rm.GetScopeMetrics() {
+			for _, m := range sm.GetMetrics() {
+				h := m.GetHistogram()
+				if m.GetName() != name || h == nil {
+					continue
+				}
+				temporality := "cumulative"
+				if h.GetAggregationTemporality() == metricpb.AggregationTemporality_AGGREGATION_TEMPORALITY_DELTA {
+					temporality = "delta"
+				}
+				for _, dp := range h.GetDataPoints() {
+					out = append(out, fmt.Sprintf("%s %d", temporality, dp.GetCount()))
+				}
+			}
+		}
+	}
+	return out
 }

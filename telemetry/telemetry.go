@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/attribute"
@@ -26,6 +27,7 @@ import (
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/exemplar"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
@@ -61,6 +63,7 @@ type Telemetry struct {
 	filter   *ratioFilter // nil when traces are not exported
 	metricEx *countingMetricExporter
 	reporter *lossReporter
+	busHist  *bus.Histograms // nil: the bus records into SDK instruments
 
 	shutdownOnce sync.Once
 	shutdownErr  error
@@ -113,12 +116,7 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 	// Metrics: a Prometheus reader with its own registry for /metrics, and a
 	// periodic OTLP reader when an endpoint is configured, on one provider so
 	// both see identical numbers.
-	registry := prometheus.NewRegistry()
-	promReader, err := otelprom.New(otelprom.WithRegisterer(registry))
-	if err != nil {
-		return nil, fmt.Errorf("telemetry: prometheus reader: %w", err)
-	}
-	mpOpts := []sdkmetric.Option{sdkmetric.WithResource(res), sdkmetric.WithReader(promReader)}
+	mpOpts := []sdkmetric.Option{sdkmetric.WithResource(res)}
 	if !r.exemplars {
 		// Offering every measurement to an exemplar reservoir costs the
 		// bus's hot path, and neither Prometheus exporter in this pipeline
@@ -141,8 +139,35 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 			return nil, fmt.Errorf("telemetry: OTLP metric exporter for %s: %w", r.metricEndpoint, err)
 		}
 		t.metricEx = &countingMetricExporter{Exporter: exp, loss: t.loss}
-		mpOpts = append(mpOpts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(t.metricEx,
-			sdkmetric.WithInterval(r.metricInterval), sdkmetric.WithTimeout(r.exportTimeout))))
+	}
+	// The bus records its per-event histograms itself, a few atomic adds,
+	// and the readers get them through producers, unless what a reader
+	// wants from a histogram is more than explicit buckets and extremes:
+	// exemplars (which only the SDK's instruments carry; whoever turns them
+	// on has chosen their cost) or another aggregation set through the OTLP
+	// exporter's environment.
+	var promOpts []otelprom.Option
+	var otlpProducer *histogramProducer
+	if !r.exemplars && (t.metricEx == nil || plainHistograms(t.metricEx.Aggregation(sdkmetric.InstrumentKindHistogram))) {
+		t.busHist = bus.NewHistograms()
+		delta := t.metricEx != nil && t.metricEx.Temporality(sdkmetric.InstrumentKindHistogram) == metricdata.DeltaTemporality
+		promOpts = append(promOpts, otelprom.WithProducer(newHistogramProducer(t.busHist, false, !delta)))
+		if t.metricEx != nil {
+			otlpProducer = newHistogramProducer(t.busHist, delta, true)
+		}
+	}
+	registry := prometheus.NewRegistry()
+	promReader, err := otelprom.New(append(promOpts, otelprom.WithRegisterer(registry))...)
+	if err != nil {
+		return nil, fmt.Errorf("telemetry: prometheus reader: %w", err)
+	}
+	mpOpts = append(mpOpts, sdkmetric.WithReader(promReader))
+	if t.metricEx != nil {
+		readerOpts := []sdkmetric.PeriodicReaderOption{sdkmetric.WithInterval(r.metricInterval), sdkmetric.WithTimeout(r.exportTimeout)}
+		if otlpProducer != nil {
+			readerOpts = append(readerOpts, sdkmetric.WithProducer(otlpProducer))
+		}
+		mpOpts = append(mpOpts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(t.metricEx, readerOpts...)))
 	}
 	t.sdkMP = sdkmetric.NewMeterProvider(mpOpts...)
 	t.mp = t.sdkMP
@@ -218,6 +243,26 @@ func (t *Telemetry) TracerProvider() trace.TracerProvider { return t.tp }
 
 // MeterProvider is what the bus and transport create instruments with.
 func (t *Telemetry) MeterProvider() metric.MeterProvider { return t.mp }
+
+// BusHistograms is what the bus records its duration histograms into
+// (bus.WithHistograms), for the metric readers to export as if they were
+// the meter provider's instruments. It is nil when the bus must record
+// them into the meter provider: telemetry disabled, exemplars on, or an
+// OTLP histogram aggregation other than explicit buckets.
+func (t *Telemetry) BusHistograms() *bus.Histograms { return t.busHist }
+
+// plainHistograms reports whether agg, a reader's aggregation for
+// histograms, is explicit buckets with extremes, which the bus's own
+// histograms reproduce (the instruments' bounds replace the reader's).
+func plainHistograms(agg sdkmetric.Aggregation) bool {
+	switch a := agg.(type) {
+	case sdkmetric.AggregationDefault:
+		return true
+	case sdkmetric.AggregationExplicitBucketHistogram:
+		return !a.NoMinMax
+	}
+	return false
+}
 
 // SetDataSampleRatio changes, while the sidecar runs, the share (0 to 1)
 // of accepted publishes on the sampled queues whose traces are exported,
