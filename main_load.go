@@ -69,12 +69,16 @@ func loadCommandWith(startCeiling load.CeilingStarter) *cli.Command {
 			&cli.BoolFlag{Name: "ceiling", Usage: "also measure the socket framing ceiling and print the sidecar's figures as ratios of it"},
 			&cli.BoolFlag{Name: "json", Usage: "print the result as one JSON object"},
 			&cli.BoolFlag{Name: "ceiling-server", Hidden: true, Usage: "serve the framing ceiling at --socket until SIGTERM (the child process of --ceiling)"},
+			&cli.BoolFlag{Name: "floor-server", Hidden: true, Usage: "serve the framing floor (one thread, raw epoll) at --socket until SIGTERM (e2e/cpu_floor.sh)"},
 		},
 		Action: func(c *cli.Context) error {
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			if c.Bool("ceiling-server") {
 				return load.ServeCeiling(ctx, c.String("socket"))
+			}
+			if c.Bool("floor-server") {
+				return load.ServeFloor(ctx, c.String("socket"))
 			}
 			consumers := c.Int("consumers")
 			if consumers == 0 {

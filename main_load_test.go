@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -82,35 +83,43 @@ func TestLoadCommand(t *testing.T) {
 	}
 }
 
-// TestLoadCeilingServer runs the ceiling server the way --ceiling runs
-// its child process, and a load against it.
-func TestLoadCeilingServer(t *testing.T) {
-	sock := socketPath(t)
-	if args := ceilingChild(sock).Args; !slices.Equal(args[1:], []string{"load", "--ceiling-server", "--socket", sock}) {
+// TestLoadFramingServers runs the ceiling server the way --ceiling runs
+// its child process, and the floor server as e2e/cpu_floor.sh does, each
+// with a load against it.
+func TestLoadFramingServers(t *testing.T) {
+	if args := ceilingChild("s.sock").Args; !slices.Equal(args[1:], []string{"load", "--ceiling-server", "--socket", "s.sock"}) {
 		t.Fatalf("child process arguments %q", args)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	served := make(chan error, 1)
-	go func() {
-		app := &cli.App{Name: "eventbus-sidecar", Writer: io.Discard, Commands: []*cli.Command{loadCommand()}}
-		served <- app.RunContext(ctx, []string{"eventbus-sidecar", "load", "--ceiling-server", "--socket", sock})
-	}()
-	testkit.Eventually(t, "the ceiling server", func() bool {
-		nc, err := net.Dial("unix", sock)
-		if err == nil {
-			nc.Close()
-		}
-		return err == nil
-	})
-	// Not a second cli.App: two at once race on the cli package's help flag.
-	res, err := load.Run(context.Background(), load.Config{Socket: sock, Events: 500})
-	if err != nil || res.Acked != 500 {
-		t.Fatalf("load against the ceiling server: %v %+v", err, res)
-	}
-	cancel()
-	if err := <-served; err != nil {
-		t.Fatalf("ceiling server: %v", err)
+	for _, flag := range []string{"--ceiling-server", "--floor-server"} {
+		t.Run(flag, func(t *testing.T) {
+			sock := socketPath(t)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			served := make(chan error, 1)
+			go func() {
+				app := &cli.App{Name: "eventbus-sidecar", Writer: io.Discard, Commands: []*cli.Command{loadCommand()}}
+				served <- app.RunContext(ctx, []string{"eventbus-sidecar", "load", flag, "--socket", sock})
+			}()
+			testkit.Eventually(t, "the server", func() bool {
+				nc, err := net.Dial("unix", sock)
+				if err == nil {
+					nc.Close()
+				}
+				return err == nil
+			})
+			// Not a second cli.App: two at once race on the cli package's help flag.
+			res, err := load.Run(context.Background(), load.Config{Socket: sock, Events: 500})
+			if err != nil || res.Acked != 500 {
+				t.Fatalf("load against %s: %v %+v", flag, err, res)
+			}
+			cancel()
+			if err := <-served; err != nil {
+				t.Fatalf("%s: %v", flag, err)
+			}
+			if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("the socket is left behind: %v", err)
+			}
+		})
 	}
 }
 

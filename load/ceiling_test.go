@@ -3,7 +3,6 @@ package load
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"net"
 	"path/filepath"
 	"testing"
@@ -81,9 +80,24 @@ func (c *rawConn) expectDeliver(payload string) uint64 {
 	return m.Deliver.Seq
 }
 
-func TestCeilingAnswersForwardsAndHonoursPrefetch(t *testing.T) {
-	s := startTestCeiling(t)
-	pub, con := dialRaw(t, s.path), dialRaw(t, s.path)
+// framingServers are the servers that answer and forward without a queue,
+// for the tests they share: the ceiling, and where it builds, the floor.
+func framingServers() map[string]func(t *testing.T) string {
+	servers := map[string]func(t *testing.T) string{
+		"ceiling": func(t *testing.T) string { return startTestCeiling(t).path },
+	}
+	addFloor(servers)
+	return servers
+}
+
+func TestFramingServersAnswerForwardAndHonourPrefetch(t *testing.T) {
+	for name, start := range framingServers() {
+		t.Run(name, func(t *testing.T) { testAnswersForwardsAndHonoursPrefetch(t, start(t)) })
+	}
+}
+
+func testAnswersForwardsAndHonoursPrefetch(t *testing.T, path string) {
+	pub, con := dialRaw(t, path), dialRaw(t, path)
 
 	pub.send(`{"op":"ping","id":1}`)
 	pub.expectReply(1, protocol.StatusOK)
@@ -129,9 +143,14 @@ func TestCeilingAnswersForwardsAndHonoursPrefetch(t *testing.T) {
 	}
 }
 
-func TestCeilingReleasesAWaitingPublisherWhenTheConsumerLeaves(t *testing.T) {
-	s := startTestCeiling(t)
-	pub, con := dialRaw(t, s.path), dialRaw(t, s.path)
+func TestFramingServersReleaseAWaitingPublisherWhenTheConsumerLeaves(t *testing.T) {
+	for name, start := range framingServers() {
+		t.Run(name, func(t *testing.T) { testReleasesAWaitingPublisherWhenTheConsumerLeaves(t, start(t)) })
+	}
+}
+
+func testReleasesAWaitingPublisherWhenTheConsumerLeaves(t *testing.T, path string) {
+	pub, con := dialRaw(t, path), dialRaw(t, path)
 	con.send(`{"op":"subscribe","id":1,"queue":"data","prefetch":1}`)
 	con.expectReply(1, protocol.StatusOK)
 	pub.send(`{"op":"publish","id":1,"queue":"data","type":"T","payload":1}`,
@@ -149,14 +168,19 @@ func TestCeilingReleasesAWaitingPublisherWhenTheConsumerLeaves(t *testing.T) {
 	pub.expectReply(5, protocol.StatusOK)
 }
 
-func TestCeilingUnderTheLoadTool(t *testing.T) {
-	s := startTestCeiling(t)
+func TestFramingServersUnderTheLoadTool(t *testing.T) {
+	for name, start := range framingServers() {
+		t.Run(name, func(t *testing.T) { testUnderTheLoadTool(t, start(t)) })
+	}
+}
+
+func testUnderTheLoadTool(t *testing.T, path string) {
 	for _, cfg := range []Config{
 		{Events: 3000, Connections: 2, Concurrency: 16, Consumers: 2, Prefetch: 8, PayloadBytes: 200},
 		{Events: 500, Consumers: -1},
 		{Events: 300, Rate: 50000, Concurrency: 8},
 	} {
-		cfg.Socket = s.path
+		cfg.Socket = path
 		res, err := Run(context.Background(), cfg)
 		if err != nil {
 			t.Fatal(err)
@@ -171,9 +195,9 @@ func TestCeilingUnderTheLoadTool(t *testing.T) {
 		}
 	}
 	// Every consumer has gone.
-	if st := s.stats(); string(st) != `{"data":{"consumers":0}}` {
-		var v any
-		_ = json.Unmarshal(st, &v)
-		t.Fatalf("stats after the runs: %v", v)
+	c := dialRaw(t, path)
+	c.send(`{"op":"stats","id":1}`)
+	if m := c.next(); m.ID != 1 || string(m.Stats) != `{"data":{"consumers":0}}` {
+		t.Fatalf("stats after the runs: %+v %s", m, m.Stats)
 	}
 }
