@@ -29,6 +29,18 @@ func (c *syncCounter) report(b *testing.B) {
 	}
 }
 
+// processCPU is the user and system CPU time of the process so far, for
+// cpu-ns/op: on a shared machine wall time per op moves with the
+// neighbours' load, CPU time much less.
+func processCPU(b *testing.B) time.Duration {
+	b.Helper()
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 // runWriters has w goroutines share b.N calls of op.
 func runWriters(b *testing.B, w int, op func()) {
 	var next atomic.Int64
@@ -79,9 +91,18 @@ func BenchmarkAppend(b *testing.B) {
 
 // BenchmarkAppendAck is the steady state of a queue that keeps up: each
 // event is appended, delivered and acked, segments rotate and are deleted.
+// With msgids every event has a msg id, as the clients give them, so that
+// each rotation carries a full dedupe window forward.
 func BenchmarkAppendAck(b *testing.B) {
-	for _, writers := range []int{8, 64} {
-		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
+	for _, bc := range []struct {
+		writers int
+		msgIDs  bool
+	}{{8, false}, {64, false}, {64, true}} {
+		name := fmt.Sprintf("writers=%d", bc.writers)
+		if bc.msgIDs {
+			name += "/msgids"
+		}
+		b.Run(name, func(b *testing.B) {
 			var sc syncCounter
 			l, _, err := Open(context.Background(), b.TempDir(), Options{SegmentSize: 2 << 20, OnSync: sc.observe})
 			if err != nil {
@@ -90,10 +111,17 @@ func BenchmarkAppendAck(b *testing.B) {
 			defer l.Close()
 			data := make([]byte, 256)
 			ctx := context.Background()
+			var ids atomic.Uint64
+			at := time.Now()
 			b.ReportAllocs()
 			b.ResetTimer()
-			runWriters(b, writers, func() {
-				a, err := l.Append(ctx, data, "", time.Time{})
+			cpu0 := processCPU(b)
+			runWriters(b, bc.writers, func() {
+				var id string
+				if bc.msgIDs {
+					id = fmt.Sprintf("c6f1a2b3-%d", ids.Add(1))
+				}
+				a, err := l.Append(ctx, data, id, at)
 				if err == nil {
 					err = l.Deliver(a.Seq)
 				}
@@ -105,6 +133,7 @@ func BenchmarkAppendAck(b *testing.B) {
 				}
 			})
 			b.StopTimer()
+			b.ReportMetric(float64(processCPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
 			sc.report(b)
 		})
 	}
