@@ -178,6 +178,9 @@ type faultFS struct {
 	// removal) reaches the disk, and syncs do nothing and succeed.
 	crashAtRemove int
 	crashed       bool
+	// onWrite, when set, is called at each WriteAt with the name the
+	// file was opened under and the offset, before the write.
+	onWrite func(name string, off int64)
 }
 
 func newFaultFS() *faultFS { return &faultFS{budget: -1} }
@@ -300,6 +303,12 @@ type faultFile struct {
 }
 
 func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
+	f.fs.mu.Lock()
+	hook := f.fs.onWrite
+	f.fs.mu.Unlock()
+	if hook != nil {
+		hook(f.name, off)
+	}
 	f.fs.mu.Lock()
 	if f.fs.crashed {
 		f.fs.mu.Unlock()

@@ -204,6 +204,14 @@ const (
 	osWriteFlags  = os.O_RDWR
 )
 
+// segmentChunk is how many bytes writeSegment encodes before it writes
+// them, and msgIDsPerChunk how many msg ids: about 180 KB of the ids a
+// client makes.
+const (
+	segmentChunk   = 256 << 10
+	msgIDsPerChunk = 4096
+)
+
 // inPending marks a live event still in the append buffer: off is then
 // its offset in that buffer.
 const inPending = ^uint64(0)
@@ -294,12 +302,16 @@ type Log struct {
 	opts Options
 	lock io.Closer
 
-	mu         sync.Mutex
-	closed     bool
-	nextSeq    uint64
-	live       liveSet
-	liveBytes  int64   // encoded size of the live events
-	ids        []MsgID // accept order
+	mu        sync.Mutex
+	closed    bool
+	nextSeq   uint64
+	live      liveSet
+	liveBytes int64   // encoded size of the live events
+	ids       []MsgID // accept order
+	// idsShared says a rotation is writing l.ids[:len] into its new
+	// segment without the lock: until it is done, l.ids is changed only
+	// by appending, and cut by copying, never in place.
+	idsShared  bool
 	pend       []byte
 	pendEvents []uint64
 	pendCount  int
@@ -476,23 +488,6 @@ type newSegment struct {
 func (l *Log) writeSegment(id, nextSeq uint64, ids []MsgID, copies []eventBody) (newSegment, error) {
 	name := segName(l.dir, id)
 	tmp := name + ".tmp"
-	buf := appendHeader(l.spare[:0], nextSeq)
-	if id > 1 {
-		// Segment 1 is the first of its log: it has nothing to supersede.
-		buf = appendSnapshotMark(buf)
-	}
-	buf = appendMsgIDs(buf, ids, l.opts.MaxRecord)
-	offs := make([]int64, len(copies)+1)
-	for i, ev := range copies {
-		offs[i] = int64(len(buf))
-		buf = appendEvent(buf, ev)
-	}
-	offs[len(copies)] = int64(len(buf))
-	if cap(buf) <= 1<<20 {
-		l.spare = buf[:0]
-	} else {
-		l.spare = nil
-	}
 	// A left-over of a crash at an earlier attempt is truncated.
 	f, err := l.opts.FS.OpenFile(tmp, osCreateFlags, 0o600)
 	if err != nil {
@@ -503,7 +498,51 @@ func (l *Log) writeSegment(id, nextSeq uint64, ids []MsgID, copies []eventBody) 
 		l.opts.FS.Remove(tmp)
 		return newSegment{}, fmt.Errorf("wal: %s segment %s: %w: %w", op, tmp, ErrStorage, err)
 	}
-	if _, err := f.WriteAt(buf, 0); err != nil {
+	// Written a chunk at a time rather than encoded whole: a full dedupe
+	// window is megabytes, and a buffer of that size, new at every
+	// rotation, cost more in page faults and in handing its pages back to
+	// the operating system than the encoding did.
+	buf := appendHeader(l.spare[:0], nextSeq)
+	if id > 1 {
+		// Segment 1 is the first of its log: it has nothing to supersede.
+		buf = appendSnapshotMark(buf)
+	}
+	var n int64 // bytes written to f
+	put := func(all bool) error {
+		if len(buf) == 0 || (!all && len(buf) < segmentChunk) {
+			return nil
+		}
+		if _, err := f.WriteAt(buf, n); err != nil {
+			return err
+		}
+		n += int64(len(buf))
+		buf = buf[:0]
+		return nil
+	}
+	for len(ids) > 0 {
+		k := min(len(ids), msgIDsPerChunk)
+		buf = appendMsgIDs(buf, ids[:k], l.opts.MaxRecord)
+		ids = ids[k:]
+		if err := put(false); err != nil {
+			return fail("write", err)
+		}
+	}
+	offs := make([]int64, len(copies)+1)
+	for i, ev := range copies {
+		offs[i] = n + int64(len(buf))
+		buf = appendEvent(buf, ev)
+		if err := put(false); err != nil {
+			return fail("write", err)
+		}
+	}
+	offs[len(copies)] = n + int64(len(buf))
+	err = put(true)
+	if cap(buf) <= 1<<20 {
+		l.spare = buf[:0]
+	} else {
+		l.spare = nil
+	}
+	if err != nil {
 		return fail("write", err)
 	}
 	if err := f.Sync(); err != nil {
@@ -512,7 +551,6 @@ func (l *Log) writeSegment(id, nextSeq uint64, ids []MsgID, copies []eventBody) 
 	if err := l.opts.FS.Rename(tmp, name); err != nil {
 		return fail("rename", err)
 	}
-	n := int64(len(buf))
 	ns := newSegment{seg: segment{id: id, name: name, f: f, off: n, synced: n}, offs: offs}
 	if err := l.opts.FS.SyncDir(l.dir); err != nil {
 		// Past the rename there is no going back to the old segment:
@@ -619,7 +657,11 @@ func (l *Log) enqueue(data []byte, msgID string, at time.Time, done func(Appende
 		l.ids = append(l.ids, MsgID{ID: msgID, Seq: seq, AcceptedAt: at})
 		if len(l.ids) > 2*MaxMsgIDs {
 			// Trimmed in halves so that each append costs O(1) on average.
-			l.ids = slices.Delete(l.ids, 0, len(l.ids)-MaxMsgIDs)
+			if l.idsShared {
+				l.ids = slices.Clone(l.ids[len(l.ids)-MaxMsgIDs:])
+			} else {
+				l.ids = slices.Delete(l.ids, 0, len(l.ids)-MaxMsgIDs)
+			}
 		}
 	}
 	b := l.batch
@@ -953,6 +995,9 @@ func (l *Log) forget(evs []uint64) {
 		}
 		failed[s] = true
 	}
+	if l.idsShared {
+		l.ids = slices.Clone(l.ids)
+	}
 	l.ids = slices.DeleteFunc(l.ids, func(id MsgID) bool { return failed[id.Seq] })
 }
 
@@ -1092,7 +1137,11 @@ func (l *Log) rotate() (absorbed *batch, err error) {
 		i++
 	}
 	l.ids = slices.Delete(l.ids, 0, i)
-	ids := slices.Clone(l.ids)
+	// Not copied: a full window is megabytes, and the copy cost more
+	// than the encoding. idsShared keeps these entries as they are until
+	// the new segment is written.
+	ids := l.ids[:len(l.ids):len(l.ids)]
+	l.idsShared = true
 	nextSeq := l.nextSeq
 	p := l.takePendingLocked(nil, nil)
 	copies := make([]eventBody, 0, l.live.len())
@@ -1114,6 +1163,9 @@ func (l *Log) rotate() (absorbed *batch, err error) {
 	l.mu.Unlock()
 
 	fail := func(err error) (*batch, error) {
+		l.mu.Lock()
+		l.idsShared = false
+		l.mu.Unlock()
 		// The buffer goes to the old segment after all, ahead of what
 		// came since.
 		l.commit(p)
@@ -1145,6 +1197,7 @@ func (l *Log) rotate() (absorbed *batch, err error) {
 	// The switch: the events still live now live in the new segment;
 	// those acked since are dead bytes there, and their acks follow.
 	l.mu.Lock()
+	l.idsShared = false
 	for i, ev := range copies {
 		r := l.live.ref(ev.seq)
 		if r == nil {
