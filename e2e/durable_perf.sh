@@ -24,8 +24,8 @@
 # PERF_RATE (1000), PERF_OPEN_SECONDS (10), SIDECAR_BIN (built from this
 # tree into a temporary directory when unset). To compare builds in one
 # run, SIDECAR_BIN may name several as NAME=PATH, space-separated
-# ("before=/tmp/old after=/tmp/new"): each round runs each of them in turn,
-# and the summary is per build.
+# ("before=/tmp/old after=/tmp/new"): each round runs each of them in turn
+# (in reverse order every other round), and the summary is per build.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -109,7 +109,14 @@ run() {
 
 echo "durable-perf: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg), commit $(cd "${ROOT}" && git rev-parse --short HEAD)"
 for ((r = 1; r <= ROUNDS; r++)); do
-	for b in "${BUILDS[@]}"; do
+	# Every other round in reverse, so that no build always runs after
+	# another on a disk still busy with its writes.
+	order=("${BUILDS[@]}")
+	if ((r % 2 == 0)); then
+		order=()
+		for ((i = ${#BUILDS[@]} - 1; i >= 0; i--)); do order+=("${BUILDS[i]}"); done
+	fi
+	for b in "${order[@]}"; do
 		BIN="${b#*=}" BUILD="build"
 		[[ "${b}" == *=* ]] && BUILD="${b%%=*}"
 		SOCK="${WORK}/s${r}-${BUILD}.sock"
