@@ -165,76 +165,34 @@ func (c *ceilConn) leave() {
 	delete(s.conns, c)
 }
 
-func (c *ceilConn) handle(line []byte) {
-	r, err := protocol.DecodeRequest(line)
-	if err != nil {
-		code := protocol.CodeBadRequest
-		var re *protocol.RequestError
-		if errors.As(err, &re) {
-			code = re.Code
-		}
-		c.fail(&r, code, err.Error())
-		return
-	}
-	ok := func() {
-		if r.HasID {
-			c.reply(r.ID, protocol.StatusOK)
-		}
-	}
-	fail := func(code protocol.Code, msg string) { c.fail(&r, code, msg) }
-	switch r.Op {
-	case protocol.OpPublish:
-		c.reply(r.ID, protocol.StatusAccepted)
-		c.srv.forward(c, &r)
-	case protocol.OpAck, protocol.OpNack:
-		sub := c.subs[r.Queue]
-		if !r.HasQueue && len(c.subs) == 1 {
-			for _, only := range c.subs {
-				sub = only
-			}
-		}
-		if sub == nil {
-			fail(protocol.CodeNotSubscribed, fmt.Sprintf("%s %d on queue %q: this connection does not subscribe to it", r.Op, r.Seq, r.Queue))
-			return
-		}
-		c.srv.settle(sub)
-		ok()
-	case protocol.OpSubscribe:
-		if c.subs[r.Queue] != nil {
-			fail(protocol.CodeAlreadySubscribed, fmt.Sprintf("queue %q: already subscribed on this connection", r.Queue))
-			return
-		}
-		prefetch := 1
-		if r.HasPrefetch {
-			prefetch = r.Prefetch
-		}
-		// The ok is in the output before the subscription exists, so it
-		// goes out before the first deliver; and the subscription exists
-		// before the client can read the ok and publish.
-		ok()
-		c.subs[r.Queue] = c.srv.subscribe(c, r.Queue, prefetch)
-	case protocol.OpUnsubscribe:
-		sub := c.subs[r.Queue]
-		if sub == nil {
-			fail(protocol.CodeNotSubscribed, fmt.Sprintf("queue %q: this connection does not subscribe to it", r.Queue))
-			return
-		}
-		delete(c.subs, r.Queue)
-		c.srv.mu.Lock()
-		c.srv.unsubscribeLocked(sub)
-		c.srv.mu.Unlock()
-		ok()
-	case protocol.OpStats:
-		stats := c.srv.stats()
-		c.mu.Lock()
-		c.out = protocol.AppendStatsReply(c.out, r.ID, stats)
-		c.mu.Unlock()
-	case protocol.OpCancel, protocol.OpPing:
-		// Nothing ever waits here, so a cancel finds nothing to withdraw.
-		ok()
-	default:
-		fail(protocol.CodeBadRequest, fmt.Sprintf("op %q: not served by the ceiling server", r.Op))
-	}
+func (c *ceilConn) handle(line []byte) { handleFrame[*ceilSub](c, line) }
+
+// The ceiling's side of framingConn.
+
+func (c *ceilConn) subscription(queue string) *ceilSub { return c.subs[queue] }
+func (c *ceilConn) onlySubscription() (*ceilSub, bool) { return onlyOf(c.subs) }
+func (c *ceilConn) settle(sub *ceilSub)                { c.srv.settle(sub) }
+func (c *ceilConn) subscribe(queue string, prefetch int) {
+	c.subs[queue] = c.srv.subscribe(c, queue, prefetch)
+}
+
+func (c *ceilConn) publish(r *protocol.Request) {
+	c.reply(r.ID, protocol.StatusAccepted)
+	c.srv.forward(c, r)
+}
+
+func (c *ceilConn) unsubscribe(sub *ceilSub) {
+	delete(c.subs, sub.queue)
+	c.srv.mu.Lock()
+	c.srv.unsubscribeLocked(sub)
+	c.srv.mu.Unlock()
+}
+
+func (c *ceilConn) stats(id int64) {
+	stats := c.srv.stats()
+	c.mu.Lock()
+	c.out = protocol.AppendStatsReply(c.out, id, stats)
+	c.mu.Unlock()
 }
 
 // reply, fail and deliver add a frame to the connection's output; the

@@ -49,6 +49,7 @@ type floor struct {
 }
 
 type floorConn struct {
+	f       *floor
 	fd      int
 	in, out []byte
 	subs    map[string]*floorSub
@@ -193,7 +194,7 @@ func (f *floor) accept() {
 		if err != nil {
 			return // EAGAIN, or a failed accept the client sees as a refusal
 		}
-		c := &floorConn{fd: fd, subs: make(map[string]*floorSub), events: unix.EPOLLIN | unix.EPOLLRDHUP}
+		c := &floorConn{f: f, fd: fd, subs: make(map[string]*floorSub), events: unix.EPOLLIN | unix.EPOLLRDHUP}
 		if err := unix.EpollCtl(f.ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: c.events, Fd: int32(fd)}); err != nil {
 			unix.Close(fd)
 			continue
@@ -235,94 +236,64 @@ func (f *floor) process(c *floorConn) {
 		}
 		off += i + 1
 		if len(line) > 0 {
-			f.handle(c, line)
+			handleFrame[*floorSub](c, line)
 		}
 	}
 	c.in = c.in[:copy(c.in, c.in[off:])]
 }
 
-// handle acts on one frame.
-func (f *floor) handle(c *floorConn, line []byte) {
-	r, err := protocol.DecodeRequest(line)
-	if err != nil {
-		code := protocol.CodeBadRequest
-		var re *protocol.RequestError
-		if errors.As(err, &re) {
-			code = re.Code
-		}
-		f.output(c, protocol.AppendErrorReply(c.out, r.ID, r.HasID, code, err.Error()))
+// The floor's side of framingConn.
+
+func (c *floorConn) subscription(queue string) *floorSub { return c.subs[queue] }
+func (c *floorConn) onlySubscription() (*floorSub, bool) { return onlyOf(c.subs) }
+func (c *floorConn) unsubscribe(sub *floorSub)           { c.f.unsubscribe(sub) }
+
+func (c *floorConn) reply(id int64, st protocol.Status) {
+	c.f.output(c, protocol.AppendReply(c.out, id, st))
+}
+
+func (c *floorConn) fail(r *protocol.Request, code protocol.Code, msg string) {
+	c.f.output(c, protocol.AppendErrorReply(c.out, r.ID, r.HasID, code, msg))
+}
+
+func (c *floorConn) stats(id int64) {
+	c.f.output(c, protocol.AppendStatsReply(c.out, id, c.f.stats()))
+}
+
+func (c *floorConn) publish(r *protocol.Request) {
+	c.reply(r.ID, protocol.StatusAccepted)
+	f := c.f
+	q := f.queues[r.Queue]
+	if q == nil || len(q.subs) == 0 {
+		return // no consumer: the event goes nowhere
+	}
+	sub := q.pick()
+	if sub == nil {
+		c.held = &heldEvent{queue: r.Queue, typ: r.Type, payload: bytes.Clone(r.Payload)}
+		q.waiting = append(q.waiting, c)
 		return
 	}
-	ok := func() {
-		if r.HasID {
-			f.output(c, protocol.AppendReply(c.out, r.ID, protocol.StatusOK))
-		}
+	f.deliver(sub, r.Type, r.Payload)
+}
+
+func (c *floorConn) settle(sub *floorSub) {
+	if sub.free < sub.limit {
+		sub.free++
 	}
-	fail := func(code protocol.Code, msg string) {
-		f.output(c, protocol.AppendErrorReply(c.out, r.ID, r.HasID, code, msg))
+	c.f.resume(c.f.queues[sub.queue])
+}
+
+func (c *floorConn) subscribe(queue string, prefetch int) {
+	f := c.f
+	q := f.queues[queue]
+	if q == nil {
+		q = &floorQueue{}
+		f.queues[queue] = q
 	}
-	switch r.Op {
-	case protocol.OpPublish:
-		f.output(c, protocol.AppendReply(c.out, r.ID, protocol.StatusAccepted))
-		if q := f.queues[r.Queue]; q != nil && len(q.subs) > 0 {
-			sub := q.pick()
-			if sub == nil {
-				c.held = &heldEvent{queue: r.Queue, typ: r.Type, payload: bytes.Clone(r.Payload)}
-				q.waiting = append(q.waiting, c)
-				return
-			}
-			f.deliver(sub, r.Type, r.Payload)
-		}
-	case protocol.OpAck, protocol.OpNack:
-		sub := c.subs[r.Queue]
-		if !r.HasQueue && len(c.subs) == 1 {
-			for _, only := range c.subs {
-				sub = only
-			}
-		}
-		if sub == nil {
-			fail(protocol.CodeNotSubscribed, fmt.Sprintf("%s %d on queue %q: this connection does not subscribe to it", r.Op, r.Seq, r.Queue))
-			return
-		}
-		if sub.free < sub.limit {
-			sub.free++
-		}
-		f.resume(f.queues[sub.queue])
-		ok()
-	case protocol.OpSubscribe:
-		if c.subs[r.Queue] != nil {
-			fail(protocol.CodeAlreadySubscribed, fmt.Sprintf("queue %q: already subscribed on this connection", r.Queue))
-			return
-		}
-		prefetch := 1
-		if r.HasPrefetch {
-			prefetch = r.Prefetch
-		}
-		ok() // before the first deliver
-		q := f.queues[r.Queue]
-		if q == nil {
-			q = &floorQueue{}
-			f.queues[r.Queue] = q
-		}
-		sub := &floorSub{conn: c, queue: r.Queue, free: prefetch, limit: prefetch}
-		c.subs[r.Queue] = sub
-		q.subs = append(q.subs, sub)
-		f.resume(q)
-	case protocol.OpUnsubscribe:
-		sub := c.subs[r.Queue]
-		if sub == nil {
-			fail(protocol.CodeNotSubscribed, fmt.Sprintf("queue %q: this connection does not subscribe to it", r.Queue))
-			return
-		}
-		f.unsubscribe(sub)
-		ok()
-	case protocol.OpStats:
-		f.output(c, protocol.AppendStatsReply(c.out, r.ID, f.stats()))
-	case protocol.OpCancel, protocol.OpPing:
-		ok()
-	default:
-		fail(protocol.CodeBadRequest, fmt.Sprintf("op %q: not served by the floor server", r.Op))
-	}
+	sub := &floorSub{conn: c, queue: queue, free: prefetch, limit: prefetch}
+	c.subs[queue] = sub
+	q.subs = append(q.subs, sub)
+	f.resume(q)
 }
 
 func (f *floor) deliver(sub *floorSub, typ string, payload []byte) {
