@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"sync"
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
@@ -35,7 +36,10 @@ type floor struct {
 	path string
 	lfd  int // listening socket
 	ep   int // epoll set
-	efd  int // eventfd: stop
+	// efd is an eventfd that stop makes readable; stopMu keeps stop from
+	// writing to it while or after serve closes it.
+	efd    int
+	stopMu sync.Mutex
 
 	conns  map[int]*floorConn
 	queues map[string]*floorQueue
@@ -112,8 +116,14 @@ func startFloor(path string) (*floor, error) {
 	return f, nil
 }
 
-// stop makes serve return; safe from any goroutine, before or during serve.
+// stop makes serve return; safe from any goroutine, before, during or
+// after serve.
 func (f *floor) stop() {
+	f.stopMu.Lock()
+	defer f.stopMu.Unlock()
+	if f.efd < 0 {
+		return // serve has ended and closed it: the number may be another file's now
+	}
 	var one [8]byte
 	one[0] = 1 // the eventfd counter is a host-order uint64; any non-zero wakes
 	_, _ = unix.Write(f.efd, one[:])
@@ -181,9 +191,12 @@ func (f *floor) closeFDs() {
 	for _, c := range f.conns {
 		unix.Close(c.fd)
 	}
-	for _, fd := range []int{f.lfd, f.ep, f.efd} {
-		if fd >= 0 {
-			unix.Close(fd)
+	f.stopMu.Lock()
+	defer f.stopMu.Unlock()
+	for _, fd := range []*int{&f.lfd, &f.ep, &f.efd} {
+		if *fd >= 0 {
+			unix.Close(*fd)
+			*fd = -1
 		}
 	}
 }
