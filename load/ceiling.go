@@ -2,7 +2,6 @@ package load
 
 import (
 	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -315,15 +314,11 @@ func (s *ceiling) forward(from *ceilConn, r *protocol.Request) {
 
 // stats answers the one figure the load tool asks for: consumers per queue.
 func (s *ceiling) stats() []byte {
-	type queueStats struct {
-		Consumers int `json:"consumers"`
-	}
-	st := make(map[string]queueStats)
+	consumers := make(map[string]int)
 	s.mu.Lock()
 	for name, q := range s.queues {
-		st[name] = queueStats{Consumers: len(q.subs)}
+		consumers[name] = len(q.subs)
 	}
 	s.mu.Unlock()
-	b, _ := json.Marshal(st) // a map of strings to plain structs always encodes
-	return b
+	return statsJSON(consumers)
 }

@@ -5,7 +5,6 @@ package load
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -448,15 +447,11 @@ func (f *floor) drop(c *floorConn) {
 
 // stats answers what the load tool asks: consumers per queue.
 func (f *floor) stats() []byte {
-	type queueStats struct {
-		Consumers int `json:"consumers"`
-	}
-	st := make(map[string]queueStats, len(f.queues))
+	consumers := make(map[string]int, len(f.queues))
 	for name, q := range f.queues {
-		st[name] = queueStats{Consumers: len(q.subs)}
+		consumers[name] = len(q.subs)
 	}
-	b, _ := json.Marshal(st) // a map of strings to plain structs always encodes
-	return b
+	return statsJSON(consumers)
 }
 
 // ServeFloor serves the floor server (see floor) at socket until ctx ends.

@@ -1,6 +1,7 @@
 package load
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -101,4 +102,18 @@ func onlyOf[S any](m map[string]S) (S, bool) {
 		return s, true
 	}
 	return zero, false
+}
+
+// statsJSON is a framing-only server's stats reply: consumers per queue,
+// the one figure the load tool asks for.
+func statsJSON(consumers map[string]int) []byte {
+	type queueStats struct {
+		Consumers int `json:"consumers"`
+	}
+	st := make(map[string]queueStats, len(consumers))
+	for name, n := range consumers {
+		st[name] = queueStats{Consumers: n}
+	}
+	b, _ := json.Marshal(st) // a map of strings to plain structs always encodes
+	return b
 }
