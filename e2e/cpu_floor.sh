@@ -28,10 +28,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ROUNDS="${FLOOR_ROUNDS:-3}"
 RATE="${FLOOR_RATE:-10000}"
 EVENTS="${FLOOR_EVENTS:-100000}"
-TICK="$(getconf CLK_TCK)"
 
-die() { echo "cpu-floor: $*" >&2; exit 1; }
-command -v jq >/dev/null || die "jq is required"
+# shellcheck source=e2e/perf_lib.sh
+source "${ROOT}/e2e/perf_lib.sh"
+perf_init cpu-floor
 
 WORK="$(mktemp -d /tmp/cpufloor.XXXXXX)"
 PIDS=()
@@ -45,7 +45,7 @@ trap cleanup EXIT
 BIN="${SIDECAR_BIN:-}"
 if [[ -z "${BIN}" ]]; then
 	BIN="${WORK}/eventbus-sidecar"
-	(cd "${ROOT}" && go build -tags urfave_cli_no_docs -o "${BIN}" .)
+	build_sidecar "${ROOT}" "${BIN}"
 fi
 [[ -x "${BIN}" ]] || die "no sidecar binary at ${BIN}"
 
@@ -66,7 +66,6 @@ start sidecar serve --admin-addr off --telemetry-disabled --log-level warn
 start ceiling load --ceiling-server
 start floor load --floor-server
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 ctxt() { awk '/^ctxt/ {print $2}' /proc/stat; }
 
 echo "cpu-floor: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg), commit $(cd "${ROOT}" && git rev-parse --short HEAD), ${RATE} events/s"

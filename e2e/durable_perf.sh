@@ -33,10 +33,10 @@ ROUNDS="${PERF_ROUNDS:-3}"
 EVENTS="${PERF_EVENTS:-100000}"
 RATE="${PERF_RATE:-1000}"
 OPEN_SECONDS="${PERF_OPEN_SECONDS:-10}"
-TICK="$(getconf CLK_TCK)"
 
-die() { echo "durable-perf: $*" >&2; exit 1; }
-command -v jq >/dev/null || die "jq is required"
+# shellcheck source=e2e/perf_lib.sh
+source "${ROOT}/e2e/perf_lib.sh"
+perf_init durable-perf
 
 WORK="$(mktemp -d /tmp/durperf.XXXXXX)"
 PID=""
@@ -52,7 +52,7 @@ trap cleanup EXIT
 BINS="${SIDECAR_BIN:-}"
 if [[ -z "${BINS}" ]]; then
 	BINS="${WORK}/eventbus-sidecar"
-	(cd "${ROOT}" && go build -tags urfave_cli_no_docs -o "${BINS}" .)
+	build_sidecar "${ROOT}" "${BINS}"
 fi
 read -r -a BUILDS <<<"${BINS}"
 for b in "${BUILDS[@]}"; do [[ -x "${b#*=}" ]] || die "no sidecar binary at ${b#*=}"; done
@@ -64,8 +64,6 @@ queues:
   - {name: order_mem, capacity: 1024, policy: block, durable: false}
 EOF
 
-# cpu_ticks PID: utime + stime of PID in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 start_sidecar() {
 	local sock="$1" data="$2" i
