@@ -206,3 +206,54 @@ func TestAppendAsyncMarksTheLastOfAWrite(t *testing.T) {
 		})
 	}
 }
+
+// TestAppendAsyncCallbacksKeepSeqOrderAcrossGoroutines: the syncer runs a
+// write's callbacks itself only when the completer has none left to run.
+// A first write's callback is held in the completer (its write completed
+// with another append pending); a second write that completes alone
+// meanwhile must wait behind it, not run first on the syncer.
+func TestAppendAsyncCallbacksKeepSeqOrderAcrossGoroutines(t *testing.T) {
+	fsys := newFaultFS()
+	opts := testOpts()
+	opts.FS = fsys
+	l, _ := openT(t, t.TempDir(), opts)
+	t.Cleanup(func() { l.Close() })
+	firstSync, secondSync := make(chan struct{}), make(chan struct{})
+	fsys.set(func(f *faultFS) { f.gate, f.syncs = firstSync, 0 })
+
+	res := newAsyncResults(2)
+	hold, held := make(chan struct{}), make(chan struct{})
+	release := sync.OnceFunc(func() { close(hold) })
+	t.Cleanup(release)
+	first, err := l.AppendAsync([]byte("first"), "", fixedNow, func(a Appended, err error) {
+		close(held)
+		<-hold
+		res.done(a, err)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the first append's sync", func() bool { return fsys.syncCount() == 1 })
+	second, err := l.AppendAsync([]byte("second"), "", fixedNow, res.done)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fsys.set(func(f *faultFS) { f.gate = secondSync })
+	close(firstSync)
+	<-held
+	waitFor(t, "the second append's sync", func() bool { return fsys.syncCount() == 2 })
+	fsys.set(func(f *faultFS) { f.gate = nil })
+	close(secondSync)
+	// Nothing is pending now: the second write's callback is either queued
+	// behind the held one or (wrongly) run at once.
+	waitFor(t, "the second write's completion", func() bool {
+		res.mu.Lock()
+		defer res.mu.Unlock()
+		return l.completing.Load() == 2 || len(res.seqs) > 0
+	})
+	release()
+	res.wait(t)
+	if want := []uint64{first, second}; fmt.Sprint(res.seqs) != fmt.Sprint(want) {
+		t.Fatalf("callbacks ran for seqs %v, want %v", res.seqs, want)
+	}
+}

@@ -7,7 +7,8 @@
 // into a shared buffer and wait; one syncer goroutine writes the buffer and
 // calls fdatasync once for everything in it (group commit), then wakes
 // them all; appenders that must not wait (AppendAsync) are called back, in
-// seq order, by a completer goroutine. When the segment holds Options.SegmentSize bytes of dead
+// seq order, by the syncer when it is otherwise idle or else by a completer
+// goroutine. When the segment holds Options.SegmentSize bytes of dead
 // records (acked events, settled deliveries) the syncer starts a new one
 // with the msg ids of the dedupe window and a copy of every unacked event,
 // and deletes the old: disk use stays under the live events plus one
@@ -26,6 +27,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -245,13 +247,34 @@ type asyncAppend struct {
 	done func(Appended, error)
 }
 
-// complete wakes the batch's appenders and hands its AppendAsync
-// callbacks to the completer. The syncer calls it without l.mu.
+// complete wakes the batch's appenders and runs its AppendAsync
+// callbacks. The syncer calls it without l.mu.
+//
+// The callbacks run on the syncer itself when nothing else is waiting for
+// it: the completer has finished every earlier batch (so seq order holds)
+// and no record is pending. That spares a wake-up of another goroutine on
+// every sync when events arrive one at a time, which on an idle machine
+// is a large part of a publish's latency. When records are pending the
+// completer takes the callbacks, so that the syncer writes and syncs the
+// next batch meanwhile.
 func (l *Log) complete(b *batch) {
 	close(b.done)
-	if len(b.async) > 0 || len(b.syncs) > 0 {
-		l.completions <- b
+	if len(b.async) == 0 && len(b.syncs) == 0 {
+		return
 	}
+	if l.completing.Load() == 0 && !l.pendingAppends() {
+		b.callBack()
+		return
+	}
+	l.completing.Add(1)
+	l.completions <- b
+}
+
+// pendingAppends says whether records wait for the syncer's next flush.
+func (l *Log) pendingAppends() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.pend) > 0 || l.batch != nil
 }
 
 // completer runs the AppendAsync callbacks, batch after batch, in seq
@@ -263,6 +286,7 @@ func (l *Log) completer() {
 	defer l.wg.Done()
 	for b := range l.completions {
 		b.callBack()
+		l.completing.Add(-1)
 	}
 }
 
@@ -321,8 +345,11 @@ type Log struct {
 	// completions carries batches with AppendAsync callbacks from the
 	// syncer to the completer, in order; the syncer closes it when it stops.
 	completions chan *batch
-	stop        chan struct{}
-	wg          sync.WaitGroup
+	// completing counts the batches sent on completions whose callbacks
+	// have not all run yet.
+	completing atomic.Int32
+	stop       chan struct{}
+	wg         sync.WaitGroup
 
 	// Owned by the syncer goroutine (and by Open before it starts).
 	seg       segment
@@ -616,10 +643,11 @@ func (l *Log) Append(ctx context.Context, data []byte, msgID string, at time.Tim
 // return. Group commit works across AppendAsync and Append calls alike.
 //
 // done is called exactly once for every AppendAsync that returns a nil
-// error, from the log's completer goroutine, in seq order, holding none
-// of the log's locks (it may call the log again, AppendAsync included),
-// and before Close returns. It must not block: every later callback
-// waits for it, and a backlog of them holds up the syncer. An error
+// error, from the log's syncer or completer goroutine, one at a time, in
+// seq order, holding none of the log's locks (it may call the log again,
+// AppendAsync included), and before Close returns. It must not block:
+// every later callback waits for it, and the syncer may be the one
+// running it. An error
 // returned at once (ErrInvalid, ErrClosed) means nothing was appended and
 // done is not called.
 func (l *Log) AppendAsync(data []byte, msgID string, at time.Time, done func(Appended, error)) (uint64, error) {
@@ -746,7 +774,7 @@ func cutReason(reason string, n int) string {
 // acts on it (an ack that ends a move between two logs) asks for it. It
 // shares the sync of the next flush, so concurrent callers and appenders
 // still pay for one. done is called like an AppendAsync callback: once,
-// from the completer goroutine, holding none of the log's locks, before
+// from the syncer or the completer, holding none of the log's locks, before
 // Close returns, and it must not block. An error wrapping ErrStorage means
 // the records' fate is unknown (a failed write of an append cuts it, a
 // failed sync leaves what was written before); ErrClosed returned at once
