@@ -137,6 +137,39 @@ func TestYAMLRoundTrip(t *testing.T) {
 	}
 }
 
+// invalidCase is a configuration Load must refuse: a file, environment and
+// flags, and what the error must name.
+type invalidCase struct {
+	name  string
+	yaml  string
+	env   map[string]string
+	flags map[string]string
+	want  []string
+}
+
+// checkInvalid runs each case as a subtest: Load fails with an error that
+// wraps ErrInvalid and contains every want.
+func checkInvalid(t *testing.T, tests []invalidCase) {
+	t.Helper()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src := Sources{Env: envOf(tt.env), Flags: tt.flags}
+			if tt.yaml != "" {
+				src.File = writeFile(t, tt.yaml)
+			}
+			_, err := Load(src)
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("Load = %v, want an error wrapping ErrInvalid", err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
 func writeFile(t *testing.T, content string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "eventbus.yaml")
@@ -362,13 +395,7 @@ func TestFileRoutes(t *testing.T) {
 // TestInvalid covers every validation and parse error: each must wrap
 // ErrInvalid and name the field, the bad value and what is allowed.
 func TestInvalid(t *testing.T) {
-	tests := []struct {
-		name  string
-		yaml  string
-		env   map[string]string
-		flags map[string]string
-		want  []string
-	}{
+	tests := []invalidCase{
 		{name: "unknown top-level key", yaml: "sockett: /x\n", want: []string{`unknown key "sockett"`, "line 1", "allowed keys: socket, socket_mode"}},
 		{name: "unknown queue key", yaml: "queues:\n  - name: data\n    size: 3\n", want: []string{`unknown key "size"`, "line 3", "name, capacity, policy, timeout"}},
 		{name: "unknown telemetry key", yaml: "telemetry:\n  endpoint: x\n", want: []string{`unknown key "endpoint"`, "otlp_endpoint"}},
@@ -418,27 +445,7 @@ func TestInvalid(t *testing.T) {
 		{name: "otlp endpoint bad scheme", flags: map[string]string{"otlp-endpoint": "grpc://x:1"}, want: []string{`telemetry.otlp_endpoint "grpc://x:1"`, "http:// or https://"}},
 		{name: "several problems at once", flags: map[string]string{"log-level": "x", "log-format": "y"}, want: []string{"log_level", "log_format"}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			src := Sources{Env: envOf(tt.env), Flags: tt.flags}
-			if tt.yaml != "" {
-				src.File = writeFile(t, tt.yaml)
-			}
-			_, err := Load(src)
-			if err == nil {
-				t.Fatal("Load succeeded, want an error")
-			}
-			t.Log(err)
-			if !errors.Is(err, ErrInvalid) {
-				t.Errorf("error %q does not wrap ErrInvalid", err)
-			}
-			for _, w := range tt.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not mention %q", err, w)
-				}
-			}
-		})
-	}
+	checkInvalid(t, tests)
 }
 
 // TestQueueRulesAreTheBus: a queue the config accepts is one bus.New

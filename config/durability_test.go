@@ -1,7 +1,6 @@
 package config
 
 import (
-	"errors"
 	"reflect"
 	"slices"
 	"strings"
@@ -107,37 +106,21 @@ queues:
 }
 
 func TestInvalidDurability(t *testing.T) {
-	tests := []struct {
-		name string
-		yaml string
-		want []string
-	}{
-		{"fsync mode", "queues:\n  - {name: order, fsync: sometimes}\n", []string{`queues[order].fsync "sometimes"`, "allowed values: always, interval"}},
-		{"durable not a bool", "queues:\n  - {name: order, durable: maybe}\n", []string{`queues[order].durable "maybe"`, "line 2", "true or false"}},
-		{"interval with fsync always", "queues:\n  - {name: order, fsync_interval: 10ms}\n", []string{`queues[order].fsync_interval "10ms"`, "no effect with fsync always"}},
-		{"negative interval", "queues:\n  - {name: order, fsync: interval, fsync_interval: -1s}\n", []string{`queues[order].fsync_interval "-1s"`, "must be > 0"}},
-		{"interval not a duration", "queues:\n  - {name: order, fsync: interval, fsync_interval: 100}\n", []string{`queues[order].fsync_interval "100"`, "not a duration"}},
-		{"negative dedupe window", "queues:\n  - {name: order, dedupe_window: -2m}\n", []string{`queues[order].dedupe_window "-2m0s"`, "must be > 0"}},
-		{"negative max deliveries", "queues:\n  - {name: order, max_deliveries: -1}\n", []string{`queues[order].max_deliveries "-1"`, ">= 0"}},
-		{"max deliveries not a number", "queues:\n  - {name: order, max_deliveries: five}\n", []string{`queues[order].max_deliveries "five"`, "whole number"}},
-		{"max deliveries without dead letter", "queues:\n  - {name: order, max_deliveries: 5}\n", []string{`queues[order].dead_letter ""`, "max_deliveries 5 needs a dead_letter queue", "allowed: data, signal"}},
-		{"dead letter without max deliveries", "queues:\n  - {name: order, dead_letter: data}\n", []string{`queues[order].dead_letter "data"`, "no effect without max_deliveries"}},
-		{"dead letter to itself", "queues:\n  - {name: order, max_deliveries: 3, dead_letter: order}\n", []string{`queues[order].dead_letter "order"`, "its own dead-letter queue", "allowed: data, signal"}},
-		{"durable queue, dead letters in memory", "queues:\n  - {name: order, max_deliveries: 3, dead_letter: order_dead}\n  - {name: order_dead, capacity: 10, policy: block}\n", []string{`queues[order].dead_letter "order_dead"`, `queue "order" is durable but its dead-letter queue is not`, `set durable: true on "order_dead"`}},
-		{"dead letter to an unknown queue", "queues:\n  - {name: order, max_deliveries: 3, dead_letter: dlq}\n", []string{`queues[order].dead_letter "dlq"`, "not a configured queue; allowed: data, signal"}},
-		{"unknown queue key names the new ones", "queues:\n  - {name: order, durability: on}\n", []string{`unknown key "durability"`, "durable, fsync, fsync_interval, dedupe_window, max_deliveries, dead_letter"}},
+	tests := []invalidCase{
+		{name: "fsync mode", yaml: "queues:\n  - {name: order, fsync: sometimes}\n", want: []string{`queues[order].fsync "sometimes"`, "allowed values: always, interval"}},
+		{name: "durable not a bool", yaml: "queues:\n  - {name: order, durable: maybe}\n", want: []string{`queues[order].durable "maybe"`, "line 2", "true or false"}},
+		{name: "interval with fsync always", yaml: "queues:\n  - {name: order, fsync_interval: 10ms}\n", want: []string{`queues[order].fsync_interval "10ms"`, "no effect with fsync always"}},
+		{name: "negative interval", yaml: "queues:\n  - {name: order, fsync: interval, fsync_interval: -1s}\n", want: []string{`queues[order].fsync_interval "-1s"`, "must be > 0"}},
+		{name: "interval not a duration", yaml: "queues:\n  - {name: order, fsync: interval, fsync_interval: 100}\n", want: []string{`queues[order].fsync_interval "100"`, "not a duration"}},
+		{name: "negative dedupe window", yaml: "queues:\n  - {name: order, dedupe_window: -2m}\n", want: []string{`queues[order].dedupe_window "-2m0s"`, "must be > 0"}},
+		{name: "negative max deliveries", yaml: "queues:\n  - {name: order, max_deliveries: -1}\n", want: []string{`queues[order].max_deliveries "-1"`, ">= 0"}},
+		{name: "max deliveries not a number", yaml: "queues:\n  - {name: order, max_deliveries: five}\n", want: []string{`queues[order].max_deliveries "five"`, "whole number"}},
+		{name: "max deliveries without dead letter", yaml: "queues:\n  - {name: order, max_deliveries: 5}\n", want: []string{`queues[order].dead_letter ""`, "max_deliveries 5 needs a dead_letter queue", "allowed: data, signal"}},
+		{name: "dead letter without max deliveries", yaml: "queues:\n  - {name: order, dead_letter: data}\n", want: []string{`queues[order].dead_letter "data"`, "no effect without max_deliveries"}},
+		{name: "dead letter to itself", yaml: "queues:\n  - {name: order, max_deliveries: 3, dead_letter: order}\n", want: []string{`queues[order].dead_letter "order"`, "its own dead-letter queue", "allowed: data, signal"}},
+		{name: "durable queue, dead letters in memory", yaml: "queues:\n  - {name: order, max_deliveries: 3, dead_letter: order_dead}\n  - {name: order_dead, capacity: 10, policy: block}\n", want: []string{`queues[order].dead_letter "order_dead"`, `queue "order" is durable but its dead-letter queue is not`, `set durable: true on "order_dead"`}},
+		{name: "dead letter to an unknown queue", yaml: "queues:\n  - {name: order, max_deliveries: 3, dead_letter: dlq}\n", want: []string{`queues[order].dead_letter "dlq"`, "not a configured queue; allowed: data, signal"}},
+		{name: "unknown queue key names the new ones", yaml: "queues:\n  - {name: order, durability: on}\n", want: []string{`unknown key "durability"`, "durable, fsync, fsync_interval, dedupe_window, max_deliveries, dead_letter"}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			_, err := Load(Sources{File: writeFile(t, tt.yaml)})
-			if !errors.Is(err, ErrInvalid) {
-				t.Fatalf("Load = %v, want an error wrapping ErrInvalid", err)
-			}
-			for _, w := range tt.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not mention %q", err, w)
-				}
-			}
-		})
-	}
+	checkInvalid(t, tests)
 }

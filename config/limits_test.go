@@ -1,7 +1,6 @@
 package config
 
 import (
-	"errors"
 	"reflect"
 	"strings"
 	"testing"
@@ -59,13 +58,7 @@ func TestBufferAndPeerSettings(t *testing.T) {
 }
 
 func TestBufferAndPeerSettingsInvalid(t *testing.T) {
-	tests := []struct {
-		name  string
-		yaml  string
-		env   map[string]string
-		flags map[string]string
-		want  []string
-	}{
+	tests := []invalidCase{
 		{name: "budget not a number", flags: map[string]string{"max-buffered-bytes": "128MiB"}, want: []string{`max_buffered_bytes "128MiB"`, "flag --max-buffered-bytes", "whole number of bytes"}},
 		{name: "budget below 8 frames", env: map[string]string{"EVENTBUS_MAX_BUFFERED_BYTES": "1048576"}, want: []string{`max_buffered_bytes "1048576"`, "env EVENTBUS_MAX_BUFFERED_BYTES", "allowed: 8388608 (8 × max_frame_bytes) to"}},
 		{name: "budget too large", yaml: "max_buffered_bytes: 1099511627776\n", want: []string{`max_buffered_bytes "1099511627776"`, "line 1", "to 68719476736"}},
@@ -76,23 +69,7 @@ func TestBufferAndPeerSettingsInvalid(t *testing.T) {
 		{name: "uid list of lists", yaml: "allowed_uids: [[1]]\n", want: []string{"allowed_uids", "single value"}},
 		{name: "uid mapping", yaml: "allowed_uids: {a: 1}\n", want: []string{"allowed_uids", "single value"}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			src := Sources{Env: envOf(tt.env), Flags: tt.flags}
-			if tt.yaml != "" {
-				src.File = writeFile(t, tt.yaml)
-			}
-			_, err := Load(src)
-			if !errors.Is(err, ErrInvalid) {
-				t.Fatalf("Load = %v, want an ErrInvalid", err)
-			}
-			for _, w := range tt.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q lacks %q", err, w)
-				}
-			}
-		})
-	}
+	checkInvalid(t, tests)
 }
 
 // TestMemoryBound: the bound follows the budget, the connection cap and
