@@ -141,7 +141,17 @@ func TestCrashKill9UnderLoad(t *testing.T) {
 			t.Fatal(err)
 		}
 		room := st["order"].MaxSize - st["order"].Size // what the restart left waiting takes room
+		// The kill point: a random number of acceptances into the round,
+		// counted from before the publishers start: without a consumer the
+		// round can accept only room more, however fast they are.
 		mu.Lock()
+		target := len(accepted)
+		switch {
+		case withConsumer:
+			target += 1 + rng.IntN(400)
+		case room > 0: // without a consumer, publishers block once the queue is full
+			target += 1 + rng.IntN(room)
+		}
 		retries := unknown
 		unknown = nil
 		mu.Unlock()
@@ -182,16 +192,6 @@ func TestCrashKill9UnderLoad(t *testing.T) {
 				}
 			})
 		}
-		// The kill point: a random number of acceptances into the round.
-		mu.Lock()
-		target := len(accepted)
-		switch {
-		case withConsumer:
-			target += 1 + rng.IntN(400)
-		case room > 0: // without a consumer, publishers block once the queue is full
-			target += 1 + rng.IntN(room)
-		}
-		mu.Unlock()
 		testkit.Eventually(t, fmt.Sprintf("%d orders accepted in round %d", target, round), func() bool {
 			mu.Lock()
 			defer mu.Unlock()
