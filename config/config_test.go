@@ -153,11 +153,7 @@ func checkInvalid(t *testing.T, tests []invalidCase) {
 	t.Helper()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			src := Sources{Env: envOf(tt.env), Flags: tt.flags}
-			if tt.yaml != "" {
-				src.File = writeFile(t, tt.yaml)
-			}
-			_, err := Load(src)
+			_, err := Load(sourcesT(t, tt.env, tt.flags, tt.yaml))
 			if !errors.Is(err, ErrInvalid) {
 				t.Fatalf("Load = %v, want an error wrapping ErrInvalid", err)
 			}
@@ -168,6 +164,17 @@ func checkInvalid(t *testing.T, tests []invalidCase) {
 			}
 		})
 	}
+}
+
+// sourcesT is the Sources of a test case: env and flags, and a file with
+// content yaml unless it is empty.
+func sourcesT(t *testing.T, env, flags map[string]string, yaml string) Sources {
+	t.Helper()
+	src := Sources{Env: envOf(env), Flags: flags}
+	if yaml != "" {
+		src.File = writeFile(t, yaml)
+	}
+	return src
 }
 
 func writeFile(t *testing.T, content string) string {
@@ -312,11 +319,7 @@ telemetry:
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			src := Sources{Env: envOf(tt.env), Flags: tt.flags}
-			if tt.file != "" {
-				src.File = writeFile(t, tt.file)
-			}
-			c, err := Load(src)
+			c, err := Load(sourcesT(t, tt.env, tt.flags, tt.file))
 			if err != nil {
 				t.Fatal(err)
 			}
