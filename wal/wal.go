@@ -647,9 +647,8 @@ func (l *Log) Append(ctx context.Context, data []byte, msgID string, at time.Tim
 // seq order, holding none of the log's locks (it may call the log again,
 // AppendAsync included), and before Close returns. It must not block:
 // every later callback waits for it, and the syncer may be the one
-// running it. An error
-// returned at once (ErrInvalid, ErrClosed) means nothing was appended and
-// done is not called.
+// running it. An error returned at once (ErrInvalid, ErrClosed) means
+// nothing was appended and done is not called.
 func (l *Log) AppendAsync(data []byte, msgID string, at time.Time, done func(Appended, error)) (uint64, error) {
 	if done == nil {
 		return 0, fmt.Errorf("%w: AppendAsync needs a done callback", ErrInvalid)
