@@ -4,11 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/cputime"
 	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/exemplar"
@@ -174,21 +174,12 @@ type cpuClock struct{ start time.Duration }
 
 func startCPUClock(b *testing.B) cpuClock {
 	b.Helper()
-	return cpuClock{start: processCPU(b)}
+	return cpuClock{start: cputime.Process(b)}
 }
 
 func (c cpuClock) report(b *testing.B) {
 	b.Helper()
-	b.ReportMetric(float64(processCPU(b)-c.start)/float64(b.N), "cpu-ns/op")
-}
-
-func processCPU(b *testing.B) time.Duration {
-	b.Helper()
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	b.ReportMetric(float64(cputime.Process(b)-c.start)/float64(b.N), "cpu-ns/op")
 }
 
 // BenchmarkPublishDeliverWindow measures publish, receive and ack per event

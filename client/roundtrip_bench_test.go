@@ -14,11 +14,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/cputime"
 	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 	"github.com/eventbus-sidecar/eventbus-sidecar/transport"
 )
@@ -103,24 +103,15 @@ func startChildSidecar(b *testing.B) (path string, pid int) {
 // not 0, that child's; the function it returns reports both per op.
 func reportCPU(b *testing.B, child int) func() {
 	b.Helper()
-	self0, child0 := selfCPU(b), childCPU(b, child)
+	self0, child0 := cputime.Process(b), childCPU(b, child)
 	return func() {
 		b.StopTimer()
 		n := float64(b.N)
-		b.ReportMetric(float64(selfCPU(b)-self0)/n, "cpu-ns/op")
+		b.ReportMetric(float64(cputime.Process(b)-self0)/n, "cpu-ns/op")
 		if child != 0 {
 			b.ReportMetric(float64(childCPU(b, child)-child0)/n, "sidecar-cpu-ns/op")
 		}
 	}
-}
-
-func selfCPU(b *testing.B) time.Duration {
-	b.Helper()
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // childCPU is the running child's user and system time from

@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/cputime"
 	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
@@ -91,7 +92,7 @@ func benchSocketPublish(b *testing.B, queue string, conns, window int, opts ...s
 	b.ReportAllocs()
 	b.ResetTimer()
 	start := time.Now()
-	cpu0 := processCPUTime(b)
+	cpu0 := cputime.Process(b)
 	var wg sync.WaitGroup
 	errs := make(chan error, conns)
 	for i := range conns {
@@ -116,7 +117,7 @@ func benchSocketPublish(b *testing.B, queue string, conns, window int, opts ...s
 		b.Fatal(err)
 	}
 	elapsed := time.Since(start)
-	cpu := processCPUTime(b) - cpu0
+	cpu := cputime.Process(b) - cpu0
 	b.StopTimer()
 	b.ReportMetric(float64(total)/elapsed.Seconds(), "events/s")
 	// The clients' CPU too: they run in this process.

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/cputime"
 	"github.com/eventbus-sidecar/eventbus-sidecar/internal/testkit"
 )
 
@@ -92,7 +93,7 @@ func benchConnectionFlood(b *testing.B, conns, flooders int) {
 			rtts = append(rtts, d)
 		}
 	}
-	cpu0 := processCPU(b)
+	cpu0 := cputime.Process(b)
 	b.ResetTimer()
 	if flooders == 0 {
 		n := 0
@@ -122,7 +123,7 @@ func benchConnectionFlood(b *testing.B, conns, flooders int) {
 		}
 	}
 	b.StopTimer()
-	cpu := processCPU(b) - cpu0
+	cpu := cputime.Process(b) - cpu0
 	if pingErr != nil {
 		b.Fatal(pingErr)
 	}
@@ -162,14 +163,4 @@ func rejectedOnce(path string) error {
 		return fmt.Errorf("a connection over the cap got %q, want a too_many_connections frame", got)
 	}
 	return nil
-}
-
-// processCPU is the user and system CPU time this process has used.
-func processCPU(tb testing.TB) time.Duration {
-	tb.Helper()
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		tb.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

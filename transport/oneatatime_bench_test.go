@@ -4,10 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"net"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/cputime"
 	"github.com/eventbus-sidecar/eventbus-sidecar/protocol"
 )
 
@@ -45,7 +45,7 @@ func BenchmarkSocketOneAtATime(b *testing.B) {
 
 	b.ReportAllocs()
 	b.ResetTimer()
-	cpu0 := processCPUTime(b)
+	cpu0 := cputime.Process(b)
 	start := time.Now()
 	for i := range b.N {
 		req.ID = int64(i + 2)
@@ -72,17 +72,8 @@ func BenchmarkSocketOneAtATime(b *testing.B) {
 		}
 	}
 	elapsed := time.Since(start)
-	cpu := processCPUTime(b) - cpu0
+	cpu := cputime.Process(b) - cpu0
 	b.StopTimer()
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
 	b.ReportMetric(float64(elapsed.Nanoseconds())/float64(b.N), "rtt-ns/op")
-}
-
-// processCPUTime is the user and system CPU time of the whole process.
-func processCPUTime(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

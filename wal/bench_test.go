@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eventbus-sidecar/eventbus-sidecar/internal/cputime"
 	"golang.org/x/sys/unix"
 )
 
@@ -27,18 +28,6 @@ func (c *syncCounter) report(b *testing.B) {
 	if n := c.syncs.Load(); n > 0 {
 		b.ReportMetric(float64(c.records.Load())/float64(n), "records/sync")
 	}
-}
-
-// processCPU is the user and system CPU time of the process so far, for
-// cpu-ns/op: on a shared machine wall time per op moves with the
-// neighbours' load, CPU time much less.
-func processCPU(b *testing.B) time.Duration {
-	b.Helper()
-	var ru unix.Rusage
-	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // runWriters has w goroutines share b.N calls of op.
@@ -115,7 +104,7 @@ func BenchmarkAppendAck(b *testing.B) {
 			at := time.Now()
 			b.ReportAllocs()
 			b.ResetTimer()
-			cpu0 := processCPU(b)
+			cpu0 := cputime.Process(b)
 			runWriters(b, bc.writers, func() {
 				var id string
 				if bc.msgIDs {
@@ -133,7 +122,7 @@ func BenchmarkAppendAck(b *testing.B) {
 				}
 			})
 			b.StopTimer()
-			b.ReportMetric(float64(processCPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
+			b.ReportMetric(float64(cputime.Process(b)-cpu0)/float64(b.N), "cpu-ns/op")
 			sc.report(b)
 		})
 	}
