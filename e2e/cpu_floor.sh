@@ -42,11 +42,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-BIN="${SIDECAR_BIN:-}"
-if [[ -z "${BIN}" ]]; then
-	BIN="${WORK}/eventbus-sidecar"
-	build_sidecar "${ROOT}" "${BIN}"
-fi
+BIN="$(sidecar_bins "${ROOT}" "${WORK}")"
 [[ -x "${BIN}" ]] || die "no sidecar binary at ${BIN}"
 
 # start NAME ARGS...: runs a server on ${WORK}/NAME.sock, its pid in PID_NAME.

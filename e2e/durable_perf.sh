@@ -49,11 +49,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-BINS="${SIDECAR_BIN:-}"
-if [[ -z "${BINS}" ]]; then
-	BINS="${WORK}/eventbus-sidecar"
-	build_sidecar "${ROOT}" "${BINS}"
-fi
+BINS="$(sidecar_bins "${ROOT}" "${WORK}")"
 read -r -a BUILDS <<<"${BINS}"
 for b in "${BUILDS[@]}"; do [[ -x "${b#*=}" ]] || die "no sidecar binary at ${b#*=}"; done
 (cd "${ROOT}" && go test -c -o "${WORK}/wal.test" ./wal)

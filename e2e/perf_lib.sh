@@ -15,5 +15,16 @@ die() {
 # build_sidecar ROOT OUT: the sidecar built from ROOT as `make build` does.
 build_sidecar() { (cd "$1" && go build -tags urfave_cli_no_docs -o "$2" .); }
 
+# sidecar_bins ROOT WORK: prints SIDECAR_BIN, or, when it is unset, the
+# path of a sidecar it builds from ROOT into WORK.
+sidecar_bins() {
+	if [[ -n "${SIDECAR_BIN:-}" ]]; then
+		printf '%s\n' "${SIDECAR_BIN}"
+		return
+	fi
+	build_sidecar "$1" "$2/eventbus-sidecar"
+	printf '%s\n' "$2/eventbus-sidecar"
+}
+
 # cpu_ticks PID: utime + stime of PID in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
