@@ -120,8 +120,14 @@ func (p *batchProcessor) bulkFull() bool { return len(p.queue) >= cap(p.queue)-p
 // isBulk reports whether the bus span named name is a bulk span: on a
 // sampled queue and not a drop.
 func (p *batchProcessor) isBulk(name string) bool {
+	_, bulk := p.bulkOp(name)
+	return bulk
+}
+
+// bulkOp is isBulk that also returns the span's operation.
+func (p *batchProcessor) bulkOp(name string) (bus.SpanOp, bool) {
 	op, queue := bus.ParseSpanName(name)
-	return op != bus.SpanDrop && p.bulk[queue]
+	return op, op != bus.SpanDrop && p.bulk[queue]
 }
 
 // run is the export worker: it sends a batch when it is full, when the
@@ -130,11 +136,6 @@ func (p *batchProcessor) isBulk(name string) bool {
 func (p *batchProcessor) run() {
 	defer close(p.done)
 	limited := p.opts.cpuShare > 0 && p.opts.cpuShare < 1
-	if limited {
-		// The thread's CPU clock then measures this worker alone.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-	}
 	batch := make([]sdktrace.ReadOnlySpan, 0, p.opts.batchSize)
 	timer := time.NewTimer(p.opts.delay)
 	defer timer.Stop()
@@ -142,7 +143,13 @@ func (p *batchProcessor) run() {
 	rest.Stop()
 	export := func() {
 		if len(batch) > 0 {
+			if limited {
+				runtime.LockOSThread()
+			}
 			used := p.export(batch)
+			if limited {
+				runtime.UnlockOSThread()
+			}
 			clear(batch)
 			batch = batch[:0]
 			if d := pauseAfter(used, p.opts.cpuShare); limited && d > 0 {
