@@ -89,6 +89,9 @@ func (r *reloader) apply(next config.Config) error {
 	if err := r.telemetry.SetDataSampleRatio(next.Telemetry.DataSampleRatio); err != nil {
 		errs = append(errs, fmt.Errorf("data sample ratio: %w", err))
 	}
+	if err := r.telemetry.SetDataTraceRate(next.Telemetry.DataTraceRate); err != nil {
+		errs = append(errs, fmt.Errorf("data trace rate: %w", err))
+	}
 	r.server.SetAllowedPeers(next.AllowedUIDs, next.AllowedGIDs)
 	r.level.Set(logLevel(next.LogLevel))
 	// PlanReload keeps the budget at 8 frames or more, so this fails

@@ -153,6 +153,7 @@ func telemetryConfig(t config.Telemetry, lookup env) telemetry.Config {
 		OTLPEndpoint:    t.OTLPEndpoint,
 		OTLPInsecure:    t.OTLPInsecure,
 		DataSampleRatio: t.DataSampleRatio,
+		DataTraceRate:   t.DataTraceRate,
 		MetricInterval:  t.MetricInterval,
 		SpanExportCPU:   t.SpanExportCPU,
 		LookupEnv:       lookup,

@@ -119,6 +119,10 @@ type Telemetry struct {
 	// whose traces are exported; signal, order, drops and timeouts are always
 	// exported. nil: OTEL_TRACES_SAMPLER_ARG, else 1.
 	DataSampleRatio *float64
+	// DataTraceRate is the most data-queue publishes per second that are
+	// traced; beyond it the rest are not traced (metrics still count them).
+	// 0: telemetry.DefaultDataTraceRate; +Inf: no limit.
+	DataTraceRate float64
 	// MetricInterval is the OTLP metric push interval; 0:
 	// OTEL_METRIC_EXPORT_INTERVAL, else telemetry.DefaultMetricInterval.
 	MetricInterval time.Duration

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -118,7 +119,7 @@ func TestYAMLRoundTrip(t *testing.T) {
 	custom.Routes["RISK_LIMIT"] = "risk"
 	custom.DefaultQueue = "signal"
 	custom.MaxConnections = 8
-	custom.Telemetry = Telemetry{Disabled: true, TracesDisabled: true, OTLPEndpoint: "127.0.0.1:4317", OTLPInsecure: true, ServiceName: "x", DataSampleRatio: &ratio, MetricInterval: 2 * time.Second, SpanExportCPU: 1}
+	custom.Telemetry = Telemetry{Disabled: true, TracesDisabled: true, OTLPEndpoint: "127.0.0.1:4317", OTLPInsecure: true, ServiceName: "x", DataSampleRatio: &ratio, DataTraceRate: math.Inf(1), MetricInterval: 2 * time.Second, SpanExportCPU: 1}
 
 	for name, c := range map[string]Config{"defaults": Default(), "custom": custom} {
 		t.Run(name, func(t *testing.T) {
@@ -303,14 +304,14 @@ telemetry:
 		},
 		{
 			name:  "every setting from a flag",
-			flags: map[string]string{"socket": "/s", "socket-mode": "0600", "admin-addr": "127.0.0.1:0", "log-level": "debug", "log-format": "json", "drain-timeout": "1m", "max-frame-bytes": "4096", "write-timeout": "2s", "max-output-bytes": "8192", "max-connections": "16", "default-queue": "order", "telemetry-disabled": "true", "traces-disabled": "true", "otlp-endpoint": "http://127.0.0.1:4317", "otlp-insecure": "true", "service-name": "svc", "data-sample-ratio": "0.5", "metric-interval": "1s", "span-export-cpu": "0.5"},
+			flags: map[string]string{"socket": "/s", "socket-mode": "0600", "admin-addr": "127.0.0.1:0", "log-level": "debug", "log-format": "json", "drain-timeout": "1m", "max-frame-bytes": "4096", "write-timeout": "2s", "max-output-bytes": "8192", "max-connections": "16", "default-queue": "order", "telemetry-disabled": "true", "traces-disabled": "true", "otlp-endpoint": "http://127.0.0.1:4317", "otlp-insecure": "true", "service-name": "svc", "data-sample-ratio": "0.5", "metric-interval": "1s", "span-export-cpu": "0.5", "data-trace-rate": "250"},
 			check: func(t *testing.T, c Config) {
 				half := 0.5
 				want := Default()
 				want.Socket, want.SocketMode, want.AdminAddr, want.LogLevel, want.LogFormat = "/s", 0o600, "127.0.0.1:0", "debug", "json"
 				want.DrainTimeout, want.MaxFrameBytes, want.WriteTimeout, want.MaxOutputBytes, want.DefaultQueue = time.Minute, 4096, 2*time.Second, 8192, "order"
 				want.MaxConnections = 16
-				want.Telemetry = Telemetry{Disabled: true, TracesDisabled: true, OTLPEndpoint: "http://127.0.0.1:4317", OTLPInsecure: true, ServiceName: "svc", DataSampleRatio: &half, MetricInterval: time.Second, SpanExportCPU: 0.5}
+				want.Telemetry = Telemetry{Disabled: true, TracesDisabled: true, OTLPEndpoint: "http://127.0.0.1:4317", OTLPInsecure: true, ServiceName: "svc", DataSampleRatio: &half, DataTraceRate: 250, MetricInterval: time.Second, SpanExportCPU: 0.5}
 				if !reflect.DeepEqual(c, want) {
 					t.Errorf("got %+v\nwant %+v", c, want)
 				}
@@ -440,6 +441,8 @@ func TestInvalid(t *testing.T) {
 		{name: "telemetry disabled not a bool", env: map[string]string{"EVENTBUS_TELEMETRY_DISABLED": "maybe"}, want: []string{`telemetry.disabled "maybe"`, "true or false"}},
 		{name: "sample ratio above 1", flags: map[string]string{"data-sample-ratio": "1.5"}, want: []string{`telemetry.data_sample_ratio "1.5"`, "0 to 1"}},
 		{name: "sample ratio not a number", flags: map[string]string{"data-sample-ratio": "half"}, want: []string{`telemetry.data_sample_ratio "half"`, "not a number"}},
+		{name: "trace rate negative", flags: map[string]string{"data-trace-rate": "-5"}, want: []string{`telemetry.data_trace_rate "-5"`, "more than 0", "unlimited"}},
+		{name: "trace rate not a number", yaml: "telemetry:\n  data_trace_rate: lots\n", want: []string{`telemetry.data_trace_rate "lots"`, "not a number"}},
 		{name: "metric interval tiny", yaml: "telemetry:\n  metric_interval: 1ms\n", want: []string{`telemetry.metric_interval "1ms"`, "at least 100ms"}},
 		{name: "span export cpu above 1", flags: map[string]string{"span-export-cpu": "2"}, want: []string{`telemetry.span_export_cpu "2"`, "at most 1"}},
 		{name: "span export cpu negative", yaml: "telemetry:\n  span_export_cpu: -0.5\n", want: []string{`telemetry.span_export_cpu "-0.5"`, "more than 0"}},

@@ -157,6 +157,7 @@ type fileTelemetry struct {
 	OTLPInsecure    yaml.Node `yaml:"otlp_insecure"`
 	ServiceName     yaml.Node `yaml:"service_name"`
 	DataSampleRatio yaml.Node `yaml:"data_sample_ratio"`
+	DataTraceRate   yaml.Node `yaml:"data_trace_rate"`
 	MetricInterval  yaml.Node `yaml:"metric_interval"`
 	SpanExportCPU   yaml.Node `yaml:"span_export_cpu"`
 }
@@ -165,7 +166,7 @@ type fileTelemetry struct {
 var fileKeys = map[string]string{
 	"fileConfig":    "socket, socket_mode, data_dir, admin_addr, admin_pprof, log_level, log_format, drain_timeout, max_frame_bytes, write_timeout, max_output_bytes, max_connections, max_buffered_bytes, frame_timeout, allowed_uids, allowed_gids, queues, routes, default_queue, telemetry",
 	"fileQueue":     "name, capacity, policy, timeout, " + durabilityKeys,
-	"fileTelemetry": "disabled, traces_disabled, otlp_endpoint, otlp_insecure, service_name, data_sample_ratio, metric_interval, span_export_cpu",
+	"fileTelemetry": "disabled, traces_disabled, otlp_endpoint, otlp_insecure, service_name, data_sample_ratio, data_trace_rate, metric_interval, span_export_cpu",
 }
 
 func (f *fileConfig) scalars() map[string]*yaml.Node {
@@ -195,6 +196,7 @@ func (f *fileConfig) scalars() map[string]*yaml.Node {
 		m["telemetry.otlp_insecure"] = &t.OTLPInsecure
 		m["telemetry.service_name"] = &t.ServiceName
 		m["telemetry.data_sample_ratio"] = &t.DataSampleRatio
+		m["telemetry.data_trace_rate"] = &t.DataTraceRate
 		m["telemetry.metric_interval"] = &t.MetricInterval
 		m["telemetry.span_export_cpu"] = &t.SpanExportCPU
 	}

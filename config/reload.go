@@ -39,7 +39,7 @@ func (c Change) String() string {
 // restart.
 type Reload struct {
 	// Live lists the changes the sidecar applies now: log level, data
-	// sampling ratio, the allowed uids and gids, max_buffered_bytes,
+	// sampling ratio and trace rate, the allowed uids and gids, max_buffered_bytes,
 	// routes and the default queue (when their queue is running), and
 	// each running queue's capacity, policy and timeout.
 	Live []Change

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -31,10 +32,18 @@ func TestPlanReload(t *testing.T) {
 		next          func(c *Config) // the running config with the live changes applied
 	}{
 		{
-			name: "log level and sampling ratio are live",
-			edit: func(c *Config) { c.LogLevel = "debug"; c.Telemetry.DataSampleRatio = &ratio },
-			live: []Change{{Field: "log_level", Old: "info", New: "debug"}, {Field: "telemetry.data_sample_ratio", Old: "", New: "0.1"}},
-			next: func(c *Config) { c.LogLevel = "debug"; c.Telemetry.DataSampleRatio = &ratio },
+			name: "log level, sampling ratio and trace rate are live",
+			edit: func(c *Config) {
+				c.LogLevel = "debug"
+				c.Telemetry.DataSampleRatio = &ratio
+				c.Telemetry.DataTraceRate = math.Inf(1)
+			},
+			live: []Change{{Field: "log_level", Old: "info", New: "debug"}, {Field: "telemetry.data_sample_ratio", Old: "", New: "0.1"}, {Field: "telemetry.data_trace_rate", Old: "", New: "unlimited"}},
+			next: func(c *Config) {
+				c.LogLevel = "debug"
+				c.Telemetry.DataSampleRatio = &ratio
+				c.Telemetry.DataTraceRate = math.Inf(1)
+			},
 		},
 		{
 			name: "listeners and exporters need a restart",

@@ -45,6 +45,7 @@ type renderTelemetry struct {
 	OTLPInsecure    bool     `yaml:"otlp_insecure"`
 	ServiceName     string   `yaml:"service_name"`
 	DataSampleRatio *float64 `yaml:"data_sample_ratio"`
+	DataTraceRate   string   `yaml:"data_trace_rate"`
 	MetricInterval  string   `yaml:"metric_interval"`
 	SpanExportCPU   float64  `yaml:"span_export_cpu"`
 }
@@ -88,6 +89,7 @@ func (c Config) YAML() ([]byte, error) {
 			OTLPInsecure:    c.Telemetry.OTLPInsecure,
 			ServiceName:     c.Telemetry.ServiceName,
 			DataSampleRatio: c.Telemetry.DataSampleRatio,
+			DataTraceRate:   settingValue("telemetry.data_trace_rate", c),
 			MetricInterval:  settingValue("telemetry.metric_interval", c),
 			SpanExportCPU:   c.Telemetry.SpanExportCPU,
 		},

@@ -209,6 +209,30 @@ func Settings() []Setting {
 			},
 		},
 		{
+			Key: "telemetry.data_trace_rate", Live: true, Flag: "data-trace-rate", Usage: "most data-queue publishes traced per second, each with its wait and deliver spans; the rest are not traced, metrics count them all (empty or 0: " + strconv.FormatFloat(telemetry.DefaultDataTraceRate, 'g', -1, 64) + "; unlimited: every one)",
+			set: func(c *Config, v string) error {
+				switch strings.TrimSpace(v) {
+				case "":
+					c.Telemetry.DataTraceRate = 0
+					return nil
+				case unlimited:
+					c.Telemetry.DataTraceRate = math.Inf(1)
+					return nil
+				}
+				return parseFloat(v, &c.Telemetry.DataTraceRate)
+			},
+			get: func(c Config) string {
+				switch r := c.Telemetry.DataTraceRate; {
+				case r == 0:
+					return ""
+				case math.IsInf(r, 1):
+					return unlimited
+				default:
+					return strconv.FormatFloat(r, 'g', -1, 64)
+				}
+			},
+		},
+		{
 			Key: "telemetry.metric_interval", Flag: "metric-interval", Usage: "OTLP metric push interval (empty: OTEL_METRIC_EXPORT_INTERVAL, else " + telemetry.DefaultMetricInterval.String() + ")",
 			set: func(c *Config, v string) error {
 				if strings.TrimSpace(v) == "" {
@@ -242,6 +266,9 @@ func Settings() []Setting {
 		},
 	}
 }
+
+// unlimited is the value of a rate setting that has no limit.
+const unlimited = "unlimited"
 
 func parseDuration(v string, dst *time.Duration) error {
 	d, err := time.ParseDuration(strings.TrimSpace(v))

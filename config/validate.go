@@ -144,6 +144,9 @@ func validate(c Config, origin map[string]string) error {
 	if r := t.DataSampleRatio; r != nil && !(*r >= 0 && *r <= 1) {
 		bad("telemetry.data_sample_ratio", strconv.FormatFloat(*r, 'g', -1, 64), "allowed: 0 to 1 (1 traces every publish), or empty for OTEL_TRACES_SAMPLER_ARG")
 	}
+	if r := t.DataTraceRate; !(r >= 0) {
+		bad("telemetry.data_trace_rate", strconv.FormatFloat(r, 'g', -1, 64), "allowed: more than 0 traces per second, unlimited, or empty for the default "+strconv.FormatFloat(telemetry.DefaultDataTraceRate, 'g', -1, 64))
+	}
 	if t.MetricInterval != 0 && t.MetricInterval < 100*time.Millisecond {
 		bad("telemetry.metric_interval", t.MetricInterval.String(), "must be at least 100ms (e.g. 10s), or empty for OTEL_METRIC_EXPORT_INTERVAL")
 	}

@@ -6,9 +6,11 @@
 #   off      --telemetry-disabled
 #   metrics  --traces-disabled, metrics pushed to the collector
 #   default  what `serve` does with an OTLP endpoint and no sampling flags
-#            (every data trace kept, export CPU budget 25 %: sheds under load)
-#   spans    every span recorded and exported: --data-sample-ratio 1 and no
-#            export CPU budget (--span-export-cpu 1)
+#            (data publishes traced up to 1,000 a second, export CPU budget
+#            25 %: sheds under load)
+#   spans    every span recorded and exported: --data-sample-ratio 1, no
+#            trace rate limit (--data-trace-rate unlimited) and no export
+#            CPU budget (--span-export-cpu 1)
 #
 # and two loads from the project's load tool (one publishing connection, one
 # acking consumer, the data queue):
@@ -105,7 +107,7 @@ mode_flags() {
 	default) echo "--otlp-endpoint http://${COLLECTOR}" ;;
 	# No export CPU budget: the budget sheds spans under overload, and this
 	# mode measures the cost of exporting every one of them.
-	spans) echo "--otlp-endpoint http://${COLLECTOR} --data-sample-ratio 1 --span-export-cpu ${SPAN_EXPORT_CPU}" ;;
+	spans) echo "--otlp-endpoint http://${COLLECTOR} --data-sample-ratio 1 --data-trace-rate unlimited --span-export-cpu ${SPAN_EXPORT_CPU}" ;;
 	esac
 }
 

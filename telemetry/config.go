@@ -32,6 +32,13 @@ const (
 	// DefaultSpanExportCPU is the most of one CPU the span export worker
 	// spends converting and sending spans; see Config.SpanExportCPU.
 	DefaultSpanExportCPU = 0.25
+	// DefaultDataTraceRate is the most publishes per second on the sampled
+	// queues that begin a trace; see Config.DataTraceRate. Each such trace
+	// costs about three spans' worth of export, collector and trace-store
+	// CPU, on the order of 25 µs per span with a collector and Jaeger on the
+	// same node, so a thousand traces a second keeps that to a few percent
+	// of a core while every publish at an ordinary data rate is traced.
+	DefaultDataTraceRate = 1000.0
 )
 
 // DefaultSampledQueues are the queues whose accepted publishes are sampled at
@@ -78,8 +85,14 @@ type Config struct {
 	// trace stays whole. nil: from OTEL_TRACES_SAMPLER(_ARG), else 1.0.
 	// Drops, timeouts, errors and all other queues are always exported.
 	DataSampleRatio *float64
-	// SampledQueues names the queues DataSampleRatio applies to; nil means
-	// DefaultSampledQueues.
+	// DataTraceRate is the most publishes per second on SampledQueues that
+	// are traced (each with its wait and deliver spans); beyond it the rest
+	// are not traced at all and count as sampled out, which keeps the cost
+	// of tracing flat however fast events come. 0 means DefaultDataTraceRate,
+	// +Inf no limit. Drops, and all other queues, are always traced.
+	DataTraceRate float64
+	// SampledQueues names the queues DataSampleRatio and DataTraceRate
+	// apply to; nil means DefaultSampledQueues.
 	SampledQueues []string
 
 	// MetricInterval is the OTLP metric push interval; else
@@ -129,6 +142,7 @@ type resolved struct {
 	exportTimeout  time.Duration
 	ratio          float64
 	envRatio       float64 // ratio as the OTEL_TRACES_SAMPLER* variables set it
+	traceRate      float64
 	sampledQueues  []string
 	metricInterval time.Duration
 	queueSize      int
@@ -224,6 +238,10 @@ func (c Config) resolve() (resolved, error) {
 			bad("data sample ratio %v: want a ratio from 0 to 1", f)
 		}
 		r.ratio = f
+	}
+	r.traceRate, err = traceRate(c.DataTraceRate)
+	if err != nil {
+		bad("%v", err)
 	}
 	r.sampledQueues = c.SampledQueues
 	if r.sampledQueues == nil {
@@ -539,4 +557,15 @@ func firstNonEmpty(vs ...string) string {
 		}
 	}
 	return ""
+}
+
+// traceRate is the DataTraceRate that applies for rate: the default for 0.
+func traceRate(rate float64) (float64, error) {
+	switch {
+	case rate == 0:
+		return DefaultDataTraceRate, nil
+	case rate > 0: // NaN fails this too
+		return rate, nil
+	}
+	return 0, fmt.Errorf("data trace rate %v: want more than 0 traces per second (+Inf: no limit), or 0 for the default %v", rate, DefaultDataTraceRate)
 }

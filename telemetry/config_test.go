@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"errors"
+	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -231,6 +232,8 @@ func TestResolveErrors(t *testing.T) {
 		{"endpoint without port", Config{OTLPEndpoint: "localhost"}, nil, []string{"localhost", "host:port"}},
 		{"bad env endpoint", Config{}, map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "127.0.0.1:notaport"}, []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "notaport"}},
 		{"bad resource attrs", Config{}, map[string]string{"OTEL_RESOURCE_ATTRIBUTES": "novalue"}, []string{"OTEL_RESOURCE_ATTRIBUTES", "novalue", "key=value"}},
+		{"trace rate below 0", Config{DataTraceRate: -3}, nil, []string{"-3", "more than 0 traces per second"}},
+		{"trace rate NaN", Config{DataTraceRate: math.NaN()}, nil, []string{"NaN", "more than 0 traces per second"}},
 		{"export CPU share above 1", Config{SpanExportCPU: 1.5}, nil, []string{"1.5", "at most 1"}},
 		{"bad exporter", Config{}, map[string]string{"OTEL_METRICS_EXPORTER": "zipkin"}, []string{"OTEL_METRICS_EXPORTER", "zipkin", "otlp or none"}},
 	}

@@ -7,6 +7,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/embedded"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
 )
 
 // shedProvider wraps the SDK provider so that, while bulk spans (publish,
@@ -19,15 +21,22 @@ import (
 // reserve for them. A shed span is counted as lost to a full queue; it
 // behaves like a no-op span that carries its parent's context, so a delivery
 // still links to the publisher's trace.
+//
+// The same holds, by design rather than by loss, for publish spans on the
+// sampled queues beyond the trace rate (limit): those publishes are not
+// traced at all, and count as sampled out. The bus starts no wait or
+// deliver span under a publish that is not recorded, so the limit keeps
+// traces whole.
 type shedProvider struct {
 	embedded.TracerProvider
-	sdk  *sdktrace.TracerProvider
-	proc *batchProcessor
-	loss *lossCounters
+	sdk   *sdktrace.TracerProvider
+	proc  *batchProcessor
+	loss  *lossCounters
+	limit *traceLimiter
 }
 
-func newShedProvider(sdk *sdktrace.TracerProvider, proc *batchProcessor, loss *lossCounters) *shedProvider {
-	return &shedProvider{sdk: sdk, proc: proc, loss: loss}
+func newShedProvider(sdk *sdktrace.TracerProvider, proc *batchProcessor, loss *lossCounters, limit *traceLimiter) *shedProvider {
+	return &shedProvider{sdk: sdk, proc: proc, loss: loss, limit: limit}
 }
 
 // Tracer implements trace.TracerProvider.
@@ -43,9 +52,16 @@ type shedTracer struct {
 
 // Start implements trace.Tracer.
 func (t *shedTracer) Start(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
-	if t.p.proc.bulkFull() && t.p.proc.isBulk(name) {
-		t.p.loss.spansQueueFull.Add(1)
-		return tracenoop.Tracer{}.Start(ctx, name)
+	op, bulk := t.p.proc.bulkOp(name)
+	if bulk {
+		if t.p.proc.bulkFull() {
+			t.p.loss.spansQueueFull.Add(1)
+			return tracenoop.Tracer{}.Start(ctx, name)
+		}
+		if op == bus.SpanPublish && !t.p.limit.allow() {
+			t.p.loss.spansSampledOut.Add(1)
+			return tracenoop.Tracer{}.Start(ctx, name)
+		}
 	}
 	return t.sdk.Start(ctx, name, opts...)
 }

@@ -61,6 +61,7 @@ type Telemetry struct {
 	loss     *lossCounters
 	spanProc *batchProcessor
 	filter   *ratioFilter // nil when traces are not exported
+	limit    *traceLimiter
 	metricEx *countingMetricExporter
 	reporter *lossReporter
 	busHist  *bus.Histograms // nil: the bus records into SDK instruments
@@ -173,10 +174,10 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 	t.mp = t.sdkMP
 	t.metrics = promhttp.HandlerFor(registry, promhttp.HandlerOpts{ErrorLog: slogPromLogger{logger}})
 
-	// Traces: every span is recorded (unless the export queue is full, see
-	// shedProvider); the ratio filter decides at the end of a span whether it
-	// is exported (see sampling.go), and the bounded batch processor never
-	// blocks the caller.
+	// Traces: every span is recorded, unless the export queue is full or the
+	// sampled queues' publishes are over their trace rate (shedProvider); the
+	// ratio filter decides at the end of a span whether it is exported (see
+	// sampling.go), and the bounded batch processor never blocks the caller.
 	if r.traces {
 		exp, err := newSpanExporter(spanExporterConfig{
 			endpoint: r.traceEndpoint, tls: r.traceTLS, headers: r.traceHeaders, gzip: r.traceGzip,
@@ -196,7 +197,8 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 			sdktrace.WithSampler(sdktrace.AlwaysSample()),
 			sdktrace.WithSpanProcessor(t.filter),
 		)
-		t.tp = newShedProvider(t.sdkTP, t.spanProc, t.loss)
+		t.limit = newTraceLimiter(r.traceRate, nil)
+		t.tp = newShedProvider(t.sdkTP, t.spanProc, t.loss, t.limit)
 	} else {
 		t.tp = tracenoop.NewTracerProvider()
 	}
@@ -210,7 +212,7 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 		"service_name", r.serviceName, "instance_id", r.instanceID,
 		"traces", r.traces, "trace_endpoint", r.traceEndpoint.String(),
 		"metric_endpoint", r.metricEndpoint.String(), "metric_interval", r.metricInterval,
-		"data_sample_ratio", r.ratio, "sampled_queues", r.sampledQueues, "span_export_cpu", r.exportCPU)
+		"data_sample_ratio", r.ratio, "data_trace_rate", r.traceRate, "sampled_queues", r.sampledQueues, "span_export_cpu", r.exportCPU)
 	return t, nil
 }
 
@@ -282,6 +284,23 @@ func (t *Telemetry) SetDataSampleRatio(ratio *float64) error {
 	}
 	if t.filter != nil {
 		t.filter.setRatio(r)
+	}
+	return nil
+}
+
+// SetDataTraceRate changes, while the sidecar runs, the most publishes per
+// second on the sampled queues that are traced, as Config.DataTraceRate
+// does at Setup (0: DefaultDataTraceRate, +Inf: no limit). Publishes from
+// now on get the new rate. It does nothing when traces are not exported. A
+// rate below 0 is refused with an error wrapping ErrInvalidConfig, and the
+// current one kept.
+func (t *Telemetry) SetDataTraceRate(rate float64) error {
+	r, err := traceRate(rate)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	if t.limit != nil {
+		t.limit.setRate(r)
 	}
 	return nil
 }
