@@ -155,7 +155,7 @@ func (e *spanEncoder) encode(b []byte, spans []sdktrace.ReadOnlySpan) []byte {
 				continue
 			}
 			b, ss = openField(b, fieldResourceSpansScopeSpans)
-			b = appendScope(b, sg.scope)
+			b = appendScope(b, fieldScopeSpansScope, sg.scope)
 			for _, i := range e.order[sg.next-sg.n : sg.next] {
 				b = appendSpan(b, spans[i])
 			}
@@ -257,13 +257,14 @@ func (e *spanEncoder) resource(res *resource.Resource) []byte {
 	return b
 }
 
-// appendScope writes ScopeSpans.scope, which the stock exporter leaves out
-// for the zero scope.
-func appendScope(b []byte, sc instrumentation.Scope) []byte {
+// appendScope writes sc as the InstrumentationScope field num (the scope
+// of ScopeSpans or ScopeMetrics). The zero scope is left out, as the stock
+// trace exporter does: a receiver reads a missing scope as an empty one.
+func appendScope(b []byte, num protowire.Number, sc instrumentation.Scope) []byte {
 	if sc == (instrumentation.Scope{}) {
 		return b
 	}
-	b, m := openField(b, fieldScopeSpansScope)
+	b, m := openField(b, num)
 	b = appendStringField(b, fieldScopeName, sc.Name)
 	b = appendStringField(b, fieldScopeVersion, sc.Version)
 	for it := sc.Attributes.Iter(); it.Next(); {
