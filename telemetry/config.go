@@ -133,23 +133,32 @@ type resolved struct {
 	metricEndpoint endpoint
 	// traceHeaders, traceGzip and traceTLS are what the span exporter
 	// sends besides the spans (OTEL_EXPORTER_OTLP[_TRACES]_HEADERS,
-	// _COMPRESSION, _CERTIFICATE, _CLIENT_CERTIFICATE, _CLIENT_KEY); the
-	// metric exporter reads those variables itself. traceTLS is nil for
-	// the system's roots and no client certificate.
-	traceHeaders   map[string]string
-	traceGzip      bool
-	traceTLS       *tls.Config
-	exportTimeout  time.Duration
-	ratio          float64
-	envRatio       float64 // ratio as the OTEL_TRACES_SAMPLER* variables set it
-	traceRate      float64
-	sampledQueues  []string
-	metricInterval time.Duration
-	queueSize      int
-	batchSize      int
-	batchDelay     time.Duration
-	exportCPU      float64
-	lossInterval   time.Duration
+	// _COMPRESSION, _CERTIFICATE, _CLIENT_CERTIFICATE, _CLIENT_KEY), and
+	// the metric* fields the same for the metric exporter (_METRICS_). A
+	// nil TLS config means the system's roots and no client certificate.
+	traceHeaders  map[string]string
+	traceGzip     bool
+	traceTLS      *tls.Config
+	metricHeaders map[string]string
+	metricGzip    bool
+	metricTLS     *tls.Config
+	// metricDelta and metricLowMemory are
+	// OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE; metricExponential
+	// is OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION.
+	metricDelta       bool
+	metricLowMemory   bool
+	metricExponential bool
+	exportTimeout     time.Duration
+	ratio             float64
+	envRatio          float64 // ratio as the OTEL_TRACES_SAMPLER* variables set it
+	traceRate         float64
+	sampledQueues     []string
+	metricInterval    time.Duration
+	queueSize         int
+	batchSize         int
+	batchDelay        time.Duration
+	exportCPU         float64
+	lossInterval      time.Duration
 	// exemplars: OTEL_METRICS_EXEMPLAR_FILTER is set, so the SDK applies it;
 	// otherwise exemplars are off.
 	exemplars bool
@@ -307,8 +316,33 @@ func (c Config) resolve() (resolved, error) {
 		r.traces = false
 	}
 	if r.traces {
-		if err := resolveTraceExport(env, &r); err != nil {
+		var err error
+		r.traceHeaders, r.traceGzip, r.traceTLS, err = resolveExport(env, "TRACES", r.traceEndpoint)
+		if err != nil {
 			errs = append(errs, err)
+		}
+	}
+	if r.metricEndpoint.set() {
+		var err error
+		r.metricHeaders, r.metricGzip, r.metricTLS, err = resolveExport(env, "METRICS", r.metricEndpoint)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		switch key, v := signalEnv(env, "METRICS", "TEMPORALITY_PREFERENCE"); strings.ToLower(v) {
+		case "", "cumulative":
+		case "delta":
+			r.metricDelta = true
+		case "lowmemory":
+			r.metricLowMemory = true
+		default:
+			bad("%s=%q: want cumulative, delta or lowmemory", key, v)
+		}
+		switch key, v := signalEnv(env, "METRICS", "DEFAULT_HISTOGRAM_AGGREGATION"); strings.ToLower(v) {
+		case "", "explicit_bucket_histogram":
+		case "base2_exponential_bucket_histogram":
+			r.metricExponential = true
+		default:
+			bad("%s=%q: want explicit_bucket_histogram or base2_exponential_bucket_histogram", key, v)
 		}
 	}
 
@@ -385,41 +419,42 @@ func signalEnv(env func(string) string, signal, name string) (key, value string)
 	return key, env(key)
 }
 
-// resolveTraceExport reads the span exporter's headers, compression and
-// TLS files into r. The stock exporters read these variables themselves
-// and skip a bad value with a log line; here a bad value stops the start.
-func resolveTraceExport(env func(string) string, r *resolved) error {
+// resolveExport reads an exporter's headers, compression and TLS files
+// for signal (TRACES or METRICS). The stock exporters read these
+// variables themselves and skip a bad value with a log line; here a bad
+// value stops the start.
+func resolveExport(env func(string) string, signal string, ep endpoint) (headers map[string]string, gzip bool, tlsConfig *tls.Config, err error) {
 	var errs []error
-	if key, v := signalEnv(env, "TRACES", "HEADERS"); v != "" {
+	if key, v := signalEnv(env, signal, "HEADERS"); v != "" {
 		h, err := parseHeaders(key, v)
 		if err != nil {
 			errs = append(errs, err)
 		}
-		r.traceHeaders = h
+		headers = h
 	}
-	switch key, v := signalEnv(env, "TRACES", "COMPRESSION"); strings.ToLower(v) {
+	switch key, v := signalEnv(env, signal, "COMPRESSION"); strings.ToLower(v) {
 	case "", "none":
 	case "gzip":
-		r.traceGzip = true
+		gzip = true
 	default:
 		errs = append(errs, fmt.Errorf("%w: %s=%q: want gzip or none", ErrInvalidConfig, key, v))
 	}
-	if !r.traceEndpoint.insecure {
-		t, err := loadTLS(env)
+	if !ep.insecure {
+		t, err := loadTLS(env, signal)
 		if err != nil {
 			errs = append(errs, err)
 		}
-		r.traceTLS = t
+		tlsConfig = t
 	}
-	return errors.Join(errs...)
+	return headers, gzip, tlsConfig, errors.Join(errs...)
 }
 
-// loadTLS builds the span exporter's TLS settings from the certificate
-// variables; nil when none is set.
-func loadTLS(env func(string) string) (*tls.Config, error) {
-	caKey, caFile := signalEnv(env, "TRACES", "CERTIFICATE")
-	certKey, certFile := signalEnv(env, "TRACES", "CLIENT_CERTIFICATE")
-	keyKey, keyFile := signalEnv(env, "TRACES", "CLIENT_KEY")
+// loadTLS builds an exporter's TLS settings from the certificate
+// variables of signal; nil when none is set.
+func loadTLS(env func(string) string, signal string) (*tls.Config, error) {
+	caKey, caFile := signalEnv(env, signal, "CERTIFICATE")
+	certKey, certFile := signalEnv(env, signal, "CLIENT_CERTIFICATE")
+	keyKey, keyFile := signalEnv(env, signal, "CLIENT_KEY")
 	if caFile == "" && certFile == "" && keyFile == "" {
 		return nil, nil
 	}

@@ -288,6 +288,8 @@ func TestResolveTraceTLS(t *testing.T) {
 	files := writeTLSFiles(t)
 	r, err := Config{LookupEnv: envMap(map[string]string{
 		"OTEL_EXPORTER_OTLP_ENDPOINT": "127.0.0.1:4317",
+		// Only traces: the metric exporter would read the generic files.
+		"OTEL_METRICS_EXPORTER": "none",
 		// The traces-specific files win: the generic ones are not read.
 		"OTEL_EXPORTER_OTLP_CERTIFICATE":               "/nonexistent/ca.pem",
 		"OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE":        files.serverCert,
@@ -300,6 +302,24 @@ func TestResolveTraceTLS(t *testing.T) {
 	}
 	if r.traceTLS == nil || r.traceTLS.RootCAs == nil || len(r.traceTLS.Certificates) != 1 {
 		t.Fatalf("TLS config %+v: want the CA and one client certificate", r.traceTLS)
+	}
+
+	// The metric exporter reads its own variables, and a file it cannot
+	// read stops the start.
+	r, err = Config{TracesDisabled: true, LookupEnv: envMap(map[string]string{
+		"OTEL_EXPORTER_OTLP_ENDPOINT":            "127.0.0.1:4317",
+		"OTEL_EXPORTER_OTLP_CERTIFICATE":         "/nonexistent/ca.pem",
+		"OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE": files.serverCert,
+	})}.resolve()
+	if err != nil || r.metricTLS == nil || r.metricTLS.RootCAs == nil || r.traceTLS != nil {
+		t.Fatalf("metrics only: metric TLS %+v, trace TLS %+v, err %v; want the metrics CA alone", r.metricTLS, r.traceTLS, err)
+	}
+	_, err = Config{TracesDisabled: true, LookupEnv: envMap(map[string]string{
+		"OTEL_EXPORTER_OTLP_ENDPOINT":    "127.0.0.1:4317",
+		"OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent/ca.pem",
+	})}.resolve()
+	if !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "/nonexistent/ca.pem") {
+		t.Fatalf("metrics with an unreadable CA file: %v, want ErrInvalidConfig naming the file", err)
 	}
 
 	// A plaintext endpoint does not read the files at all.

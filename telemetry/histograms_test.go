@@ -304,20 +304,17 @@ func TestSetupBusHistograms(t *testing.T) {
 	tests := []struct {
 		name      string
 		env       map[string]string // through Config.LookupEnv
-		osEnv     map[string]string // read by the OTLP exporter itself
 		own       bool
 		wantDelta bool
 	}{
 		{name: "default", own: true},
-		{name: "delta", osEnv: map[string]string{"OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "delta"}, own: true, wantDelta: true},
+		{name: "delta", env: map[string]string{"OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "delta"}, own: true, wantDelta: true},
+		{name: "low memory", env: map[string]string{"OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "LowMemory"}, own: true, wantDelta: true},
 		{name: "exemplars on", env: map[string]string{"OTEL_METRICS_EXEMPLAR_FILTER": "always_on"}},
-		{name: "exponential histograms", osEnv: map[string]string{"OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION": "base2_exponential_bucket_histogram"}},
+		{name: "exponential histograms", env: map[string]string{"OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION": "base2_exponential_bucket_histogram"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			for k, v := range tt.osEnv {
-				t.Setenv(k, v)
-			}
 			rcv := startReceiver(t, "127.0.0.1:0")
 			tel := setup(t, Config{OTLPEndpoint: rcv.addr, OTLPInsecure: true, MetricInterval: time.Hour}, tt.env)
 			if got := tel.BusHistograms() != nil; got != tt.own {

@@ -152,7 +152,7 @@ func newTestExporter(t *testing.T, addr string, timeout time.Duration) (*otlpSpa
 	}
 	// The exporter compares the clock with its context's real deadline.
 	clock := testkit.NewClockAt(time.Now())
-	x.now, x.sleep = clock.Now, clock.Sleep
+	x.retry.now, x.retry.sleep = clock.Now, clock.Sleep
 	t.Cleanup(func() { _ = x.Shutdown(context.Background()) })
 	return x, clock
 }
@@ -244,7 +244,7 @@ func TestSpanExporterRetries(t *testing.T) {
 			}
 			x, clock := newTestExporter(t, col.addr, timeout)
 			err := x.ExportSpans(context.Background(), busSpans(t)[:4])
-			if got := status.Code(err); err != nil && got != tt.wantCode || err == nil && tt.wantCode != codes.OK {
+			if got := codes.Code(errorCode(err)); err != nil && got != tt.wantCode || err == nil && tt.wantCode != codes.OK {
 				t.Fatalf("ExportSpans = %v, want code %v", err, tt.wantCode)
 			}
 			if tt.wantCalls > 0 && col.callCount() != tt.wantCalls {
@@ -282,7 +282,7 @@ func TestSpanExporterShutdown(t *testing.T) {
 	}
 }
 
-// TestSpanExporterReusesRequestBuffer: gRPC lets go of each request, so
+// TestSpanExporterReusesRequestBuffer: the transport lets go of each request, so
 // the exporter sends every batch from the same buffer instead of
 // allocating a new one.
 func TestSpanExporterReusesRequestBuffer(t *testing.T) {
@@ -293,10 +293,10 @@ func TestSpanExporterReusesRequestBuffer(t *testing.T) {
 		if err := x.ExportSpans(context.Background(), spans); err != nil {
 			t.Fatal(err)
 		}
-		testkit.Eventually(t, "gRPC to release the request buffer", func() bool {
-			x.bufs.mu.Lock()
-			defer x.bufs.mu.Unlock()
-			return len(x.bufs.free) == 1
+		testkit.Eventually(t, "the transport to release the request buffer", func() bool {
+			x.client.bufs.mu.Lock()
+			defer x.client.bufs.mu.Unlock()
+			return len(x.client.bufs.free) == 1
 		})
 	}
 	if got := len(col.received()); got != 5*len(spans) {
@@ -339,7 +339,7 @@ func TestSetupSendsHeadersAsMetadataAndGzip(t *testing.T) {
 	if got := md.Get("x-generic"); len(got) != 0 {
 		t.Errorf("generic headers sent although the traces-specific ones are set: %q", got)
 	}
-	if ua := md.Get("user-agent"); len(ua) != 1 || !strings.HasPrefix(ua[0], spanExporterUserAgent+" grpc-go/") {
+	if ua := md.Get("user-agent"); len(ua) != 1 || ua[0] != spanExporterUserAgent {
 		t.Errorf("user-agent = %q, want it to name %s", ua, spanExporterUserAgent)
 	}
 	if len(col.compression) == 0 || col.compression[0] != "gzip" {

@@ -21,7 +21,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	"go.opentelemetry.io/otel/metric"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
@@ -33,16 +32,10 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
 )
 
 // ScopeName is the instrumentation scope of the telemetry package's own metrics.
 const ScopeName = "github.com/eventbus-sidecar/eventbus-sidecar/telemetry"
-
-// MaxReconnectDelay is the longest the exporters wait between attempts to
-// reach a collector that is down, so export resumes soon after it returns.
-const MaxReconnectDelay = 3 * time.Second
 
 // MaxRetryTime bounds how long one export is retried after a retryable
 // error before it counts as failed.
@@ -98,21 +91,11 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 		return nil, err
 	}
 
-	// gRPC's default reconnect backoff grows to two minutes; a collector
-	// that comes back should get data again within seconds.
-	reconnect := grpc.WithConnectParams(grpc.ConnectParams{
-		Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: MaxReconnectDelay},
-		MinConnectTimeout: r.exportTimeout,
-	})
-
-	// The exporters' default retries go on for a minute (bounded only by
-	// the export timeout), so one batch would hold the export worker for
-	// the whole timeout when the collector is down. Retrying briefly rides
-	// out a blip; in an outage the loss is counted within seconds. The
-	// span exporter (otlptrace.go) retries with the same numbers.
-	retry := otlpmetricgrpc.RetryConfig{
-		Enabled: true, InitialInterval: 100 * time.Millisecond, MaxInterval: time.Second, MaxElapsedTime: MaxRetryTime,
-	}
+	// The stock exporters' retries go on for a minute (bounded only by the
+	// export timeout), so one batch would hold the export worker for the
+	// whole timeout when the collector is down. Retrying briefly rides out
+	// a blip; in an outage the loss is counted within seconds.
+	retry := retryConfig{initial: 100 * time.Millisecond, max: time.Second, maxElapsed: MaxRetryTime}
 
 	// Metrics: a Prometheus reader with its own registry for /metrics, and a
 	// periodic OTLP reader when an endpoint is configured, on one provider so
@@ -125,17 +108,11 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 		mpOpts = append(mpOpts, sdkmetric.WithExemplarFilter(exemplar.AlwaysOffFilter))
 	}
 	if r.metricEndpoint.set() {
-		opts := []otlpmetricgrpc.Option{otlpmetricgrpc.WithTimeout(r.exportTimeout), otlpmetricgrpc.WithDialOption(reconnect),
-			otlpmetricgrpc.WithRetry(retry)}
-		if r.metricEndpoint.url != "" {
-			opts = append(opts, otlpmetricgrpc.WithEndpointURL(r.metricEndpoint.url))
-		} else {
-			opts = append(opts, otlpmetricgrpc.WithEndpoint(r.metricEndpoint.hostPort))
-		}
-		if r.metricEndpoint.insecure {
-			opts = append(opts, otlpmetricgrpc.WithInsecure())
-		}
-		exp, err := otlpmetricgrpc.New(ctx, opts...)
+		exp, err := newMetricExporter(metricExporterConfig{
+			endpoint: r.metricEndpoint, tls: r.metricTLS, headers: r.metricHeaders, gzip: r.metricGzip,
+			timeout: r.exportTimeout, retry: retry,
+			delta: r.metricDelta, lowMemory: r.metricLowMemory, exponential: r.metricExponential,
+		})
 		if err != nil {
 			return nil, fmt.Errorf("telemetry: OTLP metric exporter for %s: %w", r.metricEndpoint, err)
 		}
@@ -181,8 +158,7 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 	if r.traces {
 		exp, err := newSpanExporter(spanExporterConfig{
 			endpoint: r.traceEndpoint, tls: r.traceTLS, headers: r.traceHeaders, gzip: r.traceGzip,
-			timeout: r.exportTimeout, dialOptions: []grpc.DialOption{reconnect},
-			retry: retryConfig{initial: retry.InitialInterval, max: retry.MaxInterval, maxElapsed: retry.MaxElapsedTime},
+			timeout: r.exportTimeout, retry: retry,
 		})
 		if err != nil {
 			return nil, errors.Join(fmt.Errorf("telemetry: OTLP trace exporter for %s: %w", r.traceEndpoint, err), t.sdkMP.Shutdown(ctx))
