@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -551,6 +552,62 @@ func eachField(msg []byte, f func(num protowire.Number, typ protowire.Type, byte
 	return true
 }
 
+// otlpExporter is what the span and metric exporters share: the client,
+// the export timeout and retries, and shutdown.
+type otlpExporter struct {
+	client  *grpcClient
+	timeout time.Duration
+	retry   retrier
+
+	stopped      atomic.Bool
+	shutdownOnce sync.Once
+}
+
+// newOTLPExporter makes the exporter's client; it connects lazily, so a
+// collector that is down does not fail the start.
+func newOTLPExporter(cfg grpcClientConfig, timeout time.Duration, retry retryConfig) (*otlpExporter, error) {
+	client, err := newGRPCClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &otlpExporter{client: client, timeout: timeout, retry: newRetrier(retry)}, nil
+}
+
+// send seals req and sends it to method, retrying as configured within
+// the export timeout, and returns the collector's partial_success: what it
+// rejected of the request, and why.
+func (x *otlpExporter) send(ctx context.Context, method string, req *grpcRequest) (rejected int64, message string, err error) {
+	if err := req.seal(); err != nil {
+		return 0, "", err
+	}
+	if x.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, x.timeout)
+		defer cancel()
+	}
+	var resp []byte
+	err = x.retry.do(ctx, x.stopped.Load, func() error {
+		var err error
+		resp, err = x.client.call(ctx, method, req)
+		return err
+	})
+	if err != nil {
+		return 0, "", err
+	}
+	rejected, message, _ = partialSuccessOf(resp)
+	return rejected, message, nil
+}
+
+// Shutdown ends an export in flight and closes the connection; later
+// exports return an error. Safe to call more than once.
+func (x *otlpExporter) Shutdown(context.Context) error {
+	x.shutdownOnce.Do(func() {
+		x.stopped.Store(true)
+		x.client.close()
+	})
+	return nil
+}
+
 // retryConfig bounds the retries of one export: exponential backoff from
 // initial to max (randomised by ±50%, multiplied by 1.5 each time, as the
 // stock OTLP exporters do), given up when the next wait would pass
@@ -594,6 +651,26 @@ func (r retrier) do(ctx context.Context, stopped func() bool, attempt func() err
 		if werr := r.sleep(ctx, delay); werr != nil {
 			return fmt.Errorf("%w: %w", werr, err)
 		}
+	}
+}
+
+// jitter spreads d over [d/2, 3d/2] so that exporters failing together do
+// not retry together.
+func jitter(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	return d/2 + rand.N(d+1) //nolint:gosec // timing jitter, not a secret
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
 	}
 }
 

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
@@ -40,29 +39,25 @@ type metricExporterConfig struct {
 // retries, temporality and aggregation choices of the stock exporter as
 // Setup configured it.
 type otlpMetricExporter struct {
-	client  *grpcClient
-	timeout time.Duration
-	retry   retrier
-	cfg     metricExporterConfig
+	*otlpExporter
+	cfg metricExporterConfig
 
 	// mu serialises exports: they share the encoder's scratch space.
-	mu      sync.Mutex
-	enc     metricEncoder
-	stopped atomic.Bool
-
-	shutdownOnce sync.Once
+	mu  sync.Mutex
+	enc metricEncoder
 }
 
 var _ sdkmetric.Exporter = (*otlpMetricExporter)(nil)
 
+// newMetricExporter creates the exporter.
 func newMetricExporter(cfg metricExporterConfig) (*otlpMetricExporter, error) {
-	client, err := newGRPCClient(grpcClientConfig{
+	x, err := newOTLPExporter(grpcClientConfig{
 		endpoint: cfg.endpoint, tls: cfg.tls, headers: cfg.headers, gzip: cfg.gzip, userAgent: metricExporterUserAgent,
-	})
+	}, cfg.timeout, cfg.retry)
 	if err != nil {
 		return nil, err
 	}
-	return &otlpMetricExporter{client: client, timeout: cfg.timeout, retry: newRetrier(cfg.retry), cfg: cfg}, nil
+	return &otlpMetricExporter{otlpExporter: x, cfg: cfg}, nil
 }
 
 // Temporality is the temporality preference's choice for k: cumulative
@@ -105,24 +100,11 @@ func (x *otlpMetricExporter) Export(ctx context.Context, rm *metricdata.Resource
 	req := x.client.newRequest()
 	defer req.release()
 	*req.buf = x.enc.encode(*req.buf, rm)
-	if err := req.seal(); err != nil {
-		return err
-	}
-	if x.timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, x.timeout)
-		defer cancel()
-	}
-	var resp []byte
-	err := x.retry.do(ctx, x.stopped.Load, func() error {
-		var err error
-		resp, err = x.client.call(ctx, metricExportMethod, req)
-		return err
-	})
+	rejected, msg, err := x.send(ctx, metricExportMethod, req)
 	if err != nil {
 		return fmt.Errorf("telemetry: OTLP metric export to %s: %w", x.client.target(), err)
 	}
-	if rejected, msg, _ := partialSuccessOf(resp); rejected > 0 {
+	if rejected > 0 {
 		return fmt.Errorf("telemetry: the collector rejected %d data points: %q", rejected, msg)
 	}
 	return nil
@@ -130,16 +112,6 @@ func (x *otlpMetricExporter) Export(ctx context.Context, rm *metricdata.Resource
 
 // ForceFlush has nothing to do: every export is sent when it is made.
 func (x *otlpMetricExporter) ForceFlush(ctx context.Context) error { return ctx.Err() }
-
-// Shutdown ends an export in flight and closes the connection; later
-// exports return an error. Safe to call more than once.
-func (x *otlpMetricExporter) Shutdown(context.Context) error {
-	x.shutdownOnce.Do(func() {
-		x.stopped.Store(true)
-		x.client.close()
-	})
-	return nil
-}
 
 // errMetricExporterShutdown is returned by an export after Shutdown.
 var errMetricExporterShutdown = errors.New("telemetry: OTLP metric exporter is shut down")

@@ -5,9 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -43,31 +41,25 @@ type spanExporterConfig struct {
 // cost more per span than the bus's whole publish and delivery, and
 // otherwise behaves as the stock exporter configured by Setup did.
 type otlpSpanExporter struct {
-	client  *grpcClient
-	timeout time.Duration
-	retry   retrier
+	*otlpExporter
 
 	// mu serialises exports: they share the encoder's scratch space. The
 	// batch processor never exports concurrently, so it is uncontended.
-	mu      sync.Mutex
-	enc     spanEncoder
-	stopped atomic.Bool
-
-	shutdownOnce sync.Once
+	mu  sync.Mutex
+	enc spanEncoder
 }
 
 var _ sdktrace.SpanExporter = (*otlpSpanExporter)(nil)
 
-// newSpanExporter creates the exporter; it connects lazily, so a
-// collector that is down does not fail the start.
+// newSpanExporter creates the exporter.
 func newSpanExporter(cfg spanExporterConfig) (*otlpSpanExporter, error) {
-	client, err := newGRPCClient(grpcClientConfig{
+	x, err := newOTLPExporter(grpcClientConfig{
 		endpoint: cfg.endpoint, tls: cfg.tls, headers: cfg.headers, gzip: cfg.gzip, userAgent: spanExporterUserAgent,
-	})
+	}, cfg.timeout, cfg.retry)
 	if err != nil {
 		return nil, err
 	}
-	return &otlpSpanExporter{client: client, timeout: cfg.timeout, retry: newRetrier(cfg.retry)}, nil
+	return &otlpSpanExporter{otlpExporter: x}, nil
 }
 
 // ExportSpans sends spans in one request, retrying as configured. An
@@ -85,56 +77,13 @@ func (x *otlpSpanExporter) ExportSpans(ctx context.Context, spans []sdktrace.Rea
 	if req.empty() {
 		return nil
 	}
-	if err := req.seal(); err != nil {
-		return err
-	}
-	if x.timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, x.timeout)
-		defer cancel()
-	}
-	var resp []byte
-	err := x.retry.do(ctx, x.stopped.Load, func() error {
-		var err error
-		resp, err = x.client.call(ctx, traceExportMethod, req)
-		return err
-	})
+	rejected, msg, err := x.send(ctx, traceExportMethod, req)
 	if err != nil {
 		return fmt.Errorf("telemetry: OTLP span export to %s: %w", x.client.target(), err)
 	}
-	if rejected, msg, _ := partialSuccessOf(resp); rejected > 0 {
+	if rejected > 0 {
 		return &partialSuccessError{rejected: rejected, sent: len(spans), message: msg}
 	}
-	return nil
-}
-
-// jitter spreads d over [d/2, 3d/2] so that exporters failing together do
-// not retry together.
-func jitter(d time.Duration) time.Duration {
-	if d <= 0 {
-		return 0
-	}
-	return d/2 + rand.N(d+1) //nolint:gosec // timing jitter, not a secret
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return context.Cause(ctx)
-	}
-}
-
-// Shutdown ends an export in flight and closes the connection; later
-// exports return an error. Safe to call more than once.
-func (x *otlpSpanExporter) Shutdown(context.Context) error {
-	x.shutdownOnce.Do(func() {
-		x.stopped.Store(true)
-		x.client.close()
-	})
 	return nil
 }
 
