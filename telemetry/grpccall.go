@@ -227,6 +227,7 @@ func (c *grpcClient) call(ctx context.Context, method string, req *grpcRequest) 
 		_ = body.Close()
 		return nil, &rpcError{code: rpcInternal, message: err.Error(), cause: err}
 	}
+	hreq.ContentLength = int64(len(req.frame))
 	hreq.Header = c.header.Clone()
 	if deadline, ok := ctx.Deadline(); ok {
 		hreq.Header.Set("Grpc-Timeout", grpcTimeout(time.Until(deadline)))
