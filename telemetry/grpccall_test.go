@@ -242,7 +242,11 @@ func TestGRPCCallTransportErrors(t *testing.T) {
 	// A server that never answers: the deadline ends the call.
 	hang := make(chan struct{})
 	t.Cleanup(func() { close(hang) })
-	addr = h2cServer(t, func(http.ResponseWriter, *http.Request) { <-hang })
+	arrived := make(chan struct{}, 2)
+	addr = h2cServer(t, func(http.ResponseWriter, *http.Request) {
+		arrived <- struct{}{}
+		<-hang
+	})
 	c2, err := newGRPCClient(grpcClientConfig{endpoint: endpoint{hostPort: addr, insecure: true}, userAgent: "test"})
 	if err != nil {
 		t.Fatal(err)
@@ -262,7 +266,8 @@ func TestGRPCCallTransportErrors(t *testing.T) {
 		_, err := c2.call(context.Background(), "/x/y", req2)
 		done <- err
 	}()
-	time.Sleep(50 * time.Millisecond) // let the call reach the server; close must end it either way
+	<-arrived // the call that timed out
+	<-arrived // this one: in flight at the server
 	c2.close()
 	select {
 	case err := <-done:
