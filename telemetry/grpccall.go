@@ -19,6 +19,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -471,13 +472,14 @@ func retryInfoOf(status []byte) (time.Duration, bool) {
 	for _, detail := range fieldsOf(status, 3) {
 		var typeURL string
 		var value []byte
-		if !eachField(detail, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) {
+		if !eachField(detail, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) bool {
 			switch {
 			case num == 1 && typ == protowire.BytesType:
 				typeURL = string(v)
 			case num == 2 && typ == protowire.BytesType:
 				value = v
 			}
+			return true
 		}) || typeURL != retryInfoTypeURL {
 			continue
 		}
@@ -485,13 +487,14 @@ func retryInfoOf(status []byte) (time.Duration, bool) {
 		// has it: the last value of each field wins.
 		var secs, nanos int64
 		for _, dur := range fieldsOf(value, 1) {
-			if !eachField(dur, func(num protowire.Number, typ protowire.Type, _ []byte, n uint64) {
+			if !eachField(dur, func(num protowire.Number, typ protowire.Type, _ []byte, n uint64) bool {
 				switch {
 				case num == 1 && typ == protowire.VarintType:
 					secs = int64(n)
 				case num == 2 && typ == protowire.VarintType:
 					nanos = int64(int32(n))
 				}
+				return true
 			}) {
 				return 0, false
 			}
@@ -508,10 +511,11 @@ func retryInfoOf(status []byte) (time.Duration, bool) {
 // when msg is malformed).
 func fieldsOf(msg []byte, num protowire.Number) [][]byte {
 	var out [][]byte
-	if !eachField(msg, func(n protowire.Number, typ protowire.Type, v []byte, _ uint64) {
+	if !eachField(msg, func(n protowire.Number, typ protowire.Type, v []byte, _ uint64) bool {
 		if n == num && typ == protowire.BytesType {
 			out = append(out, v)
 		}
+		return true
 	}) {
 		return nil
 	}
@@ -519,38 +523,84 @@ func fieldsOf(msg []byte, num protowire.Number) [][]byte {
 }
 
 // eachField calls f for every field of msg, with a length-delimited
-// field's bytes or a varint's value; false when msg is malformed.
-func eachField(msg []byte, f func(num protowire.Number, typ protowire.Type, bytes []byte, varint uint64)) bool {
+// field's bytes or a varint's value, until f returns false; false when msg
+// is malformed (as proto.Unmarshal would find it) or f found a field so.
+func eachField(msg []byte, f func(num protowire.Number, typ protowire.Type, bytes []byte, varint uint64) bool) bool {
 	for len(msg) > 0 {
 		num, typ, n := protowire.ConsumeTag(msg)
-		if n < 0 {
+		if n < 0 || num > protowire.MaxValidNumber {
 			return false
 		}
 		msg = msg[n:]
+		var ok bool
 		switch typ {
 		case protowire.BytesType:
 			v, m := protowire.ConsumeBytes(msg)
 			if m < 0 {
 				return false
 			}
-			f(num, typ, v, 0)
+			ok = f(num, typ, v, 0)
 			msg = msg[m:]
 		case protowire.VarintType:
 			v, m := protowire.ConsumeVarint(msg)
 			if m < 0 {
 				return false
 			}
-			f(num, typ, nil, v)
+			ok = f(num, typ, nil, v)
 			msg = msg[m:]
 		default:
 			m := protowire.ConsumeFieldValue(num, typ, msg)
 			if m < 0 {
 				return false
 			}
+			ok = true
 			msg = msg[m:]
+		}
+		if !ok {
+			return false
 		}
 	}
 	return true
+}
+
+// Field numbers of an OTLP export response: partial_success, and in it
+// the rejected count (spans or data points) and the error message.
+const (
+	fieldResponsePartialSuccess protowire.Number = 1
+	fieldPartialSuccessRejected protowire.Number = 1
+	fieldPartialSuccessMessage  protowire.Number = 2
+)
+
+// partialSuccessOf reads an OTLP export response (ExportMetricsServiceResponse,
+// or ExportTraceServiceResponse, whose partial_success has the same
+// fields) and returns its partial_success: the data points or spans the
+// receiver rejected and why. A response without partial_success is a full
+// success (0, ""). Fields it does not know are skipped, and repeated
+// occurrences merge as protobuf decoding does. ok is false when resp is
+// not a valid message, including an error message that is not UTF-8, which
+// proto3 forbids in a string field; it never panics, whatever resp holds.
+func partialSuccessOf(resp []byte) (rejected int64, message string, ok bool) {
+	ok = eachField(resp, func(num protowire.Number, typ protowire.Type, ps []byte, _ uint64) bool {
+		if num != fieldResponsePartialSuccess || typ != protowire.BytesType {
+			return true
+		}
+		return eachField(ps, func(num protowire.Number, typ protowire.Type, v []byte, n uint64) bool {
+			switch {
+			case num == fieldPartialSuccessRejected && typ == protowire.VarintType:
+				rejected = int64(n) //nolint:gosec // int64 is sent as two's complement
+			case num == fieldPartialSuccessMessage && typ == protowire.BytesType:
+				if !utf8.Valid(v) {
+					return false
+				}
+				message = string(v)
+			}
+			return true
+		})
+	})
+	if !ok {
+		return 0, "", false
+	}
+	return rejected, message, true
 }
 
 // otlpExporter is what the span and metric exporters share: the client,

@@ -2,7 +2,6 @@ package telemetry
 
 import (
 	"math"
-	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
@@ -121,10 +120,6 @@ const (
 	fieldExemplarTraceID            protowire.Number = 5
 	fieldExemplarAsInt              protowire.Number = 6
 	fieldExemplarFilteredAttributes protowire.Number = 7
-
-	fieldResponsePartialSuccess protowire.Number = 1
-	fieldPartialSuccessRejected protowire.Number = 1
-	fieldPartialSuccessMessage  protowire.Number = 2
 )
 
 // OTLP AggregationTemporality values; the SDK numbers its temporalities
@@ -465,76 +460,6 @@ func allZero(id []byte) bool {
 	for _, c := range id {
 		if c != 0 {
 			return false
-		}
-	}
-	return true
-}
-
-// partialSuccessOf reads an OTLP export response (ExportMetricsServiceResponse,
-// or ExportTraceServiceResponse, whose partial_success has the same
-// fields) and returns its partial_success: the data points or spans the
-// receiver rejected and why. A response without partial_success is a full success (0, "").
-// Fields it does not know are skipped, and repeated occurrences merge as
-// protobuf decoding does. ok is false when resp is not a valid message,
-// including an error message that is not UTF-8, which proto3 forbids in a
-// string field; it never panics, whatever resp holds.
-func partialSuccessOf(resp []byte) (rejected int64, message string, ok bool) {
-	for len(resp) > 0 {
-		num, typ, n := protowire.ConsumeTag(resp)
-		if n < 0 || num > protowire.MaxValidNumber {
-			return 0, "", false
-		}
-		if num != fieldResponsePartialSuccess || typ != protowire.BytesType {
-			m := protowire.ConsumeFieldValue(num, typ, resp[n:])
-			if m < 0 {
-				return 0, "", false
-			}
-			resp = resp[n+m:]
-			continue
-		}
-		ps, m := protowire.ConsumeBytes(resp[n:])
-		if m < 0 {
-			return 0, "", false
-		}
-		resp = resp[n+m:]
-		if !decodePartialSuccess(ps, &rejected, &message) {
-			return 0, "", false
-		}
-	}
-	return rejected, message, true
-}
-
-// decodePartialSuccess reads one ExportMetricsPartialSuccess into rejected
-// and message, leaving fields it does not hold as they were so that
-// repeated occurrences of the message merge.
-func decodePartialSuccess(b []byte, rejected *int64, message *string) bool {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 || num > protowire.MaxValidNumber {
-			return false
-		}
-		b = b[n:]
-		switch {
-		case num == fieldPartialSuccessRejected && typ == protowire.VarintType:
-			v, m := protowire.ConsumeVarint(b)
-			if m < 0 {
-				return false
-			}
-			*rejected = int64(v) //nolint:gosec // int64 is sent as two's complement
-			b = b[m:]
-		case num == fieldPartialSuccessMessage && typ == protowire.BytesType:
-			v, m := protowire.ConsumeBytes(b)
-			if m < 0 || !utf8.Valid(v) {
-				return false
-			}
-			*message = string(v)
-			b = b[m:]
-		default:
-			m := protowire.ConsumeFieldValue(num, typ, b)
-			if m < 0 {
-				return false
-			}
-			b = b[m:]
 		}
 	}
 	return true
