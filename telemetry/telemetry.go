@@ -18,10 +18,7 @@ import (
 	"time"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/attribute"
-	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	"go.opentelemetry.io/otel/metric"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
@@ -78,7 +75,7 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 	if r.disabled {
 		t.tp = tracenoop.NewTracerProvider()
 		t.mp = metricnoop.NewMeterProvider()
-		t.metrics = promhttp.HandlerFor(prometheus.NewRegistry(), promhttp.HandlerOpts{})
+		t.metrics = &promExposition{logger: logger}
 		logger.Info("telemetry disabled")
 		return t, nil
 	}
@@ -97,7 +94,7 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 	// a blip; in an outage the loss is counted within seconds.
 	retry := retryConfig{initial: 100 * time.Millisecond, max: time.Second, maxElapsed: MaxRetryTime}
 
-	// Metrics: a Prometheus reader with its own registry for /metrics, and a
+	// Metrics: a manual reader for the Prometheus text on /metrics, and a
 	// periodic OTLP reader when an endpoint is configured, on one provider so
 	// both see identical numbers.
 	mpOpts := []sdkmetric.Option{sdkmetric.WithResource(res)}
@@ -124,22 +121,18 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 	// exemplars (which only the SDK's instruments carry; whoever turns them
 	// on has chosen their cost) or another aggregation set through the OTLP
 	// exporter's environment.
-	var promOpts []otelprom.Option
+	var promProducers []sdkmetric.Producer
 	var otlpProducer *histogramProducer
 	if !r.exemplars && (t.metricEx == nil || plainHistograms(t.metricEx.Aggregation(sdkmetric.InstrumentKindHistogram))) {
 		t.busHist = bus.NewHistograms()
 		delta := t.metricEx != nil && t.metricEx.Temporality(sdkmetric.InstrumentKindHistogram) == metricdata.DeltaTemporality
-		promOpts = append(promOpts, otelprom.WithProducer(newHistogramProducer(t.busHist, false, !delta)))
+		promProducers = append(promProducers, newHistogramProducer(t.busHist, false, !delta))
 		if t.metricEx != nil {
 			otlpProducer = newHistogramProducer(t.busHist, delta, true)
 		}
 	}
-	registry := prometheus.NewRegistry()
-	promReader, err := otelprom.New(append(promOpts, otelprom.WithRegisterer(registry))...)
-	if err != nil {
-		return nil, fmt.Errorf("telemetry: prometheus reader: %w", err)
-	}
-	mpOpts = append(mpOpts, sdkmetric.WithReader(promReader))
+	prom := newPromExposition(logger, promProducers...)
+	mpOpts = append(mpOpts, sdkmetric.WithReader(prom.reader))
 	if t.metricEx != nil {
 		readerOpts := []sdkmetric.PeriodicReaderOption{sdkmetric.WithInterval(r.metricInterval), sdkmetric.WithTimeout(r.exportTimeout)}
 		if otlpProducer != nil {
@@ -149,7 +142,7 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 	}
 	t.sdkMP = sdkmetric.NewMeterProvider(mpOpts...)
 	t.mp = t.sdkMP
-	t.metrics = promhttp.HandlerFor(registry, promhttp.HandlerOpts{ErrorLog: slogPromLogger{logger}})
+	t.metrics = prom
 
 	// Traces: every span is recorded, unless the export queue is full or the
 	// sampled queues' publishes are over their trace rate (shedProvider); the
@@ -372,8 +365,3 @@ func newUUID() string {
 	b[8] = b[8]&0x3f | 0x80
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
-
-// slogPromLogger routes promhttp's error log to slog.
-type slogPromLogger struct{ l *slog.Logger }
-
-func (s slogPromLogger) Println(v ...any) { s.l.Error("metrics handler", "error", fmt.Sprint(v...)) }

@@ -42,6 +42,9 @@ func scrape(t *testing.T, h http.Handler) string {
 	if rec.Code != http.StatusOK {
 		t.Fatalf("/metrics status %d", rec.Code)
 	}
+	if got := rec.Header().Get("Content-Type"); got != promContentType {
+		t.Errorf("/metrics Content-Type %q, want %q", got, promContentType)
+	}
 	b, _ := io.ReadAll(rec.Body)
 	return string(b)
 }

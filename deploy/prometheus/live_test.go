@@ -27,10 +27,10 @@ const repoRoot = "../.."
 // enough traffic through its socket that every instrument has recorded
 // something (a full queue, a wait, a drop, a signal timeout, deliveries,
 // acks), then checks the rules and the dashboard against what it exports.
-// The OpenTelemetry Prometheus exporter names series like the collector's
-// Prometheus exporter (both translate with otlptranslator's
-// UnderscoreEscapingWithSuffixes), so the names Prometheus gets through the
-// collector are the same.
+// The sidecar's /metrics names series as the OpenTelemetry specification's
+// Prometheus compatibility rules say, as the collector's Prometheus exporter
+// does (otlptranslator's UnderscoreEscapingWithSuffixes), so the names
+// Prometheus gets through the collector are the same.
 func TestAgainstLiveSidecar(t *testing.T) {
 	used := usedMetricNames(t)
 	if len(used) == 0 {
