@@ -55,8 +55,8 @@
 # 7 minutes.
 # Targets: metrics only >= 95 % and default >= 80 % of off (closed loop);
 # at COST_RATE, telemetry off <= 25 µs of sidecar CPU per event and every
-# span adds <= 10 µs; 100 % spans >= 50 % of off (an earlier target). The
-# exit status is 1 when a target is not met.
+# span adds <= 10 µs. The closed-loop throughput with every span is reported,
+# not judged. The exit status is 1 when a target is not met.
 set -euo pipefail
 shopt -s inherit_errexit # a failure inside $(...) stops the run too
 
@@ -392,10 +392,10 @@ target() { # NAME VALUE OP BOUND UNIT
 	[[ "${ok}" == met ]] || status=1
 }
 echo
+printf '  %-62s %8.1f %%\n' "every span, closed loop, per-round % of off (reported)" "$(med closed spans 'rate() * 100 / orate()')"
 echo "targets:"
 target "metrics only, closed loop, per-round % of off" "$(med closed metrics 'rate() * 100 / orate()')" ">=" 95 "%"
 target "default telemetry, closed loop, per-round % of off" "$(med closed default 'rate() * 100 / orate()')" ">=" 80 "%"
-target "100 % spans, closed loop, per-round % of off" "$(med closed spans 'rate() * 100 / orate()')" ">=" 50 "%"
 target "telemetry off at ${RATE}/s, sidecar CPU µs per event" "$(med open off 'us(7)')" "<=" 25 "µs"
 target "every span at ${RATE}/s, sidecar CPU µs per span exported over off" "$(med open spans "${SPAN_US}")" "<=" 10 "µs"
 exit "${status}"

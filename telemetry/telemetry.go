@@ -100,8 +100,9 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 	mpOpts := []sdkmetric.Option{sdkmetric.WithResource(res)}
 	if !r.exemplars {
 		// Offering every measurement to an exemplar reservoir costs the
-		// bus's hot path, and neither Prometheus exporter in this pipeline
-		// passes exemplars on. OTEL_METRICS_EXEMPLAR_FILTER turns them on.
+		// bus's hot path, and neither /metrics (the text format has none)
+		// nor the collector's Prometheus exporter passes exemplars on.
+		// OTEL_METRICS_EXEMPLAR_FILTER turns them on.
 		mpOpts = append(mpOpts, sdkmetric.WithExemplarFilter(exemplar.AlwaysOffFilter))
 	}
 	if r.metricEndpoint.set() {
