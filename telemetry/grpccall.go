@@ -614,14 +614,32 @@ type otlpExporter struct {
 	shutdownOnce sync.Once
 }
 
-// newOTLPExporter makes the exporter's client; it connects lazily, so a
-// collector that is down does not fail the start.
-func newOTLPExporter(cfg grpcClientConfig, timeout time.Duration, retry retryConfig) (*otlpExporter, error) {
-	client, err := newGRPCClient(cfg)
+// exporterConfig is what an OTLP exporter needs from the resolved
+// configuration.
+type exporterConfig struct {
+	endpoint endpoint
+	// tls verifies the collector (and carries a client certificate) when
+	// the endpoint is not plaintext; nil: the system's roots.
+	tls *tls.Config
+	// headers are sent as gRPC metadata with every export.
+	headers map[string]string
+	gzip    bool
+	// timeout bounds one export, retries included.
+	timeout time.Duration
+	retry   retryConfig
+}
+
+// newOTLPExporter makes the exporter's client, which names itself to the
+// collector as userAgent; it connects lazily, so a collector that is down
+// does not fail the start.
+func newOTLPExporter(cfg exporterConfig, userAgent string) (*otlpExporter, error) {
+	client, err := newGRPCClient(grpcClientConfig{
+		endpoint: cfg.endpoint, tls: cfg.tls, headers: cfg.headers, gzip: cfg.gzip, userAgent: userAgent,
+	})
 	if err != nil {
 		return nil, err
 	}
-	return &otlpExporter{client: client, timeout: timeout, retry: newRetrier(retry)}, nil
+	return &otlpExporter{client: client, timeout: cfg.timeout, retry: newRetrier(cfg.retry)}, nil
 }
 
 // send seals req and sends it to method, retrying as configured within

@@ -2,11 +2,9 @@ package telemetry
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"sync"
-	"time"
 
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
@@ -21,13 +19,7 @@ const metricExporterUserAgent = "eventbus-sidecar-otlp-metric-exporter"
 // metricExporterConfig is what newMetricExporter needs from the resolved
 // configuration.
 type metricExporterConfig struct {
-	endpoint endpoint
-	tls      *tls.Config
-	headers  map[string]string
-	gzip     bool
-	// timeout bounds one export, retries included.
-	timeout time.Duration
-	retry   retryConfig
+	exporterConfig
 	// delta and lowMemory choose the temporality per instrument kind as
 	// OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE does; exponential
 	// makes histograms base-2 exponential by default.
@@ -51,9 +43,7 @@ var _ sdkmetric.Exporter = (*otlpMetricExporter)(nil)
 
 // newMetricExporter creates the exporter.
 func newMetricExporter(cfg metricExporterConfig) (*otlpMetricExporter, error) {
-	x, err := newOTLPExporter(grpcClientConfig{
-		endpoint: cfg.endpoint, tls: cfg.tls, headers: cfg.headers, gzip: cfg.gzip, userAgent: metricExporterUserAgent,
-	}, cfg.timeout, cfg.retry)
+	x, err := newOTLPExporter(cfg.exporterConfig, metricExporterUserAgent)
 	if err != nil {
 		return nil, err
 	}

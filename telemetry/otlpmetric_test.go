@@ -153,10 +153,10 @@ func TestMetricExporterExports(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			col := startScriptedMetrics(t, tt.replies)
-			x, err := newMetricExporter(metricExporterConfig{
+			x, err := newMetricExporter(metricExporterConfig{exporterConfig: exporterConfig{
 				endpoint: endpoint{hostPort: col.addr, insecure: true}, headers: map[string]string{"api-key": "k"},
-				gzip: tt.gzip, timeout: 10 * time.Second, retry: setupRetry,
-			})
+				gzip: tt.gzip, timeout: 10 * time.Second, retry: exportRetry(),
+			}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -190,7 +190,7 @@ func TestMetricExporterExports(t *testing.T) {
 
 func TestMetricExporterShutdown(t *testing.T) {
 	col := startScriptedMetrics(t, nil)
-	x, err := newMetricExporter(metricExporterConfig{endpoint: endpoint{hostPort: col.addr, insecure: true}, timeout: 10 * time.Second})
+	x, err := newMetricExporter(metricExporterConfig{exporterConfig: exporterConfig{endpoint: endpoint{hostPort: col.addr, insecure: true}, timeout: 10 * time.Second}})
 	if err != nil {
 		t.Fatal(err)
 	}

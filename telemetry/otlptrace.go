@@ -2,11 +2,9 @@ package telemetry
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"sync"
-	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
@@ -19,21 +17,6 @@ const spanExporterUserAgent = "eventbus-sidecar-otlp-span-exporter"
 
 // errExporterShutdown is returned by an export after Shutdown.
 var errExporterShutdown = errors.New("telemetry: OTLP span exporter is shut down")
-
-// spanExporterConfig is what newSpanExporter needs from the resolved
-// configuration.
-type spanExporterConfig struct {
-	endpoint endpoint
-	// tls verifies the collector (and carries a client certificate) when
-	// the endpoint is not plaintext; nil: the system's roots.
-	tls *tls.Config
-	// headers are sent as gRPC metadata with every export.
-	headers map[string]string
-	gzip    bool
-	// timeout bounds one export, retries included.
-	timeout time.Duration
-	retry   retryConfig
-}
 
 // otlpSpanExporter is an sdktrace.SpanExporter that sends spans to an OTLP
 // gRPC collector. It encodes the request itself (spanEncoder) instead of
@@ -52,10 +35,8 @@ type otlpSpanExporter struct {
 var _ sdktrace.SpanExporter = (*otlpSpanExporter)(nil)
 
 // newSpanExporter creates the exporter.
-func newSpanExporter(cfg spanExporterConfig) (*otlpSpanExporter, error) {
-	x, err := newOTLPExporter(grpcClientConfig{
-		endpoint: cfg.endpoint, tls: cfg.tls, headers: cfg.headers, gzip: cfg.gzip, userAgent: spanExporterUserAgent,
-	}, cfg.timeout, cfg.retry)
+func newSpanExporter(cfg exporterConfig) (*otlpSpanExporter, error) {
+	x, err := newOTLPExporter(cfg, spanExporterUserAgent)
 	if err != nil {
 		return nil, err
 	}

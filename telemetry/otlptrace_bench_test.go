@@ -128,8 +128,8 @@ func BenchmarkSpanExport(b *testing.B) {
 		run(b, exp)
 	})
 	b.Run("otlpSpanExporter", func(b *testing.B) {
-		exp, err := newSpanExporter(spanExporterConfig{
-			endpoint: endpoint{hostPort: addr, insecure: true}, timeout: 10 * time.Second, retry: setupRetry,
+		exp, err := newSpanExporter(exporterConfig{
+			endpoint: endpoint{hostPort: addr, insecure: true}, timeout: 10 * time.Second, retry: exportRetry(),
 		})
 		if err != nil {
 			b.Fatal(err)

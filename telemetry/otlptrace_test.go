@@ -137,15 +137,12 @@ func (r compressionRecorder) HandleRPC(_ context.Context, s stats.RPCStats) {
 	}
 }
 
-// setupRetry is Setup's retry configuration.
-var setupRetry = retryConfig{initial: 100 * time.Millisecond, max: time.Second, maxElapsed: MaxRetryTime}
-
 // newTestExporter is a plaintext exporter to addr on a fake retry clock,
 // shut down at the end of the test.
 func newTestExporter(t *testing.T, addr string, timeout time.Duration) (*otlpSpanExporter, *testkit.Clock) {
 	t.Helper()
-	x, err := newSpanExporter(spanExporterConfig{
-		endpoint: endpoint{hostPort: addr, insecure: true}, timeout: timeout, retry: setupRetry,
+	x, err := newSpanExporter(exporterConfig{
+		endpoint: endpoint{hostPort: addr, insecure: true}, timeout: timeout, retry: exportRetry(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -185,8 +182,8 @@ func TestSpanExporterRetries(t *testing.T) {
 			name:    "UNAVAILABLE then OK is retried after a backoff around the initial interval",
 			replies: []reply{{err: unavailable}, {}}, wantCode: codes.OK, wantCalls: 2,
 			checkSleeps: func(t *testing.T, sleeps []time.Duration) {
-				if len(sleeps) != 1 || sleeps[0] < setupRetry.initial/2 || sleeps[0] > setupRetry.initial*3/2 {
-					t.Errorf("waits %v, want one of initial %v ±50%%", sleeps, setupRetry.initial)
+				if len(sleeps) != 1 || sleeps[0] < exportRetry().initial/2 || sleeps[0] > exportRetry().initial*3/2 {
+					t.Errorf("waits %v, want one of initial %v ±50%%", sleeps, exportRetry().initial)
 				}
 			},
 		},
@@ -219,12 +216,12 @@ func TestSpanExporterRetries(t *testing.T) {
 				var total time.Duration
 				for i, d := range sleeps {
 					total += d
-					if d > setupRetry.max*3/2 {
-						t.Errorf("wait %d is %v, more than the max interval %v +50%%", i, d, setupRetry.max)
+					if d > exportRetry().max*3/2 {
+						t.Errorf("wait %d is %v, more than the max interval %v +50%%", i, d, exportRetry().max)
 					}
 				}
-				if len(sleeps) < 2 || total > setupRetry.maxElapsed {
-					t.Errorf("waits %v (total %v), want several within %v", sleeps, total, setupRetry.maxElapsed)
+				if len(sleeps) < 2 || total > exportRetry().maxElapsed {
+					t.Errorf("waits %v (total %v), want several within %v", sleeps, total, exportRetry().maxElapsed)
 				}
 			},
 		},

@@ -60,6 +60,12 @@ type Telemetry struct {
 	shutdownErr  error
 }
 
+// exportRetry is how both exporters back off after a retryable error:
+// 100 ms to 1 s between tries, for at most MaxRetryTime in all.
+func exportRetry() retryConfig {
+	return retryConfig{initial: 100 * time.Millisecond, max: time.Second, maxElapsed: MaxRetryTime}
+}
+
 // Setup builds the providers from cfg and the OTEL_* environment. It does not
 // contact the collector: export failures later are counted and logged, never
 // fatal. The returned Telemetry must be shut down.
@@ -92,7 +98,7 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 	// export timeout), so one batch would hold the export worker for the
 	// whole timeout when the collector is down. Retrying briefly rides out
 	// a blip; in an outage the loss is counted within seconds.
-	retry := retryConfig{initial: 100 * time.Millisecond, max: time.Second, maxElapsed: MaxRetryTime}
+	retry := exportRetry()
 
 	// Metrics: a manual reader for the Prometheus text on /metrics, and a
 	// periodic OTLP reader when an endpoint is configured, on one provider so
@@ -107,8 +113,10 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 	}
 	if r.metricEndpoint.set() {
 		exp, err := newMetricExporter(metricExporterConfig{
-			endpoint: r.metricEndpoint, tls: r.metricTLS, headers: r.metricHeaders, gzip: r.metricGzip,
-			timeout: r.exportTimeout, retry: retry,
+			exporterConfig: exporterConfig{
+				endpoint: r.metricEndpoint, tls: r.metricTLS, headers: r.metricHeaders, gzip: r.metricGzip,
+				timeout: r.exportTimeout, retry: retry,
+			},
 			delta: r.metricDelta, lowMemory: r.metricLowMemory, exponential: r.metricExponential,
 		})
 		if err != nil {
@@ -150,7 +158,7 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 	// ratio filter decides at the end of a span whether it is exported (see
 	// sampling.go), and the bounded batch processor never blocks the caller.
 	if r.traces {
-		exp, err := newSpanExporter(spanExporterConfig{
+		exp, err := newSpanExporter(exporterConfig{
 			endpoint: r.traceEndpoint, tls: r.traceTLS, headers: r.traceHeaders, gzip: r.traceGzip,
 			timeout: r.exportTimeout, retry: retry,
 		})
