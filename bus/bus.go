@@ -110,7 +110,7 @@ type queue struct {
 	capacity int
 	policy   Policy
 	timeout  time.Duration
-	store    *ring
+	store    *fifo
 	nextSeq  uint64
 	waiters  []*Pending  // FIFO: the head gets the next free slot
 	idle     []*Consumer // consumers blocked in Receive with prefetch room
@@ -260,7 +260,7 @@ func New(queues []QueueConfig, opts ...Option) (*Bus, error) {
 			bus:           b,
 			name:          qc.Name,
 			tel:           newQueueTelemetry(qc.Name),
-			store:         newRing(),
+			store:         newFIFO(),
 			dedupe:        newDedupe(window),
 			maxDeliveries: qc.MaxDeliveries,
 		}
@@ -590,7 +590,8 @@ func (q *queue) publishEvict(ctx context.Context, span trace.Span, newPending fu
 	var one [1]entry
 	evicted := one[:0]
 	if q.store.Len() > 0 && q.store.Len()+q.reserved >= q.capacity {
-		evicted = append(evicted, q.store.Pop())
+		evicted = append(evicted, *q.store.oldest()) // Pop, inlined
+		q.store.dropHead()
 		q.setSizeLocked(q.store.Len())
 	}
 	var p *Pending

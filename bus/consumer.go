@@ -218,7 +218,7 @@ func (q *queue) leaveIdleLocked(c *Consumer) {
 func (c *Consumer) deliverLocked(ctx context.Context, d *Delivery) {
 	q := c.q
 	b := q.bus
-	// The head goes straight from the ring into the in-flight record: one
+	// The head goes straight from the fifo into the in-flight record: one
 	// copy of the entry instead of two.
 	f := c.inflight.add(q.store.oldest())
 	q.store.dropHead()

@@ -1,0 +1,152 @@
+package bus
+
+import "unsafe"
+
+// fifo is the in-memory store: the waiting events in a chain of
+// fixed-size blocks of entries kept by value, oldest first. It holds
+// blocks for the most events its queue holds at once rather than for its
+// capacity, so a queue sized for bursts costs nothing while idle. Growing
+// adds a block and copies nothing, so a queue that fills leaves no
+// outgrown buffers behind for the collector: a doubling buffer would
+// leave as many bytes of garbage as it ends up holding, and the heap
+// keeps that garbage resident until the next collection. A block is let
+// go once its last event leaves, except one spare kept for the next
+// growth, so that a queue whose depth goes up and down across a block
+// boundary does not allocate per block either.
+type fifo struct {
+	head *fifoBlock // holds the oldest event; nil before the first push
+	tail *fifoBlock // holds the newest
+	hi   int        // index in head of the oldest event
+	ti   int        // index in tail of the next push; fifoSlots: no room
+	n    int
+	// spare is an empty block kept for the next growth.
+	spare *fifoBlock
+}
+
+// fifoBlockBytes is a block's size: a size class of the allocator, so that
+// a block wastes no more than the tail of its last slot, and small enough
+// that a queue holding a few events holds a few kilobytes.
+const fifoBlockBytes = 4096
+
+// fifoSlots is the number of entries per block: as many as fit in
+// fifoBlockBytes beside the link.
+const fifoSlots = int((fifoBlockBytes - unsafe.Sizeof(uintptr(0))) / unsafe.Sizeof(entry{}))
+
+type fifoBlock struct {
+	next  *fifoBlock // toward the tail
+	slots [fifoSlots]entry
+}
+
+// The queue holds its fifo by its concrete type, so that the per-event
+// calls inline and a publish can fill its slot in place.
+var _ store = (*fifo)(nil)
+
+func newFIFO() *fifo { return &fifo{ti: fifoSlots} }
+
+func (f *fifo) Len() int { return f.n }
+
+func (f *fifo) Push(e entry) { *f.pushSlot() = e }
+
+// pushSlot appends a zero entry and returns it, for the caller to fill in
+// place: a publish writes its fields straight into its slot instead of
+// building an entry to copy there.
+func (f *fifo) pushSlot() *entry {
+	if f.ti == fifoSlots {
+		f.addTail()
+	}
+	e := &f.tail.slots[f.ti] // zero: dropHead clears what it takes
+	f.ti++
+	f.n++
+	return e
+}
+
+// addTail links a block after the tail, which is full (or missing).
+func (f *fifo) addTail() {
+	b := f.newBlock()
+	if f.tail == nil {
+		f.head, f.hi = b, 0
+	} else {
+		f.tail.next = b
+	}
+	f.tail, f.ti = b, 0
+}
+
+// newBlock returns the spare block, or a new one.
+func (f *fifo) newBlock() *fifoBlock {
+	if b := f.spare; b != nil {
+		f.spare = nil
+		return b
+	}
+	return new(fifoBlock)
+}
+
+func (f *fifo) Pop() entry {
+	e := *f.oldest()
+	f.dropHead()
+	return e
+}
+
+// oldest is the oldest event's slot, for a caller that copies it out itself
+// before dropHead. Len must be > 0.
+func (f *fifo) oldest() *entry { return &f.head.slots[f.hi] }
+
+// dropHead removes the oldest event. Len must be > 0.
+func (f *fifo) dropHead() {
+	f.head.slots[f.hi] = entry{} // release the payload for the GC
+	f.hi++
+	f.n--
+	if f.hi == fifoSlots || f.n == 0 {
+		f.headDone()
+	}
+}
+
+// headDone follows dropHead when the head block has no event left after
+// its index: an empty fifo starts again at the head block's first slot,
+// which it keeps; otherwise the head block, all of it taken, goes.
+func (f *fifo) headDone() {
+	if f.n == 0 {
+		// head is the tail: every event before ti has gone.
+		f.hi, f.ti = 0, 0
+		return
+	}
+	b := f.head
+	f.head, f.hi = b.next, 0
+	b.next = nil
+	if f.spare == nil {
+		f.spare = b
+	}
+}
+
+// at is the slot of the i-th waiting event, oldest first. i < Len.
+func (f *fifo) at(i int) *entry {
+	i += f.hi
+	b := f.head
+	for i >= fifoSlots {
+		b, i = b.next, i-fifoSlots
+	}
+	return &b.slots[i]
+}
+
+func (f *fifo) Requeue(e entry) {
+	if f.n == 0 {
+		f.Push(e)
+		return
+	}
+	// k = number of waiting events that must stay ahead of e.
+	k := 0
+	for k < f.n && f.at(k).seq < e.seq {
+		k++
+	}
+	// A slot before the head, then the k events ahead of e move into it.
+	if f.hi == 0 {
+		b := f.newBlock()
+		b.next = f.head
+		f.head, f.hi = b, fifoSlots
+	}
+	f.hi--
+	f.n++
+	for i := range k {
+		*f.at(i) = *f.at(i + 1)
+	}
+	*f.at(k) = e
+}
