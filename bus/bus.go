@@ -612,7 +612,7 @@ func (q *queue) publishEvict(ctx context.Context, span trace.Span, newPending fu
 		q.walSettle(walAck, evicted[i].seq, "")
 		q.countDrop(DropEvicted)
 		if b.tel.tracing {
-			b.tel.dropSpan(q, evicted[i].pubSC, DropEvicted, evicted[i].seq, start)
+			b.tel.dropSpan(q, evicted[i].pubSC(), DropEvicted, evicted[i].seq, start)
 		}
 	}
 	if err != nil {
@@ -907,7 +907,8 @@ func (b *Bus) publishUnknown(ctx context.Context, ev Event, name string) (Outcom
 func (q *queue) pushLocked(ev *Event, pubSC *trace.SpanContext, traced bool, at time.Time) uint64 {
 	q.nextSeq++
 	e := q.store.pushSlot()
-	e.seq, e.ev, e.enqueuedAt, e.pubSC, e.traced = q.nextSeq, *ev, at, *pubSC, traced
+	e.seq, e.enqueuedAt = q.nextSeq, at
+	e.setEvent(ev, pubSC, traced)
 	// Counted here rather than by finishPublish: the count is the push
 	// for the queue's depth (see counters.sizeMark).
 	q.counters.published[acceptedIndex].Add(1)
