@@ -493,7 +493,7 @@ func (p *Pending) Cancel() bool {
 // begin runs a publish up to the point where it has to wait. It returns
 // the outcome when that is immediate, otherwise the registered wait, which
 // the caller must release once. ev is the caller's, by pointer so that the
-// event is copied once, into its ring slot or its Pending; begin does not
+// event is copied once, into its queue slot or its Pending; begin does not
 // keep the pointer.
 func (b *Bus) begin(ctx context.Context, ev *Event, queueName string, done func(Outcome, error)) (*Pending, Outcome, error) {
 	q, ok := b.byName[queueName]

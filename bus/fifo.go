@@ -9,19 +9,25 @@ import "unsafe"
 // adds a block and copies nothing, so a queue that fills leaves no
 // outgrown buffers behind for the collector: a doubling buffer would
 // leave as many bytes of garbage as it ends up holding, and the heap
-// keeps that garbage resident until the next collection. A block is let
-// go once its last event leaves, except one spare kept for the next
-// growth, so that a queue whose depth goes up and down across a block
-// boundary does not allocate per block either.
+// keeps that garbage resident until the next collection. A block whose
+// last event leaves is kept as a spare for the next growth, up to
+// maxSpareBlocks of them, and let go beyond: a queue whose depth goes up
+// and down by a consumer's prefetch (256 by default) allocates nothing,
+// and one drained after a burst does not hold the burst's blocks.
 type fifo struct {
 	head *fifoBlock // holds the oldest event; nil before the first push
 	tail *fifoBlock // holds the newest
 	hi   int        // index in head of the oldest event
 	ti   int        // index in tail of the next push; fifoSlots: no room
 	n    int
-	// spare is an empty block kept for the next growth.
+	// spare lists the empty blocks kept for the next growth, linked by
+	// next.
 	spare *fifoBlock
 }
+
+// maxSpareBlocks is the most empty blocks a fifo keeps: room for 336
+// events of 96 bytes.
+const maxSpareBlocks = 8
 
 // fifoBlockBytes is a block's size: a size class of the allocator, so that
 // a block wastes no more than the tail of its last slot, and small enough
@@ -29,12 +35,17 @@ type fifo struct {
 const fifoBlockBytes = 4096
 
 // fifoSlots is the number of entries per block: as many as fit in
-// fifoBlockBytes beside the link.
-const fifoSlots = int((fifoBlockBytes - unsafe.Sizeof(uintptr(0))) / unsafe.Sizeof(entry{}))
+// fifoBlockBytes beside the link and the spare count.
+const fifoSlots = int((fifoBlockBytes - 2*unsafe.Sizeof(uintptr(0))) / unsafe.Sizeof(entry{}))
 
 type fifoBlock struct {
-	next  *fifoBlock // toward the tail
-	slots [fifoSlots]entry
+	next *fifoBlock // toward the tail, or the next spare
+	// spares counts the spare blocks from this one on, while it is the
+	// first spare: kept here rather than in the fifo, so that taking a
+	// spare, on the path of every push that needs a block, has no count
+	// to update.
+	spares int
+	slots  [fifoSlots]entry
 }
 
 // The queue holds its fifo by its concrete type, so that the per-event
@@ -74,7 +85,7 @@ func (f *fifo) addTail() {
 // newBlock returns the spare block, or a new one.
 func (f *fifo) newBlock() *fifoBlock {
 	if b := f.spare; b != nil {
-		f.spare = nil
+		f.spare, b.next = b.next, nil
 		return b
 	}
 	return new(fifoBlock)
@@ -95,24 +106,28 @@ func (f *fifo) dropHead() {
 	f.head.slots[f.hi] = entry{} // release the payload for the GC
 	f.hi++
 	f.n--
-	if f.hi == fifoSlots || f.n == 0 {
+	if f.hi == fifoSlots {
 		f.headDone()
 	}
 }
 
-// headDone follows dropHead when the head block has no event left after
-// its index: an empty fifo starts again at the head block's first slot,
-// which it keeps; otherwise the head block, all of it taken, goes.
+// headDone follows dropHead when it has taken the head block's last slot:
+// an empty fifo starts again at that block's first slot, keeping it, as
+// it keeps its place in the block while it has room; otherwise the block
+// goes, to the spares or to the collector.
 func (f *fifo) headDone() {
 	if f.n == 0 {
-		// head is the tail: every event before ti has gone.
+		// head is the tail, and full: every event in it has gone.
 		f.hi, f.ti = 0, 0
 		return
 	}
 	b := f.head
 	f.head, f.hi = b.next, 0
-	b.next = nil
-	if f.spare == nil {
+	b.next = f.spare
+	if b.spares = 1; b.next != nil {
+		b.spares += b.next.spares
+	}
+	if b.spares <= maxSpareBlocks {
 		f.spare = b
 	}
 }
