@@ -17,14 +17,14 @@ const fullQueuePayload = 1024
 // maxFullQueueOverhead bounds the live heap per queued event besides its
 // payload in TestFullQueueBytesPerEvent, from the design: a 96-byte slot
 // in 4 KiB blocks (103 bytes per event over the default queues' 29
-// blocks), the dedupe window's entries and hash slots (1024, 128 and 64
-// entries for the queues' 1000, 100 and 50 ids: 102 bytes per event at
-// 64-byte entries) and the id string (24), 229 in all, with 40 bytes of
-// slack for what else the process allocates during a run. The race
+// blocks), the dedupe window's 48-byte entries and hash slots (1024, 128
+// and 64 entries for the queues' 1000, 100 and 50 ids: 85 bytes per event)
+// and the id string (24), 212 in all, with 40 bytes of slack for what else
+// the process allocates during a run. The race
 // detector keeps its shadow memory outside the heap, so the bound holds
 // under it too. 256-byte slots, in a doubling ring or in blocks, came to
 // about 400.
-const maxFullQueueOverhead = 270
+const maxFullQueueOverhead = 252
 
 // TestFullQueueBytesPerEvent fills the default queues to capacity with
 // 1 KiB events, each with a msg id as the clients send, and checks the
