@@ -102,24 +102,32 @@ func (f *fifo) blocks() int {
 // most events it holds at once, not its queue's capacity: an idle queue,
 // or one whose events pass a few at a time, keeps a block or two however
 // many events have gone through it, one whose depth goes up and down by
-// a prefetch keeps the blocks for it, and one that filled gives all but
-// maxSpareBlocks of its blocks back as it drains.
+// a prefetch or a default queue's capacity keeps the blocks for it, and
+// one that filled past that gives all but maxSpareBlocks of its blocks
+// back as it drains.
 func TestFIFOHoldsBlocksForItsDepth(t *testing.T) {
+	// spanned is the most blocks that rounds of depth events span: a round
+	// starts in the block where the last one ended, where it ended.
+	spanned := func(depth, rounds int) int {
+		most := 0
+		for r := range rounds {
+			most = max(most, (r*depth%fifoSlots+depth+fifoSlots-1)/fifoSlots)
+		}
+		return most
+	}
 	tests := []struct {
 		name          string
 		depth, rounds int
-		// blocks held at the fullest: a round starts where the last one
-		// ended, mid-block, so depth events may take one block more
-		// than they fill
-		wantPeak  int
-		wantAfter int // blocks held once drained
+		wantPeak      int // blocks held at the fullest
+		wantAfter     int // blocks held once drained
 	}{
 		{"never used", 0, 0, 0, 0},
 		{"one at a time", 1, 5000, 1, 1},
 		{"a block at a time", fifoSlots, 100, 1, 1},
 		{"a block and one at a time", fifoSlots + 1, 100, 2, 2},
-		{"a prefetch at a time", 256, 100, (256+fifoSlots-1)/fifoSlots + 1, (256+fifoSlots-1)/fifoSlots + 1},
-		{"a full data queue", 1000, 2, (1000+fifoSlots-1)/fifoSlots + 1, 1 + maxSpareBlocks},
+		{"a prefetch at a time", 256, 100, spanned(256, 100), spanned(256, 100)},
+		{"a full data queue", 1000, 2, spanned(1000, 2), spanned(1000, 2)},
+		{"a burst past the spares", 3000, 2, spanned(3000, 2), 1 + maxSpareBlocks},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
