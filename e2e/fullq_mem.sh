@@ -33,16 +33,7 @@ PAYLOAD=1024
 source "${ROOT}/e2e/perf_lib.sh"
 perf_init fullq-mem
 
-WORK="$(mktemp -d /tmp/fullqmem.XXXXXX)"
-PID=""
-cleanup() {
-	if [[ -n "${PID}" ]] && kill -0 "${PID}" 2>/dev/null; then
-		kill -TERM "${PID}" 2>/dev/null || true
-		for _ in $(seq 100); do kill -0 "${PID}" 2>/dev/null || break; sleep 0.1; done
-	fi
-	rm -rf "${WORK}"
-}
-trap cleanup EXIT
+perf_workdir fullqmem
 
 BUILDS=("$@")
 if ((${#BUILDS[@]} == 0)); then
@@ -61,23 +52,12 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 rss_kib() { awk '/^VmRSS:/ {v = $2} /^RssAnon:/ {a = $2} END {print v, a}' "/proc/$1/status"; }
 
 start_sidecar() {
-	local dir="$1" i
+	local dir="$1"
 	shift
 	"${BIN}" serve --socket "${dir}/s.sock" --admin-addr "127.0.0.1:$(free_port)" --log-level warn "$@" \
 		>>"${WORK}/sidecar.log" 2>&1 &
 	PID=$!
-	for ((i = 0; i < 100; i++)); do
-		[[ -S "${dir}/s.sock" ]] && return 0
-		kill -0 "${PID}" 2>/dev/null || die "the sidecar exited: $(tail -5 "${WORK}/sidecar.log")"
-		sleep 0.05
-	done
-	die "the sidecar did not open ${dir}/s.sock"
-}
-
-stop_sidecar() {
-	kill -TERM "${PID}"
-	wait "${PID}" || true
-	PID=""
+	wait_for_socket "${dir}/s.sock" "${WORK}/sidecar.log"
 }
 
 # load_quiet ARGS...: one run of the load tool against the sidecar; its
@@ -127,14 +107,9 @@ run() {
 
 echo "fullq-mem: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg), commit $(cd "${ROOT}" && git rev-parse --short HEAD), ${events} events of ${PAYLOAD} B (${PAYLOAD_KIB} KiB)"
 for ((r = 1; r <= ROUNDS; r++)); do
-	order=("${BUILDS[@]}")
-	if ((r % 2 == 0)); then
-		order=()
-		for ((i = ${#BUILDS[@]} - 1; i >= 0; i--)); do order+=("${BUILDS[i]}"); done
-	fi
-	for b in "${order[@]}"; do
-		BIN="${b#*=}" BUILD="build"
-		[[ "${b}" == *=* ]] && BUILD="${b%%=*}"
+	build_order "${r}"
+	for b in "${ORDER[@]}"; do
+		use_build "${b}"
 		for start in warm fresh; do
 			for telemetry in defaults disabled; do
 				run "${r}" "${start}" "${telemetry}"
@@ -144,9 +119,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 echo "fullq-mem: done $(date -u '+%H:%M:%S UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
-jq -rs '
-def median: sort | if length == 0 then null elif length % 2 == 1 then .[length/2|floor] else (.[length/2-1] + .[length/2]) / 2 end;
-def r2: . * 100 | round / 100;
+jq -rs "${JQ_STATS}"'
 def spread(f): (map(f) | median | r2 | tostring) + " (" + (map(f) | min | tostring) + " to " + (map(f) | max | tostring) + ")";
 . as $all
 | "RSS growth over the payload, median (range) of \($all | map(.round) | max) rounds (target 1.1):",
