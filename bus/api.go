@@ -4,8 +4,8 @@
 // This file fixes the package's public contract (types, outcomes, sentinel
 // errors). The queue engine lives in the other files of the package.
 //
-// Each queue has one mutex guarding its waiting events (a ring that
-// implements the small store interface), its FIFO list of
+// Each queue has one mutex guarding its waiting events (a fifo of blocks
+// that implements the small store interface), its FIFO list of
 // publishers waiting for room, and its consumers' in-flight sets. Capacity
 // bounds waiting events only; events coming back from Nack or Close go to
 // the head in seq order even past capacity, so nothing accepted is lost.

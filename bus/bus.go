@@ -110,7 +110,7 @@ type queue struct {
 	capacity int
 	policy   Policy
 	timeout  time.Duration
-	store    *ring
+	store    *fifo
 	nextSeq  uint64
 	waiters  []*Pending  // FIFO: the head gets the next free slot
 	idle     []*Consumer // consumers blocked in Receive with prefetch room
@@ -260,7 +260,7 @@ func New(queues []QueueConfig, opts ...Option) (*Bus, error) {
 			bus:           b,
 			name:          qc.Name,
 			tel:           newQueueTelemetry(qc.Name),
-			store:         newRing(),
+			store:         newFIFO(),
 			dedupe:        newDedupe(window),
 			maxDeliveries: qc.MaxDeliveries,
 		}
@@ -493,7 +493,7 @@ func (p *Pending) Cancel() bool {
 // begin runs a publish up to the point where it has to wait. It returns
 // the outcome when that is immediate, otherwise the registered wait, which
 // the caller must release once. ev is the caller's, by pointer so that the
-// event is copied once, into its ring slot or its Pending; begin does not
+// event is copied once, into its queue slot or its Pending; begin does not
 // keep the pointer.
 func (b *Bus) begin(ctx context.Context, ev *Event, queueName string, done func(Outcome, error)) (*Pending, Outcome, error) {
 	q, ok := b.byName[queueName]
@@ -590,7 +590,8 @@ func (q *queue) publishEvict(ctx context.Context, span trace.Span, newPending fu
 	var one [1]entry
 	evicted := one[:0]
 	if q.store.Len() > 0 && q.store.Len()+q.reserved >= q.capacity {
-		evicted = append(evicted, q.store.Pop())
+		evicted = append(evicted, *q.store.oldest()) // Pop, inlined
+		q.store.dropHead()
 		q.setSizeLocked(q.store.Len())
 	}
 	var p *Pending
@@ -611,7 +612,7 @@ func (q *queue) publishEvict(ctx context.Context, span trace.Span, newPending fu
 		q.walSettle(walAck, evicted[i].seq, "")
 		q.countDrop(DropEvicted)
 		if b.tel.tracing {
-			b.tel.dropSpan(q, evicted[i].pubSC, DropEvicted, evicted[i].seq, start)
+			b.tel.dropSpan(q, evicted[i].pubSC(), DropEvicted, evicted[i].seq, start)
 		}
 	}
 	if err != nil {
@@ -906,7 +907,8 @@ func (b *Bus) publishUnknown(ctx context.Context, ev Event, name string) (Outcom
 func (q *queue) pushLocked(ev *Event, pubSC *trace.SpanContext, traced bool, at time.Time) uint64 {
 	q.nextSeq++
 	e := q.store.pushSlot()
-	e.seq, e.ev, e.enqueuedAt, e.pubSC, e.traced = q.nextSeq, *ev, at, *pubSC, traced
+	e.seq, e.enqueuedAt = q.nextSeq, at
+	e.setEvent(ev, pubSC, traced)
 	// Counted here rather than by finishPublish: the count is the push
 	// for the queue's depth (see counters.sizeMark).
 	q.counters.published[acceptedIndex].Add(1)

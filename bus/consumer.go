@@ -218,7 +218,7 @@ func (q *queue) leaveIdleLocked(c *Consumer) {
 func (c *Consumer) deliverLocked(ctx context.Context, d *Delivery) {
 	q := c.q
 	b := q.bus
-	// The head goes straight from the ring into the in-flight record: one
+	// The head goes straight from the fifo into the in-flight record: one
 	// copy of the entry instead of two.
 	f := c.inflight.add(q.store.oldest())
 	q.store.dropHead()
@@ -229,8 +229,8 @@ func (c *Consumer) deliverLocked(ctx context.Context, d *Delivery) {
 	if b.tel.tracing {
 		now = b.clock.Now() // for the queued-duration metric too
 	}
-	sc := e.pubSC
-	if e.traced {
+	sc := e.pubSC()
+	if e.traced() {
 		f.span = b.tel.startDeliver(q, e, now)
 		f.deliveredAt = now
 		sc = f.span.SpanContext()
@@ -239,13 +239,13 @@ func (c *Consumer) deliverLocked(ctx context.Context, d *Delivery) {
 	*d = Delivery{
 		Queue:        q.name,
 		Seq:          e.seq,
-		Event:        e.ev,
+		Event:        e.event(),
 		EnqueuedAt:   e.enqueuedAt,
-		Redeliveries: e.redeliveries,
+		Redeliveries: e.redeliveries(),
 		SpanContext:  sc,
 		More:         c.inflight.len() < c.prefetch && q.store.Len() > 0,
 	}
-	dl := e.dl // never changed once set: copied for the caller below
+	dl := e.dl() // never changed once set: copied for the caller below
 	admitted := q.admitWaitersLocked()
 	// Other idle consumers may be owed a wake-up for events still waiting.
 	q.wakeConsumersLocked()
@@ -349,8 +349,7 @@ func (c *Consumer) NackReason(seq uint64, reason string) error {
 	}
 	q.counters.returned.Add(1)
 	e := f.e // f stays as delivered, for the deliver span
-	e.redeliveries++
-	e.reason = reason
+	e.returned(reason)
 	dead := q.deadLetterDue(&e)
 	// Recorded for a dead letter too: until its move is done the event
 	// stays in the log with its deliveries spent and its reason, which a
@@ -389,9 +388,9 @@ func (c *Consumer) Close() {
 	var dead []entry
 	for i := range returned {
 		e := returned[i].e // returned stays as delivered, for the deliver spans
-		e.redeliveries++
 		// An abandoned delivery keeps the reason of the nack before it.
-		q.walSettle(walNack, e.seq, e.reason)
+		e.returned(e.reason())
+		q.walSettle(walNack, e.seq, e.reason())
 		if q.deadLetterDue(&e) {
 			dead = append(dead, e)
 			continue

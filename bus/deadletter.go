@@ -39,6 +39,8 @@ type deadLetterMove struct {
 	e   entry // as it left src, its last delivery counted
 	dl  DeadLetter
 	ne  entry // the new event in the dead-letter queue
+	// neRare is ne's rare part, allocated with the move.
+	neRare entryRare
 	// backoff is the wait before the next retry of a held move's source
 	// sync (0: never held); guarded by the bus's held.mu.
 	backoff time.Duration
@@ -47,14 +49,16 @@ type deadLetterMove struct {
 // deadLetterDue reports whether e, nacked or abandoned with its
 // redeliveries counted, has used up the queue's deliveries.
 func (q *queue) deadLetterDue(e *entry) bool {
-	return q.deadLetter != nil && q.maxDeliveries > 0 && e.redeliveries >= q.maxDeliveries
+	return q.deadLetter != nil && q.maxDeliveries > 0 && e.redeliveries() >= q.maxDeliveries
 }
 
 // newMove starts the move of e, which has left q's memory, at now.
 func (q *queue) newMove(e entry, now time.Time) *deadLetterMove {
 	m := &deadLetterMove{src: q, dlq: q.deadLetter, e: e,
-		dl: DeadLetter{Queue: q.name, Seq: e.seq, Deliveries: e.redeliveries, Reason: e.reason}}
-	m.ne = entry{ev: e.ev, enqueuedAt: now, pubSC: e.pubSC, traced: e.traced, dl: &m.dl}
+		dl: DeadLetter{Queue: q.name, Seq: e.seq, Deliveries: e.redeliveries(), Reason: e.reason()}}
+	r := e.r()
+	m.neRare = entryRare{parent: r.parent, pubSC: r.pubSC, traced: r.traced, dl: &m.dl}
+	m.ne = entry{typ: e.typ, payload: e.payload, msgID: e.msgID, enqueuedAt: now, rare: &m.neRare}
 	return m
 }
 
@@ -283,7 +287,7 @@ func (m *deadLetterMove) failed(err error) {
 	b.logger.Warn("dead letter not moved; the event goes back to its queue", "queue", q.name,
 		"seq", m.e.seq, "dead_letter", m.dlq.name, "err", err)
 	q.mu.Lock()
-	q.walSettle(walNack, m.e.seq, m.e.reason)
+	q.walSettle(walNack, m.e.seq, m.e.reason())
 	q.store.Requeue(m.e)
 	q.setSizeLocked(q.store.Len())
 	q.wakeConsumersLocked()
@@ -295,7 +299,7 @@ func (m *deadLetterMove) failed(err error) {
 func (m *deadLetterMove) moved() {
 	q := m.src
 	b := q.bus
-	if b.tel.tracing && m.e.traced {
+	if b.tel.tracing && m.e.traced() {
 		b.tel.deadLetterSpan(q, &m.e, &m.dl, b.spanNow())
 	}
 	q.counters.deadLettered.Add(1)
@@ -330,8 +334,8 @@ func (b *Bus) finishMoves(rec map[*queue][]entry) error {
 	named := make(map[origin]Event)
 	for _, es := range rec {
 		for i := range es {
-			if dl := es[i].dl; dl != nil {
-				named[origin{dl.Queue, dl.Seq}] = es[i].ev
+			if dl := es[i].dl(); dl != nil {
+				named[origin{dl.Queue, dl.Seq}] = es[i].event()
 			}
 		}
 	}
@@ -350,7 +354,7 @@ func (b *Bus) finishMoves(rec map[*queue][]entry) error {
 		for _, e := range rec[q] {
 			ev, ok := named[origin{q.name, e.seq}]
 			switch {
-			case ok && sameEvent(ev, e.ev):
+			case ok && sameEvent(ev, e.event()):
 				acks = append(acks, sourceAck{q, e.seq})
 			case q.deadLetterDue(&e):
 				due = append(due, q.newMove(e, now))

@@ -26,28 +26,38 @@ type dedupe struct {
 	// (which also places it) above its ring index+1; 0 is empty. Linear
 	// probing, at most a quarter full, so that probes and the moves of a
 	// deletion stay short: a probe compares hashes here and reads the
-	// ring only on a match. At the bound that is 1 MiB, the ring 2 MiB.
+	// ring only on a match. At the bound that is 1 MiB, the ring 1.5 MiB.
 	slots []uint64
 	// lastID and lastHash are the last id looked up and its hash: a
 	// publish looks its id up, then adds it.
 	lastID   string
 	lastHash uint64
+	// base is the first accept time added with a monotonic reading (see
+	// stamp); zero until then.
+	base time.Time
 }
 
 // dedupeEntry is one accepted msg id. An id forgotten before it leaves the
 // ring (its append failed, or it was accepted again) keeps its place with
-// an empty id, so that the ring stays in accept order.
+// an empty id, so that the ring stays in accept order. It takes 48 bytes
+// rather than 64: the accept time as one number (stamp), and of the hash
+// only the high half, which is all the table uses.
 type dedupeEntry struct {
 	id     string
-	hash   uint64
 	seq    uint64
-	at     time.Time
+	at     int64 // see stamp
 	commit *Pending
+	hashHi uint32
+	// mono says at counts the monotonic clock from the dedupe's base;
+	// otherwise it is the wall clock's UnixNano.
+	mono bool
 }
+
+// hash is the part of the id's hash that the table uses.
+func (e *dedupeEntry) hash() uint64 { return uint64(e.hashHi) << 32 }
 
 type msgIDRec struct {
 	seq uint64
-	at  time.Time
 	// commit is the publish whose log append is still in flight: a
 	// duplicate waits for its outcome. nil once the event is stored.
 	commit *Pending
@@ -77,7 +87,24 @@ func (d *dedupe) lookup(id string, now time.Time) (msgIDRec, bool) {
 		return msgIDRec{}, false
 	}
 	e := d.entry(slot)
-	return msgIDRec{seq: e.seq, at: e.at, commit: e.commit}, true
+	return msgIDRec{seq: e.seq, commit: e.commit}, true
+}
+
+// stamp is at as a dedupe entry keeps it, so that expire compares it with
+// a cutoff as time.Time.Before would. A time with a monotonic reading (a
+// live accept on the system clock) is compared on that clock: it is kept
+// as the monotonic nanoseconds since base, the first such time added. One
+// without (an id recovered from the log, which has only the wall clock, or
+// any time of a clock other than the system's) is compared on the wall
+// clock: it is kept as its UnixNano.
+func (d *dedupe) stamp(at time.Time) (ns int64, mono bool) {
+	if at.Round(0) == at { // Round(0) strips only the monotonic reading
+		return at.UnixNano(), false
+	}
+	if d.base.IsZero() {
+		d.base = at
+	}
+	return int64(at.Sub(d.base)), true
 }
 
 // hash returns id's hash, reusing lookup's for the same id.
@@ -111,7 +138,8 @@ func (d *dedupe) add(id string, seq uint64, at time.Time, commit *Pending) {
 	if tail >= len(d.ring) {
 		tail -= len(d.ring)
 	}
-	d.ring[tail] = dedupeEntry{id: id, hash: h, seq: seq, at: at, commit: commit}
+	ns, mono := d.stamp(at)
+	d.ring[tail] = dedupeEntry{id: id, hashHi: uint32(h >> 32), seq: seq, at: ns, mono: mono, commit: commit}
 	d.n++
 	slot, ok := d.find(id, h)
 	if ok {
@@ -173,8 +201,8 @@ func (d *dedupe) grow() {
 	d.slots = make([]uint64, size)
 	for i := range d.n {
 		if e := &d.ring[i]; e.id != "" {
-			slot, _ := d.find(e.id, e.hash)
-			d.slots[slot] = slotTag(e.hash) | uint64(i+1)
+			slot, _ := d.find(e.id, e.hash())
+			d.slots[slot] = slotTag(e.hash()) | uint64(i+1)
 		}
 	}
 }
@@ -183,7 +211,7 @@ func (d *dedupe) grow() {
 func (d *dedupe) dropOldest() {
 	e := &d.ring[d.head]
 	if e.id != "" {
-		if slot, ok := d.findIndex(d.head, e.hash); ok {
+		if slot, ok := d.findIndex(d.head, e.hash()); ok {
 			d.deleteSlot(slot)
 		}
 	}
@@ -244,7 +272,20 @@ func (d *dedupe) expire(now time.Time) {
 		return
 	}
 	cutoff := now.Add(-d.window)
-	for d.n > 0 && d.ring[d.head].at.Before(cutoff) {
+	// The cutoff on both clocks, to compare each entry on its own (see
+	// stamp). The bus reads one clock, so that a cutoff has a monotonic
+	// reading whenever an entry does; without one, an entry that has is
+	// taken to have kept pace with the wall clock since base.
+	wall := cutoff.UnixNano()
+	mono := wall - d.base.UnixNano()
+	if !d.base.IsZero() && cutoff.Round(0) != cutoff {
+		mono = int64(cutoff.Sub(d.base))
+	}
+	for d.n > 0 {
+		e := &d.ring[d.head]
+		if e.mono && e.at >= mono || !e.mono && e.at >= wall {
+			break
+		}
 		d.dropOldest()
 	}
 }

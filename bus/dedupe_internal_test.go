@@ -79,7 +79,7 @@ func (m *dedupeModel) lookup(id string, now time.Time) (msgIDRec, bool) {
 }
 
 func (m *dedupeModel) add(id string, seq uint64, at time.Time, commit *Pending) {
-	m.ids[id] = msgIDRec{seq: seq, at: at, commit: commit}
+	m.ids[id] = msgIDRec{seq: seq, commit: commit}
 	m.order = append(m.order, dedupeModelAdd{id, seq, at})
 	if len(m.order) > MaxDedupeIDs {
 		m.dropFirst()
@@ -104,6 +104,8 @@ func (m *dedupeModel) forget(id string, seq uint64) {
 // against the model, and checks that both answer every lookup alike. The
 // id space is small enough for repeats and hash collisions in one table,
 // and the runs long enough to pass the bound, expire by time and grow.
+// On the system clock (mono) the times carry a monotonic reading, except
+// those of recovered ids, which the log has on the wall clock only.
 func TestDedupeAgainstModel(t *testing.T) {
 	for _, tt := range []struct {
 		name   string
@@ -111,17 +113,23 @@ func TestDedupeAgainstModel(t *testing.T) {
 		ids    int // distinct ids drawn from
 		ops    int
 		step   time.Duration // the clock's largest advance per op
+		mono   bool
 	}{
-		{"small window", 50 * time.Millisecond, 500, 20000, time.Millisecond},
-		{"bounded", time.Hour, 4 * MaxDedupeIDs, 3 * MaxDedupeIDs, time.Millisecond},
-		{"repeats past the bound", time.Hour, MaxDedupeIDs + MaxDedupeIDs/2, 3 * MaxDedupeIDs, time.Millisecond},
-		{"bursts and pauses", 2 * time.Second, 3000, 30000, 100 * time.Millisecond},
+		{"small window", 50 * time.Millisecond, 500, 20000, time.Millisecond, false},
+		{"bounded", time.Hour, 4 * MaxDedupeIDs, 3 * MaxDedupeIDs, time.Millisecond, false},
+		{"repeats past the bound", time.Hour, MaxDedupeIDs + MaxDedupeIDs/2, 3 * MaxDedupeIDs, time.Millisecond, false},
+		{"bursts and pauses", 2 * time.Second, 3000, 30000, 100 * time.Millisecond, false},
+		{"system clock, small window", 50 * time.Millisecond, 500, 20000, time.Millisecond, true},
+		{"system clock, bursts and pauses", 2 * time.Second, 3000, 30000, 100 * time.Millisecond, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(1, uint64(tt.ops)))
 			d := newDedupe(tt.window)
 			m := &dedupeModel{window: tt.window, ids: make(map[string]msgIDRec)}
 			now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+			if tt.mono {
+				now = time.Now()
+			}
 			var seq uint64
 			type logAppend struct {
 				id  string
@@ -155,8 +163,12 @@ func TestDedupeAgainstModel(t *testing.T) {
 						c = &Pending{}
 						inFlight = append(inFlight, logAppend{id, seq})
 					}
-					d.add(id, seq, now, c)
-					m.add(id, seq, now, c)
+					at := now
+					if r == 6 {
+						at = now.Round(0)
+					}
+					d.add(id, seq, at, c)
+					m.add(id, seq, at, c)
 				case r < 9 && len(inFlight) > 0:
 					// The log answers an append, perhaps of an id
 					// forgotten meanwhile: stored, or failed.

@@ -120,7 +120,9 @@ func (q *queue) openLog(o options, dir string, qc QueueConfig) ([]entry, error) 
 			l.Close()
 			return nil, fmt.Errorf("bus: queue %q: recover from %s: %w", q.name, dir, err)
 		}
-		e.reason = r.Reason
+		if r.Reason != "" {
+			e.setRare(func(er *entryRare) { er.reason = r.Reason })
+		}
 		entries = append(entries, e)
 	}
 	for _, id := range rec.MsgIDs {
@@ -177,7 +179,7 @@ func (q *queue) appendLocked(p *Pending, moved *deadLetterMove) error {
 		e = p.entry()
 	}
 	q.scratch = encodeRecord(q.scratch[:0], &e)
-	msgID := e.ev.MsgID
+	msgID := e.msgID
 	if moved != nil {
 		msgID = "" // kept in the data; see encodeRecord
 	}
@@ -206,7 +208,9 @@ func (q *queue) appendLocked(p *Pending, moved *deadLetterMove) error {
 // entry is the queue entry of a publish being stored: accepted when it
 // started settling (settlingLocked).
 func (p *Pending) entry() entry {
-	return entry{ev: p.ev, enqueuedAt: p.resolvedAt, pubSC: p.pubSC, traced: p.traced}
+	e := entry{enqueuedAt: p.resolvedAt}
+	e.setEvent(&p.ev, &p.pubSC, p.traced)
+	return e
 }
 
 // landing is the log's answer to one publish's append.

@@ -38,7 +38,7 @@ func (m *inflightModel) deliver(redeliver bool) {
 	} else {
 		m.nextSeq++
 	}
-	f := m.s.add(&entry{seq: seq, reason: "r"})
+	f := m.s.add(&entry{seq: seq, rare: &entryRare{reason: "r"}})
 	if f.e.seq != seq {
 		m.t.Fatalf("add(%d) returned the record of %d", seq, f.e.seq)
 	}
@@ -57,7 +57,7 @@ func (m *inflightModel) settle(k int, back bool) {
 	}
 	seq := seqs[k%len(seqs)]
 	f, ok := m.s.remove(seq)
-	if !ok || f.e.seq != seq || f.e.reason != "r" || f.deliveredAt.Unix() != int64(seq) {
+	if !ok || f.e.seq != seq || f.e.reason() != "r" || f.deliveredAt.Unix() != int64(seq) {
 		m.t.Fatalf("remove(%d) = %+v at %v, %v", seq, f.e, f.deliveredAt, ok)
 	}
 	delete(m.model, seq)
@@ -107,7 +107,7 @@ func (m *inflightModel) check() {
 	}
 	// A slot outside the used window must hold nothing for the collector.
 	for i := s.n; i < len(s.ring); i++ {
-		if f := s.at(i); f.e.seq != 0 || f.e.reason != "" {
+		if f := s.at(i); f.e.seq != 0 || f.e.reason() != "" {
 			m.t.Fatalf("unused slot %d holds seq %d", i, f.e.seq)
 		}
 	}

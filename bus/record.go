@@ -42,40 +42,41 @@ var errRecord = errors.New("malformed event record")
 
 // encodeRecord appends e's record data to buf.
 func encodeRecord(buf []byte, e *entry) []byte {
+	r := e.r()
 	var flags byte
-	if e.ev.Parent.IsValid() {
+	if r.parent.IsValid() {
 		flags |= flagParent
 	}
-	if e.pubSC.IsValid() {
+	if r.pubSC.IsValid() {
 		flags |= flagPubSC
 	}
-	if e.traced {
+	if r.traced {
 		flags |= flagTraced
 	}
-	if e.dl != nil {
+	if r.dl != nil {
 		flags |= flagDeadLetter
-		if e.ev.MsgID != "" {
+		if e.msgID != "" {
 			flags |= flagMsgID
 		}
 	}
 	buf = append(buf, recordVersion, flags)
-	buf = appendString(buf, e.ev.Type)
+	buf = appendString(buf, e.typ)
 	if flags&flagParent != 0 {
-		buf = appendSpanContext(buf, e.ev.Parent)
+		buf = appendSpanContext(buf, r.parent)
 	}
 	if flags&flagPubSC != 0 {
-		buf = appendSpanContext(buf, e.pubSC)
+		buf = appendSpanContext(buf, r.pubSC)
 	}
 	if flags&flagMsgID != 0 {
-		buf = appendString(buf, e.ev.MsgID)
+		buf = appendString(buf, e.msgID)
 	}
-	if e.dl != nil {
-		buf = appendString(buf, e.dl.Queue)
-		buf = binary.AppendUvarint(buf, e.dl.Seq)
-		buf = binary.AppendUvarint(buf, uint64(e.dl.Deliveries))
-		buf = appendString(buf, e.dl.Reason)
+	if r.dl != nil {
+		buf = appendString(buf, r.dl.Queue)
+		buf = binary.AppendUvarint(buf, r.dl.Seq)
+		buf = binary.AppendUvarint(buf, uint64(r.dl.Deliveries))
+		buf = appendString(buf, r.dl.Reason)
 	}
-	return append(buf, e.ev.Payload...)
+	return append(buf, e.payload...)
 }
 
 func appendString(b []byte, s string) []byte {
@@ -105,26 +106,30 @@ func decodeRecord(data []byte, seq uint64, msgID string, acceptedAt time.Time, d
 	case flags&flagMsgID != 0 && flags&flagDeadLetter == 0:
 		return entry{}, fmt.Errorf("%w: seq %d: a msg id in the data of an event that is no dead letter", errRecord, seq)
 	}
-	e := entry{seq: seq, enqueuedAt: acceptedAt, redeliveries: deliveries, traced: flags&flagTraced != 0}
-	e.ev.Type = d.string()
+	e := entry{seq: seq, enqueuedAt: acceptedAt}
+	r := entryRare{redeliveries: deliveries, traced: flags&flagTraced != 0}
+	e.typ = d.string()
 	if flags&flagParent != 0 {
-		e.ev.Parent = d.spanContext()
+		r.parent = d.spanContext()
 	}
 	if flags&flagPubSC != 0 {
-		e.pubSC = d.spanContext()
+		r.pubSC = d.spanContext()
 	}
-	e.ev.MsgID = msgID
+	e.msgID = msgID
 	if flags&flagMsgID != 0 {
-		e.ev.MsgID = d.string()
+		e.msgID = d.string()
 	}
 	if flags&flagDeadLetter != 0 {
-		e.dl = &DeadLetter{Queue: d.string(), Seq: d.uvarint(), Deliveries: int(d.uvarint()), Reason: d.string()}
+		r.dl = &DeadLetter{Queue: d.string(), Seq: d.uvarint(), Deliveries: int(d.uvarint()), Reason: d.string()}
+	}
+	if !r.empty() {
+		e.rare = &r
 	}
 	if d.err != nil {
 		return entry{}, fmt.Errorf("%w: seq %d: %w", errRecord, seq, d.err)
 	}
 	if len(d.b) > 0 {
-		e.ev.Payload = bytes.Clone(d.b)
+		e.payload = bytes.Clone(d.b)
 	}
 	return e, nil
 }

@@ -21,20 +21,31 @@ func testSpanContext(b byte) trace.SpanContext {
 	return trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid, TraceFlags: trace.FlagsSampled, Remote: true})
 }
 
+// testEntry is an entry of ev as a publish with pubSC (traced or not)
+// stores it, with dl when it is a dead letter.
+func testEntry(t testing.TB, ev Event, pubSC trace.SpanContext, traced bool, dl *DeadLetter) entry {
+	t.Helper()
+	var e entry
+	e.setEvent(&ev, &pubSC, traced)
+	if dl != nil {
+		e.setRare(func(r *entryRare) { r.dl = dl })
+	}
+	return e
+}
+
 func TestRecordRoundTrip(t *testing.T) {
 	at := time.Unix(1700000000, 123).UTC()
 	for _, e := range []entry{
-		{ev: Event{Type: "ORDER_NEW", Payload: json.RawMessage(`{"qty":1}`), MsgID: "m-1"}},
-		{ev: Event{Type: "T", Parent: testSpanContext(1)}, pubSC: testSpanContext(2), traced: true},
-		{ev: Event{Type: "ORDER_NEW", Payload: json.RawMessage(`[]`), MsgID: "m-9", Parent: testSpanContext(3)},
-			pubSC: testSpanContext(4), traced: true,
-			dl: &DeadLetter{Queue: "order", Seq: 1 << 40, Deliveries: 5, Reason: "bad price"}},
+		testEntry(t, Event{Type: "ORDER_NEW", Payload: json.RawMessage(`{"qty":1}`), MsgID: "m-1"}, trace.SpanContext{}, false, nil),
+		testEntry(t, Event{Type: "T", Parent: testSpanContext(1)}, testSpanContext(2), true, nil),
+		testEntry(t, Event{Type: "ORDER_NEW", Payload: json.RawMessage(`[]`), MsgID: "m-9", Parent: testSpanContext(3)},
+			testSpanContext(4), true, &DeadLetter{Queue: "order", Seq: 1 << 40, Deliveries: 5, Reason: "bad price"}),
 	} {
 		data := encodeRecord(nil, &e)
 		// The log keeps the msg id of a publish itself; a dead letter's
 		// travels in the data.
-		logID := e.ev.MsgID
-		if e.dl != nil {
+		logID := e.msgID
+		if e.dl() != nil {
 			logID = ""
 		}
 		got, err := decodeRecord(data, 7, logID, at, 3)
@@ -42,11 +53,12 @@ func TestRecordRoundTrip(t *testing.T) {
 			t.Fatalf("decode %+v: %v", e, err)
 		}
 		want := e
-		want.seq, want.enqueuedAt, want.redeliveries = 7, at, 3
+		want.seq, want.enqueuedAt = 7, at
+		want.setRare(func(r *entryRare) { r.redeliveries = 3 })
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("round trip:\n got %+v\nwant %+v", got, want)
 		}
-		for n := range len(data) - len(e.ev.Payload) {
+		for n := range len(data) - len(e.payload) {
 			if _, err := decodeRecord(data[:n], 7, logID, at, 0); err == nil {
 				t.Fatalf("decoding %d of %d bytes succeeded", n, len(data))
 			}
@@ -55,8 +67,8 @@ func TestRecordRoundTrip(t *testing.T) {
 }
 
 func FuzzDecodeRecord(f *testing.F) {
-	e := entry{ev: Event{Type: "X", Payload: json.RawMessage(`{}`), MsgID: "m"}, pubSC: testSpanContext(1),
-		dl: &DeadLetter{Queue: "q", Seq: 3, Deliveries: 2, Reason: "r"}}
+	e := testEntry(f, Event{Type: "X", Payload: json.RawMessage(`{}`), MsgID: "m"}, testSpanContext(1), false,
+		&DeadLetter{Queue: "q", Seq: 3, Deliveries: 2, Reason: "r"})
 	f.Add(encodeRecord(nil, &e))
 	f.Add([]byte{recordVersion, 0xff, 0x80})
 	f.Fuzz(func(t *testing.T, data []byte) {

@@ -1,36 +1,123 @@
 package bus
 
 import (
+	"encoding/json"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
 )
 
 // entry is one accepted event with what the bus must remember about it.
+// It is a queue's slot, so it holds inline only what every event has;
+// what few events carry (a trace context, a nack, a dead letter's origin)
+// is behind rare, which is nil for the untraced, never-nacked event that
+// fills a busy queue. That keeps the slot at 96 bytes rather than the 256
+// it took with all of it inline, which for a full queue of small events
+// is most of its memory.
 type entry struct {
-	seq          uint64
-	ev           Event
-	enqueuedAt   time.Time
-	redeliveries int
+	seq     uint64
+	typ     string
+	payload json.RawMessage
+	msgID   string
+	// enqueuedAt is a time.Time rather than nanoseconds on some base: the
+	// bus's times carry both the wall clock, refreshed at most a second
+	// old, and the monotonic clock, and no single number gives both back.
+	enqueuedAt time.Time
+	rare       *entryRare
+}
+
+// entryRare is the part of an entry that few events have. It is never
+// changed once an entry points to it, because copies of the entry share
+// it: the in-flight record keeps the entry as delivered (for its deliver
+// span) while the nacked copy goes back to the queue. A change makes a
+// new one (returned).
+type entryRare struct {
+	// parent is the publisher's trace context (Event.Parent).
+	parent trace.SpanContext
 	// pubSC is the publish span's context: the parent of the event's
 	// deliver and drop spans, even after the publish span has ended.
+	// Without tracing it is the publisher's own context.
 	pubSC trace.SpanContext
 	// traced says the publish span was recorded. An event whose publish
 	// span was not (shed under export overload, or not sampled) gets no
 	// deliver span either: it would hang under the publisher's own parent
 	// with no publish span between them, a trace that misleads.
-	traced bool
+	traced       bool
+	redeliveries int
 	// dl is set on an event that came to this queue as a dead letter.
 	dl *DeadLetter
 	// reason is the last nack's reason, carried into a dead letter.
 	reason string
 }
 
+// noRare is what an entry without rare reads.
+var noRare entryRare
+
+// setEvent fills e with ev, its publish span's context and whether that
+// span was recorded; e's other fields are kept. rare is allocated only
+// for an event with a trace context.
+func (e *entry) setEvent(ev *Event, pubSC *trace.SpanContext, traced bool) {
+	e.typ, e.payload, e.msgID = ev.Type, ev.Payload, ev.MsgID
+	e.rare = nil
+	if traced || !zeroSpanContext(&ev.Parent) || !zeroSpanContext(pubSC) {
+		e.rare = &entryRare{parent: ev.Parent, pubSC: *pubSC, traced: traced}
+	}
+}
+
+// zeroSpanContext reports whether sc is the zero SpanContext, which an
+// entry need not keep.
+func zeroSpanContext(sc *trace.SpanContext) bool {
+	return !sc.HasTraceID() && !sc.HasSpanID() && sc.TraceFlags() == 0 && !sc.IsRemote() && sc.TraceState().Len() == 0
+}
+
+// empty reports whether r holds nothing, so that an entry need not point
+// to it.
+func (r *entryRare) empty() bool {
+	return !r.traced && r.redeliveries == 0 && r.dl == nil && r.reason == "" &&
+		zeroSpanContext(&r.parent) && zeroSpanContext(&r.pubSC)
+}
+
+// r is e's rare part, the zero one if it has none.
+func (e *entry) r() *entryRare {
+	if e.rare == nil {
+		return &noRare
+	}
+	return e.rare
+}
+
+// event is the published event.
+func (e *entry) event() Event {
+	return Event{Type: e.typ, Payload: e.payload, Parent: e.r().parent, MsgID: e.msgID}
+}
+
+func (e *entry) pubSC() trace.SpanContext { return e.r().pubSC }
+func (e *entry) traced() bool             { return e.r().traced }
+func (e *entry) redeliveries() int        { return e.r().redeliveries }
+func (e *entry) dl() *DeadLetter          { return e.r().dl }
+func (e *entry) reason() string           { return e.r().reason }
+
+// setRare gives e a new rare part: e's own, changed by change. The old one
+// may be shared with copies of e, which keep it as it was.
+func (e *entry) setRare(change func(r *entryRare)) {
+	r := *e.r()
+	change(&r)
+	e.rare = &r
+}
+
+// returned counts a delivery of e that came back (nacked or abandoned),
+// with the reason the consumer gave, if any.
+func (e *entry) returned(reason string) {
+	e.setRare(func(r *entryRare) {
+		r.redeliveries++
+		r.reason = reason
+	})
+}
+
 // store holds the events waiting in one queue, oldest (lowest seq) first.
 // The bus calls it only under the queue's lock, so an implementation needs
 // no locking of its own. Durable queues keep their events in a write-ahead
-// log next to the same in-memory ring, so ring is the one implementation,
-// and the queue holds it by its concrete type (see below); the interface
+// log next to the same in-memory fifo, so fifo is the one implementation,
+// and the queue holds it by its concrete type (see fifo); the interface
 // states the contract.
 type store interface {
 	// Len is the number of waiting events.
@@ -43,86 +130,4 @@ type store interface {
 	// It goes before every waiting event with a higher seq, so returned
 	// events keep their original order at the head of the queue.
 	Requeue(e entry)
-}
-
-// ring is the in-memory store: a growable circular buffer of entries kept
-// by value, so the steady state allocates nothing per event. It starts
-// empty and doubles when full, so that it holds slots (256 bytes each) for
-// the most events its queue has held at once rather than for its capacity:
-// a queue sized for bursts costs nothing while idle, and one whose events
-// pass a few at a time does not touch a slot per unit of capacity as its
-// head goes round.
-type ring struct {
-	buf  []entry // len(buf) is zero or a power of two
-	head int
-	n    int
-}
-
-// minRing is the size of a ring's first buffer.
-const minRing = 8
-
-// The queue holds its ring by its concrete type, so that the per-event
-// calls inline and a publish can fill its slot in place.
-var _ store = (*ring)(nil)
-
-func newRing() *ring { return &ring{} }
-
-func (r *ring) Len() int { return r.n }
-
-func (r *ring) mask(i int) int { return i & (len(r.buf) - 1) }
-
-func (r *ring) grow() {
-	nb := make([]entry, max(len(r.buf)*2, minRing))
-	for i := 0; i < r.n; i++ {
-		nb[i] = r.buf[r.mask(r.head+i)]
-	}
-	r.buf, r.head = nb, 0
-}
-
-func (r *ring) Push(e entry) { *r.pushSlot() = e }
-
-// pushSlot appends a zero entry and returns it, for the caller to fill in
-// place: a publish writes its fields straight into the ring instead of
-// building an entry to copy there.
-func (r *ring) pushSlot() *entry {
-	if r.n == len(r.buf) {
-		r.grow()
-	}
-	e := &r.buf[r.mask(r.head+r.n)] // zero: Pop clears what it takes
-	r.n++
-	return e
-}
-
-func (r *ring) Pop() entry {
-	e := *r.oldest()
-	r.dropHead()
-	return e
-}
-
-// oldest is the oldest event's slot, for a caller that copies it out itself
-// before dropHead. Len must be > 0.
-func (r *ring) oldest() *entry { return &r.buf[r.head] }
-
-// dropHead removes the oldest event. Len must be > 0.
-func (r *ring) dropHead() {
-	r.buf[r.head] = entry{} // release the payload for the GC
-	r.head = r.mask(r.head + 1)
-	r.n--
-}
-
-func (r *ring) Requeue(e entry) {
-	if r.n == len(r.buf) {
-		r.grow()
-	}
-	// k = number of waiting events that must stay ahead of e.
-	k := 0
-	for k < r.n && r.buf[r.mask(r.head+k)].seq < e.seq {
-		k++
-	}
-	r.head = r.mask(r.head - 1 + len(r.buf))
-	for i := 0; i < k; i++ {
-		r.buf[r.mask(r.head+i)] = r.buf[r.mask(r.head+i+1)]
-	}
-	r.buf[r.mask(r.head+k)] = e
-	r.n++
 }

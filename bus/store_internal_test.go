@@ -7,106 +7,166 @@ import (
 	"testing"
 )
 
-// FuzzRingMatchesModel drives the ring with random pushes, pops and
-// requeues and compares it with a sorted slice: the queue must always hold
-// its events in seq order, whatever comes back and whenever it grows.
-func FuzzRingMatchesModel(f *testing.F) {
-	f.Add([]byte{0, 0, 0, 1, 2, 1, 2, 0})
-	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2})
-	f.Fuzz(func(t *testing.T, ops []byte) {
-		r := newRing()
-		var model []uint64 // waiting seqs
-		var out []uint64   // popped, not yet requeued
-		next := uint64(0)
-		for _, op := range ops {
-			switch op % 3 {
-			case 0:
-				next++
-				r.Push(entry{seq: next})
-				model = append(model, next)
-			case 1:
-				if r.Len() == 0 {
-					continue
-				}
-				e := r.Pop()
-				if e.seq != model[0] {
-					t.Fatalf("Pop = %d, want %d", e.seq, model[0])
-				}
-				model = model[1:]
-				out = append(out, e.seq)
-			case 2:
-				if len(out) == 0 {
-					continue
-				}
-				i := int(op/3) % len(out)
-				seq := out[i]
-				out = slices.Delete(out, i, i+1)
-				r.Requeue(entry{seq: seq})
-				model = append(model, seq)
-				slices.Sort(model)
+// checkFIFOOps drives a fifo with pushes, pops and requeues coded in ops
+// and compares it with a sorted slice: the queue must always hold its
+// events in seq order, whatever comes back and whichever blocks they sit
+// in.
+func checkFIFOOps(t *testing.T, ops []byte) {
+	t.Helper()
+	f := newFIFO()
+	var model []uint64 // waiting seqs
+	var out []uint64   // popped, not yet requeued
+	next := uint64(0)
+	for _, op := range ops {
+		switch op % 3 {
+		case 0:
+			next++
+			f.Push(entry{seq: next})
+			model = append(model, next)
+		case 1:
+			if f.Len() == 0 {
+				continue
 			}
-			if r.Len() != len(model) {
-				t.Fatalf("Len = %d, want %d", r.Len(), len(model))
+			e := f.Pop()
+			if e.seq != model[0] {
+				t.Fatalf("Pop = %d, want %d", e.seq, model[0])
 			}
+			model = model[1:]
+			out = append(out, e.seq)
+		case 2:
+			if len(out) == 0 {
+				continue
+			}
+			i := int(op/3) % len(out)
+			seq := out[i]
+			out = slices.Delete(out, i, i+1)
+			f.Requeue(entry{seq: seq})
+			model = append(model, seq)
+			slices.Sort(model)
 		}
-		for _, want := range model {
-			if got := r.Pop().seq; got != want {
-				t.Fatalf("drain: %d, want %d", got, want)
-			}
+		if f.Len() != len(model) {
+			t.Fatalf("Len = %d, want %d", f.Len(), len(model))
 		}
-	})
+	}
+	for _, want := range model {
+		if got := f.Pop().seq; got != want {
+			t.Fatalf("drain: %d, want %d", got, want)
+		}
+	}
 }
 
-// TestRingHoldsSlotsForItsDepth checks that a ring's buffer follows the
-// most events it has held at once, not its queue's capacity: an idle queue,
-// or one whose events pass a few at a time, keeps a small buffer however
-// many events have gone through it.
-func TestRingHoldsSlotsForItsDepth(t *testing.T) {
+// repeat is n copies of op.
+func repeat(op byte, n int) []byte { return slices.Repeat([]byte{op}, n) }
+
+// TestFIFOKeepsSeqOrder runs the model check over sequences that take the
+// fifo across block boundaries: pops that empty a block, requeues that need
+// a block before the head, requeues between waiting events of two blocks.
+func TestFIFOKeepsSeqOrder(t *testing.T) {
+	tests := []struct {
+		name string
+		ops  []byte
+	}{
+		{"push and pop one block and a bit", slices.Concat(repeat(0, fifoSlots+1), repeat(1, fifoSlots+1))},
+		{"requeue before a full head block", slices.Concat(repeat(0, 2), repeat(1, 2), repeat(0, fifoSlots), repeat(2, 2))},
+		{"requeue the newest behind older waiting events", slices.Concat(repeat(0, 3*fifoSlots), repeat(1, fifoSlots+5),
+			repeat(5, fifoSlots+5), repeat(1, 7), repeat(2, 7))},
+		{"pop everything requeued across blocks", slices.Concat(repeat(0, 2*fifoSlots), repeat(1, 2*fifoSlots),
+			repeat(2, 2*fifoSlots), repeat(1, 2*fifoSlots), repeat(0, 3))},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { checkFIFOOps(t, tt.ops) })
+	}
+}
+
+// FuzzFIFOMatchesModel is the model check over random operations.
+func FuzzFIFOMatchesModel(f *testing.F) {
+	f.Add([]byte{0, 0, 0, 1, 2, 1, 2, 0})
+	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2})
+	f.Add(slices.Concat(repeat(0, fifoSlots+3), repeat(1, fifoSlots), repeat(2, 5), repeat(8, 9)))
+	f.Fuzz(checkFIFOOps)
+}
+
+// blocks is the number of blocks f holds, its spares included.
+func (f *fifo) blocks() int {
+	n := 0
+	for b := f.head; b != nil; b = b.next {
+		n++
+	}
+	for b := f.spare; b != nil; b = b.next {
+		n++
+	}
+	return n
+}
+
+// TestFIFOHoldsBlocksForItsDepth checks that a fifo's blocks follow the
+// most events it holds at once, not its queue's capacity: an idle queue,
+// or one whose events pass a few at a time, keeps a block or two however
+// many events have gone through it, one whose depth goes up and down by
+// a prefetch or a default queue's capacity keeps the blocks for it, and
+// one that filled past that gives all but maxSpareBlocks of its blocks
+// back as it drains.
+func TestFIFOHoldsBlocksForItsDepth(t *testing.T) {
+	// spanned is the most blocks that rounds of depth events span: a round
+	// starts in the block where the last one ended, where it ended.
+	spanned := func(depth, rounds int) int {
+		most := 0
+		for r := range rounds {
+			most = max(most, (r*depth%fifoSlots+depth+fifoSlots-1)/fifoSlots)
+		}
+		return most
+	}
 	tests := []struct {
 		name          string
 		depth, rounds int
-		wantSlots     int
+		wantPeak      int // blocks held at the fullest
+		wantAfter     int // blocks held once drained
 	}{
-		{"never used", 0, 0, 0},
-		{"one at a time", 1, 5000, minRing},
-		{"eight at a time", 8, 1000, 8},
-		{"nine at a time", 9, 1000, 16},
-		{"a full data queue", 1000, 2, 1024},
+		{"never used", 0, 0, 0, 0},
+		{"one at a time", 1, 5000, 1, 1},
+		{"a block at a time", fifoSlots, 100, 1, 1},
+		{"a block and one at a time", fifoSlots + 1, 100, 2, 2},
+		{"a prefetch at a time", 256, 100, spanned(256, 100), spanned(256, 100)},
+		{"a full data queue", 1000, 2, spanned(1000, 2), spanned(1000, 2)},
+		{"a burst past the spares", 3000, 2, spanned(3000, 2), 1 + maxSpareBlocks},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := newRing()
-			seq := uint64(0)
+			f := newFIFO()
+			seq, peak := uint64(0), 0
 			for range tt.rounds {
 				for range tt.depth {
 					seq++
-					r.Push(entry{seq: seq})
+					f.Push(entry{seq: seq})
 				}
+				peak = max(peak, f.blocks())
 				for range tt.depth {
-					r.Pop()
+					f.Pop()
 				}
 			}
-			if got := len(r.buf); got != tt.wantSlots {
-				t.Errorf("after %d rounds of %d events: %d slots, want %d", tt.rounds, tt.depth, got, tt.wantSlots)
+			if peak != tt.wantPeak {
+				t.Errorf("%d rounds of %d events: at most %d blocks, want %d", tt.rounds, tt.depth, peak, tt.wantPeak)
+			}
+			if got := f.blocks(); got != tt.wantAfter {
+				t.Errorf("%d rounds of %d events: %d blocks once drained, want %d", tt.rounds, tt.depth, got, tt.wantAfter)
 			}
 		})
 	}
 }
 
-// TestIdleQueuesHoldNoSlots checks the same through the bus: a new bus
-// holds no ring slots for its queues, and events published and acked one
-// at a time keep the ring at its smallest size.
-func TestIdleQueuesHoldNoSlots(t *testing.T) {
+// TestIdleQueuesHoldNoBlocks checks the same through the bus: a new bus
+// holds no blocks for its queues, and events published and acked one at a
+// time keep one block.
+func TestIdleQueuesHoldNoBlocks(t *testing.T) {
 	b := newInternalBus(t, DefaultQueues())
-	slots := func(name string) int {
+	blocks := func(name string) int {
 		q := b.byName[name]
 		q.mu.Lock()
 		defer q.mu.Unlock()
-		return len(q.store.buf)
+		return q.store.blocks()
 	}
 	for _, name := range b.Queues() {
-		if n := slots(name); n != 0 {
-			t.Errorf("queue %s holds %d slots before its first event, want 0", name, n)
+		if n := blocks(name); n != 0 {
+			t.Errorf("queue %s holds %d blocks before its first event, want 0", name, n)
 		}
 	}
 	c, err := b.Subscribe("data", 1)
@@ -127,7 +187,7 @@ func TestIdleQueuesHoldNoSlots(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n := slots("data"); n != minRing {
-		t.Errorf("data holds %d slots after events passed one at a time, want %d", n, minRing)
+	if n := blocks("data"); n != 1 {
+		t.Errorf("data holds %d blocks after events passed one at a time, want 1", n)
 	}
 }

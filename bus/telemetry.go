@@ -275,7 +275,7 @@ func (t *telemetry) dropSpan(q *queue, parent trace.SpanContext, reason DropReas
 // startDeliver starts the deliver span at hand-over, under the event's
 // publish span. Its attributes are set when it ends (endDeliver).
 func (t *telemetry) startDeliver(q *queue, e *entry, at time.Time) trace.Span {
-	ctx := trace.ContextWithSpanContext(context.Background(), e.pubSC)
+	ctx := trace.ContextWithSpanContext(context.Background(), e.pubSC())
 	_, span := t.tracer.Start(ctx, q.tel.deliverName, t.startOpts(q.tel.deliverStart, at)...)
 	return span
 }
@@ -291,9 +291,9 @@ func (t *telemetry) endDeliver(q *queue, f *flight, result string, at time.Time)
 		var kvs [9]attribute.KeyValue
 		n := copy(kvs[:], q.tel.deliverAttrs[:])
 		kvs[n] = AttrMessageID.String(strconv.FormatUint(f.e.seq, 10))
-		kvs[n+1] = AttrEventType.String(f.e.ev.Type)
+		kvs[n+1] = AttrEventType.String(f.e.typ)
 		kvs[n+2] = AttrTimeInQueue.Float64(f.deliveredAt.Sub(f.e.enqueuedAt).Seconds())
-		kvs[n+3] = AttrRedeliveryCount.Int(f.e.redeliveries)
+		kvs[n+3] = AttrRedeliveryCount.Int(f.e.redeliveries())
 		kvs[n+4] = AttrDeliveryResult.String(result)
 		span.SetAttributes(kvs[:n+5]...)
 	}
@@ -303,11 +303,11 @@ func (t *telemetry) endDeliver(q *queue, f *flight, result string, at time.Time)
 // deadLetterSpan records a move to the dead-letter queue as an instant
 // span under the event's publish span, named for the queue it left.
 func (t *telemetry) deadLetterSpan(q *queue, e *entry, dl *DeadLetter, at time.Time) {
-	ctx := trace.ContextWithSpanContext(context.Background(), e.pubSC)
+	ctx := trace.ContextWithSpanContext(context.Background(), e.pubSC())
 	_, span := t.tracer.Start(ctx, q.tel.deadLetterName, t.startOpts(q.tel.childStart, at)...)
 	if span.IsRecording() {
 		span.SetAttributes(AttrMessageID.String(strconv.FormatUint(e.seq, 10)),
-			AttrEventType.String(e.ev.Type),
+			AttrEventType.String(e.typ),
 			AttrDeadLetterQueue.String(q.deadLetter.name),
 			AttrDeliveryCount.Int(dl.Deliveries))
 		if dl.Reason != "" {

@@ -38,16 +38,7 @@ OPEN_SECONDS="${PERF_OPEN_SECONDS:-10}"
 source "${ROOT}/e2e/perf_lib.sh"
 perf_init durable-perf
 
-WORK="$(mktemp -d /tmp/durperf.XXXXXX)"
-PID=""
-cleanup() {
-	if [[ -n "${PID}" ]] && kill -0 "${PID}" 2>/dev/null; then
-		kill -TERM "${PID}" 2>/dev/null || true
-		for _ in $(seq 100); do kill -0 "${PID}" 2>/dev/null || break; sleep 0.1; done
-	fi
-	rm -rf "${WORK}"
-}
-trap cleanup EXIT
+perf_workdir durperf
 
 BINS="$(sidecar_bins "${ROOT}" "${WORK}")"
 read -r -a BUILDS <<<"${BINS}"
@@ -62,22 +53,11 @@ EOF
 
 
 start_sidecar() {
-	local sock="$1" data="$2" i
+	local sock="$1" data="$2"
 	"${BIN}" serve --socket "${sock}" --data-dir "${data}" --config "${WORK}/config.yaml" \
 		--admin-addr off --telemetry-disabled --log-level warn >>"${WORK}/sidecar.log" 2>&1 &
 	PID=$!
-	for ((i = 0; i < 100; i++)); do
-		[[ -S "${sock}" ]] && return 0
-		kill -0 "${PID}" 2>/dev/null || die "the sidecar exited: $(tail -5 "${WORK}/sidecar.log")"
-		sleep 0.1
-	done
-	die "the sidecar did not open ${sock}"
-}
-
-stop_sidecar() {
-	kill -TERM "${PID}"
-	wait "${PID}" || true
-	PID=""
+	wait_for_socket "${sock}" "${WORK}/sidecar.log"
 }
 
 # run ROUND QUEUE MODE LOAD_ARGS...: one load run; appends a JSON line to
@@ -105,14 +85,9 @@ echo "durable-perf: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), load average $(cut -d' 
 for ((r = 1; r <= ROUNDS; r++)); do
 	# Every other round in reverse, so that no build always runs after
 	# another on a disk still busy with its writes.
-	order=("${BUILDS[@]}")
-	if ((r % 2 == 0)); then
-		order=()
-		for ((i = ${#BUILDS[@]} - 1; i >= 0; i--)); do order+=("${BUILDS[i]}"); done
-	fi
-	for b in "${order[@]}"; do
-		BIN="${b#*=}" BUILD="build"
-		[[ "${b}" == *=* ]] && BUILD="${b%%=*}"
+	build_order "${r}"
+	for b in "${ORDER[@]}"; do
+		use_build "${b}"
 		SOCK="${WORK}/s${r}-${BUILD}.sock"
 		start_sidecar "${SOCK}" "${WORK}/data${r}-${BUILD}"
 		queues=(order_mem order)

@@ -28,3 +28,62 @@ sidecar_bins() {
 
 # cpu_ticks PID: utime + stime of PID in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# perf_workdir PREFIX: WORK, a new temporary directory, and PID, the
+# sidecar a script runs (none yet); on exit the sidecar is stopped if it
+# still runs and WORK removed.
+perf_workdir() {
+	WORK="$(mktemp -d "/tmp/$1.XXXXXX")"
+	PID=""
+	trap perf_cleanup EXIT
+}
+
+perf_cleanup() {
+	if [[ -n "${PID}" ]] && kill -0 "${PID}" 2>/dev/null; then
+		kill -TERM "${PID}" 2>/dev/null || true
+		for _ in $(seq 100); do kill -0 "${PID}" 2>/dev/null || break; sleep 0.1; done
+	fi
+	rm -rf "${WORK}"
+}
+
+# wait_for_socket SOCK LOG: waits up to 10 s for the sidecar in PID to
+# open SOCK; dies with the end of its LOG if it exits first.
+wait_for_socket() {
+	local i
+	for ((i = 0; i < 100; i++)); do
+		[[ -S "$1" ]] && return 0
+		kill -0 "${PID}" 2>/dev/null || die "the sidecar exited: $(tail -5 "$2")"
+		sleep 0.1
+	done
+	die "the sidecar did not open $1"
+}
+
+# stop_sidecar: stops the sidecar in PID and waits for it to exit.
+stop_sidecar() {
+	kill -TERM "${PID}"
+	wait "${PID}" || true
+	PID=""
+}
+
+# JQ_STATS: jq definitions for a summary: median, and r2 (two decimals).
+JQ_STATS='def median: sort | if length == 0 then null elif length % 2 == 1 then .[length/2|floor] else (.[length/2-1] + .[length/2]) / 2 end;
+def r2: . * 100 | round / 100;'
+
+# build_order ROUND: ORDER, the builds of BUILDS (NAME=PATH) in the order
+# ROUND runs them: reversed every other round, so that no build always
+# runs after another.
+build_order() {
+	local i
+	ORDER=("${BUILDS[@]}")
+	if (($1 % 2 == 0)); then
+		ORDER=()
+		for ((i = ${#BUILDS[@]} - 1; i >= 0; i--)); do ORDER+=("${BUILDS[i]}"); done
+	fi
+}
+
+# use_build NAME=PATH: BIN, the binary, and BUILD, its name ("build" for
+# a bare PATH).
+use_build() {
+	BIN="${1#*=}" BUILD="build"
+	if [[ "$1" == *=* ]]; then BUILD="${1%%=*}"; fi
+}
