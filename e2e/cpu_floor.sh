@@ -87,10 +87,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 echo "cpu-floor: done $(date -u '+%H:%M:%S UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
-jq -rs '
-def median: sort | if length == 0 then null elif length % 2 == 1 then .[length/2|floor] else (.[length/2-1] + .[length/2]) / 2 end;
+jq -rs "${JQ_STATS}"'
 def r1: . * 10 | round / 10;
-def r2: . * 100 | round / 100;
 (map(select(.server == "floor")) | map(.cpu_us_per_event) | median) as $floor
 | ["sidecar", "ceiling", "floor"][] as $s
 | map(select(.server == $s)) as $runs

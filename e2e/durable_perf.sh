@@ -106,9 +106,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 echo "durable-perf: done $(date -u '+%H:%M:%S UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
-jq -rs --arg rate "rate${RATE}" '
-def median: sort | if length == 0 then null elif length % 2 == 1 then .[length/2|floor] else (.[length/2-1] + .[length/2]) / 2 end;
-def r2: . * 100 | round / 100;
+jq -rs --arg rate "rate${RATE}" "${JQ_STATS}"'
 def med(f): map(f) | median;
 . as $all
 | ($all | map(select(.mode == "fdatasync"))) as $fs
