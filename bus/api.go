@@ -145,6 +145,15 @@ const DefaultDedupeWindow = 2 * time.Minute
 // 5,000 a second; the whole window on an order queue's usual rates).
 const MaxDedupeIDs = wal.MaxMsgIDs
 
+// EventOverhead is what a memory budget charges for a queued event
+// besides its payload, type and msg id: at most what the bus holds for
+// it. That is the event's 96-byte slot, 97.5 bytes with its share of the
+// 4 KiB block that holds 42 of them, and for an event that carries a
+// trace context or came back from a consumer, the 176 bytes beside the
+// slot that keep its span contexts and redelivery count: 274 in all, and
+// a little room for the spare blocks a queue keeps.
+const EventOverhead = 288
+
 // MaxMsgIDBytes bounds a publish's MsgID.
 const MaxMsgIDBytes = 256
 

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
 )
 
 // The budget's shares of MaxBufferedBytes. Publish payloads (waiting and
@@ -24,9 +26,6 @@ const (
 	lightBytes     = minReadBuffer + 2<<10
 	connWaitDiv    = 16
 	replyAllowance = 256
-	// eventOverhead approximates what the bus holds per queued event
-	// besides its payload and type: the entry, its span context and times.
-	eventOverhead = 128
 )
 
 // errPeerGone: the client closed its end while its reader was parked.
@@ -411,7 +410,8 @@ func (b *budget) Held() int64 { return b.held.Load() }
 
 func (b *budget) connHeld(c *conn) int64 { return c.held.Load() }
 
-// eventCost approximates what an accepted event holds in the bus.
-func eventCost(payload int, typ string) int64 {
-	return int64(payload + len(typ) + eventOverhead)
+// eventCost is what an accepted event holds in the bus, its msg id in the
+// dedupe window aside (the memory bound counts that per queue).
+func eventCost(payload int, typ, msgID string) int64 {
+	return int64(payload+len(typ)+len(msgID)) + bus.EventOverhead
 }

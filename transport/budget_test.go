@@ -246,7 +246,7 @@ func TestWaitingPublishesBoundedPerConnection(t *testing.T) {
 	sc.waits.mu.Lock()
 	waiting, waitingBytes := sc.waits.n, sc.waits.bytes
 	sc.waits.mu.Unlock()
-	cost := eventCost(payload+2, "ORDER_PLACED")
+	cost := eventCost(payload+2, "ORDER_PLACED", "")
 	if waitingBytes > share+cost {
 		t.Errorf("%d bytes of publishes wait; the share is %d", waitingBytes, share)
 	}

@@ -464,7 +464,7 @@ func (c *conn) publish(req *protocol.Request) {
 	// The event's bytes and its reply are reserved before the event is
 	// taken: held for the client while it waits, then for the queue until
 	// it is acked.
-	cost := eventCost(len(req.Payload), req.Type)
+	cost := eventCost(len(req.Payload), req.Type, req.MsgID)
 	if err := c.s.budget.reserve(c.ctx, c, cost+replyAllowance, cost, 0, c.budgetWait); err != nil {
 		if errors.Is(err, errPeerGone) {
 			c.kill(CloseClientGone, false)
@@ -1067,7 +1067,7 @@ func (s *subscription) pump() {
 			return
 		}
 		s.mu.Lock()
-		grown := s.costs.put(d.Seq, eventCost(len(d.Event.Payload), d.Event.Type))
+		grown := s.costs.put(d.Seq, eventCost(len(d.Event.Payload), d.Event.Type, d.Event.MsgID))
 		s.mu.Unlock()
 		if grown {
 			c.bookGrown.Store(true)
