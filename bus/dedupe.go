@@ -14,12 +14,12 @@ import (
 // accept order (which is time order on one clock), so that expired ones
 // are found at its head without a scan and the oldest is forgotten first;
 // slots is an open-addressing hash table of positions in the ring, for
-// the lookup. The ring is a chain of fixed-size blocks, as a queue's fifo
+// the lookup. The ring is kept in fixed-size blocks, as a queue's fifo
 // is: it grows by a block and copies nothing, so that a window that fills
-// leaves no outgrown ring behind for the collector (a doubling ring left
-// as many bytes of garbage as it ended up holding), and it gives back the
-// blocks its head leaves. The table still doubles, up to its bound. A
-// queue that never sees a msg id allocates neither.
+// leaves no outgrown ring behind for the collector (a ring that doubled
+// would leave as many bytes of garbage as it ends up holding), and it
+// gives back the blocks its head leaves. The table doubles, up to its
+// bound. A queue that never sees a msg id allocates neither.
 type dedupe struct {
 	window time.Duration
 	seed   maphash.Seed
