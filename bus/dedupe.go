@@ -9,24 +9,48 @@ import (
 // most MaxDedupeIDs of them. Guarded by the queue's lock.
 //
 // Every publish with a msg id looks it up and adds it, so the window is
-// kept in two flat arrays that a busy queue reuses rather than a map that
-// grows, rehashes and leaves deleted slots behind: ring holds the ids in
+// kept in flat arrays that a busy queue reuses rather than a map that
+// grows, rehashes and leaves deleted slots behind: a ring holds the ids in
 // accept order (which is time order on one clock), so that expired ones
 // are found at its head without a scan and the oldest is forgotten first;
-// slots is an open-addressing hash table of indexes into ring, for the
-// lookup. Both grow by doubling while the window fills, up to their bound;
-// a queue that never sees a msg id allocates neither.
+// slots is an open-addressing hash table of positions in the ring, for
+// the lookup. The ring is kept in fixed-size blocks, as a queue's fifo
+// is: it grows by a block and copies nothing, so that a window that fills
+// leaves no outgrown ring behind for the collector (a ring that doubled
+// would leave as many bytes of garbage as it ends up holding), and it
+// gives back the blocks its head leaves. The table doubles, up to its
+// bound. A queue that never sees a msg id allocates neither.
 type dedupe struct {
 	window time.Duration
 	seed   maphash.Seed
-	ring   []dedupeEntry
-	head   int // ring index of the oldest entry
-	n      int // entries in ring, forgotten ones included
+	// blocks is the ring: the entry at position p is entry p%dedupeBlockLen
+	// of block p/dedupeBlockLen, which blocks holds at that block number
+	// modulo its length, a power of two at least the number of blocks the
+	// entries span. Positions count the adds in a uint32 that wraps around,
+	// which a power of two of blocks divides, so a block keeps its place
+	// across the wrap; an entry keeps its position while it is in the
+	// ring, which is what the table refers to it by. A block the head has
+	// left is nil.
+	blocks    []*dedupeBlock
+	blockMask uint32 // len(blocks)-1
+	// headBlock and tailBlock are the blocks of the oldest entry and of
+	// the newest, kept beside blocks for the reads and writes of every
+	// publish at the ring's two ends. headBlock is nil while no entry has
+	// gone to the head's position, tailBlock once the head has left the
+	// newest entry's block.
+	headBlock, tailBlock *dedupeBlock
+	// spare is the last block the head left, kept for the tail's next
+	// one: at a steady rate the head leaves a block about as often as the
+	// tail needs one, so that a busy window allocates nothing.
+	spare *dedupeBlock
+	head  uint32 // position of the oldest entry
+	n     int    // entries in the ring, forgotten ones included
 	// slots holds, for each remembered id, the high half of its hash
-	// (which also places it) above its ring index+1; 0 is empty. Linear
-	// probing, at most a quarter full, so that probes and the moves of a
-	// deletion stay short: a probe compares hashes here and reads the
-	// ring only on a match. At the bound that is 1 MiB, the ring 1.5 MiB.
+	// (which also places it) above its position (see slotOf); 0 is empty.
+	// Linear probing, at most a quarter full, so that probes and the
+	// moves of a deletion stay short: a probe compares hashes here and
+	// reads the ring only on a match. At the bound that is 1 MiB, the
+	// ring 1.5 MiB.
 	slots []uint64
 	// lastID and lastHash are the last id looked up and its hash: a
 	// publish looks its id up, then adds it.
@@ -64,11 +88,25 @@ type msgIDRec struct {
 }
 
 const (
-	// minDedupeRing is the ring's first size.
-	minDedupeRing = 64
-	// slotsPerEntry is the table's size against the ring's, at least.
+	// dedupeBlockLen is the number of entries in a block of the ring: a
+	// power of two, so that a position splits into block and entry with a
+	// shift and a mask, and 3 KiB of them, a size class of the allocator.
+	// The default queues' windows fill 16, 2 and 1 of them (1000, 100 and
+	// 50 ids), the bound 512.
+	dedupeBlockLen = 64
+	// minDedupeBlocks is the block list's first length.
+	minDedupeBlocks = 4
+	// slotsPerEntry is the table's size against the entries in the ring,
+	// at least.
 	slotsPerEntry = 4
+	// minDedupeSlots is the table's first size.
+	minDedupeSlots = slotsPerEntry * dedupeBlockLen
+	// slotUsed is set in every slot that holds an id, so that one is never
+	// 0, whatever its hash and position (see slotOf).
+	slotUsed = 1 << 31
 )
+
+type dedupeBlock [dedupeBlockLen]dedupeEntry
 
 func newDedupe(window time.Duration) dedupe {
 	return dedupe{window: window, seed: maphash.MakeSeed()}
@@ -117,29 +155,37 @@ func (d *dedupe) hash(id string) uint64 {
 
 // entry is the ring entry that slot refers to.
 func (d *dedupe) entry(slot int) *dedupeEntry {
-	return &d.ring[uint32(d.slots[slot])-1]
+	return d.at(uint32(d.slots[slot]))
 }
 
-// slotTag is the part of a slot that comes from the hash h.
-func slotTag(h uint64) uint64 { return h &^ (1<<32 - 1) }
+// at is the ring entry at position pos, which must be in a block the ring
+// holds.
+func (d *dedupe) at(pos uint32) *dedupeEntry {
+	return &d.blocks[pos/dedupeBlockLen&d.blockMask][pos%dedupeBlockLen]
+}
+
+// slotOf is the slot of the entry at position pos whose id hashes to h.
+// slotUsed takes the place of the position's top bit: the other 31 tell
+// it from every other position in the ring, which spans at most
+// MaxDedupeIDs of them, and at reads fewer still.
+func slotOf(h uint64, pos uint32) uint64 { return h&^(1<<32-1) | uint64(pos|slotUsed) }
 
 // add records id as accepted at at with seq (commit: still being stored),
 // forgetting the oldest ids past MaxDedupeIDs.
 func (d *dedupe) add(id string, seq uint64, at time.Time, commit *Pending) {
-	if d.n == len(d.ring) {
-		if len(d.ring) < MaxDedupeIDs {
-			d.grow()
-		} else {
-			d.dropOldest()
-		}
+	if d.n == MaxDedupeIDs {
+		d.dropOldest()
+	}
+	if slotsPerEntry*(d.n+1) > len(d.slots) {
+		d.growTable()
 	}
 	h := d.hash(id)
-	tail := d.head + d.n
-	if tail >= len(d.ring) {
-		tail -= len(d.ring)
+	tail := d.head + uint32(d.n)
+	if tail%dedupeBlockLen == 0 {
+		d.addBlock(tail)
 	}
 	ns, mono := d.stamp(at)
-	d.ring[tail] = dedupeEntry{id: id, hashHi: uint32(h >> 32), seq: seq, at: ns, mono: mono, commit: commit}
+	d.tailBlock[tail%dedupeBlockLen] = dedupeEntry{id: id, hashHi: uint32(h >> 32), seq: seq, at: ns, mono: mono, commit: commit}
 	d.n++
 	slot, ok := d.find(id, h)
 	if ok {
@@ -148,30 +194,31 @@ func (d *dedupe) add(id string, seq uint64, at time.Time, commit *Pending) {
 		old := d.entry(slot)
 		old.id, old.commit = "", nil
 	}
-	d.slots[slot] = slotTag(h) | uint64(tail+1)
+	d.slots[slot] = slotOf(h, tail)
 }
 
 // find returns the slot that holds id (ok) or, if none does, the empty
 // slot where id goes.
 func (d *dedupe) find(id string, h uint64) (slot int, ok bool) {
 	mask := len(d.slots) - 1
-	tag := slotTag(h)
 	for i := int(h>>32) & mask; ; i = (i + 1) & mask {
 		s := d.slots[i]
 		if s == 0 {
 			return i, false
 		}
-		if slotTag(s) == tag && d.ring[uint32(s)-1].id == id {
+		// The same high half of the hash, compared so that find
+		// stays small enough to inline into lookup and add.
+		if (s^h)>>32 == 0 && d.at(uint32(s)).id == id {
 			return i, true
 		}
 	}
 }
 
-// findIndex returns the slot that refers to ring index i, whose id hashes
+// findIndex returns the slot that refers to position pos, whose id hashes
 // to h, if one does.
-func (d *dedupe) findIndex(i int, h uint64) (slot int, ok bool) {
+func (d *dedupe) findIndex(pos uint32, h uint64) (slot int, ok bool) {
 	mask := len(d.slots) - 1
-	want := slotTag(h) | uint64(i+1)
+	want := slotOf(h, pos)
 	for j := int(h>>32) & mask; ; j = (j + 1) & mask {
 		switch d.slots[j] {
 		case 0:
@@ -182,34 +229,55 @@ func (d *dedupe) findIndex(i int, h uint64) (slot int, ok bool) {
 	}
 }
 
-// grow doubles the ring, up to MaxDedupeIDs, and rebuilds the table for
-// it. Called when the ring is full.
-func (d *dedupe) grow() {
-	ring := make([]dedupeEntry, min(max(2*len(d.ring), minDedupeRing), MaxDedupeIDs))
-	for i := range d.n {
-		j := d.head + i
-		if j >= len(d.ring) {
-			j -= len(d.ring)
-		}
-		ring[i] = d.ring[j]
+// addBlock gives the ring a block for position pos, the first of a block,
+// at its tail.
+func (d *dedupe) addBlock(pos uint32) {
+	// The blocks from the head's to pos's, pos's included; the
+	// subtraction wraps around with the positions.
+	if spanned := int((pos-d.head&^(dedupeBlockLen-1))/dedupeBlockLen) + 1; spanned > len(d.blocks) {
+		d.growBlocks()
 	}
-	d.ring, d.head = ring, 0
-	size := 1
-	for size < slotsPerEntry*len(ring) {
-		size <<= 1
+	b := d.spare
+	if b != nil {
+		d.spare = nil
+	} else {
+		b = new(dedupeBlock)
 	}
-	d.slots = make([]uint64, size)
+	d.blocks[pos/dedupeBlockLen&d.blockMask] = b
+	d.tailBlock = b
+	if pos == d.head {
+		d.headBlock = b
+	}
+}
+
+// growBlocks doubles the block list, placing each block at its number
+// modulo the new length.
+func (d *dedupe) growBlocks() {
+	blocks := make([]*dedupeBlock, max(2*len(d.blocks), minDedupeBlocks))
+	for i := range len(d.blocks) {
+		k := int(d.head/dedupeBlockLen) + i
+		blocks[k&(len(blocks)-1)] = d.blocks[k&(len(d.blocks)-1)]
+	}
+	d.blocks, d.blockMask = blocks, uint32(len(blocks)-1)
+}
+
+// growTable doubles the table, up to its size for MaxDedupeIDs, and
+// fills it again from the ring.
+func (d *dedupe) growTable() {
+	d.slots = make([]uint64, max(2*len(d.slots), minDedupeSlots))
 	for i := range d.n {
-		if e := &d.ring[i]; e.id != "" {
+		pos := d.head + uint32(i)
+		if e := d.at(pos); e.id != "" {
 			slot, _ := d.find(e.id, e.hash())
-			d.slots[slot] = slotTag(e.hash()) | uint64(i+1)
+			d.slots[slot] = slotOf(e.hash(), pos)
 		}
 	}
 }
 
-// dropOldest forgets the oldest entry of the ring.
+// dropOldest forgets the oldest entry of the ring, and lets go of its
+// block once the head has left it.
 func (d *dedupe) dropOldest() {
-	e := &d.ring[d.head]
+	e := &d.headBlock[d.head%dedupeBlockLen]
 	if e.id != "" {
 		if slot, ok := d.findIndex(d.head, e.hash()); ok {
 			d.deleteSlot(slot)
@@ -218,9 +286,22 @@ func (d *dedupe) dropOldest() {
 	*e = dedupeEntry{}
 	d.n--
 	d.head++
-	if d.head == len(d.ring) {
-		d.head = 0
+	if d.head%dedupeBlockLen == 0 {
+		d.leaveBlock()
 	}
+}
+
+// leaveBlock follows dropOldest when the head has left its block: the
+// block goes to the spare or to the collector.
+func (d *dedupe) leaveBlock() {
+	d.blocks[(d.head-1)/dedupeBlockLen&d.blockMask] = nil
+	if d.spare == nil {
+		d.spare = d.headBlock
+	}
+	if d.n == 0 {
+		d.tailBlock = nil
+	}
+	d.headBlock = d.blocks[d.head/dedupeBlockLen&d.blockMask]
 }
 
 // deleteSlot empties slot i, moving back the entries after it that
@@ -282,7 +363,7 @@ func (d *dedupe) expire(now time.Time) {
 		mono = int64(cutoff.Sub(d.base))
 	}
 	for d.n > 0 {
-		e := &d.ring[d.head]
+		e := &d.headBlock[d.head%dedupeBlockLen]
 		if e.mono && e.at >= mono || !e.mono && e.at >= wall {
 			break
 		}

@@ -23,8 +23,16 @@ func TestDedupeIsBounded(t *testing.T) {
 	if live := d.n; live != MaxDedupeIDs {
 		t.Fatalf("%d ids in accept order, want %d", live, MaxDedupeIDs)
 	}
-	if len(d.ring) > 2*MaxDedupeIDs+1024 {
-		t.Fatalf("accept order holds %d slots for %d ids: it grows with the publishes", len(d.ring), MaxDedupeIDs)
+	// The ids span at most one block more than they fill, and one more
+	// may be spare.
+	if held, most := d.heldBlocks(), MaxDedupeIDs/dedupeBlockLen+2; held > most {
+		t.Fatalf("accept order holds %d blocks for %d ids, want at most %d: it grows with the publishes", held, MaxDedupeIDs, most)
+	}
+	if n, most := len(d.blocks), 2*(MaxDedupeIDs/dedupeBlockLen+1); n > most {
+		t.Fatalf("block list of %d for %d ids, want at most %d", n, MaxDedupeIDs, most)
+	}
+	if n, most := len(d.slots), slotsPerEntry*MaxDedupeIDs; n > most {
+		t.Fatalf("table of %d slots for %d ids, want at most %d", n, MaxDedupeIDs, most)
 	}
 	for _, tt := range []struct {
 		i    int
@@ -34,6 +42,84 @@ func TestDedupeIsBounded(t *testing.T) {
 			t.Errorf("lookup(id-%d) = %v, want %v", tt.i, ok, tt.want)
 		}
 	}
+}
+
+// TestDedupeHoldsBlocksForItsWindow checks that a window whose ids leave
+// as fast as they come, by time or past the bound, allocates nothing as
+// its ring moves on, and that the ring gives back its blocks once its ids
+// have expired, keeping the head's and a spare.
+func TestDedupeHoldsBlocksForItsWindow(t *testing.T) {
+	const publishes = 1000 // per count of allocations
+	ids := make([]string, 4*MaxDedupeIDs)
+	for i := range ids {
+		ids[i] = fmt.Sprint("id-", i)
+	}
+	for _, tt := range []struct {
+		name   string
+		window time.Duration // at one publish a microsecond
+		warm   int           // publishes before the count
+	}{
+		{"expiring by time", time.Millisecond, 10000},
+		{"past the bound", time.Hour, MaxDedupeIDs + 1000},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := newDedupe(tt.window)
+			at := time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
+			i := 0
+			publish := func() {
+				id := ids[i%len(ids)]
+				i++
+				at = at.Add(time.Microsecond)
+				if _, ok := d.lookup(id, at); ok {
+					t.Fatalf("%s found in the window", id)
+				}
+				d.add(id, uint64(i), at, nil)
+			}
+			for range tt.warm {
+				publish()
+			}
+			// One run of all the publishes: AllocsPerRun rounds the
+			// average per run down, and a block is one allocation per
+			// dedupeBlockLen publishes.
+			allocs := testing.AllocsPerRun(1, func() {
+				for range publishes {
+					publish()
+				}
+			})
+			if allocs != 0 {
+				t.Errorf("%v allocations in %d publishes, want 0", allocs, publishes)
+			}
+			d.lookup("none", at.Add(tt.window+time.Microsecond))
+			if d.n != 0 {
+				t.Fatalf("%d ids left after the window", d.n)
+			}
+			if held := d.heldBlocks(); held > 2 {
+				t.Errorf("%d blocks held once every id expired, want at most 2", held)
+			}
+		})
+	}
+}
+
+// TestDedupeSlotIsNeverEmpty: a slot of position 0 whose id's hash has a
+// high half of 0 is not taken for an empty one.
+func TestDedupeSlotIsNeverEmpty(t *testing.T) {
+	if s := slotOf(0, 0); s == 0 {
+		t.Fatalf("slotOf(0, 0) = %#x, the empty slot", s)
+	}
+}
+
+// heldBlocks counts the blocks of the ring, the spare included.
+func (d *dedupe) heldBlocks() int {
+	n := 0
+	for _, b := range d.blocks {
+		if b != nil {
+			n++
+		}
+	}
+	if d.spare != nil {
+		n++
+	}
+	return n
 }
 
 // remembered counts the ids the table finds.
@@ -105,8 +191,10 @@ func (m *dedupeModel) forget(id string, seq uint64) {
 // id space is small enough for repeats and hash collisions in one table,
 // and the runs long enough to pass the bound, expire by time and grow.
 // On the system clock (mono) the times carry a monotonic reading, except
-// those of recovered ids, which the log has on the wall clock only.
+// those of recovered ids, which the log has on the wall clock only. Some
+// runs start just short of where the ring's positions wrap around.
 func TestDedupeAgainstModel(t *testing.T) {
+	const nearWrap = 1<<32 - 3*dedupeBlockLen
 	for _, tt := range []struct {
 		name   string
 		window time.Duration
@@ -114,17 +202,21 @@ func TestDedupeAgainstModel(t *testing.T) {
 		ops    int
 		step   time.Duration // the clock's largest advance per op
 		mono   bool
+		start  uint32 // the ring position of the first add
 	}{
-		{"small window", 50 * time.Millisecond, 500, 20000, time.Millisecond, false},
-		{"bounded", time.Hour, 4 * MaxDedupeIDs, 3 * MaxDedupeIDs, time.Millisecond, false},
-		{"repeats past the bound", time.Hour, MaxDedupeIDs + MaxDedupeIDs/2, 3 * MaxDedupeIDs, time.Millisecond, false},
-		{"bursts and pauses", 2 * time.Second, 3000, 30000, 100 * time.Millisecond, false},
-		{"system clock, small window", 50 * time.Millisecond, 500, 20000, time.Millisecond, true},
-		{"system clock, bursts and pauses", 2 * time.Second, 3000, 30000, 100 * time.Millisecond, true},
+		{"small window", 50 * time.Millisecond, 500, 20000, time.Millisecond, false, 0},
+		{"small window across the wrap", 50 * time.Millisecond, 500, 20000, time.Millisecond, false, nearWrap},
+		{"bounded", time.Hour, 4 * MaxDedupeIDs, 3 * MaxDedupeIDs, time.Millisecond, false, 0},
+		{"bounded across the wrap", time.Hour, 4 * MaxDedupeIDs, 3 * MaxDedupeIDs, time.Millisecond, false, nearWrap},
+		{"repeats past the bound", time.Hour, MaxDedupeIDs + MaxDedupeIDs/2, 3 * MaxDedupeIDs, time.Millisecond, false, 0},
+		{"bursts and pauses", 2 * time.Second, 3000, 30000, 100 * time.Millisecond, false, 0},
+		{"system clock, small window", 50 * time.Millisecond, 500, 20000, time.Millisecond, true, 0},
+		{"system clock, bursts and pauses", 2 * time.Second, 3000, 30000, 100 * time.Millisecond, true, nearWrap},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(1, uint64(tt.ops)))
 			d := newDedupe(tt.window)
+			d.head = tt.start
 			m := &dedupeModel{window: tt.window, ids: make(map[string]msgIDRec)}
 			now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
 			if tt.mono {

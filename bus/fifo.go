@@ -135,36 +135,32 @@ func (f *fifo) headDone() {
 	}
 }
 
-// at is the slot of the i-th waiting event, oldest first. i < Len.
-func (f *fifo) at(i int) *entry {
-	i += f.hi
-	b := f.head
-	for i >= fifoSlots {
-		b, i = b.next, i-fifoSlots
-	}
-	return &b.slots[i]
-}
-
 func (f *fifo) Requeue(e entry) {
 	if f.n == 0 {
 		f.Push(e)
 		return
 	}
-	// k = number of waiting events that must stay ahead of e.
-	k := 0
-	for k < f.n && f.at(k).seq < e.seq {
-		k++
-	}
-	// A slot before the head, then the k events ahead of e move into it.
+	// A slot before the head, then each waiting event with a lower seq
+	// than e's moves back into the free slot before it, which goes
+	// forward with it: one walk over the blocks from the head.
 	if f.hi == 0 {
 		b := f.newBlock()
 		b.next = f.head
 		f.head, f.hi = b, fifoSlots
 	}
 	f.hi--
-	f.n++
-	for i := range k {
-		*f.at(i) = *f.at(i + 1)
+	b, i := f.head, f.hi // the free slot
+	for range f.n {
+		nb, ni := b, i+1 // the next waiting event
+		if ni == fifoSlots {
+			nb, ni = b.next, 0
+		}
+		if nb.slots[ni].seq >= e.seq {
+			break
+		}
+		b.slots[i] = nb.slots[ni]
+		b, i = nb, ni
 	}
-	*f.at(k) = e
+	b.slots[i] = e
+	f.n++
 }

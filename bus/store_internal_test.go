@@ -78,6 +78,60 @@ func TestFIFOKeepsSeqOrder(t *testing.T) {
 	}
 }
 
+// TestFIFORequeueAcrossBlocks requeues one event among waiting ones that
+// fill a few blocks from a given head slot, so that it lands at each kind
+// of place: first (in the head block, or in a block put before it), in
+// the last slot of a block or the first of the next, and last, after
+// every waiting event has moved back across the blocks.
+func TestFIFORequeueAcrossBlocks(t *testing.T) {
+	tests := []struct {
+		name    string
+		popped  int // events popped first: the head's slot in its block
+		waiting int
+		ahead   int // waiting events with a lower seq than the requeued one
+	}{
+		{"into an empty fifo", 0, 0, 0},
+		{"first, in a block before the head", 0, 5, 0},
+		{"first, in the head block", 3, 5, 0},
+		{"in the head block's last slot", 7, 2 * fifoSlots, fifoSlots - 7},
+		{"in the next block's first slot", 7, 2 * fifoSlots, fifoSlots - 6},
+		{"into the head block from a block before it", 0, 2 * fifoSlots, 1},
+		{"mid-way, from a block before the head", 0, 2 * fifoSlots, fifoSlots + 3},
+		{"last, from a block before the head", 0, 3 * fifoSlots, 3 * fifoSlots},
+		{"last, from mid-block", 7, 2*fifoSlots + 5, 2*fifoSlots + 5},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFIFO()
+			// Even seqs wait; the requeued one is odd, between two.
+			var want []uint64
+			for i := range tt.popped + tt.waiting {
+				seq := uint64(2 * (i + 1))
+				f.Push(entry{seq: seq})
+				if i >= tt.popped {
+					want = append(want, seq)
+				}
+			}
+			for range tt.popped {
+				f.Pop()
+			}
+			seq := uint64(2*(tt.popped+tt.ahead) + 1)
+			f.Requeue(entry{seq: seq})
+			want = slices.Insert(want, tt.ahead, seq)
+			if f.Len() != len(want) {
+				t.Fatalf("Len = %d, want %d", f.Len(), len(want))
+			}
+			var got []uint64
+			for f.Len() > 0 {
+				got = append(got, f.Pop().seq)
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("order after requeueing %d:\n got %v\nwant %v", seq, got, want)
+			}
+		})
+	}
+}
+
 // FuzzFIFOMatchesModel is the model check over random operations.
 func FuzzFIFOMatchesModel(f *testing.F) {
 	f.Add([]byte{0, 0, 0, 1, 2, 1, 2, 0})
