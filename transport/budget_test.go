@@ -385,11 +385,13 @@ func TestBudgetQueuedBytesReconcile(t *testing.T) {
 	}
 }
 
-// outputCaps returns the capacities of c's output buffers.
-func (c *conn) outputCaps() (int, int) {
+// outputCaps returns the capacities of c's output buffers and the length
+// of the one being written, if any: that one is in neither while its
+// write blocks.
+func (c *conn) outputCaps() (obuf, spare, writing int) {
 	c.omu.Lock()
 	defer c.omu.Unlock()
-	return cap(c.obuf), cap(c.spare)
+	return cap(c.obuf), cap(c.spare), c.writing
 }
 
 // TestOutputBuffersShrinkAfterBurst: the output buffers grown while a
@@ -405,8 +407,8 @@ func TestOutputBuffersShrinkAfterBurst(t *testing.T) {
 	// Deliveries pile up while the client does not read them.
 	c.send(`{"op":"subscribe","id":100,"queue":"data","prefetch":8}`)
 	testkit.Eventually(t, "the output buffer grown", func() bool {
-		o, s := sc.outputCaps()
-		return o > shrinkOutputBuffer || s > shrinkOutputBuffer
+		o, s, w := sc.outputCaps()
+		return o > shrinkOutputBuffer || s > shrinkOutputBuffer || w > shrinkOutputBuffer
 	})
 	c.expectReply(c.recv(), 100, protocol.StatusOK)
 	// Ack replies may come between the deliveries still on their way.
@@ -421,8 +423,8 @@ func TestOutputBuffersShrinkAfterBurst(t *testing.T) {
 		acked++
 	}
 	testkit.Eventually(t, "the output buffers dropped", func() bool {
-		o, s := sc.outputCaps()
-		return o <= shrinkOutputBuffer && s <= shrinkOutputBuffer
+		o, s, w := sc.outputCaps()
+		return o <= shrinkOutputBuffer && s <= shrinkOutputBuffer && w == 0
 	})
 	testkit.Eventually(t, "only the read buffer held", func() bool { return ts.srv.budget.connHeld(sc) == minReadBuffer })
 }
