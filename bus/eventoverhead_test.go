@@ -1,9 +1,7 @@
 package bus_test
 
 import (
-	"context"
 	"encoding/json"
-	"runtime"
 	"testing"
 
 	"github.com/eventbus-sidecar/eventbus-sidecar/bus"
@@ -18,10 +16,13 @@ import (
 // in the memory bound.
 func TestEventOverheadCoversQueuedEvents(t *testing.T) {
 	const runs = 3
+	parent := parentSC(t)
 	best := -1.0
 	for range runs {
-		perEvent := tracedQueueHeapPerEvent(t) - fullQueuePayload
-		if best < 0 || perEvent < best {
+		live, _ := fullQueueBytesPerEvent(t, func(int) bus.Event {
+			return bus.Event{Type: "CANDLE_UPDATE", Payload: make(json.RawMessage, fullQueuePayload), Parent: parent}
+		})
+		if perEvent := live - fullQueuePayload; best < 0 || perEvent < best {
 			best = perEvent
 		}
 	}
@@ -29,32 +30,4 @@ func TestEventOverheadCoversQueuedEvents(t *testing.T) {
 	if best > bus.EventOverhead {
 		t.Errorf("a queued traced event holds %.0f bytes besides its payload; bus.EventOverhead counts %d", best, bus.EventOverhead)
 	}
-}
-
-// tracedQueueHeapPerEvent fills a new bus's default queues with events
-// that carry a trace context and returns the live heap they added per
-// event.
-func tracedQueueHeapPerEvent(t *testing.T) float64 {
-	t.Helper()
-	b, err := bus.New(bus.DefaultQueues())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _, _ = b.Shutdown(cancelledCtx()) }()
-	ctx := context.Background()
-	parent := parentSC(t)
-	events := 0
-	before := liveHeap()
-	for _, q := range bus.DefaultQueues() {
-		for i := range q.Capacity {
-			ev := bus.Event{Type: "CANDLE_UPDATE", Payload: make(json.RawMessage, fullQueuePayload), Parent: parent}
-			if out, err := b.Publish(ctx, ev, q.Name); out != bus.Accepted {
-				t.Fatalf("publish %d to %s: %v, %v", i, q.Name, out, err)
-			}
-			events++
-		}
-	}
-	grown := float64(liveHeap() - before)
-	runtime.KeepAlive(b)
-	return grown / float64(events)
 }

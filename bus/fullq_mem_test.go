@@ -55,7 +55,9 @@ func TestFullQueueBytesPerEvent(t *testing.T) {
 	const runs = 3
 	live, allocated := -1.0, -1.0
 	for range runs {
-		l, a := fullQueueBytesPerEvent(t)
+		l, a := fullQueueBytesPerEvent(t, func(n int) bus.Event {
+			return bus.Event{Type: "CANDLE_UPDATE", Payload: make(json.RawMessage, fullQueuePayload), MsgID: clientMsgID(n)}
+		})
 		if live < 0 || l < live {
 			live = l
 		}
@@ -79,9 +81,10 @@ func TestFullQueueBytesPerEvent(t *testing.T) {
 	}
 }
 
-// fullQueueBytesPerEvent fills a new bus's default queues and returns the
-// live heap they added and the bytes allocated during the fill, per event.
-func fullQueueBytesPerEvent(t *testing.T) (live, allocated float64) {
+// fullQueueBytesPerEvent fills a new bus's default queues with the events
+// event makes (n counts from 1 in each queue) and returns the live heap
+// they added and the bytes allocated during the fill, per event.
+func fullQueueBytesPerEvent(t *testing.T, event func(n int) bus.Event) (live, allocated float64) {
 	t.Helper()
 	b, err := bus.New(bus.DefaultQueues())
 	if err != nil {
@@ -94,12 +97,7 @@ func fullQueueBytesPerEvent(t *testing.T) (live, allocated float64) {
 	allocBefore := totalAlloc()
 	for _, q := range bus.DefaultQueues() {
 		for i := range q.Capacity {
-			ev := bus.Event{
-				Type:    "CANDLE_UPDATE",
-				Payload: make(json.RawMessage, fullQueuePayload),
-				MsgID:   clientMsgID(i + 1),
-			}
-			if out, err := b.Publish(ctx, ev, q.Name); out != bus.Accepted {
+			if out, err := b.Publish(ctx, event(i+1), q.Name); out != bus.Accepted {
 				t.Fatalf("publish %d to %s: %v, %v", i, q.Name, out, err)
 			}
 			events++
