@@ -564,7 +564,11 @@ func (b *Bus) begin(ctx context.Context, ev *Event, queueName string, done func(
 			}
 			return p, "", nil
 		}
-		seq := q.pushLocked(ev, &pubSC, traced, start)
+		pubSCp := &pubSC
+		if !b.tel.tracing {
+			pubSCp = &ev.Parent // what pubSC holds: setEvent checks it once
+		}
+		seq := q.pushLocked(ev, pubSCp, traced, start)
 		q.wakeConsumersLocked()
 		q.mu.Unlock()
 		outcome, err := q.finishPublish(ctx, span, ev.Type, start, Accepted, seq, depth, nil)
