@@ -85,9 +85,14 @@ func TestReloadOnSIGHUP(t *testing.T) {
 		}
 		return nil
 	})
-	if n := logLines(`reload: setting not applied until the next start.*field=socket_mode`); n != 1 {
-		t.Errorf("%d log lines name socket_mode as waiting for a restart, want 1", n)
-	}
+	// The line comes before the reconfiguration Stats shows, but through
+	// a pipe that the test reads on its own time.
+	testkit.Eventually(t, "one log line naming socket_mode as waiting for a restart", func() error {
+		if n := logLines(`reload: setting not applied until the next start.*field=socket_mode`); n != 1 {
+			return fmt.Errorf("%d log lines name socket_mode as waiting for a restart, want 1", n)
+		}
+		return nil
+	})
 
 	// The buffered-bytes budget changes live, and the soft memory limit
 	// follows it: 20 MiB + 1024 × 72 KiB + 3 × 11 MiB + 64 MiB.
