@@ -28,6 +28,8 @@ type receiver struct {
 	spans   []*tracepb.ResourceSpans
 	metrics []*metricpb.ResourceMetrics
 	gate    chan struct{} // nil: open
+	// heldSpanExports counts trace exports waiting at the closed gate now.
+	heldSpanExports int
 }
 
 // startReceiver listens on addr ("127.0.0.1:0" for a free port) and stops
@@ -79,12 +81,24 @@ func (r *receiver) open() {
 	}
 }
 
-func (r *receiver) wait(ctx context.Context) error {
+// wait holds an export while the gate is closed, counting it in held
+// (when not nil) meanwhile.
+func (r *receiver) wait(ctx context.Context, held *int) error {
 	r.mu.Lock()
 	g := r.gate
+	if g != nil && held != nil {
+		*held++
+	}
 	r.mu.Unlock()
 	if g == nil {
 		return nil
+	}
+	if held != nil {
+		defer func() {
+			r.mu.Lock()
+			*held--
+			r.mu.Unlock()
+		}()
 	}
 	select {
 	case <-g:
@@ -95,7 +109,7 @@ func (r *receiver) wait(ctx context.Context) error {
 }
 
 func (r *receiver) Export(ctx context.Context, req *colltrace.ExportTraceServiceRequest) (*colltrace.ExportTraceServiceResponse, error) {
-	if err := r.wait(ctx); err != nil {
+	if err := r.wait(ctx, &r.heldSpanExports); err != nil {
 		return nil, err
 	}
 	r.mu.Lock()
@@ -112,13 +126,21 @@ type metricsService struct {
 }
 
 func (m metricsService) Export(ctx context.Context, req *collmetric.ExportMetricsServiceRequest) (*collmetric.ExportMetricsServiceResponse, error) {
-	if err := m.r.wait(ctx); err != nil {
+	if err := m.r.wait(ctx, nil); err != nil {
 		return nil, err
 	}
 	m.r.mu.Lock()
 	defer m.r.mu.Unlock()
 	m.r.metrics = append(m.r.metrics, req.GetResourceMetrics()...)
 	return &collmetric.ExportMetricsServiceResponse{}, nil
+}
+
+// spanExportsHeld counts the trace exports the closed gate holds now: an
+// exporter that made one is stuck in it until the gate opens or it gives up.
+func (r *receiver) spanExportsHeld() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.heldSpanExports
 }
 
 // spanNames lists every span received so far.

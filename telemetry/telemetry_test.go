@@ -243,9 +243,17 @@ func TestShutdownHonoursDeadlineWhenBlackholed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	emitSpans(tel.TracerProvider(), 100)
 	// The worker is stuck in an export and the queue is full behind it.
-	testkit.Eventually(t, "a full queue behind a blocked export", func() bool { return tel.Stats().SpanQueueSize == 64 })
+	// Which spans go into that export depends on when the worker runs, so
+	// the queue is filled only once the receiver holds the export: a
+	// worker that took spans after the queue was full would leave it short
+	// of full for good.
+	emitSpans(tel.TracerProvider(), 8)
+	testkit.Eventually(t, "a span export held by the receiver", func() bool { return rcv.spanExportsHeld() == 1 })
+	emitSpans(tel.TracerProvider(), 92)
+	if s := tel.Stats(); s.SpanQueueSize != 64 || s.SpansDroppedQueueFull == 0 {
+		t.Fatalf("want a full queue of 64 behind the blocked export and the rest dropped: %+v", s)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	err = tel.Shutdown(ctx)
