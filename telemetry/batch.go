@@ -215,6 +215,13 @@ func (p *batchProcessor) drain(batch []sdktrace.ReadOnlySpan) {
 // export sends batch and returns the CPU time it took on this thread (the
 // wall time where the thread's CPU clock is unavailable).
 func (p *batchProcessor) export(batch []sdktrace.ReadOnlySpan) time.Duration {
+	if p.ctx.Err() != nil {
+		// Shutdown's deadline has passed (only it cancels p.ctx): the worker
+		// may still take a batch from the queue before it sees the stop, and
+		// that batch is lost to the shutdown, not to a failed export.
+		p.loss.spansShutdown.Add(uint64(len(batch)))
+		return 0
+	}
 	ctx, cancel := context.WithTimeout(p.ctx, p.opts.timeout)
 	defer cancel()
 	wallStart := time.Now()
