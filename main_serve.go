@@ -63,7 +63,7 @@ func (p *program) loadConfig(c *cli.Context) (config.Config, error) {
 	// One pass over the flags given, not IsSet per setting: IsSet looks an
 	// unset flag up through every flag's names, which urfave/cli derives
 	// with a regexp on each call, so asking for each setting in turn is
-	// quadratic in the settings (26 KB of the 616 KB start-up allocates).
+	// quadratic in the settings.
 	given := map[string]bool{}
 	for _, name := range c.LocalFlagNames() {
 		given[name] = true
