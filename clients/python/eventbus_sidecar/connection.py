@@ -80,8 +80,10 @@ _decode = _DECODER.decode
 # wait for deliveries) never leave it, and their exceptions are always
 # retrieved (by the awaiting caller, or by _fail_all and rewait for a caller
 # that went away), so that record would never be shown. In debug mode they
-# are therefore pure-Python Futures that do not record it; outside debug
-# mode the C Future is the faster one.
+# are therefore pure-Python Futures that do not record it, and the handles
+# that wake their waiters do not record theirs either (that stack is always
+# the client's reply dispatch); outside debug mode the C Future is the
+# faster one.
 _PyFuture: Any = getattr(asyncio.futures, "_PyFuture", None)
 
 if _PyFuture is not None:
@@ -94,6 +96,42 @@ if _PyFuture is not None:
             # class attributes of Future.
             self._loop = loop
             self._callbacks = []
+
+        def _Future__schedule_callbacks(self) -> None:
+            # Future's own, but for handles without a creation stack: in
+            # debug mode recording one walks the stack and stats every
+            # source file on it, per event. A loop without asyncio's ready
+            # queue gets call_soon.
+            callbacks = self._callbacks
+            if not callbacks:
+                return
+            self._callbacks = []
+            loop = self._loop
+            ready = getattr(loop, "_ready", None)
+            if ready is None or loop.is_closed():
+                for callback, ctx in callbacks:
+                    loop.call_soon(callback, self, context=ctx)
+                return
+            for callback, ctx in callbacks:
+                ready.append(_QuietHandle(callback, (self,), loop, ctx))
+
+    class _NoDebug:
+        """A loop stand-in for Handle.__init__ that says debug is off."""
+
+        @staticmethod
+        def get_debug() -> bool:
+            return False
+
+    _NO_DEBUG = _NoDebug()
+
+    class _QuietHandle(asyncio.Handle):
+        """A Handle that does not record its creation stack."""
+
+        __slots__ = ()
+
+        def __init__(self, callback: Any, args: Any, loop: Any, context: Any) -> None:
+            super().__init__(callback, args, _NO_DEBUG, context)  # type: ignore[arg-type]
+            self._loop = loop
 
 
 def internal_future(loop: asyncio.AbstractEventLoop) -> asyncio.Future:
