@@ -18,6 +18,8 @@ batch instead of one per frame.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextvars
 import json
 import logging
 from typing import Any, Callable
@@ -101,14 +103,14 @@ if _PyFuture is not None:
             # Future's own, but for handles without a creation stack: in
             # debug mode recording one walks the stack and stats every
             # source file on it, per event. A loop without asyncio's ready
-            # queue gets call_soon.
+            # queue gets call_soon, as does a Python whose Handle differs.
             callbacks = self._callbacks
             if not callbacks:
                 return
             self._callbacks = []
             loop = self._loop
-            ready = getattr(loop, "_ready", None)
-            if ready is None or loop.is_closed():
+            ready = getattr(loop, "_ready", None) if _QUIET_HANDLES else None
+            if type(ready) is not collections.deque or loop.is_closed():
                 for callback, ctx in callbacks:
                     loop.call_soon(callback, self, context=ctx)
                 return
@@ -132,6 +134,17 @@ if _PyFuture is not None:
         def __init__(self, callback: Any, args: Any, loop: Any, context: Any) -> None:
             super().__init__(callback, args, _NO_DEBUG, context)  # type: ignore[arg-type]
             self._loop = loop
+
+    def _quiet_handles_work() -> bool:
+        # Handle's constructor is asyncio's own; should a later Python
+        # change it, the wake-ups fall back to call_soon.
+        try:
+            handle = _QuietHandle(int, (), _NO_DEBUG, contextvars.copy_context())
+        except TypeError:
+            return False
+        return handle._source_traceback is None
+
+    _QUIET_HANDLES = _quiet_handles_work()
 
 
 def internal_future(loop: asyncio.AbstractEventLoop) -> asyncio.Future:

@@ -15,6 +15,7 @@ from unittest import mock
 
 from eventbus_sidecar import Event, EventBus, EventType, Outcome
 from eventbus_sidecar.client import _Inbox
+from eventbus_sidecar import connection
 from eventbus_sidecar.connection import Connection
 
 from .test_msg_id import ScriptedSidecar
@@ -53,16 +54,21 @@ class TestDebugMode(unittest.IsolatedAsyncioTestCase):
                 frame = frame.f_back
             return extract_stack(f, limit)
 
+        # (name, publishes in flight, quiet wake-ups available): without
+        # them (a Python whose Handle differs) every wake-up is call_soon's,
+        # which records its stack.
         cases = [
-            ("awaited one by one", 1),
-            ("pipelined", 20),
+            ("awaited one by one", 1, True),
+            ("pipelined", 20, True),
+            ("awaited one by one, call_soon fallback", 1, False),
+            ("pipelined, call_soon fallback", 20, False),
         ]
         with (
             mock.patch.object(Connection, "send_body", recording),
             mock.patch.object(format_helpers, "extract_stack", counting),
         ):
-            for name, concurrent in cases:
-                with self.subTest(name):
+            for name, concurrent, quiet in cases:
+                with self.subTest(name), mock.patch.object(connection, "_QUIET_HANDLES", quiet):
                     futures.clear()
                     stacks_from_dispatch = 0
                     outcomes = await asyncio.gather(
@@ -72,7 +78,17 @@ class TestDebugMode(unittest.IsolatedAsyncioTestCase):
                     self.assertEqual(len(futures), concurrent)
                     for fut in futures:
                         self.assertIsNone(fut._source_traceback)
-                    self.assertEqual(stacks_from_dispatch, 0, "wake-ups that recorded a stack")
+                    want = 0 if quiet else concurrent
+                    self.assertEqual(stacks_from_dispatch, want, "wake-ups that recorded a stack")
+
+    def test_quiet_wake_ups_only_with_the_handle_they_were_written_for(self):
+        self.assertTrue(connection._quiet_handles_work())
+
+        def other_shape(self, callback, args, loop, context, extra):
+            pass
+
+        with mock.patch.object(asyncio.Handle, "__init__", other_shape):
+            self.assertFalse(connection._quiet_handles_work())
 
     async def test_a_consumer_waiting_for_deliveries_records_no_creation_stack(self):
         self.assertTrue(asyncio.get_running_loop().get_debug(), "the test needs debug mode")
