@@ -13,9 +13,8 @@ import unittest
 from asyncio import format_helpers
 from unittest import mock
 
-from eventbus_sidecar import Event, EventBus, EventType, Outcome
+from eventbus_sidecar import Event, EventBus, EventType, Outcome, connection
 from eventbus_sidecar.client import _Inbox
-from eventbus_sidecar import connection
 from eventbus_sidecar.connection import Connection
 
 from .test_msg_id import ScriptedSidecar
