@@ -76,16 +76,69 @@ _decode = _DECODER.decode
 
 # In asyncio debug mode (which unittest.IsolatedAsyncioTestCase turns on)
 # every Future records the stack it was created on, to show it should the
-# Future's exception never be retrieved: the C Future with source lines, the
-# pure-Python one without, either one several times the cost of everything
-# else a publish does. The client's per-event futures (replies, a consumer's
-# wait for deliveries) never leave it, and their exceptions are always
-# retrieved (by the awaiting caller, or by _fail_all and rewait for a caller
-# that went away), so that record would never be shown. In debug mode they
-# are therefore pure-Python Futures that do not record it, and the handles
-# that wake their waiters do not record theirs either (that stack is always
-# the client's reply dispatch); outside debug mode the C Future is the
-# faster one.
+# Future's exception never be retrieved, and every callback handle records
+# the stack it was made on: each record walks up to 10 frames and stats the
+# source files on them, several times the cost of everything else a publish
+# does. The client's per-event futures (replies, a consumer's wait for
+# deliveries) never leave it, and their exceptions are always retrieved (by
+# the awaiting caller, or by _fail_all and rewait for a caller that went
+# away), so that record would never be shown; nor would the stacks of the
+# handles that wake their waiters or flush a batch of writes, which are
+# always the client's own dispatch and writes. In debug mode the futures
+# are therefore pure-Python Futures that do not record it, and those
+# handles do not record theirs; outside debug mode the C Future and
+# call_soon are the faster ones.
+
+
+class _NoDebug:
+    """A loop stand-in for Handle.__init__ that says debug is off."""
+
+    @staticmethod
+    def get_debug() -> bool:
+        return False
+
+
+_NO_DEBUG = _NoDebug()
+
+
+class _QuietHandle(asyncio.Handle):
+    """A Handle that does not record its creation stack."""
+
+    __slots__ = ()
+
+    def __init__(self, callback: Any, args: Any, loop: Any, context: Any) -> None:
+        super().__init__(callback, args, _NO_DEBUG, context)  # type: ignore[arg-type]
+        self._loop = loop
+
+
+def _quiet_handles_work() -> bool:
+    # Handle's constructor is asyncio's own; should a later Python change
+    # it, the client falls back to call_soon.
+    try:
+        handle = _QuietHandle(int, (), _NO_DEBUG, contextvars.copy_context())
+    except TypeError:
+        return False
+    return handle._source_traceback is None
+
+
+_QUIET_HANDLES = _quiet_handles_work()
+
+
+def call_soon_quiet(
+    loop: asyncio.AbstractEventLoop, callback: Callable[..., object], args: tuple, context: Any = None
+) -> None:
+    """loop.call_soon(callback, *args) without a creation stack (see above).
+
+    A loop without asyncio's deque of ready handles, a closed loop or a
+    Python whose Handle differs gets call_soon itself.
+    """
+    ready = getattr(loop, "_ready", None) if _QUIET_HANDLES else None
+    if type(ready) is not collections.deque or loop.is_closed():
+        loop.call_soon(callback, *args, context=context)
+        return
+    ready.append(_QuietHandle(callback, args, loop, context))
+
+
 _PyFuture: Any = getattr(asyncio.futures, "_PyFuture", None)
 
 if _PyFuture is not None:
@@ -100,51 +153,13 @@ if _PyFuture is not None:
             self._callbacks = []
 
         def _Future__schedule_callbacks(self) -> None:
-            # Future's own, but for handles without a creation stack: in
-            # debug mode recording one walks the stack and stats every
-            # source file on it, per event. A loop without asyncio's ready
-            # queue gets call_soon, as does a Python whose Handle differs.
+            # Future's own, but for handles without a creation stack.
             callbacks = self._callbacks
             if not callbacks:
                 return
             self._callbacks = []
-            loop = self._loop
-            ready = getattr(loop, "_ready", None) if _QUIET_HANDLES else None
-            if type(ready) is not collections.deque or loop.is_closed():
-                for callback, ctx in callbacks:
-                    loop.call_soon(callback, self, context=ctx)
-                return
             for callback, ctx in callbacks:
-                ready.append(_QuietHandle(callback, (self,), loop, ctx))
-
-    class _NoDebug:
-        """A loop stand-in for Handle.__init__ that says debug is off."""
-
-        @staticmethod
-        def get_debug() -> bool:
-            return False
-
-    _NO_DEBUG = _NoDebug()
-
-    class _QuietHandle(asyncio.Handle):
-        """A Handle that does not record its creation stack."""
-
-        __slots__ = ()
-
-        def __init__(self, callback: Any, args: Any, loop: Any, context: Any) -> None:
-            super().__init__(callback, args, _NO_DEBUG, context)  # type: ignore[arg-type]
-            self._loop = loop
-
-    def _quiet_handles_work() -> bool:
-        # Handle's constructor is asyncio's own; should a later Python
-        # change it, the wake-ups fall back to call_soon.
-        try:
-            handle = _QuietHandle(int, (), _NO_DEBUG, contextvars.copy_context())
-        except TypeError:
-            return False
-        return handle._source_traceback is None
-
-    _QUIET_HANDLES = _quiet_handles_work()
+                call_soon_quiet(self._loop, callback, (self,), ctx)
 
 
 def internal_future(loop: asyncio.AbstractEventLoop) -> asyncio.Future:
@@ -339,7 +354,11 @@ class Connection(asyncio.Protocol):
             out.append(data)
         elif batch:
             out.append(data)
-            self._loop.call_soon(self._flush)
+            loop = self._loop
+            if loop.get_debug():
+                call_soon_quiet(loop, self._flush, ())
+            else:
+                loop.call_soon(self._flush)
         else:
             self._transport.write(data)  # type: ignore[union-attr]
 
