@@ -14,7 +14,9 @@ drains during every phase so that the queue never fills.
 Phases, on one publishing connection:
   sequential   1,000 publishes, each awaited before the next, inside
                unittest.IsolatedAsyncioTestCase (whose loop runs in asyncio
-               debug mode); median of --repeat runs
+               debug mode); median of --repeat runs; then, against its own
+               sidecar, the same while a consumer in that loop handles and
+               acks each event
   pipelined    --tasks coroutines publishing --n events at once
   end-to-end   the same while run() in this process consumes and acks them,
                timed until the last one is handled
@@ -233,6 +235,10 @@ def run(args: argparse.Namespace) -> dict:
         pid = sidecar.proc.pid
     try:
         runs, cpu, raw = sequential_seconds(path, queue, drain, args.repeat)
+        # The same with a consumer handling and acking every event in the
+        # same loop, as an application's test of a publish-and-handle path
+        # would (with --socket the first phase already has one).
+        consumed = None if drain else sequential_seconds(path, queue, True, args.repeat)
         rates = asyncio.run(pipelined(path, queue, drain, args.n, args.tasks, pid))
     finally:
         if sidecar is not None:
@@ -244,12 +250,19 @@ def run(args: argparse.Namespace) -> dict:
     }
     if raw:
         where["sequential_raw_socket_s"] = round(statistics.median(raw), 4)
+    if consumed is not None:
+        where["sequential_with_consumer_client_cpu_s"] = round(statistics.median(consumed[1]), 4)
     if "sidecar_cpu" in rates:
         where["end_to_end_sidecar_cpu_us_per_event"] = round(rates["sidecar_cpu"] * 1e6, 2)
     return {
         "sequential_1000_awaited_s": round(seq, 4),
         "sequential_runs_s": [round(r, 4) for r in runs],
         "sequential_events_per_s": round(SEQUENTIAL_EVENTS / seq),
+        **(
+            {"sequential_with_consumer_1000_awaited_s": round(statistics.median(consumed[0]), 4)}
+            if consumed is not None
+            else {}
+        ),
         "pipelined_publish_events_per_s": round(rates["pipelined"]),
         "end_to_end_events_per_s": round(rates["end_to_end"]),
         "where_the_time_goes": where,
