@@ -112,13 +112,13 @@ class _QuietHandle(asyncio.Handle):
 
 
 def _quiet_handles_work() -> bool:
-    # Handle's constructor is asyncio's own; should a later Python change
-    # it, the client falls back to call_soon.
+    # Handle is asyncio's own; should a later Python change it in any way
+    # this can see, the client falls back to call_soon.
     try:
         handle = _QuietHandle(int, (), _NO_DEBUG, contextvars.copy_context())
-    except TypeError:
+        return handle._source_traceback is None and handle._loop is _NO_DEBUG
+    except Exception:
         return False
-    return handle._source_traceback is None
 
 
 _QUIET_HANDLES = _quiet_handles_work()

@@ -89,8 +89,12 @@ class TestDebugMode(unittest.IsolatedAsyncioTestCase):
         def other_shape(self, callback, args, loop, context, extra):
             pass
 
-        with mock.patch.object(asyncio.Handle, "__init__", other_shape):
-            self.assertFalse(connection._quiet_handles_work())
+        def other_attributes(self, callback, args, loop, context=None):
+            raise AttributeError("'_NoDebug' object has no attribute 'get_debug_level'")
+
+        for name, init in [("other arguments", other_shape), ("other attributes", other_attributes)]:
+            with self.subTest(name), mock.patch.object(asyncio.Handle, "__init__", init):
+                self.assertFalse(connection._quiet_handles_work())
 
     async def test_a_consumer_waiting_for_deliveries_records_no_creation_stack(self):
         self.assertTrue(asyncio.get_running_loop().get_debug(), "the test needs debug mode")
