@@ -250,19 +250,18 @@ def run(args: argparse.Namespace) -> dict:
     }
     if raw:
         where["sequential_raw_socket_s"] = round(statistics.median(raw), 4)
-    if consumed is not None:
-        where["sequential_with_consumer_client_cpu_s"] = round(statistics.median(consumed[1]), 4)
     if "sidecar_cpu" in rates:
         where["end_to_end_sidecar_cpu_us_per_event"] = round(rates["sidecar_cpu"] * 1e6, 2)
-    return {
+    figures = {
         "sequential_1000_awaited_s": round(seq, 4),
         "sequential_runs_s": [round(r, 4) for r in runs],
         "sequential_events_per_s": round(SEQUENTIAL_EVENTS / seq),
-        **(
-            {"sequential_with_consumer_1000_awaited_s": round(statistics.median(consumed[0]), 4)}
-            if consumed is not None
-            else {}
-        ),
+    }
+    if consumed is not None:
+        figures["sequential_with_consumer_1000_awaited_s"] = round(statistics.median(consumed[0]), 4)
+        where["sequential_with_consumer_client_cpu_s"] = round(statistics.median(consumed[1]), 4)
+    return {
+        **figures,
         "pipelined_publish_events_per_s": round(rates["pipelined"]),
         "end_to_end_events_per_s": round(rates["end_to_end"]),
         "where_the_time_goes": where,

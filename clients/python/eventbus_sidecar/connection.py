@@ -129,10 +129,10 @@ def call_soon_quiet(
 ) -> None:
     """loop.call_soon(callback, *args) without a creation stack (see above).
 
-    A loop without asyncio's deque of ready handles, a closed loop or a
-    Python whose Handle differs gets call_soon itself.
+    Outside debug mode, on a loop without asyncio's deque of ready handles,
+    a closed loop or a Python whose Handle differs, it is call_soon itself.
     """
-    ready = getattr(loop, "_ready", None) if _QUIET_HANDLES else None
+    ready = getattr(loop, "_ready", None) if _QUIET_HANDLES and loop.get_debug() else None
     if type(ready) is not collections.deque or loop.is_closed():
         loop.call_soon(callback, *args, context=context)
         return
@@ -354,11 +354,7 @@ class Connection(asyncio.Protocol):
             out.append(data)
         elif batch:
             out.append(data)
-            loop = self._loop
-            if loop.get_debug():
-                call_soon_quiet(loop, self._flush, ())
-            else:
-                loop.call_soon(self._flush)
+            call_soon_quiet(self._loop, self._flush, ())
         else:
             self._transport.write(data)  # type: ignore[union-attr]
 
