@@ -64,7 +64,7 @@ start floor load --floor-server
 
 ctxt() { awk '/^ctxt/ {print $2}' /proc/stat; }
 
-echo "cpu-floor: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg), commit $(cd "${ROOT}" && git rev-parse --short HEAD), ${RATE} events/s"
+perf_start "${RATE} events/s"
 servers=(sidecar ceiling floor)
 for ((r = 1; r <= ROUNDS; r++)); do
 	for ((k = 0; k < ${#servers[@]}; k++)); do
@@ -85,7 +85,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 			<<<"${out}" | tee -a "${WORK}/results.jsonl"
 	done
 done
-echo "cpu-floor: done $(date -u '+%H:%M:%S UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+perf_done
 
 jq -rs "${JQ_STATS}"'
 def r1: . * 10 | round / 10;

@@ -81,7 +81,7 @@ run() {
 		<<<"${out}" | tee -a "${WORK}/results.jsonl"
 }
 
-echo "durable-perf: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg), commit $(cd "${ROOT}" && git rev-parse --short HEAD)"
+perf_start
 for ((r = 1; r <= ROUNDS; r++)); do
 	# Every other round in reverse, so that no build always runs after
 	# another on a disk still busy with its writes.
@@ -104,7 +104,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 			printf "{\"round\":%d,\"mode\":\"fdatasync\",\"p50_ms\":%s,\"p99_ms\":%s}\n", r, p50, p99}' |
 		tee -a "${WORK}/results.jsonl"
 done
-echo "durable-perf: done $(date -u '+%H:%M:%S UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+perf_done
 
 jq -rs --arg rate "rate${RATE}" "${JQ_STATS}"'
 def med(f): map(f) | median;

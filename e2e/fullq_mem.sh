@@ -35,11 +35,7 @@ perf_init fullq-mem
 
 perf_workdir fullqmem
 
-BUILDS=("$@")
-if ((${#BUILDS[@]} == 0)); then
-	read -r -a BUILDS <<<"$(sidecar_bins "${ROOT}" "${WORK}")"
-fi
-for b in "${BUILDS[@]}"; do [[ -x "${b#*=}" ]] || die "no sidecar binary at ${b#*=}"; done
+perf_builds "$@"
 
 events=0
 for qn in "${FILL[@]}"; do events=$((events + ${qn#*:})); done
@@ -47,15 +43,6 @@ PAYLOAD_KIB=$((events * PAYLOAD / 1024))
 
 # rss_kib PID: "VmRSS RssAnon" of PID in KiB.
 rss_kib() { awk '/^VmRSS:/ {v = $2} /^RssAnon:/ {a = $2} END {print v, a}' "/proc/$1/status"; }
-
-start_sidecar() {
-	local dir="$1"
-	shift
-	"${BIN}" serve --socket "${dir}/s.sock" --admin-addr 127.0.0.1:0 --log-level warn "$@" \
-		>>"${WORK}/sidecar.log" 2>&1 &
-	PID=$!
-	wait_for_socket "${dir}/s.sock" "${WORK}/sidecar.log"
-}
 
 # load_quiet ARGS...: one run of the load tool against the sidecar; its
 # report is kept in the log, not printed.
@@ -70,7 +57,7 @@ run() {
 	local round="$1" start="$2" telemetry="$3" flags=() idle base full qn
 	[[ "${telemetry}" == disabled ]] && flags=(--telemetry-disabled)
 	DIR="$(mktemp -d "${WORK}/run.XXXXXX")"
-	start_sidecar "${DIR}" "${flags[@]}"
+	serve_sidecar "${DIR}" --admin-addr 127.0.0.1:0 "${flags[@]}"
 	sleep 2
 	idle="$(rss_kib "${PID}")"
 	base="${idle}"
@@ -102,22 +89,20 @@ run() {
 		tee -a "${WORK}/results.jsonl"
 }
 
-echo "fullq-mem: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg), commit $(cd "${ROOT}" && git rev-parse --short HEAD), ${events} events of ${PAYLOAD} B (${PAYLOAD_KIB} KiB)"
-for ((r = 1; r <= ROUNDS; r++)); do
-	build_order "${r}"
-	for b in "${ORDER[@]}"; do
-		use_build "${b}"
-		for start in warm fresh; do
-			for telemetry in defaults disabled; do
-				run "${r}" "${start}" "${telemetry}"
-			done
+perf_start "${events} events of ${PAYLOAD} B (${PAYLOAD_KIB} KiB)"
+# every ROUND: each kind of run of one build.
+every() {
+	local start telemetry
+	for start in warm fresh; do
+		for telemetry in defaults disabled; do
+			run "$1" "${start}" "${telemetry}"
 		done
 	done
-done
-echo "fullq-mem: done $(date -u '+%H:%M:%S UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+}
+perf_rounds every
+perf_done
 
 jq -rs "${JQ_STATS}"'
-def spread(f): (map(f) | median | r2 | tostring) + " (" + (map(f) | min | tostring) + " to " + (map(f) | max | tostring) + ")";
 . as $all
 | "RSS growth over the payload, median (range) of \($all | map(.round) | max) rounds (target 1.1):",
   ($all | map(.build) | unique[] as $b

@@ -58,6 +58,17 @@ wait_for_socket() {
 	die "the sidecar did not open $1"
 }
 
+# serve_sidecar DIR ARGS...: starts BIN's sidecar on DIR/s.sock with ARGS,
+# its log appended to WORK/sidecar.log, its pid in PID, and waits until it
+# serves.
+serve_sidecar() {
+	local dir="$1"
+	shift
+	"${BIN}" serve --socket "${dir}/s.sock" --log-level warn "$@" >>"${WORK}/sidecar.log" 2>&1 &
+	PID=$!
+	wait_for_socket "${dir}/s.sock" "${WORK}/sidecar.log"
+}
+
 # stop_sidecar: stops the sidecar in PID and waits for it to exit.
 stop_sidecar() {
 	kill -TERM "${PID}"
@@ -65,9 +76,18 @@ stop_sidecar() {
 	PID=""
 }
 
-# JQ_STATS: jq definitions for a summary: median, and r2 (two decimals).
+# JQ_STATS: jq definitions for a summary: median, r2 (two decimals), and
+# spread(f), "median (min to max)" of f over an array.
 JQ_STATS='def median: sort | if length == 0 then null elif length % 2 == 1 then .[length/2|floor] else (.[length/2-1] + .[length/2]) / 2 end;
-def r2: . * 100 | round / 100;'
+def r2: . * 100 | round / 100;
+def spread(f): (map(f) | median | r2 | tostring) + " (" + (map(f) | min | tostring) + " to " + (map(f) | max | tostring) + ")";'
+
+# perf_start [WHAT]: the line a run starts with: the time, the load
+# average, the commit and WHAT. perf_done: the line it ends with.
+perf_start() {
+	echo "${PERF_NAME}: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg), commit $(cd "${ROOT}" && git rev-parse --short HEAD)${1:+, $1}"
+}
+perf_done() { echo "${PERF_NAME}: done $(date -u '+%H:%M:%S UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)${1:+, $1}"; }
 
 # build_order ROUND: ORDER, the builds of BUILDS (NAME=PATH) in the order
 # ROUND runs them: reversed every other round, so that no build always
@@ -79,6 +99,31 @@ build_order() {
 		ORDER=()
 		for ((i = ${#BUILDS[@]} - 1; i >= 0; i--)); do ORDER+=("${BUILDS[i]}"); done
 	fi
+}
+
+# perf_builds ARGS...: BUILDS, the builds given as NAME=PATH (or PATH)
+# arguments; without any, SIDECAR_BIN, else a sidecar built from ROOT
+# into WORK. Dies if one of them is not an executable.
+perf_builds() {
+	local b
+	BUILDS=("$@")
+	if ((${#BUILDS[@]} == 0)); then
+		read -r -a BUILDS <<<"$(sidecar_bins "${ROOT}" "${WORK}")"
+	fi
+	for b in "${BUILDS[@]}"; do [[ -x "${b#*=}" ]] || die "no sidecar binary at ${b#*=}"; done
+}
+
+# perf_rounds FUNC: ROUNDS rounds; in each, for every build in the round's
+# order (build_order), BIN and BUILD set (use_build), FUNC ROUND.
+perf_rounds() {
+	local r b
+	for ((r = 1; r <= ROUNDS; r++)); do
+		build_order "${r}"
+		for b in "${ORDER[@]}"; do
+			use_build "${b}"
+			"$1" "${r}"
+		done
+	done
 }
 
 # use_build NAME=PATH: BIN, the binary, and BUILD, its name ("build" for
