@@ -89,7 +89,6 @@ run() {
 		tee -a "${WORK}/results.jsonl"
 }
 
-perf_start "${events} events of ${PAYLOAD} B (${PAYLOAD_KIB} KiB)"
 # every ROUND: each kind of run of one build.
 every() {
 	local start telemetry
@@ -99,6 +98,8 @@ every() {
 		done
 	done
 }
+
+perf_start "${events} events of ${PAYLOAD} B (${PAYLOAD_KIB} KiB)"
 perf_rounds every
 perf_done
 
