@@ -46,9 +46,8 @@ perf_init targets
 command -v python3 >/dev/null || die "python3 is required"
 
 perf_workdir targets
-BIN="$(sidecar_bins "${ROOT}" "${WORK}")"
-[[ -x "${BIN}" ]] || die "no sidecar binary at ${BIN}"
-BIN="$(cd "$(dirname "${BIN}")" && pwd)/$(basename "${BIN}")"
+perf_builds
+BIN="$(realpath "${BUILDS[0]#*=}")"
 RESULTS="${WORK}/results.jsonl"
 
 # record TARGET VALUE: one measurement of TARGET.
